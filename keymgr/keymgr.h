@@ -1,0 +1,103 @@
+/*
+ * keymgr.h — the key hierarchy's client side: key wrapping, key providers,
+ * the locked-memory key cache, and the KMIP codec and client.
+ *
+ * Master keys (MK) wrap tablespace data keys (DEK). A key provider is how an
+ * engine gets a tablespace's DEK: the local key-file provider (single box,
+ * tests) holds an MK in locked memory; the agent/KMS provider (later) asks
+ * tde-agent, which asks kmsd. Engines only ever see sr_keyprov_t.
+ */
+#ifndef STRONGROOM_KEYMGR_H
+#define STRONGROOM_KEYMGR_H
+
+#include "common.h"
+#include "kmip.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SR_KEYMGR_KEY_BYTES 32      /* AES-256 master and data keys */
+#define SR_KEYMGR_WRAPPED_MAX 96    /* largest wrapped blob (GCM: 12 + 32 + 16; KWP: 40) */
+
+/* ---- key wrapping ----------------------------------------------------- */
+typedef enum sr_wrap_alg {
+    SR_WRAP_AES_256_GCM = 1, /* blob = nonce(12) || ciphertext || tag(16); binds AAD */
+    SR_WRAP_AES_256_KWP = 2, /* RFC 5649 AES Key Wrap with Padding; no AAD */
+} sr_wrap_alg_t;
+
+typedef struct sr_wrapped_key {
+    sr_wrap_alg_t alg;
+    sr_uuid_t kek_id;     /* UUID of the key that wrapped this one (the MK) */
+    uint32_t kek_version; /* its version */
+    uint32_t blob_len;
+    uint8_t blob[SR_KEYMGR_WRAPPED_MAX];
+} sr_wrapped_key_t;
+
+/* Fixed-layout serialisation for on-disk headers (versioned, length-checked). */
+#define SR_WRAPPED_KEY_ENCODED_MAX 128
+sr_err_t sr_wrapped_key_encode(const sr_wrapped_key_t *wk, uint8_t *out, size_t out_cap, size_t *out_len);
+sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_t *out);
+
+sr_err_t sr_keymgr_wrap(sr_wrap_alg_t alg, const uint8_t *kek, size_t kek_len, const sr_uuid_t *kek_id,
+                        uint32_t kek_version, const uint8_t *aad, size_t aad_len, const uint8_t *key,
+                        size_t key_len, sr_wrapped_key_t *out) SR_MUST_CHECK;
+/* SR_ERR_WRAP_INTEGRITY when the blob, the AAD or the KEK does not match. */
+sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_key_t *wk, const uint8_t *aad,
+                          size_t aad_len, uint8_t *key_out, size_t key_cap, size_t *key_len) SR_MUST_CHECK;
+
+/* ---- key providers ------------------------------------------------------ */
+typedef struct sr_keyprov sr_keyprov_t;
+
+typedef struct sr_keyprov_ops {
+    const char *kind; /* "keyfile", "agent", ... */
+    /* A fresh random DEK for (tablespace, version), returned in clear into the
+     * caller's SR_KEYMGR_KEY_BYTES of secure memory and wrapped for storage. */
+    sr_err_t (*dek_create)(void *impl, const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t *dek_out,
+                           sr_wrapped_key_t *wrapped_out);
+    /* Unwraps a stored DEK; SR_ERR_TDE_WRONG_KEY if this provider's master key
+     * is not the one that wrapped it, SR_ERR_WRAP_INTEGRITY if it was altered. */
+    sr_err_t (*dek_unwrap)(void *impl, const sr_uuid_t *tablespace, uint32_t dek_version,
+                           const sr_wrapped_key_t *wrapped, uint8_t *dek_out);
+    /* Re-wraps a DEK under the provider's current master key (MK rotation). */
+    sr_err_t (*dek_rewrap)(void *impl, const sr_uuid_t *tablespace, uint32_t dek_version,
+                           const sr_wrapped_key_t *old_wrapped, sr_wrapped_key_t *new_wrapped);
+    void (*destroy)(void *impl);
+} sr_keyprov_ops_t;
+
+/* Wraps an implementation (takes ownership of impl: ops->destroy frees it). */
+sr_err_t sr_keyprov_new(const sr_keyprov_ops_t *ops, void *impl, const char *description,
+                        sr_keyprov_t **out) SR_MUST_CHECK;
+sr_err_t sr_keyprov_dek_create(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+                               uint8_t *dek_out, sr_wrapped_key_t *wrapped_out) SR_MUST_CHECK;
+sr_err_t sr_keyprov_dek_unwrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+                               const sr_wrapped_key_t *wrapped, uint8_t *dek_out) SR_MUST_CHECK;
+sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+                               const sr_wrapped_key_t *old_wrapped, sr_wrapped_key_t *new_wrapped) SR_MUST_CHECK;
+/* "keyfile:/etc/strongroom/master.key" — for messages; never secret. */
+const char *sr_keyprov_description(const sr_keyprov_t *kp);
+void sr_keyprov_free(sr_keyprov_t *kp);
+
+/* Local key-file provider. The file holds one master key (UUID, version,
+ * 256-bit key); it is created mode 0600 and refused if group/world readable. */
+sr_err_t sr_keyfile_create(const char *path) SR_MUST_CHECK;
+sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_CHECK;
+
+/* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
+typedef struct sr_keycache sr_keycache_t;
+sr_err_t sr_keycache_new(size_t max_entries, uint64_t default_ttl_ms, sr_keycache_t **out) SR_MUST_CHECK;
+sr_err_t sr_keycache_put(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, const uint8_t *key,
+                         size_t key_len, uint64_t ttl_ms) SR_MUST_CHECK;
+/* Copies the key into the caller's buffer; SR_ERR_NOT_FOUND or SR_ERR_KEY_EXPIRED. */
+sr_err_t sr_keycache_get(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, uint8_t *key_out,
+                         size_t key_cap, size_t *key_len) SR_MUST_CHECK;
+/* Wipes one key (all versions), or every key when id is NULL. */
+void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id);
+void sr_keycache_free(sr_keycache_t *kc);
+
+/* ---- KMIP client (declared below by its owner) ------------------------------ */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

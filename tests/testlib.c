@@ -1,0 +1,131 @@
+/* testlib.c — the harness behind sr_test.h. */
+#include "sr_test.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+int sr_test_failures_in_current;
+static int passed, failed;
+static char tmpdir[4096];
+
+void sr_test_fail(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    sr_test_failures_in_current++;
+}
+
+void sr_test_run(const char *name, void (*fn)(void))
+{
+    sr_test_failures_in_current = 0;
+    fn();
+    if (sr_test_failures_in_current) {
+        failed++;
+        fprintf(stderr, "FAIL %s\n", name);
+    } else {
+        passed++;
+        printf("ok   %s\n", name);
+    }
+    fflush(stdout);
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int sr_test_finish(void)
+{
+    if (tmpdir[0]) {
+        if (failed)
+            fprintf(stderr, "kept test directory %s\n", tmpdir);
+        else
+            nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+const char *sr_test_tmpdir(void)
+{
+    if (!tmpdir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(tmpdir, sizeof tmpdir, "%s/srtest-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(tmpdir)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+    }
+    return tmpdir;
+}
+
+static char *rotating_buffer(void)
+{
+    static char bufs[8][4096];
+    static unsigned next;
+    return bufs[next++ % 8];
+}
+
+const char *sr_test_path(const char *name)
+{
+    char *buf = rotating_buffer();
+    snprintf(buf, 4096, "%s/%s", sr_test_tmpdir(), name);
+    return buf;
+}
+
+static const char *dir_path(const char *env, const char *fallback, const char *rel)
+{
+    const char *dir = getenv(env);
+    char *buf = rotating_buffer();
+    snprintf(buf, 4096, "%s/%s", dir && *dir ? dir : fallback, rel);
+    return buf;
+}
+
+const char *sr_test_source_path(const char *rel) { return dir_path("SR_SOURCE_DIR", SR_TEST_SOURCE_DIR, rel); }
+const char *sr_test_build_path(const char *rel) { return dir_path("SR_BUILD_DIR", SR_TEST_BUILD_DIR, rel); }
+
+uint8_t *sr_test_read_file(const char *path, size_t *len_out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 65536, len = 0;
+    uint8_t *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            uint8_t *bigger = realloc(buf, cap *= 2);
+            if (!bigger) { free(buf); buf = NULL; }
+            buf = bigger;
+        }
+    }
+    fclose(f);
+    if (buf) *len_out = len;
+    return buf;
+}
+
+int sr_test_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fwrite(data, 1, len, f) == len;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+int sr_test_file_contains(const char *path, const void *needle, size_t needle_len)
+{
+    size_t len;
+    uint8_t *data = sr_test_read_file(path, &len);
+    if (!data) return 0;
+    int found = needle_len <= len && memmem(data, len, needle, needle_len) != NULL;
+    free(data);
+    return found;
+}
