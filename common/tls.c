@@ -231,7 +231,7 @@ static int is_ip_literal(const char *name)
 sr_err_t sr_tls_connect(sr_ssl_ctx_t *ctx, const char *host, uint16_t port, const char *verify_name,
                         int timeout_ms, sr_tls_conn_t **out)
 {
-    int fd;
+    int fd = -1;
     sr_err_t rc = connect_with_timeout(host, port, timeout_ms, &fd);
     if (rc != SR_OK) return rc;
     sr_tls_conn_t *c;
