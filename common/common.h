@@ -138,7 +138,7 @@ void sr_log_set_level(sr_log_level_t min_level);
 /* Parses "debug", "info", "notice", "warn", "error". */
 sr_err_t sr_log_level_parse(const char *text, sr_log_level_t *out);
 void sr_log(sr_log_level_t level, const char *fmt, ...) SR_PRINTF(2, 3);
-void sr_log_v(sr_log_level_t level, const char *fmt, va_list ap);
+void sr_log_v(sr_log_level_t level, const char *fmt, va_list ap) SR_PRINTF(2, 0);
 /* The secret is referenced, not copied: keep it alive (and registered) for as
  * long as it lives, and unregister before wiping it. */
 sr_err_t sr_log_secret_register(const void *secret, size_t len);

@@ -38,6 +38,7 @@ const char *sr_err_name(sr_err_t err)
     return "SR_ERR_UNKNOWN";
 }
 
+static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap) SR_PRINTF(3, 0);
 static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap)
 {
     int n = vsnprintf(detail, sizeof detail, fmt, ap);
