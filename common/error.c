@@ -41,12 +41,15 @@ const char *sr_err_name(sr_err_t err)
 static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap) SR_PRINTF(3, 0);
 static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap)
 {
-    int n = vsnprintf(detail, sizeof detail, fmt, ap);
-    if (n < 0) detail[0] = '\0';
+    /* Format into a local buffer first: callers may pass sr_err_detail() as
+     * an argument to wrap an earlier message with more context. */
+    char buf[SR_ERR_DETAIL_MAX];
+    if (vsnprintf(buf, sizeof buf, fmt, ap) < 0) buf[0] = '\0';
     if (suffix) {
-        size_t used = strlen(detail);
-        snprintf(detail + used, sizeof detail - used, ": %s", suffix);
+        size_t used = strlen(buf);
+        snprintf(buf + used, sizeof buf - used, ": %s", suffix);
     }
+    memcpy(detail, buf, sizeof detail);
     last_code = err;
     return err;
 }

@@ -51,11 +51,11 @@ static sr_err_t load_identity(SSL_CTX *ctx, const sr_tls_options_t *o)
 {
     if (o->cert_file && SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
         return sr_err_set_openssl(SR_ERR_TLS, "cannot load certificate chain %s", o->cert_file);
-    if (o->key_file && SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1)
-        return sr_err_set_openssl(SR_ERR_TLS, "cannot load private key %s", o->key_file);
-    if (o->cert_file && o->key_file && SSL_CTX_check_private_key(ctx) != 1)
-        return sr_err_set_openssl(SR_ERR_TLS, "private key %s does not match certificate %s", o->key_file,
-                                  o->cert_file);
+    /* OpenSSL checks the key against the certificate as it loads it. */
+    if (o->key_file && (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1 ||
+                        (o->cert_file && SSL_CTX_check_private_key(ctx) != 1)))
+        return sr_err_set_openssl(SR_ERR_TLS, "private key %s cannot be loaded or does not match certificate %s",
+                                  o->key_file, o->cert_file ? o->cert_file : "(none)");
     if (!o->ca_file) return sr_err_set(SR_ERR_CONFIG, "a CA file is required to verify the TLS peer");
     if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1)
         return sr_err_set_openssl(SR_ERR_TLS, "cannot load CA file %s", o->ca_file);
@@ -217,8 +217,9 @@ static sr_err_t handshake_error(sr_tls_conn_t *c, int ret, const char *what)
     if (verify != X509_V_OK)
         return sr_err_set(SR_ERR_TLS, "%s with %s: peer certificate rejected: %s", what, c->peer_addr,
                           X509_verify_cert_error_string(verify));
-    if (err == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return sr_err_set(SR_ERR_TIMEOUT, "%s with %s timed out", what, c->peer_addr);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ||
+        (err == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
+        return sr_err_set(SR_ERR_TIMEOUT, "%s with %s timed out after %d ms", what, c->peer_addr, c->timeout_ms);
     return sr_err_set_openssl(SR_ERR_TLS, "%s with %s failed", what, c->peer_addr);
 }
 
@@ -307,8 +308,10 @@ static sr_err_t io_error(sr_tls_conn_t *c, int ret, const char *what)
 {
     int err = SSL_get_error(c->ssl, ret);
     if (err == SSL_ERROR_ZERO_RETURN) return sr_err_set(SR_ERR_CLOSED, "%s closed the connection", c->peer_addr);
-    if (err == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return sr_err_set(SR_ERR_TIMEOUT, "%s to %s timed out after %d ms", what, c->peer_addr, c->timeout_ms);
+    /* A socket timeout surfaces as WANT_READ/WANT_WRITE on a blocking socket. */
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ||
+        (err == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
+        return sr_err_set(SR_ERR_TIMEOUT, "%s %s timed out after %d ms", what, c->peer_addr, c->timeout_ms);
     if (err == SSL_ERROR_SYSCALL)
         return sr_err_set_errno(SR_ERR_NETWORK, errno ? errno : ECONNRESET, "%s %s", what, c->peer_addr);
     return sr_err_set_openssl(SR_ERR_TLS, "%s %s failed", what, c->peer_addr);
