@@ -223,6 +223,21 @@ static sr_err_t handshake_error(sr_tls_conn_t *c, int ret, const char *what)
     return sr_err_set_openssl(SR_ERR_TLS, "%s with %s failed", what, c->peer_addr);
 }
 
+/* Runs one side's handshake; frees the connection on failure. */
+static sr_err_t handshake(sr_tls_conn_t *c, int (*side)(SSL *), sr_tls_conn_t **out)
+{
+    ERR_clear_error();
+    int ret = side(c->ssl);
+    if (ret != 1) {
+        sr_err_t rc = handshake_error(c, ret, "TLS handshake");
+        conn_free(c);
+        return rc;
+    }
+    remember_peer_cn(c);
+    *out = c;
+    return SR_OK;
+}
+
 static int is_ip_literal(const char *name)
 {
     unsigned char buf[sizeof(struct in6_addr)];
@@ -244,16 +259,7 @@ sr_err_t sr_tls_connect(sr_ssl_ctx_t *ctx, const char *host, uint16_t port, cons
         conn_free(c);
         return sr_err_set_openssl(SR_ERR_TLS, "cannot set the expected server name %s", name);
     }
-    ERR_clear_error();
-    int ret = SSL_connect(c->ssl);
-    if (ret != 1) {
-        rc = handshake_error(c, ret, "TLS handshake");
-        conn_free(c);
-        return rc;
-    }
-    remember_peer_cn(c);
-    *out = c;
-    return SR_OK;
+    return handshake(c, SSL_connect, out);
 }
 
 sr_err_t sr_tls_listen(const char *host, uint16_t port, int backlog, int *listen_fd_out)
@@ -292,16 +298,7 @@ sr_err_t sr_tls_accept(sr_ssl_ctx_t *ctx, int fd, int timeout_ms, sr_tls_conn_t 
     sr_tls_conn_t *c;
     sr_err_t rc = conn_new(ctx, fd, timeout_ms, &c);
     if (rc != SR_OK) return rc;
-    ERR_clear_error();
-    int ret = SSL_accept(c->ssl);
-    if (ret != 1) {
-        rc = handshake_error(c, ret, "TLS handshake");
-        conn_free(c);
-        return rc;
-    }
-    remember_peer_cn(c);
-    *out = c;
-    return SR_OK;
+    return handshake(c, SSL_accept, out);
 }
 
 static sr_err_t io_error(sr_tls_conn_t *c, int ret, const char *what)
