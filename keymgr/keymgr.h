@@ -11,7 +11,6 @@
 #define STRONGROOM_KEYMGR_H
 
 #include "common.h"
-#include "kmip.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -45,6 +44,12 @@ sr_err_t sr_keymgr_wrap(sr_wrap_alg_t alg, const uint8_t *kek, size_t kek_len, c
 /* SR_ERR_WRAP_INTEGRITY when the blob, the AAD or the KEK does not match. */
 sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_key_t *wk, const uint8_t *aad,
                           size_t aad_len, uint8_t *key_out, size_t key_cap, size_t *key_len) SR_MUST_CHECK;
+/* Raw RFC 5649 (AES Key Wrap with Padding; KEK of 16, 24 or 32 bytes): output
+ * is the key length rounded up to 8, plus 8. */
+sr_err_t sr_keymgr_kwp_wrap(const uint8_t *kek, size_t kek_len, const uint8_t *key, size_t key_len, uint8_t *out,
+                            size_t out_cap, size_t *out_len) SR_MUST_CHECK;
+sr_err_t sr_keymgr_kwp_unwrap(const uint8_t *kek, size_t kek_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                              size_t out_cap, size_t *out_len) SR_MUST_CHECK;
 
 /* ---- key providers ------------------------------------------------------ */
 typedef struct sr_keyprov sr_keyprov_t;
@@ -78,9 +83,14 @@ sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, ui
 const char *sr_keyprov_description(const sr_keyprov_t *kp);
 void sr_keyprov_free(sr_keyprov_t *kp);
 
-/* Local key-file provider. The file holds one master key (UUID, version,
- * 256-bit key); it is created mode 0600 and refused if group/world readable. */
-sr_err_t sr_keyfile_create(const char *path) SR_MUST_CHECK;
+/* Local key-file provider. The file holds one master key (one UUID) in one or
+ * more versions of 256 bits each; it is created mode 0600 and refused if group
+ * or world can read it. Unwrap uses the version a blob names; create and
+ * rewrap use the newest. */
+sr_err_t sr_keyfile_create(const char *path) SR_MUST_CHECK;       /* refuses to overwrite */
+sr_err_t sr_keyfile_rotate(const char *path, uint32_t *new_version) SR_MUST_CHECK; /* adds a version */
+/* Master key id and newest version, without keeping the key material. */
+sr_err_t sr_keyfile_describe(const char *path, sr_uuid_t *id, uint32_t *newest_version) SR_MUST_CHECK;
 sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
