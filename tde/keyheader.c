@@ -1,0 +1,170 @@
+/*
+ * keyheader.c — the tablespace key header: pure encode/decode, no I/O.
+ *
+ * The first 8192 bytes of an encrypted database file are two 4096-byte slots.
+ * An update writes the slot holding the older generation and fsyncs; a reader
+ * takes the valid slot with the highest generation. A crash during a write
+ * leaves at most that one slot torn (its checksum fails) and the other one
+ * intact, so the header is never lost.
+ *
+ * Slot layout (big-endian, fixed offsets):
+ *     0  magic "SRTDEKH\0"            8
+ *     8  format version u16          (1)
+ *    10  generation u64
+ *    18  tablespace UUID             16
+ *    34  cipher u8, 35 state u8
+ *    36  page size u32
+ *    40  conversion progress u64     (pages; for online encrypt/rekey)
+ *    48  active key version u32
+ *    52  number of keys u32          (<= 8)
+ *    56  created, 64 updated          i64 unix microseconds
+ *    72  8 key records of 142 bytes: version u32 | encryptions reserved u64 |
+ *        wrapped-key length u16 | encoded wrapped key (128 bytes, zero padded)
+ *  1208  SHA-256 over bytes [0, 1208)
+ *  1240  zero to the end of the slot
+ */
+#include "tde.h"
+
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAGIC "SRTDEKH"
+#define OFF_KEYS 72
+#define KEY_RECORD (4 + 8 + 2 + SR_WRAPPED_KEY_ENCODED_MAX)
+#define OFF_SUM (OFF_KEYS + SR_TDE_MAX_KEY_VERSIONS * KEY_RECORD)
+
+static void be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
+static void be32(uint8_t *p, uint32_t v) { be16(p, (uint16_t)(v >> 16)), be16(p + 2, (uint16_t)v); }
+static void be64(uint8_t *p, uint64_t v) { be32(p, (uint32_t)(v >> 32)), be32(p + 4, (uint32_t)v); }
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t rd32(const uint8_t *p) { return (uint32_t)rd16(p) << 16 | rd16(p + 2); }
+static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
+
+const char *sr_tde_state_name(sr_tde_state_t state)
+{
+    static const char *names[] = {"plain", "encrypting", "encrypted", "rekeying", "decrypting"};
+    return (unsigned)state < sizeof names / sizeof names[0] ? names[state] : "unknown";
+}
+
+int sr_tde_header_is_present(const uint8_t *buf, size_t len)
+{
+    return len >= sizeof MAGIC && memcmp(buf, MAGIC, sizeof MAGIC) == 0;
+}
+
+sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t version)
+{
+    for (uint32_t i = 0; i < hdr->n_keys && i < SR_TDE_MAX_KEY_VERSIONS; i++)
+        if (hdr->keys[i].version == version) return &hdr->keys[i];
+    return NULL;
+}
+
+sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, uint8_t slot[SR_TDE_HEADER_SLOT])
+{
+    if (h->n_keys > SR_TDE_MAX_KEY_VERSIONS)
+        return sr_err_set(SR_ERR_INVALID_ARG, "key header holds at most %d keys", SR_TDE_MAX_KEY_VERSIONS);
+    memset(slot, 0, SR_TDE_HEADER_SLOT);
+    memcpy(slot, MAGIC, sizeof MAGIC);
+    be16(slot + 8, SR_TDE_HEADER_FORMAT);
+    be64(slot + 10, h->generation);
+    memcpy(slot + 18, h->tablespace.bytes, SR_UUID_BYTES);
+    slot[34] = (uint8_t)h->cipher;
+    slot[35] = (uint8_t)h->state;
+    be32(slot + 36, h->page_size);
+    be64(slot + 40, h->progress_pages);
+    be32(slot + 48, h->active_version);
+    be32(slot + 52, h->n_keys);
+    be64(slot + 56, (uint64_t)h->created_us);
+    be64(slot + 64, (uint64_t)h->updated_us);
+    for (uint32_t i = 0; i < h->n_keys; i++) {
+        uint8_t *r = slot + OFF_KEYS + i * KEY_RECORD;
+        size_t len = 0;
+        be32(r, h->keys[i].version);
+        be64(r + 4, h->keys[i].encryptions_reserved);
+        sr_err_t rc = sr_wrapped_key_encode(&h->keys[i].wrapped, r + 14, SR_WRAPPED_KEY_ENCODED_MAX, &len);
+        if (rc != SR_OK) return rc;
+        be16(r + 12, (uint16_t)len);
+    }
+    SHA256(slot, OFF_SUM, slot + OFF_SUM);
+    return SR_OK;
+}
+
+static sr_err_t decode_keys(const uint8_t *slot, sr_tde_header_t *h)
+{
+    for (uint32_t i = 0; i < h->n_keys; i++) {
+        const uint8_t *r = slot + OFF_KEYS + i * KEY_RECORD;
+        h->keys[i].version = rd32(r);
+        h->keys[i].encryptions_reserved = rd64(r + 4);
+        uint16_t len = rd16(r + 12);
+        if (len > SR_WRAPPED_KEY_ENCODED_MAX)
+            return sr_err_set(SR_ERR_CORRUPT, "key header: key record %u is %u bytes long", i, len);
+        sr_err_t rc = sr_wrapped_key_decode(r + 14, len, &h->keys[i].wrapped);
+        if (rc != SR_OK) return rc;
+        if (h->keys[i].version == 0 || (i && h->keys[i].version <= h->keys[i - 1].version))
+            return sr_err_set(SR_ERR_CORRUPT, "key header: key versions are not increasing");
+    }
+    return SR_OK;
+}
+
+sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *out)
+{
+    if (len < SR_TDE_HEADER_SLOT || !sr_tde_header_is_present(slot, len))
+        return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header (magic SRTDEKH missing)");
+    uint16_t format = rd16(slot + 8);
+    if (format != SR_TDE_HEADER_FORMAT)
+        return sr_err_set(SR_ERR_VERSION, "key header format %u; this strongroom reads format %d (upgrade strongroom)",
+                          format, SR_TDE_HEADER_FORMAT);
+    uint8_t sum[SHA256_DIGEST_LENGTH];
+    SHA256(slot, OFF_SUM, sum);
+    if (memcmp(sum, slot + OFF_SUM, sizeof sum) != 0)
+        return sr_err_set(SR_ERR_CORRUPT, "key header checksum mismatch");
+    sr_tde_header_t h;
+    memset(&h, 0, sizeof h);
+    h.format_version = format;
+    h.generation = rd64(slot + 10);
+    memcpy(h.tablespace.bytes, slot + 18, SR_UUID_BYTES);
+    h.cipher = (sr_tde_cipher_t)slot[34];
+    h.state = (sr_tde_state_t)slot[35];
+    h.page_size = rd32(slot + 36);
+    h.progress_pages = rd64(slot + 40);
+    h.active_version = rd32(slot + 48);
+    h.n_keys = rd32(slot + 52);
+    h.created_us = (int64_t)rd64(slot + 56);
+    h.updated_us = (int64_t)rd64(slot + 64);
+    if (h.cipher != SR_TDE_CIPHER_AES_256_GCM && h.cipher != SR_TDE_CIPHER_CHACHA20_POLY1305)
+        return sr_err_set(SR_ERR_CORRUPT, "key header names unknown cipher %u", slot[34]);
+    if (h.state > SR_TDE_STATE_DECRYPTING) return sr_err_set(SR_ERR_CORRUPT, "key header state %u unknown", slot[35]);
+    if (!sr_tde_page_size_valid(h.page_size))
+        return sr_err_set(SR_ERR_CORRUPT, "key header page size %u is invalid", h.page_size);
+    if (h.n_keys == 0 || h.n_keys > SR_TDE_MAX_KEY_VERSIONS)
+        return sr_err_set(SR_ERR_CORRUPT, "key header holds %u keys (1..%d allowed)", h.n_keys, SR_TDE_MAX_KEY_VERSIONS);
+    sr_err_t rc = decode_keys(slot, &h);
+    if (rc != SR_OK) return rc;
+    if (!sr_tde_header_find_key(&h, h.active_version))
+        return sr_err_set(SR_ERR_CORRUPT, "key header's active key version %u is not among its keys", h.active_version);
+    *out = h;
+    return SR_OK;
+}
+
+sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_t *out, int *slot_out)
+{
+    sr_tde_header_t h[2];
+    sr_err_t rc[2];
+    char why[2][256];
+    for (int i = 0; i < 2; i++) {
+        rc[i] = sr_tde_header_decode(region + i * SR_TDE_HEADER_SLOT, SR_TDE_HEADER_SLOT, &h[i]);
+        snprintf(why[i], sizeof why[i], "%s", rc[i] == SR_OK ? "" : sr_err_detail());
+    }
+    int best = -1;
+    for (int i = 0; i < 2; i++)
+        if (rc[i] == SR_OK && (best < 0 || h[i].generation > h[best].generation)) best = i;
+    if (best >= 0) {
+        *out = h[best];
+        if (slot_out) *slot_out = best;
+        return SR_OK;
+    }
+    if (rc[0] == SR_ERR_TDE_NO_HEADER && rc[1] == SR_ERR_TDE_NO_HEADER)
+        return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header in either slot");
+    sr_err_t err = rc[0] == SR_ERR_VERSION || rc[1] == SR_ERR_VERSION ? SR_ERR_VERSION : SR_ERR_CORRUPT;
+    return sr_err_set(err, "no valid key header: slot 0: %s; slot 1: %s", why[0], why[1]);
+}

@@ -1,0 +1,417 @@
+/*
+ * page_cipher.c — the tablespace in memory and the per-page AEAD.
+ *
+ * Speed: each sr_tde_pagectx keeps one EVP context for encryption (keyed once
+ * for the active key version) and one for decryption (re-keyed only when a
+ * page of another key version comes by). Per page the work is: set the IV,
+ * feed the 35-byte AAD, one update over the page body, final, tag. No
+ * allocation, no copy besides the cipher's own in->out pass; nonces come from
+ * a buffer refilled by RAND_bytes every 256 pages.
+ *
+ * Nonce budget: a context leases encryptions from the space in blocks of
+ * LEASE pages. The space makes sure every leased encryption is below the mark
+ * reserved in the key header (the reserve hook persists a higher mark before
+ * the lease is granted), and at the 2^32 limit calls the roll hook, which adds
+ * and activates a new key version. A crash loses at most the unused part of a
+ * reservation, never reuses one. The space lock is recursive because the roll
+ * hook adds the new key through this API while the lease is being granted.
+ */
+#include "tde.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AAD_BYTES (6 + SR_UUID_BYTES + 1 + 8 + 4)
+#define NONCE_BUFFER_PAGES 256
+#define LEASE 64
+
+typedef struct space_key {
+    uint32_t version;          /* 0: unused slot */
+    uint8_t *key;              /* SR_TDE_KEY_BYTES of secure memory */
+    uint64_t assigned;         /* encryptions handed out under this key */
+    uint64_t reserved;         /* the mark persisted in the key header */
+} space_key_t;
+
+struct sr_tde_space {
+    pthread_mutex_t lock;      /* recursive */
+    sr_uuid_t id;
+    sr_tde_cipher_t cipher;
+    uint32_t active;
+    uint64_t nonce_limit, reserve_block;
+    sr_tde_space_hooks_t hooks;
+    space_key_t keys[SR_TDE_MAX_KEY_VERSIONS];
+};
+
+struct sr_tde_pagectx {
+    sr_tde_space_t *space;
+    const EVP_CIPHER *evp;
+    EVP_CIPHER_CTX *enc, *dec;
+    uint32_t enc_version, dec_version; /* which key each context holds; 0 = none */
+    uint64_t lease_left;               /* encryptions left under enc_version */
+    size_t nonce_used;
+    uint8_t nonces[NONCE_BUFFER_PAGES * SR_TDE_NONCE_BYTES];
+    uint8_t aad[AAD_BYTES];
+};
+
+sr_err_t sr_tde_cipher_parse(const char *name, sr_tde_cipher_t *out)
+{
+    if (name && strcmp(name, "aes-256-gcm") == 0) *out = SR_TDE_CIPHER_AES_256_GCM;
+    else if (name && strcmp(name, "chacha20-poly1305") == 0) *out = SR_TDE_CIPHER_CHACHA20_POLY1305;
+    else return sr_err_set(SR_ERR_INVALID_ARG, "unknown cipher '%s' (use aes-256-gcm or chacha20-poly1305)",
+                           name ? name : "");
+    return SR_OK;
+}
+
+const char *sr_tde_cipher_name(sr_tde_cipher_t cipher)
+{
+    return cipher == SR_TDE_CIPHER_AES_256_GCM ? "aes-256-gcm"
+         : cipher == SR_TDE_CIPHER_CHACHA20_POLY1305 ? "chacha20-poly1305" : "unknown";
+}
+
+const char *sr_tde_file_kind_name(sr_tde_file_kind_t kind)
+{
+    switch (kind) {
+    case SR_TDE_FILE_DB: return "database";
+    case SR_TDE_FILE_WAL: return "wal";
+    case SR_TDE_FILE_JOURNAL: return "journal";
+    case SR_TDE_FILE_SUBJOURNAL: return "subjournal";
+    }
+    return "unknown";
+}
+
+static const EVP_CIPHER *cipher_evp(sr_tde_cipher_t cipher)
+{
+    return cipher == SR_TDE_CIPHER_AES_256_GCM ? EVP_aes_256_gcm()
+         : cipher == SR_TDE_CIPHER_CHACHA20_POLY1305 ? EVP_chacha20_poly1305() : NULL;
+}
+
+int sr_tde_page_size_valid(size_t page_size)
+{
+    return page_size >= SR_TDE_MIN_PAGE && page_size <= SR_TDE_MAX_PAGE && (page_size & (page_size - 1)) == 0;
+}
+
+/* ---- space ----------------------------------------------------------------- */
+
+sr_err_t sr_tde_space_new(const sr_uuid_t *id, sr_tde_cipher_t cipher, sr_tde_space_t **out)
+{
+    if (!cipher_evp(cipher)) return sr_err_set(SR_ERR_UNSUPPORTED, "unknown cipher id %d", (int)cipher);
+    sr_tde_space_t *s = calloc(1, sizeof *s);
+    if (!s) return sr_err_set(SR_ERR_NOMEM, "cannot allocate a tablespace");
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&s->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    s->id = *id;
+    s->cipher = cipher;
+    s->nonce_limit = SR_TDE_NONCE_LIMIT;
+    s->reserve_block = SR_TDE_RESERVE_BLOCK;
+    *out = s;
+    return SR_OK;
+}
+
+static space_key_t *space_find(sr_tde_space_t *s, uint32_t version)
+{
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++)
+        if (s->keys[i].version == version && version != 0) return &s->keys[i];
+    return NULL;
+}
+
+sr_err_t sr_tde_space_add_key(sr_tde_space_t *s, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
+                              uint64_t encryptions_reserved)
+{
+    if (version == 0) return sr_err_set(SR_ERR_INVALID_ARG, "key versions start at 1");
+    pthread_mutex_lock(&s->lock);
+    sr_err_t rc = SR_OK;
+    space_key_t *k = space_find(s, version);
+    if (k) {
+        /* Another connection loaded it already; keep the higher mark. */
+        if (encryptions_reserved > k->reserved) k->assigned = k->reserved = encryptions_reserved;
+    } else {
+        for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && !k; i++)
+            if (s->keys[i].version == 0) k = &s->keys[i];
+        if (!k) {
+            rc = sr_err_set(SR_ERR_LIMIT, "tablespace already holds %d key versions", SR_TDE_MAX_KEY_VERSIONS);
+        } else if (!(k->key = sr_secure_alloc(SR_TDE_KEY_BYTES))) {
+            rc = SR_ERR_NOMEM;
+        } else {
+            memcpy(k->key, key, SR_TDE_KEY_BYTES);
+            sr_log_secret_register(k->key, SR_TDE_KEY_BYTES);
+            k->version = version;
+            /* Counting resumes at the persisted mark: what was reserved before
+             * a crash may have been used. */
+            k->assigned = k->reserved = encryptions_reserved;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+sr_err_t sr_tde_space_set_active(sr_tde_space_t *s, uint32_t version)
+{
+    pthread_mutex_lock(&s->lock);
+    int known = space_find(s, version) != NULL;
+    if (known) s->active = version;
+    pthread_mutex_unlock(&s->lock);
+    return known ? SR_OK : sr_err_set(SR_ERR_TDE_KEY_VERSION, "key version %u is not loaded", version);
+}
+
+uint32_t sr_tde_space_active(const sr_tde_space_t *s) { return s->active; }
+const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *s) { return &s->id; }
+sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *s) { return s->cipher; }
+
+void sr_tde_space_set_hooks(sr_tde_space_t *s, const sr_tde_space_hooks_t *hooks)
+{
+    pthread_mutex_lock(&s->lock);
+    s->hooks = *hooks;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sr_tde_space_set_limits(sr_tde_space_t *s, uint64_t nonce_limit, uint64_t reserve_block)
+{
+    pthread_mutex_lock(&s->lock);
+    s->nonce_limit = nonce_limit ? nonce_limit : SR_TDE_NONCE_LIMIT;
+    s->reserve_block = reserve_block ? reserve_block : SR_TDE_RESERVE_BLOCK;
+    pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t sr_tde_space_encryptions(sr_tde_space_t *s, uint32_t version)
+{
+    pthread_mutex_lock(&s->lock);
+    space_key_t *k = space_find(s, version);
+    uint64_t n = k ? k->assigned : 0;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void sr_tde_space_free(sr_tde_space_t *s)
+{
+    if (!s) return;
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++) {
+        if (!s->keys[i].key) continue;
+        sr_log_secret_unregister(s->keys[i].key);
+        sr_secure_wipe(s->keys[i].key, SR_TDE_KEY_BYTES);
+        sr_secure_free(s->keys[i].key);
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* Claims the next range of encryptions of the active key: in the header
+ * when a reserve hook is set (shared with other processes), else in memory. */
+static sr_err_t space_claim(sr_tde_space_t *s, space_key_t *k, uint64_t *start)
+{
+    *start = k->reserved;
+    if (!s->hooks.reserve) return SR_OK;
+    return s->hooks.reserve(s->hooks.ctx, k->version, s->reserve_block, s->nonce_limit, start);
+}
+
+static sr_err_t space_roll(sr_tde_space_t *s, uint32_t exhausted)
+{
+    if (!s->hooks.roll)
+        return sr_err_set(SR_ERR_TDE_NONCE_LIMIT, "key version %u reached %llu encryptions and no new key can be made "
+                          "here", exhausted, (unsigned long long)s->nonce_limit);
+    sr_err_t rc = s->hooks.roll(s->hooks.ctx, exhausted);
+    if (rc == SR_OK && s->active == exhausted)
+        rc = sr_err_set(SR_ERR_TDE_NONCE_LIMIT, "rolling key version %u gave no fresh key", exhausted);
+    return rc;
+}
+
+/* Grants up to LEASE encryptions under the active key, claiming a new range
+ * (persisted before use) or rolling to a new key at the limit. Lock held. */
+static sr_err_t space_lease(sr_tde_space_t *s, uint32_t *version, uint64_t *granted)
+{
+    for (int attempt = 0; attempt < SR_TDE_MAX_KEY_VERSIONS + 1; attempt++) {
+        space_key_t *k = space_find(s, s->active);
+        if (!k) return sr_err_set(SR_ERR_TDE_KEY_VERSION, "tablespace has no active key version");
+        if (k->assigned >= k->reserved) {
+            uint64_t start = 0;
+            sr_err_t rc = space_claim(s, k, &start);
+            if (rc != SR_OK) return rc;
+            if (start >= s->nonce_limit) {
+                k->assigned = k->reserved = s->nonce_limit;
+                if ((rc = space_roll(s, k->version)) != SR_OK) return rc;
+                continue;
+            }
+            k->assigned = start;
+            k->reserved = start + s->reserve_block < s->nonce_limit ? start + s->reserve_block : s->nonce_limit;
+        }
+        uint64_t left = k->reserved - k->assigned;
+        *granted = left < LEASE ? left : LEASE;
+        k->assigned += *granted;
+        *version = k->version;
+        return SR_OK;
+    }
+    return sr_err_set(SR_ERR_TDE_NONCE_LIMIT, "no key version with encryptions left");
+}
+
+/* ---- page context ------------------------------------------------------------ */
+
+sr_err_t sr_tde_pagectx_new(sr_tde_space_t *space, sr_tde_pagectx_t **out)
+{
+    sr_tde_pagectx_t *c = calloc(1, sizeof *c);
+    if (!c) return sr_err_set(SR_ERR_NOMEM, "cannot allocate a page cipher context");
+    c->space = space;
+    c->evp = cipher_evp(space->cipher);
+    c->enc = EVP_CIPHER_CTX_new();
+    c->dec = EVP_CIPHER_CTX_new();
+    c->nonce_used = NONCE_BUFFER_PAGES;
+    memcpy(c->aad, "SRTDE1", 6);
+    memcpy(c->aad + 6, space->id.bytes, SR_UUID_BYTES);
+    if (!c->enc || !c->dec || EVP_EncryptInit_ex(c->enc, c->evp, NULL, NULL, NULL) != 1 ||
+        EVP_DecryptInit_ex(c->dec, c->evp, NULL, NULL, NULL) != 1) {
+        sr_tde_pagectx_free(c);
+        return sr_err_set_openssl(SR_ERR_CRYPTO, "cannot set up %s", sr_tde_cipher_name(space->cipher));
+    }
+    *out = c;
+    return SR_OK;
+}
+
+void sr_tde_pagectx_free(sr_tde_pagectx_t *c)
+{
+    if (!c) return;
+    EVP_CIPHER_CTX_free(c->enc); /* OpenSSL wipes the key schedule */
+    EVP_CIPHER_CTX_free(c->dec);
+    free(c);
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static void aad_fill(sr_tde_pagectx_t *c, sr_tde_file_kind_t kind, uint64_t location, uint32_t version)
+{
+    c->aad[22] = (uint8_t)kind;
+    put_be64(c->aad + 23, location);
+    put_be32(c->aad + 31, version);
+}
+
+/* Keys ctx with the key of `version` (looked up under the space lock). */
+static sr_err_t ctx_key(sr_tde_pagectx_t *c, EVP_CIPHER_CTX *ctx, int enc, uint32_t version)
+{
+    pthread_mutex_lock(&c->space->lock);
+    space_key_t *k = space_find(c->space, version);
+    const uint8_t *key = k ? k->key : NULL;
+    pthread_mutex_unlock(&c->space->lock);
+    if (!key) return SR_ERR_TDE_KEY_VERSION;
+    int ok = enc ? EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL) : EVP_DecryptInit_ex(ctx, NULL, NULL, key, NULL);
+    return ok == 1 ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "cannot load key version %u", version);
+}
+
+static sr_err_t next_nonce(sr_tde_pagectx_t *c, uint8_t *nonce)
+{
+    if (c->nonce_used == NONCE_BUFFER_PAGES) {
+        if (RAND_bytes(c->nonces, sizeof c->nonces) != 1)
+            return sr_err_set_openssl(SR_ERR_RANDOM, "RAND_bytes failed: no nonce, page not written");
+        c->nonce_used = 0;
+    }
+    memcpy(nonce, c->nonces + c->nonce_used * SR_TDE_NONCE_BYTES, SR_TDE_NONCE_BYTES);
+    c->nonce_used++;
+    return SR_OK;
+}
+
+static sr_err_t take_encryption(sr_tde_pagectx_t *c, uint32_t *version)
+{
+    if (c->lease_left == 0 || c->enc_version != c->space->active) {
+        pthread_mutex_lock(&c->space->lock);
+        uint32_t v = 0;
+        uint64_t granted = 0;
+        sr_err_t rc = space_lease(c->space, &v, &granted);
+        pthread_mutex_unlock(&c->space->lock);
+        if (rc != SR_OK) return rc;
+        if (v != c->enc_version) {
+            c->enc_version = 0;
+            if ((rc = ctx_key(c, c->enc, 1, v)) != SR_OK) return rc;
+            c->enc_version = v;
+        }
+        c->lease_left = granted;
+    }
+    c->lease_left--;
+    *version = c->enc_version;
+    return SR_OK;
+}
+
+sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *c, sr_tde_file_kind_t kind, uint64_t location, const uint8_t *in,
+                             uint8_t *out, size_t page_size)
+{
+    if (!sr_tde_page_size_valid(page_size))
+        return sr_err_set(SR_ERR_INVALID_ARG, "page size %zu is not a power of two in 512..65536", page_size);
+    uint32_t version = 0;
+    sr_err_t rc = take_encryption(c, &version);
+    if (rc != SR_OK) return rc;
+    size_t body = page_size - SR_TDE_PAGE_TRAILER;
+    uint8_t *trailer = out + body;
+    if ((rc = next_nonce(c, trailer)) != SR_OK) return rc;
+    put_be32(trailer + SR_TDE_NONCE_BYTES, version);
+    aad_fill(c, kind, location, version);
+    int n = 0, m = 0;
+    int ok = EVP_EncryptInit_ex(c->enc, NULL, NULL, NULL, trailer) == 1 &&
+             EVP_EncryptUpdate(c->enc, NULL, &n, c->aad, AAD_BYTES) == 1 &&
+             EVP_EncryptUpdate(c->enc, out, &n, in, (int)body) == 1 && EVP_EncryptFinal_ex(c->enc, out + n, &m) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c->enc, EVP_CTRL_AEAD_GET_TAG, SR_TDE_TAG_BYTES, trailer + 16) == 1;
+    return ok ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "page encryption failed");
+}
+
+uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size)
+{
+    const uint8_t *v = page + page_size - SR_TDE_PAGE_TRAILER + SR_TDE_NONCE_BYTES;
+    return (uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 | (uint32_t)v[2] << 8 | v[3];
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+    uint8_t acc = 0;
+    for (size_t i = 0; i < n; i++) acc |= p[i];
+    return acc == 0;
+}
+
+static sr_err_t auth_failure(sr_tde_file_kind_t kind, uint64_t location, uint32_t version, const char *reason)
+{
+    return sr_err_set(SR_ERR_TDE_PAGE_AUTH, "%s %s %llu (key version %u): %s", sr_tde_file_kind_name(kind),
+                      kind == SR_TDE_FILE_DB ? "page" : kind == SR_TDE_FILE_WAL ? "frame" : "record at offset",
+                      (unsigned long long)location, version, reason);
+}
+
+sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *c, sr_tde_file_kind_t kind, uint64_t location, uint8_t *page,
+                             size_t page_size)
+{
+    if (!sr_tde_page_size_valid(page_size))
+        return sr_err_set(SR_ERR_INVALID_ARG, "page size %zu is not a power of two in 512..65536", page_size);
+    size_t body = page_size - SR_TDE_PAGE_TRAILER;
+    uint8_t *trailer = page + body;
+    uint32_t version = sr_tde_page_key_version(page, page_size);
+    if (version != c->dec_version) {
+        c->dec_version = 0;
+        sr_err_t rc = ctx_key(c, c->dec, 0, version);
+        if (rc == SR_ERR_TDE_KEY_VERSION)
+            return all_zero(page, page_size) ? auth_failure(kind, location, version, "all-zero page (never written)")
+                                             : auth_failure(kind, location, version, "unknown key version");
+        if (rc != SR_OK) return rc;
+        c->dec_version = version;
+    }
+    aad_fill(c, kind, location, version);
+    uint8_t tag[SR_TDE_TAG_BYTES];
+    memcpy(tag, trailer + 16, sizeof tag);
+    int n = 0, m = 0;
+    int ok = EVP_DecryptInit_ex(c->dec, NULL, NULL, NULL, trailer) == 1 &&
+             EVP_DecryptUpdate(c->dec, NULL, &n, c->aad, AAD_BYTES) == 1 &&
+             EVP_DecryptUpdate(c->dec, page, &n, page, (int)body) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c->dec, EVP_CTRL_AEAD_SET_TAG, SR_TDE_TAG_BYTES, tag) == 1;
+    if (ok && EVP_DecryptFinal_ex(c->dec, page + n, &m) == 1) {
+        memset(trailer, 0, SR_TDE_PAGE_TRAILER);
+        return SR_OK;
+    }
+    /* Never hand back what failed: wipe the half-decrypted body. */
+    memset(page, 0, body);
+    return auth_failure(kind, location, version, "authentication tag mismatch (altered, moved or foreign page)");
+}

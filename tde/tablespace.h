@@ -1,0 +1,48 @@
+/*
+ * tablespace.h — (internal to tde/) an open tablespace file: its key header on
+ * disk, its keys in memory, shared by every connection of the process.
+ *
+ * Used by the SQLite VFS and by tdectl. Header updates take an OFD lock on the
+ * header region (shared with other processes) and an in-process mutex.
+ */
+#ifndef STRONGROOM_TDE_TABLESPACE_H
+#define STRONGROOM_TDE_TABLESPACE_H
+
+#include "tde.h"
+
+typedef struct sr_tde_ts sr_tde_ts_t;
+
+typedef struct sr_tde_ts_options {
+    sr_tde_cipher_t cipher; /* for a new tablespace; 0 = AES-256-GCM */
+    uint32_t page_size;     /* for a new tablespace; 0 = 4096 */
+    int may_create;         /* an empty file becomes a new tablespace */
+} sr_tde_ts_options_t;
+
+/* Opens (or joins, if this process has it open) the tablespace in `path`.
+ * Every open unwraps the keys with `prov`, so a wrong key fails even when
+ * another connection has the tablespace open. Errors: SR_ERR_TDE_WRONG_KEY,
+ * SR_ERR_TDE_NO_HEADER (detail says "plaintext SQLite database" for one),
+ * SR_ERR_CORRUPT, SR_ERR_VERSION, SR_ERR_TRUNCATED. */
+sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts, sr_tde_ts_t **out);
+sr_tde_ts_t *sr_tde_ts_retain(sr_tde_ts_t *ts); /* another user (a WAL or journal) */
+void sr_tde_ts_release(sr_tde_ts_t *ts);
+
+sr_tde_space_t *sr_tde_ts_space(sr_tde_ts_t *ts);
+uint32_t sr_tde_ts_page_size(sr_tde_ts_t *ts);
+const char *sr_tde_ts_path(sr_tde_ts_t *ts);
+/* SQLite changed the page size (VACUUM): record it in the header. */
+sr_err_t sr_tde_ts_set_page_size(sr_tde_ts_t *ts, uint32_t page_size);
+/* Another process added a key version: load it. */
+sr_err_t sr_tde_ts_refresh(sr_tde_ts_t *ts);
+
+/* ---- on a path, for tdectl (opens and closes its own descriptor) ---- */
+sr_err_t sr_tde_file_header_read(const char *path, sr_tde_header_t *out, int *slot_out);
+/* Writes a new encrypted tablespace header into an empty or absent file. */
+sr_err_t sr_tde_file_create(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts,
+                            sr_tde_header_t *out);
+/* Master-key rotation: every DEK re-wrapped under the provider's newest master key. */
+sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
+/* DEK rotation: a new key version becomes active for every page written from now on. */
+sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
+
+#endif

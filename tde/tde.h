@@ -1,0 +1,183 @@
+/*
+ * tde.h — transparent data encryption: the engine-independent page cipher,
+ * the tablespace key header, the temp-file cipher, and the SQLite adapter.
+ *
+ * A tablespace (one database file) has a UUID, a cipher chosen at creation
+ * (AES-256-GCM or ChaCha20-Poly1305) and up to SR_TDE_MAX_KEY_VERSIONS data
+ * keys (DEK), each wrapped by the key provider's master key in the key header
+ * at the start of the file. Every page image written to the data file, the WAL
+ * or a rollback journal is encrypted and authenticated on its own:
+ *
+ *   page on disk = ciphertext[page_size - 32] | nonce[12] | key_version u32 BE | tag[16]
+ *   AAD          = "SRTDE1" | tablespace UUID | file kind u8 | location u64 BE | key_version u32 BE
+ *
+ * so a page moved within a file, copied to another file kind or copied from
+ * another tablespace fails authentication. The 32 trailer bytes are SQLite's
+ * per-page reserved bytes; on decrypt they are returned as zeros.
+ *
+ * Nonces are random (96 bits from OpenSSL's DRBG). NIST SP 800-38D allows at
+ * most 2^32 random-nonce encryptions under one key: the count is reserved
+ * ahead of use in the key header (so a crash never lets it go backwards) and
+ * at the limit the tablespace rolls to a new key version by itself.
+ *
+ * Format details: docs/tde-format.md.
+ */
+#ifndef STRONGROOM_TDE_H
+#define STRONGROOM_TDE_H
+
+#include "common.h"
+#include "keymgr.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SR_TDE_KEY_BYTES 32
+#define SR_TDE_PAGE_TRAILER 32
+#define SR_TDE_NONCE_BYTES 12
+#define SR_TDE_TAG_BYTES 16
+#define SR_TDE_HEADER_REGION 8192 /* two key-header slots before SQLite's page 1 */
+#define SR_TDE_HEADER_SLOT 4096
+#define SR_TDE_MAX_KEY_VERSIONS 8
+#define SR_TDE_NONCE_LIMIT (UINT64_C(1) << 32) /* encryptions per key version */
+#define SR_TDE_RESERVE_BLOCK (UINT64_C(1) << 20) /* reserved in the header ahead of use */
+#define SR_TDE_MIN_PAGE 512
+#define SR_TDE_MAX_PAGE 65536
+
+typedef enum sr_tde_cipher {
+    SR_TDE_CIPHER_AES_256_GCM = 1,
+    SR_TDE_CIPHER_CHACHA20_POLY1305 = 2,
+} sr_tde_cipher_t;
+
+/* "aes-256-gcm" / "chacha20-poly1305" */
+sr_err_t sr_tde_cipher_parse(const char *name, sr_tde_cipher_t *out);
+const char *sr_tde_cipher_name(sr_tde_cipher_t cipher);
+
+typedef enum sr_tde_file_kind {
+    SR_TDE_FILE_DB = 1,        /* location = page number (1-based) */
+    SR_TDE_FILE_WAL = 2,       /* location = frame index (0-based) */
+    SR_TDE_FILE_JOURNAL = 3,   /* location = byte offset of the page image */
+    SR_TDE_FILE_SUBJOURNAL = 4 /* location = byte offset of the page image */
+} sr_tde_file_kind_t;
+const char *sr_tde_file_kind_name(sr_tde_file_kind_t kind);
+
+/* ---- tablespace ---------------------------------------------------------- */
+
+/* A tablespace in memory: UUID, cipher, DEKs by version (secure memory) and
+ * their encryption counters. Shared by every file of the tablespace in the
+ * process; thread-safe. */
+typedef struct sr_tde_space sr_tde_space_t;
+
+/* What the owner of the key header does for the space (the VFS).
+ * reserve: claim the next `block` encryptions of `version` in the persisted
+ *   header (shared by every process using the file) and return where the
+ *   claimed range starts; the header's mark becomes min(start + block, limit).
+ *   A start >= limit means the key is used up.
+ * roll: make a new key version (or load one another process made), then
+ *   sr_tde_space_add_key + sr_tde_space_set_active before returning. */
+typedef struct sr_tde_space_hooks {
+    sr_err_t (*reserve)(void *ctx, uint32_t version, uint64_t block, uint64_t limit, uint64_t *range_start);
+    sr_err_t (*roll)(void *ctx, uint32_t exhausted_version);
+    void *ctx;
+} sr_tde_space_hooks_t;
+
+sr_err_t sr_tde_space_new(const sr_uuid_t *id, sr_tde_cipher_t cipher, sr_tde_space_t **out) SR_MUST_CHECK;
+/* `encryptions_reserved` is the mark from the header: counting resumes there. */
+sr_err_t sr_tde_space_add_key(sr_tde_space_t *space, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
+                              uint64_t encryptions_reserved) SR_MUST_CHECK;
+sr_err_t sr_tde_space_set_active(sr_tde_space_t *space, uint32_t version) SR_MUST_CHECK;
+uint32_t sr_tde_space_active(const sr_tde_space_t *space);
+const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *space);
+sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *space);
+void sr_tde_space_set_hooks(sr_tde_space_t *space, const sr_tde_space_hooks_t *hooks);
+/* Tests only: a lower limit than SR_TDE_NONCE_LIMIT, and the reservation step. */
+void sr_tde_space_set_limits(sr_tde_space_t *space, uint64_t nonce_limit, uint64_t reserve_block);
+/* Encryptions counted under `version` (for status output and tests). */
+uint64_t sr_tde_space_encryptions(sr_tde_space_t *space, uint32_t version);
+void sr_tde_space_free(sr_tde_space_t *space);
+
+/* ---- page cipher ---------------------------------------------------------- */
+
+/* Per-file (per-thread) context: EVP contexts created once and reused. */
+typedef struct sr_tde_pagectx sr_tde_pagectx_t;
+sr_err_t sr_tde_pagectx_new(sr_tde_space_t *space, sr_tde_pagectx_t **out) SR_MUST_CHECK;
+void sr_tde_pagectx_free(sr_tde_pagectx_t *ctx);
+
+/* in -> out (distinct buffers of page_size bytes); writes the trailer. The
+ * plaintext's last 32 bytes are not encrypted (they are the trailer's place). */
+sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, sr_tde_file_kind_t kind, uint64_t location, const uint8_t *in,
+                             uint8_t *out, size_t page_size) SR_MUST_CHECK;
+/* In place; on success the trailer bytes are zeroed. SR_ERR_TDE_PAGE_AUTH (the
+ * detail names kind, location, key version and reason) or SR_ERR_TDE_KEY_VERSION. */
+sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, sr_tde_file_kind_t kind, uint64_t location, uint8_t *page,
+                             size_t page_size) SR_MUST_CHECK;
+/* The trailer's key version, without decrypting (status, verify). */
+uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size);
+int sr_tde_page_size_valid(size_t page_size);
+
+/* ---- key header ------------------------------------------------------------ */
+
+typedef enum sr_tde_state {
+    SR_TDE_STATE_PLAIN = 0,
+    SR_TDE_STATE_ENCRYPTING = 1,
+    SR_TDE_STATE_ENCRYPTED = 2,
+    SR_TDE_STATE_REKEYING = 3,
+    SR_TDE_STATE_DECRYPTING = 4,
+} sr_tde_state_t;
+const char *sr_tde_state_name(sr_tde_state_t state);
+
+typedef struct sr_tde_header_key {
+    uint32_t version;
+    uint64_t encryptions_reserved;
+    sr_wrapped_key_t wrapped;
+} sr_tde_header_key_t;
+
+#define SR_TDE_HEADER_FORMAT 1
+typedef struct sr_tde_header {
+    uint16_t format_version;
+    uint64_t generation;
+    sr_uuid_t tablespace;
+    sr_tde_cipher_t cipher;
+    uint32_t page_size;
+    sr_tde_state_t state;
+    uint64_t progress_pages;
+    uint32_t active_version;
+    uint32_t n_keys;
+    sr_tde_header_key_t keys[SR_TDE_MAX_KEY_VERSIONS];
+    int64_t created_us, updated_us;
+} sr_tde_header_t;
+
+sr_err_t sr_tde_header_encode(const sr_tde_header_t *hdr, uint8_t slot[SR_TDE_HEADER_SLOT]) SR_MUST_CHECK;
+sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *out) SR_MUST_CHECK;
+/* The newest valid slot of the region (and its index). SR_ERR_TDE_NO_HEADER if
+ * neither slot has the magic; SR_ERR_CORRUPT / SR_ERR_VERSION otherwise. */
+sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_t *out,
+                            int *slot_out) SR_MUST_CHECK;
+int sr_tde_header_is_present(const uint8_t *buf, size_t len);
+sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t version);
+
+/* ---- temp files: AES-256-XTS under an ephemeral key ------------------------ */
+typedef struct sr_tde_xts sr_tde_xts_t;
+sr_err_t sr_tde_xts_new(sr_tde_xts_t **out) SR_MUST_CHECK; /* fresh random key in secure memory */
+/* len >= 16; tweak = the unit's index in the file. */
+sr_err_t sr_tde_xts_encrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+sr_err_t sr_tde_xts_decrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+/* Units shorter than 16 bytes (a file's tail): a keystream from AES-256-CTR. */
+sr_err_t sr_tde_xts_tail(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+void sr_tde_xts_free(sr_tde_xts_t *x);
+
+/* ---- the SQLite adapter (tde/sqlite_vfs.c) ----------------------------------- */
+typedef struct sqlite3 sqlite3;
+
+/* Registers the "strongroom" VFS over the current default VFS (idempotent).
+ * default_provider (may be NULL) serves opens that name no key; the caller
+ * keeps it alive while databases are open. make_default: also make
+ * strongroom the default VFS. Returns an SQLite result code. */
+int sr_sqlite_register(sr_keyprov_t *default_provider, int make_default);
+/* Benchmarks only: "strongroom-passthrough", the same shim with the cipher off. */
+int sr_sqlite_register_passthrough(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
