@@ -1,0 +1,30 @@
+/*
+ * extension.c — strongroom.so, the loadable extension for any SQLite program
+ * (the stock sqlite3 CLI: `.load ./strongroom`). It registers the strongroom
+ * VFS (not as the default unless STRONGROOM_DEFAULT=1) and stays loaded for
+ * the life of the process (SQLITE_OK_LOAD_PERMANENTLY), since open databases
+ * keep using it after the loading connection closes.
+ */
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT1
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tde.h"
+
+__attribute__((visibility("default"))) int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg,
+                                                                   const sqlite3_api_routines *pApi);
+
+int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_routines *pApi)
+{
+    (void)db;
+    SQLITE_EXTENSION_INIT2(pApi);
+    const char *def = getenv("STRONGROOM_DEFAULT");
+    int rc = sr_sqlite_register(NULL, def && strcmp(def, "1") == 0);
+    if (rc != SQLITE_OK) {
+        *pzErrMsg = sqlite3_mprintf("strongroom: cannot register the VFS (%s)", sqlite3_errstr(rc));
+        return rc;
+    }
+    return SQLITE_OK_LOAD_PERMANENTLY;
+}

@@ -1,0 +1,456 @@
+/*
+ * tdectl — the DBA's tool for encrypted tablespaces (one SQLite file each).
+ *
+ *   tdectl keygen KEYFILE                      new master key file (0600)
+ *   tdectl create   [--cipher C] [--page-size N] --keyfile K DB
+ *   tdectl status   [--keyfile K] DB...        key header, key versions, page histogram
+ *   tdectl verify   --keyfile K DB...          authenticate every page, then SQLite's integrity_check
+ *   tdectl encrypt  [--cipher C] --keyfile K PLAIN.db ENCRYPTED.db
+ *   tdectl decrypt  --keyfile K ENCRYPTED.db PLAIN.db
+ *   tdectl rekey    [--rewrite] --keyfile K DB new data key version (--rewrite: re-encrypt all pages now)
+ *   tdectl rotate-master --keyfile K DB...     new master key version; re-wrap each DB's data keys
+ *
+ * Exit status: 0 success, 1 verification failed / operation failed, 2 usage.
+ * The key file can also come from $STRONGROOM_KEYFILE.
+ */
+#include "sr_sqlite.h"
+#include "tablespace.h"
+#include "tde.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct options {
+    const char *keyfile;
+    sr_tde_cipher_t cipher;
+    uint32_t page_size;
+    int rewrite;
+    int argc;
+    char **argv; /* the positional arguments */
+} options_t;
+
+static int fail(const char *what, sr_err_t rc)
+{
+    fprintf(stderr, "tdectl: %s: %s (%s)\n", what, sr_err_detail()[0] ? sr_err_detail() : sr_strerror(rc),
+            sr_err_name(rc));
+    return 1;
+}
+
+static int usage(void)
+{
+    fputs("usage: tdectl COMMAND [OPTIONS] ARGS\n"
+          "  keygen KEYFILE                              create a master key file (mode 0600)\n"
+          "  create [--cipher C] [--page-size N] DB      create an empty encrypted database\n"
+          "  status DB...                                show the key header and key versions\n"
+          "  verify DB...                                authenticate every page, then integrity_check\n"
+          "  encrypt [--cipher C] PLAIN.db ENCRYPTED.db  encrypted copy of a plaintext database\n"
+          "  decrypt ENCRYPTED.db PLAIN.db               plaintext copy of an encrypted database\n"
+          "  rekey [--rewrite] DB                        new data key version for new writes\n"
+          "                                              (--rewrite: re-encrypt every page now)\n"
+          "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
+          "options: --keyfile K (or $STRONGROOM_KEYFILE), --cipher aes-256-gcm|chacha20-poly1305,\n"
+          "         --page-size 512..65536\n",
+          stderr);
+    return 2;
+}
+
+static sr_err_t open_provider(const options_t *o, sr_keyprov_t **kp)
+{
+    if (!o->keyfile)
+        return sr_err_set(SR_ERR_INVALID_ARG, "no key file: pass --keyfile PATH or set STRONGROOM_KEYFILE");
+    return sr_keyprov_keyfile_open(o->keyfile, kp);
+}
+
+static void uri_for(char *out, size_t cap, const char *path, const char *keyfile, const options_t *o)
+{
+    char cipher[64] = "", psize[32] = "";
+    if (o && o->cipher) snprintf(cipher, sizeof cipher, "&cipher=%s", sr_tde_cipher_name(o->cipher));
+    if (o && o->page_size) snprintf(psize, sizeof psize, "&page_size=%u", o->page_size);
+    snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s%s", path, keyfile, cipher, psize);
+}
+
+static int sqlite_fail(sqlite3 *db, const char *what)
+{
+    fprintf(stderr, "tdectl: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    return 1;
+}
+
+/* ---- keygen / create / status ---------------------------------------------------- */
+
+static int cmd_keygen(options_t *o)
+{
+    if (o->argc != 1) return usage();
+    sr_err_t rc = sr_keyfile_create(o->argv[0]);
+    if (rc != SR_OK) return fail("keygen", rc);
+    sr_uuid_t id;
+    uint32_t v;
+    char uuid[SR_UUID_STR_LEN + 1];
+    if (sr_keyfile_describe(o->argv[0], &id, &v) != SR_OK) return fail("keygen", sr_err_last());
+    sr_uuid_format(&id, uuid);
+    printf("master key %s version %u written to %s (mode 0600; back it up: without it the data is lost)\n", uuid, v,
+           o->argv[0]);
+    return 0;
+}
+
+static void print_header(const char *path, const sr_tde_header_t *h, int slot)
+{
+    char uuid[SR_UUID_STR_LEN + 1], when[64];
+    sr_uuid_format(&h->tablespace, uuid);
+    printf("%s\n  tablespace   %s\n  cipher       %s\n  page size    %u\n  state        %s\n", path, uuid,
+           sr_tde_cipher_name(h->cipher), h->page_size, sr_tde_state_name(h->state));
+    sr_time_format_rfc3339(h->created_us, 0, when, sizeof when);
+    printf("  created      %s\n", when);
+    sr_time_format_rfc3339(h->updated_us, 0, when, sizeof when);
+    printf("  updated      %s (header generation %llu, slot %d)\n", when, (unsigned long long)h->generation, slot);
+    printf("  active key   version %u\n", h->active_version);
+    for (uint32_t i = 0; i < h->n_keys; i++) {
+        sr_uuid_format(&h->keys[i].wrapped.kek_id, uuid);
+        printf("  key v%-3u     wrapped by master key %s v%u (%s), %llu encryptions reserved\n", h->keys[i].version,
+               uuid, h->keys[i].wrapped.kek_version,
+               h->keys[i].wrapped.alg == SR_WRAP_AES_256_GCM ? "AES-256-GCM" : "AES-KWP",
+               (unsigned long long)h->keys[i].encryptions_reserved);
+    }
+}
+
+/* Counts pages per key version straight from the trailers (no key needed). */
+static int print_page_histogram(const char *path, uint32_t page_size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    uint8_t *page = malloc(page_size);
+    uint64_t count[SR_TDE_MAX_KEY_VERSIONS + 1] = {0}, pages = 0, other = 0;
+    uint32_t versions[SR_TDE_MAX_KEY_VERSIONS + 1] = {0};
+    for (off_t off = SR_TDE_HEADER_REGION; page && pread(fd, page, page_size, off) == (ssize_t)page_size;
+         off += page_size) {
+        uint32_t v = sr_tde_page_key_version(page, page_size);
+        int i = 0;
+        while (i < SR_TDE_MAX_KEY_VERSIONS && versions[i] && versions[i] != v) i++;
+        if (i < SR_TDE_MAX_KEY_VERSIONS) versions[i] = v, count[i]++;
+        else other++;
+        pages++;
+    }
+    printf("  pages        %llu", (unsigned long long)pages);
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && versions[i]; i++)
+        printf("%skey v%u: %llu", i ? ", " : " (", versions[i], (unsigned long long)count[i]);
+    printf("%s\n", pages ? ")" : "");
+    if (other) printf("  pages with other key versions: %llu\n", (unsigned long long)other);
+    free(page);
+    close(fd);
+    return 0;
+}
+
+static int cmd_create(options_t *o)
+{
+    if (o->argc != 1) return usage();
+    sr_keyprov_t *kp = NULL;
+    sr_err_t rc = open_provider(o, &kp);
+    sr_tde_header_t h;
+    sr_tde_ts_options_t opts = {.cipher = o->cipher, .page_size = o->page_size, .may_create = 1};
+    if (rc == SR_OK) rc = sr_tde_file_create(o->argv[0], kp, &opts, &h);
+    sr_keyprov_free(kp);
+    if (rc != SR_OK) return fail(o->argv[0], rc);
+    print_header(o->argv[0], &h, 0);
+    return 0;
+}
+
+static int cmd_status(options_t *o)
+{
+    if (o->argc < 1) return usage();
+    int status = 0;
+    for (int i = 0; i < o->argc; i++) {
+        sr_tde_header_t h;
+        int slot = 0;
+        sr_err_t rc = sr_tde_file_header_read(o->argv[i], &h, &slot);
+        if (rc != SR_OK) {
+            status |= fail(o->argv[i], rc);
+            continue;
+        }
+        print_header(o->argv[i], &h, slot);
+        print_page_histogram(o->argv[i], h.page_size);
+    }
+    return status;
+}
+
+/* ---- verify ------------------------------------------------------------------------- */
+
+/* Every page of the file, authenticated with the tablespace's keys. */
+static int verify_pages(const char *path, sr_keyprov_t *kp, uint64_t *pages_out)
+{
+    sr_tde_ts_t *ts = NULL;
+    sr_tde_pagectx_t *pc = NULL;
+    sr_err_t rc = sr_tde_ts_open(path, kp, NULL, &ts);
+    if (rc == SR_OK) rc = sr_tde_pagectx_new(sr_tde_ts_space(ts), &pc);
+    if (rc != SR_OK) {
+        sr_tde_ts_release(ts);
+        return fail(path, rc);
+    }
+    uint32_t ps = sr_tde_ts_page_size(ts);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), bad = 0;
+    uint8_t *page = malloc(ps);
+    uint64_t pgno = 1;
+    ssize_t got = 0;
+    while (fd >= 0 && page && (got = pread(fd, page, ps, SR_TDE_HEADER_REGION + (off_t)(pgno - 1) * ps)) > 0) {
+        if (got != (ssize_t)ps) {
+            fprintf(stderr, "tdectl: %s: page %llu: cut short at %zd of %u bytes (truncated file)\n", path,
+                    (unsigned long long)pgno, got, ps);
+            bad++;
+            break;
+        }
+        if (sr_tde_page_decrypt(pc, SR_TDE_FILE_DB, pgno, page, ps) != SR_OK) {
+            fprintf(stderr, "tdectl: %s: %s\n", path, sr_err_detail());
+            if (++bad == 10) break;
+        }
+        pgno++;
+    }
+    *pages_out = pgno - 1;
+    free(page);
+    if (fd >= 0) close(fd);
+    sr_tde_pagectx_free(pc);
+    sr_tde_ts_release(ts);
+    return bad ? 1 : 0;
+}
+
+static int integrity_check(const char *path, const char *keyfile)
+{
+    char uri[8192];
+    uri_for(uri, sizeof uri, path, keyfile, NULL);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
+        return sqlite_fail(db, path);
+    sqlite3_stmt *st = NULL;
+    int status = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK) return sqlite_fail(db, path);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *line = (const char *)sqlite3_column_text(st, 0);
+        if (line && strcmp(line, "ok") != 0) fprintf(stderr, "tdectl: %s: integrity_check: %s\n", path, line), status = 1;
+    }
+    if (sqlite3_finalize(st) != SQLITE_OK) status = sqlite_fail(db, path), db = NULL;
+    sqlite3_close(db);
+    return status;
+}
+
+static int cmd_verify(options_t *o)
+{
+    if (o->argc < 1) return usage();
+    sr_keyprov_t *kp = NULL;
+    sr_err_t rc = open_provider(o, &kp);
+    if (rc != SR_OK) return fail("verify", rc);
+    int status = 0;
+    for (int i = 0; i < o->argc; i++) {
+        uint64_t pages = 0;
+        int bad = verify_pages(o->argv[i], kp, &pages);
+        if (!bad) bad = integrity_check(o->argv[i], o->keyfile);
+        printf("%s: %s (%llu pages authenticated%s)\n", o->argv[i], bad ? "FAILED" : "ok", (unsigned long long)pages,
+               bad ? "" : ", integrity_check ok");
+        status |= bad;
+    }
+    sr_keyprov_free(kp);
+    return status;
+}
+
+/* ---- encrypt / decrypt ------------------------------------------------------------------ */
+
+static int backup_all(sqlite3 *src, sqlite3 *dst)
+{
+    sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
+    if (!b) return sqlite3_errcode(dst);
+    int rc = sqlite3_backup_step(b, -1);
+    int fin = sqlite3_backup_finish(b);
+    return rc == SQLITE_DONE ? fin : rc;
+}
+
+static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
+
+static int page_size_of(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int ps = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        ps = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return ps;
+}
+
+/* A plaintext copy of src with 32 reserved bytes per page: a consistent
+ * snapshot (backup API), then VACUUM, which is how SQLite changes reserve. */
+static int plaintext_with_reserve(const char *src_path, const char *tmp_path, int *page_size)
+{
+    sqlite3 *src = NULL, *tmp = NULL;
+    char uri[8192];
+    snprintf(uri, sizeof uri, "file:%s?mode=ro", src_path);
+    if (sqlite3_open_v2(uri, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK)
+        return sqlite_fail(src, src_path);
+    if (sqlite3_open_v2(tmp_path, &tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+        sqlite3_close(src);
+        return sqlite_fail(tmp, tmp_path);
+    }
+    int reserve = SR_TDE_PAGE_TRAILER;
+    int rc = backup_all(src, tmp);
+    sqlite3_close(src);
+    if (rc == SQLITE_OK) rc = exec(tmp, "PRAGMA journal_mode=DELETE");
+    if (rc == SQLITE_OK) rc = sqlite3_file_control(tmp, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+    if (rc == SQLITE_OK) rc = exec(tmp, "VACUUM");
+    if (rc != SQLITE_OK) return sqlite_fail(tmp, src_path);
+    *page_size = page_size_of(tmp);
+    sqlite3_close(tmp);
+    return 0;
+}
+
+static int refuse_existing(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        fprintf(stderr, "tdectl: %s exists; refusing to overwrite it\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_encrypt(options_t *o)
+{
+    if (o->argc != 2) return usage();
+    const char *src = o->argv[0], *dst = o->argv[1];
+    if (!o->keyfile) return fail("encrypt", open_provider(o, NULL));
+    if (refuse_existing(dst)) return 1;
+    char tmp[8192], uri[8192];
+    snprintf(tmp, sizeof tmp, "%s.tdectl-plain.%ld", dst, (long)getpid());
+    int ps = 0;
+    if (plaintext_with_reserve(src, tmp, &ps)) return unlink(tmp), 1;
+    options_t create = *o;
+    create.page_size = (uint32_t)ps;
+    uri_for(uri, sizeof uri, dst, o->keyfile, &create);
+    sqlite3 *in = NULL, *out = NULL;
+    int rc = sqlite3_open_v2(tmp, &in, SQLITE_OPEN_READONLY, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+                                              "strongroom");
+    if (rc == SQLITE_OK) rc = backup_all(in, out);
+    int status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);
+    if (rc == SQLITE_OK) sqlite3_close(out);
+    sqlite3_close(in);
+    unlink(tmp);
+    if (status) return unlink(dst), 1;
+    if (integrity_check(dst, o->keyfile)) return 1;
+    printf("%s: encrypted copy of %s written (%s, %d-byte pages); check it, then remove the plaintext original\n", dst,
+           src, sr_tde_cipher_name(o->cipher ? o->cipher : SR_TDE_CIPHER_AES_256_GCM), ps);
+    return 0;
+}
+
+static int cmd_decrypt(options_t *o)
+{
+    if (o->argc != 2) return usage();
+    const char *src = o->argv[0], *dst = o->argv[1];
+    if (!o->keyfile) return fail("decrypt", open_provider(o, NULL));
+    if (refuse_existing(dst)) return 1;
+    char uri[8192];
+    uri_for(uri, sizeof uri, src, o->keyfile, NULL);
+    sqlite3 *in = NULL, *out = NULL;
+    int rc = sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom");
+    if (rc != SQLITE_OK) return sqlite_fail(in, src);
+    rc = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK) rc = backup_all(in, out);
+    sqlite3_close(in);
+    if (rc != SQLITE_OK) return unlink(dst), sqlite_fail(out, dst);
+    sqlite3_close(out);
+    printf("%s: plaintext copy of %s written\n", dst, src);
+    return 0;
+}
+
+/* ---- key rotation ------------------------------------------------------------------------ */
+
+static int cmd_rekey(options_t *o)
+{
+    if (o->argc != 1) return usage();
+    sr_keyprov_t *kp = NULL;
+    sr_tde_header_t h;
+    sr_err_t rc = open_provider(o, &kp);
+    if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
+    sr_keyprov_free(kp);
+    if (rc != SR_OK) return fail(o->argv[0], rc);
+    printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
+    if (!o->rewrite) return 0;
+    char uri[8192];
+    uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        exec(db, "VACUUM") != SQLITE_OK)
+        return sqlite_fail(db, o->argv[0]);
+    sqlite3_close(db);
+    printf("%s: every page re-encrypted under key version %u (VACUUM)\n", o->argv[0], h.active_version);
+    return 0;
+}
+
+static int cmd_rotate_master(options_t *o)
+{
+    if (o->argc < 1) return usage();
+    if (!o->keyfile) return fail("rotate-master", open_provider(o, NULL));
+    uint32_t version = 0;
+    sr_err_t rc = sr_keyfile_rotate(o->keyfile, &version);
+    if (rc != SR_OK) return fail(o->keyfile, rc);
+    printf("%s: master key version %u added (older versions kept for databases not yet re-wrapped)\n", o->keyfile,
+           version);
+    sr_keyprov_t *kp = NULL;
+    if ((rc = open_provider(o, &kp)) != SR_OK) return fail(o->keyfile, rc);
+    int status = 0;
+    for (int i = 0; i < o->argc; i++) {
+        sr_tde_header_t h;
+        rc = sr_tde_file_rewrap(o->argv[i], kp, &h);
+        if (rc != SR_OK) status |= fail(o->argv[i], rc);
+        else printf("%s: %u data key(s) re-wrapped under master key version %u\n", o->argv[i], h.n_keys, version);
+    }
+    sr_keyprov_free(kp);
+    return status;
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+typedef struct command {
+    const char *name;
+    int (*run)(options_t *o);
+} command_t;
+
+static const command_t commands[] = {
+    {"keygen", cmd_keygen},   {"create", cmd_create},   {"status", cmd_status},
+    {"verify", cmd_verify},   {"encrypt", cmd_encrypt}, {"decrypt", cmd_decrypt},
+    {"rekey", cmd_rekey},     {"rotate-master", cmd_rotate_master},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
+    options_t o = {.keyfile = getenv("STRONGROOM_KEYFILE")};
+    static const struct option longopts[] = {{"keyfile", required_argument, NULL, 'k'},
+                                             {"cipher", required_argument, NULL, 'c'},
+                                             {"page-size", required_argument, NULL, 'p'},
+                                             {"rewrite", no_argument, NULL, 'r'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    int ch;
+    int64_t ps = 0;
+    optind = 2;
+    while ((ch = getopt_long(argc, argv, "k:c:p:rh", longopts, NULL)) != -1) {
+        if (ch == 'k') o.keyfile = optarg;
+        else if (ch == 'c' && sr_tde_cipher_parse(optarg, &o.cipher) != SR_OK) return fail("--cipher", SR_ERR_INVALID_ARG);
+        else if (ch == 'p' && (sr_parse_int64(optarg, &ps) != SR_OK || !sr_tde_page_size_valid((size_t)ps)))
+            return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), 2;
+        else if (ch == 'r') o.rewrite = 1;
+        else if (ch == 'h' || ch == '?') return usage();
+    }
+    o.page_size = (uint32_t)ps;
+    o.argc = argc - optind;
+    o.argv = argv + optind;
+    if (sr_secure_init() != SR_OK) return fail("init", SR_ERR_CRYPTO);
+    sr_log_set_level(SR_LOG_WARN);
+    sqlite3_config(SQLITE_CONFIG_URI, 1);
+    if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fprintf(stderr, "tdectl: cannot register the VFS\n"), 1;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(&o);
+    fprintf(stderr, "tdectl: unknown command '%s'\n", argv[1]);
+    return usage();
+}
