@@ -1,0 +1,268 @@
+/*
+ * Tampering, each detected and reported: a flipped bit in any page of the
+ * database, in a WAL frame, in a rollback-journal page image; two pages
+ * swapped; a page copied from another tablespace; a journal page image
+ * copied into the database (another file kind). The engine answers
+ * SQLITE_IOERR_DATA with the file and page in SQLite's log, never rows from a
+ * bad page; `tdectl verify` names the page and exits 1. Also the tdectl
+ * commands end to end (status, verify, encrypt/decrypt, rekey, rotate-master).
+ */
+#include "sqlt.h"
+#include "sr_test.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PS 4096
+#define HDR 8192
+#define MARKER "TAMPER-MARKER-777"
+
+static char keyfile[512];
+
+static int tdectl(char *out, size_t cap, const char *fmt, ...) SR_PRINTF(3, 4);
+static int tdectl(char *out, size_t cap, const char *fmt, ...)
+{
+    char args[3000], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", sr_test_build_path("tde/tdectl"), args);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, cap - 1, p) : 0;
+    out[n] = '\0';
+    int st = p ? pclose(p) : -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *make_db(const char *name, const char *mode, int rows)
+{
+    static char path[4][512];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, sizeof path[0], "%s", sr_test_path(name));
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(p, keyfile, NULL, &db), SQLITE_OK);
+    char sql[128];
+    snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", mode);
+    SR_CHECK_EQ_INT(sqlt_exec(db, sql), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_workload(db, 5, rows, MARKER), SQLITE_OK);
+    sqlite3_close(db);
+    return p;
+}
+
+/* Opens and reads everything; returns the extended error code (0 if all read). */
+static int read_all(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlt_clear_log();
+    int rc = sqlt_open(path, keyfile, NULL, &db);
+    if (rc == SQLITE_OK) {
+        rc = sqlt_exec(db, "SELECT count(*), sum(length(v)), sum(k) FROM t; SELECT count(*) FROM t INDEXED BY t_k "
+                           "WHERE k > -1");
+        if (rc != SQLITE_OK) rc = sqlite3_extended_errcode(db);
+    }
+    sqlite3_close(db);
+    return rc;
+}
+
+static void flip(const char *path, long off)
+{
+    size_t len = 0;
+    uint8_t *b = sr_test_read_file(path, &len);
+    SR_CHECK(b && (size_t)off < len);
+    if (!b || (size_t)off >= len) return;
+    b[off] ^= 0x20;
+    SR_CHECK(sr_test_write_file(path, b, len) == 0);
+    free(b);
+}
+
+static void copy_range(const char *from, long from_off, const char *to, long to_off, size_t n)
+{
+    size_t la = 0, lb = 0;
+    uint8_t *a = sr_test_read_file(from, &la), *b = sr_test_read_file(to, &lb);
+    SR_CHECK(a && b && from_off + n <= la && to_off + n <= lb);
+    if (a && b && from_off + n <= la && to_off + n <= lb) {
+        memcpy(b + to_off, a + from_off, n);
+        SR_CHECK(sr_test_write_file(to, b, lb) == 0);
+    }
+    free(a), free(b);
+}
+
+static void test_flipped_bit_in_every_database_page(void)
+{
+    const char *path = make_db("flip.db", "DELETE", 600);
+    size_t len = 0;
+    uint8_t *orig = sr_test_read_file(path, &len);
+    long pages = (long)(len - HDR) / PS;
+    SR_CHECK(pages >= 5);
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(path, keyfile, NULL, &db), SQLITE_OK);
+    for (long pg = 1; pg <= pages; pg++) {
+        flip(path, HDR + (pg - 1) * PS + (pg * 37) % PS);
+        /* integrity_check reads every page in use */
+        sqlt_clear_log();
+        sqlite3 *t = NULL;
+        int rc = sqlt_open(path, keyfile, NULL, &t);
+        const char *res = rc == SQLITE_OK ? sqlt_integrity(t) : "open failed";
+        SR_CHECK_MSG(strcmp(res, "ok") != 0, "page %ld altered, integrity_check says ok", pg);
+        char want[64];
+        snprintf(want, sizeof want, "database page %ld ", pg);
+        SR_CHECK_MSG(strstr(sqlt_last_log(), want) != NULL, "page %ld: log: %s", pg, sqlt_last_log());
+        sqlite3_close(t);
+        SR_CHECK(sr_test_write_file(path, orig, len) == 0);
+    }
+    sqlite3_close(db);
+    SR_CHECK_EQ_INT(read_all(path), SQLITE_OK); /* restored: fine again */
+    free(orig);
+}
+
+static void test_swapped_pages_and_foreign_pages(void)
+{
+    const char *a = make_db("swap.db", "DELETE", 600), *b = make_db("other.db", "DELETE", 600);
+    size_t len = 0;
+    uint8_t *orig = sr_test_read_file(a, &len);
+    /* swap pages 2 and 3 */
+    uint8_t *sw = malloc(len);
+    memcpy(sw, orig, len);
+    memcpy(sw + HDR + PS, orig + HDR + 2 * PS, PS);
+    memcpy(sw + HDR + 2 * PS, orig + HDR + PS, PS);
+    SR_CHECK(sr_test_write_file(a, sw, len) == 0);
+    SR_CHECK_EQ_INT(read_all(a), SQLITE_IOERR_DATA);
+    SR_CHECK_MSG(strstr(sqlt_last_log(), "tag mismatch") != NULL, "log: %s", sqlt_last_log());
+    /* page 2 from another tablespace (same master key, same page number) */
+    SR_CHECK(sr_test_write_file(a, orig, len) == 0);
+    copy_range(b, HDR + PS, a, HDR + PS, PS);
+    SR_CHECK_EQ_INT(read_all(a), SQLITE_IOERR_DATA);
+    SR_CHECK(sr_test_write_file(a, orig, len) == 0);
+    free(sw), free(orig);
+}
+
+/* A child writes, then dies without closing: the WAL (or hot journal) stays. */
+static void crash_mid_write(const char *path, const char *mode, const char *sql)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        sqlite3 *db = NULL;
+        char pragma[160];
+        snprintf(pragma, sizeof pragma, "PRAGMA journal_mode=%s; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=5",
+                 mode);
+        if (sqlt_open(path, keyfile, NULL, &db) != SQLITE_OK || sqlt_exec(db, pragma) != SQLITE_OK ||
+            sqlt_exec(db, sql) != SQLITE_OK)
+            _exit(2);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
+}
+
+static void test_flipped_bit_in_wal_frame(void)
+{
+    const char *path = make_db("wal.db", "WAL", 300);
+    crash_mid_write(path, "WAL", "UPDATE t SET v = v || 'x'");
+    char wal[600];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    size_t len = 0;
+    free(sr_test_read_file(wal, &len));
+    SR_CHECK_MSG(len > 32 + 3 * (24 + PS), "WAL has %zu bytes", len);
+    flip(wal, 32 + 2 * (24 + PS) + 24 + 999); /* frame 2's page */
+    SR_CHECK_EQ_INT(read_all(path), SQLITE_IOERR_DATA);
+    SR_CHECK_MSG(strstr(sqlt_last_log(), "wal frame 2 ") != NULL, "log: %s", sqlt_last_log());
+}
+
+static void test_flipped_bit_in_journal_and_foreign_kind(void)
+{
+    const char *path = make_db("jrnl.db", "DELETE", 600);
+    size_t len = 0;
+    uint8_t *before = sr_test_read_file(path, &len);
+    crash_mid_write(path, "DELETE", "BEGIN; UPDATE t SET v = v || 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'; "
+                                    "INSERT INTO t(k, v) SELECT k, v FROM t");
+    char jr[600];
+    snprintf(jr, sizeof jr, "%s-journal", path);
+    size_t jlen = 0;
+    uint8_t *journal = sr_test_read_file(jr, &jlen);
+    SR_CHECK_MSG(journal && jlen > 4096 + 4 + PS, "no hot journal (%zu bytes)", jlen);
+    if (!journal || jlen <= 4096 + 4 + PS) return;
+    /* the header is one sector (its size is at byte 20); the first page image follows the 4-byte page number */
+    long first = (long)((uint32_t)journal[20] << 24 | (uint32_t)journal[21] << 16 | journal[22] << 8 | journal[23]) + 4;
+    /* a journal page image copied over database page 2: another file kind */
+    uint8_t *db = sr_test_read_file(path, &len);
+    memcpy(db + HDR + PS, journal + first, PS);
+    SR_CHECK(sr_test_write_file(path, db, len) == 0);
+    char out[4096];
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, path), 1);
+    SR_CHECK_MSG(strstr(out, "database page 2 ") != NULL, "%s", out);
+    /* and a flipped bit in the journal's first page image: playback refuses it */
+    SR_CHECK(sr_test_write_file(path, before, len) == 0);
+    journal[first + 77] ^= 1;
+    SR_CHECK(sr_test_write_file(jr, journal, jlen) == 0);
+    SR_CHECK_EQ_INT(read_all(path), SQLITE_IOERR_DATA);
+    char want[64];
+    snprintf(want, sizeof want, "journal record at offset %ld ", first);
+    SR_CHECK_MSG(strstr(sqlt_last_log(), want) != NULL, "log: %s", sqlt_last_log());
+    free(journal), free(db), free(before);
+}
+
+static void test_tdectl_end_to_end(void)
+{
+    char out[8192], key[512], enc[512], plain[512], back[512], fp1[65], fp2[65];
+    snprintf(key, sizeof key, "%s", sr_test_path("tdectl.key"));
+    snprintf(enc, sizeof enc, "%s", sr_test_path("tdectl-enc.db"));
+    snprintf(plain, sizeof plain, "%s", sr_test_path("tdectl-plain.db"));
+    snprintf(back, sizeof back, "%s", sr_test_path("tdectl-back.db"));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 1); /* never overwrites */
+    SR_CHECK(strstr(out, "refusing to overwrite") != NULL);
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(plain, NULL, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_workload(db, 9, 1500, MARKER), SQLITE_OK);
+    sqlt_fingerprint(db, fp1);
+    sqlite3_close(db);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "encrypt --keyfile %s %s %s", key, plain, enc), 0);
+    SR_CHECK_EQ_INT(sqlt_open(enc, key, NULL, &db), SQLITE_OK);
+    SR_CHECK_STR(sqlt_fingerprint(db, fp2), fp1);
+    sqlite3_close(db);
+    SR_CHECK(!sr_test_file_contains(enc, MARKER, strlen(MARKER)));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 0);
+    SR_CHECK_MSG(strstr(out, "ok (") != NULL, "%s", out);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --rewrite --keyfile %s %s", key, enc), 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "status %s", enc), 0);
+    SR_CHECK_MSG(strstr(out, "active key   version 2") != NULL && strstr(out, "(key v2: ") != NULL &&
+                 strstr(out, "key v1: ") == NULL, "%s", out);
+    /* master-key rotation: the old key file copy no longer opens the database */
+    char old_key[600];
+    snprintf(old_key, sizeof old_key, "%s.old", key);
+    size_t klen = 0;
+    uint8_t *k = sr_test_read_file(key, &klen);
+    SR_CHECK(sr_test_write_file(old_key, k, klen) == 0);
+    free(k);
+    SR_CHECK(chmod(old_key, 0600) == 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rotate-master --keyfile %s %s", key, enc), 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", old_key, enc), 1);
+    SR_CHECK_MSG(strstr(out, "does not hold") != NULL, "%s", out);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", key, enc, back), 0);
+    SR_CHECK_EQ_INT(sqlt_open(back, NULL, NULL, &db), SQLITE_OK);
+    SR_CHECK_STR(sqlt_fingerprint(db, fp2), fp1);
+    sqlite3_close(db);
+    /* a flipped bit: verify names the page and fails */
+    flip(enc, HDR + 3 * PS + 5);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 1);
+    SR_CHECK_MSG(strstr(out, "database page 4 ") != NULL && strstr(out, "FAILED") != NULL, "%s", out);
+}
+
+int main(void)
+{
+    sqlt_init();
+    snprintf(keyfile, sizeof keyfile, "%s", sqlt_keyfile("tamper.key"));
+    SR_RUN(test_flipped_bit_in_every_database_page);
+    SR_RUN(test_swapped_pages_and_foreign_pages);
+    SR_RUN(test_flipped_bit_in_wal_frame);
+    SR_RUN(test_flipped_bit_in_journal_and_foreign_kind);
+    SR_RUN(test_tdectl_end_to_end);
+    return sr_test_finish();
+}
