@@ -177,8 +177,8 @@ static void test_flipped_bit_in_wal_frame(void)
 static void test_flipped_bit_in_journal_and_foreign_kind(void)
 {
     const char *path = make_db("jrnl.db", "DELETE", 600);
-    size_t len = 0;
-    uint8_t *before = sr_test_read_file(path, &len);
+    size_t before_len = 0, len = 0;
+    uint8_t *before = sr_test_read_file(path, &before_len);
     crash_mid_write(path, "DELETE", "BEGIN; UPDATE t SET v = v || 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'; "
                                     "INSERT INTO t(k, v) SELECT k, v FROM t");
     char jr[600];
@@ -197,7 +197,7 @@ static void test_flipped_bit_in_journal_and_foreign_kind(void)
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, path), 1);
     SR_CHECK_MSG(strstr(out, "database page 2 ") != NULL, "%s", out);
     /* and a flipped bit in the journal's first page image: playback refuses it */
-    SR_CHECK(sr_test_write_file(path, before, len) == 0);
+    SR_CHECK(sr_test_write_file(path, before, before_len) == 0);
     journal[first + 77] ^= 1;
     SR_CHECK(sr_test_write_file(jr, journal, jlen) == 0);
     SR_CHECK_EQ_INT(read_all(path), SQLITE_IOERR_DATA);
