@@ -20,8 +20,12 @@ int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_rout
 {
     (void)db;
     SQLITE_EXTENSION_INIT2(pApi);
-    const char *def = getenv("STRONGROOM_DEFAULT");
+    const char *def = getenv("STRONGROOM_DEFAULT"), *level = getenv("STRONGROOM_LOG_LEVEL");
+    sr_log_level_t min = SR_LOG_WARN; /* a shell user sees warnings; events go to the audit log */
+    if (level) (void)sr_log_level_parse(level, &min);
+    sr_log_set_level(min);
     int rc = sr_sqlite_register(NULL, def && strcmp(def, "1") == 0);
+    if (rc == SQLITE_OK) rc = sr_sqlite_register_passthrough(); /* for benchmarks: the shim's own cost */
     if (rc != SQLITE_OK) {
         *pzErrMsg = sqlite3_mprintf("strongroom: cannot register the VFS (%s)", sqlite3_errstr(rc));
         return rc;
