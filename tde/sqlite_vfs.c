@@ -92,9 +92,13 @@ static int is_passthrough_vfs(sqlite3_vfs *v) { return v == &vfs_pass; }
 
 /* ---- errors ------------------------------------------------------------------------ */
 
+/* To SQLite's error log (what applications capture) and to ours (stderr by
+ * default: a shell user sees why the open failed, not only "not a database"). */
 static int log_failure(int sqlite_rc, const sr_file_t *f, const char *what)
 {
-    sqlite3_log(sqlite_rc, "strongroom: %s: %s: %s", f && f->name ? f->name : "(temp file)", what, sr_err_detail());
+    const char *name = f && f->name ? f->name : "(temp file)";
+    sqlite3_log(sqlite_rc, "strongroom: %s: %s: %s", name, what, sr_err_detail());
+    sr_log(SR_LOG_WARN, "strongroom: %s: %s: %s", name, what, sr_err_detail());
     return sqlite_rc;
 }
 
