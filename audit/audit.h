@@ -1,6 +1,15 @@
 /*
- * audit.h — the tamper-evident audit log: writer, reader/verifier, and
- * collection (store-and-forward to a collector).
+ * audit.h — the tamper-evident audit log: records, the writer every component
+ * uses, and the chain verifier behind `tde-audit`.
+ *
+ * A log is a sequence of JSON lines in one canonical form (docs/audit.md):
+ *   {"seq":N,"ts":"...Z","host":..,"component":..,"event":..,"subject":..,
+ *    "object":..,"outcome":..,"source":..,"detail":..,"prev":"<hex>","hash":"<hex>"}
+ * hash = SHA-256 of the line up to (not including) `,"hash":`; prev = the hash
+ * of the record before (64 zeros before the first). Every N records or T
+ * seconds, at rotation and at close, the writer appends an `audit.checkpoint`
+ * record whose detail carries an Ed25519 signature over the chain head; the
+ * signing key stays with the writer, the verify key goes to reviewers.
  */
 #ifndef STRONGROOM_AUDIT_H
 #define STRONGROOM_AUDIT_H
@@ -11,9 +20,88 @@
 extern "C" {
 #endif
 
-/* ==== log: records, writer, reader, verify (owner: audit log) ==== */
+/* ==== records ==== */
 
-/* ==== collection: forwarder, spool, collector (owner: audit collection) ==== */
+#define SR_AUDIT_HASH_BYTES 32
+#define SR_AUDIT_LINE_MAX 8192 /* a longer detail is cut (and says so) */
+
+typedef struct sr_audit_record {
+    uint64_t seq;
+    int64_t ts_us;
+    /* NUL-terminated; "" for an absent field. Point into the parse buffer. */
+    const char *host, *component, *event, *subject, *object, *outcome, *source, *detail;
+    uint8_t prev[SR_AUDIT_HASH_BYTES];
+    uint8_t hash[SR_AUDIT_HASH_BYTES];
+    size_t hashed_len; /* bytes of the line covered by hash */
+} sr_audit_record_t;
+
+/* Parses one canonical line (without its newline) in place: `line` is
+ * modified (strings unescaped into it). SR_ERR_PARSE with the reason. */
+sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
+
+/* ==== keys ==== */
+
+#define SR_AUDIT_SIGN_SECRET_BYTES 64
+#define SR_AUDIT_SIGN_PUBLIC_BYTES 32
+/* PREFIX.sign (0600, hex secret key) and PREFIX.pub (hex verify key). */
+sr_err_t sr_audit_keygen(const char *prefix) SR_MUST_CHECK;
+sr_err_t sr_audit_verify_key_load(const char *path, uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES]) SR_MUST_CHECK;
+/* 16 hex digits naming a verify key (SHA-256 prefix), written in checkpoints. */
+void sr_audit_key_id(const uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES], char out[17]);
+
+/* ==== writer ==== */
+
+typedef struct sr_audit_options {
+    const char *path;          /* the live log file; rotated files get ".<last seq>" */
+    const char *signing_key;   /* PREFIX.sign from sr_audit_keygen */
+    const char *host;          /* NULL: gethostname() */
+    uint64_t checkpoint_every; /* records between checkpoints; 0: 1000 */
+    uint64_t checkpoint_ms;    /* or this long since the last one; 0: 10 s */
+    uint64_t rotate_bytes;     /* 0: 64 MiB */
+    uint64_t commit_delay_us;  /* group commit: how long a batch may wait; 0: 2000 */
+} sr_audit_options_t;
+
+typedef struct sr_audit_writer sr_audit_writer_t;
+
+/* Opens (creating) the log. A torn last line left by a crash is cut off and
+ * an `audit.truncated` record says how many bytes. Several processes may
+ * append to one file: each batch is written under an exclusive lock. */
+sr_err_t sr_audit_open(const sr_audit_options_t *opts, sr_audit_writer_t **out) SR_MUST_CHECK;
+/* Returns once the record is durable (fsync'd with its batch); thread-safe.
+ * SR_ERR_DISK_FULL / SR_ERR_IO when it cannot be: never a silent drop. */
+sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *event) SR_MUST_CHECK;
+sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w) SR_MUST_CHECK;
+/* Seals the log with a final checkpoint, then frees. */
+sr_err_t sr_audit_close(sr_audit_writer_t *w);
+/* Routes every sr_event_emit() of the process to this writer. */
+void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
+/* If $STRONGROOM_AUDIT_LOG (and $STRONGROOM_AUDIT_KEY, the .sign file) are
+ * set: opens that log and installs it as the event sink (closed at exit).
+ * Returns SR_OK with *out NULL when they are not set. */
+sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out) SR_MUST_CHECK;
+
+/* ==== verify ==== */
+
+typedef struct sr_audit_verify_result {
+    uint64_t records, checkpoints;
+    uint64_t first_seq, last_seq;
+    uint64_t sealed_seq;        /* highest seq covered by a verified checkpoint */
+    uint64_t unsealed;          /* records after it */
+    int signatures_checked;     /* a verify key was given */
+    int ends_sealed;            /* the last record is a checkpoint */
+    /* the first problem: */
+    sr_err_t error;
+    char where[512];            /* "file:line (seq N)" */
+    char reason[512];
+} sr_audit_verify_result_t;
+
+/* Verifies the files in order as one chain. verify_key may be NULL (chain
+ * only). Returns SR_OK when the chain (and signatures) hold; the result says
+ * where and why otherwise. */
+sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t *verify_key,
+                               sr_audit_verify_result_t *result);
+
+/* ==== collection: forwarder, spool, collector (a later part) ==== */
 
 #ifdef __cplusplus
 }

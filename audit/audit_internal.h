@@ -1,0 +1,24 @@
+/*
+ * audit_internal.h — shared by the writer, the verifier and tde-audit.
+ */
+#ifndef STRONGROOM_AUDIT_INTERNAL_H
+#define STRONGROOM_AUDIT_INTERNAL_H
+
+#include "audit.h"
+
+#define AUDIT_HASH_FIELD ",\"hash\":\""
+#define AUDIT_CHECKPOINT_EVENT "audit.checkpoint"
+#define AUDIT_SIG_CONTEXT "SRAUDIT1"
+
+/* Formats one record line with its newline into buf; computes its hash.
+ * Returns the length, or 0 if it does not fit (cap >= SR_AUDIT_LINE_MAX + 1 always fits). */
+size_t audit_format(char *buf, size_t cap, uint64_t seq, int64_t ts_us, const char *host, const sr_event_t *e,
+                    const uint8_t prev[SR_AUDIT_HASH_BYTES], uint8_t hash_out[SR_AUDIT_HASH_BYTES]);
+
+/* The message a checkpoint signs: context | sealed seq (u64 BE) | chain head. */
+void audit_sig_message(uint64_t sealed_seq, const uint8_t head[SR_AUDIT_HASH_BYTES], uint8_t msg[8 + 8 + 32]);
+
+/* A checkpoint's detail: "key=<16 hex> sealed=<seq> sig=<128 hex>". */
+sr_err_t audit_checkpoint_parse(const char *detail, char key_id[17], uint64_t *sealed, uint8_t sig[64]);
+
+#endif

@@ -1,0 +1,355 @@
+/*
+ * tde-audit — the security reviewer's tool for strongroom audit logs.
+ *
+ *   tde-audit keygen --out PREFIX                 PREFIX.sign (writer, 0600) + PREFIX.pub (reviewers)
+ *   tde-audit verify [--key PUB] [--strict] [--min-seq N] FILES...
+ *   tde-audit search [FILTERS] [--format table|json|csv] FILES...
+ *   tde-audit report FILES...
+ *   tde-audit append --log FILE --sign-key SIGN --component C --event E [--subject ..] [--object ..]
+ *                    [--outcome ..] [--source ..] [--detail ..]
+ *
+ * FILES are a log's files oldest first (rotated files sort by name:
+ * audit.log.* then audit.log). Exit status: 0 pass, 1 fail, 2 usage.
+ */
+#include "audit_internal.h"
+
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int usage(void)
+{
+    fputs("usage: tde-audit COMMAND [OPTIONS] FILES...\n"
+          "  keygen --out PREFIX            signing key PREFIX.sign (0600) and verify key PREFIX.pub\n"
+          "  verify [--key PUB] [--strict] [--min-seq N] FILES...\n"
+          "                                 prove no record was altered, removed, inserted or reordered\n"
+          "  search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
+          "         [--source IP|CIDR] [--outcome R] [--format table|json|csv] FILES...\n"
+          "  report FILES...                summaries: logins, key operations, nodes, refusals, chain status\n"
+          "  append --log FILE --sign-key SIGN --component C --event E [--subject S] [--object O]\n"
+          "         [--outcome R] [--source IP] [--detail D]\n"
+          "FILES: oldest first (audit.log.* audit.log). T: RFC 3339 (2026-11-24T10:00:00Z).\n"
+          "exit status: 0 pass, 1 fail, 2 usage\n",
+          stderr);
+    return 2;
+}
+
+typedef struct opts {
+    const char *out, *key, *log, *sign_key, *format;
+    int strict;
+    uint64_t min_seq;
+    int64_t since, until;
+    const char *component, *event, *subject, *object, *source, *outcome, *detail;
+    int nfiles;
+    char **files;
+} opts_t;
+
+static int cmd_keygen(opts_t *o)
+{
+    if (!o->out) return usage();
+    sr_err_t rc = sr_audit_keygen(o->out);
+    if (rc != SR_OK) return fprintf(stderr, "tde-audit: keygen: %s\n", sr_err_detail()), 1;
+    uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    char path[4096], id[17];
+    snprintf(path, sizeof path, "%s.pub", o->out);
+    if (sr_audit_verify_key_load(path, pk) != SR_OK) return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 1;
+    sr_audit_key_id(pk, id);
+    printf("audit key %s: %s.sign (signing, keep with the writer, 0600) and %s.pub (give to reviewers)\n", id, o->out,
+           o->out);
+    return 0;
+}
+
+static int cmd_verify(opts_t *o)
+{
+    if (o->nfiles < 1) return usage();
+    uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK)
+        return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 2;
+    sr_audit_verify_result_t r;
+    sr_err_t rc = sr_audit_verify_files((const char *const *)o->files, (size_t)o->nfiles, o->key ? pk : NULL, &r);
+    if (rc != SR_OK) {
+        printf("FAIL: %s: %s\n", r.where, r.reason);
+        return 1;
+    }
+    printf("chain ok: %llu records (seq %llu..%llu) in %d file(s), %llu checkpoints",
+           (unsigned long long)r.records, (unsigned long long)r.first_seq, (unsigned long long)r.last_seq, o->nfiles,
+           (unsigned long long)r.checkpoints);
+    printf(r.signatures_checked ? ", signatures verified\n" : "\n");
+    int status = 0;
+    if (!r.signatures_checked) printf("warning: no --key given: checkpoint signatures not checked\n");
+    if (r.unsealed) {
+        printf("%s: %llu record(s) after the last checkpoint (seq %llu) are not sealed: cutting them from the tail "
+               "would leave no trace%s\n", o->strict ? "FAIL" : "warning", (unsigned long long)r.unsealed,
+               (unsigned long long)r.sealed_seq, r.ends_sealed ? "" : " (the writer did not close cleanly, or the log was cut)");
+        if (o->strict) status = 1;
+    }
+    if (o->min_seq && r.last_seq < o->min_seq) {
+        printf("FAIL: the log ends at seq %llu, but seq %llu was seen before: records were cut from the tail\n",
+               (unsigned long long)r.last_seq, (unsigned long long)o->min_seq);
+        status = 1;
+    }
+    if (!status) printf("PASS\n");
+    return status;
+}
+
+/* ---- search ------------------------------------------------------------------------------- */
+
+typedef int (*record_fn)(void *ctx, const sr_audit_record_t *r, const char *raw);
+
+/* Calls fn for every parsable record of the files (unparsable lines are
+ * counted and reported: verify says why). */
+static int each_record(opts_t *o, record_fn fn, void *ctx, uint64_t *bad)
+{
+    char *line = NULL, *copy = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    for (int i = 0; i < o->nfiles; i++) {
+        FILE *f = fopen(o->files[i], "r");
+        if (!f) return fprintf(stderr, "tde-audit: cannot open %s\n", o->files[i]), 1;
+        while ((n = getline(&line, &cap, f)) > 0) {
+            if (line[n - 1] == '\n') line[--n] = '\0';
+            copy = realloc(copy, (size_t)n + 1);
+            memcpy(copy, line, (size_t)n + 1);
+            sr_audit_record_t r;
+            if (sr_audit_record_parse(line, (size_t)n, &r) != SR_OK) {
+                (*bad)++;
+                continue;
+            }
+            fn(ctx, &r, copy);
+        }
+        fclose(f);
+    }
+    free(line), free(copy);
+    return 0;
+}
+
+/* "10.0.0.0/8", "192.168.1.7", "::1": does addr match? */
+static int source_matches(const char *want, const char *addr)
+{
+    char net[64];
+    const char *slash = strchr(want, '/');
+    if (!slash) return strcmp(want, addr) == 0;
+    snprintf(net, sizeof net, "%.*s", (int)(slash - want), want);
+    int bits = atoi(slash + 1);
+    struct in_addr a, b;
+    if (inet_pton(AF_INET, net, &a) != 1 || inet_pton(AF_INET, addr, &b) != 1 || bits < 0 || bits > 32) return 0;
+    uint32_t mask = bits ? htonl(~0u << (32 - bits)) : 0;
+    return (a.s_addr & mask) == (b.s_addr & mask);
+}
+
+static int field_matches(const char *want, const char *have)
+{
+    if (!want) return 1;
+    size_t n = strlen(want);
+    if (n && want[n - 1] == '*') return strncmp(want, have, n - 1) == 0; /* "key.*" */
+    return strcmp(want, have) == 0;
+}
+
+static int record_selected(const opts_t *o, const sr_audit_record_t *r)
+{
+    return (!o->since || r->ts_us >= o->since) && (!o->until || r->ts_us <= o->until) &&
+           field_matches(o->component, r->component) && field_matches(o->event, r->event) &&
+           field_matches(o->subject, r->subject) && field_matches(o->object, r->object) &&
+           field_matches(o->outcome, r->outcome) && (!o->source || source_matches(o->source, r->source));
+}
+
+static void csv_field(const char *s, int last)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"') putchar('"');
+        putchar(*s);
+    }
+    putchar('"');
+    putchar(last ? '\n' : ',');
+}
+
+typedef struct search_ctx {
+    opts_t *o;
+    int mode; /* 0 table, 1 json, 2 csv */
+    uint64_t shown;
+} search_ctx_t;
+
+static int search_one(void *ctx, const sr_audit_record_t *r, const char *raw)
+{
+    search_ctx_t *s = ctx;
+    if (!record_selected(s->o, r)) return 0;
+    s->shown++;
+    char ts[40];
+    sr_time_format_rfc3339(r->ts_us, 0, ts, sizeof ts);
+    if (s->mode == 1) {
+        puts(raw);
+    } else if (s->mode == 2) {
+        printf("%llu,", (unsigned long long)r->seq);
+        const char *f[] = {ts, r->host, r->component, r->event, r->subject, r->object, r->outcome, r->source, r->detail};
+        for (int i = 0; i < 9; i++) csv_field(f[i], i == 8);
+    } else {
+        printf("%-7llu %-20s %-10s %-22s %-16.16s %-38.38s %-8s %-15s %.60s\n", (unsigned long long)r->seq, ts,
+               r->component, r->event, r->subject, r->object, r->outcome, r->source, r->detail);
+    }
+    return 0;
+}
+
+static int cmd_search(opts_t *o)
+{
+    if (o->nfiles < 1) return usage();
+    const char *fmt = o->format ? o->format : (isatty(STDOUT_FILENO) ? "table" : "json");
+    search_ctx_t s = {.o = o, .mode = strcmp(fmt, "json") == 0 ? 1 : strcmp(fmt, "csv") == 0 ? 2 : 0};
+    if (s.mode == 0 && strcmp(fmt, "table") != 0) return usage();
+    if (s.mode == 2) puts("seq,ts,host,component,event,subject,object,outcome,source,detail");
+    if (s.mode == 0)
+        printf("%-7s %-20s %-10s %-22s %-16s %-38s %-8s %-15s %s\n", "SEQ", "TIME", "COMPONENT", "EVENT", "SUBJECT",
+               "OBJECT", "OUTCOME", "SOURCE", "DETAIL");
+    uint64_t bad = 0;
+    if (each_record(o, search_one, &s, &bad)) return 1;
+    if (bad) fprintf(stderr, "tde-audit: %llu unreadable line(s) skipped: run tde-audit verify\n", (unsigned long long)bad);
+    return 0;
+}
+
+/* ---- report ------------------------------------------------------------------------------- */
+
+#define TALLY_MAX 4096
+typedef struct tally {
+    char *key[TALLY_MAX];
+    uint64_t n[TALLY_MAX];
+    size_t used;
+} tally_t;
+
+static void tally_add(tally_t *t, const char *a, const char *b, const char *c)
+{
+    char k[600];
+    snprintf(k, sizeof k, "%-24s %-22s %s", a, b, c);
+    for (size_t i = 0; i < t->used; i++)
+        if (strcmp(t->key[i], k) == 0) return (void)t->n[i]++;
+    if (t->used < TALLY_MAX) t->key[t->used] = strdup(k), t->n[t->used++] = 1;
+}
+
+static void tally_print(const char *title, tally_t *t, size_t top)
+{
+    printf("\n%s\n", title);
+    if (!t->used) printf("  (none)\n");
+    for (size_t shown = 0; shown < top && shown < t->used; shown++) {
+        size_t best = shown;
+        for (size_t i = shown + 1; i < t->used; i++)
+            if (t->n[i] > t->n[best]) best = i;
+        char *k = t->key[best];
+        uint64_t n = t->n[best];
+        t->key[best] = t->key[shown], t->n[best] = t->n[shown];
+        t->key[shown] = k, t->n[shown] = n;
+        printf("  %8llu  %s\n", (unsigned long long)n, k);
+    }
+    for (size_t i = 0; i < t->used; i++) free(t->key[i]);
+    t->used = 0;
+}
+
+typedef struct report {
+    tally_t logins, keys, nodes, refused, events;
+    uint64_t records;
+    int64_t first, last;
+} report_t;
+
+static int refused(const char *outcome) { return strcmp(outcome, "denied") == 0 || strcmp(outcome, "failure") == 0; }
+
+static int report_one(void *ctx, const sr_audit_record_t *r, const char *raw)
+{
+    (void)raw;
+    report_t *rep = ctx;
+    if (!rep->records++) rep->first = r->ts_us;
+    rep->last = r->ts_us;
+    tally_add(&rep->events, r->component, r->event, r->outcome);
+    if (strncmp(r->event, "login", 5) == 0) tally_add(&rep->logins, r->subject, r->source, r->outcome);
+    if (strncmp(r->event, "key.", 4) == 0 || strncmp(r->event, "tablespace.", 11) == 0)
+        tally_add(&rep->keys, r->event, r->subject[0] ? r->subject : r->component, r->outcome);
+    if (strncmp(r->event, "node.", 5) == 0) tally_add(&rep->nodes, r->event, r->subject, r->outcome);
+    if (refused(r->outcome)) tally_add(&rep->refused, r->source[0] ? r->source : "(local)", r->event, r->subject);
+    return 0;
+}
+
+static int cmd_report(opts_t *o)
+{
+    if (o->nfiles < 1) return usage();
+    static report_t rep;
+    uint64_t bad = 0;
+    if (each_record(o, report_one, &rep, &bad)) return 1;
+    char a[40] = "-", b[40] = "-";
+    if (rep.records) sr_time_format_rfc3339(rep.first, 0, a, sizeof a), sr_time_format_rfc3339(rep.last, 0, b, sizeof b);
+    printf("audit report: %llu records, %s .. %s\n", (unsigned long long)rep.records, a, b);
+    sr_audit_verify_result_t r;
+    if (sr_audit_verify_files((const char *const *)o->files, (size_t)o->nfiles, NULL, &r) == SR_OK)
+        printf("chain: intact (%llu checkpoints, %llu unsealed records; signatures: run verify --key)\n",
+               (unsigned long long)r.checkpoints, (unsigned long long)r.unsealed);
+    else
+        printf("chain: BROKEN at %s: %s\n", r.where, r.reason);
+    if (bad) printf("unreadable lines: %llu\n", (unsigned long long)bad);
+    tally_print("logins (account, source, outcome):", &rep.logins, 20);
+    tally_print("key and tablespace operations (operation, principal, outcome):", &rep.keys, 20);
+    tally_print("nodes (event, node, outcome):", &rep.nodes, 20);
+    tally_print("top refused or failed sources (source, event, subject):", &rep.refused, 10);
+    tally_print("all events (component, event, outcome):", &rep.events, 40);
+    return 0;
+}
+
+static int cmd_append(opts_t *o)
+{
+    if (!o->log || !o->sign_key || !o->component || !o->event) return usage();
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t ao = {.path = o->log, .signing_key = o->sign_key};
+    sr_err_t rc = sr_audit_open(&ao, &w);
+    sr_event_t e = {.component = o->component, .event = o->event, .subject = o->subject, .object = o->object,
+                    .outcome = o->outcome ? o->outcome : "success", .source = o->source, .detail = o->detail};
+    if (rc == SR_OK) rc = sr_audit_append(w, &e);
+    sr_err_t close_rc = w ? sr_audit_close(w) : SR_OK;
+    if (rc == SR_OK) rc = close_rc;
+    if (rc != SR_OK) return fprintf(stderr, "tde-audit: append: %s\n", sr_err_detail()), 1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
+    static const struct option longopts[] = {
+        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'},
+        {"since", 1, 0, 's'},     {"until", 1, 0, 'u'},   {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},
+        {"subject", 1, 0, 'j'},   {"object", 1, 0, 'o'},  {"source", 1, 0, 'r'},   {"outcome", 1, 0, 'x'},
+        {"format", 1, 0, 'f'},    {"log", 1, 0, 'l'},     {"sign-key", 1, 0, 'K'}, {"detail", 1, 0, 'd'},
+        {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+    opts_t o = {0};
+    int ch;
+    int64_t v;
+    optind = 2;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'O': o.out = optarg; break;
+        case 'k': o.key = optarg; break;
+        case 'S': o.strict = 1; break;
+        case 'm': if (sr_parse_int64(optarg, &v) != SR_OK || v < 0) return usage(); o.min_seq = (uint64_t)v; break;
+        case 's': if (sr_time_parse_rfc3339(optarg, &o.since) != SR_OK) return usage(); break;
+        case 'u': if (sr_time_parse_rfc3339(optarg, &o.until) != SR_OK) return usage(); break;
+        case 'c': o.component = optarg; break;
+        case 'e': o.event = optarg; break;
+        case 'j': o.subject = optarg; break;
+        case 'o': o.object = optarg; break;
+        case 'r': o.source = optarg; break;
+        case 'x': o.outcome = optarg; break;
+        case 'f': o.format = optarg; break;
+        case 'l': o.log = optarg; break;
+        case 'K': o.sign_key = optarg; break;
+        case 'd': o.detail = optarg; break;
+        default: return usage();
+        }
+    }
+    o.nfiles = argc - optind;
+    o.files = argv + optind;
+    sr_log_set_level(SR_LOG_WARN);
+    if (sr_secure_init() != SR_OK) return 1;
+    static const struct { const char *name; int (*run)(opts_t *); } cmds[] = {
+        {"keygen", cmd_keygen}, {"verify", cmd_verify}, {"search", cmd_search},
+        {"report", cmd_report}, {"append", cmd_append}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].run(&o);
+    fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]);
+    return usage();
+}
