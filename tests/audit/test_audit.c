@@ -1,0 +1,415 @@
+/*
+ * The audit log: a clean log verifies; each kind of tampering (altered,
+ * deleted, inserted, reordered records; a cut tail; a chain recomputed and
+ * re-signed with another key) is detected with the right reason and place;
+ * 8 threads and 4 processes appending at once lose nothing and keep one
+ * valid chain; a writer killed with SIGKILL loses no acknowledged record; a
+ * torn last line is cut on reopen and recorded; rotation keeps the chain
+ * across files and a missing file is detected; a full disk is an error.
+ */
+#include "audit_internal.h"
+#include "sr_test.h"
+
+#include <pthread.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char sign_key[512], pub_key[512];
+static uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+
+static sr_audit_writer_t *open_log(const char *path, uint64_t every, uint64_t rotate)
+{
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = path, .signing_key = sign_key, .host = "testhost", .checkpoint_every = every,
+                            .rotate_bytes = rotate};
+    SR_CHECK_OK(sr_audit_open(&o, &w));
+    return w;
+}
+
+static void append_n(sr_audit_writer_t *w, const char *subject, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char detail[64];
+        snprintf(detail, sizeof detail, "%s #%d", subject, i);
+        SR_CHECK_OK(sr_audit_append(w, &(sr_event_t){.component = "tde", .event = "tablespace.open",
+                                                    .subject = subject, .object = "shop.db", .outcome = "success",
+                                                    .source = "10.1.2.3", .detail = detail}));
+    }
+}
+
+static const char *make_log(const char *name, int records)
+{
+    static char path[4][512];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, sizeof path[0], "%s", sr_test_path(name));
+    sr_audit_writer_t *w = open_log(p, 10, 0);
+    append_n(w, "alice", records);
+    SR_CHECK_OK(sr_audit_close(w));
+    return p;
+}
+
+static sr_err_t verify1(const char *path, sr_audit_verify_result_t *r)
+{
+    const char *files[] = {path};
+    return sr_audit_verify_files(files, 1, pk, r);
+}
+
+/* Lines of a file, editable, written back. */
+typedef struct lines {
+    char **l;
+    int n;
+} lines_t;
+
+static void lines_read(const char *path, lines_t *ls)
+{
+    size_t len = 0;
+    uint8_t *bytes = sr_test_read_file(path, &len);
+    char *text = calloc(1, len + 1), *save = NULL; /* NUL-terminated for strtok_r */
+    if (bytes) memcpy(text, bytes, len);
+    free(bytes);
+    ls->n = 0;
+    ls->l = calloc(len / 16 + 16, sizeof *ls->l); /* room for one more (inserted) line */
+    for (char *t = strtok_r(text, "\n", &save); t; t = strtok_r(NULL, "\n", &save))
+        ls->l[ls->n++] = strdup(t);
+    free(text);
+}
+
+static void lines_write(const char *path, lines_t *ls)
+{
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < ls->n; i++) fprintf(f, "%s\n", ls->l[i]);
+    fclose(f);
+    for (int i = 0; i < ls->n; i++) free(ls->l[i]);
+    free(ls->l);
+}
+
+static void expect_failure(const char *path, sr_err_t want, const char *reason_part, const char *where_part)
+{
+    sr_audit_verify_result_t r;
+    SR_CHECK_ERR(verify1(path, &r), want);
+    SR_CHECK_MSG(strstr(r.reason, reason_part) != NULL, "reason: %s", r.reason);
+    SR_CHECK_MSG(strstr(r.where, where_part) != NULL, "where: %s", r.where);
+}
+
+static void test_clean_log_verifies(void)
+{
+    const char *p = make_log("clean.log", 25);
+    sr_audit_verify_result_t r;
+    SR_CHECK_OK(verify1(p, &r));
+    SR_CHECK_EQ_INT(r.records, 1 + 25 + 3); /* started, records, checkpoints every 10 + close */
+    SR_CHECK(r.checkpoints == 3 && r.unsealed == 0 && r.ends_sealed && r.signatures_checked);
+}
+
+static void test_each_tampering_detected(void)
+{
+    lines_t ls;
+    const char *p = make_log("alter.log", 20);
+    lines_read(p, &ls);
+    char *at = strstr(ls.l[5], "alice #4");
+    at[0] = 'm'; /* altered detail */
+    lines_write(p, &ls);
+    expect_failure(p, SR_ERR_AUDIT_CHAIN, "record altered", "alter.log:6");
+
+    p = make_log("delete.log", 20);
+    lines_read(p, &ls);
+    free(ls.l[7]);
+    memmove(&ls.l[7], &ls.l[8], (size_t)(ls.n - 8) * sizeof ls.l[0]);
+    ls.n--;
+    lines_write(p, &ls);
+    expect_failure(p, SR_ERR_AUDIT_SEQUENCE, "deleted", "delete.log:8 (seq 9)");
+
+    p = make_log("insert.log", 20);
+    lines_read(p, &ls);
+    memmove(&ls.l[5], &ls.l[4], (size_t)(ls.n - 4) * sizeof ls.l[0]);
+    ls.l[4] = strdup(ls.l[2]); /* an older record inserted again */
+    ls.n++;
+    lines_write(p, &ls);
+    expect_failure(p, SR_ERR_AUDIT_SEQUENCE, "inserted or reordered", "insert.log:5 (seq 3)");
+
+    p = make_log("reorder.log", 20);
+    lines_read(p, &ls);
+    char *t = ls.l[3];
+    ls.l[3] = ls.l[4], ls.l[4] = t;
+    lines_write(p, &ls);
+    expect_failure(p, SR_ERR_AUDIT_SEQUENCE, "seq 5 follows seq 3", "reorder.log:4");
+
+    p = make_log("first.log", 20); /* the head deleted */
+    lines_read(p, &ls);
+    free(ls.l[0]);
+    memmove(&ls.l[0], &ls.l[1], (size_t)(ls.n - 1) * sizeof ls.l[0]);
+    ls.n--;
+    lines_write(p, &ls);
+    expect_failure(p, SR_ERR_AUDIT_SEQUENCE, "does not start at seq 1", "first.log:1");
+}
+
+static void test_cut_tail_is_visible(void)
+{
+    const char *p = make_log("cut.log", 25); /* checkpoints at 12, 24, and the closing one */
+    lines_t ls;
+    lines_read(p, &ls);
+    int keep = ls.n - 3;
+    for (int i = keep; i < ls.n; i++) free(ls.l[i]);
+    ls.n = keep; /* the closing checkpoint and two records cut */
+    lines_write(p, &ls);
+    sr_audit_verify_result_t r;
+    SR_CHECK_OK(verify1(p, &r)); /* the chain itself holds... */
+    SR_CHECK(!r.ends_sealed);    /* ...but it does not end with a closing checkpoint */
+    SR_CHECK(r.unsealed > 0);
+    /* a reviewer who saw seq 29 before proves the cut */
+    char cmd[2048], out[2048];
+    snprintf(cmd, sizeof cmd, "%s verify --key %s --min-seq 29 %s", sr_test_build_path("audit/tde-audit"), pub_key, p);
+    FILE *pp = popen(cmd, "r");
+    size_t n = fread(out, 1, sizeof out - 1, pp);
+    out[n] = '\0';
+    SR_CHECK_EQ_INT(WEXITSTATUS(pclose(pp)), 1);
+    SR_CHECK_MSG(strstr(out, "cut from the tail") != NULL, "%s", out);
+}
+
+/* The attacker rewrites a record and recomputes every hash after it; the
+ * checkpoints must then be re-signed, with a key that is not the writer's. */
+static void test_recomputed_and_resigned_chain_is_detected(void)
+{
+    const char *p = make_log("forged.log", 20);
+    char evil_prefix[512], evil_sign[600];
+    snprintf(evil_prefix, sizeof evil_prefix, "%s", sr_test_path("evil"));
+    SR_CHECK_OK(sr_audit_keygen(evil_prefix));
+    snprintf(evil_sign, sizeof evil_sign, "%s.sign", evil_prefix);
+    uint8_t *esk = malloc(64), epk[32];
+    {
+        size_t len = 0;
+        char *text = (char *)sr_test_read_file(evil_sign, &len), *hex = strchr(text, '\n') + 1;
+        hex[128] = '\0';
+        SR_CHECK_OK(sr_hex_decode(hex, esk, 64));
+        free(text);
+        memcpy(epk, esk + 32, 32);
+    }
+    char evil_id[17];
+    sr_audit_key_id(epk, evil_id);
+    lines_t ls;
+    lines_read(p, &ls);
+    uint8_t prev[32] = {0};
+    FILE *f = fopen(p, "w");
+    for (int i = 0; i < ls.n; i++) {
+        sr_audit_record_t r;
+        sr_err_t prc = sr_audit_record_parse(ls.l[i], strlen(ls.l[i]), &r);
+        SR_CHECK_MSG(prc == SR_OK, "line %d: %s: [%s]", i + 1, sr_err_detail(), ls.l[i]);
+        char detail[512], line[SR_AUDIT_LINE_MAX + 512];
+        snprintf(detail, sizeof detail, "%s", r.detail);
+        if (strcmp(r.detail, "alice #3") == 0) snprintf(detail, sizeof detail, "mallory #3");
+        if (strcmp(r.event, AUDIT_CHECKPOINT_EVENT) == 0) {
+            uint8_t msg[48], sig[64];
+            char sig_hex[129];
+            audit_sig_message(r.seq - 1, prev, msg);
+            crypto_sign_detached(sig, NULL, msg, sizeof msg, esk);
+            sr_hex_encode(sig, 64, sig_hex);
+            snprintf(detail, sizeof detail, "key=%s sealed=%llu sig=%s", evil_id, (unsigned long long)(r.seq - 1),
+                     sig_hex);
+        }
+        sr_event_t e = {.component = r.component, .event = r.event, .subject = r.subject[0] ? r.subject : NULL,
+                        .object = r.object[0] ? r.object : NULL, .outcome = r.outcome,
+                        .source = r.source[0] ? r.source : NULL, .detail = detail};
+        uint8_t hash[32];
+        size_t n = audit_format(line, sizeof line, r.seq, r.ts_us, r.host, &e, prev, hash);
+        fwrite(line, 1, n, f);
+        memcpy(prev, hash, 32);
+        free(ls.l[i]);
+    }
+    free(ls.l);
+    fclose(f);
+    free(esk);
+    sr_audit_verify_result_t r;
+    const char *files[] = {p};
+    SR_CHECK_OK(sr_audit_verify_files(files, 1, NULL, &r)); /* without the key the forgery is a valid chain */
+    expect_failure(p, SR_ERR_AUDIT_SIGNATURE, "not by the verify key", "forged.log");
+}
+
+static void *thread_writer(void *arg)
+{
+    sr_audit_writer_t *w = ((void **)arg)[0];
+    append_n(w, ((void **)arg)[1], 1500);
+    return NULL;
+}
+
+static void count_subjects(const char *path, const char *const *subjects, int n, int per)
+{
+    lines_t ls;
+    lines_read(path, &ls);
+    int *seen = calloc((size_t)n * per, sizeof *seen);
+    for (int i = 0; i < ls.n; i++) {
+        sr_audit_record_t r;
+        if (sr_audit_record_parse(ls.l[i], strlen(ls.l[i]), &r) != SR_OK) continue;
+        for (int s = 0; s < n; s++) {
+            size_t len = strlen(subjects[s]);
+            if (strcmp(r.subject, subjects[s]) == 0 && strncmp(r.detail, subjects[s], len) == 0)
+                seen[s * per + atoi(r.detail + len + 2)]++;
+        }
+    }
+    int missing = 0, duplicated = 0;
+    for (int i = 0; i < n * per; i++) missing += seen[i] == 0, duplicated += seen[i] > 1;
+    SR_CHECK_EQ_INT(missing, 0);
+    SR_CHECK_EQ_INT(duplicated, 0);
+    free(seen);
+    for (int i = 0; i < ls.n; i++) free(ls.l[i]);
+    free(ls.l);
+}
+
+static void test_threads_and_processes_lose_nothing(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s", sr_test_path("busy.log"));
+    sr_audit_writer_t *w = open_log(path, 100, 0);
+    static const char *names[] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "p0", "p1", "p2", "p3"};
+    pid_t kids[4];
+    for (int k = 0; k < 4; k++) {
+        if ((kids[k] = fork()) == 0) {
+            sr_audit_writer_t *cw = open_log(path, 100, 0);
+            append_n(cw, names[8 + k], 1500);
+            _exit(sr_audit_close(cw) == SR_OK && sr_test_failures_in_current == 0 ? 0 : 1);
+        }
+    }
+    pthread_t th[8];
+    void *args[8][2];
+    for (int i = 0; i < 8; i++) args[i][0] = w, args[i][1] = (void *)names[i], pthread_create(&th[i], NULL, thread_writer, args[i]);
+    for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
+    for (int k = 0; k < 4; k++) {
+        int st = 0;
+        waitpid(kids[k], &st, 0);
+        SR_CHECK_EQ_INT(WEXITSTATUS(st), 0);
+    }
+    SR_CHECK_OK(sr_audit_close(w));
+    sr_audit_verify_result_t r;
+    SR_CHECK_OK(verify1(path, &r));
+    SR_CHECK_MSG(strlen(r.reason) == 0, "%s: %s", r.where, r.reason);
+    count_subjects(path, names, 12, 1500);
+    SR_CHECK(r.records >= 12 * 1500 + 1);
+}
+
+static void test_sigkill_loses_no_acknowledged_record(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s", sr_test_path("killed.log"));
+    for (int round = 0; round < 5; round++) {
+        int fds[2];
+        SR_CHECK(pipe(fds) == 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            sr_audit_writer_t *cw = open_log(path, 50, 0);
+            for (int i = 0;; i++) {
+                char subject[32];
+                snprintf(subject, sizeof subject, "k%d-%d", round, i);
+                append_n(cw, subject, 1);
+                if (write(fds[1], &i, sizeof i) != sizeof i) _exit(1);
+            }
+        }
+        close(fds[1]);
+        usleep(20000 + (useconds_t)round * 7000);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        int last = -1, v;
+        while (read(fds[0], &v, sizeof v) == sizeof v) last = v;
+        close(fds[0]);
+        SR_CHECK(last >= 0);
+        /* reopen: the chain continues; every acknowledged record is there */
+        sr_audit_writer_t *w = open_log(path, 50, 0);
+        SR_CHECK_OK(sr_audit_close(w));
+        sr_audit_verify_result_t r;
+        SR_CHECK_OK(verify1(path, &r));
+        char want[64];
+        snprintf(want, sizeof want, "\"subject\":\"k%d-%d\"", round, last);
+        SR_CHECK_MSG(sr_test_file_contains(path, want, strlen(want)), "acknowledged record %s missing", want);
+    }
+}
+
+static void test_torn_tail_cut_and_recorded(void)
+{
+    const char *p = make_log("torn.log", 5);
+    FILE *f = fopen(p, "a");
+    fputs("{\"seq\":99,\"ts\":\"2026-", f); /* a crash in the middle of a write */
+    fclose(f);
+    sr_audit_verify_result_t r;
+    SR_CHECK_ERR(verify1(p, &r), SR_ERR_TRUNCATED);
+    sr_audit_writer_t *w = open_log(p, 10, 0);
+    append_n(w, "bob", 2);
+    SR_CHECK_OK(sr_audit_close(w));
+    SR_CHECK_OK(verify1(p, &r));
+    SR_CHECK(sr_test_file_contains(p, "audit.truncated", 15));
+    SR_CHECK(sr_test_file_contains(p, "cut 21 bytes", 12));
+}
+
+static void test_rotation_keeps_one_chain(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s", sr_test_path("rot/audit.log"));
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", sr_test_path("rot"));
+    mkdir(dir, 0700);
+    sr_audit_writer_t *w = open_log(path, 20, 4096);
+    append_n(w, "carol", 200);
+    SR_CHECK_OK(sr_audit_close(w));
+    char cmd[1100];
+    snprintf(cmd, sizeof cmd, "ls %s/audit.log.* | sort > %s/list", dir, dir);
+    SR_CHECK(system(cmd) == 0);
+    lines_t files;
+    snprintf(cmd, sizeof cmd, "%s/list", dir);
+    lines_read(cmd, &files);
+    SR_CHECK_MSG(files.n >= 5, "only %d rotated files", files.n);
+    const char **all = calloc((size_t)files.n + 2, sizeof *all);
+    for (int i = 0; i < files.n; i++) all[i] = files.l[i];
+    all[files.n] = path;
+    sr_audit_verify_result_t r;
+    SR_CHECK_OK(sr_audit_verify_files(all, (size_t)files.n + 1, pk, &r));
+    SR_CHECK(r.records > 200);
+    /* a rotated file missing from the middle */
+    memmove(&all[2], &all[3], (size_t)(files.n - 2) * sizeof all[0]);
+    SR_CHECK_ERR(sr_audit_verify_files(all, (size_t)files.n, pk, &r), SR_ERR_AUDIT_SEQUENCE);
+    SR_CHECK(strstr(r.reason, "deleted") != NULL);
+    for (int i = 0; i < files.n; i++) free(files.l[i]);
+    free(files.l), free(all);
+}
+
+static void test_full_disk_and_unwritable_log_are_errors(void)
+{
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = "/dev/full", .signing_key = sign_key};
+    SR_CHECK_ERR(sr_audit_open(&o, &w), SR_ERR_DISK_FULL);
+    o.path = "/proc/version/audit.log";
+    SR_CHECK(sr_audit_open(&o, &w) != SR_OK);
+}
+
+static void test_event_sink(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s", sr_test_path("sink.log"));
+    sr_audit_writer_t *w = open_log(path, 10, 0);
+    sr_audit_install_as_event_sink(w);
+    SR_CHECK_OK(sr_event_emit(&(sr_event_t){.component = "tde", .event = "page.auth_failed", .object = "x.db:7",
+                                            .outcome = "failure", .detail = "tag mismatch"}));
+    sr_audit_install_as_event_sink(NULL);
+    SR_CHECK_OK(sr_audit_close(w));
+    SR_CHECK(sr_test_file_contains(path, "page.auth_failed", 16));
+}
+
+int main(void)
+{
+    snprintf(sign_key, sizeof sign_key, "%s.sign", sr_test_path("audit"));
+    snprintf(pub_key, sizeof pub_key, "%s.pub", sr_test_path("audit"));
+    SR_CHECK_OK(sr_audit_keygen(sr_test_path("audit")));
+    SR_CHECK_OK(sr_audit_verify_key_load(pub_key, pk));
+    SR_RUN(test_clean_log_verifies);
+    SR_RUN(test_each_tampering_detected);
+    SR_RUN(test_cut_tail_is_visible);
+    SR_RUN(test_recomputed_and_resigned_chain_is_detected);
+    SR_RUN(test_threads_and_processes_lose_nothing);
+    SR_RUN(test_sigkill_loses_no_acknowledged_record);
+    SR_RUN(test_torn_tail_cut_and_recorded);
+    SR_RUN(test_rotation_keeps_one_chain);
+    SR_RUN(test_full_disk_and_unwritable_log_are_errors);
+    SR_RUN(test_event_sink);
+    return sr_test_finish();
+}
