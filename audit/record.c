@@ -10,9 +10,34 @@
  */
 #include "audit_internal.h"
 
-#include <openssl/sha.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+
+/* SHA-256 with the algorithm fetched once and a context per thread: the
+ * one-shot SHA256() of OpenSSL 3 looks the algorithm up on every call, which
+ * costs more than hashing a record. */
+static EVP_MD *sha256_md;
+static pthread_key_t sha256_ctx_key;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void sha256_ctx_free(void *ctx) { EVP_MD_CTX_free(ctx); }
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    pthread_key_create(&sha256_ctx_key, sha256_ctx_free);
+}
+
+static void record_sha256(const void *data, size_t len, uint8_t out[SR_AUDIT_HASH_BYTES])
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_MD_CTX *ctx = pthread_getspecific(sha256_ctx_key);
+    if (!ctx && (ctx = EVP_MD_CTX_new())) pthread_setspecific(sha256_ctx_key, ctx);
+    unsigned int n = 0;
+    if (!ctx || !sha256_md || EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 || EVP_DigestUpdate(ctx, data, len) != 1 ||
+        EVP_DigestFinal_ex(ctx, out, &n) != 1)
+        memset(out, 0, SR_AUDIT_HASH_BYTES); /* cannot match any record: verification fails loudly */
+}
 
 typedef struct out {
     char *buf;
@@ -95,7 +120,7 @@ size_t audit_format(char *buf, size_t cap, uint64_t seq, int64_t ts_us, const ch
     puts_lit(&o, ",\"prev\":");
     put_hex(&o, prev, SR_AUDIT_HASH_BYTES);
     if (o.overflow) return 0;
-    SHA256((const unsigned char *)buf, o.len, hash_out);
+    record_sha256(buf, o.len, hash_out);
     puts_lit(&o, ",\"hash\":");
     put_hex(&o, hash_out, SR_AUDIT_HASH_BYTES);
     puts_lit(&o, "}\n");
@@ -210,7 +235,7 @@ sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out)
     memset(&r, 0, sizeof r);
     r.hashed_len = (size_t)(hf - line);
     uint8_t computed[SR_AUDIT_HASH_BYTES];
-    SHA256((const unsigned char *)line, r.hashed_len, computed);
+    record_sha256(line, r.hashed_len, computed);
     cursor_t c = {.p = line, .end = line + len};
     const char *ts = NULL;
     const char **fields[] = {&r.host, &r.component, &r.event, &r.subject, &r.object, &r.outcome, &r.source, &r.detail};

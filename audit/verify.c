@@ -98,6 +98,7 @@ static sr_err_t verify_file(chain_t *c, sr_audit_verify_result_t *r, const char 
 {
     FILE *f = fopen(file, "r");
     if (!f) return fail(r, sr_err_from_errno(errno), file, 0, 0, strerror(errno));
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t n;

@@ -4,10 +4,12 @@
  *
  * Group commit: an appender queues its record and waits; whichever waiting
  * thread finds no flush in progress becomes the leader, takes the whole queue
- * and writes it with one write() and one fdatasync(), then wakes everyone
- * whose record it carried. While it syncs, new records gather for the next
- * batch, so the batch size follows the load with no timer (an optional
- * commit_delay_us lets a leader wait for company first).
+ * and writes it with one write() and one fdatasync(), then wakes the threads
+ * whose records it carried (only those: each batch has its own condition
+ * variable, so a busy log does not wake every thread per batch) and one
+ * thread of the next batch to lead it. While it syncs, new records gather
+ * for the next batch, so the batch size follows the load with no timer (an
+ * optional commit_delay_us lets a leader wait for company first).
  *
  * Processes: each batch is written under flock(LOCK_EX). Before writing, the
  * leader checks whether the file grew or was rotated since its last batch
@@ -43,7 +45,7 @@ typedef struct pending {
 
 struct sr_audit_writer {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv[RESULT_RING]; /* waiters of batch b sleep on cv[b % RESULT_RING] */
     char *path, *host;
     sr_audit_options_t opt;
     int fd;
@@ -370,7 +372,8 @@ static void lead(sr_audit_writer_t *w, int force_checkpoint)
     w->results[id % RESULT_RING] = rc;
     w->durable_batch = id + 1;
     w->flushing = 0;
-    pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->cv[id % RESULT_RING]);
+    if (w->qn) pthread_cond_signal(&w->cv[(id + 1) % RESULT_RING]); /* a leader for the next batch */
 }
 
 sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e)
@@ -394,7 +397,7 @@ sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e)
     uint64_t mine = w->open_batch;
     while (w->durable_batch <= mine) {
         if (!w->flushing) lead(w, 0);
-        else pthread_cond_wait(&w->cv, &w->mu);
+        else pthread_cond_wait(&w->cv[mine % RESULT_RING], &w->mu);
     }
     sr_err_t rc = w->results[mine % RESULT_RING];
     pthread_mutex_unlock(&w->mu);
@@ -404,7 +407,11 @@ sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e)
 sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w)
 {
     pthread_mutex_lock(&w->mu);
-    while (w->flushing) pthread_cond_wait(&w->cv, &w->mu);
+    while (w->flushing) { /* rare (rotation, close): poll rather than join a batch's waiters */
+        pthread_mutex_unlock(&w->mu);
+        usleep(200);
+        pthread_mutex_lock(&w->mu);
+    }
     uint64_t mine = w->open_batch;
     lead(w, 1);
     sr_err_t rc = w->results[mine % RESULT_RING];
@@ -448,7 +455,7 @@ static void writer_free(sr_audit_writer_t *w)
     for (size_t i = 0; i < w->qn; i++) pending_free(&w->q[i]);
     free(w->q), free(w->buf), free(w->path), free(w->host);
     pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
+    for (int i = 0; i < RESULT_RING; i++) pthread_cond_destroy(&w->cv[i]);
     free(w);
 }
 
@@ -483,7 +490,7 @@ sr_err_t sr_audit_open(const sr_audit_options_t *o, sr_audit_writer_t **out)
     if (!w) return sr_err_set(SR_ERR_NOMEM, "cannot allocate the audit writer");
     w->fd = -1;
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
+    for (int i = 0; i < RESULT_RING; i++) pthread_cond_init(&w->cv[i], NULL);
     off_t cut = 0;
     int fresh = 0;
     sr_err_t rc = writer_init(w, o);

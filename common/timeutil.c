@@ -69,7 +69,6 @@ static int expect(const char **p, char c)
 sr_err_t sr_time_parse_rfc3339(const char *text, int64_t *unix_us)
 {
     const char *p = text;
-    struct tm tm = {0};
     int year, mon, day, hour = 0, min = 0, sec = 0;
     int64_t frac_us = 0, offset_s = 0;
     if (!text || !read_digits(&p, 4, &year) || !expect(&p, '-') || !read_digits(&p, 2, &mon) ||
@@ -105,15 +104,16 @@ sr_err_t sr_time_parse_rfc3339(const char *text, int64_t *unix_us)
         if (*p != '\0') goto bad;
     }
     if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60) goto bad;
-    tm.tm_year = year - 1900;
-    tm.tm_mon = mon - 1;
-    tm.tm_mday = day;
-    tm.tm_hour = hour;
-    tm.tm_min = min;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    struct tm check;
-    if (!gmtime_r(&t, &check) || check.tm_mday != day) goto bad; /* 2026-02-30 */
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > mdays[mon - 1] + (mon == 2 && leap)) goto bad; /* 2026-02-30 */
+    /* days since 1970-01-01 (civil calendar arithmetic: no timegm, no locale, no lock) */
+    int y = mon <= 2 ? year - 1 : year;
+    int era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = (int64_t)era * 146097 + doe - 719468;
+    int64_t t = days * 86400 + hour * 3600 + min * 60 + sec;
     *unix_us = ((int64_t)t - offset_s) * 1000000 + frac_us;
     return SR_OK;
 bad:

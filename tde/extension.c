@@ -11,6 +11,7 @@ SQLITE_EXTENSION_INIT1
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "tde.h"
 
 __attribute__((visibility("default"))) int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg,
@@ -24,6 +25,11 @@ int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_rout
     sr_log_level_t min = SR_LOG_WARN; /* a shell user sees warnings; events go to the audit log */
     if (level) (void)sr_log_level_parse(level, &min);
     sr_log_set_level(min);
+    sr_audit_writer_t *audit = NULL; /* $STRONGROOM_AUDIT_LOG: security events to the audit log */
+    if (sr_audit_open_from_env(&audit) != SR_OK) {
+        *pzErrMsg = sqlite3_mprintf("strongroom: audit log: %s", sr_err_detail());
+        return SQLITE_ERROR;
+    }
     int rc = sr_sqlite_register(NULL, def && strcmp(def, "1") == 0);
     if (rc == SQLITE_OK) rc = sr_sqlite_register_passthrough(); /* for benchmarks: the shim's own cost */
     if (rc != SQLITE_OK) {

@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define SHIFT SR_TDE_HEADER_REGION
 #define WAL_HDR 32
@@ -102,12 +103,21 @@ static int log_failure(int sqlite_rc, const sr_file_t *f, const char *what)
     return sqlite_rc;
 }
 
+/* The local principal of an event: the process's user (the pid goes in the detail). */
+static const char *event_subject(void)
+{
+    static __thread char subject[32];
+    snprintf(subject, sizeof subject, "uid=%ld", (long)getuid());
+    return subject;
+}
+
 static int page_auth_failure(sr_file_t *f)
 {
-    char object[512];
+    char object[512], detail[1024];
     snprintf(object, sizeof object, "%s", f->name ? f->name : "(temp)");
-    sr_event_emit(&(sr_event_t){.component = "tde", .event = "page.auth_failed", .object = object,
-                                .outcome = "failure", .detail = sr_err_detail()});
+    snprintf(detail, sizeof detail, "pid=%ld %s", (long)getpid(), sr_err_detail());
+    sr_event_emit(&(sr_event_t){.component = "tde", .event = "page.auth_failed", .subject = event_subject(),
+                                .object = object, .outcome = "failure", .source = "local", .detail = detail});
     return log_failure(SQLITE_IOERR_DATA, f, "page failed authentication");
 }
 
@@ -588,6 +598,20 @@ static const sqlite3_io_methods io_methods = {
 
 /* ---- opening ------------------------------------------------------------------------------ */
 
+/* Who opened which tablespace: an audit event for every successful open.
+ * If it cannot be recorded the open fails (fail closed). */
+static sr_err_t audit_open(sr_file_t *f, const char *path, sr_keyprov_t *prov)
+{
+    char object[SR_UUID_STR_LEN + 1], detail[4200];
+    sr_uuid_format(sr_tde_space_id(sr_tde_ts_space(f->ts)), object);
+    snprintf(detail, sizeof detail, "pid=%ld path=%s key=%s", (long)getpid(), path, sr_keyprov_description(prov));
+    sr_err_t rc = sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .subject = event_subject(),
+                                              .object = object, .outcome = "success", .source = "local",
+                                              .detail = detail});
+    if (rc != SR_OK) sr_err_set(rc, "cannot record the open in the audit log (%s): refusing it", sr_err_detail());
+    return rc;
+}
+
 static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flags)
 {
     if (is_passthrough_vfs(vfs)) {
@@ -618,11 +642,14 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     if (rc == SR_ERR_NOMEM) return SQLITE_NOMEM;
     if (rc == SR_ERR_IO) return log_failure(SQLITE_IOERR, f, "cannot open the tablespace");
     if (rc != SR_OK) {
-        sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .object = zName,
-                                    .outcome = "failure", .detail = sr_err_detail()});
+        char detail[1024];
+        snprintf(detail, sizeof detail, "pid=%ld %s", (long)getpid(), sr_err_detail());
+        sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .subject = event_subject(),
+                                    .object = zName, .outcome = "failure", .source = "local", .detail = detail});
         return log_failure(SQLITE_NOTADB, f, rc == SR_ERR_TDE_WRONG_KEY ? "wrong key" : "not an encrypted database");
     }
     f->role = ROLE_MAIN;
+    if (audit_open(f, zName, prov) != SR_OK) return log_failure(SQLITE_CANTOPEN, f, "audit log unavailable");
     return sr_tde_pagectx_new(sr_tde_ts_space(f->ts), &f->pc) == SR_OK ? SQLITE_OK : SQLITE_NOMEM;
 }
 

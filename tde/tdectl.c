@@ -14,6 +14,7 @@
  * The key file can also come from $STRONGROOM_KEYFILE.
  */
 #include "sr_sqlite.h"
+#include "audit.h"
 #include "tablespace.h"
 #include "tde.h"
 
@@ -73,6 +74,15 @@ static void uri_for(char *out, size_t cap, const char *path, const char *keyfile
     if (o && o->cipher) snprintf(cipher, sizeof cipher, "&cipher=%s", sr_tde_cipher_name(o->cipher));
     if (o && o->page_size) snprintf(psize, sizeof psize, "&page_size=%u", o->page_size);
     snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s%s", path, keyfile, cipher, psize);
+}
+
+/* One audit event per administrative action (no-op without an audit log). */
+static void audited(const char *event, const char *object, int ok, const char *detail)
+{
+    char subject[64];
+    snprintf(subject, sizeof subject, "uid=%ld tdectl", (long)getuid());
+    (void)sr_event_emit(&(sr_event_t){.component = "tdectl", .event = event, .subject = subject, .object = object,
+                                      .outcome = ok ? "success" : "failure", .source = "local", .detail = detail});
 }
 
 static int sqlite_fail(sqlite3 *db, const char *what)
@@ -249,6 +259,7 @@ static int cmd_verify(options_t *o)
         if (!bad) bad = integrity_check(o->argv[i], o->keyfile);
         printf("%s: %s (%llu pages authenticated%s)\n", o->argv[i], bad ? "FAILED" : "ok", (unsigned long long)pages,
                bad ? "" : ", integrity_check ok");
+        audited("tablespace.verify", o->argv[i], !bad, bad ? "verification failed" : "every page authenticated");
         status |= bad;
     }
     sr_keyprov_free(kp);
@@ -337,6 +348,7 @@ static int cmd_encrypt(options_t *o)
     unlink(tmp);
     if (status) return unlink(dst), 1;
     if (integrity_check(dst, o->keyfile)) return 1;
+    audited("tablespace.encrypt", dst, 1, src);
     printf("%s: encrypted copy of %s written (%s, %d-byte pages); check it, then remove the plaintext original\n", dst,
            src, sr_tde_cipher_name(o->cipher ? o->cipher : SR_TDE_CIPHER_AES_256_GCM), ps);
     return 0;
@@ -359,6 +371,7 @@ static int cmd_decrypt(options_t *o)
     if (rc != SQLITE_OK) return unlink(dst), sqlite_fail(out, dst);
     sqlite3_close(out);
     printf("%s: plaintext copy of %s written\n", dst, src);
+    audited("tablespace.decrypt", src, 1, dst);
     return 0;
 }
 
@@ -372,8 +385,9 @@ static int cmd_rekey(options_t *o)
     sr_err_t rc = open_provider(o, &kp);
     if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
     sr_keyprov_free(kp);
-    if (rc != SR_OK) return fail(o->argv[0], rc);
+    if (rc != SR_OK) return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
     printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
+    audited("key.rekey", o->argv[0], 1, "new data key version");
     if (!o->rewrite) return 0;
     char uri[8192];
     uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL);
@@ -395,12 +409,14 @@ static int cmd_rotate_master(options_t *o)
     if (rc != SR_OK) return fail(o->keyfile, rc);
     printf("%s: master key version %u added (older versions kept for databases not yet re-wrapped)\n", o->keyfile,
            version);
+    audited("key.master_rotated", o->keyfile, 1, "new master key version");
     sr_keyprov_t *kp = NULL;
     if ((rc = open_provider(o, &kp)) != SR_OK) return fail(o->keyfile, rc);
     int status = 0;
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
         rc = sr_tde_file_rewrap(o->argv[i], kp, &h);
+        audited("key.rewrap", o->argv[i], rc == SR_OK, rc == SR_OK ? "data keys re-wrapped" : sr_err_detail());
         if (rc != SR_OK) status |= fail(o->argv[i], rc);
         else printf("%s: %u data key(s) re-wrapped under master key version %u\n", o->argv[i], h.n_keys, version);
     }
@@ -447,6 +463,8 @@ int main(int argc, char **argv)
     o.argv = argv + optind;
     if (sr_secure_init() != SR_OK) return fail("init", SR_ERR_CRYPTO);
     sr_log_set_level(SR_LOG_WARN);
+    sr_audit_writer_t *audit = NULL; /* $STRONGROOM_AUDIT_LOG: what tdectl does is audited */
+    if (sr_audit_open_from_env(&audit) != SR_OK) return fail("audit log", sr_err_last());
     sqlite3_config(SQLITE_CONFIG_URI, 1);
     if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fprintf(stderr, "tdectl: cannot register the VFS\n"), 1;
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
