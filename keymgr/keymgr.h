@@ -11,6 +11,7 @@
 #define STRONGROOM_KEYMGR_H
 
 #include "common.h"
+#include "kmip.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,7 +106,7 @@ sr_err_t sr_keycache_get(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t versio
 void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id);
 void sr_keycache_free(sr_keycache_t *kc);
 
-/* ---- KMIP client (declared below by its owner) ------------------------------ */
+/* The KMIP codec, messages and client are declared in kmip.h. */
 
 #ifdef __cplusplus
 }

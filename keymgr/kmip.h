@@ -1,0 +1,200 @@
+/*
+ * kmip.h — KMIP: the TTLV codec, the message layer, and a blocking client.
+ *
+ * TTLV: every item is Tag (3 bytes, 0x42xxxx; 0x54xxxx for extensions),
+ * Type (1 byte), Length (4 bytes, big-endian), Value padded with zeros to a
+ * multiple of 8. The decoder is strict (exact lengths per type, zero padding,
+ * booleans 0/1, structures filled exactly, UTF-8 text, a nesting limit) and
+ * never reads past its input; values of text, bytes and big integers point
+ * into the input buffer (no copies).
+ */
+#ifndef STRONGROOM_KMIP_H
+#define STRONGROOM_KMIP_H
+
+#include "common.h"
+#include "kmip_tags.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum sr_kmip_type {
+    SR_KMIP_STRUCTURE = 0x01,
+    SR_KMIP_INTEGER = 0x02,
+    SR_KMIP_LONG_INTEGER = 0x03,
+    SR_KMIP_BIG_INTEGER = 0x04,
+    SR_KMIP_ENUMERATION = 0x05,
+    SR_KMIP_BOOLEAN = 0x06,
+    SR_KMIP_TEXT_STRING = 0x07,
+    SR_KMIP_BYTE_STRING = 0x08,
+    SR_KMIP_DATE_TIME = 0x09,
+    SR_KMIP_INTERVAL = 0x0A,
+    SR_KMIP_DATE_TIME_EXTENDED = 0x0B,
+} sr_kmip_type_t;
+
+#define SR_KMIP_TAG_ENUM_(name, value) SR_KMIP_TAG_##name = value,
+typedef enum sr_kmip_tag { SR_KMIP_TAG_TABLE(SR_KMIP_TAG_ENUM_) } sr_kmip_tag_t;
+#undef SR_KMIP_TAG_ENUM_
+
+/* "UniqueIdentifier"-style names; NULL for a tag not in the table. */
+const char *sr_kmip_tag_name(uint32_t tag);
+const char *sr_kmip_type_name(uint8_t type);
+
+#define SR_KMIP_MAX_DEPTH 16
+#define SR_KMIP_MAX_MESSAGE (16u << 20)
+
+/* ---- decoded tree ------------------------------------------------------------ */
+
+typedef struct sr_kmip_item {
+    uint32_t tag;
+    uint8_t type;
+    uint32_t len;           /* value length without padding */
+    union {
+        int32_t i32;        /* Integer */
+        int64_t i64;        /* Long Integer, Date-Time (seconds), Date-Time Extended (µs) */
+        uint32_t u32;       /* Enumeration, Interval */
+        int boolean;
+        const uint8_t *ptr; /* Text String, Byte String, Big Integer (into the input) */
+    } v;
+    int32_t first_child, next; /* indices into the tree; -1: none */
+} sr_kmip_item_t;
+
+typedef struct sr_kmip_tree {
+    sr_kmip_item_t *items; /* items[0] is the root */
+    size_t n, cap;
+} sr_kmip_tree_t;
+
+/* Decodes exactly one item (the whole buffer). SR_ERR_KMIP_DECODE with the
+ * offset and reason, SR_ERR_KMIP_DEPTH past SR_KMIP_MAX_DEPTH. */
+sr_err_t sr_kmip_decode(const uint8_t *buf, size_t len, sr_kmip_tree_t *tree) SR_MUST_CHECK;
+void sr_kmip_tree_free(sr_kmip_tree_t *tree);
+/* The first child of `parent` with `tag` (and `type` unless 0); -1 if none. */
+int32_t sr_kmip_child(const sr_kmip_tree_t *t, int32_t parent, uint32_t tag, uint8_t type);
+/* The next sibling after `after` with the same tag; -1 if none. */
+int32_t sr_kmip_next_same(const sr_kmip_tree_t *t, int32_t after);
+/* Pretty JSON for debugging (malloc'd; free it). */
+char *sr_kmip_to_json(const sr_kmip_tree_t *t, int32_t root);
+
+/* ---- encoder ----------------------------------------------------------------- */
+
+typedef struct sr_kmip_enc {
+    uint8_t *buf;
+    size_t len, cap;
+    size_t open[SR_KMIP_MAX_DEPTH]; /* offsets of open structures */
+    int depth;
+    sr_err_t err; /* sticky: the first failure */
+} sr_kmip_enc_t;
+
+void sr_kmip_enc_init(sr_kmip_enc_t *e);
+void sr_kmip_enc_free(sr_kmip_enc_t *e);
+void sr_kmip_begin(sr_kmip_enc_t *e, uint32_t tag);
+void sr_kmip_end(sr_kmip_enc_t *e);
+void sr_kmip_put_int(sr_kmip_enc_t *e, uint32_t tag, int32_t v);
+void sr_kmip_put_long(sr_kmip_enc_t *e, uint32_t tag, int64_t v);
+void sr_kmip_put_bigint(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *be, size_t len); /* len % 8 == 0 */
+void sr_kmip_put_enum(sr_kmip_enc_t *e, uint32_t tag, uint32_t v);
+void sr_kmip_put_bool(sr_kmip_enc_t *e, uint32_t tag, int v);
+void sr_kmip_put_text(sr_kmip_enc_t *e, uint32_t tag, const char *s);
+void sr_kmip_put_bytes(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *b, size_t len);
+void sr_kmip_put_datetime(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_seconds);
+void sr_kmip_put_interval(sr_kmip_enc_t *e, uint32_t tag, uint32_t seconds);
+void sr_kmip_put_datetime_ext(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_us);
+/* Checks every structure is closed; the bytes stay in e->buf / e->len. */
+sr_err_t sr_kmip_enc_finish(sr_kmip_enc_t *e) SR_MUST_CHECK;
+
+/* ---- specification enumerations we use ----------------------------------------- */
+
+enum {
+    SR_KMIP_OP_CREATE = 1, SR_KMIP_OP_REGISTER = 3, SR_KMIP_OP_LOCATE = 8, SR_KMIP_OP_GET = 10,
+    SR_KMIP_OP_GET_ATTRIBUTES = 11, SR_KMIP_OP_ACTIVATE = 18, SR_KMIP_OP_REVOKE = 19, SR_KMIP_OP_DESTROY = 20,
+    SR_KMIP_OP_QUERY = 24, SR_KMIP_OP_DISCOVER_VERSIONS = 30, SR_KMIP_OP_ENCRYPT = 31, SR_KMIP_OP_DECRYPT = 32,
+};
+enum { SR_KMIP_OBJECT_SYMMETRIC_KEY = 2, SR_KMIP_OBJECT_SECRET_DATA = 7 };
+enum { SR_KMIP_ALG_AES = 3 };
+enum { SR_KMIP_STATUS_SUCCESS = 0, SR_KMIP_STATUS_FAILED = 1, SR_KMIP_STATUS_PENDING = 2, SR_KMIP_STATUS_UNDONE = 3 };
+enum {
+    SR_KMIP_REASON_ITEM_NOT_FOUND = 1, SR_KMIP_REASON_PERMISSION_DENIED = 0x0C,
+    SR_KMIP_REASON_WRONG_KEY_LIFECYCLE_STATE = 0x0B /* "Illegal Operation" in 1.0 */,
+};
+enum { SR_KMIP_NAME_TEXT = 1 };
+enum { SR_KMIP_KEY_FORMAT_RAW = 1 };
+enum { SR_KMIP_MODE_CBC = 1, SR_KMIP_MODE_GCM = 9 };
+enum { SR_KMIP_USAGE_ENCRYPT = 0x04, SR_KMIP_USAGE_DECRYPT = 0x08, SR_KMIP_USAGE_WRAP = 0x10, SR_KMIP_USAGE_UNWRAP = 0x20 };
+enum { SR_KMIP_REVOKE_UNSPECIFIED = 1, SR_KMIP_REVOKE_KEY_COMPROMISE = 2, SR_KMIP_REVOKE_CESSATION = 6 };
+enum { SR_KMIP_STATE_PRE_ACTIVE = 1, SR_KMIP_STATE_ACTIVE = 2, SR_KMIP_STATE_DEACTIVATED = 3 };
+
+/* ---- messages ------------------------------------------------------------------- */
+
+typedef struct sr_kmip_version {
+    int32_t major, minor;
+} sr_kmip_version_t;
+
+/* Starts a one-batch-item request; the caller adds the payload's fields
+ * between sr_kmip_request_begin() and sr_kmip_request_end(). */
+void sr_kmip_request_begin(sr_kmip_enc_t *e, sr_kmip_version_t v, uint32_t operation);
+void sr_kmip_request_end(sr_kmip_enc_t *e);
+
+/* A decoded response's single batch item. */
+typedef struct sr_kmip_response {
+    sr_kmip_tree_t tree;
+    sr_kmip_version_t version;
+    int64_t time_stamp;
+    uint32_t operation, status, reason;
+    const char *message; /* NUL-terminated copy; "" if none */
+    int32_t payload;     /* tree index of the Response Payload; -1 if none */
+    char message_buf[256];
+    uint8_t *raw;        /* the received bytes (owned; wiped and freed by sr_kmip_response_free) */
+    size_t raw_len;
+} sr_kmip_response_t;
+
+/* Parses a Response Message with one batch item; a failed operation is
+ * SR_ERR_KMIP_RESULT with status, reason and message in the detail. */
+sr_err_t sr_kmip_response_parse(const uint8_t *buf, size_t len, uint32_t expect_operation,
+                                sr_kmip_response_t *out) SR_MUST_CHECK;
+void sr_kmip_response_free(sr_kmip_response_t *r);
+
+/* ---- client ------------------------------------------------------------------------- */
+
+typedef struct sr_kmip_client_options {
+    const char *host;
+    uint16_t port;
+    const char *verify_name;   /* host name the server certificate must carry; NULL: host */
+    const char *ca_file, *cert_file, *key_file;
+    int timeout_ms;            /* 0: 10 s */
+    sr_kmip_version_t version; /* 0.0: 1.2 */
+} sr_kmip_client_options_t;
+
+typedef struct sr_kmip_client sr_kmip_client_t;
+
+sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
+void sr_kmip_client_free(sr_kmip_client_t *c);
+/* One request, one response, on the kept connection. Idempotent operations
+ * (Get, Locate, Query, Discover Versions, Get Attributes, Encrypt, Decrypt)
+ * are retried once on a fresh connection after a network failure; others
+ * are not: their error says the outcome is unknown. */
+sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *request, uint32_t operation,
+                             sr_kmip_response_t *out) SR_MUST_CHECK;
+
+/* The operations database TDE uses. Unique identifiers are NUL-terminated. */
+#define SR_KMIP_UID_MAX 128
+sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const char *name, int bits, uint32_t usage_mask,
+                                const char *group, char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
+sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, size_t cap, size_t *len) SR_MUST_CHECK;
+sr_err_t sr_kmip_activate(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
+sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_code, const char *message) SR_MUST_CHECK;
+sr_err_t sr_kmip_destroy(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
+sr_err_t sr_kmip_locate_by_name(sr_kmip_client_t *c, const char *name, char (*uids)[SR_KMIP_UID_MAX], size_t max,
+                                size_t *found) SR_MUST_CHECK;
+/* AES-GCM through the server: iv in, ciphertext || tag out (and back). */
+sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
+sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
+/* The protocol versions the server offers, newest first. */
+sr_err_t sr_kmip_discover_versions(sr_kmip_client_t *c, sr_kmip_version_t *versions, size_t max,
+                                   size_t *n) SR_MUST_CHECK;
+
+#ifdef __cplusplus
+}
+#endif
+#endif
