@@ -7,78 +7,14 @@
  * fails after its one retry, a Create is reported as of unknown outcome.
  */
 #include "kmip.h"
+#include "pykmip_server.h"
 #include "sr_test.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-static pid_t server_pid;
-static uint16_t server_port;
 static char pki[512];
-
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static int port_open(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
-static int start_pykmip(void)
-{
-    char cmd[2048], conf[600], log[600], policies[600];
-    snprintf(pki, sizeof pki, "%s", sr_test_path("pki"));
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null", sr_test_source_path("tests/pki/make-test-pki"), pki);
-    if (system(cmd) != 0) return 0;
-    snprintf(conf, sizeof conf, "%s/server.conf", pki);
-    snprintf(log, sizeof log, "%s/server.log", pki);
-    snprintf(policies, sizeof policies, "%s/policies", pki);
-    mkdir(policies, 0700);
-    server_port = free_port();
-    FILE *f = fopen(conf, "w");
-    fprintf(f, "[server]\nhostname=127.0.0.1\nport=%u\ncertificate_path=%s/server.pem\nkey_path=%s/server.key\n"
-               "ca_path=%s/ca.pem\nauth_suite=TLS1.2\nenable_tls_client_auth=True\npolicy_path=%s\n"
-               "database_path=%s/pykmip.db\nlogging_level=INFO\n",
-            server_port, pki, pki, pki, policies, pki);
-    fclose(f);
-    if ((server_pid = fork()) == 0) {
-        setpgid(0, 0);
-        execl("/usr/bin/python3", "python3", "/usr/bin/pykmip-server", "-f", conf, "-l", log, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 300; i++) { /* up to 30 s: PyKMIP imports a lot */
-        if (port_open(server_port)) return 1;
-        usleep(100000);
-    }
-    return 0;
-}
-
-static void stop_pykmip(void)
-{
-    if (server_pid <= 0) return;
-    kill(-server_pid, SIGTERM);
-    kill(server_pid, SIGTERM);
-    waitpid(server_pid, NULL, 0);
-    server_pid = 0;
-}
+static uint16_t server_port;
 
 static sr_kmip_client_t *client_with(const char *cert)
 {
@@ -153,7 +89,7 @@ static void test_server_gone(void)
     sr_kmip_client_t *c = client_with("client");
     char uid[SR_KMIP_UID_MAX];
     SR_CHECK_OK(sr_kmip_create_aes_key(c, "before-the-outage", 256, SR_KMIP_USAGE_ENCRYPT, NULL, uid));
-    stop_pykmip();
+    pykmip_stop();
     uint8_t key[64];
     size_t len = 0;
     SR_CHECK(sr_kmip_get_key(c, uid, key, sizeof key, &len) != SR_OK);
@@ -164,18 +100,11 @@ static void test_server_gone(void)
 
 int main(void)
 {
-    if (access("/usr/bin/pykmip-server", X_OK) != 0) {
-        fprintf(stderr, "pykmip-server is missing: install python3-pykmip (scripts/install-deps)\n");
-        return 1;
-    }
-    if (!start_pykmip()) {
-        fprintf(stderr, "the PyKMIP server did not start (log: %s/server.log)\n", pki);
-        stop_pykmip();
-        return 1;
-    }
+    snprintf(pki, sizeof pki, "%s", sr_test_path("pki"));
+    if (pykmip_start(pki, sr_test_source_path("tests/pki/make-test-pki"), &server_port) != 0) return 1;
     SR_RUN(test_key_lifecycle);
     SR_RUN(test_rogue_client_refused);
     SR_RUN(test_server_gone);
-    stop_pykmip();
+    pykmip_stop();
     return sr_test_finish();
 }
