@@ -95,7 +95,11 @@ static void encode_random(sr_kmip_enc_t *e, unsigned *seed, int depth)
         case 2: sr_kmip_put_bigint(e, tag, bytes, 8 * (1 + rand_r(seed) % 4)); break;
         case 3: sr_kmip_put_enum(e, tag, (uint32_t)rand_r(seed)); break;
         case 4: sr_kmip_put_bool(e, tag, rand_r(seed) & 1); break;
-        case 5: sr_kmip_put_text(e, tag, "strongroom \xc3\xa9t\xc3\xa9" + rand_r(seed) % 5); break;
+        case 5: {
+            static const char text[] = "strongroom \xc3\xa9t\xc3\xa9"; /* UTF-8, cut only at ASCII */
+            sr_kmip_put_text(e, tag, &text[rand_r(seed) % 5]);
+            break;
+        }
         case 6: sr_kmip_put_bytes(e, tag, bytes, (size_t)(rand_r(seed) % 40)); break;
         case 7: sr_kmip_put_datetime(e, tag, rand_r(seed)); break;
         case 8: sr_kmip_put_interval(e, tag, (uint32_t)rand_r(seed)); break;
