@@ -177,8 +177,33 @@ sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *request, 
 
 /* The operations database TDE uses. Unique identifiers are NUL-terminated. */
 #define SR_KMIP_UID_MAX 128
-sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const char *name, int bits, uint32_t usage_mask,
-                                const char *group, char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
+
+/* The attributes DB clients set on a key; NULL/0 fields are left out. */
+typedef struct sr_kmip_key_template {
+    const char *name;         /* Name (text) */
+    const char *group;        /* Object Group */
+    int bits;                 /* Cryptographic Length: 128, 192 or 256 (0: 256) */
+    uint32_t usage_mask;      /* Cryptographic Usage Mask (SR_KMIP_USAGE_*) */
+    const char *custom_name;  /* a custom attribute, "x-..." (e.g. x-strongroom-tablespace) */
+    const char *custom_value; /* its text value */
+} sr_kmip_key_template_t;
+
+sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t,
+                                char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
+/* Register: the server stores a key we made (Raw AES key material). */
+sr_err_t sr_kmip_register_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t, const uint8_t *key,
+                                  size_t key_len, char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
+
+typedef struct sr_kmip_key_attributes {
+    uint32_t state;          /* SR_KMIP_STATE_* */
+    int64_t activation_date; /* unix seconds; 0 if none */
+    uint32_t algorithm, usage_mask;
+    int32_t length;
+    char name[SR_KMIP_UID_MAX], group[SR_KMIP_UID_MAX];
+} sr_kmip_key_attributes_t;
+sr_err_t sr_kmip_get_attributes(sr_kmip_client_t *c, const char *uid, sr_kmip_key_attributes_t *out) SR_MUST_CHECK;
+/* Query Operations: what the server supports. */
+sr_err_t sr_kmip_query_operations(sr_kmip_client_t *c, uint32_t *ops, size_t max, size_t *n) SR_MUST_CHECK;
 sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, size_t cap, size_t *len) SR_MUST_CHECK;
 sr_err_t sr_kmip_activate(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
 sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_code, const char *message) SR_MUST_CHECK;

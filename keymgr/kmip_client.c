@@ -193,33 +193,151 @@ static sr_err_t response_uid(const sr_kmip_response_t *r, char uid[SR_KMIP_UID_M
     return SR_OK;
 }
 
-typedef struct create_arg {
-    const char *name, *group;
-    int bits;
-    uint32_t usage;
-} create_arg_t;
-
-static void build_create(sr_kmip_enc_t *e, const void *p)
+/* The Template-Attribute of a key: algorithm, length, usage, name, group, custom. */
+static void put_key_template(sr_kmip_enc_t *e, const sr_kmip_key_template_t *t)
 {
-    const create_arg_t *a = p;
-    sr_kmip_put_enum(e, SR_KMIP_TAG_OBJECT_TYPE, SR_KMIP_OBJECT_SYMMETRIC_KEY);
     sr_kmip_begin(e, SR_KMIP_TAG_TEMPLATE_ATTRIBUTE);
     put_attribute_enum(e, "Cryptographic Algorithm", SR_KMIP_ALG_AES);
-    put_attribute_int(e, "Cryptographic Length", a->bits);
-    put_attribute_int(e, "Cryptographic Usage Mask", (int32_t)a->usage);
-    if (a->name) put_attribute_name(e, a->name);
-    if (a->group) put_attribute_text(e, "Object Group", a->group);
+    put_attribute_int(e, "Cryptographic Length", t->bits ? t->bits : 256);
+    if (t->usage_mask) put_attribute_int(e, "Cryptographic Usage Mask", (int32_t)t->usage_mask);
+    if (t->name) put_attribute_name(e, t->name);
+    if (t->group) put_attribute_text(e, "Object Group", t->group);
+    if (t->custom_name && t->custom_value) put_attribute_text(e, t->custom_name, t->custom_value);
     sr_kmip_end(e);
 }
 
-sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const char *name, int bits, uint32_t usage_mask,
-                                const char *group, char uid[SR_KMIP_UID_MAX])
+static void build_create(sr_kmip_enc_t *e, const void *p)
 {
-    create_arg_t a = {.name = name, .group = group, .bits = bits, .usage = usage_mask};
+    sr_kmip_put_enum(e, SR_KMIP_TAG_OBJECT_TYPE, SR_KMIP_OBJECT_SYMMETRIC_KEY);
+    put_key_template(e, p);
+}
+
+static sr_err_t check_template(const sr_kmip_key_template_t *t)
+{
+    if (t->bits && t->bits != 128 && t->bits != 192 && t->bits != 256)
+        return sr_err_set(SR_ERR_INVALID_ARG, "an AES key is 128, 192 or 256 bits, not %d", t->bits);
+    if (t->custom_name && strncmp(t->custom_name, "x-", 2) != 0 && strncmp(t->custom_name, "y-", 2) != 0)
+        return sr_err_set(SR_ERR_INVALID_ARG, "custom attribute '%s' must start with x- (client) or y- (server)",
+                          t->custom_name);
+    return SR_OK;
+}
+
+sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t, char uid[SR_KMIP_UID_MAX])
+{
     sr_kmip_response_t r;
-    sr_err_t rc = call(c, SR_KMIP_OP_CREATE, build_create, &a, &r);
+    sr_err_t rc = check_template(t);
+    if (rc == SR_OK) rc = call(c, SR_KMIP_OP_CREATE, build_create, t, &r);
     if (rc == SR_OK) rc = response_uid(&r, uid), sr_kmip_response_free(&r);
     return rc;
+}
+
+typedef struct register_arg {
+    const sr_kmip_key_template_t *t;
+    const uint8_t *key;
+    size_t len;
+} register_arg_t;
+
+static void build_register(sr_kmip_enc_t *e, const void *p)
+{
+    const register_arg_t *a = p;
+    sr_kmip_put_enum(e, SR_KMIP_TAG_OBJECT_TYPE, SR_KMIP_OBJECT_SYMMETRIC_KEY);
+    put_key_template(e, a->t);
+    sr_kmip_begin(e, SR_KMIP_TAG_SYMMETRIC_KEY);
+    sr_kmip_begin(e, SR_KMIP_TAG_KEY_BLOCK);
+    sr_kmip_put_enum(e, SR_KMIP_TAG_KEY_FORMAT_TYPE, SR_KMIP_KEY_FORMAT_RAW);
+    sr_kmip_begin(e, SR_KMIP_TAG_KEY_VALUE);
+    sr_kmip_put_bytes(e, SR_KMIP_TAG_KEY_MATERIAL, a->key, a->len);
+    sr_kmip_end(e);
+    sr_kmip_put_enum(e, SR_KMIP_TAG_CRYPTOGRAPHIC_ALGORITHM, SR_KMIP_ALG_AES);
+    sr_kmip_put_int(e, SR_KMIP_TAG_CRYPTOGRAPHIC_LENGTH, (int32_t)(a->len * 8));
+    sr_kmip_end(e);
+    sr_kmip_end(e);
+}
+
+sr_err_t sr_kmip_register_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t, const uint8_t *key,
+                                  size_t key_len, char uid[SR_KMIP_UID_MAX])
+{
+    sr_kmip_key_template_t tt = *t;
+    tt.bits = (int)(key_len * 8);
+    register_arg_t a = {.t = &tt, .key = key, .len = key_len};
+    sr_kmip_response_t r;
+    sr_err_t rc = check_template(&tt);
+    if (rc == SR_OK) rc = call(c, SR_KMIP_OP_REGISTER, build_register, &a, &r);
+    if (rc == SR_OK) rc = response_uid(&r, uid), sr_kmip_response_free(&r);
+    return rc;
+}
+
+static const char *const wanted_attributes[] = {"State", "Activation Date", "Cryptographic Algorithm",
+                                                "Cryptographic Length", "Cryptographic Usage Mask", "Object Group",
+                                                "Name"};
+
+static void build_get_attributes(sr_kmip_enc_t *e, const void *uid)
+{
+    sr_kmip_put_text(e, SR_KMIP_TAG_UNIQUE_IDENTIFIER, uid);
+    for (size_t i = 0; i < sizeof wanted_attributes / sizeof wanted_attributes[0]; i++)
+        sr_kmip_put_text(e, SR_KMIP_TAG_ATTRIBUTE_NAME, wanted_attributes[i]);
+}
+
+static void copy_text(const sr_kmip_item_t *it, char out[SR_KMIP_UID_MAX])
+{
+    size_t n = it->len < SR_KMIP_UID_MAX - 1 ? it->len : SR_KMIP_UID_MAX - 1;
+    memcpy(out, it->v.ptr, n);
+    out[n] = '\0';
+}
+
+static void take_attribute(const sr_kmip_tree_t *t, int32_t attr, sr_kmip_key_attributes_t *out)
+{
+    int32_t name = sr_kmip_child(t, attr, SR_KMIP_TAG_ATTRIBUTE_NAME, SR_KMIP_TEXT_STRING);
+    int32_t value = sr_kmip_child(t, attr, SR_KMIP_TAG_ATTRIBUTE_VALUE, 0);
+    if (name < 0 || value < 0) return;
+    char n[SR_KMIP_UID_MAX];
+    copy_text(&t->items[name], n);
+    const sr_kmip_item_t *v = &t->items[value];
+    if (!strcmp(n, "State") && v->type == SR_KMIP_ENUMERATION) out->state = v->v.u32;
+    else if (!strcmp(n, "Activation Date") && v->type == SR_KMIP_DATE_TIME) out->activation_date = v->v.i64;
+    else if (!strcmp(n, "Cryptographic Algorithm") && v->type == SR_KMIP_ENUMERATION) out->algorithm = v->v.u32;
+    else if (!strcmp(n, "Cryptographic Length") && v->type == SR_KMIP_INTEGER) out->length = v->v.i32;
+    else if (!strcmp(n, "Cryptographic Usage Mask") && v->type == SR_KMIP_INTEGER) out->usage_mask = (uint32_t)v->v.i32;
+    else if (!strcmp(n, "Object Group") && v->type == SR_KMIP_TEXT_STRING) copy_text(v, out->group);
+    else if (!strcmp(n, "Name") && v->type == SR_KMIP_STRUCTURE) {
+        int32_t nv = sr_kmip_child(t, value, SR_KMIP_TAG_NAME_VALUE, SR_KMIP_TEXT_STRING);
+        if (nv >= 0) copy_text(&t->items[nv], out->name);
+    }
+}
+
+sr_err_t sr_kmip_get_attributes(sr_kmip_client_t *c, const char *uid, sr_kmip_key_attributes_t *out)
+{
+    sr_kmip_response_t r;
+    sr_err_t rc = call(c, SR_KMIP_OP_GET_ATTRIBUTES, build_get_attributes, uid, &r);
+    if (rc != SR_OK) return rc;
+    sr_kmip_key_attributes_t a;
+    memset(&a, 0, sizeof a);
+    for (int32_t i = sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_ATTRIBUTE, SR_KMIP_STRUCTURE); i >= 0;
+         i = sr_kmip_next_same(&r.tree, i))
+        take_attribute(&r.tree, i, &a);
+    sr_kmip_response_free(&r);
+    *out = a;
+    return SR_OK;
+}
+
+static void build_query(sr_kmip_enc_t *e, const void *p)
+{
+    (void)p;
+    sr_kmip_put_enum(e, SR_KMIP_TAG_QUERY_FUNCTION, 1); /* Query Operations */
+}
+
+sr_err_t sr_kmip_query_operations(sr_kmip_client_t *c, uint32_t *ops, size_t max, size_t *n)
+{
+    sr_kmip_response_t r;
+    sr_err_t rc = call(c, SR_KMIP_OP_QUERY, build_query, NULL, &r);
+    if (rc != SR_OK) return rc;
+    size_t k = 0;
+    for (int32_t i = sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_OPERATION, SR_KMIP_ENUMERATION); i >= 0;
+         i = sr_kmip_next_same(&r.tree, i), k++)
+        if (k < max) ops[k] = r.tree.items[i].v.u32;
+    sr_kmip_response_free(&r);
+    *n = k;
+    return SR_OK;
 }
 
 static void build_uid(sr_kmip_enc_t *e, const void *uid) { sr_kmip_put_text(e, SR_KMIP_TAG_UNIQUE_IDENTIFIER, uid); }

@@ -90,7 +90,7 @@ int main(void)
     uint8_t k[64];
     size_t len = 0;
     if (sr_kmip_client_new(&o, &c) != SR_OK ||
-        sr_kmip_create_aes_key(c, "bench", 256, SR_KMIP_USAGE_ENCRYPT, NULL, uid) != SR_OK) {
+        sr_kmip_create_aes_key(c, &(sr_kmip_key_template_t){.name = "bench", .usage_mask = SR_KMIP_USAGE_ENCRYPT}, uid) != SR_OK) {
         fprintf(stderr, "client: %s\n", sr_err_detail());
         pykmip_stop();
         return 1;

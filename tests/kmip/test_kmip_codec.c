@@ -247,6 +247,92 @@ static void test_messages(void)
     sr_kmip_enc_free(&e);
 }
 
+/* Messages from the KMIP 1.0 use-cases document (OASIS), 3.1.2 "Register /
+ * Create / Get Attributes / Destroy": our encoder produces the request bytes
+ * exactly, our parser reads the responses. */
+static size_t hex_long(const char *h, uint8_t **out)
+{
+    *out = malloc(strlen(h) / 2 + 1);
+    return hex(h, *out);
+}
+
+static void test_kmip_use_case_vectors(void)
+{
+    sr_kmip_enc_t e;
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 1}, SR_KMIP_OP_CREATE);
+    sr_kmip_put_enum(&e, SR_KMIP_TAG_OBJECT_TYPE, SR_KMIP_OBJECT_SYMMETRIC_KEY);
+    sr_kmip_begin(&e, SR_KMIP_TAG_TEMPLATE_ATTRIBUTE);
+    sr_kmip_begin(&e, SR_KMIP_TAG_NAME); /* the template's name */
+    sr_kmip_put_text(&e, SR_KMIP_TAG_NAME_VALUE, "Template1");
+    sr_kmip_put_enum(&e, SR_KMIP_TAG_NAME_TYPE, SR_KMIP_NAME_TEXT);
+    sr_kmip_end(&e);
+    static const char *const names[] = {"Cryptographic Algorithm", "Cryptographic Length", "Cryptographic Usage Mask"};
+    for (int i = 0; i < 3; i++) {
+        sr_kmip_begin(&e, SR_KMIP_TAG_ATTRIBUTE);
+        sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, names[i]);
+        if (i == 0) sr_kmip_put_enum(&e, SR_KMIP_TAG_ATTRIBUTE_VALUE, SR_KMIP_ALG_AES);
+        else sr_kmip_put_int(&e, SR_KMIP_TAG_ATTRIBUTE_VALUE, i == 1 ? 128 : 12);
+        sr_kmip_end(&e);
+    }
+    sr_kmip_begin(&e, SR_KMIP_TAG_ATTRIBUTE);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, "Name");
+    sr_kmip_begin(&e, SR_KMIP_TAG_ATTRIBUTE_VALUE);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_NAME_VALUE, "Key1");
+    sr_kmip_put_enum(&e, SR_KMIP_TAG_NAME_TYPE, SR_KMIP_NAME_TEXT);
+    sr_kmip_end(&e);
+    sr_kmip_end(&e);
+    sr_kmip_end(&e);
+    sr_kmip_request_end(&e);
+    SR_CHECK_OK(sr_kmip_enc_finish(&e));
+    uint8_t *want = NULL;
+    size_t n = hex_long(
+        "42007801000001904200770100000038420069010000002042006A0200000004000000010000000042006B02000000040"
+        "00000010000000042000D0200000004000000010000000042000F010000014842005C0500000004000000010000000042"
+        "0079010000013042005705000000040000000200000000420091010000011842005301000000284200550700000009546"
+        "56D706C617465310000000000000042005405000000040000000100000000420008010000003042000A07000000174372"
+        "7970746F6772617068696320416C676F726974686D0042000B05000000040000000300000000420008010000003042000"
+        "A070000001443727970746F67726170686963204C656E6774680000000042000B02000000040000008000000000420008"
+        "010000003042000A070000001843727970746F67726170686963205573616765204D61736B42000B02000000040000000"
+        "C00000000420008010000003842000A07000000044E616D650000000042000B010000002042005507000000044B657931"
+        "0000000042005405000000040000000100000000", &want);
+    SR_CHECK_MSG(e.len == n && memcmp(e.buf, want, n) == 0, "Create request differs from the use case (%zu/%zu)", e.len, n);
+    free(want);
+    sr_kmip_enc_free(&e);
+
+    n = hex_long("42007B01000000C042007A0100000048420069010000002042006A0200000004000000010000000042006B02000000040"
+                 "0000000000000004200920900000008000000004AFBE7C542000D0200000004000000010000000042000F010000006842"
+                 "005C0500000004000000010000000042007F0500000004000000000000000042007C01000000404200570500000004000"
+                 "0000200000000420094070000002436316231303631342D643862352D343666392D386431372D32666136656131643734"
+                 "376100000000", &want);
+    sr_kmip_response_t r;
+    SR_CHECK_OK(sr_kmip_response_parse(want, n, SR_KMIP_OP_CREATE, &r));
+    SR_CHECK(r.version.major == 1 && r.version.minor == 0 && r.time_stamp == 0x4AFBE7C5);
+    int32_t uid = sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_UNIQUE_IDENTIFIER, SR_KMIP_TEXT_STRING);
+    SR_CHECK(uid >= 0 && memcmp(r.tree.items[uid].v.ptr, "61b10614-d8b5-46f9-8d17-2fa6ea1d747a", 36) == 0);
+    sr_kmip_response_free(&r);
+    free(want);
+
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 0}, SR_KMIP_OP_GET_ATTRIBUTES);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_UNIQUE_IDENTIFIER, "61b10614-d8b5-46f9-8d17-2fa6ea1d747a");
+    sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, "Object Group");
+    sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, "Application Specific Information");
+    sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, "Contact Information");
+    sr_kmip_put_text(&e, SR_KMIP_TAG_ATTRIBUTE_NAME, "x-Purpose");
+    sr_kmip_request_end(&e);
+    SR_CHECK_OK(sr_kmip_enc_finish(&e));
+    n = hex_long("42007801000001084200770100000038420069010000002042006A0200000004000000010000000042006B02000000040"
+                 "00000000000000042000D0200000004000000010000000042000F01000000C042005C05000000040000000B0000000042"
+                 "007901000000A8420094070000002436316231303631342D643862352D343666392D386431372D3266613665613164373"
+                 "437610000000042000A070000000C4F626A6563742047726F75700000000042000A07000000204170706C69636174696F"
+                 "6E20537065636966696320496E666F726D6174696F6E42000A0700000013436F6E7461637420496E666F726D6174696F6"
+                 "E000000000042000A0700000009782D507572706F736500000000000000", &want);
+    SR_CHECK_MSG(e.len == n && memcmp(e.buf, want, n) == 0, "Get Attributes request differs from the use case");
+    free(want);
+    sr_kmip_enc_free(&e);
+}
+
 /* The tag table against PyKMIP's (an independent implementation). */
 static void test_tags_match_pykmip(void)
 {
@@ -273,6 +359,7 @@ int main(void)
     SR_RUN(test_round_trip_property);
     SR_RUN(test_strict_decoding);
     SR_RUN(test_messages);
+    SR_RUN(test_kmip_use_case_vectors);
     SR_RUN(test_tags_match_pykmip);
     return sr_test_finish();
 }
