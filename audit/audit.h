@@ -101,7 +101,22 @@ typedef struct sr_audit_verify_result {
 sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t *verify_key,
                                sr_audit_verify_result_t *result);
 
-/* ==== collection: forwarder, spool, collector (a later part) ==== */
+/* Incremental verification, one record at a time (the verifier and the
+ * collector): the chain's state can be saved (last seq and hash) and resumed. */
+typedef struct sr_audit_chain {
+    uint64_t first_seq, last_seq, records, checkpoints, sealed_seq;
+    uint8_t last_hash[SR_AUDIT_HASH_BYTES];
+    int any, last_is_checkpoint, has_key;
+    uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    char key_id[17];
+} sr_audit_chain_t;
+void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key /* NULL: chain only */);
+/* Checks one record line (no newline; unescaped in place) against the chain
+ * and advances it: SR_ERR_PARSE, SR_ERR_AUDIT_CHAIN, SR_ERR_AUDIT_SEQUENCE or
+ * SR_ERR_AUDIT_SIGNATURE with the reason in the error detail. */
+sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
+
+/* ==== collection: forwarder and collector (audit/collect.c) ==== */
 
 #ifdef __cplusplus
 }

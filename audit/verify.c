@@ -19,14 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct chain {
-    const uint8_t *key;
-    char key_id[17];
-    uint64_t last_seq;
-    uint8_t last_hash[SR_AUDIT_HASH_BYTES];
-    int any, last_is_checkpoint;
-} chain_t;
-
 static sr_err_t fail(sr_audit_verify_result_t *r, sr_err_t err, const char *file, size_t line, uint64_t seq,
                      const char *reason)
 {
@@ -37,64 +29,84 @@ static sr_err_t fail(sr_audit_verify_result_t *r, sr_err_t err, const char *file
     return sr_err_set(err, "%s: %s", r->where, reason);
 }
 
-static sr_err_t check_checkpoint(chain_t *c, const sr_audit_record_t *rec, char *why, size_t why_len)
+void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key)
+{
+    memset(c, 0, sizeof *c);
+    if (verify_key) {
+        memcpy(c->key, verify_key, SR_AUDIT_SIGN_PUBLIC_BYTES);
+        sr_audit_key_id(verify_key, c->key_id);
+        c->has_key = 1;
+    }
+}
+
+static sr_err_t check_checkpoint(const sr_audit_chain_t *c, const sr_audit_record_t *rec)
 {
     char key_id[17];
     uint64_t sealed = 0;
     uint8_t sig[64], msg[48];
     if (audit_checkpoint_parse(rec->detail, key_id, &sealed, sig) != SR_OK)
-        return snprintf(why, why_len, "malformed checkpoint"), SR_ERR_AUDIT_SIGNATURE;
+        return sr_err_set(SR_ERR_AUDIT_SIGNATURE, "malformed checkpoint");
     if (sealed + 1 != rec->seq)
-        return snprintf(why, why_len, "checkpoint seals seq %llu but sits at seq %llu", (unsigned long long)sealed,
-                        (unsigned long long)rec->seq), SR_ERR_AUDIT_SIGNATURE;
-    if (!c->key) return SR_OK;
+        return sr_err_set(SR_ERR_AUDIT_SIGNATURE, "checkpoint seals seq %llu but sits at seq %llu",
+                          (unsigned long long)sealed, (unsigned long long)rec->seq);
+    if (!c->has_key) return SR_OK;
     if (strcmp(key_id, c->key_id) != 0)
-        return snprintf(why, why_len, "checkpoint signed by key %s, not by the verify key %s (re-signed forgery?)",
-                        key_id, c->key_id), SR_ERR_AUDIT_SIGNATURE;
+        return sr_err_set(SR_ERR_AUDIT_SIGNATURE, "checkpoint signed by key %s, not by the verify key %s (re-signed "
+                          "forgery?)", key_id, c->key_id);
     audit_sig_message(sealed, rec->prev, msg);
     if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->key) != 0)
-        return snprintf(why, why_len, "checkpoint signature does not verify: records before it were altered and "
-                        "the chain recomputed"), SR_ERR_AUDIT_SIGNATURE;
+        return sr_err_set(SR_ERR_AUDIT_SIGNATURE, "checkpoint signature does not verify: records before it were "
+                          "altered and the chain recomputed");
     return SR_OK;
 }
 
-static sr_err_t check_record(chain_t *c, sr_audit_verify_result_t *r, const char *file, size_t lineno, char *line,
-                             size_t len)
+sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_audit_record_t *out)
 {
     sr_audit_record_t rec;
-    char why[512];
     sr_err_t rc = sr_audit_record_parse(line, len, &rec);
-    if (rc != SR_OK) return fail(r, rc == SR_ERR_AUDIT_CHAIN ? rc : SR_ERR_PARSE, file, lineno, 0, sr_err_detail());
+    if (rc != SR_OK) return rc;
     if (!c->any) {
         static const uint8_t zero[SR_AUDIT_HASH_BYTES];
         if (rec.seq != 1 || memcmp(rec.prev, zero, sizeof zero) != 0)
-            return fail(r, SR_ERR_AUDIT_SEQUENCE, file, lineno, rec.seq,
-                        "the log does not start at seq 1: earlier records or files are missing (pass every rotated "
-                        "file, oldest first)");
-        r->first_seq = rec.seq;
+            return sr_err_set(SR_ERR_AUDIT_SEQUENCE, "the log does not start at seq 1: earlier records or files are "
+                              "missing (pass every rotated file, oldest first)");
     } else if (rec.seq != c->last_seq + 1) {
-        snprintf(why, sizeof why, "seq %llu follows seq %llu: records were %s", (unsigned long long)rec.seq,
-                 (unsigned long long)c->last_seq, rec.seq > c->last_seq + 1 ? "deleted" : "inserted or reordered");
-        return fail(r, SR_ERR_AUDIT_SEQUENCE, file, lineno, rec.seq, why);
+        return sr_err_set(SR_ERR_AUDIT_SEQUENCE, "seq %llu follows seq %llu: records were %s",
+                          (unsigned long long)rec.seq, (unsigned long long)c->last_seq,
+                          rec.seq > c->last_seq + 1 ? "deleted" : "inserted or reordered");
     } else if (memcmp(rec.prev, c->last_hash, SR_AUDIT_HASH_BYTES) != 0) {
-        return fail(r, SR_ERR_AUDIT_CHAIN, file, lineno, rec.seq,
-                    "prev does not match the record before it: a record was replaced, inserted or deleted");
+        return sr_err_set(SR_ERR_AUDIT_CHAIN,
+                          "prev does not match the record before it: a record was replaced, inserted or deleted");
     }
-    c->last_is_checkpoint = strcmp(rec.event, AUDIT_CHECKPOINT_EVENT) == 0 && strcmp(rec.component, "audit") == 0;
-    if (c->last_is_checkpoint) {
-        if ((rc = check_checkpoint(c, &rec, why, sizeof why)) != SR_OK) return fail(r, rc, file, lineno, rec.seq, why);
-        r->checkpoints++;
-        r->sealed_seq = rec.seq;
-    }
+    int checkpoint = strcmp(rec.event, AUDIT_CHECKPOINT_EVENT) == 0 && strcmp(rec.component, "audit") == 0;
+    if (checkpoint && (rc = check_checkpoint(c, &rec)) != SR_OK) return rc;
+    if (checkpoint) c->checkpoints++, c->sealed_seq = rec.seq;
+    if (!c->any) c->first_seq = rec.seq;
     c->any = 1;
+    c->last_is_checkpoint = checkpoint;
     c->last_seq = rec.seq;
     memcpy(c->last_hash, rec.hash, SR_AUDIT_HASH_BYTES);
-    r->records++;
-    r->last_seq = rec.seq;
+    c->records++;
+    if (out) *out = rec;
     return SR_OK;
 }
 
-static sr_err_t verify_file(chain_t *c, sr_audit_verify_result_t *r, const char *file)
+static sr_err_t check_record(sr_audit_chain_t *c, sr_audit_verify_result_t *r, const char *file, size_t lineno,
+                             char *line, size_t len)
+{
+    uint64_t next = c->last_seq + 1;
+    sr_err_t rc = sr_audit_chain_feed(c, line, len, NULL);
+    if (rc == SR_OK) return SR_OK;
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", sr_err_detail());
+    int parse_error = rc == SR_ERR_PARSE || (rc == SR_ERR_AUDIT_CHAIN && strstr(reason, "record altered"));
+    /* where: the seq the line claims if it could be read, else the line alone */
+    uint64_t seq = 0;
+    if (!parse_error && sscanf(line, "{\"seq\":%llu", (unsigned long long *)&seq) != 1) seq = next;
+    return fail(r, rc, file, lineno, seq, reason);
+}
+
+static sr_err_t verify_file(sr_audit_chain_t *c, sr_audit_verify_result_t *r, const char *file)
 {
     FILE *f = fopen(file, "r");
     if (!f) return fail(r, sr_err_from_errno(errno), file, 0, 0, strerror(errno));
@@ -120,11 +132,13 @@ sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t
                                sr_audit_verify_result_t *r)
 {
     memset(r, 0, sizeof *r);
-    chain_t c = {.key = verify_key};
-    if (verify_key) sr_audit_key_id(verify_key, c.key_id);
+    sr_audit_chain_t c;
+    sr_audit_chain_init(&c, verify_key);
     r->signatures_checked = verify_key != NULL;
     sr_err_t rc = SR_OK;
     for (size_t i = 0; rc == SR_OK && i < n; i++) rc = verify_file(&c, r, files[i]);
+    r->records = c.records, r->checkpoints = c.checkpoints, r->first_seq = c.first_seq;
+    r->last_seq = c.last_seq, r->sealed_seq = c.sealed_seq;
     if (rc != SR_OK) return rc;
     if (!c.any) return fail(r, SR_ERR_AUDIT_SEQUENCE, n ? files[0] : "(no files)", 0, 0, "the log holds no records");
     r->unsealed = r->last_seq - r->sealed_seq;

@@ -276,6 +276,43 @@ static int wal_decrypt(sr_file_t *f, uint8_t *page, sqlite3_int64 frame)
                ? SQLITE_OK : page_auth_failure(f);
 }
 
+static uint32_t be32_at(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+/* Is there, after frame `frame`, a commit frame of the same WAL generation
+ * (same salts as `hdr`)? Then `frame` is inside committed history. */
+static int wal_commit_follows(sr_file_t *f, sqlite3_int64 frame, const uint8_t *hdr)
+{
+    uint8_t next[WAL_FRAME_HDR];
+    for (sqlite3_int64 j = frame + 1;; j++) {
+        sqlite3_int64 off = WAL_HDR + j * (WAL_FRAME_HDR + (sqlite3_int64)f->wal_page);
+        if (f->lower->pMethods->xRead(f->lower, next, WAL_FRAME_HDR, off) != SQLITE_OK) return 0;
+        if (memcmp(next + 8, hdr + 8, 8) != 0) return 0; /* an older generation: the log ends before it */
+        if (be32_at(next + 4) != 0) return 1;           /* a commit frame */
+    }
+}
+
+/* A frame read during recovery (header + page) whose page fails
+ * authentication. A write torn by a crash can only be in the unfinished
+ * transaction at the end of the log: that frame is handed back with a zeroed
+ * page, so SQLite's own frame checksum fails and recovery ends the log there,
+ * as it does for a torn frame without encryption. Inside committed history
+ * (a commit frame of the same generation follows) it is tampering: refused. */
+static int wal_recovery_frame(sr_file_t *f, uint8_t *frame_buf, sqlite3_int64 frame)
+{
+    ensure_key_loaded(f, frame_buf + WAL_FRAME_HDR, f->wal_page);
+    if (sr_tde_page_decrypt(f->pc, SR_TDE_FILE_WAL, (uint64_t)frame, frame_buf + WAL_FRAME_HDR, f->wal_page) == SR_OK)
+        return SQLITE_OK;
+    if (wal_commit_follows(f, frame, frame_buf)) return page_auth_failure(f);
+    char detail[600];
+    snprintf(detail, sizeof detail, "wal frame %lld fails authentication and no commit follows it: a write torn by a "
+             "crash, treated as the end of the log (%s)", (long long)frame, sr_err_detail());
+    sr_log(SR_LOG_WARN, "strongroom: %s: %s", f->name ? f->name : "(wal)", detail);
+    sr_event_emit(&(sr_event_t){.component = "tde", .event = "wal.torn_frame", .subject = event_subject(),
+                                .object = f->name, .outcome = "failure", .source = "local", .detail = detail});
+    memset(frame_buf + WAL_FRAME_HDR, 0, f->wal_page);
+    return SQLITE_OK;
+}
+
 static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
     int rc = f->lower->pMethods->xRead(f->lower, buf, amt, off);
@@ -287,7 +324,7 @@ static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
     if (rel == WAL_FRAME_HDR && amt == (int)f->wal_page) return wal_decrypt(f, buf, frame);
-    if (rel == 0 && amt == WAL_FRAME_HDR + (int)f->wal_page) return wal_decrypt(f, buf + WAL_FRAME_HDR, frame);
+    if (rel == 0 && amt == WAL_FRAME_HDR + (int)f->wal_page) return wal_recovery_frame(f, buf, frame);
     if (rel + amt <= WAL_FRAME_HDR) return SQLITE_OK; /* frame header fields */
     sr_err_set(SR_ERR_INVALID_ARG, "WAL read of %d bytes at %lld is not a frame, a page or a frame header", amt,
                (long long)off);
