@@ -116,7 +116,43 @@ void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key /* NULL:
  * SR_ERR_AUDIT_SIGNATURE with the reason in the error detail. */
 sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
 
-/* ==== collection: forwarder and collector (audit/collect.c) ==== */
+/* ==== collection: forwarder and collector (audit/collect.c) ====
+ *
+ * The local log is the spool: a forwarder sends its records, as written, to
+ * a collector over mutual TLS and the collector stores each source's records
+ * verbatim in DIR/<source>.log (the source is the CN of the client
+ * certificate), verifying the chain on receipt. The collector acknowledges
+ * only what it has fsync'd, and tells a connecting forwarder the last seq it
+ * holds, so an outage or a restart on either side loses nothing and
+ * duplicates nothing. */
+typedef struct sr_audit_tls {
+    const char *ca_file, *cert_file, *key_file;
+} sr_audit_tls_t;
+
+typedef struct sr_audit_collector_options {
+    const char *host;          /* listen address */
+    uint16_t port;             /* 0: any (see sr_audit_collect_port) */
+    const char *dir;           /* per-source files */
+    sr_audit_tls_t tls;
+    const uint8_t *verify_key; /* checkpoints must be signed by it (NULL: chain only) */
+} sr_audit_collector_options_t;
+
+/* Serves until *stop becomes non-zero (signal handlers set it). */
+sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop) SR_MUST_CHECK;
+
+typedef struct sr_audit_forwarder_options {
+    const char *log;           /* the live log file; rotated files PATH.<seq> are read too */
+    const char *host;
+    uint16_t port;
+    const char *verify_name;   /* collector certificate name; NULL: host */
+    sr_audit_tls_t tls;
+    int once;                  /* send what exists, wait for the ack, return */
+    uint64_t poll_ms;          /* follow mode: how often to look for new records (0: 200) */
+} sr_audit_forwarder_options_t;
+
+/* Sends the log's records the collector lacks; in follow mode keeps going,
+ * reconnecting after failures, until *stop. */
+sr_err_t sr_audit_forward(const sr_audit_forwarder_options_t *o, volatile int *stop) SR_MUST_CHECK;
 
 #ifdef __cplusplus
 }

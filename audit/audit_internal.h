@@ -21,4 +21,9 @@ void audit_sig_message(uint64_t sealed_seq, const uint8_t head[SR_AUDIT_HASH_BYT
 /* A checkpoint's detail: "key=<16 hex> sealed=<seq> sig=<128 hex>". */
 sr_err_t audit_checkpoint_parse(const char *detail, char key_id[17], uint64_t *sealed, uint8_t sig[64]);
 
+/* Cuts a torn last line (no newline: a crash mid-write) off the file at fd;
+ * *size is updated, *cut says how many bytes went. */
+#include <sys/types.h>
+sr_err_t audit_cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut);
+
 #endif

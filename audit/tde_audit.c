@@ -7,6 +7,8 @@
  *   tde-audit report FILES...
  *   tde-audit append --log FILE --sign-key SIGN --component C --event E [--subject ..] [--object ..]
  *                    [--outcome ..] [--source ..] [--detail ..]
+ *   tde-audit collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]
+ *   tde-audit forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]
  *
  * FILES are a log's files oldest first (rotated files sort by name:
  * audit.log.* then audit.log). Exit status: 0 pass, 1 fail, 2 usage.
@@ -15,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +34,10 @@ static int usage(void)
           "  report FILES...                summaries: logins, key operations, nodes, refusals, chain status\n"
           "  append --log FILE --sign-key SIGN --component C --event E [--subject S] [--object O]\n"
           "         [--outcome R] [--source IP] [--detail D]\n"
+          "  collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]\n"
+          "                                 receive forwarded logs (mutual TLS), one verified file per source\n"
+          "  forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]\n"
+          "                                 send the log's records the collector lacks; keep following it\n"
           "FILES: oldest first (audit.log.* audit.log). T: RFC 3339 (2026-11-24T10:00:00Z).\n"
           "exit status: 0 pass, 1 fail, 2 usage\n",
           stderr);
@@ -43,6 +50,8 @@ typedef struct opts {
     uint64_t min_seq;
     int64_t since, until;
     const char *component, *event, *subject, *object, *source, *outcome, *detail;
+    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name;
+    int once;
     int nfiles;
     char **files;
 } opts_t;
@@ -307,6 +316,58 @@ static int cmd_append(opts_t *o)
     return 0;
 }
 
+static volatile int stop_requested;
+static void request_stop(int sig) { (void)sig, stop_requested = 1; }
+
+/* "host:port" (the last colon: IPv6 literals keep theirs) */
+static int split_host_port(const char *s, char *host, size_t cap, uint16_t *port)
+{
+    const char *colon = s ? strrchr(s, ':') : NULL;
+    int64_t p = 0;
+    if (!colon || (size_t)(colon - s) >= cap || sr_parse_int64(colon + 1, &p) != SR_OK || p < 0 || p > 65535) return 0;
+    snprintf(host, cap, "%.*s", (int)(colon - s), s);
+    *port = (uint16_t)p;
+    return 1;
+}
+
+static void on_signals(void)
+{
+    struct sigaction sa = {.sa_handler = request_stop};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static int cmd_collect(opts_t *o)
+{
+    char host[256];
+    uint16_t port = 0;
+    uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    if (!o->dir || !o->tls_ca || !o->tls_cert || !o->tls_key || !split_host_port(o->listen, host, sizeof host, &port))
+        return usage();
+    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK) return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 2;
+    sr_log_set_level(SR_LOG_NOTICE);
+    on_signals();
+    sr_audit_collector_options_t co = {.host = host, .port = port, .dir = o->dir,
+                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .verify_key = o->key ? pk : NULL};
+    if (sr_audit_collect(&co, &stop_requested) != SR_OK) return fprintf(stderr, "tde-audit: collect: %s\n", sr_err_detail()), 1;
+    return 0;
+}
+
+static int cmd_forward(opts_t *o)
+{
+    char host[256];
+    uint16_t port = 0;
+    if (!o->log || !o->tls_ca || !o->tls_cert || !o->tls_key || !split_host_port(o->to, host, sizeof host, &port))
+        return usage();
+    on_signals();
+    sr_audit_forwarder_options_t fo = {.log = o->log, .host = host, .port = port, .verify_name = o->verify_name,
+                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .once = o->once};
+    if (sr_audit_forward(&fo, &stop_requested) != SR_OK)
+        return fprintf(stderr, "tde-audit: forward: %s\n", sr_err_detail()), 1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
@@ -315,6 +376,8 @@ int main(int argc, char **argv)
         {"since", 1, 0, 's'},     {"until", 1, 0, 'u'},   {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},
         {"subject", 1, 0, 'j'},   {"object", 1, 0, 'o'},  {"source", 1, 0, 'r'},   {"outcome", 1, 0, 'x'},
         {"format", 1, 0, 'f'},    {"log", 1, 0, 'l'},     {"sign-key", 1, 0, 'K'}, {"detail", 1, 0, 'd'},
+        {"listen", 1, 0, 'L'},    {"to", 1, 0, 'T'},      {"dir", 1, 0, 'D'},      {"tls-ca", 1, 0, 'A'},
+        {"tls-cert", 1, 0, 'C'},  {"tls-key", 1, 0, 'Y'}, {"verify-name", 1, 0, 'V'}, {"once", 0, 0, '1'},
         {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
     opts_t o = {0};
     int ch;
@@ -338,6 +401,14 @@ int main(int argc, char **argv)
         case 'l': o.log = optarg; break;
         case 'K': o.sign_key = optarg; break;
         case 'd': o.detail = optarg; break;
+        case 'L': o.listen = optarg; break;
+        case 'T': o.to = optarg; break;
+        case 'D': o.dir = optarg; break;
+        case 'A': o.tls_ca = optarg; break;
+        case 'C': o.tls_cert = optarg; break;
+        case 'Y': o.tls_key = optarg; break;
+        case 'V': o.verify_name = optarg; break;
+        case '1': o.once = 1; break;
         default: return usage();
         }
     }
@@ -347,7 +418,7 @@ int main(int argc, char **argv)
     if (sr_secure_init() != SR_OK) return 1;
     static const struct { const char *name; int (*run)(opts_t *); } cmds[] = {
         {"keygen", cmd_keygen}, {"verify", cmd_verify}, {"search", cmd_search},
-        {"report", cmd_report}, {"append", cmd_append}};
+        {"report", cmd_report}, {"append", cmd_append}, {"collect", cmd_collect}, {"forward", cmd_forward}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].run(&o);
     fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]);

@@ -177,7 +177,7 @@ static sr_err_t read_tail(int fd, const char *path, off_t size, uint64_t *seq, u
 }
 
 /* Cuts a torn last line (a crash mid-write); returns the bytes cut. */
-static sr_err_t cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut)
+sr_err_t audit_cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut)
 {
     *cut = 0;
     if (*size == 0) return SR_OK;
@@ -466,7 +466,7 @@ static sr_err_t recover(sr_audit_writer_t *w, off_t *cut, int *fresh)
     if (flock(w->fd, LOCK_EX) != 0 || fstat(w->fd, &st) != 0)
         return sr_err_set_errno(SR_ERR_IO, errno, "cannot lock %s", w->path);
     off_t size = st.st_size;
-    sr_err_t rc = cut_torn_tail(w->fd, w->path, &size, cut);
+    sr_err_t rc = audit_cut_torn_tail(w->fd, w->path, &size, cut);
     if (rc == SR_OK) w->end = -1, rc = resync(w);
     *fresh = rc == SR_OK && w->seq == 0;
     if (rc == SR_OK && *fresh) {

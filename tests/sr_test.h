@@ -37,6 +37,10 @@ const char *sr_test_build_path(const char *rel);
 /* Reads a whole file into malloc'd memory; NULL if it cannot. */
 uint8_t *sr_test_read_file(const char *path, size_t *len_out);
 int sr_test_write_file(const char *path, const void *data, size_t len);
+/* A TCP port on 127.0.0.1 that was free a moment ago (0 if none). */
+uint16_t sr_test_free_port(void);
+/* Waits up to timeout_ms for 127.0.0.1:port to accept connections; 1 if it does. */
+int sr_test_wait_port(uint16_t port, int timeout_ms);
 /* 1 if `needle` occurs anywhere in the file. */
 int sr_test_file_contains(const char *path, const void *needle, size_t needle_len);
 

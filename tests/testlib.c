@@ -1,6 +1,11 @@
 /* testlib.c — the harness behind sr_test.h. */
 #include "sr_test.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <errno.h>
 #include <ftw.h>
 #include <stdarg.h>
@@ -128,4 +133,28 @@ int sr_test_file_contains(const char *path, const void *needle, size_t needle_le
     int found = needle_len <= len && memmem(data, len, needle, needle_len) != NULL;
     free(data);
     return found;
+}
+
+uint16_t sr_test_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        a.sin_port = 0;
+    if (fd >= 0) close(fd);
+    return ntohs(a.sin_port);
+}
+
+int sr_test_wait_port(uint16_t port, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        if (fd >= 0) close(fd);
+        if (ok) return 1;
+        usleep(50000);
+    }
+    return 0;
 }

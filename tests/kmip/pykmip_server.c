@@ -1,5 +1,6 @@
 /* pykmip_server.c — see pykmip_server.h. */
 #include "pykmip_server.h"
+#include "sr_test.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,25 +13,6 @@
 #include <unistd.h>
 
 static pid_t server_pid;
-
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) a.sin_port = 0;
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static int port_open(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
 
 int pykmip_start(const char *dir, const char *make_pki, uint16_t *port)
 {
@@ -45,7 +27,7 @@ int pykmip_start(const char *dir, const char *make_pki, uint16_t *port)
     snprintf(log, sizeof log, "%s/server.log", dir);
     snprintf(policies, sizeof policies, "%s/policies", dir);
     mkdir(policies, 0700);
-    *port = free_port();
+    *port = sr_test_free_port();
     FILE *f = fopen(conf, "w");
     if (!f) return fprintf(stderr, "cannot write %s\n", conf), -1;
     fprintf(f, "[server]\nhostname=127.0.0.1\nport=%u\ncertificate_path=%s/server.pem\nkey_path=%s/server.key\n"
@@ -60,10 +42,7 @@ int pykmip_start(const char *dir, const char *make_pki, uint16_t *port)
               (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 300; i++) { /* up to 30 s: PyKMIP imports a lot */
-        if (port_open(*port)) return 0;
-        usleep(100000);
-    }
+    if (sr_test_wait_port(*port, 30000)) return 0; /* up to 30 s: PyKMIP imports a lot */
     fprintf(stderr, "the PyKMIP server did not start (log: %s)\n", log);
     pykmip_stop();
     return -1;
