@@ -58,7 +58,9 @@ typedef struct sr_audit_options {
     uint64_t checkpoint_every; /* records between checkpoints; 0: 1000 */
     uint64_t checkpoint_ms;    /* or this long since the last one; 0: 10 s */
     uint64_t rotate_bytes;     /* 0: 64 MiB */
-    uint64_t commit_delay_us;  /* group commit: how long a batch may wait; 0: 2000 */
+    uint64_t commit_delay_us;  /* group commit: how long a batch may wait; 0: none */
+    const char *syslog;        /* also copy each record, once durable, to syslog (RFC 5424):
+                                  "udp:HOST:PORT" or "unix:/dev/log"; NULL: no copy */
 } sr_audit_options_t;
 
 typedef struct sr_audit_writer sr_audit_writer_t;
@@ -76,7 +78,8 @@ sr_err_t sr_audit_close(sr_audit_writer_t *w);
 /* Routes every sr_event_emit() of the process to this writer. */
 void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
 /* If $STRONGROOM_AUDIT_LOG (and $STRONGROOM_AUDIT_KEY, the .sign file) are
- * set: opens that log and installs it as the event sink (closed at exit).
+ * set: opens that log and installs it as the event sink (closed at exit);
+ * $STRONGROOM_AUDIT_SYSLOG adds the syslog copy.
  * Returns SR_OK with *out NULL when they are not set. */
 sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out) SR_MUST_CHECK;
 

@@ -26,4 +26,9 @@ sr_err_t audit_checkpoint_parse(const char *detail, char key_id[17], uint64_t *s
 #include <sys/types.h>
 sr_err_t audit_cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut);
 
+/* RFC 5424 copies of records (syslog.c). */
+typedef struct sr_audit_syslog sr_audit_syslog_t;
+sr_err_t sr_audit_syslog_open(const char *target, sr_audit_syslog_t **out);
+void sr_audit_syslog_send(sr_audit_syslog_t *s, const char *line, size_t len);
+void sr_audit_syslog_close(sr_audit_syslog_t *s);
 #endif

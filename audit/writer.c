@@ -66,6 +66,7 @@ struct sr_audit_writer {
     sr_err_t results[RESULT_RING];
     char *buf;
     size_t buf_cap;
+    sr_audit_syslog_t *syslog;
 };
 
 /* ---- keys ------------------------------------------------------------------------------ */
@@ -285,6 +286,12 @@ static sr_err_t write_all(sr_audit_writer_t *w, const char *buf, size_t len)
     }
     if (fdatasync(w->fd) != 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot sync audit log %s", w->path);
     w->end += (off_t)len;
+    for (size_t at = 0; w->syslog && at < len;) { /* copies of what is now durable */
+        const char *nl = memchr(buf + at, '\n', len - at);
+        size_t line = nl ? (size_t)(nl - (buf + at)) : len - at;
+        sr_audit_syslog_send(w->syslog, buf + at, line);
+        at += line + 1;
+    }
     return SR_OK;
 }
 
@@ -437,6 +444,7 @@ static sr_err_t writer_init(sr_audit_writer_t *w, const sr_audit_options_t *o)
     crypto_sign_ed25519_sk_to_pk(w->pk, w->sk);
     sr_audit_key_id(w->pk, w->key_id);
     w->opt = *o;
+    if (o->syslog && (rc = sr_audit_syslog_open(o->syslog, &w->syslog)) != SR_OK) return rc;
     if (!w->opt.checkpoint_every) w->opt.checkpoint_every = 1000;
     if (!w->opt.checkpoint_ms) w->opt.checkpoint_ms = 10000;
     if (!w->opt.rotate_bytes) w->opt.rotate_bytes = 64u << 20;
@@ -448,6 +456,7 @@ static void writer_free(sr_audit_writer_t *w)
 {
     if (!w) return;
     if (w->fd >= 0) close(w->fd);
+    sr_audit_syslog_close(w->syslog);
     if (w->sk) {
         sr_log_secret_unregister(w->sk);
         sr_secure_wipe(w->sk, SR_AUDIT_SIGN_SECRET_BYTES), sr_secure_free(w->sk);
@@ -538,7 +547,8 @@ sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out)
     if (!key || !*key)
         return sr_err_set(SR_ERR_CONFIG, "STRONGROOM_AUDIT_LOG is set but STRONGROOM_AUDIT_KEY (the .sign file) is not");
     if (env_writer) return *out = env_writer, SR_OK;
-    sr_audit_options_t o = {.path = path, .signing_key = key};
+    sr_audit_options_t o = {.path = path, .signing_key = key, .syslog = getenv("STRONGROOM_AUDIT_SYSLOG")};
+    if (o.syslog && !*o.syslog) o.syslog = NULL;
     sr_err_t rc = sr_audit_open(&o, &env_writer);
     if (rc != SR_OK) return rc;
     sr_audit_install_as_event_sink(env_writer);

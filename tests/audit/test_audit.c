@@ -11,7 +11,11 @@
 #include "sr_test.h"
 
 #include <pthread.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sodium.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -395,6 +399,37 @@ static void test_event_sink(void)
     SR_CHECK(sr_test_file_contains(path, "page.auth_failed", 16));
 }
 
+/* Each durable record also reaches a syslog collector, in RFC 5424 form. */
+static void test_syslog_copy(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    SR_CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char target[64], path[512];
+    snprintf(target, sizeof target, "udp:127.0.0.1:%u", ntohs(a.sin_port));
+    snprintf(path, sizeof path, "%s", sr_test_path("syslog.log"));
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = path, .signing_key = sign_key, .host = "db1", .syslog = target};
+    SR_CHECK_OK(sr_audit_open(&o, &w));
+    SR_CHECK_OK(sr_audit_append(w, &(sr_event_t){.component = "pam", .event = "login", .subject = "mallory",
+                                                .outcome = "denied", .source = "203.0.113.9"}));
+    char msg[9000];
+    ssize_t n = recv(fd, msg, sizeof msg - 1, 0); /* audit.started */
+    SR_CHECK(n > 0 && strncmp(msg, "<85>1 ", 6) == 0);
+    n = recv(fd, msg, sizeof msg - 1, 0);
+    SR_CHECK(n > 0);
+    msg[n > 0 ? n : 0] = '\0';
+    SR_CHECK_MSG(strncmp(msg, "<84>1 ", 6) == 0, "%s", msg); /* authpriv.warning: a refusal */
+    SR_CHECK_MSG(strstr(msg, " login [strongroom@32473 seq=\"2\" component=\"pam\" outcome=\"denied\"] {\"seq\":2,") != NULL,
+                 "%s", msg);
+    SR_CHECK_MSG(strstr(msg, "\"source\":\"203.0.113.9\"") != NULL, "%s", msg);
+    SR_CHECK_OK(sr_audit_close(w));
+    close(fd);
+}
+
 int main(void)
 {
     snprintf(sign_key, sizeof sign_key, "%s.sign", sr_test_path("audit"));
@@ -411,5 +446,6 @@ int main(void)
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);
     SR_RUN(test_event_sink);
+    SR_RUN(test_syslog_copy);
     return sr_test_finish();
 }
