@@ -5,7 +5,7 @@
  * events/s appended and durable; >= 1,000,000 records/s verified. Group
  * commit turns concurrency into batch size: with one append in flight per
  * thread, throughput is about threads / fsync latency, so it is measured with
- * 8 and with 64 appending threads.
+ * 8 and with 256 appending threads.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@
 
 #include "audit.h"
 
-#define THREADS 64
+#define THREADS 256
 
 static sr_audit_writer_t *writer;
 static volatile int stop;
