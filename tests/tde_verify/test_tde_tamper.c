@@ -160,15 +160,22 @@ static void crash_mid_write(const char *path, const char *mode, const char *sql)
     SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
 }
 
+/* A WAL-mode database whose writer died after an update: its WAL stays. */
+static const char *crashed_wal(const char *name, const char *sql, char wal[600], size_t *len)
+{
+    const char *path = make_db(name, "WAL", 300);
+    crash_mid_write(path, "WAL", sql);
+    snprintf(wal, 600, "%s-wal", path);
+    free(sr_test_read_file(wal, len));
+    SR_CHECK_MSG(*len > 32 + 3 * (24 + PS), "WAL has %zu bytes", *len);
+    return path;
+}
+
 static void test_flipped_bit_in_wal_frame(void)
 {
-    const char *path = make_db("wal.db", "WAL", 300);
-    crash_mid_write(path, "WAL", "UPDATE t SET v = v || 'x'");
     char wal[600];
-    snprintf(wal, sizeof wal, "%s-wal", path);
     size_t len = 0;
-    free(sr_test_read_file(wal, &len));
-    SR_CHECK_MSG(len > 32 + 3 * (24 + PS), "WAL has %zu bytes", len);
+    const char *path = crashed_wal("wal.db", "UPDATE t SET v = v || 'x'", wal, &len);
     flip(wal, 32 + 2 * (24 + PS) + 24 + 999); /* frame 2's page */
     SR_CHECK_EQ_INT(read_all(path), SQLITE_IOERR_DATA);
     SR_CHECK_MSG(strstr(sqlt_last_log(), "wal frame 2 ") != NULL, "log: %s", sqlt_last_log());
@@ -179,14 +186,10 @@ static void test_flipped_bit_in_wal_frame(void)
  * and records an event, and the database opens with every earlier commit. */
 static void test_torn_last_wal_frame_ends_the_log(void)
 {
-    const char *path = make_db("torn.db", "WAL", 300);
-    crash_mid_write(path, "WAL", "UPDATE t SET v = v || 'y'");
     char wal[600];
-    snprintf(wal, sizeof wal, "%s-wal", path);
     size_t len = 0;
-    free(sr_test_read_file(wal, &len));
+    const char *path = crashed_wal("torn.db", "UPDATE t SET v = v || 'y'", wal, &len);
     long frames = (long)(len - 32) / (24 + PS);
-    SR_CHECK(frames >= 2);
     flip(wal, 32 + (frames - 1) * (24 + PS) + 24 + 500); /* the commit frame of the last transaction */
     SR_CHECK_EQ_INT(read_all(path), SQLITE_OK);
     SR_CHECK_MSG(strstr(sqlt_last_log(), "torn") == NULL, "%s", sqlt_last_log()); /* ours goes to our log, not SQLite's */
