@@ -105,7 +105,7 @@ sr_err_t sr_kmip_enc_finish(sr_kmip_enc_t *e) SR_MUST_CHECK;
 /* ---- specification enumerations we use ----------------------------------------- */
 
 enum {
-    SR_KMIP_OP_CREATE = 1, SR_KMIP_OP_REGISTER = 3, SR_KMIP_OP_LOCATE = 8, SR_KMIP_OP_GET = 10,
+    SR_KMIP_OP_CREATE = 1, SR_KMIP_OP_REGISTER = 3, SR_KMIP_OP_REKEY = 4, SR_KMIP_OP_LOCATE = 8, SR_KMIP_OP_GET = 10,
     SR_KMIP_OP_GET_ATTRIBUTES = 11, SR_KMIP_OP_ACTIVATE = 18, SR_KMIP_OP_REVOKE = 19, SR_KMIP_OP_DESTROY = 20,
     SR_KMIP_OP_QUERY = 24, SR_KMIP_OP_DISCOVER_VERSIONS = 30, SR_KMIP_OP_ENCRYPT = 31, SR_KMIP_OP_DECRYPT = 32,
 };
@@ -113,7 +113,7 @@ enum { SR_KMIP_OBJECT_SYMMETRIC_KEY = 2, SR_KMIP_OBJECT_SECRET_DATA = 7 };
 enum { SR_KMIP_ALG_AES = 3 };
 enum { SR_KMIP_STATUS_SUCCESS = 0, SR_KMIP_STATUS_FAILED = 1, SR_KMIP_STATUS_PENDING = 2, SR_KMIP_STATUS_UNDONE = 3 };
 enum {
-    SR_KMIP_REASON_ITEM_NOT_FOUND = 1, SR_KMIP_REASON_PERMISSION_DENIED = 0x0C,
+    SR_KMIP_REASON_ITEM_NOT_FOUND = 1, SR_KMIP_REASON_OPERATION_NOT_SUPPORTED = 5, SR_KMIP_REASON_PERMISSION_DENIED = 0x0C,
     SR_KMIP_REASON_WRONG_KEY_LIFECYCLE_STATE = 0x0B /* "Illegal Operation" in 1.0 */,
 };
 enum { SR_KMIP_NAME_TEXT = 1 };
@@ -202,6 +202,8 @@ typedef struct sr_kmip_key_attributes {
     char name[SR_KMIP_UID_MAX], group[SR_KMIP_UID_MAX];
 } sr_kmip_key_attributes_t;
 sr_err_t sr_kmip_get_attributes(sr_kmip_client_t *c, const char *uid, sr_kmip_key_attributes_t *out) SR_MUST_CHECK;
+/* Re-key: a new key replacing `uid` (same attributes, new material); new_uid out. */
+sr_err_t sr_kmip_rekey(sr_kmip_client_t *c, const char *uid, char new_uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
 /* Query Operations: what the server supports. */
 sr_err_t sr_kmip_query_operations(sr_kmip_client_t *c, uint32_t *ops, size_t max, size_t *n) SR_MUST_CHECK;
 sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, size_t cap, size_t *len) SR_MUST_CHECK;

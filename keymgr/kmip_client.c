@@ -378,6 +378,14 @@ sr_err_t sr_kmip_destroy(sr_kmip_client_t *c, const char *uid)
     return rc;
 }
 
+sr_err_t sr_kmip_rekey(sr_kmip_client_t *c, const char *uid, char new_uid[SR_KMIP_UID_MAX])
+{
+    sr_kmip_response_t r;
+    sr_err_t rc = call(c, SR_KMIP_OP_REKEY, build_uid, uid, &r);
+    if (rc == SR_OK) rc = response_uid(&r, new_uid), sr_kmip_response_free(&r);
+    return rc;
+}
+
 typedef struct revoke_arg {
     const char *uid, *message;
     uint32_t code;

@@ -102,6 +102,10 @@ static void test_register_query_and_refusals(void)
     int has_get = 0;
     for (size_t i = 0; i < n && i < 64; i++) has_get |= ops[i] == SR_KMIP_OP_GET;
     SR_CHECK(n > 5 && has_get);
+    /* Re-key is not among PyKMIP 0.10's operations: refused with the specification's reason */
+    char new_uid[SR_KMIP_UID_MAX];
+    SR_CHECK_ERR(sr_kmip_rekey(c, uid, new_uid), SR_ERR_KMIP_RESULT);
+    SR_CHECK_MSG(strstr(sr_err_detail(), "Operation Not Supported"), "%s", sr_err_detail());
     /* PyKMIP 0.10 has no custom ("x-") attributes: refused as an invalid field, with its message */
     t.custom_name = "x-strongroom-tablespace", t.custom_value = "6f1c56c4-3a43-4a4e-9c1f-0a2b3c4d5e6f";
     SR_CHECK_ERR(sr_kmip_create_aes_key(c, &t, uid), SR_ERR_KMIP_RESULT);
