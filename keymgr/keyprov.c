@@ -118,6 +118,11 @@ static sr_err_t keyfile_read(const char *path, char **text_out)
     } else if (st.st_mode & 077) {
         rc = sr_err_set(SR_ERR_PERMISSION, "key file %s is readable by group or others (mode %03o); run: chmod 600 %s",
                         path, (unsigned)(st.st_mode & 0777), path);
+    } else if (st.st_uid != geteuid() && st.st_uid != 0) {
+        /* Its owner can replace the master key (and so read every database
+         * re-keyed after that): only the caller or root may own it. */
+        rc = sr_err_set(SR_ERR_PERMISSION, "key file %s is owned by uid %ld, not by this user (uid %ld) or root; "
+                        "run: chown %ld %s", path, (long)st.st_uid, (long)geteuid(), (long)geteuid(), path);
     } else if (st.st_size > KEYFILE_MAX_BYTES) {
         rc = sr_err_set(SR_ERR_PARSE, "key file %s is %lld bytes, larger than a key file can be", path,
                         (long long)st.st_size);

@@ -9,30 +9,44 @@
  *
  * Slot layout (big-endian, fixed offsets):
  *     0  magic "SRTDEKH\0"            8
- *     8  format version u16          (1)
+ *     8  format version u16          (2)
  *    10  generation u64
  *    18  tablespace UUID             16
  *    34  cipher u8, 35 state u8
  *    36  page size u32
  *    40  conversion progress u64     (pages; for online encrypt/rekey)
  *    48  active key version u32
- *    52  number of keys u32          (<= 8)
+ *    52  number of keys u32          (<= 16)
  *    56  created, 64 updated          i64 unix microseconds
- *    72  8 key records of 142 bytes: version u32 | encryptions reserved u64 |
+ *    72  flags u32                   (bit 0: SQLite pages were written)
+ *    76  reserved u32                (zero)
+ *    80  16 key records of 142 bytes: version u32 | encryptions reserved u64 |
  *        wrapped-key length u16 | encoded wrapped key (128 bytes, zero padded)
- *  1208  SHA-256 over bytes [0, 1208)
- *  1240  zero to the end of the slot
+ *  2352  SHA-256 over bytes [0, 2352)                    (a torn write, no key needed)
+ *  2384  HMAC-SHA256(header key, "SRTDEKH2" | that SHA-256) (an edit: needs the key)
+ *  2416  zero to the end of the slot
+ *
+ * The header key is derived from the active DEK (SR_TDE_HEADER_KEY_LABEL), so
+ * whoever lacks the tablespace's keys cannot write a header that verifies:
+ * setting the active version back, raising the generation, or editing the
+ * nonce marks is detected at open. Replaying a complete older slot is not
+ * (docs/threat-model.md).
  */
 #include "tde.h"
 
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
 
 #define MAGIC "SRTDEKH"
-#define OFF_KEYS 72
+#define OFF_FLAGS 72
+#define OFF_KEYS 80
 #define KEY_RECORD (4 + 8 + 2 + SR_WRAPPED_KEY_ENCODED_MAX)
 #define OFF_SUM (OFF_KEYS + SR_TDE_MAX_KEY_VERSIONS * KEY_RECORD)
+#define OFF_MAC (OFF_SUM + SHA256_DIGEST_LENGTH)
+_Static_assert(OFF_MAC + 32 <= SR_TDE_HEADER_SLOT, "the key header fits its slot");
 
 static void be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
 static void be32(uint8_t *p, uint32_t v) { be16(p, (uint16_t)(v >> 16)), be16(p + 2, (uint16_t)v); }
@@ -59,7 +73,30 @@ sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t versi
     return NULL;
 }
 
-sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, uint8_t slot[SR_TDE_HEADER_SLOT])
+static sr_err_t header_mac(const uint8_t checksum[32], const uint8_t key[SR_TDE_HEADER_KEY_BYTES], uint8_t mac[32])
+{
+    uint8_t msg[8 + 32];
+    memcpy(msg, "SRTDEKH2", 8);
+    memcpy(msg + 8, checksum, 32);
+    unsigned len = 0;
+    if (!HMAC(EVP_sha256(), key, SR_TDE_HEADER_KEY_BYTES, msg, sizeof msg, mac, &len) || len != 32)
+        return sr_err_set_openssl(SR_ERR_CRYPTO, "cannot compute the key header MAC");
+    return SR_OK;
+}
+
+sr_err_t sr_tde_header_verify(const sr_tde_header_t *h, const uint8_t key[SR_TDE_HEADER_KEY_BYTES])
+{
+    uint8_t mac[32];
+    sr_err_t rc = header_mac(h->checksum, key, mac);
+    if (rc != SR_OK) return rc;
+    if (CRYPTO_memcmp(mac, h->mac, sizeof mac) != 0)
+        return sr_err_set(SR_ERR_AUTH, "key header (generation %llu) fails its MAC: edited without the key",
+                          (unsigned long long)h->generation);
+    return SR_OK;
+}
+
+sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, const uint8_t key[SR_TDE_HEADER_KEY_BYTES],
+                              uint8_t slot[SR_TDE_HEADER_SLOT])
 {
     if (h->n_keys > SR_TDE_MAX_KEY_VERSIONS)
         return sr_err_set(SR_ERR_INVALID_ARG, "key header holds at most %d keys", SR_TDE_MAX_KEY_VERSIONS);
@@ -76,6 +113,7 @@ sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, uint8_t slot[SR_TDE_HEAD
     be32(slot + 52, h->n_keys);
     be64(slot + 56, (uint64_t)h->created_us);
     be64(slot + 64, (uint64_t)h->updated_us);
+    be32(slot + OFF_FLAGS, h->flags);
     for (uint32_t i = 0; i < h->n_keys; i++) {
         uint8_t *r = slot + OFF_KEYS + i * KEY_RECORD;
         size_t len = 0;
@@ -86,7 +124,7 @@ sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, uint8_t slot[SR_TDE_HEAD
         be16(r + 12, (uint16_t)len);
     }
     SHA256(slot, OFF_SUM, slot + OFF_SUM);
-    return SR_OK;
+    return header_mac(slot + OFF_SUM, key, slot + OFF_MAC);
 }
 
 static sr_err_t decode_keys(const uint8_t *slot, sr_tde_header_t *h)
@@ -111,6 +149,10 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
     if (len < SR_TDE_HEADER_SLOT || !sr_tde_header_is_present(slot, len))
         return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header (magic SRTDEKH missing)");
     uint16_t format = rd16(slot + 8);
+    if (format == 1)
+        return sr_err_set(SR_ERR_VERSION, "key header format 1 (a development build without the authenticated header); "
+                          "this strongroom reads format %d: decrypt the file with that build and encrypt it again",
+                          SR_TDE_HEADER_FORMAT);
     if (format != SR_TDE_HEADER_FORMAT)
         return sr_err_set(SR_ERR_VERSION, "key header format %u; this strongroom reads format %d (upgrade strongroom)",
                           format, SR_TDE_HEADER_FORMAT);
@@ -131,6 +173,11 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
     h.n_keys = rd32(slot + 52);
     h.created_us = (int64_t)rd64(slot + 56);
     h.updated_us = (int64_t)rd64(slot + 64);
+    h.flags = rd32(slot + OFF_FLAGS);
+    memcpy(h.checksum, sum, sizeof sum);
+    memcpy(h.mac, slot + OFF_MAC, sizeof h.mac);
+    if (h.flags & ~SR_TDE_HEADER_HAS_PAGES) return sr_err_set(SR_ERR_CORRUPT, "key header flags %#x unknown", h.flags);
+    if (rd32(slot + OFF_FLAGS + 4) != 0) return sr_err_set(SR_ERR_CORRUPT, "key header reserved field is not zero");
     if (h.cipher != SR_TDE_CIPHER_AES_256_GCM && h.cipher != SR_TDE_CIPHER_CHACHA20_POLY1305)
         return sr_err_set(SR_ERR_CORRUPT, "key header names unknown cipher %u", slot[34]);
     if (h.state > SR_TDE_STATE_DECRYPTING) return sr_err_set(SR_ERR_CORRUPT, "key header state %u unknown", slot[35]);
@@ -146,7 +193,8 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
     return SR_OK;
 }
 
-sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_t *out, int *slot_out)
+sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_auth_fn auth, void *auth_ctx,
+                            sr_tde_header_t *out, int *slot_out)
 {
     sr_tde_header_t h[2];
     sr_err_t rc[2];
@@ -158,13 +206,19 @@ sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_h
     int best = -1;
     for (int i = 0; i < 2; i++)
         if (rc[i] == SR_OK && (best < 0 || h[i].generation > h[best].generation)) best = i;
-    if (best >= 0) {
-        *out = h[best];
-        if (slot_out) *slot_out = best;
-        return SR_OK;
+    if (best < 0) {
+        if (rc[0] == SR_ERR_TDE_NO_HEADER && rc[1] == SR_ERR_TDE_NO_HEADER)
+            return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header in either slot");
+        sr_err_t err = rc[0] == SR_ERR_VERSION || rc[1] == SR_ERR_VERSION ? SR_ERR_VERSION : SR_ERR_CORRUPT;
+        return sr_err_set(err, "no valid key header: slot 0: %s; slot 1: %s", why[0], why[1]);
     }
-    if (rc[0] == SR_ERR_TDE_NO_HEADER && rc[1] == SR_ERR_TDE_NO_HEADER)
-        return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header in either slot");
-    sr_err_t err = rc[0] == SR_ERR_VERSION || rc[1] == SR_ERR_VERSION ? SR_ERR_VERSION : SR_ERR_CORRUPT;
-    return sr_err_set(err, "no valid key header: slot 0: %s; slot 1: %s", why[0], why[1]);
+    /* Only the newest decodable slot counts: a torn write fails the checksum
+     * and drops out above; one that decodes but fails the MAC was edited. */
+    sr_err_t arc = auth ? auth(auth_ctx, &h[best]) : SR_OK;
+    if (arc == SR_ERR_AUTH)
+        return sr_err_set(SR_ERR_CORRUPT, "key header slot %d: %s (refusing the tablespace)", best, sr_err_detail());
+    if (arc != SR_OK) return arc;
+    *out = h[best];
+    if (slot_out) *slot_out = best;
+    return SR_OK;
 }

@@ -2,19 +2,24 @@
  * sqlite_vfs.c — the "strongroom" SQLite VFS: a shim over the default VFS that
  * encrypts and authenticates every page SQLite writes (notes/sqlite-vfs.md).
  *
- * What each file becomes on disk:
+ * What each file becomes on disk (docs/tde-format.md has the byte layouts):
  *   main database   8192-byte key header, then SQLite's pages, each encrypted
  *                   with the page cipher (kind DB, location = page number).
- *                   Every offset SQLite uses is shifted by 8192. A read smaller
- *                   than a page (the 100-byte header read, the 16-byte change
- *                   counter read) is served from the decrypted page.
+ *                   Every offset SQLite uses is shifted by 8192. Reads of any
+ *                   length and offset are served from decrypted pages.
  *   WAL             32-byte header and 24-byte frame headers as SQLite wrote
- *                   them (salts, page numbers, checksums over the plaintext);
- *                   each frame's page encrypted (kind WAL, location = frame
- *                   index). Frame reads of header+page decrypt the page part.
+ *                   them; each frame's page encrypted (kind WAL, location =
+ *                   frame index) and bound to its frame header's page number,
+ *                   commit size and salts, so a frame renumbered, turned into
+ *                   a commit or carried into another WAL generation fails.
  *   rollback journal  headers and record page numbers/checksums as written;
- *                   each page image (the only writes of a page's size at an
- *                   offset = 4 mod 8) encrypted (kind JOURNAL, location = offset).
+ *                   every journal header carries, in bytes SQLite leaves
+ *                   unused, a random journal id [28, 40) and a seal [40, 72)
+ *                   over its 28 bytes and the id, so a journal strongroom did
+ *                   not write is never played back; each page image is
+ *                   encrypted (kind JOURNAL, location = offset) and bound to its
+ *                   record's page number and to the id of the journal's first
+ *                   header (one journal instance).
  *   temp db, temp/sub-journal, sorter, transient files: AES-256-XTS under an
  *                   ephemeral per-file key, 4096-byte units, size preserving.
  *   super-journal, -shm: as SQLite wrote them (file names; the WAL index).
@@ -22,11 +27,17 @@
  * New databases: SQLite reads the first 100 bytes of a file even when it is
  * empty, to learn the page size and the reserved-byte count. For an empty
  * encrypted file this shim answers with a header that says "page size P,
- * 32 reserved bytes", so every page SQLite ever builds has room for the
- * 32-byte trailer (nonce, key version, tag). P comes from the URI parameter
- * page_size= (default 4096) and is fixed at creation, like the cipher
- * (PRAGMA page_size has no effect on a new encrypted database; VACUUM can
- * still change it on an existing one).
+ * 32 reserved bytes, auto_vacuum A", so every page SQLite ever builds has
+ * room for the 32-byte trailer. P and A come from the URI (page_size=,
+ * auto_vacuum=) and are fixed at creation, like the cipher: a PRAGMA that
+ * asks for another value is refused with an error (SQLITE_FCNTL_PRAGMA), and
+ * so is any write of another page size, so a page-size change can never
+ * leave pages encrypted at the wrong size.
+ *
+ * A database whose header says pages were written but whose file holds none
+ * was cut behind SQLite's back: it is refused (SQLITE_CORRUPT), not opened
+ * as empty. The flag is cleared, before the cut, when SQLite itself empties
+ * the file (rolling back a new database's first transaction).
  *
  * Keys: URI keyfile=PATH, else $STRONGROOM_KEYFILE, else the provider given to
  * sr_sqlite_register(). Key-file providers are cached per path and reloaded
@@ -36,19 +47,30 @@
 #include "tablespace.h"
 #include "tde.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <stdio.h>
+#include <stdarg.h>
+#include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SHIFT SR_TDE_HEADER_REGION
 #define WAL_HDR 32
 #define WAL_FRAME_HDR 24
+#define WAL_FRAME_BIND 16 /* page number, commit size, salt-1, salt-2 */
+#define JOURNAL_HDR 28
+#define JOURNAL_ID 12                                                   /* random, per header */
+#define JOURNAL_SEALED (JOURNAL_HDR + JOURNAL_ID + SR_TDE_PAGE_TRAILER) /* header + id + seal */
+#define JOURNAL_BIND (4 + JOURNAL_ID)                                   /* page number + first header's id */
 #define TEMP_UNIT 4096
 #define DEFAULT_PAGE 4096
+#define WARN_PER_SECOND 10
+
+static const uint8_t journal_magic[8] = {0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7};
 
 typedef enum file_role {
     ROLE_PASS = 0,  /* no transform (super-journal, plaintext=1 databases) */
@@ -69,8 +91,16 @@ typedef struct sr_file {
     sr_tde_xts_t *xts;       /* TEMP */
     sqlite3_int64 temp_size; /* TEMP: bytes SQLite has written */
     uint32_t wal_page;       /* WAL: page size from the WAL header */
-    uint8_t *scratch;        /* one page (+ frame header) or two temp units */
+    sqlite3_int64 wal_hdr_frame; /* WAL: frame whose header is cached (-1: none) */
+    uint8_t wal_hdr[WAL_FRAME_HDR];
+    sqlite3_int64 jrec_off;  /* JOURNAL: offset of the last 4-byte write (a record's page number) */
+    uint8_t jrec_pgno[4];
+    int jid_valid;           /* JOURNAL: the first header's journal id is cached */
+    uint8_t jid[JOURNAL_ID];
+    uint32_t auto_vacuum;    /* MAIN: for a new database (0 none, 1 full, 2 incremental) */
+    uint8_t *scratch;        /* one frame (header + page) or two temp units */
     const char *name;        /* for messages; NULL for anonymous temp files */
+    struct sr_file *next_main; /* MAIN: in the list of open main databases */
 } sr_file_t;
 
 typedef struct provider_entry {
@@ -84,14 +114,56 @@ typedef struct provider_entry {
 
 static pthread_mutex_t vfs_lock = PTHREAD_MUTEX_INITIALIZER;
 static provider_entry_t *providers;
+static sr_file_t *open_mains; /* under vfs_lock: for WAL/journal opens through a VFS stacked above */
 static sr_keyprov_t *default_provider;
 static sqlite3_vfs vfs_main, vfs_pass;
 static int registered_main, registered_pass;
 
 static sqlite3_vfs *lower_vfs(sqlite3_vfs *v) { return (sqlite3_vfs *)v->pAppData; }
 static int is_passthrough_vfs(sqlite3_vfs *v) { return v == &vfs_pass; }
+static uint32_t be32_at(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static int lower_read(sr_file_t *f, void *buf, int amt, sqlite3_int64 off)
+{
+    return f->lower->pMethods->xRead(f->lower, buf, amt, off);
+}
+static int lower_write(sr_file_t *f, const void *buf, int amt, sqlite3_int64 off)
+{
+    return f->lower->pMethods->xWrite(f->lower, buf, amt, off);
+}
 
 /* ---- errors ------------------------------------------------------------------------ */
+
+/* Repeated failures (a damaged file read in a loop) must not flood stderr:
+ * at most WARN_PER_SECOND lines a second, then one line counting the rest.
+ * SQLite's error log and the audit event stay one per failure. */
+static int warning_allowed(unsigned *suppressed_out)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static time_t window;
+    static unsigned in_window, suppressed;
+    time_t now = time(NULL);
+    pthread_mutex_lock(&lock);
+    if (now != window) window = now, in_window = 0;
+    int ok = in_window < WARN_PER_SECOND;
+    if (ok) in_window++, *suppressed_out = suppressed, suppressed = 0;
+    else suppressed++;
+    pthread_mutex_unlock(&lock);
+    return ok;
+}
+
+static void warn(const char *fmt, ...) SR_PRINTF(1, 2);
+static void warn(const char *fmt, ...)
+{
+    unsigned suppressed = 0;
+    if (!warning_allowed(&suppressed)) return;
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (suppressed) sr_log(SR_LOG_WARN, "strongroom: (%u similar warnings suppressed)", suppressed);
+    sr_log(SR_LOG_WARN, "%s", line);
+}
 
 /* To SQLite's error log (what applications capture) and to ours (stderr by
  * default: a shell user sees why the open failed, not only "not a database"). */
@@ -99,7 +171,7 @@ static int log_failure(int sqlite_rc, const sr_file_t *f, const char *what)
 {
     const char *name = f && f->name ? f->name : "(temp file)";
     sqlite3_log(sqlite_rc, "strongroom: %s: %s: %s", name, what, sr_err_detail());
-    sr_log(SR_LOG_WARN, "strongroom: %s: %s: %s", name, what, sr_err_detail());
+    warn("strongroom: %s: %s: %s", name, what, sr_err_detail());
     return sqlite_rc;
 }
 
@@ -111,13 +183,18 @@ static const char *event_subject(void)
     return subject;
 }
 
+static void tde_event(const sr_file_t *f, const char *event, const char *detail)
+{
+    char object[512], text[1024];
+    snprintf(object, sizeof object, "%s", f->name ? f->name : "(temp)");
+    snprintf(text, sizeof text, "pid=%ld %s", (long)getpid(), detail);
+    (void)sr_event_emit(&(sr_event_t){.component = "tde", .event = event, .subject = event_subject(),
+                                      .object = object, .outcome = "failure", .source = "local", .detail = text});
+}
+
 static int page_auth_failure(sr_file_t *f)
 {
-    char object[512], detail[1024];
-    snprintf(object, sizeof object, "%s", f->name ? f->name : "(temp)");
-    snprintf(detail, sizeof detail, "pid=%ld %s", (long)getpid(), sr_err_detail());
-    sr_event_emit(&(sr_event_t){.component = "tde", .event = "page.auth_failed", .subject = event_subject(),
-                                .object = object, .outcome = "failure", .source = "local", .detail = detail});
+    tde_event(f, "page.auth_failed", sr_err_detail());
     return log_failure(SQLITE_IOERR_DATA, f, "page failed authentication");
 }
 
@@ -169,14 +246,48 @@ static sr_err_t provider_for_open(const char *zName, sr_keyprov_t **out)
                       "STRONGROOM_KEYFILE, or register a key provider (create a key with: tdectl keygen PATH)");
 }
 
-/* ---- offsets and page numbers ------------------------------------------------------ */
+/* ---- URI parameters: an invalid value is an error naming the parameter ------------- */
 
-static int valid_page_size(int amt) { return amt > 0 && sr_tde_page_size_valid((size_t)amt); }
+static sr_err_t uri_page_size(const char *zName, uint32_t *out)
+{
+    const char *v = sqlite3_uri_parameter(zName, "page_size");
+    int64_t n = DEFAULT_PAGE;
+    if (v && (sr_parse_int64(v, &n) != SR_OK || n < 0 || n > SR_TDE_MAX_PAGE || !sr_tde_page_size_valid((size_t)n)))
+        return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter page_size=%s: a power of two in 512..65536", v);
+    *out = (uint32_t)n;
+    return SR_OK;
+}
+
+static int auto_vacuum_parse(const char *v, uint32_t *out)
+{
+    static const char *names[] = {"none", "full", "incremental"};
+    for (uint32_t i = 0; i < 3; i++)
+        if (strcasecmp(v, names[i]) == 0 || (v[0] == (char)('0' + i) && !v[1])) return *out = i, 1;
+    return 0;
+}
+
+static sr_err_t uri_auto_vacuum(const char *zName, uint32_t *out)
+{
+    const char *v = sqlite3_uri_parameter(zName, "auto_vacuum");
+    *out = 0;
+    if (v && !auto_vacuum_parse(v, out))
+        return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter auto_vacuum=%s: none, full or incremental", v);
+    return SR_OK;
+}
+
+static sr_err_t uri_plaintext(const char *zName, int *out)
+{
+    const char *v = sqlite3_uri_parameter(zName, "plaintext");
+    *out = 0;
+    if (v && sr_parse_bool(v, out) != SR_OK)
+        return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter plaintext=%s: 1 or 0 (true/false, yes/no, on/off)", v);
+    return SR_OK;
+}
 
 /* ---- main database ------------------------------------------------------------------ */
 
-/* The 100 bytes SQLite reads from an empty database: page size and reserve. */
-static void synth_header(uint8_t *buf, int amt, uint32_t page_size)
+/* The 100 bytes SQLite reads from an empty database: page size, reserve, auto_vacuum. */
+static void synth_header(uint8_t *buf, int amt, sqlite3_int64 off, uint32_t page_size, uint32_t auto_vacuum)
 {
     uint8_t hdr[100] = "SQLite format 3";
     hdr[16] = (uint8_t)(page_size == 65536 ? 0 : page_size >> 8);
@@ -184,59 +295,102 @@ static void synth_header(uint8_t *buf, int amt, uint32_t page_size)
     hdr[18] = hdr[19] = 1;
     hdr[20] = SR_TDE_PAGE_TRAILER;
     hdr[21] = 64, hdr[22] = 32, hdr[23] = 32;
+    hdr[55] = auto_vacuum ? 1 : 0; /* largest root page: non-zero means auto_vacuum */
+    hdr[67] = auto_vacuum == 2;    /* incremental vacuum */
     memset(buf, 0, (size_t)amt);
-    memcpy(buf, hdr, amt < 100 ? (size_t)amt : 100);
+    if (off < 100) memcpy(buf, hdr + off, (size_t)(amt < 100 - off ? amt : 100 - off));
 }
 
 /* Before decrypting, make sure the page's key version is loaded (another
  * process may have rolled or rotated the key since this one opened). */
-static void ensure_key_loaded(sr_file_t *f, const uint8_t *page, size_t page_size)
+static sr_err_t ensure_key_loaded(sr_file_t *f, const uint8_t *page, size_t page_size)
 {
     uint32_t v = sr_tde_page_key_version(page, page_size);
-    if (v > sr_tde_space_active(sr_tde_ts_space(f->ts))) sr_tde_ts_refresh(f->ts);
+    if (v == 0 || sr_tde_space_has_key(sr_tde_ts_space(f->ts), v)) return SR_OK;
+    sr_err_t rc = sr_tde_ts_refresh(f->ts);
+    if (rc != SR_OK) warn("strongroom: %s: cannot reload the key header: %s", f->name, sr_err_detail());
+    return rc;
+}
+
+static int decrypt_page(sr_file_t *f, const sr_tde_place_t *place, uint8_t *page, size_t page_size)
+{
+    (void)ensure_key_loaded(f, page, page_size);
+    return sr_tde_page_decrypt(f->pc, place, page, page_size) == SR_OK ? SQLITE_OK : page_auth_failure(f);
+}
+
+/* The file holds no page although the header says pages were written:
+ * someone cut it. Another process may have emptied it legitimately (and
+ * cleared the flag), so the header is read again before refusing. */
+static int main_check_not_cut(sr_file_t *f)
+{
+    if (!sr_tde_ts_has_pages(f->ts)) return SQLITE_OK;
+    if (sr_tde_ts_refresh(f->ts) != SR_OK) return log_failure(SQLITE_IOERR_READ, f, "cannot read the key header");
+    if (!sr_tde_ts_has_pages(f->ts)) return SQLITE_OK;
+    sr_err_set(SR_ERR_TRUNCATED, "the key header says SQLite pages were written but the file holds none: it was cut "
+               "(refusing to open it as an empty database; restore it from a backup)");
+    tde_event(f, "tablespace.truncated", sr_err_detail());
+    return log_failure(SQLITE_CORRUPT, f, "database file truncated");
+}
+
+/* Page pgno (1-based) of size ps, decrypted into buf. SQLITE_IOERR_SHORT_READ
+ * with zeros past the end of the file, as SQLite expects. */
+static int main_read_page(sr_file_t *f, uint8_t *buf, uint32_t ps, sqlite3_int64 pgno)
+{
+    int rc = lower_read(f, buf, (int)ps, SHIFT + (pgno - 1) * ps);
+    if (rc == SQLITE_IOERR_SHORT_READ) {
+        int empty = 1;
+        for (uint32_t i = 0; i < ps && empty; i++) empty = buf[i] == 0;
+        if (empty) return rc;
+        sr_err_set(SR_ERR_TDE_PAGE_AUTH, "database page %lld is cut short (truncated file)", (long long)pgno);
+        return page_auth_failure(f);
+    }
+    if (rc != SQLITE_OK || f->role == ROLE_MAIN_PASSTHROUGH) return rc;
+    return decrypt_page(f, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno}, buf, ps);
 }
 
 static int main_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
     uint32_t ps = f->ts ? sr_tde_ts_page_size(f->ts) : DEFAULT_PAGE;
-    if (valid_page_size(amt) && off % amt == 0) {
-        int rc = f->lower->pMethods->xRead(f->lower, buf, amt, off + SHIFT);
-        if (rc == SQLITE_IOERR_SHORT_READ) {
-            int empty = 1;
-            for (int i = 0; i < amt && empty; i++) empty = buf[i] == 0;
-            if (empty) return rc;
-            sr_err_set(SR_ERR_TDE_PAGE_AUTH, "database page %lld is cut short (truncated file)",
-                       (long long)(off / amt + 1));
-            return page_auth_failure(f);
-        }
-        if (rc != SQLITE_OK || f->role == ROLE_MAIN_PASSTHROUGH) return rc;
-        ensure_key_loaded(f, buf, (size_t)amt);
-        if (sr_tde_page_decrypt(f->pc, SR_TDE_FILE_DB, (uint64_t)(off / amt + 1), buf, (size_t)amt) != SR_OK)
-            return page_auth_failure(f);
-        return SQLITE_OK;
-    }
-    /* A read inside one page (the header reads): decrypt the page, copy. */
-    sqlite3_int64 pgno = off / ps + 1, in_page = off % ps;
-    if (in_page + amt > (sqlite3_int64)ps) {
-        sr_err_set(SR_ERR_INVALID_ARG, "read of %d bytes at %lld crosses a page boundary", amt, (long long)off);
-        return log_failure(SQLITE_IOERR_READ, f, "unexpected read");
-    }
+    if (amt == (int)ps && off % ps == 0) return main_read_page(f, buf, ps, off / ps + 1);
+    if (f->role == ROLE_MAIN_PASSTHROUGH && off >= 100) return lower_read(f, buf, amt, off + SHIFT);
     sqlite3_int64 size = 0;
     int rc = f->lower->pMethods->xFileSize(f->lower, &size);
     if (rc != SQLITE_OK) return rc;
-    if (size <= SHIFT) { /* a new database */
-        synth_header(buf, amt, ps);
-        if (in_page != 0) memset(buf, 0, (size_t)amt);
+    if (size <= SHIFT) { /* no pages: a new database, or one cut short */
+        if (f->ts && (rc = main_check_not_cut(f)) != SQLITE_OK) return rc;
+        synth_header(buf, amt, off, ps, f->auto_vacuum);
         return SQLITE_IOERR_SHORT_READ;
     }
-    rc = main_read(f, f->scratch, (int)ps, (pgno - 1) * ps);
-    if (rc == SQLITE_OK || rc == SQLITE_IOERR_SHORT_READ) memcpy(buf, f->scratch + in_page, (size_t)amt);
-    return rc;
+    /* Any other length or offset (a header read, .recover, several pages at
+     * once): every page it touches, decrypted whole, then copied. */
+    int done = 0, short_read = 0;
+    while (done < amt) {
+        sqlite3_int64 pos = off + done, pgno = pos / ps + 1, in_page = pos % ps;
+        int n = (int)(ps - in_page) < amt - done ? (int)(ps - in_page) : amt - done;
+        rc = main_read_page(f, f->scratch, ps, pgno);
+        if (rc == SQLITE_IOERR_SHORT_READ) short_read = 1;
+        else if (rc != SQLITE_OK) return rc;
+        memcpy(buf + done, f->scratch + in_page, (size_t)n);
+        done += n;
+    }
+    return short_read ? SQLITE_IOERR_SHORT_READ : SQLITE_OK;
 }
+
+static int refuse_write(sr_file_t *f, const char *why)
+{
+    sr_err_set(SR_ERR_UNSUPPORTED, "%s", why);
+    return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
+}
+
+#define PAGE_SIZE_FIXED "the page size of an encrypted database is fixed when it is created (every page is " \
+                        "encrypted at that size): a page-size change (PRAGMA page_size + VACUUM, or a backup " \
+                        "from a database of another page size) is refused; copy the data into a new database " \
+                        "created with page_size=N instead"
 
 static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    if (!valid_page_size(amt) || off % amt != 0) {
+    uint32_t ps = f->ts ? sr_tde_ts_page_size(f->ts) : (uint32_t)amt;
+    if (!sr_tde_page_size_valid((size_t)amt) || off % amt != 0) {
         sr_err_set(SR_ERR_INVALID_ARG, "write of %d bytes at offset %lld is not one whole page", amt, (long long)off);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
     }
@@ -245,20 +399,57 @@ static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 o
                    "database cannot be copied in page by page; use tdectl encrypt)", buf[20], SR_TDE_PAGE_TRAILER);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
     }
-    if (off == 0 && f->ts && sr_tde_ts_set_page_size(f->ts, (uint32_t)amt) != SR_OK)
-        return log_failure(SQLITE_IOERR_WRITE, f, "cannot record the new page size");
-    if (f->role == ROLE_MAIN_PASSTHROUGH) return f->lower->pMethods->xWrite(f->lower, buf, amt, off + SHIFT);
-    if (sr_tde_page_encrypt(f->pc, SR_TDE_FILE_DB, (uint64_t)(off / amt + 1), buf, f->scratch, (size_t)amt) != SR_OK)
+    uint32_t header_ps = off == 0 ? ((uint32_t)buf[16] << 8 | (uint32_t)buf[17] << 16) : (uint32_t)amt;
+    if (f->role == ROLE_MAIN && ((uint32_t)amt != ps || header_ps != (uint32_t)amt)) return refuse_write(f, PAGE_SIZE_FIXED);
+    if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_write(f, buf, amt, off + SHIFT);
+    sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)(off / amt + 1)};
+    if (sr_tde_page_encrypt(f->pc, &place, buf, f->scratch, (size_t)amt) != SR_OK)
         return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
-    return f->lower->pMethods->xWrite(f->lower, f->scratch, amt, off + SHIFT);
+    int rc = lower_write(f, f->scratch, amt, off + SHIFT);
+    if (rc == SQLITE_OK && !sr_tde_ts_has_pages(f->ts) && sr_tde_ts_set_has_pages(f->ts, 1) != SR_OK)
+        return log_failure(SQLITE_IOERR_WRITE, f, "cannot record in the key header that pages exist");
+    return rc;
+}
+
+/* SQLITE_FCNTL_PRAGMA: a page size or auto_vacuum mode this file cannot take
+ * is an error the application sees, not a silently ignored pragma. */
+static int main_pragma(sr_file_t *f, char **arg)
+{
+    const char *name = arg[1], *value = arg[2];
+    if (!value || f->role != ROLE_MAIN) return SQLITE_NOTFOUND;
+    if (strcasecmp(name, "page_size") == 0) {
+        int64_t want = 0;
+        if (sr_parse_int64(value, &want) != SR_OK || !sr_tde_page_size_valid((size_t)(want < 0 ? 0 : want)) ||
+            want == (int64_t)sr_tde_ts_page_size(f->ts))
+            return SQLITE_NOTFOUND; /* SQLite ignores invalid sizes itself; the same size changes nothing */
+        arg[0] = sqlite3_mprintf("strongroom: PRAGMA page_size=%s: %s (this database: %u)", value, PAGE_SIZE_FIXED,
+                                 sr_tde_ts_page_size(f->ts));
+        return SQLITE_ERROR;
+    }
+    if (strcasecmp(name, "auto_vacuum") == 0) {
+        sqlite3_int64 size = 0;
+        uint32_t want = 0;
+        if (!auto_vacuum_parse(value, &want) || f->lower->pMethods->xFileSize(f->lower, &size) != SQLITE_OK ||
+            size > SHIFT || want == f->auto_vacuum)
+            return SQLITE_NOTFOUND; /* an existing database: SQLite's own rules (VACUUM) apply */
+        arg[0] = sqlite3_mprintf("strongroom: PRAGMA auto_vacuum=%s on a new encrypted database: choose it when "
+                                 "the database is created, with the URI parameter auto_vacuum=%s", value, value);
+        return SQLITE_ERROR;
+    }
+    return SQLITE_NOTFOUND;
 }
 
 /* ---- WAL ------------------------------------------------------------------------------ */
 
 static uint32_t wal_header_page_size(const uint8_t *h)
 {
-    uint32_t ps = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
+    uint32_t ps = be32_at(h + 8);
     return ps == 1 ? 65536 : ps;
+}
+
+static sqlite3_int64 wal_frame_offset(const sr_file_t *f, sqlite3_int64 frame)
+{
+    return WAL_HDR + frame * (WAL_FRAME_HDR + (sqlite3_int64)f->wal_page);
 }
 
 /* Where an access falls: the frame index and the offset inside the frame. */
@@ -269,14 +460,11 @@ static void wal_locate(const sr_file_t *f, sqlite3_int64 off, sqlite3_int64 *fra
     *rel = (off - WAL_HDR) % fsz;
 }
 
-static int wal_decrypt(sr_file_t *f, uint8_t *page, sqlite3_int64 frame)
+static sr_tde_place_t wal_place(sqlite3_int64 frame, const uint8_t *frame_hdr)
 {
-    ensure_key_loaded(f, page, f->wal_page);
-    return sr_tde_page_decrypt(f->pc, SR_TDE_FILE_WAL, (uint64_t)frame, page, f->wal_page) == SR_OK
-               ? SQLITE_OK : page_auth_failure(f);
+    return (sr_tde_place_t){.kind = SR_TDE_FILE_WAL, .location = (uint64_t)frame, .bind = frame_hdr,
+                            .bind_len = WAL_FRAME_BIND};
 }
-
-static uint32_t be32_at(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 
 /* Is there, after frame `frame`, a commit frame of the same WAL generation
  * (same salts as `hdr`)? Then `frame` is inside committed history. */
@@ -284,8 +472,7 @@ static int wal_commit_follows(sr_file_t *f, sqlite3_int64 frame, const uint8_t *
 {
     uint8_t next[WAL_FRAME_HDR];
     for (sqlite3_int64 j = frame + 1;; j++) {
-        sqlite3_int64 off = WAL_HDR + j * (WAL_FRAME_HDR + (sqlite3_int64)f->wal_page);
-        if (f->lower->pMethods->xRead(f->lower, next, WAL_FRAME_HDR, off) != SQLITE_OK) return 0;
+        if (lower_read(f, next, WAL_FRAME_HDR, wal_frame_offset(f, j)) != SQLITE_OK) return 0;
         if (memcmp(next + 8, hdr + 8, 8) != 0) return 0; /* an older generation: the log ends before it */
         if (be32_at(next + 4) != 0) return 1;           /* a commit frame */
     }
@@ -299,59 +486,138 @@ static int wal_commit_follows(sr_file_t *f, sqlite3_int64 frame, const uint8_t *
  * (a commit frame of the same generation follows) it is tampering: refused. */
 static int wal_recovery_frame(sr_file_t *f, uint8_t *frame_buf, sqlite3_int64 frame)
 {
-    ensure_key_loaded(f, frame_buf + WAL_FRAME_HDR, f->wal_page);
-    if (sr_tde_page_decrypt(f->pc, SR_TDE_FILE_WAL, (uint64_t)frame, frame_buf + WAL_FRAME_HDR, f->wal_page) == SR_OK)
-        return SQLITE_OK;
+    sr_tde_place_t place = wal_place(frame, frame_buf);
+    (void)ensure_key_loaded(f, frame_buf + WAL_FRAME_HDR, f->wal_page);
+    if (sr_tde_page_decrypt(f->pc, &place, frame_buf + WAL_FRAME_HDR, f->wal_page) == SR_OK) return SQLITE_OK;
     if (wal_commit_follows(f, frame, frame_buf)) return page_auth_failure(f);
     char detail[600];
     snprintf(detail, sizeof detail, "wal frame %lld fails authentication and no commit follows it: a write torn by a "
              "crash, treated as the end of the log (%s)", (long long)frame, sr_err_detail());
-    sr_log(SR_LOG_WARN, "strongroom: %s: %s", f->name ? f->name : "(wal)", detail);
-    sr_event_emit(&(sr_event_t){.component = "tde", .event = "wal.torn_frame", .subject = event_subject(),
-                                .object = f->name, .outcome = "failure", .source = "local", .detail = detail});
+    warn("strongroom: %s: %s", f->name ? f->name : "(wal)", detail);
+    tde_event(f, "wal.torn_frame", detail);
     memset(frame_buf + WAL_FRAME_HDR, 0, f->wal_page);
     return SQLITE_OK;
 }
 
+/* The whole frame `frame`, page decrypted, into f->scratch. */
+static int wal_load_frame(sr_file_t *f, sqlite3_int64 frame)
+{
+    int rc = lower_read(f, f->scratch, WAL_FRAME_HDR + (int)f->wal_page, wal_frame_offset(f, frame));
+    if (rc != SQLITE_OK) return rc;
+    sr_tde_place_t place = wal_place(frame, f->scratch);
+    return decrypt_page(f, &place, f->scratch + WAL_FRAME_HDR, f->wal_page);
+}
+
 static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    int rc = f->lower->pMethods->xRead(f->lower, buf, amt, off);
-    if (rc != SQLITE_OK) return rc; /* a short read is a torn tail: SQLite's checksums reject it */
     if (off < WAL_HDR) {
-        if (off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf);
-        return SQLITE_OK;
+        int rc = lower_read(f, buf, amt, off);
+        if (rc == SQLITE_OK && off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf);
+        if (rc != SQLITE_OK || off + amt <= WAL_HDR) return rc;
+        return amt - (WAL_HDR - off) > 0 ? wal_read(f, buf + (WAL_HDR - off), amt - (int)(WAL_HDR - off), WAL_HDR) : rc;
+    }
+    if (!sr_tde_page_size_valid(f->wal_page)) {
+        uint8_t hdr[WAL_HDR];
+        int rc = lower_read(f, hdr, WAL_HDR, 0);
+        if (rc != SQLITE_OK) return rc;
+        f->wal_page = wal_header_page_size(hdr);
     }
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
-    if (rel == WAL_FRAME_HDR && amt == (int)f->wal_page) return wal_decrypt(f, buf, frame);
-    if (rel == 0 && amt == WAL_FRAME_HDR + (int)f->wal_page) return wal_recovery_frame(f, buf, frame);
-    if (rel + amt <= WAL_FRAME_HDR) return SQLITE_OK; /* frame header fields */
-    sr_err_set(SR_ERR_INVALID_ARG, "WAL read of %d bytes at %lld is not a frame, a page or a frame header", amt,
-               (long long)off);
-    return log_failure(SQLITE_IOERR_READ, f, "unexpected WAL read");
+    if (rel == 0 && amt == WAL_FRAME_HDR + (int)f->wal_page) {
+        int rc = lower_read(f, buf, amt, off);
+        if (rc != SQLITE_OK) return rc; /* short: a torn tail SQLite rejects */
+        memcpy(f->wal_hdr, buf, WAL_FRAME_HDR), f->wal_hdr_frame = frame;
+        return wal_recovery_frame(f, buf, frame);
+    }
+    if (rel + amt <= WAL_FRAME_HDR) return lower_read(f, buf, amt, off); /* frame header fields */
+    /* A page (the usual read) or any other span: each frame it touches is read
+     * whole, so the page is checked against its own frame header. */
+    int done = 0;
+    while (done < amt) {
+        wal_locate(f, off + done, &frame, &rel);
+        int n = (int)(WAL_FRAME_HDR + f->wal_page - rel) < amt - done ? (int)(WAL_FRAME_HDR + f->wal_page - rel)
+                                                                     : amt - done;
+        int rc = wal_load_frame(f, frame);
+        if (rc != SQLITE_OK) return rc;
+        memcpy(buf + done, f->scratch + rel, (size_t)n);
+        done += n;
+    }
+    return SQLITE_OK;
+}
+
+/* While a transaction overwrites its own frames, SQLite appends new frames
+ * with zeroed salts and writes the real salts at commit (walRewriteChecksums:
+ * read the whole frame, write its header). The page was bound to the zero
+ * salts, so it is encrypted again under the new header first. Recognised by
+ * the header just read for that frame: same page number and commit size,
+ * zero salts becoming non-zero. */
+static int wal_rebind(sr_file_t *f, sqlite3_int64 frame, const uint8_t *new_hdr)
+{
+    static const uint8_t zero_salts[8];
+    if (f->wal_hdr_frame != frame || memcmp(f->wal_hdr, new_hdr, 8) != 0 ||
+        memcmp(f->wal_hdr + 8, zero_salts, 8) != 0 || memcmp(new_hdr + 8, zero_salts, 8) == 0)
+        return SQLITE_OK;
+    sqlite3_int64 page_off = wal_frame_offset(f, frame) + WAL_FRAME_HDR;
+    uint8_t *page = f->scratch + WAL_FRAME_HDR;
+    int rc = lower_read(f, page, (int)f->wal_page, page_off);
+    if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_OK : rc;
+    sr_tde_place_t old_place = wal_place(frame, f->wal_hdr), new_place = wal_place(frame, new_hdr);
+    if (sr_tde_page_decrypt(f->pc, &old_place, page, f->wal_page) != SR_OK) return SQLITE_OK; /* reads will say */
+    uint8_t *out = malloc(f->wal_page); /* rare: only transactions that overwrite their own frames */
+    if (!out) return SQLITE_NOMEM;
+    rc = sr_tde_page_encrypt(f->pc, &new_place, page, out, f->wal_page) == SR_OK
+             ? lower_write(f, out, (int)f->wal_page, page_off)
+             : log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
+    sr_secure_wipe(page, f->wal_page);
+    free(out);
+    return rc;
+}
+
+/* The header of frame `frame` as on disk (SQLite writes it just before the
+ * page, so it is usually the one cached from that write). */
+static int wal_frame_header(sr_file_t *f, sqlite3_int64 frame, uint8_t *hdr)
+{
+    if (f->wal_hdr_frame == frame) {
+        memcpy(hdr, f->wal_hdr, WAL_FRAME_HDR);
+        return SQLITE_OK;
+    }
+    return lower_read(f, hdr, WAL_FRAME_HDR, wal_frame_offset(f, frame));
 }
 
 static int wal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    sqlite3_file *lo = f->lower;
     if (off < WAL_HDR) {
-        if (off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf);
-        return lo->pMethods->xWrite(lo, buf, amt, off);
+        if (off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf), f->wal_hdr_frame = -1;
+        return lower_write(f, buf, amt, off);
     }
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
     int ps = (int)f->wal_page, hdr = 0;
+    uint8_t frame_hdr[WAL_FRAME_HDR];
     if (rel == 0 && amt == WAL_FRAME_HDR + ps) { /* a whole frame at once */
         memcpy(f->scratch, buf, WAL_FRAME_HDR);
+        memcpy(frame_hdr, buf, WAL_FRAME_HDR);
         hdr = WAL_FRAME_HDR;
-    } else if (!(rel == WAL_FRAME_HDR && amt == ps)) {
-        if (rel + amt <= WAL_FRAME_HDR) return lo->pMethods->xWrite(lo, buf, amt, off);
+    } else if (rel == WAL_FRAME_HDR && amt == ps) {
+        int rc = wal_frame_header(f, frame, frame_hdr);
+        if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_WRITE : rc;
+    } else if (rel + amt <= WAL_FRAME_HDR) {
+        int rc = rel == 0 && amt == WAL_FRAME_HDR ? wal_rebind(f, frame, buf) : SQLITE_OK;
+        if (rc == SQLITE_OK) rc = lower_write(f, buf, amt, off);
+        if (rc == SQLITE_OK && rel == 0 && amt == WAL_FRAME_HDR)
+            memcpy(f->wal_hdr, buf, WAL_FRAME_HDR), f->wal_hdr_frame = frame;
+        else if (f->wal_hdr_frame == frame)
+            f->wal_hdr_frame = -1;
+        return rc;
+    } else {
         sr_err_set(SR_ERR_INVALID_ARG, "WAL write of %d bytes at %lld splits a page", amt, (long long)off);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
     }
-    if (sr_tde_page_encrypt(f->pc, SR_TDE_FILE_WAL, (uint64_t)frame, buf + hdr, f->scratch + hdr, (size_t)ps) != SR_OK)
+    sr_tde_place_t place = wal_place(frame, frame_hdr);
+    if (sr_tde_page_encrypt(f->pc, &place, buf + hdr, f->scratch + hdr, (size_t)ps) != SR_OK)
         return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
-    return lo->pMethods->xWrite(lo, f->scratch, amt, off);
+    return lower_write(f, f->scratch, amt, off);
 }
 
 /* ---- rollback journal ---------------------------------------------------------------- */
@@ -359,23 +625,141 @@ static int wal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 of
 /* Page images sit at record offset + 4; records start on sector boundaries
  * and are page + 8 bytes long, so an image always starts at 4 mod 8, which
  * no header chunk (sector aligned) or super-journal record does. */
-static int journal_is_page(int amt, sqlite3_int64 off) { return valid_page_size(amt) && off % 8 == 4; }
+static int journal_is_page(const sr_file_t *f, int amt, sqlite3_int64 off)
+{
+    return amt == (int)sr_tde_ts_page_size(f->ts) && off % 8 == 4;
+}
+
+/* A journal header chunk as SQLite writes it: sector-aligned, valid sector
+ * and page sizes, magic (or zeros until synced). */
+static int journal_is_header(const uint8_t *h, int amt, sqlite3_int64 off)
+{
+    if (amt < JOURNAL_HDR) return 0;
+    uint32_t sector = be32_at(h + 20), page = be32_at(h + 24);
+    int magic_or_zero = memcmp(h, journal_magic, 8) == 0 || be32_at(h) == 0;
+    return magic_or_zero && sector >= 32 && sector <= 65536 && (sector & (sector - 1)) == 0 &&
+           sr_tde_page_size_valid(page) && off % sector == 0;
+}
+
+/* h: the 28 header bytes followed by the journal id. */
+static sr_tde_place_t journal_header_place(sqlite3_int64 off, const uint8_t *h)
+{
+    return (sr_tde_place_t){.kind = SR_TDE_FILE_JOURNAL_HEADER, .location = (uint64_t)off, .bind = h,
+                            .bind_len = JOURNAL_HDR + JOURNAL_ID};
+}
+
+static int journal_seal(sr_file_t *f, sqlite3_int64 off, uint8_t *h)
+{
+    sr_tde_place_t place = journal_header_place(off, h);
+    if (sr_tde_seal_make(f->pc, &place, h + JOURNAL_HDR + JOURNAL_ID) != SR_OK)
+        return log_failure(SQLITE_IOERR_WRITE, f, "cannot seal the journal header");
+    if (off == 0) memcpy(f->jid, h + JOURNAL_HDR, JOURNAL_ID), f->jid_valid = 1;
+    return SQLITE_OK;
+}
+
+/* Writes a header chunk with a new journal id and its seal after the 28 bytes. */
+static int journal_write_header(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
+{
+    if (amt < JOURNAL_SEALED) return refuse_write(f, "journal header chunk too small for its seal (sector size < 128)");
+    memcpy(f->scratch, buf, (size_t)amt);
+    if (sr_random_bytes(f->scratch + JOURNAL_HDR, JOURNAL_ID) != SR_OK)
+        return log_failure(SQLITE_IOERR_WRITE, f, "no random journal id");
+    int rc = journal_seal(f, off, f->scratch);
+    return rc == SQLITE_OK ? lower_write(f, f->scratch, amt, off) : rc;
+}
+
+/* The header at `off` on disk, checked against its seal (h: JOURNAL_SEALED bytes). */
+static int journal_header_check(sr_file_t *f, sqlite3_int64 off, uint8_t *h)
+{
+    int rc = lower_read(f, h, JOURNAL_SEALED, off);
+    if (rc == SQLITE_IOERR_SHORT_READ) return SQLITE_IOERR_DATA;
+    if (rc != SQLITE_OK) return rc;
+    sr_tde_place_t place = journal_header_place(off, h);
+    const uint8_t *seal = h + JOURNAL_HDR + JOURNAL_ID;
+    if (!journal_is_header(h, JOURNAL_SEALED, off)) return SQLITE_IOERR_DATA;
+    (void)ensure_key_loaded(f, seal, SR_TDE_PAGE_TRAILER); /* the seal is laid out as a trailer */
+    if (sr_tde_seal_check(f->pc, &place, seal) != SR_OK) return SQLITE_IOERR_DATA;
+    if (off == 0) memcpy(f->jid, h + JOURNAL_HDR, JOURNAL_ID), f->jid_valid = 1;
+    return SQLITE_OK;
+}
+
+/* SQLite marks a header valid after syncing the records (magic + record
+ * count, 12 bytes): the seal is made again over the new bytes, in the same
+ * write, so the header and its seal never disagree on disk. */
+static int journal_update_header(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
+{
+    uint8_t h[JOURNAL_SEALED];
+    if (journal_header_check(f, off, h) != SQLITE_OK) return lower_write(f, buf, amt, off);
+    memcpy(h, buf, (size_t)amt);
+    int rc = journal_seal(f, off, h); /* same journal id, fresh seal */
+    return rc == SQLITE_OK ? lower_write(f, h, JOURNAL_SEALED, off) : rc;
+}
+
+/* A record's binding: its page number (4 bytes before the image) and the
+ * journal id of the journal's first header. */
+static int journal_record_bind(sr_file_t *f, sqlite3_int64 image_off, int writing, uint8_t bind[JOURNAL_BIND])
+{
+    int rc = SQLITE_OK;
+    if (writing && f->jrec_off == image_off - 4) memcpy(bind, f->jrec_pgno, 4);
+    else rc = lower_read(f, bind, 4, image_off - 4);
+    if (rc == SQLITE_OK && !f->jid_valid) {
+        uint8_t h[JOURNAL_SEALED];
+        rc = journal_header_check(f, 0, h);
+        if (rc == SQLITE_IOERR_DATA) {
+            sr_err_set(SR_ERR_TDE_PAGE_AUTH, "journal record at offset %lld: the journal's first header is not "
+                       "sealed by strongroom", (long long)image_off);
+            return page_auth_failure(f);
+        }
+    }
+    if (rc == SQLITE_OK) memcpy(bind + 4, f->jid, JOURNAL_ID);
+    return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_READ : rc;
+}
 
 static int journal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    int rc = f->lower->pMethods->xRead(f->lower, buf, amt, off);
-    if (rc != SQLITE_OK || !journal_is_page(amt, off)) return rc;
-    ensure_key_loaded(f, buf, (size_t)amt);
-    return sr_tde_page_decrypt(f->pc, SR_TDE_FILE_JOURNAL, (uint64_t)off, buf, (size_t)amt) == SR_OK
-               ? SQLITE_OK : page_auth_failure(f);
+    int rc = lower_read(f, buf, amt, off);
+    if (rc != SQLITE_OK) return rc;
+    if (amt >= 8 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) {
+        /* SQLite reads a header's magic before it trusts the header: only a
+         * sealed one is shown as valid. Any other reads as "no header", so
+         * SQLite plays nothing back (and deletes a forged hot journal). */
+        uint8_t h[JOURNAL_SEALED];
+        int hrc = journal_header_check(f, off, h);
+        if (hrc == SQLITE_OK) return SQLITE_OK;
+        if (hrc != SQLITE_IOERR_DATA) return hrc;
+        char detail[256];
+        snprintf(detail, sizeof detail, "journal header at offset %lld is not sealed by strongroom for this "
+                 "tablespace (forged or altered): not played back", (long long)off);
+        warn("strongroom: %s: %s", f->name, detail);
+        tde_event(f, "journal.unsealed", detail);
+        memset(buf, 0, 8);
+        return SQLITE_OK;
+    }
+    if (!journal_is_page(f, amt, off)) return rc;
+    uint8_t bind[JOURNAL_BIND];
+    if ((rc = journal_record_bind(f, off, 0, bind)) != SQLITE_OK) return rc;
+    sr_tde_place_t place = {.kind = SR_TDE_FILE_JOURNAL, .location = (uint64_t)off, .bind = bind,
+                            .bind_len = JOURNAL_BIND};
+    return decrypt_page(f, &place, buf, (size_t)amt);
 }
 
 static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    if (!journal_is_page(amt, off)) return f->lower->pMethods->xWrite(f->lower, buf, amt, off);
-    if (sr_tde_page_encrypt(f->pc, SR_TDE_FILE_JOURNAL, (uint64_t)off, buf, f->scratch, (size_t)amt) != SR_OK)
-        return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
-    return f->lower->pMethods->xWrite(f->lower, f->scratch, amt, off);
+    if (journal_is_page(f, amt, off)) {
+        uint8_t bind[JOURNAL_BIND];
+        int rc = journal_record_bind(f, off, 1, bind);
+        if (rc != SQLITE_OK) return rc;
+        sr_tde_place_t place = {.kind = SR_TDE_FILE_JOURNAL, .location = (uint64_t)off, .bind = bind,
+                                .bind_len = JOURNAL_BIND};
+        if (sr_tde_page_encrypt(f->pc, &place, buf, f->scratch, (size_t)amt) != SR_OK)
+            return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
+        return lower_write(f, f->scratch, amt, off);
+    }
+    if (journal_is_header(buf, amt, off)) return journal_write_header(f, buf, amt, off);
+    if (amt == 12 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) return journal_update_header(f, buf, amt, off);
+    if (amt == 4) memcpy(f->jrec_pgno, buf, 4), f->jrec_off = off;
+    if (off == 0) f->jid_valid = 0; /* the first header changed (zeroed at commit) */
+    return lower_write(f, buf, amt, off);
 }
 
 /* ---- temp files (XTS) ------------------------------------------------------------------ */
@@ -397,7 +781,7 @@ static int temp_unit_load(sr_file_t *f, sqlite3_int64 unit, uint8_t *plain, size
     memset(plain, 0, TEMP_UNIT);
     if (*len == 0) return SQLITE_OK;
     uint8_t *cipher = f->scratch + TEMP_UNIT;
-    int rc = f->lower->pMethods->xRead(f->lower, cipher, (int)*len, start);
+    int rc = lower_read(f, cipher, (int)*len, start);
     if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_READ : rc;
     return temp_unit_crypt(f, 0, unit, cipher, plain, *len) == SR_OK ? SQLITE_OK
                                                                         : log_failure(SQLITE_IOERR_READ, f, "temp");
@@ -407,7 +791,7 @@ static int temp_unit_store(sr_file_t *f, sqlite3_int64 unit, const uint8_t *plai
 {
     uint8_t *cipher = f->scratch + TEMP_UNIT;
     if (temp_unit_crypt(f, 1, unit, plain, cipher, len) != SR_OK) return log_failure(SQLITE_IOERR_WRITE, f, "temp");
-    return f->lower->pMethods->xWrite(f->lower, cipher, (int)len, unit * TEMP_UNIT);
+    return lower_write(f, cipher, (int)len, unit * TEMP_UNIT);
 }
 
 static int temp_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
@@ -473,9 +857,21 @@ static int temp_truncate(sr_file_t *f, sqlite3_int64 size)
 
 /* ---- io methods ------------------------------------------------------------------------ */
 
+static void open_mains_remove(sr_file_t *f)
+{
+    pthread_mutex_lock(&vfs_lock);
+    for (sr_file_t **p = &open_mains; *p; p = &(*p)->next_main)
+        if (*p == f) {
+            *p = f->next_main;
+            break;
+        }
+    pthread_mutex_unlock(&vfs_lock);
+}
+
 static int x_close(sqlite3_file *file)
 {
     sr_file_t *f = (sr_file_t *)file;
+    if (f->role == ROLE_MAIN) open_mains_remove(f);
     int rc = f->lower_open ? f->lower->pMethods->xClose(f->lower) : SQLITE_OK;
     sr_tde_pagectx_free(f->pc);
     sr_tde_ts_release(f->ts);
@@ -495,7 +891,7 @@ static int x_read(sqlite3_file *file, void *buf, int amt, sqlite3_int64 off)
     case ROLE_TEMP: return temp_read(f, buf, amt, off);
     case ROLE_PASS: break;
     }
-    return f->lower->pMethods->xRead(f->lower, buf, amt, off);
+    return lower_read(f, buf, amt, off);
 }
 
 static int x_write(sqlite3_file *file, const void *buf, int amt, sqlite3_int64 off)
@@ -509,7 +905,7 @@ static int x_write(sqlite3_file *file, const void *buf, int amt, sqlite3_int64 o
     case ROLE_TEMP: return temp_write(f, buf, amt, off);
     case ROLE_PASS: break;
     }
-    return f->lower->pMethods->xWrite(f->lower, buf, amt, off);
+    return lower_write(f, buf, amt, off);
 }
 
 static int is_main(const sr_file_t *f) { return f->role == ROLE_MAIN || f->role == ROLE_MAIN_PASSTHROUGH; }
@@ -518,6 +914,13 @@ static int x_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
     sr_file_t *f = (sr_file_t *)file;
     if (f->role == ROLE_TEMP) return temp_truncate(f, size);
+    if (f->role == ROLE_JOURNAL) f->jid_valid = 0, f->jrec_off = -1;
+    if (f->role == ROLE_WAL) f->wal_hdr_frame = -1;
+    /* SQLite empties the database itself (rolling back a new database's first
+     * transaction): say so in the header first, so the empty file is not
+     * taken for a cut one. */
+    if (f->role == ROLE_MAIN && size == 0 && sr_tde_ts_set_has_pages(f->ts, 0) != SR_OK)
+        return log_failure(SQLITE_IOERR_TRUNCATE, f, "cannot record the emptied database in the key header");
     return f->lower->pMethods->xTruncate(f->lower, size + (is_main(f) ? SHIFT : 0));
 }
 
@@ -539,10 +942,20 @@ static int x_file_size(sqlite3_file *file, sqlite3_int64 *size)
     return rc;
 }
 
+/* A write transaction starts: take in a header another process changed
+ * (tdectl rekey: every connection writes under the new key from now on). */
+static int begin_write(sr_file_t *f)
+{
+    if (f->role != ROLE_MAIN || sr_tde_ts_check_fresh(f->ts) == SR_OK) return SQLITE_OK;
+    return log_failure(SQLITE_IOERR_LOCK, f, "cannot read the key header");
+}
+
 static int x_lock(sqlite3_file *file, int lock)
 {
     sr_file_t *f = (sr_file_t *)file;
-    return f->lower->pMethods->xLock(f->lower, lock);
+    int rc = f->lower->pMethods->xLock(f->lower, lock);
+    if (rc == SQLITE_OK && lock == SQLITE_LOCK_RESERVED) rc = begin_write(f);
+    return rc;
 }
 
 static int x_unlock(sqlite3_file *file, int lock)
@@ -563,6 +976,10 @@ static int x_file_control(sqlite3_file *file, int op, void *arg)
     if (op == SQLITE_FCNTL_MMAP_SIZE && f->role != ROLE_PASS) {
         *(sqlite3_int64 *)arg = 0; /* pages must pass through xRead to be decrypted */
         return SQLITE_OK;
+    }
+    if (op == SQLITE_FCNTL_PRAGMA && f->role == ROLE_MAIN) {
+        int rc = main_pragma(f, arg);
+        if (rc != SQLITE_NOTFOUND) return rc;
     }
     if (op == SQLITE_FCNTL_SIZE_HINT && is_main(f)) {
         sqlite3_int64 hint = *(sqlite3_int64 *)arg + SHIFT;
@@ -597,7 +1014,10 @@ static int x_shm_map(sqlite3_file *file, int pg, int pgsz, int extend, void vola
 static int x_shm_lock(sqlite3_file *file, int offset, int n, int flags)
 {
     sr_file_t *f = (sr_file_t *)file;
-    return f->lower->pMethods->xShmLock(f->lower, offset, n, flags);
+    int rc = f->lower->pMethods->xShmLock(f->lower, offset, n, flags);
+    /* Offset 0 is the WAL write lock: a WAL write transaction starts. */
+    if (rc == SQLITE_OK && offset == 0 && flags == (SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)) rc = begin_write(f);
+    return rc;
 }
 
 static void x_shm_barrier(sqlite3_file *file)
@@ -627,10 +1047,25 @@ static int x_unfetch(sqlite3_file *file, sqlite3_int64 off, void *p)
 }
 
 static const sqlite3_io_methods io_methods = {
-    3,          x_close,       x_read,        x_write,   x_truncate,  x_sync,
-    x_file_size, x_lock,       x_unlock,      x_check_reserved_lock, x_file_control,
-    x_sector_size, x_device_characteristics, x_shm_map, x_shm_lock, x_shm_barrier,
-    x_shm_unmap, x_fetch,      x_unfetch,
+    .iVersion = 3,
+    .xClose = x_close,
+    .xRead = x_read,
+    .xWrite = x_write,
+    .xTruncate = x_truncate,
+    .xSync = x_sync,
+    .xFileSize = x_file_size,
+    .xLock = x_lock,
+    .xUnlock = x_unlock,
+    .xCheckReservedLock = x_check_reserved_lock,
+    .xFileControl = x_file_control,
+    .xSectorSize = x_sector_size,
+    .xDeviceCharacteristics = x_device_characteristics,
+    .xShmMap = x_shm_map,
+    .xShmLock = x_shm_lock,
+    .xShmBarrier = x_shm_barrier,
+    .xShmUnmap = x_shm_unmap,
+    .xFetch = x_fetch,
+    .xUnfetch = x_unfetch,
 };
 
 /* ---- opening ------------------------------------------------------------------------------ */
@@ -649,32 +1084,34 @@ static sr_err_t audit_open(sr_file_t *f, const char *path, sr_keyprov_t *prov)
     return rc;
 }
 
+static int open_passthrough(sr_file_t *f, int flags)
+{
+    f->role = ROLE_MAIN_PASSTHROUGH;
+    sqlite3_int64 size = 0;
+    int rc = f->lower->pMethods->xFileSize(f->lower, &size);
+    if (rc == SQLITE_OK && size == 0 && (flags & SQLITE_OPEN_READWRITE)) {
+        static const uint8_t zeros[SHIFT];
+        rc = lower_write(f, zeros, SHIFT, 0);
+    }
+    return rc;
+}
+
 static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flags)
 {
-    if (is_passthrough_vfs(vfs)) {
-        f->role = ROLE_MAIN_PASSTHROUGH;
-        sqlite3_int64 size = 0;
-        int rc = f->lower->pMethods->xFileSize(f->lower, &size);
-        if (rc == SQLITE_OK && size == 0 && (flags & SQLITE_OPEN_READWRITE)) {
-            static const uint8_t zeros[SHIFT];
-            rc = f->lower->pMethods->xWrite(f->lower, zeros, SHIFT, 0);
-        }
-        return rc;
-    }
-    if (sqlite3_uri_boolean(zName, "plaintext", 0)) {
+    if (is_passthrough_vfs(vfs)) return open_passthrough(f, flags);
+    int plaintext = 0;
+    sr_tde_ts_options_t opts = {.may_create = (flags & SQLITE_OPEN_CREATE) != 0};
+    const char *cipher = sqlite3_uri_parameter(zName, "cipher");
+    if (uri_plaintext(zName, &plaintext) != SR_OK || uri_page_size(zName, &opts.page_size) != SR_OK ||
+        uri_auto_vacuum(zName, &f->auto_vacuum) != SR_OK ||
+        (cipher && sr_tde_cipher_parse(cipher, &opts.cipher) != SR_OK))
+        return log_failure(SQLITE_MISUSE, f, "invalid URI parameter");
+    if (plaintext) {
         f->role = ROLE_PASS;
         return SQLITE_OK;
     }
     sr_keyprov_t *prov = NULL;
     if (provider_for_open(zName, &prov) != SR_OK) return log_failure(SQLITE_CANTOPEN, f, "no key");
-    sr_tde_ts_options_t opts = {.may_create = (flags & SQLITE_OPEN_CREATE) != 0};
-    const char *cipher = sqlite3_uri_parameter(zName, "cipher");
-    if (cipher && sr_tde_cipher_parse(cipher, &opts.cipher) != SR_OK) return log_failure(SQLITE_MISUSE, f, "cipher=");
-    opts.page_size = (uint32_t)sqlite3_uri_int64(zName, "page_size", DEFAULT_PAGE);
-    if (!sr_tde_page_size_valid(opts.page_size)) {
-        sr_err_set(SR_ERR_INVALID_ARG, "page_size=%u is not a power of two in 512..65536", opts.page_size);
-        return log_failure(SQLITE_MISUSE, f, "page_size=");
-    }
     sr_err_t rc = sr_tde_ts_open(zName, prov, &opts, &f->ts);
     if (rc == SR_ERR_NOMEM) return SQLITE_NOMEM;
     if (rc == SR_ERR_IO) return log_failure(SQLITE_IOERR, f, "cannot open the tablespace");
@@ -687,23 +1124,68 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     }
     f->role = ROLE_MAIN;
     if (audit_open(f, zName, prov) != SR_OK) return log_failure(SQLITE_CANTOPEN, f, "audit log unavailable");
-    return sr_tde_pagectx_new(sr_tde_ts_space(f->ts), &f->pc) == SR_OK ? SQLITE_OK : SQLITE_NOMEM;
+    if (sr_tde_pagectx_new(sr_tde_ts_space(f->ts), &f->pc) != SR_OK) return SQLITE_NOMEM;
+    pthread_mutex_lock(&vfs_lock);
+    f->next_main = open_mains, open_mains = f;
+    pthread_mutex_unlock(&vfs_lock);
+    return SQLITE_OK;
 }
 
-/* WAL and journal share their database's tablespace. */
-static int open_companion(sr_file_t *f, const char *zName, int flags)
+/* The main database a WAL or journal belongs to. Directly, when SQLite's
+ * database file object is ours; through a VFS stacked above strongroom
+ * (multiplex, quota, tracing shims) that object is the other VFS's, so the
+ * companion's name, minus its suffix, finds the open main file instead. */
+static sr_tde_ts_t *companion_tablespace(const char *zName, int flags, int *plaintext)
 {
     sqlite3_file *db = sqlite3_database_file_object(zName);
-    sr_file_t *main = db && db->pMethods == &io_methods ? (sr_file_t *)db : NULL;
-    if (!main) {
-        sr_err_set(SR_ERR_INTERNAL, "cannot find the database this WAL or journal belongs to");
+    *plaintext = 0;
+    if (db && db->pMethods == &io_methods) {
+        sr_file_t *main = (sr_file_t *)db;
+        *plaintext = main->role != ROLE_MAIN;
+        return main->role == ROLE_MAIN ? sr_tde_ts_retain(main->ts) : NULL;
+    }
+    const char *suffix = flags & SQLITE_OPEN_WAL ? "-wal" : "-journal";
+    size_t n = strlen(zName), sn = strlen(suffix);
+    if (n <= sn || strcmp(zName + n - sn, suffix) != 0) return NULL;
+    sr_tde_ts_t *ts = NULL;
+    pthread_mutex_lock(&vfs_lock);
+    for (sr_file_t *m = open_mains; m && !ts; m = m->next_main)
+        if (strncmp(m->name, zName, n - sn) == 0 && m->name[n - sn] == '\0') ts = sr_tde_ts_retain(m->ts);
+    pthread_mutex_unlock(&vfs_lock);
+    return ts;
+}
+
+/* No open encrypted database of that name: the companion of a plaintext one
+ * (plaintext=1, or a plain database opened through a stacked VFS) passes
+ * through; one whose database file has a key header is refused, never
+ * written in plaintext. */
+static int companion_is_plaintext(const char *zName, int flags)
+{
+    const char *suffix = flags & SQLITE_OPEN_WAL ? "-wal" : "-journal";
+    size_t n = strlen(zName), sn = strlen(suffix);
+    if (n <= sn || n - sn >= 4096) return 0;
+    char path[4096];
+    memcpy(path, zName, n - sn);
+    path[n - sn] = '\0';
+    FILE *fp = fopen(path, "rb");
+    uint8_t magic[8] = {0};
+    size_t got = fp ? fread(magic, 1, sizeof magic, fp) : 0;
+    if (fp) fclose(fp);
+    return !sr_tde_header_is_present(magic, got);
+}
+
+static int open_companion(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flags)
+{
+    int plaintext = 0;
+    f->ts = is_passthrough_vfs(vfs) ? NULL : companion_tablespace(zName, flags, &plaintext);
+    if (!f->ts) {
+        if (plaintext || is_passthrough_vfs(vfs) || companion_is_plaintext(zName, flags)) {
+            f->role = ROLE_PASS;
+            return SQLITE_OK;
+        }
+        sr_err_set(SR_ERR_INTERNAL, "cannot find the open encrypted database this WAL or journal belongs to");
         return log_failure(SQLITE_CANTOPEN, f, "open");
     }
-    if (main->role != ROLE_MAIN) {
-        f->role = ROLE_PASS; /* plaintext=1 database or the benchmark's pass-through shim */
-        return SQLITE_OK;
-    }
-    f->ts = sr_tde_ts_retain(main->ts);
     f->role = flags & SQLITE_OPEN_WAL ? ROLE_WAL : ROLE_JOURNAL;
     f->wal_page = sr_tde_ts_page_size(f->ts);
     return sr_tde_pagectx_new(sr_tde_ts_space(f->ts), &f->pc) == SR_OK ? SQLITE_OK : SQLITE_NOMEM;
@@ -715,6 +1197,7 @@ static int x_open(sqlite3_vfs *vfs, sqlite3_filename zName, sqlite3_file *file, 
     memset(f, 0, sizeof *f);
     f->lower = (sqlite3_file *)(f + 1);
     f->name = zName;
+    f->wal_hdr_frame = f->jrec_off = -1;
     sqlite3_vfs *lo = lower_vfs(vfs);
     int rc = lo->xOpen(lo, zName, f->lower, flags, out_flags);
     if (rc != SQLITE_OK) return rc;
@@ -722,7 +1205,7 @@ static int x_open(sqlite3_vfs *vfs, sqlite3_filename zName, sqlite3_file *file, 
     size_t scratch = SR_TDE_MAX_PAGE + WAL_FRAME_HDR;
     if (!(f->scratch = malloc(scratch))) rc = SQLITE_NOMEM;
     else if (flags & SQLITE_OPEN_MAIN_DB) rc = open_main(vfs, f, zName, flags);
-    else if (flags & (SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_JOURNAL)) rc = open_companion(f, zName, flags);
+    else if (flags & (SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_JOURNAL)) rc = open_companion(vfs, f, zName, flags);
     else if (flags & SQLITE_OPEN_SUPER_JOURNAL) f->role = ROLE_PASS;
     else if (is_passthrough_vfs(vfs)) f->role = ROLE_PASS;
     else if (sr_tde_xts_new(&f->xts) == SR_OK) f->role = ROLE_TEMP;
@@ -766,6 +1249,22 @@ static int x_current_time_int64(sqlite3_vfs *v, sqlite3_int64 *t)
 {
     return lower_vfs(v)->xCurrentTimeInt64(lower_vfs(v), t);
 }
+/* Version 3: tests and shims replace the lower VFS's system calls through us. */
+static int x_set_system_call(sqlite3_vfs *v, const char *name, sqlite3_syscall_ptr fn)
+{
+    sqlite3_vfs *lo = lower_vfs(v);
+    return lo->iVersion >= 3 && lo->xSetSystemCall ? lo->xSetSystemCall(lo, name, fn) : SQLITE_NOTFOUND;
+}
+static sqlite3_syscall_ptr x_get_system_call(sqlite3_vfs *v, const char *name)
+{
+    sqlite3_vfs *lo = lower_vfs(v);
+    return lo->iVersion >= 3 && lo->xGetSystemCall ? lo->xGetSystemCall(lo, name) : NULL;
+}
+static const char *x_next_system_call(sqlite3_vfs *v, const char *name)
+{
+    sqlite3_vfs *lo = lower_vfs(v);
+    return lo->iVersion >= 3 && lo->xNextSystemCall ? lo->xNextSystemCall(lo, name) : NULL;
+}
 
 static int vfs_setup(sqlite3_vfs *vfs, const char *name, int make_default, int *registered)
 {
@@ -774,7 +1273,7 @@ static int vfs_setup(sqlite3_vfs *vfs, const char *name, int make_default, int *
     if (!lo) return SQLITE_ERROR;
     if (lo == &vfs_main || lo == &vfs_pass) lo = lower_vfs(lo);
     *vfs = (sqlite3_vfs){
-        .iVersion = 2,
+        .iVersion = 3,
         .szOsFile = (int)sizeof(sr_file_t) + lo->szOsFile,
         .mxPathname = lo->mxPathname,
         .zName = name,
@@ -792,6 +1291,9 @@ static int vfs_setup(sqlite3_vfs *vfs, const char *name, int make_default, int *
         .xCurrentTime = x_current_time,
         .xGetLastError = x_get_last_error,
         .xCurrentTimeInt64 = x_current_time_int64,
+        .xSetSystemCall = x_set_system_call,
+        .xGetSystemCall = x_get_system_call,
+        .xNextSystemCall = x_next_system_call,
     };
     int rc = sqlite3_vfs_register(vfs, make_default);
     if (rc == SQLITE_OK) *registered = 1;

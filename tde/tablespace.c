@@ -12,6 +12,13 @@
  * lock on the header region (other processes; OFD locks do not interfere with
  * SQLite's own locks, which live at other offsets) and a mutex (threads of
  * this process share the descriptor, so its OFD lock does not exclude them).
+ *
+ * Every header read is authenticated (sr_tde_header_pick with a MAC check
+ * under the header key, derived from the active DEK) before it is used or
+ * edited, so an edited header is never re-signed by a legitimate writer.
+ * Connections notice header changes by other processes (a rekey, a roll) at
+ * the start of each write transaction: sr_tde_ts_check_fresh compares the two
+ * slots' generations with the one last loaded, two 8-byte reads.
  */
 #include "tablespace.h"
 
@@ -36,7 +43,11 @@ struct sr_tde_ts {
     sr_tde_space_t *space;
     sr_keyprov_t *prov;  /* the provider of the latest open: makes new key versions */
     uint32_t page_size;
-    pthread_mutex_t hdr_lock;
+    uint32_t flags;      /* SR_TDE_HEADER_HAS_PAGES, as last loaded */
+    uint64_t generation; /* of the header last loaded or written */
+    uint8_t *mac_key;    /* secure memory: the header key of mac_version (cache) */
+    uint32_t mac_version;
+    pthread_mutex_t hdr_lock; /* header I/O and the fields above; never held while taking the space's lock */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -66,7 +77,7 @@ static sr_err_t full_pread(int fd, void *buf, size_t len, off_t off, size_t *got
     return SR_OK;
 }
 
-static sr_err_t full_pwrite(int fd, const void *buf, size_t len, off_t off)
+static sr_err_t full_pwrite(int fd, const void *buf, size_t len, off_t off, int durable)
 {
     size_t done = 0;
     while (done < len) {
@@ -75,11 +86,64 @@ static sr_err_t full_pwrite(int fd, const void *buf, size_t len, off_t off)
         if (w < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot write the key header");
         done += (size_t)w;
     }
+    if (!durable) return SR_OK;
     return fdatasync(fd) == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot sync the key header");
 }
 
-/* Reads and picks the header; explains a plaintext or truncated file. */
-static sr_err_t header_load(int fd, const char *path, sr_tde_header_t *hdr, int *slot)
+/* Where a header's MAC key comes from: the tablespace's cached header key
+ * (caller holds its hdr_lock) or the provider, which unwraps the active DEK.
+ * Both NULL: no authentication (status without a key). */
+typedef struct header_keys {
+    sr_tde_ts_t *ts;
+    sr_keyprov_t *prov;
+} header_keys_t;
+
+static sr_err_t header_key(const header_keys_t *k, const sr_tde_header_t *hdr, uint8_t *key)
+{
+    if (k->ts && k->ts->mac_version == hdr->active_version) {
+        memcpy(key, k->ts->mac_key, SR_TDE_HEADER_KEY_BYTES);
+        return SR_OK;
+    }
+    sr_tde_header_t copy = *hdr;
+    const sr_tde_header_key_t *active = sr_tde_header_find_key(&copy, hdr->active_version);
+    uint8_t *dek = sr_secure_alloc(SR_TDE_KEY_BYTES);
+    if (!dek) return SR_ERR_NOMEM;
+    sr_err_t rc = sr_keyprov_dek_unwrap(k->prov, &hdr->tablespace, active->version, &active->wrapped, dek);
+    if (rc == SR_OK) rc = sr_tde_key_derive(dek, &hdr->tablespace, SR_TDE_HEADER_KEY_LABEL, key);
+    sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
+    sr_secure_free(dek);
+    if (rc == SR_OK && k->ts) {
+        memcpy(k->ts->mac_key, key, SR_TDE_HEADER_KEY_BYTES);
+        k->ts->mac_version = hdr->active_version;
+    }
+    return rc;
+}
+
+static sr_err_t header_auth(void *ctx, const sr_tde_header_t *hdr)
+{
+    uint8_t *key = sr_secure_alloc(SR_TDE_HEADER_KEY_BYTES);
+    if (!key) return SR_ERR_NOMEM;
+    sr_err_t rc = header_key(ctx, hdr, key);
+    if (rc == SR_OK) rc = sr_tde_header_verify(hdr, key);
+    sr_secure_wipe(key, SR_TDE_HEADER_KEY_BYTES);
+    sr_secure_free(key);
+    return rc;
+}
+
+static sr_err_t header_seal(const header_keys_t *k, const sr_tde_header_t *hdr, uint8_t slot[SR_TDE_HEADER_SLOT])
+{
+    uint8_t *key = sr_secure_alloc(SR_TDE_HEADER_KEY_BYTES);
+    if (!key) return SR_ERR_NOMEM;
+    sr_err_t rc = header_key(k, hdr, key);
+    if (rc == SR_OK) rc = sr_tde_header_encode(hdr, key, slot);
+    sr_secure_wipe(key, SR_TDE_HEADER_KEY_BYTES);
+    sr_secure_free(key);
+    return rc;
+}
+
+/* Reads and picks the header (authenticated when keys are given); explains a
+ * plaintext or truncated file. */
+static sr_err_t header_load(int fd, const char *path, const header_keys_t *keys, sr_tde_header_t *hdr, int *slot)
 {
     uint8_t region[SR_TDE_HEADER_REGION];
     size_t got = 0;
@@ -93,28 +157,34 @@ static sr_err_t header_load(int fd, const char *path, sr_tde_header_t *hdr, int 
         return sr_err_set(SR_ERR_TRUNCATED, "%s is %zu bytes, shorter than the %d-byte key header (truncated?)", path,
                           got, SR_TDE_HEADER_REGION);
     }
-    rc = sr_tde_header_pick(region, hdr, slot);
-    if (rc != SR_OK) sr_err_set(rc, "%s: %s", path, sr_err_detail());
+    int authenticate = keys && (keys->ts || keys->prov);
+    rc = sr_tde_header_pick(region, authenticate ? header_auth : NULL, (void *)keys, hdr, slot);
+    if (rc != SR_OK && rc != SR_ERR_TDE_WRONG_KEY) sr_err_set(rc, "%s: %s", path, sr_err_detail());
     return rc;
 }
 
 typedef sr_err_t (*header_edit_fn)(sr_tde_header_t *hdr, void *arg, int *dirty);
 
-/* Locked read-modify-write: the edit goes into the slot not holding the newest header. */
-static sr_err_t header_modify(int fd, const char *path, header_edit_fn edit, void *arg, sr_tde_header_t *out)
+/* Locked read-modify-write: the authenticated newest header is edited and
+ * written, sealed, into the other slot. `durable`: fdatasync before returning
+ * (everything but giving unused encryptions back, where a lost write is safe). */
+static sr_err_t header_modify(int fd, const char *path, const header_keys_t *keys, header_edit_fn edit, void *arg,
+                              int durable, sr_tde_header_t *out)
 {
     sr_err_t rc = region_lock(fd, F_WRLCK);
     if (rc != SR_OK) return rc;
     sr_tde_header_t hdr;
     int slot = 0, dirty = 0;
-    rc = header_load(fd, path, &hdr, &slot);
+    rc = header_load(fd, path, keys, &hdr, &slot);
     if (rc == SR_OK) rc = edit(&hdr, arg, &dirty);
+    if (rc == SR_OK && dirty && hdr.generation == UINT64_MAX)
+        rc = sr_err_set(SR_ERR_CORRUPT, "%s: key header generation is at its maximum", path);
     if (rc == SR_OK && dirty) {
         uint8_t buf[SR_TDE_HEADER_SLOT];
         hdr.generation++;
         hdr.updated_us = sr_time_now_us();
-        rc = sr_tde_header_encode(&hdr, buf);
-        if (rc == SR_OK) rc = full_pwrite(fd, buf, sizeof buf, (off_t)(1 - slot) * SR_TDE_HEADER_SLOT);
+        rc = header_seal(keys, &hdr, buf);
+        if (rc == SR_OK) rc = full_pwrite(fd, buf, sizeof buf, (off_t)(1 - slot) * SR_TDE_HEADER_SLOT, durable);
     }
     region_lock(fd, F_UNLCK);
     if (rc == SR_OK && out) *out = hdr;
@@ -139,22 +209,32 @@ static sr_err_t header_create(int fd, sr_keyprov_t *prov, const sr_tde_ts_option
     hdr->keys[0].version = 1;
     hdr->created_us = hdr->updated_us = sr_time_now_us();
     sr_err_t rc = sr_keyprov_dek_create(prov, &hdr->tablespace, 1, dek, &hdr->keys[0].wrapped);
-    if (rc != SR_OK) return rc;
+    uint8_t *key = rc == SR_OK ? sr_secure_alloc(SR_TDE_HEADER_KEY_BYTES) : NULL;
+    if (rc == SR_OK && !key) rc = SR_ERR_NOMEM;
     uint8_t region[SR_TDE_HEADER_REGION] = {0};
-    rc = sr_tde_header_encode(hdr, region);
-    return rc == SR_OK ? full_pwrite(fd, region, sizeof region, 0) : rc;
+    if (rc == SR_OK) rc = sr_tde_key_derive(dek, &hdr->tablespace, SR_TDE_HEADER_KEY_LABEL, key);
+    if (rc == SR_OK) rc = sr_tde_header_encode(hdr, key, region);
+    if (key) sr_secure_wipe(key, SR_TDE_HEADER_KEY_BYTES), sr_secure_free(key);
+    return rc == SR_OK ? full_pwrite(fd, region, sizeof region, 0, 1) : rc;
 }
 
 /* ---- keys ----------------------------------------------------------------------- */
 
-/* Unwraps every key of the header into the space (existing versions keep theirs). */
-static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_tde_header_t *hdr)
+/* Unwraps the keys of the header into the space. `all`: every key, even
+ * versions already loaded (an open proves its caller's key); otherwise only
+ * the new ones (a refresh), the others just take the header's mark. */
+static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_tde_header_t *hdr, int all)
 {
     uint8_t *dek = sr_secure_alloc(SR_TDE_KEY_BYTES);
     if (!dek) return SR_ERR_NOMEM;
     sr_err_t rc = SR_OK;
     for (uint32_t i = 0; i < hdr->n_keys && rc == SR_OK; i++) {
         sr_tde_header_key_t *k = &hdr->keys[i];
+        if (!all && sr_tde_space_has_key(space, k->version)) {
+            memset(dek, 0, SR_TDE_KEY_BYTES); /* the key is ignored for a loaded version */
+            rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
+            continue;
+        }
         rc = sr_keyprov_dek_unwrap(prov, &hdr->tablespace, k->version, &k->wrapped, dek);
         if (rc == SR_OK) rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
         sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
@@ -187,7 +267,9 @@ static sr_err_t ts_reserve(void *ctx, uint32_t version, uint64_t block, uint64_t
     sr_tde_ts_t *ts = ctx;
     reserve_arg_t a = {.version = version, .block = block, .limit = limit};
     pthread_mutex_lock(&ts->hdr_lock);
-    sr_err_t rc = header_modify(ts->fd, ts->path, edit_reserve, &a, NULL);
+    sr_tde_header_t hdr;
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_reserve, &a, 1, &hdr);
+    if (rc == SR_OK) ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     if (rc == SR_OK) *range_start = a.start;
     return rc;
@@ -205,8 +287,9 @@ static sr_err_t edit_add_key(sr_tde_header_t *hdr, void *arg, int *dirty)
     roll_arg_t *a = arg;
     if (a->exhausted && hdr->active_version != a->exhausted) return SR_OK; /* another process rolled already */
     if (hdr->n_keys == SR_TDE_MAX_KEY_VERSIONS)
-        return sr_err_set(SR_ERR_LIMIT, "the tablespace already has %d key versions: copy it into a new tablespace "
-                          "(tdectl copy) to start a fresh key history", SR_TDE_MAX_KEY_VERSIONS);
+        return sr_err_set(SR_ERR_LIMIT, "the tablespace already has %d key versions: re-encrypt every page under the "
+                          "newest one (tdectl rekey --rewrite), which drops the versions no page uses",
+                          SR_TDE_MAX_KEY_VERSIONS);
     /* Only the holder of the master key may add a key (else later opens would fail). */
     sr_tde_header_key_t *active = sr_tde_header_find_key(hdr, hdr->active_version);
     sr_err_t rc = sr_keyprov_dek_unwrap(a->prov, &hdr->tablespace, active->version, &active->wrapped, a->dek);
@@ -231,12 +314,13 @@ static sr_err_t ts_roll(void *ctx, uint32_t exhausted)
     if (!a.dek) return SR_ERR_NOMEM;
     sr_tde_header_t hdr;
     pthread_mutex_lock(&ts->hdr_lock);
-    sr_err_t rc = header_modify(ts->fd, ts->path, edit_add_key, &a, &hdr);
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_add_key, &a, 1, &hdr);
+    if (rc == SR_OK) ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     sr_secure_wipe(a.dek, SR_TDE_KEY_BYTES);
     sr_secure_free(a.dek);
     /* Load whatever the header now has (our new key or another process's). */
-    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr);
+    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0);
     if (rc == SR_OK) {
         char uuid[SR_UUID_STR_LEN + 1];
         sr_uuid_format(&hdr.tablespace, uuid);
@@ -262,6 +346,7 @@ static void ts_destroy(sr_tde_ts_t *ts)
     if (!ts) return;
     sr_tde_space_free(ts->space);
     if (ts->fd >= 0) close(ts->fd);
+    if (ts->mac_key) sr_secure_wipe(ts->mac_key, SR_TDE_HEADER_KEY_BYTES), sr_secure_free(ts->mac_key);
     pthread_mutex_destroy(&ts->hdr_lock);
     free(ts->path);
     free(ts);
@@ -270,7 +355,8 @@ static void ts_destroy(sr_tde_ts_t *ts)
 static sr_err_t ts_new(const char *path, sr_tde_ts_t **out)
 {
     sr_tde_ts_t *ts = calloc(1, sizeof *ts);
-    if (!ts || !(ts->path = strdup(path))) {
+    if (!ts || !(ts->path = strdup(path)) || !(ts->mac_key = sr_secure_alloc(SR_TDE_HEADER_KEY_BYTES))) {
+        if (ts) free(ts->path);
         free(ts);
         return sr_err_set(SR_ERR_NOMEM, "cannot allocate a tablespace");
     }
@@ -308,7 +394,9 @@ static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_opt
                                         .outcome = "success", .detail = ts->path});
         }
     } else {
-        rc = header_load(ts->fd, ts->path, hdr, NULL);
+        pthread_mutex_lock(&ts->hdr_lock);
+        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts->prov ? ts : NULL, prov}, hdr, NULL);
+        pthread_mutex_unlock(&ts->hdr_lock);
     }
     region_lock(ts->fd, F_UNLCK);
     if (dek) sr_secure_wipe(dek, SR_TDE_KEY_BYTES), sr_secure_free(dek);
@@ -326,10 +414,12 @@ sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_op
     sr_tde_header_t hdr;
     if (rc == SR_OK) rc = ts_load(ts, prov, opts, &hdr);
     if (rc == SR_OK && fresh) rc = sr_tde_space_new(&hdr.tablespace, hdr.cipher, &ts->space);
-    if (rc == SR_OK) rc = space_load_keys(ts->space, prov, &hdr); /* proves this caller's key, every time */
+    if (rc == SR_OK) rc = space_load_keys(ts->space, prov, &hdr, 1); /* proves this caller's key, every time */
     if (rc == SR_OK) {
         ts->prov = prov;
         ts->page_size = hdr.page_size;
+        ts->flags = hdr.flags;
+        ts->generation = hdr.generation;
         ts->refs++;
         if (fresh) {
             sr_tde_space_set_hooks(ts->space, &(sr_tde_space_hooks_t){.reserve = ts_reserve, .roll = ts_roll, .ctx = ts});
@@ -351,11 +441,39 @@ sr_tde_ts_t *sr_tde_ts_retain(sr_tde_ts_t *ts)
     return ts;
 }
 
+static sr_err_t edit_give_back(sr_tde_header_t *hdr, void *arg, int *dirty)
+{
+    const sr_tde_unused_t *u = arg;
+    for (; u->version; u++) {
+        sr_tde_header_key_t *k = sr_tde_header_find_key(hdr, u->version);
+        /* Only if nobody reserved after us: then nothing at or above `used` was handed out. */
+        if (k && k->encryptions_reserved == u->reserved) k->encryptions_reserved = u->used, *dirty = 1;
+    }
+    return SR_OK;
+}
+
+/* The last user of the tablespace in this process is leaving: what it
+ * reserved and did not use goes back to the header, so short sessions do not
+ * burn the key's budget. Not synced: if the write is lost the mark just stays
+ * higher, which is safe. */
+static void give_back_unused(sr_tde_ts_t *ts)
+{
+    sr_tde_unused_t unused[SR_TDE_MAX_KEY_VERSIONS + 1];
+    size_t n = ts->space && ts->writable ? sr_tde_space_unused(ts->space, unused) : 0;
+    if (!n) return;
+    memset(&unused[n], 0, sizeof unused[n]);
+    pthread_mutex_lock(&ts->hdr_lock);
+    if (header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_give_back, unused, 0, NULL) != SR_OK)
+        sr_log(SR_LOG_DEBUG, "tde: %s: unused encryptions not given back: %s", ts->path, sr_err_detail());
+    pthread_mutex_unlock(&ts->hdr_lock);
+}
+
 void sr_tde_ts_release(sr_tde_ts_t *ts)
 {
     if (!ts) return;
     pthread_mutex_lock(&registry_lock);
     if (--ts->refs == 0) {
+        give_back_unused(ts);
         for (sr_tde_ts_t **p = &registry; *p; p = &(*p)->next)
             if (*p == ts) {
                 *p = ts->next;
@@ -377,24 +495,73 @@ static sr_err_t edit_page_size(sr_tde_header_t *hdr, void *arg, int *dirty)
     return SR_OK;
 }
 
-sr_err_t sr_tde_ts_set_page_size(sr_tde_ts_t *ts, uint32_t page_size)
+/* Runs an edit on the tablespace's header and takes in what it wrote. */
+static sr_err_t ts_modify(sr_tde_ts_t *ts, header_edit_fn edit, void *arg)
 {
-    if (ts->page_size == page_size) return SR_OK;
+    sr_tde_header_t hdr;
     pthread_mutex_lock(&ts->hdr_lock);
-    sr_err_t rc = header_modify(ts->fd, ts->path, edit_page_size, &page_size, NULL);
-    if (rc == SR_OK) ts->page_size = page_size;
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit, arg, 1, &hdr);
+    if (rc == SR_OK) ts->page_size = hdr.page_size, ts->flags = hdr.flags, ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     return rc;
 }
 
+sr_err_t sr_tde_ts_set_page_size(sr_tde_ts_t *ts, uint32_t page_size)
+{
+    if (ts->page_size == page_size) return SR_OK;
+    return ts_modify(ts, edit_page_size, &page_size);
+}
+
+static sr_err_t edit_has_pages(sr_tde_header_t *hdr, void *arg, int *dirty)
+{
+    uint32_t want = *(int *)arg ? SR_TDE_HEADER_HAS_PAGES : 0;
+    if ((hdr->flags & SR_TDE_HEADER_HAS_PAGES) != want)
+        hdr->flags = (hdr->flags & ~SR_TDE_HEADER_HAS_PAGES) | want, *dirty = 1;
+    return SR_OK;
+}
+
+sr_err_t sr_tde_ts_set_has_pages(sr_tde_ts_t *ts, int has_pages)
+{
+    if (((ts->flags & SR_TDE_HEADER_HAS_PAGES) != 0) == (has_pages != 0)) return SR_OK;
+    return ts_modify(ts, edit_has_pages, &has_pages);
+}
+
+int sr_tde_ts_has_pages(sr_tde_ts_t *ts) { return (ts->flags & SR_TDE_HEADER_HAS_PAGES) != 0; }
+
 sr_err_t sr_tde_ts_refresh(sr_tde_ts_t *ts)
 {
     sr_tde_header_t hdr;
+    pthread_mutex_lock(&ts->hdr_lock);
     sr_err_t rc = region_lock(ts->fd, F_RDLCK);
+    if (rc == SR_OK) {
+        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, &hdr, NULL);
+        region_lock(ts->fd, F_UNLCK);
+    }
+    if (rc == SR_OK) ts->page_size = hdr.page_size, ts->flags = hdr.flags, ts->generation = hdr.generation;
+    pthread_mutex_unlock(&ts->hdr_lock);
+    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0);
+    if (rc == SR_OK && sr_tde_space_active(ts->space) != hdr.active_version)
+        rc = sr_tde_space_set_active(ts->space, hdr.active_version);
+    return rc;
+}
+
+sr_err_t sr_tde_ts_check_fresh(sr_tde_ts_t *ts)
+{
+    uint8_t g[2][8];
+    size_t got0 = 0, got1 = 0;
+    sr_err_t rc = full_pread(ts->fd, g[0], 8, 10, &got0);
+    if (rc == SR_OK) rc = full_pread(ts->fd, g[1], 8, SR_TDE_HEADER_SLOT + 10, &got1);
     if (rc != SR_OK) return rc;
-    rc = header_load(ts->fd, ts->path, &hdr, NULL);
-    region_lock(ts->fd, F_UNLCK);
-    return rc == SR_OK ? space_load_keys(ts->space, ts->prov, &hdr) : rc;
+    uint64_t newest = 0;
+    for (int i = 0; i < 2; i++) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++) v = v << 8 | g[i][j];
+        if ((i ? got1 : got0) == 8 && v > newest) newest = v;
+    }
+    pthread_mutex_lock(&ts->hdr_lock);
+    int stale = newest != ts->generation;
+    pthread_mutex_unlock(&ts->hdr_lock);
+    return stale ? sr_tde_ts_refresh(ts) : SR_OK;
 }
 
 /* ---- on a path (tdectl) ------------------------------------------------------------ */
@@ -405,13 +572,13 @@ static sr_err_t path_open(const char *path, int writable, int create, int *fd)
     return *fd >= 0 ? SR_OK : sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open %s", path);
 }
 
-sr_err_t sr_tde_file_header_read(const char *path, sr_tde_header_t *out, int *slot_out)
+sr_err_t sr_tde_file_header_read(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out, int *slot_out)
 {
     int fd;
     sr_err_t rc = path_open(path, 0, 0, &fd);
     if (rc != SR_OK) return rc;
     rc = region_lock(fd, F_RDLCK);
-    if (rc == SR_OK) rc = header_load(fd, path, out, slot_out);
+    if (rc == SR_OK) rc = header_load(fd, path, &(header_keys_t){NULL, prov}, out, slot_out);
     close(fd);
     return rc;
 }
@@ -452,7 +619,7 @@ sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_
     int fd;
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
-    rc = header_modify(fd, path, edit_rewrap, prov, out);
+    rc = header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_rewrap, prov, 1, out);
     close(fd);
     return rc;
 }
@@ -463,7 +630,7 @@ sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
     roll_arg_t a = {.prov = prov, .dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
-    rc = a.dek ? header_modify(fd, path, edit_add_key, &a, out) : SR_ERR_NOMEM;
+    rc = a.dek ? header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_add_key, &a, 1, out) : SR_ERR_NOMEM;
     if (a.dek) sr_secure_wipe(a.dek, SR_TDE_KEY_BYTES), sr_secure_free(a.dek);
     close(fd);
     return rc;

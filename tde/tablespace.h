@@ -32,11 +32,20 @@ uint32_t sr_tde_ts_page_size(sr_tde_ts_t *ts);
 const char *sr_tde_ts_path(sr_tde_ts_t *ts);
 /* SQLite changed the page size (VACUUM): record it in the header. */
 sr_err_t sr_tde_ts_set_page_size(sr_tde_ts_t *ts, uint32_t page_size);
-/* Another process added a key version: load it. */
+/* Reload the header (authenticated): new key versions, the active one, flags. */
 sr_err_t sr_tde_ts_refresh(sr_tde_ts_t *ts);
+/* Refresh if another process changed the header since we last loaded it
+ * (two 8-byte reads when nothing changed). Called at each write transaction. */
+sr_err_t sr_tde_ts_check_fresh(sr_tde_ts_t *ts);
+/* The header's record that SQLite pages exist: set after the first page is
+ * written, cleared before the file is cut to no pages. A file with no pages
+ * whose header says it has some was truncated behind SQLite's back. */
+sr_err_t sr_tde_ts_set_has_pages(sr_tde_ts_t *ts, int has_pages);
+int sr_tde_ts_has_pages(sr_tde_ts_t *ts);
 
 /* ---- on a path, for tdectl (opens and closes its own descriptor) ---- */
-sr_err_t sr_tde_file_header_read(const char *path, sr_tde_header_t *out, int *slot_out);
+/* prov NULL: the header is read without authenticating it (status without a key). */
+sr_err_t sr_tde_file_header_read(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out, int *slot_out);
 /* Writes a new encrypted tablespace header into an empty or absent file. */
 sr_err_t sr_tde_file_create(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts,
                             sr_tde_header_t *out);

@@ -10,10 +10,14 @@
  *
  *   page on disk = ciphertext[page_size - 32] | nonce[12] | key_version u32 BE | tag[16]
  *   AAD          = "SRTDE1" | tablespace UUID | file kind u8 | location u64 BE | key_version u32 BE
+ *                  | binding (0..40 bytes)
  *
  * so a page moved within a file, copied to another file kind or copied from
- * another tablespace fails authentication. The 32 trailer bytes are SQLite's
- * per-page reserved bytes; on decrypt they are returned as zeros.
+ * another tablespace fails authentication. The binding is what SQLite stores
+ * in plaintext beside the page and acts on (a WAL frame's page number, commit
+ * size and salts; a journal record's page number and its journal's id):
+ * editing it fails the page too. The 32 trailer bytes are SQLite's per-page
+ * reserved bytes; on decrypt they are returned as zeros.
  *
  * Nonces are random (96 bits from OpenSSL's DRBG). NIST SP 800-38D allows at
  * most 2^32 random-nonce encryptions under one key: the count is reserved
@@ -38,9 +42,11 @@ extern "C" {
 #define SR_TDE_TAG_BYTES 16
 #define SR_TDE_HEADER_REGION 8192 /* two key-header slots before SQLite's page 1 */
 #define SR_TDE_HEADER_SLOT 4096
-#define SR_TDE_MAX_KEY_VERSIONS 8
+#define SR_TDE_MAX_KEY_VERSIONS 16
 #define SR_TDE_NONCE_LIMIT (UINT64_C(1) << 32) /* encryptions per key version */
-#define SR_TDE_RESERVE_BLOCK (UINT64_C(1) << 20) /* reserved in the header ahead of use */
+#define SR_TDE_RESERVE_FIRST (UINT64_C(1) << 8) /* first reservation of a process, doubling ... */
+#define SR_TDE_RESERVE_BLOCK (UINT64_C(1) << 20) /* ... up to this; the unused rest is given back at close */
+#define SR_TDE_BIND_MAX 40  /* bytes of plaintext context a page or seal may be bound to */
 #define SR_TDE_MIN_PAGE 512
 #define SR_TDE_MAX_PAGE 65536
 
@@ -57,9 +63,18 @@ typedef enum sr_tde_file_kind {
     SR_TDE_FILE_DB = 1,        /* location = page number (1-based) */
     SR_TDE_FILE_WAL = 2,       /* location = frame index (0-based) */
     SR_TDE_FILE_JOURNAL = 3,   /* location = byte offset of the page image */
-    SR_TDE_FILE_SUBJOURNAL = 4 /* location = byte offset of the page image */
+    SR_TDE_FILE_SUBJOURNAL = 4, /* location = byte offset of the page image */
+    SR_TDE_FILE_JOURNAL_HEADER = 5 /* a seal: location = byte offset of the journal header */
 } sr_tde_file_kind_t;
 const char *sr_tde_file_kind_name(sr_tde_file_kind_t kind);
+
+/* Where a page image (or a seal) belongs: what its AAD binds. */
+typedef struct sr_tde_place {
+    sr_tde_file_kind_t kind;
+    uint64_t location;
+    const uint8_t *bind; /* plaintext stored beside it that must not change (NULL: none) */
+    size_t bind_len;     /* <= SR_TDE_BIND_MAX */
+} sr_tde_place_t;
 
 /* ---- tablespace ---------------------------------------------------------- */
 
@@ -90,10 +105,25 @@ uint32_t sr_tde_space_active(const sr_tde_space_t *space);
 const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *space);
 sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *space);
 void sr_tde_space_set_hooks(sr_tde_space_t *space, const sr_tde_space_hooks_t *hooks);
-/* Tests only: a lower limit than SR_TDE_NONCE_LIMIT, and the reservation step. */
+/* Tests only: a lower limit than SR_TDE_NONCE_LIMIT, and the largest reservation step. */
 void sr_tde_space_set_limits(sr_tde_space_t *space, uint64_t nonce_limit, uint64_t reserve_block);
 /* Encryptions counted under `version` (for status output and tests). */
 uint64_t sr_tde_space_encryptions(sr_tde_space_t *space, uint32_t version);
+/* What this process reserved but did not use, for giving it back at close:
+ * for each key, [used, reserved). Returns how many entries were filled. */
+typedef struct sr_tde_unused {
+    uint32_t version;
+    uint64_t used, reserved;
+} sr_tde_unused_t;
+size_t sr_tde_space_unused(sr_tde_space_t *space, sr_tde_unused_t out[SR_TDE_MAX_KEY_VERSIONS]);
+/* HKDF-SHA256 of the DEK of `version` with `label`: a key for something other
+ * than pages (the key header's MAC), never the DEK itself. SR_ERR_TDE_KEY_VERSION
+ * if that version is not loaded. */
+sr_err_t sr_tde_space_derive(sr_tde_space_t *space, uint32_t version, const char *label, uint8_t out[32]) SR_MUST_CHECK;
+/* The same derivation from a DEK in hand (a header being created). */
+sr_err_t sr_tde_key_derive(const uint8_t dek[SR_TDE_KEY_BYTES], const sr_uuid_t *id, const char *label,
+                           uint8_t out[32]) SR_MUST_CHECK;
+int sr_tde_space_has_key(sr_tde_space_t *space, uint32_t version);
 void sr_tde_space_free(sr_tde_space_t *space);
 
 /* ---- page cipher ---------------------------------------------------------- */
@@ -105,12 +135,19 @@ void sr_tde_pagectx_free(sr_tde_pagectx_t *ctx);
 
 /* in -> out (distinct buffers of page_size bytes); writes the trailer. The
  * plaintext's last 32 bytes are not encrypted (they are the trailer's place). */
-sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, sr_tde_file_kind_t kind, uint64_t location, const uint8_t *in,
-                             uint8_t *out, size_t page_size) SR_MUST_CHECK;
+sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
+                             size_t page_size) SR_MUST_CHECK;
 /* In place; on success the trailer bytes are zeroed. SR_ERR_TDE_PAGE_AUTH (the
  * detail names kind, location, key version and reason) or SR_ERR_TDE_KEY_VERSION. */
-sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, sr_tde_file_kind_t kind, uint64_t location, uint8_t *page,
+sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, uint8_t *page,
                              size_t page_size) SR_MUST_CHECK;
+/* A seal: a trailer (nonce | key version | tag) authenticating the place and
+ * its binding with no body, for plaintext structures SQLite acts on (the
+ * rollback journal's header). Checking returns SR_ERR_TDE_PAGE_AUTH on mismatch. */
+sr_err_t sr_tde_seal_make(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
+                          uint8_t seal[SR_TDE_PAGE_TRAILER]) SR_MUST_CHECK;
+sr_err_t sr_tde_seal_check(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
+                           const uint8_t seal[SR_TDE_PAGE_TRAILER]) SR_MUST_CHECK;
 /* The trailer's key version, without decrypting (status, verify). */
 uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size);
 int sr_tde_page_size_valid(size_t page_size);
@@ -132,7 +169,8 @@ typedef struct sr_tde_header_key {
     sr_wrapped_key_t wrapped;
 } sr_tde_header_key_t;
 
-#define SR_TDE_HEADER_FORMAT 1
+#define SR_TDE_HEADER_FORMAT 2
+#define SR_TDE_HEADER_HAS_PAGES 1u /* flags: SQLite pages were written (a file with none was cut) */
 typedef struct sr_tde_header {
     uint16_t format_version;
     uint64_t generation;
@@ -145,14 +183,33 @@ typedef struct sr_tde_header {
     uint32_t n_keys;
     sr_tde_header_key_t keys[SR_TDE_MAX_KEY_VERSIONS];
     int64_t created_us, updated_us;
+    uint32_t flags;                  /* SR_TDE_HEADER_HAS_PAGES */
+    uint8_t checksum[32];            /* decoded: SHA-256 of the fields (torn-write check) */
+    uint8_t mac[32];                 /* decoded: HMAC-SHA256 under the header key */
 } sr_tde_header_t;
 
-sr_err_t sr_tde_header_encode(const sr_tde_header_t *hdr, uint8_t slot[SR_TDE_HEADER_SLOT]) SR_MUST_CHECK;
+/* The header key: HKDF-SHA256 of the active DEK (sr_tde_space_derive with
+ * this label), so only a holder of the tablespace's keys can write a header
+ * that verifies; editing the active version changes which key checks it. */
+#define SR_TDE_HEADER_KEY_LABEL "strongroom key header v2"
+#define SR_TDE_HEADER_KEY_BYTES 32
+
+/* header_key: the key derived from hdr's active DEK. */
+sr_err_t sr_tde_header_encode(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES],
+                              uint8_t slot[SR_TDE_HEADER_SLOT]) SR_MUST_CHECK;
+/* Structure and checksum only: the MAC needs the key (sr_tde_header_verify). */
 sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *out) SR_MUST_CHECK;
-/* The newest valid slot of the region (and its index). SR_ERR_TDE_NO_HEADER if
- * neither slot has the magic; SR_ERR_CORRUPT / SR_ERR_VERSION otherwise. */
-sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_t *out,
-                            int *slot_out) SR_MUST_CHECK;
+/* SR_ERR_AUTH if the MAC does not verify under header_key. */
+sr_err_t sr_tde_header_verify(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES]) SR_MUST_CHECK;
+/* Checks a decoded header's MAC (returns SR_OK, SR_ERR_AUTH, or why it could not). */
+typedef sr_err_t (*sr_tde_header_auth_fn)(void *ctx, const sr_tde_header_t *hdr);
+/* The newest slot of the region that decodes and, with `auth`, authenticates.
+ * A newer slot that decodes but fails authentication is an edit: SR_ERR_CORRUPT
+ * naming the slot (never silently the older one). Without `auth` (status
+ * without a key) the newest decodable slot. SR_ERR_TDE_NO_HEADER if neither
+ * slot has the magic; SR_ERR_CORRUPT / SR_ERR_VERSION otherwise. */
+sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_auth_fn auth, void *auth_ctx,
+                            sr_tde_header_t *out, int *slot_out) SR_MUST_CHECK;
 int sr_tde_header_is_present(const uint8_t *buf, size_t len);
 sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t version);
 

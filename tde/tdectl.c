@@ -68,12 +68,33 @@ static sr_err_t open_provider(const options_t *o, sr_keyprov_t **kp)
     return sr_keyprov_keyfile_open(o->keyfile, kp);
 }
 
-static void uri_for(char *out, size_t cap, const char *path, const char *keyfile, const options_t *o)
+/* Percent-escapes everything but unreserved characters and '/', so a path
+ * with '?', '#', '&', '%' or spaces stays a path (SQLite decodes %XX). */
+static void uri_escape(char *out, size_t cap, const char *s)
 {
-    char cipher[64] = "", psize[32] = "";
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p && n + 4 < cap; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("/._-~", *p))
+            out[n++] = (char)*p;
+        else
+            out[n++] = '%', out[n++] = hex[*p >> 4], out[n++] = hex[*p & 15];
+    }
+    out[n] = '\0';
+}
+
+/* 0 if the URI did not fit (a path of thousands of characters). */
+static int uri_for(char *out, size_t cap, const char *path, const char *keyfile, const options_t *o)
+{
+    char cipher[64] = "", psize[32] = "", epath[4096 * 3 + 1], ekey[4096 * 3 + 1];
     if (o && o->cipher) snprintf(cipher, sizeof cipher, "&cipher=%s", sr_tde_cipher_name(o->cipher));
     if (o && o->page_size) snprintf(psize, sizeof psize, "&page_size=%u", o->page_size);
-    snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s%s", path, keyfile, cipher, psize);
+    uri_escape(epath, sizeof epath, path);
+    uri_escape(ekey, sizeof ekey, keyfile);
+    int n = snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s%s", epath, ekey, cipher, psize);
+    if (n >= 0 && (size_t)n < cap) return 1;
+    fprintf(stderr, "tdectl: %s: path too long\n", path);
+    return 0;
 }
 
 /* One audit event per administrative action (no-op without an audit log). */
@@ -173,18 +194,22 @@ static int cmd_create(options_t *o)
 static int cmd_status(options_t *o)
 {
     if (o->argc < 1) return usage();
+    sr_keyprov_t *kp = NULL; /* with a key the header is authenticated, without it only shown */
+    if (o->keyfile && open_provider(o, &kp) != SR_OK) return fail("status", sr_err_last());
     int status = 0;
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
         int slot = 0;
-        sr_err_t rc = sr_tde_file_header_read(o->argv[i], &h, &slot);
+        sr_err_t rc = sr_tde_file_header_read(o->argv[i], kp, &h, &slot);
         if (rc != SR_OK) {
             status |= fail(o->argv[i], rc);
             continue;
         }
         print_header(o->argv[i], &h, slot);
+        printf("  header MAC   %s\n", kp ? "verified" : "not checked (no key given: pass --keyfile to verify it)");
         print_page_histogram(o->argv[i], h.page_size);
     }
+    sr_keyprov_free(kp);
     return status;
 }
 
@@ -213,7 +238,7 @@ static int verify_pages(const char *path, sr_keyprov_t *kp, uint64_t *pages_out)
             bad++;
             break;
         }
-        if (sr_tde_page_decrypt(pc, SR_TDE_FILE_DB, pgno, page, ps) != SR_OK) {
+        if (sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = pgno}, page, ps) != SR_OK) {
             fprintf(stderr, "tdectl: %s: %s\n", path, sr_err_detail());
             if (++bad == 10) break;
         }
@@ -229,8 +254,8 @@ static int verify_pages(const char *path, sr_keyprov_t *kp, uint64_t *pages_out)
 
 static int integrity_check(const char *path, const char *keyfile)
 {
-    char uri[8192];
-    uri_for(uri, sizeof uri, path, keyfile, NULL);
+    char uri[16384];
+    if (!uri_for(uri, sizeof uri, path, keyfile, NULL)) return 1;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
         return sqlite_fail(db, path);
@@ -289,29 +314,14 @@ static int page_size_of(sqlite3 *db)
     return ps;
 }
 
-/* A plaintext copy of src with 32 reserved bytes per page: a consistent
- * snapshot (backup API), then VACUUM, which is how SQLite changes reserve. */
-static int plaintext_with_reserve(const char *src_path, const char *tmp_path, int *page_size)
+static int sqlite_int(sqlite3 *db, const char *sql)
 {
-    sqlite3 *src = NULL, *tmp = NULL;
-    char uri[8192];
-    snprintf(uri, sizeof uri, "file:%s?mode=ro", src_path);
-    if (sqlite3_open_v2(uri, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) != SQLITE_OK)
-        return sqlite_fail(src, src_path);
-    if (sqlite3_open_v2(tmp_path, &tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
-        sqlite3_close(src);
-        return sqlite_fail(tmp, tmp_path);
-    }
-    int reserve = SR_TDE_PAGE_TRAILER;
-    int rc = backup_all(src, tmp);
-    sqlite3_close(src);
-    if (rc == SQLITE_OK) rc = exec(tmp, "PRAGMA journal_mode=DELETE");
-    if (rc == SQLITE_OK) rc = sqlite3_file_control(tmp, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
-    if (rc == SQLITE_OK) rc = exec(tmp, "VACUUM");
-    if (rc != SQLITE_OK) return sqlite_fail(tmp, src_path);
-    *page_size = page_size_of(tmp);
-    sqlite3_close(tmp);
-    return 0;
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return v;
 }
 
 static int refuse_existing(const char *path)
@@ -324,28 +334,57 @@ static int refuse_existing(const char *path)
     return 0;
 }
 
+/* A copy of src with 32 reserved bytes per page, in an anonymous temporary
+ * database opened through strongroom: SQLite opens it as a temp database, so
+ * the VFS encrypts it (AES-256-XTS, key never stored) and it is deleted at
+ * close. A consistent snapshot (backup API), then VACUUM, which is how SQLite
+ * changes the reserve. The source is read with plaintext=1 through
+ * strongroom, so even its temp and sort files are encrypted. No plaintext
+ * reaches the disk but the source itself. */
+static int reserved_copy(const char *src_path, sqlite3 **tmp_out, int *page_size)
+{
+    sqlite3 *src = NULL, *tmp = NULL;
+    char uri[16384], esrc[4096 * 3 + 1];
+    uri_escape(esrc, sizeof esrc, src_path);
+    snprintf(uri, sizeof uri, "file:%s?vfs=strongroom&plaintext=1&mode=ro", esrc);
+    if (sqlite3_open_v2(uri, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
+        return sqlite_fail(src, src_path);
+    if (sqlite3_open_v2("", &tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "strongroom") != SQLITE_OK) {
+        sqlite3_close(src);
+        return sqlite_fail(tmp, "temporary copy");
+    }
+    int reserve = SR_TDE_PAGE_TRAILER;
+    int rc = backup_all(src, tmp);
+    sqlite3_close(src);
+    if (rc == SQLITE_OK) rc = sqlite3_file_control(tmp, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+    if (rc == SQLITE_OK) rc = exec(tmp, "VACUUM");
+    if (rc != SQLITE_OK) return sqlite_fail(tmp, src_path);
+    *page_size = page_size_of(tmp);
+    *tmp_out = tmp;
+    return 0;
+}
+
 static int cmd_encrypt(options_t *o)
 {
     if (o->argc != 2) return usage();
     const char *src = o->argv[0], *dst = o->argv[1];
     if (!o->keyfile) return fail("encrypt", open_provider(o, NULL));
     if (refuse_existing(dst)) return 1;
-    char tmp[8192], uri[8192];
-    snprintf(tmp, sizeof tmp, "%s.tdectl-plain.%ld", dst, (long)getpid());
+    char uri[16384];
     int ps = 0;
-    if (plaintext_with_reserve(src, tmp, &ps)) return unlink(tmp), 1;
+    sqlite3 *in = NULL, *out = NULL;
+    if (reserved_copy(src, &in, &ps)) return 1;
     options_t create = *o;
     create.page_size = (uint32_t)ps;
-    uri_for(uri, sizeof uri, dst, o->keyfile, &create);
-    sqlite3 *in = NULL, *out = NULL;
-    int rc = sqlite3_open_v2(tmp, &in, SQLITE_OPEN_READONLY, NULL);
-    if (rc == SQLITE_OK) rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
-                                              "strongroom");
+    if (!uri_for(uri, sizeof uri, dst, o->keyfile, &create)) return sqlite3_close(in), 1;
+    int av = sqlite_int(in, "PRAGMA auto_vacuum");
+    static const char *av_names[] = {"none", "full", "incremental"};
+    if (av > 0 && av < 3) snprintf(uri + strlen(uri), sizeof uri - strlen(uri), "&auto_vacuum=%s", av_names[av]);
+    int rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom");
     if (rc == SQLITE_OK) rc = backup_all(in, out);
     int status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);
     if (rc == SQLITE_OK) sqlite3_close(out);
     sqlite3_close(in);
-    unlink(tmp);
     if (status) return unlink(dst), 1;
     if (integrity_check(dst, o->keyfile)) return 1;
     audited("tablespace.encrypt", dst, 1, src);
@@ -360,8 +399,8 @@ static int cmd_decrypt(options_t *o)
     const char *src = o->argv[0], *dst = o->argv[1];
     if (!o->keyfile) return fail("decrypt", open_provider(o, NULL));
     if (refuse_existing(dst)) return 1;
-    char uri[8192];
-    uri_for(uri, sizeof uri, src, o->keyfile, NULL);
+    char uri[16384];
+    if (!uri_for(uri, sizeof uri, src, o->keyfile, NULL)) return 1;
     sqlite3 *in = NULL, *out = NULL;
     int rc = sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom");
     if (rc != SQLITE_OK) return sqlite_fail(in, src);
@@ -389,8 +428,8 @@ static int cmd_rekey(options_t *o)
     printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
     audited("key.rekey", o->argv[0], 1, "new data key version");
     if (!o->rewrite) return 0;
-    char uri[8192];
-    uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL);
+    char uri[16384];
+    if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) return 1;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
         exec(db, "VACUUM") != SQLITE_OK)
@@ -461,7 +500,7 @@ int main(int argc, char **argv)
     o.page_size = (uint32_t)ps;
     o.argc = argc - optind;
     o.argv = argv + optind;
-    if (sr_secure_init() != SR_OK) return fail("init", SR_ERR_CRYPTO);
+    if (sr_process_harden() != SR_OK) return fail("init", sr_err_last()); /* no core dumps, no ptrace by others */
     sr_log_set_level(SR_LOG_WARN);
     sr_audit_writer_t *audit = NULL; /* $STRONGROOM_AUDIT_LOG: what tdectl does is audited */
     if (sr_audit_open_from_env(&audit) != SR_OK) return fail("audit log", sr_err_last());

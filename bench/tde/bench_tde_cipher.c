@@ -50,10 +50,10 @@ static void run(sr_tde_cipher_t cipher, const char *evp_name)
     while (now_s() - t0 < budget) {
         double a = now_s();
         for (int i = 0; i < 256; i++)
-            if (sr_tde_page_encrypt(pc, SR_TDE_FILE_DB, (uint64_t)i, plain, pages + (size_t)i * PAGE, PAGE) != SR_OK) exit(1);
+            if (sr_tde_page_encrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = (uint64_t)i}, plain, pages + (size_t)i * PAGE, PAGE) != SR_OK) exit(1);
         double b = now_s();
         for (int i = 0; i < 256; i++)
-            if (sr_tde_page_decrypt(pc, SR_TDE_FILE_DB, (uint64_t)i, pages + (size_t)i * PAGE, PAGE) != SR_OK) exit(1);
+            if (sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = (uint64_t)i}, pages + (size_t)i * PAGE, PAGE) != SR_OK) exit(1);
         dec_t += now_s() - b;
         enc_t += b - a;
         n += 256;

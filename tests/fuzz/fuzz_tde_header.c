@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(region, 0, sizeof region);
     memcpy(region, data, size < sizeof region ? size : sizeof region);
     sr_tde_header_t h;
-    if (sr_tde_header_pick(region, &h, NULL) == SR_OK) {
+    if (sr_tde_header_pick(region, NULL, NULL, &h, NULL) == SR_OK) {
         if (h.n_keys == 0 || h.n_keys > SR_TDE_MAX_KEY_VERSIONS || !sr_tde_page_size_valid(h.page_size)) __builtin_trap();
         for (uint32_t i = 0; i < h.n_keys; i++)
             if (h.keys[i].wrapped.blob_len > SR_KEYMGR_WRAPPED_MAX) __builtin_trap();

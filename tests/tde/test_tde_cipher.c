@@ -7,6 +7,8 @@
  * limit, through the real key-header code on a real file).
  */
 #include "sr_test.h"
+
+#include <openssl/sha.h>
 #include "tablespace.h"
 #include "tde.h"
 
@@ -42,10 +44,10 @@ static void test_round_trip_every_cipher_and_page_size(void)
             SR_CHECK_OK(sr_tde_pagectx_new(s, &pc));
             uint8_t *plain = malloc(ps), *page = malloc(ps);
             fill_page(plain, ps, (unsigned)ps);
-            SR_CHECK_OK(sr_tde_page_encrypt(pc, SR_TDE_FILE_DB, 7, plain, page, ps));
+            SR_CHECK_OK(sr_tde_page_encrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 7}, plain, page, ps));
             SR_CHECK(memcmp(plain, page, 64) != 0);
             SR_CHECK(sr_tde_page_key_version(page, ps) == 1);
-            SR_CHECK_OK(sr_tde_page_decrypt(pc, SR_TDE_FILE_DB, 7, page, ps));
+            SR_CHECK_OK(sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 7}, page, ps));
             SR_CHECK_MSG(memcmp(plain, page, ps) == 0, "%s at %zu bytes: round trip differs",
                          sr_tde_cipher_name(ciphers[c]), ps);
             free(plain), free(page);
@@ -63,12 +65,12 @@ static void test_every_flipped_bit_is_detected(void)
         SR_CHECK_OK(sr_tde_pagectx_new(s, &pc));
         uint8_t plain[1024], enc[1024], page[1024];
         fill_page(plain, ps, 3);
-        SR_CHECK_OK(sr_tde_page_encrypt(pc, SR_TDE_FILE_WAL, 3, plain, enc, ps));
+        SR_CHECK_OK(sr_tde_page_encrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_WAL, .location = 3}, plain, enc, ps));
         int undetected = 0;
         for (size_t bit = 0; bit < ps * 8; bit++) {
             memcpy(page, enc, ps);
             page[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-            sr_err_t rc = sr_tde_page_decrypt(pc, SR_TDE_FILE_WAL, 3, page, ps);
+            sr_err_t rc = sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_WAL, .location = 3}, page, ps);
             if (rc == SR_OK) undetected++;
             else {
                 /* nothing of the failed page is handed back */
@@ -92,24 +94,24 @@ static void test_aad_binds_place_kind_and_tablespace(void)
     SR_CHECK_OK(sr_tde_pagectx_new(b, &pb));
     uint8_t plain[4096], enc[4096], page[4096];
     fill_page(plain, ps, 9);
-    SR_CHECK_OK(sr_tde_page_encrypt(pa, SR_TDE_FILE_DB, 5, plain, enc, ps));
+    SR_CHECK_OK(sr_tde_page_encrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 5}, plain, enc, ps));
     memcpy(page, enc, ps);
-    SR_CHECK_ERR(sr_tde_page_decrypt(pa, SR_TDE_FILE_DB, 6, page, ps), SR_ERR_TDE_PAGE_AUTH); /* moved */
+    SR_CHECK_ERR(sr_tde_page_decrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 6}, page, ps), SR_ERR_TDE_PAGE_AUTH); /* moved */
     SR_CHECK(strstr(sr_err_detail(), "database page 6") != NULL);
     SR_CHECK(strstr(sr_err_detail(), "tag mismatch") != NULL);
     memcpy(page, enc, ps);
-    SR_CHECK_ERR(sr_tde_page_decrypt(pa, SR_TDE_FILE_JOURNAL, 5, page, ps), SR_ERR_TDE_PAGE_AUTH); /* other kind */
+    SR_CHECK_ERR(sr_tde_page_decrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_JOURNAL, .location = 5}, page, ps), SR_ERR_TDE_PAGE_AUTH); /* other kind */
     memcpy(page, enc, ps);
-    SR_CHECK_ERR(sr_tde_page_decrypt(pb, SR_TDE_FILE_DB, 5, page, ps), SR_ERR_TDE_PAGE_AUTH); /* other tablespace */
+    SR_CHECK_ERR(sr_tde_page_decrypt(pb, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 5}, page, ps), SR_ERR_TDE_PAGE_AUTH); /* other tablespace */
     memset(page, 0, ps);
-    SR_CHECK_ERR(sr_tde_page_decrypt(pa, SR_TDE_FILE_DB, 5, page, ps), SR_ERR_TDE_PAGE_AUTH);
-    SR_CHECK(strstr(sr_err_detail(), "all-zero page") != NULL);
+    SR_CHECK_ERR(sr_tde_page_decrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 5}, page, ps), SR_ERR_TDE_PAGE_AUTH);
+    SR_CHECK(strstr(sr_err_detail(), "all zeros") != NULL);
     memcpy(page, enc, ps);
     page[ps - 20] = 9; /* key version 9..., unknown */
-    SR_CHECK_ERR(sr_tde_page_decrypt(pa, SR_TDE_FILE_DB, 5, page, ps), SR_ERR_TDE_PAGE_AUTH);
+    SR_CHECK_ERR(sr_tde_page_decrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 5}, page, ps), SR_ERR_TDE_PAGE_AUTH);
     SR_CHECK(strstr(sr_err_detail(), "unknown key version") != NULL);
     memcpy(page, enc, ps);
-    SR_CHECK_OK(sr_tde_page_decrypt(pa, SR_TDE_FILE_DB, 5, page, ps));
+    SR_CHECK_OK(sr_tde_page_decrypt(pa, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 5}, page, ps));
     sr_tde_pagectx_free(pa), sr_tde_pagectx_free(pb);
     sr_tde_space_free(a), sr_tde_space_free(b);
 }
@@ -147,7 +149,7 @@ static void test_nonces_never_repeat_across_restart(void)
         sr_tde_space_set_limits(s, 0, 4096);
         SR_CHECK_OK(sr_tde_pagectx_new(s, &pc));
         for (int i = 0; i < PER_RUN; i++) {
-            SR_CHECK_OK(sr_tde_page_encrypt(pc, SR_TDE_FILE_DB, (uint64_t)i, plain, page, ps));
+            SR_CHECK_OK(sr_tde_page_encrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = (uint64_t)i}, plain, page, ps));
             memcpy(nonces + ((size_t)run * PER_RUN + i) * SR_TDE_NONCE_BYTES, page + ps - SR_TDE_PAGE_TRAILER,
                    SR_TDE_NONCE_BYTES);
         }
@@ -189,21 +191,25 @@ static void test_budget_persisted_and_key_rolled_in_header(void)
     fill_page(plain, 512, 4);
     uint32_t seen[4] = {0};
     for (int i = 0; i < 2500; i++) {
-        SR_CHECK_OK(sr_tde_page_encrypt(pc, SR_TDE_FILE_DB, 1, plain, page, 512));
+        SR_CHECK_OK(sr_tde_page_encrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 1}, plain, page, 512));
         uint32_t v = sr_tde_page_key_version(page, 512);
         if (v >= 1 && v <= 3) seen[v]++;
-        if (i % 97 == 0) SR_CHECK_OK(sr_tde_page_decrypt(pc, SR_TDE_FILE_DB, 1, page, 512));
+        if (i % 97 == 0) SR_CHECK_OK(sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = 1}, page, 512));
     }
     SR_CHECK_MSG(seen[1] <= 1000 && seen[2] <= 1000 && seen[1] + seen[2] + seen[3] == 2500,
                  "per-version counts %u %u %u", seen[1], seen[2], seen[3]);
     SR_CHECK(sr_tde_space_active(s) == 3);
     sr_tde_header_t h;
-    SR_CHECK_OK(sr_tde_file_header_read(db, &h, NULL));
+    SR_CHECK_OK(sr_tde_file_header_read(db, kp, &h, NULL));
     SR_CHECK(h.n_keys == 3 && h.active_version == 3);
     SR_CHECK(h.keys[0].encryptions_reserved == 1000 && h.keys[1].encryptions_reserved == 1000);
     SR_CHECK(h.keys[2].encryptions_reserved >= seen[3]);
     sr_tde_pagectx_free(pc);
     sr_tde_ts_release(ts);
+    /* closing gave the unused rest back: the mark is exactly what was used */
+    SR_CHECK_OK(sr_tde_file_header_read(db, kp, &h, NULL));
+    SR_CHECK_MSG(h.keys[2].encryptions_reserved == seen[3], "mark %llu, used %u",
+                 (unsigned long long)h.keys[2].encryptions_reserved, seen[3]);
 
     /* reopen: every key unwraps, the count resumes at the persisted mark */
     SR_CHECK_OK(sr_tde_ts_open(db, kp, NULL, &ts));
@@ -213,9 +219,12 @@ static void test_budget_persisted_and_key_rolled_in_header(void)
     sr_keyprov_free(kp);
 }
 
+static sr_err_t auth_with(void *key, const sr_tde_header_t *h) { return sr_tde_header_verify(h, key); }
+
 static void test_header_round_trip_and_damage(void)
 {
-    sr_tde_header_t h = {.format_version = 1, .generation = 5, .cipher = SR_TDE_CIPHER_CHACHA20_POLY1305,
+    uint8_t hkey[SR_TDE_HEADER_KEY_BYTES] = {42}, other[SR_TDE_HEADER_KEY_BYTES] = {43};
+    sr_tde_header_t h = {.format_version = 2, .generation = 5, .cipher = SR_TDE_CIPHER_CHACHA20_POLY1305,
                          .page_size = 8192, .state = SR_TDE_STATE_ENCRYPTED, .active_version = 2, .n_keys = 2,
                          .created_us = 1, .updated_us = 2};
     sr_uuid_generate(&h.tablespace);
@@ -226,31 +235,48 @@ static void test_header_round_trip_and_damage(void)
         SR_CHECK_OK(sr_keymgr_wrap(SR_WRAP_AES_256_GCM, kek, 32, &h.tablespace, 1, NULL, 0, dek, 32, &h.keys[i].wrapped));
     }
     uint8_t region[SR_TDE_HEADER_REGION] = {0};
-    SR_CHECK_OK(sr_tde_header_encode(&h, region));
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
     sr_tde_header_t back;
     int slot = -1;
-    SR_CHECK_OK(sr_tde_header_pick(region, &back, &slot));
+    SR_CHECK_OK(sr_tde_header_pick(region, auth_with, hkey, &back, &slot));
     SR_CHECK(slot == 0 && back.generation == 5 && back.page_size == 8192 && back.n_keys == 2 &&
              back.keys[1].encryptions_reserved == 2000 && sr_uuid_equal(&back.tablespace, &h.tablespace) &&
              back.keys[1].wrapped.blob_len == h.keys[1].wrapped.blob_len);
     /* newer generation in slot 1 wins; a torn slot 1 falls back to slot 0 */
     h.generation = 6;
-    SR_CHECK_OK(sr_tde_header_encode(&h, region + SR_TDE_HEADER_SLOT));
-    SR_CHECK_OK(sr_tde_header_pick(region, &back, &slot));
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region + SR_TDE_HEADER_SLOT));
+    SR_CHECK_OK(sr_tde_header_pick(region, auth_with, hkey, &back, &slot));
     SR_CHECK(slot == 1 && back.generation == 6);
     region[SR_TDE_HEADER_SLOT + 100] ^= 1;
-    SR_CHECK_OK(sr_tde_header_pick(region, &back, &slot));
+    SR_CHECK_OK(sr_tde_header_pick(region, auth_with, hkey, &back, &slot));
     SR_CHECK(slot == 0 && back.generation == 5);
     region[100] ^= 1;
-    SR_CHECK_ERR(sr_tde_header_pick(region, &back, &slot), SR_ERR_CORRUPT);
+    SR_CHECK_ERR(sr_tde_header_pick(region, auth_with, hkey, &back, &slot), SR_ERR_CORRUPT);
     SR_CHECK(strstr(sr_err_detail(), "checksum") != NULL);
-    /* an unknown format version names both versions */
-    SR_CHECK_OK(sr_tde_header_encode(&h, region));
+    /* an edit whose checksum is recomputed (no key needed for that) fails the MAC:
+     * the active version set back, a generation of 2^64-1 */
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region + SR_TDE_HEADER_SLOT));
+    region[SR_TDE_HEADER_SLOT + 51] = 1;             /* active version 2 -> 1 */
+    memset(region + SR_TDE_HEADER_SLOT + 10, 0xff, 8); /* generation 2^64-1 */
+    SHA256(region + SR_TDE_HEADER_SLOT, 2352, region + SR_TDE_HEADER_SLOT + 2352);
+    SR_CHECK_OK(sr_tde_header_pick(region, NULL, NULL, &back, &slot)); /* unauthenticated: takes it */
+    SR_CHECK(slot == 1 && back.active_version == 1);
+    SR_CHECK_ERR(sr_tde_header_pick(region, auth_with, hkey, &back, &slot), SR_ERR_CORRUPT);
+    SR_CHECK(strstr(sr_err_detail(), "slot 1") && strstr(sr_err_detail(), "MAC"));
+    /* another tablespace's header key does not verify an intact header either */
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region + SR_TDE_HEADER_SLOT));
+    SR_CHECK_ERR(sr_tde_header_pick(region, auth_with, other, &back, &slot), SR_ERR_CORRUPT);
+    /* an unknown format version names both versions; format 1 says what to do */
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
     region[9] = 7;
     SR_CHECK_ERR(sr_tde_header_decode(region, SR_TDE_HEADER_SLOT, &back), SR_ERR_VERSION);
-    SR_CHECK(strstr(sr_err_detail(), "format 7") != NULL && strstr(sr_err_detail(), "format 1") != NULL);
+    SR_CHECK(strstr(sr_err_detail(), "format 7") != NULL && strstr(sr_err_detail(), "format 2") != NULL);
+    region[9] = 1;
+    SR_CHECK_ERR(sr_tde_header_decode(region, SR_TDE_HEADER_SLOT, &back), SR_ERR_VERSION);
+    SR_CHECK(strstr(sr_err_detail(), "decrypt the file with that build") != NULL);
     memset(region, 0, sizeof region);
-    SR_CHECK_ERR(sr_tde_header_pick(region, &back, &slot), SR_ERR_TDE_NO_HEADER);
+    SR_CHECK_ERR(sr_tde_header_pick(region, auth_with, hkey, &back, &slot), SR_ERR_TDE_NO_HEADER);
 }
 
 static void test_xts_temp_cipher(void)
