@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "keymgr.h"
@@ -173,6 +174,8 @@ int sqlt_workload(sqlite3 *db, unsigned seed, int rows, const char *marker)
 
 static int file_has(const char *path, const char *marker)
 {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0; /* a FIFO would block */
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
     size_t mlen = strlen(marker), cap = 1 << 16, keep = 0;

@@ -7,8 +7,7 @@
  * bad page; `tdectl verify` names the page and exits 1. Also the tdectl
  * commands end to end (status, verify, encrypt/decrypt, rekey, rotate-master).
  */
-#include "sqlt.h"
-#include "sr_test.h"
+#include "tdev.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -16,85 +15,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define PS 4096
-#define HDR 8192
 #define MARKER "TAMPER-MARKER-777"
-
-static char keyfile[512];
-
-static int tdectl(char *out, size_t cap, const char *fmt, ...) SR_PRINTF(3, 4);
-static int tdectl(char *out, size_t cap, const char *fmt, ...)
-{
-    char args[3000], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", sr_test_build_path("tde/tdectl"), args);
-    FILE *p = popen(cmd, "r");
-    size_t n = p ? fread(out, 1, cap - 1, p) : 0;
-    out[n] = '\0';
-    int st = p ? pclose(p) : -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static const char *make_db(const char *name, const char *mode, int rows)
-{
-    static char path[4][512];
-    static int next;
-    char *p = path[next++ % 4];
-    snprintf(p, sizeof path[0], "%s", sr_test_path(name));
-    sqlite3 *db = NULL;
-    SR_CHECK_EQ_INT(sqlt_open(p, keyfile, NULL, &db), SQLITE_OK);
-    char sql[128];
-    snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", mode);
-    SR_CHECK_EQ_INT(sqlt_exec(db, sql), SQLITE_OK);
-    SR_CHECK_EQ_INT(sqlt_workload(db, 5, rows, MARKER), SQLITE_OK);
-    sqlite3_close(db);
-    return p;
-}
-
-/* Opens and reads everything; returns the extended error code (0 if all read). */
-static int read_all(const char *path)
-{
-    sqlite3 *db = NULL;
-    sqlt_clear_log();
-    int rc = sqlt_open(path, keyfile, NULL, &db);
-    if (rc == SQLITE_OK) {
-        rc = sqlt_exec(db, "SELECT count(*), sum(length(v)), sum(k) FROM t; SELECT count(*) FROM t INDEXED BY t_k "
-                           "WHERE k > -1");
-        if (rc != SQLITE_OK) rc = sqlite3_extended_errcode(db);
-    }
-    sqlite3_close(db);
-    return rc;
-}
-
-static void flip(const char *path, long off)
-{
-    size_t len = 0;
-    uint8_t *b = sr_test_read_file(path, &len);
-    SR_CHECK(b && (size_t)off < len);
-    if (!b || (size_t)off >= len) return;
-    b[off] ^= 0x20;
-    SR_CHECK(sr_test_write_file(path, b, len) == 0);
-    free(b);
-}
-
-static void copy_range(const char *from, long from_off, const char *to, long to_off, size_t n)
-{
-    size_t la = 0, lb = 0;
-    uint8_t *a = sr_test_read_file(from, &la), *b = sr_test_read_file(to, &lb);
-    SR_CHECK(a && b && from_off + n <= la && to_off + n <= lb);
-    if (a && b && from_off + n <= la && to_off + n <= lb) {
-        memcpy(b + to_off, a + from_off, n);
-        SR_CHECK(sr_test_write_file(to, b, lb) == 0);
-    }
-    free(a), free(b);
-}
 
 static void test_flipped_bit_in_every_database_page(void)
 {
-    const char *path = make_db("flip.db", "DELETE", 600);
+    const char *path = make_db("flip.db", "DELETE", 600, MARKER);
     size_t len = 0;
     uint8_t *orig = sr_test_read_file(path, &len);
     long pages = (long)(len - HDR) / PS;
@@ -122,7 +47,7 @@ static void test_flipped_bit_in_every_database_page(void)
 
 static void test_swapped_pages_and_foreign_pages(void)
 {
-    const char *a = make_db("swap.db", "DELETE", 600), *b = make_db("other.db", "DELETE", 600);
+    const char *a = make_db("swap.db", "DELETE", 600, MARKER), *b = make_db("other.db", "DELETE", 600, MARKER);
     size_t len = 0;
     uint8_t *orig = sr_test_read_file(a, &len);
     /* swap pages 2 and 3 */
@@ -141,29 +66,10 @@ static void test_swapped_pages_and_foreign_pages(void)
     free(sw), free(orig);
 }
 
-/* A child writes, then dies without closing: the WAL (or hot journal) stays. */
-static void crash_mid_write(const char *path, const char *mode, const char *sql)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        sqlite3 *db = NULL;
-        char pragma[160];
-        snprintf(pragma, sizeof pragma, "PRAGMA journal_mode=%s; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=5",
-                 mode);
-        if (sqlt_open(path, keyfile, NULL, &db) != SQLITE_OK || sqlt_exec(db, pragma) != SQLITE_OK ||
-            sqlt_exec(db, sql) != SQLITE_OK)
-            _exit(2);
-        _exit(0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
-}
-
 /* A WAL-mode database whose writer died after an update: its WAL stays. */
 static const char *crashed_wal(const char *name, const char *sql, char wal[600], size_t *len)
 {
-    const char *path = make_db(name, "WAL", 300);
+    const char *path = make_db(name, "WAL", 300, MARKER);
     crash_mid_write(path, "WAL", sql);
     snprintf(wal, 600, "%s-wal", path);
     free(sr_test_read_file(wal, len));
@@ -203,7 +109,7 @@ static void test_torn_last_wal_frame_ends_the_log(void)
 
 static void test_flipped_bit_in_journal_and_foreign_kind(void)
 {
-    const char *path = make_db("jrnl.db", "DELETE", 600);
+    const char *path = make_db("jrnl.db", "DELETE", 600, MARKER);
     size_t before_len = 0, len = 0;
     uint8_t *before = sr_test_read_file(path, &before_len);
     crash_mid_write(path, "DELETE", "BEGIN; UPDATE t SET v = v || 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'; "
