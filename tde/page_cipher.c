@@ -52,6 +52,7 @@ typedef struct space_key {
     uint64_t assigned;         /* encryptions handed out under this key */
     uint64_t reserved;         /* the mark persisted in the key header */
     uint64_t next_claim;       /* size of the next reservation (doubles up to reserve_block) */
+    uint64_t returned;         /* handed out in leases but given back unused by their contexts */
 } space_key_t;
 
 struct sr_tde_space {
@@ -71,7 +72,6 @@ struct sr_tde_pagectx {
     EVP_CIPHER_CTX *enc, *dec;
     uint32_t enc_version, dec_version; /* which key each context holds; 0 = none */
     uint64_t lease_left;               /* encryptions left under enc_version */
-    uint64_t lease_end;                /* the space's count just after our lease */
     unsigned epoch;                    /* fork_epoch of the nonces and lease */
     size_t nonce_used;
     uint8_t nonces[NONCE_BUFFER_PAGES * SR_TDE_NONCE_BYTES];
@@ -217,9 +217,14 @@ size_t sr_tde_space_unused(sr_tde_space_t *s, sr_tde_unused_t out[SR_TDE_MAX_KEY
 {
     size_t n = 0;
     pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && s->epoch == fork_epoch; i++)
-        if (s->keys[i].version && s->keys[i].reserved > s->keys[i].assigned)
-            out[n++] = (sr_tde_unused_t){s->keys[i].version, s->keys[i].assigned, s->keys[i].reserved};
+    /* The header's mark only bounds how many encryptions were made (nonces
+     * are random: which counts were used does not matter), so leases given
+     * back out of order still come off the count. */
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && s->epoch == fork_epoch; i++) {
+        space_key_t *k = &s->keys[i];
+        uint64_t used = k->assigned - (k->returned < k->assigned ? k->returned : k->assigned);
+        if (k->version && k->reserved > used) out[n++] = (sr_tde_unused_t){k->version, used, k->reserved};
+    }
     pthread_mutex_unlock(&s->lock);
     return n;
 }
@@ -289,7 +294,7 @@ static sr_err_t space_claim(sr_tde_space_t *s, space_key_t *k, uint64_t *start, 
 static void space_after_fork(sr_tde_space_t *s)
 {
     if (s->epoch == fork_epoch) return;
-    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++) s->keys[i].reserved = s->keys[i].assigned;
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++) s->keys[i].reserved = s->keys[i].assigned, s->keys[i].returned = 0;
     s->epoch = fork_epoch;
 }
 
@@ -306,7 +311,7 @@ static sr_err_t space_roll(sr_tde_space_t *s, uint32_t exhausted)
 
 /* Grants up to LEASE encryptions under the active key, claiming a new range
  * (persisted before use) or rolling to a new key at the limit. Lock held. */
-static sr_err_t space_lease(sr_tde_space_t *s, uint32_t *version, uint64_t *granted, uint64_t *lease_end)
+static sr_err_t space_lease(sr_tde_space_t *s, uint32_t *version, uint64_t *granted)
 {
     space_after_fork(s);
     for (int attempt = 0; attempt < SR_TDE_MAX_KEY_VERSIONS + 1; attempt++) {
@@ -328,7 +333,6 @@ static sr_err_t space_lease(sr_tde_space_t *s, uint32_t *version, uint64_t *gran
         *granted = left < LEASE ? left : LEASE;
         k->assigned += *granted;
         *version = k->version;
-        *lease_end = k->assigned;
         return SR_OK;
     }
     return sr_err_set(SR_ERR_TDE_NONCE_LIMIT, "no key version with encryptions left");
@@ -357,13 +361,13 @@ sr_err_t sr_tde_pagectx_new(sr_tde_space_t *space, sr_tde_pagectx_t **out)
     return SR_OK;
 }
 
-/* An unused lease goes back to the space if nothing was leased after it. */
+/* The unused rest of a lease is counted as given back (sr_tde_space_unused). */
 static void lease_return(sr_tde_pagectx_t *c)
 {
     if (!c->lease_left || c->epoch != fork_epoch) return;
     pthread_mutex_lock(&c->space->lock);
     space_key_t *k = space_find(c->space, c->enc_version);
-    if (k && k->assigned == c->lease_end && c->space->epoch == fork_epoch) k->assigned -= c->lease_left;
+    if (k && c->space->epoch == fork_epoch) k->returned += c->lease_left;
     pthread_mutex_unlock(&c->space->lock);
     c->lease_left = 0;
 }
@@ -436,8 +440,8 @@ static sr_err_t take_encryption(sr_tde_pagectx_t *c, uint32_t *version)
         lease_return(c);
         pthread_mutex_lock(&c->space->lock);
         uint32_t v = 0;
-        uint64_t granted = 0, lease_end = 0;
-        sr_err_t rc = space_lease(c->space, &v, &granted, &lease_end);
+        uint64_t granted = 0;
+        sr_err_t rc = space_lease(c->space, &v, &granted);
         pthread_mutex_unlock(&c->space->lock);
         if (rc != SR_OK) return rc;
         if (v != c->enc_version) {
@@ -446,7 +450,6 @@ static sr_err_t take_encryption(sr_tde_pagectx_t *c, uint32_t *version)
             c->enc_version = v;
         }
         c->lease_left = granted;
-        c->lease_end = lease_end;
     }
     c->lease_left--;
     *version = c->enc_version;

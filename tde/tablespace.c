@@ -635,3 +635,36 @@ sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header
     close(fd);
     return rc;
 }
+
+typedef struct drop_arg {
+    const uint32_t *in_use;
+    size_t n;
+} drop_arg_t;
+
+static sr_err_t edit_drop_keys(sr_tde_header_t *hdr, void *arg, int *dirty)
+{
+    const drop_arg_t *a = arg;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < hdr->n_keys; i++) {
+        int used = hdr->keys[i].version == hdr->active_version;
+        for (size_t j = 0; j < a->n && !used; j++) used = a->in_use[j] == hdr->keys[i].version;
+        if (used) hdr->keys[kept++] = hdr->keys[i];
+    }
+    if (kept != hdr->n_keys) {
+        memset(&hdr->keys[kept], 0, (hdr->n_keys - kept) * sizeof hdr->keys[0]);
+        hdr->n_keys = kept, *dirty = 1;
+    }
+    return SR_OK;
+}
+
+sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint32_t *in_use, size_t n_in_use,
+                               sr_tde_header_t *out)
+{
+    int fd;
+    sr_err_t rc = path_open(path, 1, 0, &fd);
+    if (rc != SR_OK) return rc;
+    drop_arg_t a = {in_use, n_in_use};
+    rc = header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_drop_keys, &a, 1, out);
+    close(fd);
+    return rc;
+}

@@ -51,6 +51,11 @@ sr_err_t sr_tde_file_create(const char *path, sr_keyprov_t *prov, const sr_tde_t
                             sr_tde_header_t *out);
 /* Master-key rotation: every DEK re-wrapped under the provider's newest master key. */
 sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
+/* Drops from the header every key version that is neither active nor in
+ * `in_use` (the versions some page still carries). The caller holds the
+ * database's write lock, so no page can be written under a dropped version. */
+sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint32_t *in_use, size_t n_in_use,
+                               sr_tde_header_t *out);
 /* DEK rotation: a new key version becomes active for every page written from now on. */
 sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
 

@@ -150,30 +150,45 @@ static void print_header(const char *path, const sr_tde_header_t *h, int slot)
     }
 }
 
-/* Counts pages per key version straight from the trailers (no key needed). */
-static int print_page_histogram(const char *path, uint32_t page_size)
+/* Pages per key version, straight from the trailers (no key needed). */
+typedef struct version_count {
+    uint32_t versions[SR_TDE_MAX_KEY_VERSIONS];
+    uint64_t count[SR_TDE_MAX_KEY_VERSIONS];
+    uint64_t pages, other;
+} version_count_t;
+
+static void count_version(version_count_t *vc, uint32_t v)
+{
+    int i = 0;
+    while (i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i] && vc->versions[i] != v) i++;
+    if (i < SR_TDE_MAX_KEY_VERSIONS) vc->versions[i] = v, vc->count[i]++;
+    else vc->other++;
+    vc->pages++;
+}
+
+/* Page images from `first`, each `stride` bytes apart, of page_size bytes at +skip. */
+static int count_versions(const char *path, off_t first, size_t skip, size_t stride, uint32_t page_size,
+                          version_count_t *vc)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 1;
+    if (fd < 0) return errno == ENOENT ? 0 : 1;
     uint8_t *page = malloc(page_size);
-    uint64_t count[SR_TDE_MAX_KEY_VERSIONS + 1] = {0}, pages = 0, other = 0;
-    uint32_t versions[SR_TDE_MAX_KEY_VERSIONS + 1] = {0};
-    for (off_t off = SR_TDE_HEADER_REGION; page && pread(fd, page, page_size, off) == (ssize_t)page_size;
-         off += page_size) {
-        uint32_t v = sr_tde_page_key_version(page, page_size);
-        int i = 0;
-        while (i < SR_TDE_MAX_KEY_VERSIONS && versions[i] && versions[i] != v) i++;
-        if (i < SR_TDE_MAX_KEY_VERSIONS) versions[i] = v, count[i]++;
-        else other++;
-        pages++;
-    }
-    printf("  pages        %llu", (unsigned long long)pages);
-    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && versions[i]; i++)
-        printf("%skey v%u: %llu", i ? ", " : " (", versions[i], (unsigned long long)count[i]);
-    printf("%s\n", pages ? ")" : "");
-    if (other) printf("  pages with other key versions: %llu\n", (unsigned long long)other);
+    for (off_t off = first; page && pread(fd, page, page_size, off + (off_t)skip) == (ssize_t)page_size; off += (off_t)stride)
+        count_version(vc, sr_tde_page_key_version(page, page_size));
     free(page);
     close(fd);
+    return 0;
+}
+
+static int print_page_histogram(const char *path, uint32_t page_size)
+{
+    version_count_t vc = {0};
+    if (count_versions(path, SR_TDE_HEADER_REGION, 0, page_size, page_size, &vc)) return 1;
+    printf("  pages        %llu", (unsigned long long)vc.pages);
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc.versions[i]; i++)
+        printf("%skey v%u: %llu", i ? ", " : " (", vc.versions[i], (unsigned long long)vc.count[i]);
+    printf("%s\n", vc.pages ? ")" : "");
+    if (vc.other) printf("  pages with other key versions: %llu\n", (unsigned long long)vc.other);
     return 0;
 }
 
@@ -416,6 +431,33 @@ static int cmd_decrypt(options_t *o)
 
 /* ---- key rotation ------------------------------------------------------------------------ */
 
+/* After a rewrite, the key versions no page carries any more leave the
+ * header (so the key-version limit is never reached by rekeying). Done under
+ * the database's write lock, so no connection writes a page under a version
+ * being dropped; the pages of the database and of the WAL are counted. */
+static int drop_unused_versions(sqlite3 *db, const char *path, sr_keyprov_t *kp, uint32_t page_size)
+{
+    if (exec(db, "PRAGMA wal_checkpoint(TRUNCATE)") != SQLITE_OK || exec(db, "BEGIN IMMEDIATE") != SQLITE_OK)
+        return sqlite_fail(db, path);
+    version_count_t vc = {0};
+    char wal[8192];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    int bad = count_versions(path, SR_TDE_HEADER_REGION, 0, page_size, page_size, &vc) ||
+              count_versions(wal, 32, 24, 24 + (size_t)page_size, page_size, &vc);
+    sr_tde_header_t h, before;
+    sr_err_t rc = bad ? sr_err_set(SR_ERR_IO, "cannot read the pages of %s", path)
+                      : sr_tde_file_header_read(path, kp, &before, NULL);
+    if (rc == SR_OK) rc = sr_tde_file_drop_keys(path, kp, vc.versions, SR_TDE_MAX_KEY_VERSIONS, &h);
+    exec(db, "COMMIT");
+    if (rc != SR_OK) return fail(path, rc);
+    if (h.n_keys < before.n_keys) {
+        printf("%s: %u key version(s) no page uses any more dropped; %u left\n", path, before.n_keys - h.n_keys,
+               h.n_keys);
+        audited("key.versions_dropped", path, 1, "key versions no page uses removed from the header");
+    }
+    return 0;
+}
+
 static int cmd_rekey(options_t *o)
 {
     if (o->argc != 1) return usage();
@@ -423,20 +465,27 @@ static int cmd_rekey(options_t *o)
     sr_tde_header_t h;
     sr_err_t rc = open_provider(o, &kp);
     if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
-    sr_keyprov_free(kp);
-    if (rc != SR_OK) return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
+    if (rc != SR_OK) {
+        sr_keyprov_free(kp);
+        return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
+    }
     printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
     audited("key.rekey", o->argv[0], 1, "new data key version");
-    if (!o->rewrite) return 0;
-    char uri[16384];
-    if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) return 1;
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
-        exec(db, "VACUUM") != SQLITE_OK)
-        return sqlite_fail(db, o->argv[0]);
-    sqlite3_close(db);
-    printf("%s: every page re-encrypted under key version %u (VACUUM)\n", o->argv[0], h.active_version);
-    return 0;
+    int status = 0;
+    if (o->rewrite) {
+        char uri[16384];
+        sqlite3 *db = NULL;
+        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) status = 1;
+        else if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+                 sqlite3_busy_timeout(db, 10000) != SQLITE_OK || exec(db, "VACUUM") != SQLITE_OK)
+            status = sqlite_fail(db, o->argv[0]), db = NULL;
+        else
+            printf("%s: every page re-encrypted under key version %u (VACUUM)\n", o->argv[0], h.active_version);
+        if (db) status = drop_unused_versions(db, o->argv[0], kp, h.page_size);
+        sqlite3_close(db);
+    }
+    sr_keyprov_free(kp);
+    return status;
 }
 
 static int cmd_rotate_master(options_t *o)
