@@ -24,15 +24,19 @@
  *                   ephemeral per-file key, 4096-byte units, size preserving.
  *   super-journal, -shm: as SQLite wrote them (file names; the WAL index).
  *
- * New databases: SQLite reads the first 100 bytes of a file even when it is
- * empty, to learn the page size and the reserved-byte count. For an empty
- * encrypted file this shim answers with a header that says "page size P,
- * 32 reserved bytes, auto_vacuum A", so every page SQLite ever builds has
- * room for the 32-byte trailer. P and A come from the URI (page_size=,
- * auto_vacuum=) and are fixed at creation, like the cipher: a PRAGMA that
- * asks for another value is refused with an error (SQLITE_FCNTL_PRAGMA), and
- * so is any write of another page size, so a page-size change can never
- * leave pages encrypted at the wrong size.
+ * New databases: SQLite builds every page with room for the 32-byte trailer
+ * once the connection asks for 32 reserved bytes per page. SQLite hands each
+ * main database file its connection (SQLITE_FCNTL_PDB); at the first shared
+ * lock on a tablespace with no pages yet, this shim finds the schema name of
+ * the file in that connection and asks for the reserve there
+ * (SQLITE_FCNTL_RESERVE_BYTES), the documented way, for main and attached
+ * databases alike. Nothing else is fixed: PRAGMA page_size and auto_vacuum
+ * work on a new encrypted database as on any other, and the first page
+ * written records the page size in the key header. Afterwards the page size
+ * is fixed (every page is encrypted at that size): a PRAGMA page_size that
+ * asks for another is refused with an error (SQLITE_FCNTL_PRAGMA), and so is
+ * any write of another size, so a page-size change never leaves pages
+ * encrypted at the wrong size.
  *
  * A database whose header says pages were written but whose file holds none
  * was cut behind SQLite's back: it is refused (SQLITE_CORRUPT), not opened
@@ -67,7 +71,6 @@
 #define JOURNAL_SEALED (JOURNAL_HDR + JOURNAL_ID + SR_TDE_PAGE_TRAILER) /* header + id + seal */
 #define JOURNAL_BIND (4 + JOURNAL_ID)                                   /* page number + first header's id */
 #define TEMP_UNIT 4096
-#define DEFAULT_PAGE 4096
 #define WARN_PER_SECOND 10
 
 static const uint8_t journal_magic[8] = {0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7};
@@ -97,7 +100,8 @@ typedef struct sr_file {
     uint8_t jrec_pgno[4];
     int jid_valid;           /* JOURNAL: the first header's journal id is cached */
     uint8_t jid[JOURNAL_ID];
-    uint32_t auto_vacuum;    /* MAIN: for a new database (0 none, 1 full, 2 incremental) */
+    sqlite3 *db;             /* MAIN: the connection (SQLITE_FCNTL_PDB) */
+    int reserve_asked;       /* MAIN: the connection was asked for the trailer's reserve */
     uint8_t *scratch;        /* one frame (header + page) or two temp units */
     const char *name;        /* for messages; NULL for anonymous temp files */
     struct sr_file *next_main; /* MAIN: in the list of open main databases */
@@ -248,31 +252,15 @@ static sr_err_t provider_for_open(const char *zName, sr_keyprov_t **out)
 
 /* ---- URI parameters: an invalid value is an error naming the parameter ------------- */
 
-static sr_err_t uri_page_size(const char *zName, uint32_t *out)
+/* page_size= in the URI meant "fix the page size at creation" in earlier
+ * builds; PRAGMA page_size now works as in SQLite, so the parameter is
+ * refused rather than silently ignored. */
+static sr_err_t uri_page_size_refused(const char *zName)
 {
     const char *v = sqlite3_uri_parameter(zName, "page_size");
-    int64_t n = DEFAULT_PAGE;
-    if (v && (sr_parse_int64(v, &n) != SR_OK || n < 0 || n > SR_TDE_MAX_PAGE || !sr_tde_page_size_valid((size_t)n)))
-        return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter page_size=%s: a power of two in 512..65536", v);
-    *out = (uint32_t)n;
-    return SR_OK;
-}
-
-static int auto_vacuum_parse(const char *v, uint32_t *out)
-{
-    static const char *names[] = {"none", "full", "incremental"};
-    for (uint32_t i = 0; i < 3; i++)
-        if (strcasecmp(v, names[i]) == 0 || (v[0] == (char)('0' + i) && !v[1])) return *out = i, 1;
-    return 0;
-}
-
-static sr_err_t uri_auto_vacuum(const char *zName, uint32_t *out)
-{
-    const char *v = sqlite3_uri_parameter(zName, "auto_vacuum");
-    *out = 0;
-    if (v && !auto_vacuum_parse(v, out))
-        return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter auto_vacuum=%s: none, full or incremental", v);
-    return SR_OK;
+    if (!v) return SR_OK;
+    return sr_err_set(SR_ERR_INVALID_ARG, "URI parameter page_size=%s is not used: run PRAGMA page_size=N before the "
+                      "first table is created, as with any SQLite database", v);
 }
 
 static sr_err_t uri_plaintext(const char *zName, int *out)
@@ -285,21 +273,6 @@ static sr_err_t uri_plaintext(const char *zName, int *out)
 }
 
 /* ---- main database ------------------------------------------------------------------ */
-
-/* The 100 bytes SQLite reads from an empty database: page size, reserve, auto_vacuum. */
-static void synth_header(uint8_t *buf, int amt, sqlite3_int64 off, uint32_t page_size, uint32_t auto_vacuum)
-{
-    uint8_t hdr[100] = "SQLite format 3";
-    hdr[16] = (uint8_t)(page_size == 65536 ? 0 : page_size >> 8);
-    hdr[17] = (uint8_t)(page_size == 65536 ? 1 : 0);
-    hdr[18] = hdr[19] = 1;
-    hdr[20] = SR_TDE_PAGE_TRAILER;
-    hdr[21] = 64, hdr[22] = 32, hdr[23] = 32;
-    hdr[55] = auto_vacuum ? 1 : 0; /* largest root page: non-zero means auto_vacuum */
-    hdr[67] = auto_vacuum == 2;    /* incremental vacuum */
-    memset(buf, 0, (size_t)amt);
-    if (off < 100) memcpy(buf, hdr + off, (size_t)(amt < 100 - off ? amt : 100 - off));
-}
 
 /* Before decrypting, make sure the page's key version is loaded (another
  * process may have rolled or rotated the key since this one opened). */
@@ -350,15 +323,17 @@ static int main_read_page(sr_file_t *f, uint8_t *buf, uint32_t ps, sqlite3_int64
 
 static int main_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    uint32_t ps = f->ts ? sr_tde_ts_page_size(f->ts) : DEFAULT_PAGE;
+    if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_read(f, buf, amt, off + SHIFT);
+    uint32_t ps = sr_tde_ts_page_size(f->ts);
+    if (amt != (int)ps && sr_tde_page_size_valid((size_t)amt) && off % amt == 0 && sr_tde_ts_refresh(f->ts) == SR_OK)
+        ps = sr_tde_ts_page_size(f->ts); /* another process wrote the first page of a new database */
     if (amt == (int)ps && off % ps == 0) return main_read_page(f, buf, ps, off / ps + 1);
-    if (f->role == ROLE_MAIN_PASSTHROUGH && off >= 100) return lower_read(f, buf, amt, off + SHIFT);
     sqlite3_int64 size = 0;
     int rc = f->lower->pMethods->xFileSize(f->lower, &size);
     if (rc != SQLITE_OK) return rc;
     if (size <= SHIFT) { /* no pages: a new database, or one cut short */
-        if (f->ts && (rc = main_check_not_cut(f)) != SQLITE_OK) return rc;
-        synth_header(buf, amt, off, ps, f->auto_vacuum);
+        if ((rc = main_check_not_cut(f)) != SQLITE_OK) return rc;
+        memset(buf, 0, (size_t)amt);
         return SQLITE_IOERR_SHORT_READ;
     }
     /* Any other length or offset (a header read, .recover, several pages at
@@ -382,14 +357,13 @@ static int refuse_write(sr_file_t *f, const char *why)
     return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
 }
 
-#define PAGE_SIZE_FIXED "the page size of an encrypted database is fixed when it is created (every page is " \
-                        "encrypted at that size): a page-size change (PRAGMA page_size + VACUUM, or a backup " \
-                        "from a database of another page size) is refused; copy the data into a new database " \
-                        "created with page_size=N instead"
+#define PAGE_SIZE_FIXED "the page size of an encrypted database is fixed once its first page is written " \
+                        "(every page is encrypted at that size): a page-size change (PRAGMA page_size + VACUUM, " \
+                        "or a backup from a database of another page size) is refused; copy the data into a " \
+                        "new encrypted database whose page size is set before its first table instead"
 
 static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    uint32_t ps = f->ts ? sr_tde_ts_page_size(f->ts) : (uint32_t)amt;
     if (!sr_tde_page_size_valid((size_t)amt) || off % amt != 0) {
         sr_err_set(SR_ERR_INVALID_ARG, "write of %d bytes at offset %lld is not one whole page", amt, (long long)off);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
@@ -399,9 +373,15 @@ static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 o
                    "database cannot be copied in page by page; use tdectl encrypt)", buf[20], SR_TDE_PAGE_TRAILER);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
     }
-    uint32_t header_ps = off == 0 ? ((uint32_t)buf[16] << 8 | (uint32_t)buf[17] << 16) : (uint32_t)amt;
-    if (f->role == ROLE_MAIN && ((uint32_t)amt != ps || header_ps != (uint32_t)amt)) return refuse_write(f, PAGE_SIZE_FIXED);
     if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_write(f, buf, amt, off + SHIFT);
+    uint32_t header_ps = off == 0 ? ((uint32_t)buf[16] << 8 | (uint32_t)buf[17] << 16) : (uint32_t)amt;
+    if (header_ps != (uint32_t)amt) return refuse_write(f, PAGE_SIZE_FIXED);
+    if ((uint32_t)amt != sr_tde_ts_page_size(f->ts)) {
+        /* The first page of a new database sets the page size; afterwards it is fixed. */
+        if (sr_tde_ts_has_pages(f->ts)) return refuse_write(f, PAGE_SIZE_FIXED);
+        if (sr_tde_ts_set_page_size(f->ts, (uint32_t)amt) != SR_OK)
+            return log_failure(SQLITE_IOERR_WRITE, f, "cannot record the page size in the key header");
+    }
     sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)(off / amt + 1)};
     if (sr_tde_page_encrypt(f->pc, &place, buf, f->scratch, (size_t)amt) != SR_OK)
         return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
@@ -411,32 +391,37 @@ static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 o
     return rc;
 }
 
-/* SQLITE_FCNTL_PRAGMA: a page size or auto_vacuum mode this file cannot take
- * is an error the application sees, not a silently ignored pragma. */
+/* SQLITE_FCNTL_PRAGMA: another page size for a database whose pages exist
+ * is an error the application sees (a VACUUM after it would be refused). */
 static int main_pragma(sr_file_t *f, char **arg)
 {
     const char *name = arg[1], *value = arg[2];
-    if (!value || f->role != ROLE_MAIN) return SQLITE_NOTFOUND;
-    if (strcasecmp(name, "page_size") == 0) {
-        int64_t want = 0;
-        if (sr_parse_int64(value, &want) != SR_OK || !sr_tde_page_size_valid((size_t)(want < 0 ? 0 : want)) ||
-            want == (int64_t)sr_tde_ts_page_size(f->ts))
-            return SQLITE_NOTFOUND; /* SQLite ignores invalid sizes itself; the same size changes nothing */
-        arg[0] = sqlite3_mprintf("strongroom: PRAGMA page_size=%s: %s (this database: %u)", value, PAGE_SIZE_FIXED,
-                                 sr_tde_ts_page_size(f->ts));
-        return SQLITE_ERROR;
+    int64_t want = 0;
+    if (!value || f->role != ROLE_MAIN || strcasecmp(name, "page_size") != 0 || !sr_tde_ts_has_pages(f->ts))
+        return SQLITE_NOTFOUND;
+    if (sr_parse_int64(value, &want) != SR_OK || want < 0 || !sr_tde_page_size_valid((size_t)want) ||
+        want == (int64_t)sr_tde_ts_page_size(f->ts))
+        return SQLITE_NOTFOUND; /* SQLite ignores invalid sizes itself; the same size changes nothing */
+    arg[0] = sqlite3_mprintf("strongroom: PRAGMA page_size=%s: %s (this database: %u)", value, PAGE_SIZE_FIXED,
+                             sr_tde_ts_page_size(f->ts));
+    return SQLITE_ERROR;
+}
+
+/* A tablespace with no pages yet: ask the connection that opened it for 32
+ * reserved bytes per page, before SQLite builds page 1. The schema name is
+ * the one whose file is this file. */
+static void ask_for_reserve(sr_file_t *f)
+{
+    if (f->reserve_asked || !f->db || sr_tde_ts_has_pages(f->ts)) return;
+    f->reserve_asked = 1;
+    const char *name;
+    for (int i = 0; (name = sqlite3_db_name(f->db, i)) != NULL; i++) {
+        const char *file = sqlite3_db_filename(f->db, name);
+        if (!file || strcmp(file, f->name) != 0) continue;
+        int reserve = SR_TDE_PAGE_TRAILER;
+        sqlite3_file_control(f->db, name, SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+        return;
     }
-    if (strcasecmp(name, "auto_vacuum") == 0) {
-        sqlite3_int64 size = 0;
-        uint32_t want = 0;
-        if (!auto_vacuum_parse(value, &want) || f->lower->pMethods->xFileSize(f->lower, &size) != SQLITE_OK ||
-            size > SHIFT || want == f->auto_vacuum)
-            return SQLITE_NOTFOUND; /* an existing database: SQLite's own rules (VACUUM) apply */
-        arg[0] = sqlite3_mprintf("strongroom: PRAGMA auto_vacuum=%s on a new encrypted database: choose it when "
-                                 "the database is created, with the URI parameter auto_vacuum=%s", value, value);
-        return SQLITE_ERROR;
-    }
-    return SQLITE_NOTFOUND;
 }
 
 /* ---- WAL ------------------------------------------------------------------------------ */
@@ -954,6 +939,7 @@ static int x_lock(sqlite3_file *file, int lock)
 {
     sr_file_t *f = (sr_file_t *)file;
     int rc = f->lower->pMethods->xLock(f->lower, lock);
+    if (rc == SQLITE_OK && lock == SQLITE_LOCK_SHARED && f->role == ROLE_MAIN) ask_for_reserve(f);
     if (rc == SQLITE_OK && lock == SQLITE_LOCK_RESERVED) rc = begin_write(f);
     return rc;
 }
@@ -977,6 +963,7 @@ static int x_file_control(sqlite3_file *file, int op, void *arg)
         *(sqlite3_int64 *)arg = 0; /* pages must pass through xRead to be decrypted */
         return SQLITE_OK;
     }
+    if (op == SQLITE_FCNTL_PDB && f->role == ROLE_MAIN) f->db = *(sqlite3 **)arg;
     if (op == SQLITE_FCNTL_PRAGMA && f->role == ROLE_MAIN) {
         int rc = main_pragma(f, arg);
         if (rc != SQLITE_NOTFOUND) return rc;
@@ -1102,8 +1089,7 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     int plaintext = 0;
     sr_tde_ts_options_t opts = {.may_create = (flags & SQLITE_OPEN_CREATE) != 0};
     const char *cipher = sqlite3_uri_parameter(zName, "cipher");
-    if (uri_plaintext(zName, &plaintext) != SR_OK || uri_page_size(zName, &opts.page_size) != SR_OK ||
-        uri_auto_vacuum(zName, &f->auto_vacuum) != SR_OK ||
+    if (uri_plaintext(zName, &plaintext) != SR_OK || uri_page_size_refused(zName) != SR_OK ||
         (cipher && sr_tde_cipher_parse(cipher, &opts.cipher) != SR_OK))
         return log_failure(SQLITE_MISUSE, f, "invalid URI parameter");
     if (plaintext) {

@@ -86,12 +86,11 @@ static void uri_escape(char *out, size_t cap, const char *s)
 /* 0 if the URI did not fit (a path of thousands of characters). */
 static int uri_for(char *out, size_t cap, const char *path, const char *keyfile, const options_t *o)
 {
-    char cipher[64] = "", psize[32] = "", epath[4096 * 3 + 1], ekey[4096 * 3 + 1];
+    char cipher[64] = "", epath[4096 * 3 + 1], ekey[4096 * 3 + 1];
     if (o && o->cipher) snprintf(cipher, sizeof cipher, "&cipher=%s", sr_tde_cipher_name(o->cipher));
-    if (o && o->page_size) snprintf(psize, sizeof psize, "&page_size=%u", o->page_size);
     uri_escape(epath, sizeof epath, path);
     uri_escape(ekey, sizeof ekey, keyfile);
-    int n = snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s%s", epath, ekey, cipher, psize);
+    int n = snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s", epath, ekey, cipher);
     if (n >= 0 && (size_t)n < cap) return 1;
     fprintf(stderr, "tdectl: %s: path too long\n", path);
     return 0;
@@ -105,6 +104,8 @@ static void audited(const char *event, const char *object, int ok, const char *d
     (void)sr_event_emit(&(sr_event_t){.component = "tdectl", .event = event, .subject = subject, .object = object,
                                       .outcome = ok ? "success" : "failure", .source = "local", .detail = detail});
 }
+
+static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
 
 static int sqlite_fail(sqlite3 *db, const char *what)
 {
@@ -202,6 +203,17 @@ static int cmd_create(options_t *o)
     if (rc == SR_OK) rc = sr_tde_file_create(o->argv[0], kp, &opts, &h);
     sr_keyprov_free(kp);
     if (rc != SR_OK) return fail(o->argv[0], rc);
+    if (o->page_size) { /* SQLite writes page 1 at that size; from then on it is fixed */
+        char uri[16384], sql[64];
+        sqlite3 *db = NULL;
+        snprintf(sql, sizeof sql, "PRAGMA page_size=%u; PRAGMA user_version=0", o->page_size);
+        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) return 1;
+        if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+            exec(db, sql) != SQLITE_OK)
+            return sqlite_fail(db, o->argv[0]);
+        sqlite3_close(db);
+        if ((rc = sr_tde_file_header_read(o->argv[0], NULL, &h, NULL)) != SR_OK) return fail(o->argv[0], rc);
+    }
     print_header(o->argv[0], &h, 0);
     return 0;
 }
@@ -317,7 +329,6 @@ static int backup_all(sqlite3 *src, sqlite3 *dst)
     return rc == SQLITE_DONE ? fin : rc;
 }
 
-static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
 
 static int page_size_of(sqlite3 *db)
 {
@@ -327,16 +338,6 @@ static int page_size_of(sqlite3 *db)
         ps = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     return ps;
-}
-
-static int sqlite_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    int v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    return v;
 }
 
 static int refuse_existing(const char *path)
@@ -389,12 +390,7 @@ static int cmd_encrypt(options_t *o)
     int ps = 0;
     sqlite3 *in = NULL, *out = NULL;
     if (reserved_copy(src, &in, &ps)) return 1;
-    options_t create = *o;
-    create.page_size = (uint32_t)ps;
-    if (!uri_for(uri, sizeof uri, dst, o->keyfile, &create)) return sqlite3_close(in), 1;
-    int av = sqlite_int(in, "PRAGMA auto_vacuum");
-    static const char *av_names[] = {"none", "full", "incremental"};
-    if (av > 0 && av < 3) snprintf(uri + strlen(uri), sizeof uri - strlen(uri), "&auto_vacuum=%s", av_names[av]);
+    if (!uri_for(uri, sizeof uri, dst, o->keyfile, o)) return sqlite3_close(in), 1;
     int rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom");
     if (rc == SQLITE_OK) rc = backup_all(in, out);
     int status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);

@@ -27,7 +27,7 @@ static void compare_with_plaintext(const char *mode, int page_size, const char *
     char enc[512], plain[512], extra[128], pragma[128], fp_enc[65], fp_plain[65];
     snprintf(enc, sizeof enc, "%s/%s-%d-%s.db", dir_path("enc"), mode, page_size, cipher);
     snprintf(plain, sizeof plain, "%s/%s-%d.db", dir_path("plain"), mode, page_size);
-    snprintf(extra, sizeof extra, "&page_size=%d&cipher=%s", page_size, cipher);
+    snprintf(extra, sizeof extra, "&cipher=%s", cipher);
     snprintf(pragma, sizeof pragma, "PRAGMA page_size=%d; PRAGMA journal_mode=%s", page_size, mode);
     const char *key = sqlt_keyfile("matrix.key");
     sqlite3 *e = NULL, *p = NULL;
