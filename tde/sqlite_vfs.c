@@ -101,8 +101,10 @@ typedef struct sr_file {
     int jid_valid;           /* JOURNAL: the first header's journal id is cached */
     uint8_t jid[JOURNAL_ID];
     sqlite3 *db;             /* MAIN: the connection (SQLITE_FCNTL_PDB) */
+    int connections;         /* MAIN: PDB hints seen: more than one means a shared cache */
     int reserve_asked;       /* MAIN: the connection was asked for the trailer's reserve */
     uint8_t *scratch;        /* one frame (header + page) or two temp units */
+    uint8_t *merge;          /* MAIN, WAL: a page being assembled from a partial write (allocated on first use) */
     const char *name;        /* for messages; NULL for anonymous temp files */
     struct sr_file *next_main; /* MAIN: in the list of open main databases */
 } sr_file_t;
@@ -362,32 +364,78 @@ static int refuse_write(sr_file_t *f, const char *why)
                         "or a backup from a database of another page size) is refused; copy the data into a " \
                         "new encrypted database whose page size is set before its first table instead"
 
-static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
+/* One whole page, encrypted at its place. */
+static int main_write_page(sr_file_t *f, const uint8_t *page, uint32_t ps, sqlite3_int64 pgno)
 {
-    if (!sr_tde_page_size_valid((size_t)amt) || off % amt != 0) {
-        sr_err_set(SR_ERR_INVALID_ARG, "write of %d bytes at offset %lld is not one whole page", amt, (long long)off);
-        return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
-    }
-    if (off == 0 && buf[20] < SR_TDE_PAGE_TRAILER) {
+    if (pgno == 1 && memcmp(page, "SQLite format 3", 16) == 0 && page[20] < SR_TDE_PAGE_TRAILER) {
         sr_err_set(SR_ERR_INVALID_ARG, "page 1 reserves %u bytes per page, an encrypted database needs %d (a plaintext "
-                   "database cannot be copied in page by page; use tdectl encrypt)", buf[20], SR_TDE_PAGE_TRAILER);
+                   "database cannot be copied in page by page; use tdectl encrypt)", page[20], SR_TDE_PAGE_TRAILER);
         return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
     }
-    if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_write(f, buf, amt, off + SHIFT);
-    uint32_t header_ps = off == 0 ? ((uint32_t)buf[16] << 8 | (uint32_t)buf[17] << 16) : (uint32_t)amt;
-    if (header_ps != (uint32_t)amt) return refuse_write(f, PAGE_SIZE_FIXED);
-    if ((uint32_t)amt != sr_tde_ts_page_size(f->ts)) {
-        /* The first page of a new database sets the page size; afterwards it is fixed. */
-        if (sr_tde_ts_has_pages(f->ts)) return refuse_write(f, PAGE_SIZE_FIXED);
-        if (sr_tde_ts_set_page_size(f->ts, (uint32_t)amt) != SR_OK)
-            return log_failure(SQLITE_IOERR_WRITE, f, "cannot record the page size in the key header");
-    }
-    sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)(off / amt + 1)};
-    if (sr_tde_page_encrypt(f->pc, &place, buf, f->scratch, (size_t)amt) != SR_OK)
+    sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno};
+    if (sr_tde_page_encrypt(f->pc, &place, page, f->scratch, ps) != SR_OK)
         return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
-    int rc = lower_write(f, f->scratch, amt, off + SHIFT);
+    int rc = lower_write(f, f->scratch, (int)ps, SHIFT + (pgno - 1) * ps);
     if (rc == SQLITE_OK && !sr_tde_ts_has_pages(f->ts) && sr_tde_ts_set_has_pages(f->ts, 1) != SR_OK)
         return log_failure(SQLITE_IOERR_WRITE, f, "cannot record in the key header that pages exist");
+    return rc;
+}
+
+static uint8_t *merge_buffer(sr_file_t *f)
+{
+    if (!f->merge) f->merge = malloc(SR_TDE_MAX_PAGE);
+    return f->merge;
+}
+
+/* The page size this write implies: page 1's header field when the write
+ * holds page 1 (a multiplexor's later chunk files also start at offset 0,
+ * with other pages: page 1 starts with SQLite's magic), else a whole
+ * page-sized write's size while the database has no pages, else the
+ * tablespace's. Another size once pages exist is refused. */
+static int main_page_size(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off, uint32_t *ps)
+{
+    uint32_t want = sr_tde_ts_page_size(f->ts);
+    if (off == 0 && amt >= 100 && memcmp(buf, "SQLite format 3", 16) == 0)
+        want = (uint32_t)buf[16] << 8 | (uint32_t)buf[17] << 16;
+    else if (!sr_tde_ts_has_pages(f->ts) && sr_tde_page_size_valid((size_t)amt) && off % amt == 0)
+        want = (uint32_t)amt;
+    if (!sr_tde_page_size_valid(want)) return refuse_write(f, "page 1 names an invalid page size");
+    if (want != sr_tde_ts_page_size(f->ts)) {
+        /* The first page of a new database sets the page size; afterwards it is fixed. */
+        if (sr_tde_ts_has_pages(f->ts)) return refuse_write(f, PAGE_SIZE_FIXED);
+        if (sr_tde_ts_set_page_size(f->ts, want) != SR_OK)
+            return log_failure(SQLITE_IOERR_WRITE, f, "cannot record the page size in the key header");
+    }
+    *ps = want;
+    return SQLITE_OK;
+}
+
+/* SQLite writes whole pages; a VFS stacked above (the crash simulator
+ * flushing sectors) may write any span: whole pages in it are encrypted as
+ * usual, a partial one is read, merged and encrypted whole. */
+static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
+{
+    if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_write(f, buf, amt, off + SHIFT);
+    uint32_t ps = 0;
+    int rc = main_page_size(f, buf, amt, off, &ps);
+    if (rc != SQLITE_OK) return rc;
+    if (amt == (int)ps && off % ps == 0) return main_write_page(f, buf, ps, off / ps + 1);
+    int done = 0;
+    while (done < amt && rc == SQLITE_OK) {
+        sqlite3_int64 pos = off + done, pgno = pos / ps + 1, in_page = pos % ps;
+        int n = (int)(ps - in_page) < amt - done ? (int)(ps - in_page) : amt - done;
+        if (n == (int)ps) {
+            rc = main_write_page(f, buf + done, ps, pgno);
+        } else {
+            uint8_t *page = merge_buffer(f);
+            if (!page) return SQLITE_NOMEM;
+            rc = main_read_page(f, page, ps, pgno); /* zeros past the end */
+            if (rc == SQLITE_IOERR_SHORT_READ) rc = SQLITE_OK;
+            memcpy(page + in_page, buf + done, (size_t)n);
+            if (rc == SQLITE_OK) rc = main_write_page(f, page, ps, pgno);
+        }
+        done += n;
+    }
     return rc;
 }
 
@@ -409,19 +457,31 @@ static int main_pragma(sr_file_t *f, char **arg)
 
 /* A tablespace with no pages yet: ask the connection that opened it for 32
  * reserved bytes per page, before SQLite builds page 1. The schema name is
- * the one whose file is this file. */
+ * the one whose file is this file ("main" is found even while the
+ * connection is still being opened). */
 static void ask_for_reserve(sr_file_t *f)
 {
     if (f->reserve_asked || !f->db || sr_tde_ts_has_pages(f->ts)) return;
+    const char *name = "main", *file = sqlite3_db_filename(f->db, name);
+    for (int i = 1; (!file || strcmp(file, f->name) != 0) && (name = sqlite3_db_name(f->db, i)) != NULL; i++)
+        file = sqlite3_db_filename(f->db, name);
+    if (!name || !file || strcmp(file, f->name) != 0) return; /* an ATTACH still under way: at the first lock */
+    int reserve = SR_TDE_PAGE_TRAILER;
     f->reserve_asked = 1;
-    const char *name;
-    for (int i = 0; (name = sqlite3_db_name(f->db, i)) != NULL; i++) {
-        const char *file = sqlite3_db_filename(f->db, name);
-        if (!file || strcmp(file, f->name) != 0) continue;
-        int reserve = SR_TDE_PAGE_TRAILER;
-        sqlite3_file_control(f->db, name, SQLITE_FCNTL_RESERVE_BYTES, &reserve);
-        return;
-    }
+    sqlite3_file_control(f->db, name, SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+}
+
+/* SQLITE_FCNTL_PDB comes at the end of sqlite3BtreeOpen, where SQLite holds
+ * no b-tree lock: the safe moment to ask. An attached database is not yet
+ * among the connection's schemas then; it is asked at its first shared lock,
+ * unless a shared cache puts several connections on this file (their b-tree
+ * lock may be held then): a new encrypted database attached in shared-cache
+ * mode gets no reserve, and SQLite's first write of it is refused. */
+static void connection_hint(sr_file_t *f, sqlite3 *db)
+{
+    f->db = db;
+    f->connections++;
+    ask_for_reserve(f);
 }
 
 /* ---- WAL ------------------------------------------------------------------------------ */
@@ -570,39 +630,82 @@ static int wal_frame_header(sr_file_t *f, sqlite3_int64 frame, uint8_t *hdr)
     return lower_read(f, hdr, WAL_FRAME_HDR, wal_frame_offset(f, frame));
 }
 
+/* A frame header (or part of one) as written; the cached header follows. */
+static int wal_write_header(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 frame, sqlite3_int64 rel)
+{
+    int whole = rel == 0 && amt == WAL_FRAME_HDR;
+    int rc = whole ? wal_rebind(f, frame, buf) : SQLITE_OK;
+    if (rc == SQLITE_OK) rc = lower_write(f, buf, amt, wal_frame_offset(f, frame) + rel);
+    if (rc == SQLITE_OK && whole) memcpy(f->wal_hdr, buf, WAL_FRAME_HDR), f->wal_hdr_frame = frame;
+    else if (f->wal_hdr_frame == frame) f->wal_hdr_frame = -1;
+    return rc;
+}
+
+/* The page of frame `frame`, whole, encrypted under the frame's header. */
+static int wal_write_page(sr_file_t *f, sqlite3_int64 frame, const uint8_t *frame_hdr, const uint8_t *page)
+{
+    sr_tde_place_t place = wal_place(frame, frame_hdr);
+    if (sr_tde_page_encrypt(f->pc, &place, page, f->scratch + WAL_FRAME_HDR, f->wal_page) != SR_OK)
+        return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
+    return lower_write(f, f->scratch + WAL_FRAME_HDR, (int)f->wal_page, wal_frame_offset(f, frame) + WAL_FRAME_HDR);
+}
+
+/* Part of a page (a VFS stacked above writing sectors): the page as it is
+ * (zeros if it cannot be read back) with the new bytes merged in. */
+static int wal_merge_page(sr_file_t *f, sqlite3_int64 frame, int in_page, const uint8_t *buf, int n)
+{
+    uint8_t hdr[WAL_FRAME_HDR], *page = merge_buffer(f);
+    if (!page) return SQLITE_NOMEM;
+    int rc = wal_frame_header(f, frame, hdr);
+    if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_WRITE : rc;
+    sr_tde_place_t place = wal_place(frame, hdr);
+    rc = lower_read(f, page, (int)f->wal_page, wal_frame_offset(f, frame) + WAL_FRAME_HDR);
+    if (rc != SQLITE_OK || sr_tde_page_decrypt(f->pc, &place, page, f->wal_page) != SR_OK)
+        memset(page, 0, f->wal_page); /* not written yet, or torn: the rest comes in later writes */
+    memcpy(page + in_page, buf, (size_t)n);
+    return wal_write_page(f, frame, hdr, page);
+}
+
 static int wal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    if (off < WAL_HDR) {
-        if (off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf), f->wal_hdr_frame = -1;
-        return lower_write(f, buf, amt, off);
+    if (off < WAL_HDR) { /* the WAL header; anything after it is frames */
+        int n = amt < WAL_HDR - off ? amt : (int)(WAL_HDR - off);
+        if (off == 0 && n == WAL_HDR) f->wal_page = wal_header_page_size(buf), f->wal_hdr_frame = -1;
+        int rc = lower_write(f, buf, n, off);
+        return rc != SQLITE_OK || n == amt ? rc : wal_write(f, buf + n, amt - n, WAL_HDR);
     }
+    if (!sr_tde_page_size_valid(f->wal_page)) return refuse_write(f, "WAL frames written before a valid WAL header");
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
-    int ps = (int)f->wal_page, hdr = 0;
+    int ps = (int)f->wal_page;
     uint8_t frame_hdr[WAL_FRAME_HDR];
-    if (rel == 0 && amt == WAL_FRAME_HDR + ps) { /* a whole frame at once */
-        memcpy(f->scratch, buf, WAL_FRAME_HDR);
-        memcpy(frame_hdr, buf, WAL_FRAME_HDR);
-        hdr = WAL_FRAME_HDR;
-    } else if (rel == WAL_FRAME_HDR && amt == ps) {
+    if (rel == WAL_FRAME_HDR && amt == ps) { /* SQLite: the page right after its header */
         int rc = wal_frame_header(f, frame, frame_hdr);
         if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_WRITE : rc;
-    } else if (rel + amt <= WAL_FRAME_HDR) {
-        int rc = rel == 0 && amt == WAL_FRAME_HDR ? wal_rebind(f, frame, buf) : SQLITE_OK;
-        if (rc == SQLITE_OK) rc = lower_write(f, buf, amt, off);
-        if (rc == SQLITE_OK && rel == 0 && amt == WAL_FRAME_HDR)
-            memcpy(f->wal_hdr, buf, WAL_FRAME_HDR), f->wal_hdr_frame = frame;
-        else if (f->wal_hdr_frame == frame)
-            f->wal_hdr_frame = -1;
-        return rc;
-    } else {
-        sr_err_set(SR_ERR_INVALID_ARG, "WAL write of %d bytes at %lld splits a page", amt, (long long)off);
-        return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
+        return wal_write_page(f, frame, frame_hdr, buf);
     }
-    sr_tde_place_t place = wal_place(frame, frame_hdr);
-    if (sr_tde_page_encrypt(f->pc, &place, buf + hdr, f->scratch + hdr, (size_t)ps) != SR_OK)
-        return log_failure(SQLITE_IOERR_WRITE, f, "page encryption failed");
-    return lower_write(f, f->scratch, amt, off);
+    /* Headers, whole frames or any other span, frame by frame. */
+    int done = 0, rc = SQLITE_OK;
+    while (done < amt && rc == SQLITE_OK) {
+        wal_locate(f, off + done, &frame, &rel);
+        int n;
+        if (rel < WAL_FRAME_HDR) {
+            n = (int)(WAL_FRAME_HDR - rel) < amt - done ? (int)(WAL_FRAME_HDR - rel) : amt - done;
+            rc = wal_write_header(f, buf + done, n, frame, rel);
+        } else {
+            int in_page = (int)(rel - WAL_FRAME_HDR);
+            n = ps - in_page < amt - done ? ps - in_page : amt - done;
+            if (n == ps) {
+                rc = wal_frame_header(f, frame, frame_hdr);
+                if (rc == SQLITE_OK) rc = wal_write_page(f, frame, frame_hdr, buf + done);
+                else if (rc == SQLITE_IOERR_SHORT_READ) rc = SQLITE_IOERR_WRITE;
+            } else {
+                rc = wal_merge_page(f, frame, in_page, buf + done, n);
+            }
+        }
+        done += n;
+    }
+    return rc;
 }
 
 /* ---- rollback journal ---------------------------------------------------------------- */
@@ -728,6 +831,21 @@ static int journal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
     return decrypt_page(f, &place, buf, (size_t)amt);
 }
 
+/* PERSIST mode zeroes a header in place: zeros reveal nothing. */
+static int all_zero(const uint8_t *p, int n)
+{
+    uint8_t acc = 0;
+    for (int i = 0; i < n; i++) acc |= p[i];
+    return acc == 0;
+}
+
+/* The super-journal name SQLite appends to a journal follows a 4-byte
+ * record number that no page can have, (1 GiB / page size) + 1. */
+static int journal_super_name(const sr_file_t *f, sqlite3_int64 off)
+{
+    return f->jrec_off == off - 4 && be32_at(f->jrec_pgno) == 0x40000000u / sr_tde_ts_page_size(f->ts) + 1;
+}
+
 static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
     if (journal_is_page(f, amt, off)) {
@@ -742,6 +860,14 @@ static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int6
     }
     if (journal_is_header(buf, amt, off)) return journal_write_header(f, buf, amt, off);
     if (amt == 12 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) return journal_update_header(f, buf, amt, off);
+    if (amt > 12 && !journal_is_header(buf, amt, 0) && !journal_super_name(f, off) && !all_zero(buf, amt)) {
+        /* Not a shape SQLite writes (a VFS stacked above merging writes):
+         * it could hold part of a page image, which must not reach the
+         * disk in plaintext. */
+        sr_err_set(SR_ERR_UNSUPPORTED, "journal write of %d bytes at %lld is not a page image, a journal header or a "
+                   "super-journal name: refused (it could hold part of a page)", amt, (long long)off);
+        return log_failure(SQLITE_IOERR_WRITE, f, "refused write");
+    }
     if (amt == 4) memcpy(f->jrec_pgno, buf, 4), f->jrec_off = off;
     if (off == 0) f->jid_valid = 0; /* the first header changed (zeroed at commit) */
     return lower_write(f, buf, amt, off);
@@ -861,6 +987,8 @@ static int x_close(sqlite3_file *file)
     sr_tde_pagectx_free(f->pc);
     sr_tde_ts_release(f->ts);
     sr_tde_xts_free(f->xts);
+    if (f->merge) sr_secure_wipe(f->merge, SR_TDE_MAX_PAGE);
+    free(f->merge);
     free(f->scratch);
     return rc;
 }
@@ -939,7 +1067,8 @@ static int x_lock(sqlite3_file *file, int lock)
 {
     sr_file_t *f = (sr_file_t *)file;
     int rc = f->lower->pMethods->xLock(f->lower, lock);
-    if (rc == SQLITE_OK && lock == SQLITE_LOCK_SHARED && f->role == ROLE_MAIN) ask_for_reserve(f);
+    if (rc == SQLITE_OK && lock == SQLITE_LOCK_SHARED && f->role == ROLE_MAIN && f->connections == 1)
+        ask_for_reserve(f);
     if (rc == SQLITE_OK && lock == SQLITE_LOCK_RESERVED) rc = begin_write(f);
     return rc;
 }
@@ -963,7 +1092,7 @@ static int x_file_control(sqlite3_file *file, int op, void *arg)
         *(sqlite3_int64 *)arg = 0; /* pages must pass through xRead to be decrypted */
         return SQLITE_OK;
     }
-    if (op == SQLITE_FCNTL_PDB && f->role == ROLE_MAIN) f->db = *(sqlite3 **)arg;
+    if (op == SQLITE_FCNTL_PDB && f->role == ROLE_MAIN) connection_hint(f, *(sqlite3 **)arg);
     if (op == SQLITE_FCNTL_PRAGMA && f->role == ROLE_MAIN) {
         int rc = main_pragma(f, arg);
         if (rc != SQLITE_NOTFOUND) return rc;
@@ -1117,26 +1246,33 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     return SQLITE_OK;
 }
 
-/* The main database a WAL or journal belongs to. Directly, when SQLite's
- * database file object is ours; through a VFS stacked above strongroom
- * (multiplex, quota, tracing shims) that object is the other VFS's, so the
- * companion's name, minus its suffix, finds the open main file instead. */
-static sr_tde_ts_t *companion_tablespace(const char *zName, int flags, int *plaintext)
+/* The length of the main database's name in a WAL or journal name
+ * ("x.db-wal" -> 4), or 0 if it is not one; *chunk: a numbered piece of it
+ * ("x.db-journal001", made by a VFS stacked above, such as multiplex). */
+static size_t companion_base(const char *zName, int flags, int *chunk)
 {
-    sqlite3_file *db = sqlite3_database_file_object(zName);
-    *plaintext = 0;
-    if (db && db->pMethods == &io_methods) {
-        sr_file_t *main = (sr_file_t *)db;
-        *plaintext = main->role != ROLE_MAIN;
-        return main->role == ROLE_MAIN ? sr_tde_ts_retain(main->ts) : NULL;
-    }
     const char *suffix = flags & SQLITE_OPEN_WAL ? "-wal" : "-journal";
-    size_t n = strlen(zName), sn = strlen(suffix);
-    if (n <= sn || strcmp(zName + n - sn, suffix) != 0) return NULL;
+    size_t n = strlen(zName), sn = strlen(suffix), digits = 0;
+    while (digits < n && zName[n - 1 - digits] >= '0' && zName[n - 1 - digits] <= '9') digits++;
+    *chunk = 0;
+    if (n > sn && strcmp(zName + n - sn, suffix) == 0) return n - sn;
+    if (digits && n > sn + digits && strncmp(zName + n - digits - sn, suffix, sn) == 0) {
+        *chunk = 1;
+        return n - digits - sn;
+    }
+    return 0;
+}
+
+/* The main database a WAL or journal belongs to, found by name among the
+ * open encrypted databases. Not through sqlite3_database_file_object(): a
+ * VFS stacked above strongroom (multiplex, quota, tracing shims) hands us
+ * names it made itself, and that function is only defined on SQLite's. */
+static sr_tde_ts_t *companion_tablespace(const char *zName, size_t base)
+{
     sr_tde_ts_t *ts = NULL;
     pthread_mutex_lock(&vfs_lock);
     for (sr_file_t *m = open_mains; m && !ts; m = m->next_main)
-        if (strncmp(m->name, zName, n - sn) == 0 && m->name[n - sn] == '\0') ts = sr_tde_ts_retain(m->ts);
+        if (strlen(m->name) == base && strncmp(m->name, zName, base) == 0) ts = sr_tde_ts_retain(m->ts);
     pthread_mutex_unlock(&vfs_lock);
     return ts;
 }
@@ -1145,14 +1281,12 @@ static sr_tde_ts_t *companion_tablespace(const char *zName, int flags, int *plai
  * (plaintext=1, or a plain database opened through a stacked VFS) passes
  * through; one whose database file has a key header is refused, never
  * written in plaintext. */
-static int companion_is_plaintext(const char *zName, int flags)
+static int companion_is_plaintext(const char *zName, size_t base)
 {
-    const char *suffix = flags & SQLITE_OPEN_WAL ? "-wal" : "-journal";
-    size_t n = strlen(zName), sn = strlen(suffix);
-    if (n <= sn || n - sn >= 4096) return 0;
+    if (base == 0 || base >= 4096) return 0;
     char path[4096];
-    memcpy(path, zName, n - sn);
-    path[n - sn] = '\0';
+    memcpy(path, zName, base);
+    path[base] = '\0';
     FILE *fp = fopen(path, "rb");
     uint8_t magic[8] = {0};
     size_t got = fp ? fread(magic, 1, sizeof magic, fp) : 0;
@@ -1162,14 +1296,21 @@ static int companion_is_plaintext(const char *zName, int flags)
 
 static int open_companion(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flags)
 {
-    int plaintext = 0;
-    f->ts = is_passthrough_vfs(vfs) ? NULL : companion_tablespace(zName, flags, &plaintext);
+    if (is_passthrough_vfs(vfs)) {
+        f->role = ROLE_PASS;
+        return SQLITE_OK;
+    }
+    int chunk = 0;
+    size_t base = companion_base(zName, flags, &chunk);
+    f->ts = base && !chunk ? companion_tablespace(zName, base) : NULL;
     if (!f->ts) {
-        if (plaintext || is_passthrough_vfs(vfs) || companion_is_plaintext(zName, flags)) {
+        if (companion_is_plaintext(zName, base)) {
             f->role = ROLE_PASS;
             return SQLITE_OK;
         }
-        sr_err_set(SR_ERR_INTERNAL, "cannot find the open encrypted database this WAL or journal belongs to");
+        sr_err_set(SR_ERR_UNSUPPORTED, chunk ? "a WAL or journal split into pieces by a VFS above strongroom cannot be "
+                   "encrypted (its records cannot be located); use that VFS without splitting journals"
+                   : "cannot find the open encrypted database this WAL or journal belongs to");
         return log_failure(SQLITE_CANTOPEN, f, "open");
     }
     f->role = flags & SQLITE_OPEN_WAL ? ROLE_WAL : ROLE_JOURNAL;

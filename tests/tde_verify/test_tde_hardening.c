@@ -565,6 +565,77 @@ static void test_reads_of_any_length(void)
     SR_CHECK_MSG(strstr(out, MARKER) != NULL && strstr(out, "disk I/O error") == NULL, ".recover: %.400s", out);
 }
 
+/* A VFS above strongroom that merges writes (the crash simulator flushing
+ * sectors) hands it spans of any shape: in the WAL a span from the WAL
+ * header over whole and partial frames, in the database several pages and
+ * parts of pages, in the journal a span over records. Nothing of them may
+ * reach the disk in plaintext (the old code wrote a span starting in the WAL
+ * header, and any unrecognised journal write, as it came). */
+static void test_merged_writes_never_reach_disk_in_plaintext(void)
+{
+    const char *path = make_db("spans.db", "WAL", 50, MARKER);
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(path, keyfile, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_exec(db, "PRAGMA wal_autocheckpoint=0; INSERT INTO t(k, v) VALUES (1, 'w')"), SQLITE_OK);
+    sqlite3_file *wal = NULL, *main_db = NULL;
+    SR_CHECK_EQ_INT(sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &main_db), SQLITE_OK);
+    static uint8_t span[4 * (24 + PS)], back[4 * (24 + PS)], hdr[32];
+    enum { FIRST = 200 }; /* frames far past the log's end: SQLite never looks there */
+    /* pages as SQLite makes them: data, and 32 reserved bytes of zeros at the end */
+    for (size_t i = 0; i + 32 <= sizeof span; i += 32) memcpy(span + i, MARKER "-SPAN-DATA-PADDING-", 32);
+    for (int fr = 0; fr < 3; fr++) {
+        memset(span + fr * (24 + PS), 0, 24);            /* frame headers: plaintext by design */
+        memset(span + fr * (24 + PS) + 24 + PS - 32, 0, 32); /* the page's reserved bytes */
+    }
+    /* from a frame header over two frames and half of a third page */
+    sqlite3_int64 at = 32 + (sqlite3_int64)FIRST * (24 + PS);
+    SR_CHECK_EQ_INT(wal->pMethods->xRead(wal, hdr, 32, 0), SQLITE_OK);
+    int wal_span = 3 * (24 + PS) - 200;
+    SR_CHECK_EQ_INT(wal->pMethods->xWrite(wal, span, wal_span, at), SQLITE_OK);
+    SR_CHECK_EQ_INT(wal->pMethods->xRead(wal, back, wal_span, at), SQLITE_OK);
+    SR_CHECK_MEM(back, span, (size_t)wal_span);
+
+    /* a span from the WAL header over frame 0 (rewritten with its own bytes, so the log stays valid):
+     * the header part as is, the frame's page encrypted */
+    static uint8_t orig[32 + 24 + PS];
+    SR_CHECK_EQ_INT(wal->pMethods->xRead(wal, orig, (int)sizeof orig, 0), SQLITE_OK);
+    SR_CHECK_EQ_INT(wal->pMethods->xWrite(wal, orig, (int)sizeof orig, 0), SQLITE_OK);
+    /* the database: three pages and a half, past the end of the database */
+    sqlite3_int64 size = 0;
+    SR_CHECK_EQ_INT(main_db->pMethods->xFileSize(main_db, &size), SQLITE_OK);
+    for (size_t i = 0; i + 32 <= sizeof span; i += 32) memcpy(span + i, MARKER "-SPAN-DATA-PADDING-", 32);
+    for (int pg = 0; pg < 4; pg++) memset(span + pg * PS + PS - 32, 0, 32);
+    SR_CHECK_EQ_INT(main_db->pMethods->xWrite(main_db, span, 3 * PS + PS / 2, size + PS), SQLITE_OK);
+    SR_CHECK_EQ_INT(main_db->pMethods->xRead(main_db, back, 3 * PS + PS / 2, size + PS), SQLITE_OK);
+    SR_CHECK_MEM(back, span, 3 * PS + PS / 2);
+
+    SR_CHECK_EQ_INT(main_db->pMethods->xTruncate(main_db, size), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_int(db, "SELECT count(*) FROM t WHERE v = 'w'"), 1);
+    sqlite3_close(db);
+    char walpath[600];
+    snprintf(walpath, sizeof walpath, "%s-wal", path);
+    SR_CHECK_MSG(!sr_test_file_contains(walpath, MARKER, strlen(MARKER)), "plaintext in the WAL");
+    SR_CHECK_MSG(!sr_test_file_contains(path, MARKER, strlen(MARKER)), "plaintext in the database");
+    SR_CHECK_EQ_INT(read_all(path), SQLITE_OK);
+
+    /* the journal: a merged span over records is refused, nothing written */
+    const char *jpath = make_db("spans-j.db", "DELETE", 50, MARKER);
+    SR_CHECK_EQ_INT(sqlt_open(jpath, keyfile, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_exec(db, "PRAGMA journal_mode=PERSIST; BEGIN; UPDATE t SET v = v || 'j'"), SQLITE_OK);
+    sqlite3_file *jr = NULL;
+    SR_CHECK_EQ_INT(sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &jr), SQLITE_OK);
+    SR_CHECK(jr && jr->pMethods);
+    if (jr && jr->pMethods) {
+        SR_CHECK_EQ_INT(jr->pMethods->xWrite(jr, span, 4096, 1 << 20), SQLITE_IOERR_WRITE);
+    }
+    SR_CHECK_EQ_INT(sqlt_exec(db, "ROLLBACK"), SQLITE_OK);
+    sqlite3_close(db);
+    char jrpath[600];
+    snprintf(jrpath, sizeof jrpath, "%s-journal", jpath);
+    SR_CHECK_MSG(!sr_test_file_contains(jrpath, MARKER "-SPAN", strlen(MARKER "-SPAN")), "plaintext in the journal");
+}
+
 /* 10: the version-3 methods reach the VFS below. */
 static void test_system_calls_pass_through(void)
 {
@@ -669,6 +740,7 @@ int main(void)
     SR_RUN(test_page_size_changes_refused_database_intact);
     SR_RUN(test_new_database_page_size_and_auto_vacuum);
     SR_RUN(test_reads_of_any_length);
+    SR_RUN(test_merged_writes_never_reach_disk_in_plaintext);
     SR_RUN(test_system_calls_pass_through);
     SR_RUN(test_warnings_rate_limited);
     SR_RUN(test_rekey_reaches_a_writing_connection);
