@@ -90,8 +90,8 @@ sr_err_t sr_tde_header_verify(const sr_tde_header_t *h, const uint8_t key[SR_TDE
     sr_err_t rc = header_mac(h->checksum, key, mac);
     if (rc != SR_OK) return rc;
     if (CRYPTO_memcmp(mac, h->mac, sizeof mac) != 0)
-        return sr_err_set(SR_ERR_AUTH, "key header (generation %llu) fails its MAC: edited without the key",
-                          (unsigned long long)h->generation);
+        return sr_err_set(SR_ERR_AUTH, "key header (generation %llu) fails its MAC: edited without the key, or the "
+                          "file was replaced by another tablespace's", (unsigned long long)h->generation);
     return SR_OK;
 }
 

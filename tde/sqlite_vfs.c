@@ -326,9 +326,12 @@ static int main_read_page(sr_file_t *f, uint8_t *buf, uint32_t ps, sqlite3_int64
 static int main_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
     if (f->role == ROLE_MAIN_PASSTHROUGH) return lower_read(f, buf, amt, off + SHIFT);
+    /* While this process has seen no page, another one may write the first
+     * and with it the page size: take in the header first. (Once pages
+     * exist the page size cannot change.) */
+    if (!sr_tde_ts_has_pages(f->ts) && sr_tde_ts_refresh(f->ts) != SR_OK)
+        return log_failure(SQLITE_IOERR_READ, f, "cannot read the key header");
     uint32_t ps = sr_tde_ts_page_size(f->ts);
-    if (amt != (int)ps && sr_tde_page_size_valid((size_t)amt) && off % amt == 0 && sr_tde_ts_refresh(f->ts) == SR_OK)
-        ps = sr_tde_ts_page_size(f->ts); /* another process wrote the first page of a new database */
     if (amt == (int)ps && off % ps == 0) return main_read_page(f, buf, ps, off / ps + 1);
     sqlite3_int64 size = 0;
     int rc = f->lower->pMethods->xFileSize(f->lower, &size);
@@ -486,10 +489,14 @@ static void connection_hint(sr_file_t *f, sqlite3 *db)
 
 /* ---- WAL ------------------------------------------------------------------------------ */
 
-static uint32_t wal_header_page_size(const uint8_t *h)
+/* The page size a WAL header names; a header that names none (torn, or
+ * garbage a crash left) leaves the one in use. */
+static void wal_take_header(sr_file_t *f, const uint8_t *h)
 {
     uint32_t ps = be32_at(h + 8);
-    return ps == 1 ? 65536 : ps;
+    if (ps == 1) ps = 65536;
+    if (sr_tde_page_size_valid(ps)) f->wal_page = ps;
+    f->wal_hdr_frame = -1;
 }
 
 static sqlite3_int64 wal_frame_offset(const sr_file_t *f, sqlite3_int64 frame)
@@ -557,7 +564,7 @@ static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
     if (off < WAL_HDR) {
         int rc = lower_read(f, buf, amt, off);
-        if (rc == SQLITE_OK && off == 0 && amt >= WAL_HDR) f->wal_page = wal_header_page_size(buf);
+        if (rc == SQLITE_OK && off == 0 && amt >= WAL_HDR) wal_take_header(f, buf);
         if (rc != SQLITE_OK || off + amt <= WAL_HDR) return rc;
         return amt - (WAL_HDR - off) > 0 ? wal_read(f, buf + (WAL_HDR - off), amt - (int)(WAL_HDR - off), WAL_HDR) : rc;
     }
@@ -565,7 +572,7 @@ static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
         uint8_t hdr[WAL_HDR];
         int rc = lower_read(f, hdr, WAL_HDR, 0);
         if (rc != SQLITE_OK) return rc;
-        f->wal_page = wal_header_page_size(hdr);
+        wal_take_header(f, hdr);
     }
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
@@ -670,7 +677,7 @@ static int wal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 of
 {
     if (off < WAL_HDR) { /* the WAL header; anything after it is frames */
         int n = amt < WAL_HDR - off ? amt : (int)(WAL_HDR - off);
-        if (off == 0 && n == WAL_HDR) f->wal_page = wal_header_page_size(buf), f->wal_hdr_frame = -1;
+        if (off == 0 && n == WAL_HDR) wal_take_header(f, buf);
         int rc = lower_write(f, buf, n, off);
         return rc != SQLITE_OK || n == amt ? rc : wal_write(f, buf + n, amt - n, WAL_HDR);
     }
@@ -839,11 +846,13 @@ static int all_zero(const uint8_t *p, int n)
     return acc == 0;
 }
 
-/* The super-journal name SQLite appends to a journal follows a 4-byte
- * record number that no page can have, (1 GiB / page size) + 1. */
-static int journal_super_name(const sr_file_t *f, sqlite3_int64 off)
+/* The super-journal name SQLite appends to a journal: a file name (no NUL
+ * byte) right after the 4-byte record number written before it (the
+ * locking page's, which no page image has; its value moves with the
+ * pending byte, so the shape is what is checked). */
+static int journal_super_name(const sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
 {
-    return f->jrec_off == off - 4 && be32_at(f->jrec_pgno) == 0x40000000u / sr_tde_ts_page_size(f->ts) + 1;
+    return f->jrec_off == off - 4 && amt <= 4096 && memchr(buf, 0, (size_t)amt) == NULL;
 }
 
 static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 off)
@@ -860,7 +869,7 @@ static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int6
     }
     if (journal_is_header(buf, amt, off)) return journal_write_header(f, buf, amt, off);
     if (amt == 12 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) return journal_update_header(f, buf, amt, off);
-    if (amt > 12 && !journal_is_header(buf, amt, 0) && !journal_super_name(f, off) && !all_zero(buf, amt)) {
+    if (amt > 12 && !journal_is_header(buf, amt, 0) && !journal_super_name(f, buf, amt, off) && !all_zero(buf, amt)) {
         /* Not a shape SQLite writes (a VFS stacked above merging writes):
          * it could hold part of a page image, which must not reach the
          * disk in plaintext. */

@@ -521,6 +521,33 @@ static void test_new_database_page_size_and_auto_vacuum(void)
     SR_CHECK_MSG(!sr_test_file_contains(sr_test_path("new2.db"), MARKER, strlen(MARKER)), "plaintext in new2.db");
 }
 
+/* Found by SQLite's suite (multi-client tests): a process that opened a new,
+ * empty database keeps the default page size in memory while another
+ * process writes the first pages at another size; its reads must follow
+ * (it used to decrypt four 1024-byte pages as one 4096-byte page). */
+static void test_page_size_set_by_another_process(void)
+{
+    const char *path = sr_test_path("other-process.db");
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(path, keyfile, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_int(db, "SELECT count(*) FROM sqlite_schema"), 0); /* opened while empty */
+    pid_t pid = fork();
+    if (pid == 0) {
+        sqlite3 *c = NULL;
+        int rc = sqlt_open(path, keyfile, NULL, &c);
+        if (rc == SQLITE_OK) rc = sqlt_exec(c, "PRAGMA page_size=1024; CREATE TABLE t1(a, b); INSERT INTO t1 VALUES (1, 2)");
+        sqlite3_close(c);
+        _exit(rc == SQLITE_OK ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    SR_CHECK_EQ_INT(sqlt_int(db, "SELECT count(*) FROM t1"), 1);
+    SR_CHECK_EQ_INT(sqlt_int(db, "PRAGMA page_size"), 1024);
+    SR_CHECK_STR(sqlt_integrity(db), "ok");
+    sqlite3_close(db);
+}
+
 /* 9: any length at any offset, and the stock sqlite3's .recover. */
 static void test_reads_of_any_length(void)
 {
@@ -739,6 +766,7 @@ int main(void)
     SR_RUN(test_vfs_stacked_above_strongroom);
     SR_RUN(test_page_size_changes_refused_database_intact);
     SR_RUN(test_new_database_page_size_and_auto_vacuum);
+    SR_RUN(test_page_size_set_by_another_process);
     SR_RUN(test_reads_of_any_length);
     SR_RUN(test_merged_writes_never_reach_disk_in_plaintext);
     SR_RUN(test_system_calls_pass_through);
