@@ -443,13 +443,17 @@ static int main_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 o
 }
 
 /* SQLITE_FCNTL_PRAGMA: another page size for a database whose pages exist
- * is an error the application sees (a VACUUM after it would be refused). */
+ * is an error the application sees, where SQLite would apply it at the next
+ * VACUUM (which would be refused). In WAL mode SQLite ignores it, and so do
+ * we (page 1's read version 2 says WAL). */
 static int main_pragma(sr_file_t *f, char **arg)
 {
     const char *name = arg[1], *value = arg[2];
     int64_t want = 0;
+    uint8_t hdr[20];
     if (!value || f->role != ROLE_MAIN || strcasecmp(name, "page_size") != 0 || !sr_tde_ts_has_pages(f->ts))
         return SQLITE_NOTFOUND;
+    if (main_read(f, hdr, sizeof hdr, 0) == SQLITE_OK && hdr[18] == 2) return SQLITE_NOTFOUND;
     if (sr_parse_int64(value, &want) != SR_OK || want < 0 || !sr_tde_page_size_valid((size_t)want) ||
         want == (int64_t)sr_tde_ts_page_size(f->ts))
         return SQLITE_NOTFOUND; /* SQLite ignores invalid sizes itself; the same size changes nothing */
@@ -518,35 +522,50 @@ static sr_tde_place_t wal_place(sqlite3_int64 frame, const uint8_t *frame_hdr)
                             .bind_len = WAL_FRAME_BIND};
 }
 
-/* Is there, after frame `frame`, a commit frame of the same WAL generation
- * (same salts as `hdr`)? Then `frame` is inside committed history. */
-static int wal_commit_follows(sr_file_t *f, sqlite3_int64 frame, const uint8_t *hdr)
+/* How many commit frames of the same WAL generation (same salts as `hdr`)
+ * follow frame `frame`: the committed transactions a cut there discards. */
+static int wal_commits_after(sr_file_t *f, sqlite3_int64 frame, const uint8_t *hdr)
 {
     uint8_t next[WAL_FRAME_HDR];
-    for (sqlite3_int64 j = frame + 1;; j++) {
-        if (lower_read(f, next, WAL_FRAME_HDR, wal_frame_offset(f, j)) != SQLITE_OK) return 0;
-        if (memcmp(next + 8, hdr + 8, 8) != 0) return 0; /* an older generation: the log ends before it */
-        if (be32_at(next + 4) != 0) return 1;           /* a commit frame */
+    int commits = 0;
+    for (sqlite3_int64 j = frame + 1; commits < 1000000; j++) {
+        if (lower_read(f, next, WAL_FRAME_HDR, wal_frame_offset(f, j)) != SQLITE_OK) break;
+        if (memcmp(next + 8, hdr + 8, 8) != 0) break; /* an older generation: the log ends before it */
+        if (be32_at(next + 4) != 0) commits++;
     }
+    return commits;
 }
 
 /* A frame read during recovery (header + page) whose page fails
- * authentication. A write torn by a crash can only be in the unfinished
- * transaction at the end of the log: that frame is handed back with a zeroed
- * page, so SQLite's own frame checksum fails and recovery ends the log there,
- * as it does for a torn frame without encryption. Inside committed history
- * (a commit frame of the same generation follows) it is tampering: refused. */
+ * authentication is handed back with a zeroed page: SQLite's own frame
+ * checksum then fails and recovery ends the log there, exactly as SQLite
+ * does for a frame a crash tore. That is right for a crash: disks reorder
+ * writes until a sync completes, so a crash during a commit can leave a
+ * later frame (even the commit frame) written and an earlier one torn. It
+ * is also all that damage or tampering inside committed history can
+ * achieve: the log is cut there (docs/threat-model.md, cutting the WAL
+ * short), the bad page is never applied, and the cut is reported loudly —
+ * SQLite's error log, a WARN line and an audit event, naming the
+ * transactions discarded when later commits exist. */
 static int wal_recovery_frame(sr_file_t *f, uint8_t *frame_buf, sqlite3_int64 frame)
 {
     sr_tde_place_t place = wal_place(frame, frame_buf);
     (void)ensure_key_loaded(f, frame_buf + WAL_FRAME_HDR, f->wal_page);
     if (sr_tde_page_decrypt(f->pc, &place, frame_buf + WAL_FRAME_HDR, f->wal_page) == SR_OK) return SQLITE_OK;
-    if (wal_commit_follows(f, frame, frame_buf)) return page_auth_failure(f);
-    char detail[600];
-    snprintf(detail, sizeof detail, "wal frame %lld fails authentication and no commit follows it: a write torn by a "
-             "crash, treated as the end of the log (%s)", (long long)frame, sr_err_detail());
+    int commits = wal_commits_after(f, frame, frame_buf);
+    char detail[700];
+    if (commits)
+        snprintf(detail, sizeof detail, "wal frame %lld fails authentication (%s): the log ends before it and the %d "
+                 "later committed transaction(s) in it are discarded (a crash that reordered writes, damage, or "
+                 "tampering)", (long long)frame, sr_err_detail(), commits);
+    else
+        snprintf(detail, sizeof detail, "wal frame %lld fails authentication and no commit follows it: a write torn "
+                 "by a crash, treated as the end of the log (%s)", (long long)frame, sr_err_detail());
+    if (commits) /* SQLite's log keeps about 210 characters: what happened first */
+        sqlite3_log(SQLITE_IOERR_DATA, "strongroom: wal frame %lld fails authentication: the log ends before it, %d "
+                    "later commit(s) discarded (%s)", (long long)frame, commits, f->name ? f->name : "(wal)");
     warn("strongroom: %s: %s", f->name ? f->name : "(wal)", detail);
-    tde_event(f, "wal.torn_frame", detail);
+    tde_event(f, commits ? "wal.frames_discarded" : "wal.torn_frame", detail);
     memset(frame_buf + WAL_FRAME_HDR, 0, f->wal_page);
     return SQLITE_OK;
 }
