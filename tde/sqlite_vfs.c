@@ -94,6 +94,7 @@ typedef struct sr_file {
     sr_tde_xts_t *xts;       /* TEMP */
     sqlite3_int64 temp_size; /* TEMP: bytes SQLite has written */
     uint32_t wal_page;       /* WAL: page size from the WAL header */
+    int wal_page_known;      /* WAL: this handle has read or written the WAL header */
     sqlite3_int64 wal_hdr_frame; /* WAL: frame whose header is cached (-1: none) */
     uint8_t wal_hdr[WAL_FRAME_HDR];
     sqlite3_int64 jrec_off;  /* JOURNAL: offset of the last 4-byte write (a record's page number) */
@@ -499,8 +500,20 @@ static void wal_take_header(sr_file_t *f, const uint8_t *h)
 {
     uint32_t ps = be32_at(h + 8);
     if (ps == 1) ps = 65536;
-    if (sr_tde_page_size_valid(ps)) f->wal_page = ps;
+    if (sr_tde_page_size_valid(ps)) f->wal_page = ps, f->wal_page_known = 1;
     f->wal_hdr_frame = -1;
+}
+
+/* Before a handle touches frames it must know their size: a connection
+ * writing to a WAL another one started takes the page size from the shared
+ * index and never reads the WAL header itself. */
+static int wal_know_page_size(sr_file_t *f)
+{
+    if (f->wal_page_known) return SQLITE_OK;
+    uint8_t hdr[WAL_HDR];
+    int rc = lower_read(f, hdr, WAL_HDR, 0);
+    if (rc == SQLITE_OK) wal_take_header(f, hdr);
+    return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_OK : rc; /* none yet: SQLite writes it first */
 }
 
 static sqlite3_int64 wal_frame_offset(const sr_file_t *f, sqlite3_int64 frame)
@@ -587,12 +600,8 @@ static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
         if (rc != SQLITE_OK || off + amt <= WAL_HDR) return rc;
         return amt - (WAL_HDR - off) > 0 ? wal_read(f, buf + (WAL_HDR - off), amt - (int)(WAL_HDR - off), WAL_HDR) : rc;
     }
-    if (!sr_tde_page_size_valid(f->wal_page)) {
-        uint8_t hdr[WAL_HDR];
-        int rc = lower_read(f, hdr, WAL_HDR, 0);
-        if (rc != SQLITE_OK) return rc;
-        wal_take_header(f, hdr);
-    }
+    int krc = wal_know_page_size(f);
+    if (krc != SQLITE_OK) return krc;
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
     if (rel == 0 && amt == WAL_FRAME_HDR + (int)f->wal_page) {
@@ -646,11 +655,12 @@ static int wal_rebind(sr_file_t *f, sqlite3_int64 frame, const uint8_t *new_hdr)
 }
 
 /* The header of frame `frame` as on disk (SQLite writes it just before the
- * page, so it is usually the one cached from that write). */
+ * page, so it is usually the one cached from that write, used once). */
 static int wal_frame_header(sr_file_t *f, sqlite3_int64 frame, uint8_t *hdr)
 {
-    if (f->wal_hdr_frame == frame) {
+    if (f->wal_hdr_frame == frame) { /* used once: another connection may rewrite it later */
         memcpy(hdr, f->wal_hdr, WAL_FRAME_HDR);
+        f->wal_hdr_frame = -1;
         return SQLITE_OK;
     }
     return lower_read(f, hdr, WAL_FRAME_HDR, wal_frame_offset(f, frame));
@@ -700,7 +710,8 @@ static int wal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int64 of
         int rc = lower_write(f, buf, n, off);
         return rc != SQLITE_OK || n == amt ? rc : wal_write(f, buf + n, amt - n, WAL_HDR);
     }
-    if (!sr_tde_page_size_valid(f->wal_page)) return refuse_write(f, "WAL frames written before a valid WAL header");
+    int krc = wal_know_page_size(f);
+    if (krc != SQLITE_OK) return krc;
     sqlite3_int64 frame, rel;
     wal_locate(f, off, &frame, &rel);
     int ps = (int)f->wal_page;

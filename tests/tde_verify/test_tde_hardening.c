@@ -564,6 +564,45 @@ static void test_page_size_set_by_another_process(void)
     sqlite3_close(db);
 }
 
+/* Found by SQLite's suite (exists.test): a connection that writes to a WAL
+ * another connection started takes the page size from the shared index,
+ * never reads the WAL header, and framed its writes with the tablespace's
+ * default page size while the new database's pages were all still in the
+ * WAL at another size. */
+static void test_second_writer_of_a_new_wal(void)
+{
+    const char *path = sr_test_path("second-writer.db");
+    sqlite3 *b = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(path, keyfile, NULL, &b), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_int(b, "SELECT count(*) FROM sqlite_schema"), 0); /* this process: opened empty */
+    int go[2], done[2];
+    SR_CHECK(pipe(go) == 0 && pipe(done) == 0);
+    pid_t pid = fork();
+    if (pid == 0) { /* the first writer stays alive, so the WAL index is its (no recovery by the other) */
+        sqlite3 *a = NULL;
+        char c = 0;
+        int rc = sqlt_open(path, keyfile, NULL, &a);
+        if (rc == SQLITE_OK)
+            rc = sqlt_exec(a, "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; "
+                              "CREATE TABLE t1(x); INSERT INTO t1 VALUES (1)");
+        if (write(go[1], "x", 1) != 1 || read(done[0], &c, 1) != 1) rc = SQLITE_ERROR;
+        sqlite3_close(a);
+        _exit(rc == SQLITE_OK ? 0 : 1);
+    }
+    char c = 0;
+    SR_CHECK(read(go[0], &c, 1) == 1);
+    SR_CHECK_EQ_INT(sqlt_int(b, "SELECT sum(x) FROM t1"), 1);
+    SR_CHECK_EQ_INT(sqlt_exec(b, "INSERT INTO t1 SELECT x + 1 FROM t1; INSERT INTO t1 SELECT x + 2 FROM t1"), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_int(b, "SELECT sum(x) FROM t1"), 10);
+    SR_CHECK(write(done[1], "x", 1) == 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    SR_CHECK_STR(sqlt_integrity(b), "ok");
+    sqlite3_close(b);
+    close(go[0]), close(go[1]), close(done[0]), close(done[1]);
+}
+
 /* 9: any length at any offset, and the stock sqlite3's .recover. */
 static void test_reads_of_any_length(void)
 {
@@ -783,6 +822,7 @@ int main(void)
     SR_RUN(test_page_size_changes_refused_database_intact);
     SR_RUN(test_new_database_page_size_and_auto_vacuum);
     SR_RUN(test_page_size_set_by_another_process);
+    SR_RUN(test_second_writer_of_a_new_wal);
     SR_RUN(test_reads_of_any_length);
     SR_RUN(test_merged_writes_never_reach_disk_in_plaintext);
     SR_RUN(test_system_calls_pass_through);
