@@ -237,11 +237,17 @@ int sr_tde_space_has_key(sr_tde_space_t *s, uint32_t version)
     return has;
 }
 
+/* HKDF fetched once: OpenSSL 3 looks the algorithm up in its providers on
+ * every fetch, which costs more than the derivation. */
+static EVP_KDF *hkdf;
+static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
+static void hkdf_fetch(void) { hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL); }
+
 sr_err_t sr_tde_key_derive(const uint8_t dek[SR_TDE_KEY_BYTES], const sr_uuid_t *id, const char *label,
                            uint8_t out[32])
 {
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-    EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    pthread_once(&hkdf_once, hkdf_fetch);
+    EVP_KDF_CTX *kctx = hkdf ? EVP_KDF_CTX_new(hkdf) : NULL;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)dek, SR_TDE_KEY_BYTES),
@@ -251,7 +257,6 @@ sr_err_t sr_tde_key_derive(const uint8_t dek[SR_TDE_KEY_BYTES], const sr_uuid_t 
     sr_err_t rc = kctx && EVP_KDF_derive(kctx, out, 32, params) == 1
                       ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "cannot derive the %s key", label);
     EVP_KDF_CTX_free(kctx);
-    EVP_KDF_free(kdf);
     return rc;
 }
 
