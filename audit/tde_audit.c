@@ -415,7 +415,10 @@ int main(int argc, char **argv)
     o.nfiles = argc - optind;
     o.files = argv + optind;
     sr_log_set_level(SR_LOG_WARN);
-    if (sr_secure_init() != SR_OK) return 1;
+    if (sr_process_harden() != SR_OK) { /* no core dumps, no ptrace by other users: it holds the signing key */
+        fprintf(stderr, "tde-audit: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last()));
+        return 1;
+    }
     static const struct { const char *name; int (*run)(opts_t *); } cmds[] = {
         {"keygen", cmd_keygen}, {"verify", cmd_verify}, {"search", cmd_search},
         {"report", cmd_report}, {"append", cmd_append}, {"collect", cmd_collect}, {"forward", cmd_forward}};

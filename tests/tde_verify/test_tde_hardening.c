@@ -328,30 +328,34 @@ static void test_tdectl_encrypt_writes_no_plaintext_and_is_hardened(void)
     char where[1024];
     SR_CHECK_MSG(!sqlt_marker_on_disk(dir, MARKER, where, sizeof where), "plaintext in %s", where);
 
-    /* hardened: a tdectl blocked opening a FIFO as its key file shows its limits */
+    /* hardened: tdectl and tde-audit, blocked opening a FIFO (as a key file,
+     * as a log), show their limits */
     char fifo[600];
     snprintf(fifo, sizeof fifo, "%s", sr_test_path("key.fifo"));
     SR_CHECK(mkfifo(fifo, 0600) == 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(sr_test_build_path("tde/tdectl"), "tdectl", "verify", "--keyfile", fifo, dst, (char *)NULL);
-        _exit(127);
+    for (int tool = 0; tool < 2; tool++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (tool == 0) execl(sr_test_build_path("tde/tdectl"), "tdectl", "verify", "--keyfile", fifo, dst, (char *)NULL);
+            else execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "verify", fifo, (char *)NULL);
+            _exit(127);
+        }
+        char limits_path[64], line[256];
+        snprintf(limits_path, sizeof limits_path, "/proc/%d/limits", (int)pid);
+        int core_zero = 0;
+        for (int tries = 0; tries < 200 && !core_zero; tries++) {
+            usleep(10000);
+            FILE *lf = fopen(limits_path, "r");
+            while (lf && fgets(line, sizeof line, lf))
+                if (strncmp(line, "Max core file size", 18) == 0) core_zero = strstr(line, " 0 ") != NULL;
+            if (lf) fclose(lf);
+        }
+        SR_CHECK_MSG(core_zero, "%s runs with core dumps enabled", tool ? "tde-audit" : "tdectl");
+        int w = open(fifo, O_WRONLY);
+        if (w >= 0) close(w);
+        int status = 0;
+        waitpid(pid, &status, 0);
     }
-    char limits_path[64], line[256];
-    snprintf(limits_path, sizeof limits_path, "/proc/%d/limits", (int)pid);
-    int core_zero = 0;
-    for (int tries = 0; tries < 200 && !core_zero; tries++) {
-        usleep(10000);
-        FILE *lf = fopen(limits_path, "r");
-        while (lf && fgets(line, sizeof line, lf))
-            if (strncmp(line, "Max core file size", 18) == 0) core_zero = strstr(line, " 0 ") != NULL;
-        if (lf) fclose(lf);
-    }
-    SR_CHECK_MSG(core_zero, "tdectl runs with core dumps enabled");
-    int w = open(fifo, O_WRONLY);
-    if (w >= 0) close(w);
-    int status = 0;
-    waitpid(pid, &status, 0);
     unlink(fifo);
 
     /* a 0600 key file owned by someone else (needs root to make one) */
