@@ -519,9 +519,10 @@ static sr_err_t auth_failure(const sr_tde_place_t *p, uint32_t version, const ch
                       (unsigned long long)p->location, version, reason);
 }
 
-/* AEAD open of `body` bytes in place against the trailer; 0 bytes: a seal. */
-static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint8_t *data, size_t body,
-                             const uint8_t *trailer, int *auth_ok)
+/* AEAD open of `body` bytes of `in` into `data` (the same buffer, or not)
+ * against the trailer; 0 bytes: a seal. */
+static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, const uint8_t *in, uint8_t *data,
+                             size_t body, const uint8_t *trailer, int *auth_ok)
 {
     *auth_ok = 0;
     uint32_t version = (uint32_t)trailer[12] << 24 | (uint32_t)trailer[13] << 16 | (uint32_t)trailer[14] << 8 |
@@ -533,7 +534,7 @@ static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint8
         c->dec_version = 0;
         rc = ctx_key(c, c->dec, 0, version);
         if (rc == SR_ERR_TDE_KEY_VERSION) {
-            int zero = all_zero(trailer, SR_TDE_PAGE_TRAILER) && (!body || all_zero(data, body));
+            int zero = all_zero(trailer, SR_TDE_PAGE_TRAILER) && (!body || all_zero(in, body));
             return auth_failure(p, version, zero ? "all zeros (never written)" : "unknown key version");
         }
         if (rc != SR_OK) return rc;
@@ -545,7 +546,7 @@ static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint8
     int n = 0, m = 0;
     int ok = EVP_DecryptInit_ex(c->dec, NULL, NULL, NULL, trailer) == 1 &&
              EVP_DecryptUpdate(c->dec, NULL, &n, c->aad, aad_len) == 1 &&
-             (body == 0 || EVP_DecryptUpdate(c->dec, data, &n, data, (int)body) == 1) &&
+             (body == 0 || EVP_DecryptUpdate(c->dec, data, &n, in, (int)body) == 1) &&
              EVP_CIPHER_CTX_ctrl(c->dec, EVP_CTRL_AEAD_SET_TAG, SR_TDE_TAG_BYTES, tag) == 1;
     *auth_ok = ok && EVP_DecryptFinal_ex(c->dec, data + n, &m) == 1;
     if (*auth_ok) return SR_OK;
@@ -553,19 +554,25 @@ static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint8
     return auth_failure(p, version, "authentication tag mismatch (altered, moved or foreign)");
 }
 
-sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *c, const sr_tde_place_t *place, uint8_t *page, size_t page_size)
+sr_err_t sr_tde_page_decrypt_to(sr_tde_pagectx_t *c, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
+                                size_t page_size)
 {
     if (!sr_tde_page_size_valid(page_size))
         return sr_err_set(SR_ERR_INVALID_ARG, "page size %zu is not a power of two in 512..65536", page_size);
     size_t body = page_size - SR_TDE_PAGE_TRAILER;
     int ok = 0;
-    sr_err_t rc = decrypt_body(c, place, page, body, page + body, &ok);
-    if (ok) memset(page + body, 0, SR_TDE_PAGE_TRAILER);
+    sr_err_t rc = decrypt_body(c, place, in, out, body, in + body, &ok);
+    if (ok) memset(out + body, 0, SR_TDE_PAGE_TRAILER);
     return rc;
+}
+
+sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *c, const sr_tde_place_t *place, uint8_t *page, size_t page_size)
+{
+    return sr_tde_page_decrypt_to(c, place, page, page, page_size);
 }
 
 sr_err_t sr_tde_seal_check(sr_tde_pagectx_t *c, const sr_tde_place_t *place, const uint8_t seal[SR_TDE_PAGE_TRAILER])
 {
     int ok = 0;
-    return decrypt_body(c, place, NULL, 0, seal, &ok);
+    return decrypt_body(c, place, NULL, NULL, 0, seal, &ok);
 }

@@ -611,6 +611,14 @@ static int wal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
         return wal_recovery_frame(f, buf, frame);
     }
     if (rel + amt <= WAL_FRAME_HDR) return lower_read(f, buf, amt, off); /* frame header fields */
+    if (rel == WAL_FRAME_HDR && amt == (int)f->wal_page) { /* a page: decrypted straight into SQLite's buffer */
+        int rc = lower_read(f, f->scratch, WAL_FRAME_HDR + amt, off - WAL_FRAME_HDR);
+        if (rc != SQLITE_OK) return rc;
+        sr_tde_place_t place = wal_place(frame, f->scratch);
+        (void)ensure_key_loaded(f, f->scratch + WAL_FRAME_HDR, f->wal_page);
+        return sr_tde_page_decrypt_to(f->pc, &place, f->scratch + WAL_FRAME_HDR, buf, f->wal_page) == SR_OK
+                   ? SQLITE_OK : page_auth_failure(f);
+    }
     /* A page (the usual read) or any other span: each frame it touches is read
      * whole, so the page is checked against its own frame header. */
     int done = 0;

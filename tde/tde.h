@@ -141,6 +141,11 @@ sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
  * detail names kind, location, key version and reason) or SR_ERR_TDE_KEY_VERSION. */
 sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, uint8_t *page,
                              size_t page_size) SR_MUST_CHECK;
+/* The same from `in` into `out` (distinct buffers of page_size bytes): the
+ * page lands where the caller wants it without a copy. On failure `out`'s
+ * body is wiped. */
+sr_err_t sr_tde_page_decrypt_to(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
+                                size_t page_size) SR_MUST_CHECK;
 /* A seal: a trailer (nonce | key version | tag) authenticating the place and
  * its binding with no body, for plaintext structures SQLite acts on (the
  * rollback journal's header). Checking returns SR_ERR_TDE_PAGE_AUTH on mismatch. */
