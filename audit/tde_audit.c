@@ -30,7 +30,7 @@ static int usage(void)
           "  verify [--key PUB] [--strict] [--min-seq N] FILES...\n"
           "                                 prove no record was altered, removed, inserted or reordered\n"
           "  search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
-          "         [--source IP|CIDR] [--outcome R] [--format table|json|csv] FILES...\n"
+          "         [--source IP|CIDR|local] [--outcome R] [--format table|json|csv] FILES...\n"
           "  report FILES...                summaries: logins, key operations, nodes, refusals, chain status\n"
           "  append --log FILE --sign-key SIGN --component C --event E [--subject S] [--object O]\n"
           "         [--outcome R] [--source IP] [--detail D]\n"
@@ -54,6 +54,11 @@ typedef struct opts {
     int once;
     int nfiles;
     char **files;
+    struct source_filter {
+        int family;      /* AF_INET, AF_INET6; 0: a word such as "local", matched exactly */
+        uint8_t net[16];
+        int bits;        /* prefix length */
+    } source_filter;
 } opts_t;
 
 static int cmd_keygen(opts_t *o)
@@ -135,18 +140,41 @@ static int each_record(opts_t *o, record_fn fn, void *ctx, uint64_t *bad)
     return 0;
 }
 
-/* "10.0.0.0/8", "192.168.1.7", "::1": does addr match? */
-static int source_matches(const char *want, const char *addr)
+/* --source: "10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "::1" or "local".
+ * An address that does not parse, or a prefix longer than its family's, is
+ * a usage error (it would match nothing and exit 0). */
+static int source_filter_parse(const char *text, struct source_filter *f)
 {
-    char net[64];
-    const char *slash = strchr(want, '/');
-    if (!slash) return strcmp(want, addr) == 0;
-    snprintf(net, sizeof net, "%.*s", (int)(slash - want), want);
-    int bits = atoi(slash + 1);
-    struct in_addr a, b;
-    if (inet_pton(AF_INET, net, &a) != 1 || inet_pton(AF_INET, addr, &b) != 1 || bits < 0 || bits > 32) return 0;
-    uint32_t mask = bits ? htonl(~0u << (32 - bits)) : 0;
-    return (a.s_addr & mask) == (b.s_addr & mask);
+    char addr[64];
+    const char *slash = strchr(text, '/');
+    snprintf(addr, sizeof addr, "%.*s", slash ? (int)(slash - text) : (int)strlen(text), text);
+    memset(f, 0, sizeof *f);
+    if (!slash && strcmp(text, "local") == 0) return 0;
+    if (inet_pton(AF_INET, addr, f->net) == 1) f->family = AF_INET, f->bits = 32;
+    else if (inet_pton(AF_INET6, addr, f->net) == 1) f->family = AF_INET6, f->bits = 128;
+    else return fprintf(stderr, "tde-audit: --source %s: not an IPv4 or IPv6 address, a CIDR prefix or \"local\"\n",
+                        text), -1;
+    if (slash) {
+        int64_t bits = -1;
+        int max = f->family == AF_INET ? 32 : 128;
+        if (sr_parse_int64(slash + 1, &bits) != SR_OK || bits < 0 || bits > max)
+            return fprintf(stderr, "tde-audit: --source %s: the prefix length must be 0..%d\n", text, max), -1;
+        f->bits = (int)bits;
+    }
+    return 0;
+}
+
+static int source_matches(const struct source_filter *f, const char *want, const char *addr)
+{
+    if (!f->family) return strcmp(want, addr) == 0;
+    uint8_t a[16];
+    if (inet_pton(f->family, addr, a) != 1) return 0;
+    for (int bit = 0; bit < f->bits; bit += 8) {
+        int n = f->bits - bit >= 8 ? 8 : f->bits - bit;
+        uint8_t mask = (uint8_t)(0xff00 >> n);
+        if ((a[bit / 8] & mask) != (f->net[bit / 8] & mask)) return 0;
+    }
+    return 1;
 }
 
 static int field_matches(const char *want, const char *have)
@@ -162,7 +190,7 @@ static int record_selected(const opts_t *o, const sr_audit_record_t *r)
     return (!o->since || r->ts_us >= o->since) && (!o->until || r->ts_us <= o->until) &&
            field_matches(o->component, r->component) && field_matches(o->event, r->event) &&
            field_matches(o->subject, r->subject) && field_matches(o->object, r->object) &&
-           field_matches(o->outcome, r->outcome) && (!o->source || source_matches(o->source, r->source));
+           field_matches(o->outcome, r->outcome) && (!o->source || source_matches(&o->source_filter, o->source, r->source));
 }
 
 static void csv_field(const char *s, int last)
@@ -395,7 +423,10 @@ int main(int argc, char **argv)
         case 'e': o.event = optarg; break;
         case 'j': o.subject = optarg; break;
         case 'o': o.object = optarg; break;
-        case 'r': o.source = optarg; break;
+        case 'r':
+            o.source = optarg;
+            if (source_filter_parse(optarg, &o.source_filter) != 0) return 2;
+            break;
         case 'x': o.outcome = optarg; break;
         case 'f': o.format = optarg; break;
         case 'l': o.log = optarg; break;

@@ -333,6 +333,50 @@ static void test_sigkill_loses_no_acknowledged_record(void)
     }
 }
 
+/* Runs tde-audit with the arguments; stdout into out; exit status. */
+static int tde_audit(char *out, size_t cap, const char *args)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", sr_test_build_path("audit/tde-audit"), args);
+    FILE *pp = popen(cmd, "r");
+    size_t n = pp ? fread(out, 1, cap - 1, pp) : 0;
+    out[n] = '\0';
+    int st = pp ? pclose(pp) : -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* --source: IPv4 and IPv6 prefixes and "local" select the right records; an
+ * address or prefix that cannot be is a usage error, not "nothing found"
+ * (audit hardening issue). */
+static void test_search_source_filter(void)
+{
+    char path[512], args[1024], out[65536];
+    snprintf(path, sizeof path, "%s", sr_test_path("sources.log"));
+    sr_audit_writer_t *w = open_log(path, 10, 0);
+    static const char *sources[] = {"10.1.2.3", "10.9.0.1", "192.168.7.7", "2001:db8::5", "2001:dead::1", "local"};
+    for (size_t i = 0; i < sizeof sources / sizeof sources[0]; i++)
+        SR_CHECK_OK(sr_audit_append(w, &(sr_event_t){.component = "pam", .event = "login", .subject = sources[i],
+                                                    .object = "pg", .outcome = "success", .source = sources[i]}));
+    SR_CHECK_OK(sr_audit_close(w));
+    static const struct { const char *filter; int matches; } cases[] = {
+        {"10.0.0.0/8", 2}, {"10.1.2.3", 1}, {"10.1.0.0/16", 1}, {"0.0.0.0/0", 3}, {"2001:db8::/32", 1},
+        {"2001::/16", 2}, {"local", 1}, {"192.168.7.7/32", 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "search --event login --format csv --source %s %s", cases[i].filter, path);
+        SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 0);
+        int lines = 0;
+        for (char *c = out; *c; c++) lines += *c == '\n';
+        SR_CHECK_MSG(lines - 1 == cases[i].matches, "--source %s: %d records, want %d", cases[i].filter, lines - 1,
+                     cases[i].matches);
+    }
+    static const char *bad[] = {"10.0.0.0/99", "300.1.1.1", "2001:db8::/129", "10.0.0.0/abc", "nowhere"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "search --source %s %s", bad[i], path);
+        SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 2);
+        SR_CHECK_CONTAINS(out, "--source");
+    }
+}
+
 static void test_torn_tail_cut_and_recorded(void)
 {
     const char *p = make_log("torn.log", 5);
@@ -446,6 +490,7 @@ int main(void)
     SR_RUN(test_threads_and_processes_lose_nothing);
     SR_RUN(test_sigkill_loses_no_acknowledged_record);
     SR_RUN(test_torn_tail_cut_and_recorded);
+    SR_RUN(test_search_source_filter);
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);
     SR_RUN(test_event_sink);
