@@ -66,6 +66,7 @@ typedef struct source {
     struct source *next;
     char name[128];
     int fd;
+    off_t size;           /* bytes of whole records in the file */
     sr_audit_chain_t chain;
     pthread_mutex_t lock; /* one connection of a source at a time appends */
 } source_t;
@@ -101,6 +102,7 @@ static sr_err_t source_load(collector_t *col, source_t *s)
     sr_err_t rc = audit_cut_torn_tail(s->fd, path, &size, &cut);
     if (rc != SR_OK) return rc;
     if (cut) sr_log(SR_LOG_WARN, "audit collector: %s: cut %lld bytes of a torn last record", path, (long long)cut);
+    s->size = size;
     sr_audit_chain_init(&s->chain, col->o->verify_key);
     FILE *f = fopen(path, "r");
     char *line = NULL;
@@ -154,19 +156,31 @@ static sr_err_t send_last(sr_tls_conn_t *c, const source_t *s)
     return frame_send(c, 'L', msg, (size_t)n);
 }
 
-/* One record: skip what we hold, verify and append the rest. */
+/* One record: skip what we hold, verify and append the rest. The chain
+ * moves on only once the whole line is in the file: a short write (a full
+ * disk) is cut back and the record refused, so the forwarder sends it again
+ * when there is room, and the stored copy never holds a torn line. */
 static sr_err_t take_record(source_t *s, char *line, size_t len, char *copy)
 {
     unsigned long long seq = 0;
     if (sscanf(line, "{\"seq\":%llu", &seq) == 1 && seq <= s->chain.last_seq) return SR_OK; /* a resend */
     memcpy(copy, line, len);
-    sr_err_t rc = sr_audit_chain_feed(&s->chain, line, len, NULL);
+    sr_audit_chain_t next = s->chain;
+    sr_err_t rc = sr_audit_chain_feed(&next, line, len, NULL);
     if (rc != SR_OK) return rc;
     copy[len] = '\n';
+    errno = 0;
     ssize_t w = write(s->fd, copy, len + 1);
-    if (w != (ssize_t)(len + 1))
-        return sr_err_set_errno(errno == ENOSPC ? SR_ERR_DISK_FULL : SR_ERR_IO, errno ? errno : EIO,
-                                "cannot append to the collected log of %s", s->name);
+    if (w != (ssize_t)(len + 1)) {
+        int err = errno ? errno : ENOSPC; /* a short write: the rest did not fit */
+        if (w > 0 && ftruncate(s->fd, s->size) != 0)
+            sr_log(SR_LOG_ERROR, "audit collector: %s: cannot cut a partial record back: %s", s->name, strerror(errno));
+        return sr_err_set_errno(err == ENOSPC || err == EFBIG || err == EDQUOT ? SR_ERR_DISK_FULL : SR_ERR_IO, err,
+                                "cannot append record %llu to the collected log of %s (it will be sent again)", seq,
+                                s->name);
+    }
+    s->chain = next;
+    s->size += (off_t)(len + 1);
     return SR_OK;
 }
 

@@ -11,6 +11,7 @@
 #include "sr_test.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,10 +20,15 @@ static char pki[512], store[512], sign_key[512], pub_key[512], tde_audit[512];
 static uint16_t port;
 static uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
 
+static rlim_t file_size_limit = RLIM_INFINITY; /* for the next process spawned */
+
 static pid_t spawn(char *const argv[])
 {
     pid_t pid = fork();
     if (pid == 0) {
+        struct rlimit fsize = {file_size_limit, RLIM_INFINITY}; /* soft: raised later without privilege */
+        signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG, as a full disk with ENOSPC */
+        if (file_size_limit != RLIM_INFINITY && setrlimit(RLIMIT_FSIZE, &fsize) != 0) _exit(126);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -117,6 +123,55 @@ static void test_collector_killed_mid_stream_loses_and_duplicates_nothing(void)
     stop(collector, SIGTERM);
 }
 
+/* The stored copy is a byte-for-byte prefix of the log that ends at a line
+ * end: no torn record, nothing out of order. */
+static int prefix_of(const char *stored, const char *log, size_t *stored_len)
+{
+    size_t ls = 0, ll = 0;
+    uint8_t *a = sr_test_read_file(stored, &ls), *b = sr_test_read_file(log, &ll);
+    int ok = a && b && ls <= ll && memcmp(a, b, ls) == 0 && (ls == 0 || a[ls - 1] == '\n');
+    free(a), free(b);
+    *stored_len = ls;
+    return ok;
+}
+
+/* A full disk on the collector (its files may not grow past 40,000 bytes:
+ * writes fail with EFBIG, as with ENOSPC): the record that does not fit is
+ * refused and cut back, never left torn, and the chain does not move past
+ * it; when there is room again (the limit raised while the collector runs)
+ * the forwarder resends from there and the copy equals the log. Before, the
+ * torn line stayed and the next records followed it. */
+static void test_full_disk_on_the_collector_loses_nothing(void)
+{
+    char log[600], stored[700], saved_store[512];
+    snprintf(saved_store, sizeof saved_store, "%s", store);
+    snprintf(store, sizeof store, "%s", sr_test_path("store-full"));
+    snprintf(log, sizeof log, "%s", sr_test_path("full-node.log"));
+    snprintf(stored, sizeof stored, "%s/strongroom-test-client.log", store);
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
+    SR_CHECK_OK(sr_audit_open(&o, &w));
+    append_n(w, 0, 600);
+    SR_CHECK_OK(sr_audit_close(w));
+    file_size_limit = 40000;
+    pid_t collector = start_collector();
+    file_size_limit = RLIM_INFINITY;
+    SR_CHECK(forward(log, "client", 1) != 0); /* refused: the disk is full */
+    size_t len = 0;
+    SR_CHECK_MSG(prefix_of(stored, log, &len), "the collector's copy (%zu bytes) holds a torn record", len);
+    SR_CHECK(len > 0 && len <= 40000);
+    struct rlimit room = {RLIM_INFINITY, RLIM_INFINITY};
+    SR_CHECK(prlimit(collector, RLIMIT_FSIZE, &room, NULL) == 0); /* space returns */
+    SR_CHECK_EQ_INT(forward(log, "client", 1), 0);
+    SR_CHECK_MSG(same_file(log, stored), "after space returned the copy differs from the log");
+    sr_audit_verify_result_t r;
+    const char *files[] = {stored};
+    SR_CHECK_OK(sr_audit_verify_files(files, 1, pk, &r));
+    SR_CHECK(r.records >= 600);
+    stop(collector, SIGTERM);
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
 static void test_tampered_record_refused(void)
 {
     char log[600], bad[600], stored[700];
@@ -162,6 +217,7 @@ int main(void)
     SR_CHECK_OK(sr_audit_verify_key_load(pub_key, pk));
     port = sr_test_free_port();
     SR_RUN(test_collector_killed_mid_stream_loses_and_duplicates_nothing);
+    SR_RUN(test_full_disk_on_the_collector_loses_nothing);
     SR_RUN(test_tampered_record_refused);
     return sr_test_finish();
 }
