@@ -138,7 +138,9 @@ typedef struct sr_audit_collector_options {
     const char *dir;           /* per-source files */
     sr_audit_tls_t tls;
     const uint8_t *verify_key; /* checkpoints must be signed by it (NULL: chain only) */
+    int max_connections;       /* at once; 0: SR_AUDIT_COLLECT_MAX_CONNECTIONS */
 } sr_audit_collector_options_t;
+#define SR_AUDIT_COLLECT_MAX_CONNECTIONS 256
 
 /* Serves until *stop becomes non-zero (signal handlers set it). */
 sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop) SR_MUST_CHECK;

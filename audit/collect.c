@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FRAME_MAX (SR_AUDIT_LINE_MAX + 1024)
@@ -75,6 +76,7 @@ typedef struct collector {
     const sr_audit_collector_options_t *o;
     pthread_mutex_t lock;
     source_t *sources;
+    int active; /* connections being served (under lock) */
 } collector_t;
 
 /* Certificate CN -> a file name: letters, digits, '.', '-', '_' only. */
@@ -246,8 +248,23 @@ static void *connection(void *p)
         (void)frame_send(a->conn, 'E', why, strlen(why));
     }
     sr_tls_close(a->conn);
+    pthread_mutex_lock(&a->col->lock);
+    a->col->active--;
+    pthread_mutex_unlock(&a->col->lock);
     free(a);
     return NULL;
+}
+
+/* Whether another connection may be taken: at the cap, or out of
+ * descriptors, the listener waits (connections queue in the backlog)
+ * instead of accepting and failing in a loop. */
+static int collector_has_room(collector_t *col, int max)
+{
+    pthread_mutex_lock(&col->lock);
+    int room = col->active < max;
+    if (room) col->active++;
+    pthread_mutex_unlock(&col->lock);
+    return room;
 }
 
 sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop)
@@ -266,21 +283,32 @@ sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *s
     collector_t col = {.o = o};
     pthread_mutex_init(&col.lock, NULL);
     sr_log(SR_LOG_NOTICE, "audit collector listening on %s:%u, storing in %s", o->host, sr_tls_listener_port(lfd), o->dir);
+    int max = o->max_connections > 0 ? o->max_connections : SR_AUDIT_COLLECT_MAX_CONNECTIONS;
+    time_t warned = 0;
     while (!*stop) {
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 500) <= 0) continue; /* look at *stop twice a second */
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) continue;
-        conn_arg_t *a = calloc(1, sizeof *a);
-        pthread_t th;
-        if (!a) {
-            close(fd);
+        if (!collector_has_room(&col, max)) {
+            poll(NULL, 0, 50); /* at the cap: they wait in the backlog */
             continue;
         }
-        a->col = &col, a->ctx = ctx, a->fd = fd;
-        if (pthread_create(&th, NULL, connection, a) != 0) {
-            close(fd);
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        conn_arg_t *a = fd >= 0 ? calloc(1, sizeof *a) : NULL;
+        pthread_t th;
+        if (a) a->col = &col, a->ctx = ctx, a->fd = fd;
+        if (!a || pthread_create(&th, NULL, connection, a) != 0) {
+            int err = fd < 0 ? errno : EAGAIN;
+            if (fd >= 0) close(fd);
             free(a);
+            pthread_mutex_lock(&col.lock);
+            col.active--;
+            pthread_mutex_unlock(&col.lock);
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN) {
+                if (time(NULL) - warned >= 10)
+                    warned = time(NULL), sr_log(SR_LOG_WARN, "audit collector: cannot take a connection (%s): "
+                                                "waiting for others to end", strerror(err));
+                poll(NULL, 0, 100); /* the connection stays queued: do not spin on it */
+            }
             continue;
         }
         pthread_detach(th);

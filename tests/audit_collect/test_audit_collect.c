@@ -11,7 +11,10 @@
 #include "sr_test.h"
 
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,7 +23,7 @@ static char pki[512], store[512], sign_key[512], pub_key[512], tde_audit[512];
 static uint16_t port;
 static uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
 
-static rlim_t file_size_limit = RLIM_INFINITY; /* for the next process spawned */
+static rlim_t file_size_limit = RLIM_INFINITY, open_files_limit = RLIM_INFINITY; /* for the next process spawned */
 
 static pid_t spawn(char *const argv[])
 {
@@ -29,6 +32,8 @@ static pid_t spawn(char *const argv[])
         struct rlimit fsize = {file_size_limit, RLIM_INFINITY}; /* soft: raised later without privilege */
         signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG, as a full disk with ENOSPC */
         if (file_size_limit != RLIM_INFINITY && setrlimit(RLIMIT_FSIZE, &fsize) != 0) _exit(126);
+        struct rlimit nofile = {open_files_limit, open_files_limit};
+        if (open_files_limit != RLIM_INFINITY && setrlimit(RLIMIT_NOFILE, &nofile) != 0) _exit(126);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -172,6 +177,59 @@ static void test_full_disk_on_the_collector_loses_nothing(void)
     snprintf(store, sizeof store, "%s", saved_store);
 }
 
+/* CPU seconds a process has used (user + system), from /proc. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (p) sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Out of descriptors (a 32-file limit, 60 idle connections that never start
+ * TLS): the collector waits instead of failing accept() in a loop at full
+ * CPU, and serves a well-behaved forwarder once the idle ones go. */
+static void test_descriptor_exhaustion_does_not_spin(void)
+{
+    char log[600], saved_store[512];
+    snprintf(saved_store, sizeof saved_store, "%s", store);
+    snprintf(store, sizeof store, "%s", sr_test_path("store-fds"));
+    snprintf(log, sizeof log, "%s", sr_test_path("fds-node.log"));
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
+    SR_CHECK_OK(sr_audit_open(&o, &w));
+    append_n(w, 0, 50);
+    SR_CHECK_OK(sr_audit_close(w));
+    open_files_limit = 32;
+    pid_t collector = start_collector();
+    open_files_limit = RLIM_INFINITY;
+    int idle[60], opened = 0;
+    for (int i = 0; i < 60; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+        idle[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (idle[i] >= 0 && connect(idle[i], (struct sockaddr *)&sa, sizeof sa) == 0) opened++;
+    }
+    SR_CHECK_EQ_INT(opened, 60);
+    usleep(300000);
+    double before = cpu_seconds(collector);
+    usleep(1500000);
+    double used = cpu_seconds(collector) - before;
+    SR_CHECK_MSG(used < 0.5, "the collector used %.2f s of CPU in 1.5 s while out of descriptors", used);
+    for (int i = 0; i < 60; i++) close(idle[i]);
+    SR_CHECK_EQ_INT(forward(log, "client", 1), 0);
+    char stored[700];
+    snprintf(stored, sizeof stored, "%s/strongroom-test-client.log", store);
+    SR_CHECK(same_file(log, stored));
+    stop(collector, SIGTERM);
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
 static void test_tampered_record_refused(void)
 {
     char log[600], bad[600], stored[700];
@@ -218,6 +276,7 @@ int main(void)
     port = sr_test_free_port();
     SR_RUN(test_collector_killed_mid_stream_loses_and_duplicates_nothing);
     SR_RUN(test_full_disk_on_the_collector_loses_nothing);
+    SR_RUN(test_descriptor_exhaustion_does_not_spin);
     SR_RUN(test_tampered_record_refused);
     return sr_test_finish();
 }
