@@ -18,6 +18,9 @@
  *
  * The forwarder keeps no state of its own: the collector's last seq says
  * where to resume, and the local log (with its rotated files) is the spool.
+ * It retries every failure with back-off (0.2-5 s), a refused record too (the
+ * collector's disk may be full), except chains that diverge (the same
+ * certificate on two hosts), which only an operator can settle.
  */
 #include "audit_internal.h"
 
@@ -466,7 +469,8 @@ sr_err_t sr_audit_forward(const sr_audit_forwarder_options_t *o, volatile int *s
     while (!*stop) {
         if (!f.conn) rc = hello(&f);
         if (rc == SR_OK) rc = send_new(&f);
-        if (rc == SR_ERR_AUDIT_CHAIN || (o->once && rc == SR_OK)) break; /* refused: retrying cannot help */
+        if (o->once && rc == SR_OK) break;
+        if (rc == SR_ERR_AUDIT_CHAIN && strstr(sr_err_detail(), "diverge")) break; /* the operator must act */
         if (rc != SR_OK) {
             if (o->once) break;
             sr_log(SR_LOG_WARN, "audit forwarder: %s; retrying in %llu ms", sr_err_detail(), (unsigned long long)backoff);
