@@ -11,8 +11,10 @@
  *
  * The collector verifies each source's chain on receipt (hash, seq, prev and,
  * with a verify key, checkpoint signatures) and appends the line verbatim to
- * DIR/<source>.log, so the stored file verifies with `tde-audit verify` like
- * the original. A record with a seq it already holds is skipped: resending
+ * DIR/<certificate SHA-256>.log, so the stored file verifies with `tde-audit
+ * verify` like the original. The fingerprint, not the CN, names the store:
+ * two certificates can never share one (CNs "db1 prod" and "db1_prod" did);
+ * DIR/sources.tsv lists "fingerprint <TAB> CN <TAB> file" for people. A record with a seq it already holds is skipped: resending
  * after a lost acknowledgement duplicates nothing. At start the collector
  * re-verifies each source file, cutting a torn last line.
  *
@@ -68,7 +70,8 @@ static sr_err_t frame_recv(sr_tls_conn_t *c, char *type, char *buf, size_t cap, 
 
 typedef struct source {
     struct source *next;
-    char name[128];
+    char name[128];        /* the certificate's CN, for messages */
+    char fingerprint[65];  /* the certificate's SHA-256: the store's name */
     int fd;
     off_t size;           /* bytes of whole records in the file */
     sr_audit_chain_t chain;
@@ -82,22 +85,26 @@ typedef struct collector {
     int active; /* connections being served (under lock) */
 } collector_t;
 
-/* Certificate CN -> a file name: letters, digits, '.', '-', '_' only. */
-static void source_file_name(const char *cn, char *out, size_t cap)
+/* A new source: one line in DIR/sources.tsv (control characters of the CN
+ * shown as '?', so the index stays one line per certificate). */
+static void source_index(collector_t *col, const source_t *s)
 {
-    size_t n = 0;
-    for (const char *p = cn; *p && n + 1 < cap; p++)
-        out[n++] = (char)((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                                  *p == '.' || *p == '-' || *p == '_' ? *p : '_');
-    out[n] = '\0';
-    if (n == 0 || out[0] == '.') snprintf(out, cap, "unnamed");
+    char path[4096], cn[sizeof s->name];
+    snprintf(path, sizeof path, "%s/sources.tsv", col->o->dir);
+    snprintf(cn, sizeof cn, "%s", s->name);
+    for (char *p = cn; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+    FILE *f = fopen(path, "a");
+    if (!f || fprintf(f, "%s\t%s\t%s.log\n", s->fingerprint, cn, s->fingerprint) < 0 || fclose(f) != 0)
+        sr_log(SR_LOG_WARN, "audit collector: cannot add %s to %s", s->name, path);
 }
 
-/* Opens DIR/<name>.log, cuts a torn tail, and replays it into the chain. */
+/* Opens DIR/<fingerprint>.log, cuts a torn tail, and replays it into the chain. */
 static sr_err_t source_load(collector_t *col, source_t *s)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s.log", col->o->dir, s->name);
+    snprintf(path, sizeof path, "%s/%s.log", col->o->dir, s->fingerprint);
+    if (access(path, F_OK) != 0) source_index(col, s);
     s->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (s->fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", path);
     struct stat st;
@@ -125,19 +132,18 @@ static sr_err_t source_load(collector_t *col, source_t *s)
     return rc;
 }
 
-static sr_err_t source_get(collector_t *col, const char *cn, source_t **out)
+static sr_err_t source_get(collector_t *col, const char *fingerprint, const char *cn, source_t **out)
 {
-    char name[128];
-    source_file_name(cn, name, sizeof name);
     pthread_mutex_lock(&col->lock);
     source_t *s = col->sources;
-    while (s && strcmp(s->name, name) != 0) s = s->next;
+    while (s && strcmp(s->fingerprint, fingerprint) != 0) s = s->next;
     sr_err_t rc = SR_OK;
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s) rc = sr_err_set(SR_ERR_NOMEM, "audit source");
         else {
-            snprintf(s->name, sizeof s->name, "%s", name);
+            snprintf(s->name, sizeof s->name, "%s", cn);
+            snprintf(s->fingerprint, sizeof s->fingerprint, "%s", fingerprint);
             pthread_mutex_init(&s->lock, NULL);
             rc = source_load(col, s);
             if (rc == SR_OK) s->next = col->sources, col->sources = s;
@@ -238,9 +244,9 @@ static void *connection(void *p)
     char buf[64], type = 0;
     size_t len = 0;
     source_t *s = NULL;
-    const char *cn = sr_tls_peer_cn(a->conn);
-    if (frame_recv(a->conn, &type, buf, sizeof buf, &len) == SR_OK && type == 'H' && cn &&
-        source_get(a->col, cn, &s) == SR_OK) {
+    const char *cn = sr_tls_peer_cn(a->conn), *fingerprint = sr_tls_peer_fingerprint(a->conn);
+    if (frame_recv(a->conn, &type, buf, sizeof buf, &len) == SR_OK && type == 'H' && fingerprint &&
+        source_get(a->col, fingerprint, cn ? cn : "(no CN)", &s) == SR_OK) {
         pthread_mutex_lock(&s->lock);
         serve_source(a->col, a->conn, s);
         fdatasync(s->fd);
@@ -270,6 +276,43 @@ static int collector_has_room(collector_t *col, int max)
     return room;
 }
 
+static void collector_free(collector_t *col)
+{
+    for (source_t *s = col->sources, *next; s; s = next) {
+        next = s->next;
+        close(s->fd);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+    }
+    pthread_mutex_destroy(&col->lock);
+    free(col);
+}
+
+/* Takes one connection into its own thread (the slot counted already). */
+static void collector_accept(collector_t *col, sr_ssl_ctx_t *ctx, int lfd, time_t *warned)
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    conn_arg_t *a = fd >= 0 ? calloc(1, sizeof *a) : NULL;
+    pthread_t th;
+    if (a) a->col = col, a->ctx = ctx, a->fd = fd;
+    if (a && pthread_create(&th, NULL, connection, a) == 0) {
+        pthread_detach(th);
+        return;
+    }
+    int err = fd < 0 ? errno : EAGAIN;
+    if (fd >= 0) close(fd);
+    free(a);
+    pthread_mutex_lock(&col->lock);
+    col->active--;
+    pthread_mutex_unlock(&col->lock);
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN) {
+        if (time(NULL) - *warned >= 10)
+            *warned = time(NULL), sr_log(SR_LOG_WARN, "audit collector: cannot take a connection (%s): waiting "
+                                         "for others to end", strerror(err));
+        poll(NULL, 0, 100); /* the connection stays queued: do not spin on it */
+    }
+}
+
 sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop)
 {
     if (mkdir(o->dir, 0700) != 0 && errno != EEXIST) return sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", o->dir);
@@ -277,47 +320,41 @@ sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *s
                             .require_client_cert = 1};
     sr_ssl_ctx_t *ctx = NULL;
     int lfd = -1;
-    sr_err_t rc = sr_tls_server_ctx_new(&tls, &ctx);
+    /* On the heap: connection threads use it until they end, which can be
+     * after the accept loop stops. */
+    collector_t *col = calloc(1, sizeof *col);
+    sr_err_t rc = col ? sr_tls_server_ctx_new(&tls, &ctx) : sr_err_set(SR_ERR_NOMEM, "audit collector");
     if (rc == SR_OK) rc = sr_tls_listen(o->host, o->port, 64, &lfd);
     if (rc != SR_OK) {
         sr_tls_ctx_free(ctx);
+        free(col);
         return rc;
     }
-    collector_t col = {.o = o};
-    pthread_mutex_init(&col.lock, NULL);
+    col->o = o;
+    pthread_mutex_init(&col->lock, NULL);
     sr_log(SR_LOG_NOTICE, "audit collector listening on %s:%u, storing in %s", o->host, sr_tls_listener_port(lfd), o->dir);
     int max = o->max_connections > 0 ? o->max_connections : SR_AUDIT_COLLECT_MAX_CONNECTIONS;
     time_t warned = 0;
     while (!*stop) {
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 500) <= 0) continue; /* look at *stop twice a second */
-        if (!collector_has_room(&col, max)) {
-            poll(NULL, 0, 50); /* at the cap: they wait in the backlog */
-            continue;
-        }
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        conn_arg_t *a = fd >= 0 ? calloc(1, sizeof *a) : NULL;
-        pthread_t th;
-        if (a) a->col = &col, a->ctx = ctx, a->fd = fd;
-        if (!a || pthread_create(&th, NULL, connection, a) != 0) {
-            int err = fd < 0 ? errno : EAGAIN;
-            if (fd >= 0) close(fd);
-            free(a);
-            pthread_mutex_lock(&col.lock);
-            col.active--;
-            pthread_mutex_unlock(&col.lock);
-            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EAGAIN) {
-                if (time(NULL) - warned >= 10)
-                    warned = time(NULL), sr_log(SR_LOG_WARN, "audit collector: cannot take a connection (%s): "
-                                                "waiting for others to end", strerror(err));
-                poll(NULL, 0, 100); /* the connection stays queued: do not spin on it */
-            }
-            continue;
-        }
-        pthread_detach(th);
+        if (collector_has_room(col, max)) collector_accept(col, ctx, lfd, &warned);
+        else poll(NULL, 0, 50); /* at the cap: they wait in the backlog */
     }
     close(lfd);
-    sr_tls_ctx_free(ctx);
+    /* Let the connections being served end (every read times out in 10 s);
+     * the state is freed only if they all did, never under them. */
+    int left = 1;
+    for (int waited = 0; waited < 1200 && left; waited++) {
+        pthread_mutex_lock(&col->lock);
+        left = col->active;
+        pthread_mutex_unlock(&col->lock);
+        if (left) poll(NULL, 0, 10);
+    }
+    if (!left) {
+        collector_free(col);
+        sr_tls_ctx_free(ctx);
+    }
     return SR_OK;
 }
 

@@ -334,6 +334,9 @@ sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR_MUST_C
 void sr_tls_set_timeout(sr_tls_conn_t *conn, int timeout_ms);
 /* Peer certificate subject CN (NULL if none); valid while the connection lives. */
 const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);
+/* SHA-256 of the peer certificate, 64 hex digits (NULL if none): unlike the
+ * CN, one per certificate. */
+const char *sr_tls_peer_fingerprint(const sr_tls_conn_t *conn);
 /* "127.0.0.1:5696" style peer address. */
 const char *sr_tls_peer_addr(const sr_tls_conn_t *conn);
 /* Negotiated protocol, e.g. "TLSv1.3". */

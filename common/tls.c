@@ -38,6 +38,7 @@ struct sr_tls_conn {
     int fd;
     int timeout_ms;
     char peer_cn[256];
+    char peer_fingerprint[65]; /* SHA-256 of the peer certificate (DER), hex */
     char peer_addr[80];
 };
 
@@ -206,6 +207,9 @@ static void remember_peer_cn(sr_tls_conn_t *c)
     X509 *cert = SSL_get1_peer_certificate(c->ssl);
     if (!cert) return;
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, c->peer_cn, sizeof c->peer_cn);
+    unsigned char md[32];
+    unsigned len = 0;
+    if (X509_digest(cert, EVP_sha256(), md, &len) == 1 && len == sizeof md) sr_hex_encode(md, sizeof md, c->peer_fingerprint);
     X509_free(cert);
 }
 
@@ -349,6 +353,7 @@ sr_err_t sr_tls_read_exact(sr_tls_conn_t *c, void *buf, size_t len)
 }
 
 const char *sr_tls_peer_cn(const sr_tls_conn_t *c) { return c->peer_cn[0] ? c->peer_cn : NULL; }
+const char *sr_tls_peer_fingerprint(const sr_tls_conn_t *c) { return c->peer_fingerprint[0] ? c->peer_fingerprint : NULL; }
 const char *sr_tls_peer_addr(const sr_tls_conn_t *c) { return c->peer_addr; }
 const char *sr_tls_version_name(const sr_tls_conn_t *c) { return SSL_get_version(c->ssl); }
 

@@ -71,6 +71,27 @@ static int forward(const char *log, const char *client, int once)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* The collector's store of the certificate with this CN, from its index
+ * (DIR/sources.tsv: fingerprint, CN, file). */
+static const char *stored_path(const char *cn)
+{
+    static char path[4][700];
+    static int next;
+    char *out = path[next++ % 4], index[600], line[1024];
+    snprintf(index, sizeof index, "%s/sources.tsv", store);
+    snprintf(out, sizeof path[0], "%s/(no store for %s)", store, cn);
+    FILE *f = fopen(index, "r");
+    while (f && fgets(line, sizeof line, f)) {
+        char *cn_field = strchr(line, '\t'), *file = cn_field ? strchr(cn_field + 1, '\t') : NULL;
+        if (!file) continue;
+        *file++ = '\0';
+        file[strcspn(file, "\n")] = '\0';
+        if (strcmp(cn_field + 1, cn) == 0) snprintf(out, sizeof path[0], "%s/%s", store, file);
+    }
+    if (f) fclose(f);
+    return out;
+}
+
 static void stop(pid_t pid, int sig)
 {
     kill(pid, sig);
@@ -101,13 +122,14 @@ static void test_collector_killed_mid_stream_loses_and_duplicates_nothing(void)
 {
     char log[600], stored[700];
     snprintf(log, sizeof log, "%s", sr_test_path("node.log"));
-    snprintf(stored, sizeof stored, "%s/strongroom-test-client.log", store);
     sr_audit_writer_t *w = NULL;
     sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
     SR_CHECK_OK(sr_audit_open(&o, &w));
     pid_t collector = start_collector();
     pid_t forwarder = forward(log, "client", 0);
     append_n(w, 0, 1500);
+    for (int i = 0; i < 100 && access(stored_path("strongroom-test-client"), F_OK) != 0; i++) usleep(50000);
+    snprintf(stored, sizeof stored, "%s", stored_path("strongroom-test-client"));
     stop(collector, SIGKILL); /* mid-stream */
     append_n(w, 1500, 1000);  /* the local log is the spool */
     collector = start_collector();
@@ -152,7 +174,6 @@ static void test_full_disk_on_the_collector_loses_nothing(void)
     snprintf(saved_store, sizeof saved_store, "%s", store);
     snprintf(store, sizeof store, "%s", sr_test_path("store-full"));
     snprintf(log, sizeof log, "%s", sr_test_path("full-node.log"));
-    snprintf(stored, sizeof stored, "%s/strongroom-test-client.log", store);
     sr_audit_writer_t *w = NULL;
     sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
     SR_CHECK_OK(sr_audit_open(&o, &w));
@@ -162,6 +183,7 @@ static void test_full_disk_on_the_collector_loses_nothing(void)
     pid_t collector = start_collector();
     file_size_limit = RLIM_INFINITY;
     SR_CHECK(forward(log, "client", 1) != 0); /* --once: refused, the disk is full */
+    snprintf(stored, sizeof stored, "%s", stored_path("strongroom-test-client"));
     size_t len = 0;
     SR_CHECK_MSG(prefix_of(stored, log, &len), "the collector's copy (%zu bytes) holds a torn record", len);
     SR_CHECK(len > 0 && len <= 40000);
@@ -231,9 +253,38 @@ static void test_descriptor_exhaustion_does_not_spin(void)
     SR_CHECK_MSG(used < 0.5, "the collector used %.2f s of CPU in 1.5 s while out of descriptors", used);
     for (int i = 0; i < 60; i++) close(idle[i]);
     SR_CHECK_EQ_INT(forward(log, "client", 1), 0);
-    char stored[700];
-    snprintf(stored, sizeof stored, "%s/strongroom-test-client.log", store);
-    SR_CHECK(same_file(log, stored));
+    SR_CHECK(same_file(log, stored_path("strongroom-test-client")));
+    stop(collector, SIGTERM);
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
+/* Certificates whose CNs the old file-name mapping made one ("db1 prod" and
+ * "db1_prod" both became db1_prod.log, and the second forwarder died on
+ * "the chains diverge"): each has its own store, listed by CN. */
+static void test_colliding_names_get_their_own_stores(void)
+{
+    char saved_store[512], log_a[600], log_b[600];
+    snprintf(saved_store, sizeof saved_store, "%s", store);
+    snprintf(store, sizeof store, "%s", sr_test_path("store-names"));
+    snprintf(log_a, sizeof log_a, "%s", sr_test_path("db1-space.log"));
+    snprintf(log_b, sizeof log_b, "%s", sr_test_path("db1-underscore.log"));
+    const char *logs[] = {log_a, log_b};
+    for (int i = 0; i < 2; i++) {
+        sr_audit_writer_t *w = NULL;
+        sr_audit_options_t o = {.path = logs[i], .signing_key = sign_key, .checkpoint_every = 50};
+        SR_CHECK_OK(sr_audit_open(&o, &w));
+        append_n(w, i * 1000, 120 + i * 30);
+        SR_CHECK_OK(sr_audit_close(w));
+    }
+    pid_t collector = start_collector();
+    SR_CHECK_EQ_INT(forward(log_a, "db1-space", 1), 0);
+    SR_CHECK_EQ_INT(forward(log_b, "db1-underscore", 1), 0);
+    const char *a = stored_path("db1 prod"), *b = stored_path("db1_prod");
+    SR_CHECK_MSG(strcmp(a, b) != 0, "both certificates stored in %s", a);
+    SR_CHECK_MSG(same_file(log_a, a), "\"db1 prod\": %s differs from its log", a);
+    SR_CHECK_MSG(same_file(log_b, b), "db1_prod: %s differs from its log", b);
+    SR_CHECK_EQ_INT(forward(log_a, "db1-space", 1), 0); /* and again: nothing duplicated */
+    SR_CHECK(same_file(log_a, a));
     stop(collector, SIGTERM);
     snprintf(store, sizeof store, "%s", saved_store);
 }
@@ -243,7 +294,6 @@ static void test_tampered_record_refused(void)
     char log[600], bad[600], stored[700];
     snprintf(log, sizeof log, "%s", sr_test_path("other.log"));
     snprintf(bad, sizeof bad, "%s", sr_test_path("other-tampered.log"));
-    snprintf(stored, sizeof stored, "%s/strongroom-test-client-2.log", store);
     sr_audit_writer_t *w = NULL;
     sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 10};
     SR_CHECK_OK(sr_audit_open(&o, &w));
@@ -258,6 +308,7 @@ static void test_tampered_record_refused(void)
     free(bytes);
     pid_t collector = start_collector();
     SR_CHECK_EQ_INT(forward(bad, "client2", 1), 1);
+    snprintf(stored, sizeof stored, "%s", stored_path("strongroom-test-client-2"));
     size_t slen = 0;
     uint8_t *s = sr_test_read_file(stored, &slen);
     SR_CHECK_MSG(s && !memmem(s, slen, "record 90", 9) && memmem(s, slen, "record 19\"", 10), "stored copy is wrong");
@@ -285,6 +336,7 @@ int main(void)
     SR_RUN(test_collector_killed_mid_stream_loses_and_duplicates_nothing);
     SR_RUN(test_full_disk_on_the_collector_loses_nothing);
     SR_RUN(test_descriptor_exhaustion_does_not_spin);
+    SR_RUN(test_colliding_names_get_their_own_stores);
     SR_RUN(test_tampered_record_refused);
     return sr_test_finish();
 }
