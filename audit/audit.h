@@ -90,6 +90,8 @@ typedef struct sr_audit_verify_result {
     uint64_t first_seq, last_seq;
     uint64_t sealed_seq;        /* highest seq covered by a verified checkpoint */
     uint64_t unsealed;          /* records after it */
+    int64_t last_ts_us, sealed_ts_us; /* times of the last record and of that checkpoint */
+    uint8_t last_hash[SR_AUDIT_HASH_BYTES];
     int signatures_checked;     /* a verify key was given */
     int ends_sealed;            /* the last record is a checkpoint */
     /* the first problem: */
@@ -108,6 +110,7 @@ sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t
  * collector): the chain's state can be saved (last seq and hash) and resumed. */
 typedef struct sr_audit_chain {
     uint64_t first_seq, last_seq, records, checkpoints, sealed_seq;
+    int64_t last_ts_us, sealed_ts_us; /* times of the last record and of the last checkpoint */
     uint8_t last_hash[SR_AUDIT_HASH_BYTES];
     int any, last_is_checkpoint, has_key;
     uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES];

@@ -2,7 +2,7 @@
  * tde-audit — the security reviewer's tool for strongroom audit logs.
  *
  *   tde-audit keygen --out PREFIX                 PREFIX.sign (writer, 0600) + PREFIX.pub (reviewers)
- *   tde-audit verify [--key PUB] [--strict] [--min-seq N] FILES...
+ *   tde-audit verify [--key PUB] [--strict] [--min-seq N] [--against COPY] FILES...
  *   tde-audit search [FILTERS] [--format table|json|csv] FILES...
  *   tde-audit report FILES...
  *   tde-audit append --log FILE --sign-key SIGN --component C --event E [--subject ..] [--object ..]
@@ -27,7 +27,7 @@ static int usage(void)
 {
     fputs("usage: tde-audit COMMAND [OPTIONS] FILES...\n"
           "  keygen --out PREFIX            signing key PREFIX.sign (0600) and verify key PREFIX.pub\n"
-          "  verify [--key PUB] [--strict] [--min-seq N] FILES...\n"
+          "  verify [--key PUB] [--strict] [--min-seq N] [--against COPY] FILES...\n"
           "                                 prove no record was altered, removed, inserted or reordered\n"
           "  search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
           "         [--source IP|CIDR|local] [--outcome R] [--format table|json|csv] FILES...\n"
@@ -50,7 +50,7 @@ typedef struct opts {
     uint64_t min_seq;
     int64_t since, until;
     const char *component, *event, *subject, *object, *source, *outcome, *detail;
-    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name;
+    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name, *against;
     int once;
     int nfiles;
     char **files;
@@ -76,6 +76,60 @@ static int cmd_keygen(opts_t *o)
     return 0;
 }
 
+/* The hash of record `seq` in the files (0 if not found). */
+static int hash_of(char **files, int n, uint64_t seq, uint8_t hash[SR_AUDIT_HASH_BYTES])
+{
+    int found = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < n && !found; i++) {
+        FILE *f = fopen(files[i], "r");
+        ssize_t len;
+        while (f && !found && (len = getline(&line, &cap, f)) > 0) {
+            sr_audit_record_t r;
+            if (line[len - 1] == '\n') line[--len] = '\0';
+            if (sr_audit_record_parse(line, (size_t)len, &r) == SR_OK && r.seq == seq)
+                memcpy(hash, r.hash, SR_AUDIT_HASH_BYTES), found = 1;
+        }
+        if (f) fclose(f);
+    }
+    free(line);
+    return found;
+}
+
+/* --against COPY: the local log and a collector's copy of it, side by side:
+ * the seq range either lacks, and whether they agree where both have records. */
+static int compare_with_copy(opts_t *o, const uint8_t *pk, const sr_audit_verify_result_t *mine)
+{
+    sr_audit_verify_result_t copy;
+    const char *files[] = {o->against};
+    if (sr_audit_verify_files(files, 1, pk, &copy) != SR_OK && copy.error != SR_ERR_AUDIT_UNSEALED) {
+        printf("FAIL: the copy %s: %s: %s\n", o->against, copy.where, copy.reason);
+        return 1;
+    }
+    uint64_t shorter = mine->last_seq < copy.last_seq ? mine->last_seq : copy.last_seq;
+    uint8_t h[SR_AUDIT_HASH_BYTES];
+    const uint8_t *expect = mine->last_seq < copy.last_seq ? mine->last_hash : copy.last_hash;
+    int found = mine->last_seq < copy.last_seq ? hash_of((char **)files, 1, shorter, h) : hash_of(o->files, o->nfiles, shorter, h);
+    if (shorter && (!found || memcmp(h, expect, sizeof h) != 0)) {
+        printf("FAIL: record %llu differs between the log and the copy %s: one of them was rewritten\n",
+               (unsigned long long)shorter, o->against);
+        return 1;
+    }
+    if (copy.last_seq > mine->last_seq) {
+        printf("FAIL: the log lacks seq %llu..%llu, which the copy %s holds: they were cut from the log's tail\n",
+               (unsigned long long)mine->last_seq + 1, (unsigned long long)copy.last_seq, o->against);
+        return 1;
+    }
+    if (mine->last_seq > copy.last_seq)
+        printf("the copy %s lacks seq %llu..%llu (not forwarded yet, or cut from the copy)\n", o->against,
+               (unsigned long long)copy.last_seq + 1, (unsigned long long)mine->last_seq);
+    else
+        printf("the copy %s holds the same records (seq %llu..%llu)\n", o->against,
+               (unsigned long long)copy.first_seq, (unsigned long long)copy.last_seq);
+    return 0;
+}
+
 static int cmd_verify(opts_t *o)
 {
     if (o->nfiles < 1) return usage();
@@ -94,6 +148,15 @@ static int cmd_verify(opts_t *o)
     printf(r.signatures_checked ? ", signatures verified\n" : "\n");
     int status = 0;
     if (!r.signatures_checked) printf("warning: no --key given: checkpoint signatures not checked\n");
+    char last[40] = "", sealed[40] = "";
+    sr_time_format_rfc3339(r.last_ts_us, 0, last, sizeof last);
+    sr_time_format_rfc3339(r.sealed_ts_us, 0, sealed, sizeof sealed);
+    if (r.sealed_seq)
+        printf("proved: seq 1..%llu, the last sealed by the checkpoint at seq %llu (%s); the log ends at seq %llu (%s). "
+               "A cut right after a checkpoint leaves no trace in the log itself: only --min-seq (a seq seen before) "
+               "or a collector's copy (--against COPY) shows it\n",
+               (unsigned long long)r.sealed_seq, (unsigned long long)r.sealed_seq, sealed, (unsigned long long)r.last_seq,
+               last);
     if (r.unsealed) {
         printf("%s: %llu record(s) after the last checkpoint (seq %llu) are not sealed: cutting them from the tail "
                "would leave no trace%s\n", o->strict ? "FAIL" : "warning", (unsigned long long)r.unsealed,
@@ -105,6 +168,7 @@ static int cmd_verify(opts_t *o)
                (unsigned long long)r.last_seq, (unsigned long long)o->min_seq);
         status = 1;
     }
+    if (o->against) status |= compare_with_copy(o, o->key ? pk : NULL, &r);
     if (!status) printf("PASS\n");
     return status;
 }
@@ -400,7 +464,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
     static const struct option longopts[] = {
-        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'},
+        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'}, {"against", 1, 0, 'G'},
         {"since", 1, 0, 's'},     {"until", 1, 0, 'u'},   {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},
         {"subject", 1, 0, 'j'},   {"object", 1, 0, 'o'},  {"source", 1, 0, 'r'},   {"outcome", 1, 0, 'x'},
         {"format", 1, 0, 'f'},    {"log", 1, 0, 'l'},     {"sign-key", 1, 0, 'K'}, {"detail", 1, 0, 'd'},
@@ -417,6 +481,7 @@ int main(int argc, char **argv)
         case 'k': o.key = optarg; break;
         case 'S': o.strict = 1; break;
         case 'm': if (sr_parse_int64(optarg, &v) != SR_OK || v < 0) return usage(); o.min_seq = (uint64_t)v; break;
+        case 'G': o.against = optarg; break;
         case 's': if (sr_time_parse_rfc3339(optarg, &o.since) != SR_OK) return usage(); break;
         case 'u': if (sr_time_parse_rfc3339(optarg, &o.until) != SR_OK) return usage(); break;
         case 'c': o.component = optarg; break;

@@ -80,7 +80,8 @@ sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_aud
     }
     int checkpoint = strcmp(rec.event, AUDIT_CHECKPOINT_EVENT) == 0 && strcmp(rec.component, "audit") == 0;
     if (checkpoint && (rc = check_checkpoint(c, &rec)) != SR_OK) return rc;
-    if (checkpoint) c->checkpoints++, c->sealed_seq = rec.seq;
+    if (checkpoint) c->checkpoints++, c->sealed_seq = rec.seq, c->sealed_ts_us = rec.ts_us;
+    c->last_ts_us = rec.ts_us;
     if (!c->any) c->first_seq = rec.seq;
     c->any = 1;
     c->last_is_checkpoint = checkpoint;
@@ -139,6 +140,8 @@ sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t
     for (size_t i = 0; rc == SR_OK && i < n; i++) rc = verify_file(&c, r, files[i]);
     r->records = c.records, r->checkpoints = c.checkpoints, r->first_seq = c.first_seq;
     r->last_seq = c.last_seq, r->sealed_seq = c.sealed_seq;
+    r->last_ts_us = c.last_ts_us, r->sealed_ts_us = c.sealed_ts_us;
+    memcpy(r->last_hash, c.last_hash, SR_AUDIT_HASH_BYTES);
     if (rc != SR_OK) return rc;
     if (!c.any) return fail(r, SR_ERR_AUDIT_SEQUENCE, n ? files[0] : "(no files)", 0, 0, "the log holds no records");
     r->unsealed = r->last_seq - r->sealed_seq;

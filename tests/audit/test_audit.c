@@ -377,6 +377,45 @@ static void test_search_source_filter(void)
     }
 }
 
+/* A log cut right after a checkpoint verifies, even with --strict (verify
+ * says so and what it proved); compared with a collector's copy, the cut
+ * shows: the seq range the log lacks (audit hardening issue). */
+static void test_cut_at_checkpoint_caught_against_copy(void)
+{
+    const char *log = make_log("cut-at-ckpt.log", 35); /* checkpoints every 10 */
+    char copy[600], other_copy[600], args[2048], out[16384];
+    snprintf(copy, sizeof copy, "%s", sr_test_path("collector-copy.log"));
+    size_t len = 0;
+    uint8_t *all = sr_test_read_file(log, &len);
+    SR_CHECK(all && sr_test_write_file(copy, all, len) == 0);
+    /* cut the log right after its second checkpoint */
+    size_t cut = 0;
+    int seen = 0;
+    for (size_t i = 0; all && i < len && !cut; i++)
+        if (all[i] == '\n') {
+            size_t start = i;
+            while (start > 0 && all[start - 1] != '\n') start--;
+            if (memmem(all + start, i - start, "\"event\":\"audit.checkpoint\"", 26) && ++seen == 2) cut = i + 1;
+        }
+    SR_CHECK(cut > 0 && cut < len);
+    SR_CHECK(sr_test_write_file(log, all, cut) == 0);
+    snprintf(args, sizeof args, "verify --key %s --strict %s", pub_key, log);
+    SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 0); /* the limit, stated */
+    SR_CHECK_CONTAINS(out, "A cut right after a checkpoint leaves no trace");
+    snprintf(args, sizeof args, "verify --key %s --strict --against %s %s", pub_key, copy, log);
+    SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 1);
+    SR_CHECK_CONTAINS(out, "the log lacks seq");
+    snprintf(args, sizeof args, "verify --key %s --against %s %s", pub_key, log, copy); /* the other way round */
+    SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 0);
+    SR_CHECK_CONTAINS(out, "lacks seq");
+    /* a copy that is another log: they disagree where both have records */
+    snprintf(other_copy, sizeof other_copy, "%s", make_log("another.log", 40));
+    snprintf(args, sizeof args, "verify --key %s --against %s %s", pub_key, other_copy, log);
+    SR_CHECK_EQ_INT(tde_audit(out, sizeof out, args), 1);
+    SR_CHECK_CONTAINS(out, "differs between the log and the copy");
+    free(all);
+}
+
 static void test_torn_tail_cut_and_recorded(void)
 {
     const char *p = make_log("torn.log", 5);
@@ -491,6 +530,7 @@ int main(void)
     SR_RUN(test_sigkill_loses_no_acknowledged_record);
     SR_RUN(test_torn_tail_cut_and_recorded);
     SR_RUN(test_search_source_filter);
+    SR_RUN(test_cut_at_checkpoint_caught_against_copy);
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);
     SR_RUN(test_event_sink);
