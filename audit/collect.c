@@ -233,14 +233,22 @@ typedef struct conn_arg {
 } conn_arg_t;
 
 /* One connection, in its own thread: the handshake, then the source's records. */
+static void serve_connection(conn_arg_t *a);
+
 static void *connection(void *p)
 {
     conn_arg_t *a = p;
-    if (sr_tls_accept(a->ctx, a->fd, 10000, &a->conn) != SR_OK) { /* a refused or failed handshake */
-        sr_log(SR_LOG_WARN, "audit collector: %s", sr_err_detail());
-        free(a);
-        return NULL;
-    }
+    if (sr_tls_accept(a->ctx, a->fd, 10000, &a->conn) == SR_OK) serve_connection(a);
+    else sr_log(SR_LOG_WARN, "audit collector: %s", sr_err_detail()); /* a refused or failed handshake */
+    pthread_mutex_lock(&a->col->lock); /* the slot is free again, whatever happened */
+    a->col->active--;
+    pthread_mutex_unlock(&a->col->lock);
+    free(a);
+    return NULL;
+}
+
+static void serve_connection(conn_arg_t *a)
+{
     char buf[64], type = 0;
     size_t len = 0;
     source_t *s = NULL;
@@ -257,11 +265,6 @@ static void *connection(void *p)
         (void)frame_send(a->conn, 'E', why, strlen(why));
     }
     sr_tls_close(a->conn);
-    pthread_mutex_lock(&a->col->lock);
-    a->col->active--;
-    pthread_mutex_unlock(&a->col->lock);
-    free(a);
-    return NULL;
 }
 
 /* Whether another connection may be taken: at the cap, or out of
