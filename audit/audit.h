@@ -77,10 +77,13 @@ sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w) SR_MUST_CHECK;
 sr_err_t sr_audit_close(sr_audit_writer_t *w);
 /* Routes every sr_event_emit() of the process to this writer. */
 void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
-/* If $STRONGROOM_AUDIT_LOG (and $STRONGROOM_AUDIT_KEY, the .sign file) are
- * set: opens that log and installs it as the event sink (closed at exit);
- * $STRONGROOM_AUDIT_SYSLOG adds the syslog copy.
- * Returns SR_OK with *out NULL when they are not set. */
+/* If $STRONGROOM_AUDIT_SOCKET is set: this process sends its events to the
+ * host's sealer there (no key, no log of its own; *out stays NULL). Else if
+ * $STRONGROOM_AUDIT_LOG (and $STRONGROOM_AUDIT_KEY, the .sign file) are set:
+ * opens that log and installs it as the event sink (closed at exit) — the
+ * weaker mode, for single-process tools and tests, since the process holds
+ * the signing key; $STRONGROOM_AUDIT_SYSLOG adds the syslog copy.
+ * Returns SR_OK with *out NULL when none is set. */
 sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out) SR_MUST_CHECK;
 
 /* ==== verify ==== */
@@ -144,6 +147,26 @@ typedef struct sr_audit_collector_options {
     int max_connections;       /* at once; 0: SR_AUDIT_COLLECT_MAX_CONNECTIONS */
 } sr_audit_collector_options_t;
 #define SR_AUDIT_COLLECT_MAX_CONNECTIONS 256
+
+/* ==== the host's sealer (audit/sealer.c) ====
+ * The only process that holds the signing key and writes the log; others send
+ * it events over a Unix socket and the record's subject is the kernel's view
+ * of the sender (SO_PEERCRED: uid, gid, pid, executable). */
+typedef struct sr_audit_sealer_options {
+    const char *socket_path;
+    sr_audit_options_t log; /* the log it writes (path, signing key, checkpoints, ...) */
+    int max_clients;        /* at once; 0: 1024 */
+} sr_audit_sealer_options_t;
+/* Serves until *stop becomes non-zero; seals the log at the end. */
+sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop) SR_MUST_CHECK;
+
+/* A process's connection to its host's sealer. send returns once the event
+ * is durable in the log (SR_OK) or with why it is not: callers fail closed. */
+typedef struct sr_audit_client sr_audit_client_t;
+sr_err_t sr_audit_client_open(const char *socket_path, sr_audit_client_t **out) SR_MUST_CHECK;
+sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *event) SR_MUST_CHECK;
+void sr_audit_client_install_as_event_sink(sr_audit_client_t *c); /* NULL: none */
+void sr_audit_client_close(sr_audit_client_t *c);
 
 /* Serves until *stop becomes non-zero (signal handlers set it). */
 sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop) SR_MUST_CHECK;

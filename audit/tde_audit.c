@@ -37,6 +37,9 @@ static int usage(void)
           "  collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]\n"
           "                                 receive forwarded logs (mutual TLS), one verified file per source\n"
           "  forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]\n"
+          "  serve --socket PATH --log FILE --sign-key KEY\n"
+          "                                 the host's sealer: the only holder of the signing key; processes with\n"
+          "                                 STRONGROOM_AUDIT_SOCKET=PATH send it their events (subject: the kernel's)\n"
           "                                 send the log's records the collector lacks; keep following it\n"
           "FILES: oldest first (audit.log.* audit.log). T: RFC 3339 (2026-11-24T10:00:00Z).\n"
           "exit status: 0 pass, 1 fail, 2 usage\n",
@@ -50,7 +53,7 @@ typedef struct opts {
     uint64_t min_seq;
     int64_t since, until;
     const char *component, *event, *subject, *object, *source, *outcome, *detail;
-    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name, *against;
+    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name, *against, *socket;
     int once;
     int nfiles;
     char **files;
@@ -446,6 +449,19 @@ static int cmd_collect(opts_t *o)
     return 0;
 }
 
+/* The host's sealer: the only holder of the signing key; local processes
+ * send it events over the socket (STRONGROOM_AUDIT_SOCKET=PATH). */
+static int cmd_serve(opts_t *o)
+{
+    if (!o->socket || !o->log || !o->sign_key) return usage();
+    sr_log_set_level(SR_LOG_NOTICE);
+    on_signals();
+    sr_audit_sealer_options_t so = {.socket_path = o->socket,
+                                    .log = {.path = o->log, .signing_key = o->sign_key, .host = NULL}};
+    if (sr_audit_serve(&so, &stop_requested) != SR_OK) return fprintf(stderr, "tde-audit: serve: %s\n", sr_err_detail()), 1;
+    return 0;
+}
+
 static int cmd_forward(opts_t *o)
 {
     char host[256];
@@ -464,7 +480,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
     static const struct option longopts[] = {
-        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'}, {"against", 1, 0, 'G'},
+        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'}, {"against", 1, 0, 'G'}, {"socket", 1, 0, 'U'},
         {"since", 1, 0, 's'},     {"until", 1, 0, 'u'},   {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},
         {"subject", 1, 0, 'j'},   {"object", 1, 0, 'o'},  {"source", 1, 0, 'r'},   {"outcome", 1, 0, 'x'},
         {"format", 1, 0, 'f'},    {"log", 1, 0, 'l'},     {"sign-key", 1, 0, 'K'}, {"detail", 1, 0, 'd'},
@@ -482,6 +498,7 @@ int main(int argc, char **argv)
         case 'S': o.strict = 1; break;
         case 'm': if (sr_parse_int64(optarg, &v) != SR_OK || v < 0) return usage(); o.min_seq = (uint64_t)v; break;
         case 'G': o.against = optarg; break;
+        case 'U': o.socket = optarg; break;
         case 's': if (sr_time_parse_rfc3339(optarg, &o.since) != SR_OK) return usage(); break;
         case 'u': if (sr_time_parse_rfc3339(optarg, &o.until) != SR_OK) return usage(); break;
         case 'c': o.component = optarg; break;
@@ -517,7 +534,8 @@ int main(int argc, char **argv)
     }
     static const struct { const char *name; int (*run)(opts_t *); } cmds[] = {
         {"keygen", cmd_keygen}, {"verify", cmd_verify}, {"search", cmd_search},
-        {"report", cmd_report}, {"append", cmd_append}, {"collect", cmd_collect}, {"forward", cmd_forward}};
+        {"report", cmd_report}, {"append", cmd_append}, {"collect", cmd_collect}, {"forward", cmd_forward},
+        {"serve", cmd_serve}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].run(&o);
     fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]);

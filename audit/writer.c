@@ -539,10 +539,32 @@ static void close_env_writer(void)
     env_writer = NULL;
 }
 
+static sr_audit_client_t *env_client;
+static void close_env_client(void)
+{
+    sr_event_set_sink(NULL, NULL);
+    sr_audit_client_close(env_client);
+    env_client = NULL;
+}
+
+/* STRONGROOM_AUDIT_SOCKET: this process sends its events to the host's sealer
+ * (no key, no log of its own; *out stays NULL). */
+static sr_err_t open_env_client(const char *socket_path)
+{
+    if (env_client) return SR_OK;
+    sr_err_t rc = sr_audit_client_open(socket_path, &env_client);
+    if (rc != SR_OK) return rc;
+    sr_audit_client_install_as_event_sink(env_client);
+    atexit(close_env_client);
+    return SR_OK;
+}
+
 sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out)
 {
     const char *path = getenv("STRONGROOM_AUDIT_LOG"), *key = getenv("STRONGROOM_AUDIT_KEY");
+    const char *sock = getenv("STRONGROOM_AUDIT_SOCKET");
     *out = NULL;
+    if (sock && *sock) return open_env_client(sock);
     if (!path || !*path) return SR_OK;
     if (!key || !*key)
         return sr_err_set(SR_ERR_CONFIG, "STRONGROOM_AUDIT_LOG is set but STRONGROOM_AUDIT_KEY (the .sign file) is not");

@@ -331,6 +331,10 @@ sr_err_t sr_tls_write_all(sr_tls_conn_t *conn, const void *buf, size_t len) SR_M
 /* Reads exactly `len` bytes; SR_ERR_CLOSED if the peer closed cleanly before
  * the first byte, SR_ERR_TRUNCATED if it closed part-way. */
 sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR_MUST_CHECK;
+/* The same on a plain descriptor (common/fdio.c), through EINTR and short
+ * transfers; a receive timeout is SR_ERR_TIMEOUT. */
+sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
+sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
 void sr_tls_set_timeout(sr_tls_conn_t *conn, int timeout_ms);
 /* Peer certificate subject CN (NULL if none); valid while the connection lives. */
 const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);

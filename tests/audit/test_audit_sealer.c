@@ -1,0 +1,115 @@
+/*
+ * The host's sealer (`tde-audit serve`), a real process: 64 client processes,
+ * each under its own uid when the test runs as root, send events while
+ * lying about who they are. Every record's subject is the kernel's uid and
+ * pid of its sender, the lie is kept beside it as "claimed subject", no event
+ * is lost or recorded twice, and the log verifies with the sealer's key. A
+ * client whose sealer is gone gets an error (it fails closed).
+ */
+#include "audit.h"
+#include "sr_test.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CLIENTS 64
+#define EVENTS 20
+#define BASE_UID 30000
+
+static void test_sixty_four_clients_get_the_kernels_identity(void)
+{
+    char prefix[600], sign[700], pub[700], log[600], dir[] = "/tmp/srsealer.XXXXXX", sock[700];
+    snprintf(prefix, sizeof prefix, "%s", sr_test_path("sealer"));
+    snprintf(sign, sizeof sign, "%s.sign", prefix);
+    snprintf(pub, sizeof pub, "%s.pub", prefix);
+    snprintf(log, sizeof log, "%s", sr_test_path("host.log"));
+    SR_CHECK_OK(sr_audit_keygen(prefix));
+    /* the socket where every uid can reach it (the test directory is 0700) */
+    SR_CHECK(mkdtemp(dir) != NULL && chmod(dir, 0711) == 0);
+    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
+    pid_t sealer = fork();
+    if (sealer == 0) {
+        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log, "--sign-key",
+              sign, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
+    int as_root = geteuid() == 0;
+    pid_t pids[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        pids[c] = fork();
+        if (pids[c] == 0) {
+            if (as_root && (setgid((gid_t)(BASE_UID + c)) != 0 || setuid((uid_t)(BASE_UID + c)) != 0)) _exit(2);
+            sr_audit_client_t *cl = NULL;
+            if (sr_audit_client_open(sock, &cl) != SR_OK) _exit(3);
+            for (int e = 0; e < EVENTS; e++) {
+                char detail[64];
+                snprintf(detail, sizeof detail, "client %d event %d", c, e);
+                if (sr_audit_client_send(cl, &(sr_event_t){.component = "test", .event = "sealer.event",
+                                                           .subject = "uid=0 root", .object = "db",
+                                                           .outcome = "success", .detail = detail}) != SR_OK)
+                    _exit(4);
+            }
+            sr_audit_client_close(cl);
+            _exit(0);
+        }
+    }
+    for (int c = 0; c < CLIENTS; c++) {
+        int st = 0;
+        waitpid(pids[c], &st, 0);
+        SR_CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status %d", c, WEXITSTATUS(st));
+    }
+    kill(sealer, SIGTERM);
+    waitpid(sealer, NULL, 0);
+    /* a client with no sealer: an error, not a silent drop */
+    sr_audit_client_t *late = NULL;
+    SR_CHECK(sr_audit_client_open(sock, &late) != SR_OK);
+
+    uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    SR_CHECK_OK(sr_audit_verify_key_load(pub, pk));
+    sr_audit_verify_result_t r;
+    const char *files[] = {log};
+    SR_CHECK_OK(sr_audit_verify_files(files, 1, pk, &r));
+    SR_CHECK(r.ends_sealed);
+    static int seen[CLIENTS][EVENTS];
+    int records = 0;
+    FILE *f = fopen(log, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while (f && (n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] == '\n') line[--n] = '\0';
+        sr_audit_record_t rec;
+        if (sr_audit_record_parse(line, (size_t)n, &rec) != SR_OK || strcmp(rec.component, "test") != 0) continue;
+        int c = -1, e = -1;
+        SR_CHECK(sscanf(strstr(rec.detail, "client ") ? strstr(rec.detail, "client ") : "", "client %d event %d", &c,
+                        &e) == 2);
+        if (c < 0 || c >= CLIENTS || e < 0 || e >= EVENTS) continue;
+        seen[c][e]++, records++;
+        char want[96];
+        snprintf(want, sizeof want, "uid=%d gid=%d pid=%d exe=", as_root ? BASE_UID + c : (int)getuid(),
+                 as_root ? BASE_UID + c : (int)getgid(), (int)pids[c]);
+        SR_CHECK_MSG(strncmp(rec.subject, want, strlen(want)) == 0, "subject '%s', want '%s...'", rec.subject, want);
+        SR_CHECK_CONTAINS(rec.detail, "claimed subject: uid=0 root");
+    }
+    free(line);
+    if (f) fclose(f);
+    SR_CHECK_EQ_INT(records, CLIENTS * EVENTS);
+    printf("  %d records from %d client processes%s, log verified, %llu checkpoints\n", records, CLIENTS,
+           as_root ? " under as many uids" : "", (unsigned long long)r.checkpoints);
+    int dup_or_lost = 0;
+    for (int c = 0; c < CLIENTS; c++)
+        for (int e = 0; e < EVENTS; e++) dup_or_lost += seen[c][e] != 1;
+    SR_CHECK_EQ_INT(dup_or_lost, 0);
+    if (!as_root) printf("  (not root: every client under this uid; the subject is still the kernel's)\n");
+    rmdir(dir);
+}
+
+int main(void)
+{
+    SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
+    return sr_test_finish();
+}
