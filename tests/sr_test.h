@@ -41,6 +41,9 @@ int sr_test_write_file(const char *path, const void *data, size_t len);
 uint16_t sr_test_free_port(void);
 /* Waits up to timeout_ms for 127.0.0.1:port to accept connections; 1 if it does. */
 int sr_test_wait_port(uint16_t port, int timeout_ms);
+/* Runs a shell command line, stdout and stderr into out (NUL-terminated,
+ * cut at cap); returns its exit status (-1 if it did not exit). */
+int sr_test_command(char *out, size_t cap, const char *command);
 /* 1 if `needle` occurs anywhere in the file. */
 int sr_test_file_contains(const char *path, const void *needle, size_t needle_len);
 

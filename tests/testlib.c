@@ -1,6 +1,8 @@
 /* testlib.c — the harness behind sr_test.h. */
 #include "sr_test.h"
 
+#include <sys/wait.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -157,4 +159,15 @@ int sr_test_wait_port(uint16_t port, int timeout_ms)
         usleep(50000);
     }
     return 0;
+}
+
+int sr_test_command(char *out, size_t cap, const char *command)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s 2>&1", command);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, cap - 1, p) : 0;
+    out[n] = '\0';
+    int st = p ? pclose(p) : -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -333,16 +333,12 @@ static void test_sigkill_loses_no_acknowledged_record(void)
     }
 }
 
-/* Runs tde-audit with the arguments; stdout into out; exit status. */
+/* Runs tde-audit with the arguments; stdout and stderr into out; exit status. */
 static int tde_audit(char *out, size_t cap, const char *args)
 {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", sr_test_build_path("audit/tde-audit"), args);
-    FILE *pp = popen(cmd, "r");
-    size_t n = pp ? fread(out, 1, cap - 1, pp) : 0;
-    out[n] = '\0';
-    int st = pp ? pclose(pp) : -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "%s %s", sr_test_build_path("audit/tde-audit"), args);
+    return sr_test_command(out, cap, cmd);
 }
 
 /* --source: IPv4 and IPv6 prefixes and "local" select the right records; an

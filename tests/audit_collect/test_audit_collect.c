@@ -150,6 +150,23 @@ static void test_collector_killed_mid_stream_loses_and_duplicates_nothing(void)
     stop(collector, SIGTERM);
 }
 
+/* A test of its own: a fresh store directory for the collector (the
+ * previous one kept in saved) and a closed log of `records` records. */
+static void fresh_store_and_log(const char *name, char saved[512], char log[600], int records, int checkpoint_every)
+{
+    char dir[64], file[64];
+    snprintf(saved, 512, "%s", store);
+    snprintf(dir, sizeof dir, "store-%s", name);
+    snprintf(file, sizeof file, "%s.log", name);
+    snprintf(store, sizeof store, "%s", sr_test_path(dir));
+    snprintf(log, 600, "%s", sr_test_path(file));
+    sr_audit_writer_t *w = NULL;
+    sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = (uint64_t)checkpoint_every};
+    SR_CHECK_OK(sr_audit_open(&o, &w));
+    append_n(w, 0, records);
+    SR_CHECK_OK(sr_audit_close(w));
+}
+
 /* The stored copy is a byte-for-byte prefix of the log that ends at a line
  * end: no torn record, nothing out of order. */
 static int prefix_of(const char *stored, const char *log, size_t *stored_len)
@@ -171,14 +188,7 @@ static int prefix_of(const char *stored, const char *log, size_t *stored_len)
 static void test_full_disk_on_the_collector_loses_nothing(void)
 {
     char log[600], stored[700], saved_store[512];
-    snprintf(saved_store, sizeof saved_store, "%s", store);
-    snprintf(store, sizeof store, "%s", sr_test_path("store-full"));
-    snprintf(log, sizeof log, "%s", sr_test_path("full-node.log"));
-    sr_audit_writer_t *w = NULL;
-    sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
-    SR_CHECK_OK(sr_audit_open(&o, &w));
-    append_n(w, 0, 600);
-    SR_CHECK_OK(sr_audit_close(w));
+    fresh_store_and_log("full", saved_store, log, 600, 100);
     file_size_limit = 40000;
     pid_t collector = start_collector();
     file_size_limit = RLIM_INFINITY;
@@ -229,14 +239,7 @@ static double cpu_seconds(pid_t pid)
 static void test_descriptor_exhaustion_does_not_spin(void)
 {
     char log[600], saved_store[512];
-    snprintf(saved_store, sizeof saved_store, "%s", store);
-    snprintf(store, sizeof store, "%s", sr_test_path("store-fds"));
-    snprintf(log, sizeof log, "%s", sr_test_path("fds-node.log"));
-    sr_audit_writer_t *w = NULL;
-    sr_audit_options_t o = {.path = log, .signing_key = sign_key, .checkpoint_every = 100};
-    SR_CHECK_OK(sr_audit_open(&o, &w));
-    append_n(w, 0, 50);
-    SR_CHECK_OK(sr_audit_close(w));
+    fresh_store_and_log("fds", saved_store, log, 50, 100);
     open_files_limit = 32;
     pid_t collector = start_collector();
     open_files_limit = RLIM_INFINITY;

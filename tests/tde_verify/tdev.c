@@ -16,12 +16,8 @@ int tdectl(char *out, size_t cap, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", sr_test_build_path("tde/tdectl"), args);
-    FILE *p = popen(cmd, "r");
-    size_t n = p ? fread(out, 1, cap - 1, p) : 0;
-    out[n] = '\0';
-    int st = p ? pclose(p) : -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof cmd, "%s %s", sr_test_build_path("tde/tdectl"), args);
+    return sr_test_command(out, cap, cmd);
 }
 
 const char *make_db(const char *name, const char *mode, int rows, const char *marker)
