@@ -46,7 +46,8 @@
 
 static sr_err_t frame_send(sr_tls_conn_t *c, char type, const void *payload, size_t len)
 {
-    uint8_t head[5] = {(uint8_t)type, (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len};
+    uint8_t head[5] = {(uint8_t)type};
+    sr_put_be32(head + 1, (uint32_t)len);
     sr_err_t rc = sr_tls_write_all(c, head, sizeof head);
     return rc == SR_OK && len ? sr_tls_write_all(c, payload, len) : rc;
 }
@@ -57,7 +58,7 @@ static sr_err_t frame_recv(sr_tls_conn_t *c, char *type, char *buf, size_t cap, 
     uint8_t head[5];
     sr_err_t rc = sr_tls_read_exact(c, head, sizeof head);
     if (rc != SR_OK) return rc;
-    size_t n = (size_t)head[1] << 24 | (size_t)head[2] << 16 | (size_t)head[3] << 8 | head[4];
+    size_t n = sr_get_be32(head + 1);
     if (n >= cap) return sr_err_set(SR_ERR_PROTOCOL, "audit frame of %zu bytes is too long", n);
     if (n && (rc = sr_tls_read_exact(c, buf, n)) != SR_OK) return rc;
     buf[n] = '\0';

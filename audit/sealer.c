@@ -34,12 +34,6 @@
 #define sock_write sr_fd_write_all
 #define sock_read sr_fd_read_exact
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
-}
-static uint32_t get_u32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-
 /* ---- sealer ------------------------------------------------------------------------- */
 
 typedef struct sealer {
@@ -72,7 +66,7 @@ static void reply_error(int fd, const char *why)
 {
     uint8_t head[5] = {'E'};
     size_t n = strlen(why);
-    put_u32(head + 1, (uint32_t)n);
+    sr_put_be32(head + 1, (uint32_t)n);
     if (sock_write(fd, head, sizeof head) == SR_OK && sock_write(fd, why, n) != SR_OK)
         sr_log(SR_LOG_DEBUG, "audit sealer: a client left before hearing why: %s", why);
 }
@@ -108,7 +102,7 @@ static void *client_thread(void *p)
         reply_error(c->fd, "the sealer cannot tell who is sending (SO_PEERCRED)");
     } else {
         while (sock_read(c->fd, head, sizeof head) == SR_OK) {
-            uint32_t n = get_u32(head);
+            uint32_t n = sr_get_be32(head);
             if (n > EVENT_MAX) {
                 reply_error(c->fd, "audit event too long");
                 break;
@@ -263,7 +257,7 @@ static sr_err_t client_send_once(sr_audit_client_t *c, const uint8_t *frame, siz
         uint8_t head[4];
         char why[1024] = "";
         if (sock_read(c->fd, head, 4) == SR_OK) {
-            uint32_t n = get_u32(head);
+            uint32_t n = sr_get_be32(head);
             if (n < sizeof why && sock_read(c->fd, why, n) == SR_OK) why[n] = '\0';
         }
         return sr_err_set(SR_ERR_IO, "the audit sealer did not record the event: %s", why);
@@ -288,7 +282,7 @@ sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *e)
         frame[4 + len + n] = '\0';
         len += n + 1;
     }
-    put_u32(frame, (uint32_t)(len - 1)); /* the last NUL is implied */
+    sr_put_be32(frame, (uint32_t)(len - 1)); /* the last NUL is implied */
     pthread_mutex_lock(&c->lock);
     sr_err_t rc = client_send_once(c, frame, 4 + len - 1);
     if (rc != SR_OK && c->fd < 0) rc = client_send_once(c, frame, 4 + len - 1); /* a sealer restarted: once more */

@@ -348,6 +348,17 @@ const char *sr_tls_version_name(const sr_tls_conn_t *conn);
 /* Sends close_notify (best effort) and frees. NULL is allowed. */
 void sr_tls_close(sr_tls_conn_t *conn);
 
+/* ------------------------------------------------------------------------
+ * Big-endian integers: every on-disk and on-wire format here (key header,
+ * page trailer, wrapped key, KMIP TTLV, sealer frames) is network order.
+ * ------------------------------------------------------------------------ */
+static inline void sr_put_be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
+static inline void sr_put_be32(uint8_t *p, uint32_t v) { sr_put_be16(p, (uint16_t)(v >> 16)), sr_put_be16(p + 2, (uint16_t)v); }
+static inline void sr_put_be64(uint8_t *p, uint64_t v) { sr_put_be32(p, (uint32_t)(v >> 32)), sr_put_be32(p + 4, (uint32_t)v); }
+static inline uint16_t sr_get_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t sr_get_be32(const uint8_t *p) { return (uint32_t)sr_get_be16(p) << 16 | sr_get_be16(p + 2); }
+static inline uint64_t sr_get_be64(const uint8_t *p) { return (uint64_t)sr_get_be32(p) << 32 | sr_get_be32(p + 4); }
+
 #ifdef __cplusplus
 }
 #endif

@@ -315,8 +315,7 @@ static void dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t a
 {
     memcpy(aad, "SRDEK1", 6);
     memcpy(aad + 6, tablespace->bytes, SR_UUID_BYTES);
-    aad[22] = (uint8_t)(dek_version >> 24), aad[23] = (uint8_t)(dek_version >> 16);
-    aad[24] = (uint8_t)(dek_version >> 8), aad[25] = (uint8_t)dek_version;
+    sr_put_be32(aad + 22, dek_version);
 }
 
 static const keyfile_version_t *keyfile_find(const keyfile_t *kf, uint32_t version)

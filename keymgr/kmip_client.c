@@ -77,7 +77,7 @@ static sr_err_t exchange(sr_kmip_client_t *c, const sr_kmip_enc_t *req, uint8_t 
     if (rc == SR_OK) rc = sr_tls_read_exact(c->conn, head, sizeof head);
     if (rc != SR_OK) return rc;
     uint32_t tag = (uint32_t)head[0] << 16 | (uint32_t)head[1] << 8 | head[2];
-    uint32_t len = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 | (uint32_t)head[6] << 8 | head[7];
+    uint32_t len = sr_get_be32(head + 4);
     if (tag != SR_KMIP_TAG_RESPONSE_MESSAGE || head[3] != SR_KMIP_STRUCTURE || len > SR_KMIP_MAX_MESSAGE - 8)
         return sr_err_set(SR_ERR_PROTOCOL, "KMIP server sent tag 0x%06x type %u length %u: not a response message",
                           tag, head[3], len);

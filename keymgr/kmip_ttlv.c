@@ -52,9 +52,6 @@ const char *sr_kmip_type_name(uint8_t type)
 
 /* ---- decoding -------------------------------------------------------------------------- */
 
-static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
-
 static int utf8_valid(const uint8_t *s, size_t n)
 {
     for (size_t i = 0; i < n;) {
@@ -110,14 +107,14 @@ static sr_err_t decode_scalar(decoder_t *d, size_t off, sr_kmip_item_t *it, cons
     if (!zero(v + it->len, padded - it->len)) return bad(off, "non-zero padding", it->tag);
     (void)d;
     switch (it->type) {
-    case SR_KMIP_INTEGER: it->v.i32 = (int32_t)rd32(v); break;
+    case SR_KMIP_INTEGER: it->v.i32 = (int32_t)sr_get_be32(v); break;
     case SR_KMIP_ENUMERATION:
-    case SR_KMIP_INTERVAL: it->v.u32 = rd32(v); break;
+    case SR_KMIP_INTERVAL: it->v.u32 = sr_get_be32(v); break;
     case SR_KMIP_LONG_INTEGER:
     case SR_KMIP_DATE_TIME:
-    case SR_KMIP_DATE_TIME_EXTENDED: it->v.i64 = (int64_t)rd64(v); break;
+    case SR_KMIP_DATE_TIME_EXTENDED: it->v.i64 = (int64_t)sr_get_be64(v); break;
     case SR_KMIP_BOOLEAN: {
-        uint64_t b = rd64(v);
+        uint64_t b = sr_get_be64(v);
         if (b > 1) return bad(off, "boolean other than 0 or 1", it->tag);
         it->v.boolean = (int)b;
         break;
@@ -146,7 +143,7 @@ static sr_err_t decode_item(decoder_t *d, size_t off, size_t end, int depth, int
         snprintf(why, sizeof why, "unknown item type 0x%02x", type);
         return bad(off, why, tag);
     }
-    uint64_t len = rd32(h + 4), padded = type == SR_KMIP_STRUCTURE ? len : (len + 7) / 8 * 8;
+    uint64_t len = sr_get_be32(h + 4), padded = type == SR_KMIP_STRUCTURE ? len : (len + 7) / 8 * 8;
     if (padded > end - off - 8) return bad(off, "length runs past the end of its container", tag);
     int32_t idx = tree_add(d->t);
     if (idx < 0) return sr_err_set(SR_ERR_NOMEM, "TTLV tree");
@@ -320,8 +317,6 @@ static uint8_t *enc_reserve(sr_kmip_enc_t *e, size_t n)
     return p;
 }
 
-static void wr32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v; }
-
 /* Header + value + zero padding. */
 static void put(sr_kmip_enc_t *e, uint32_t tag, uint8_t type, const uint8_t *v, size_t len)
 {
@@ -333,7 +328,7 @@ static void put(sr_kmip_enc_t *e, uint32_t tag, uint8_t type, const uint8_t *v, 
     uint8_t *p = enc_reserve(e, 8 + padded);
     if (!p) return;
     p[0] = (uint8_t)(tag >> 16), p[1] = (uint8_t)(tag >> 8), p[2] = (uint8_t)tag, p[3] = type;
-    wr32(p + 4, (uint32_t)len);
+    sr_put_be32(p + 4, (uint32_t)len);
     if (len) memcpy(p + 8, v, len);
     memset(p + 8 + len, 0, padded - len);
 }
@@ -357,21 +352,21 @@ void sr_kmip_end(sr_kmip_enc_t *e)
         return;
     }
     size_t at = e->open[--e->depth];
-    wr32(e->buf + at + 4, (uint32_t)(e->len - at - 8));
+    sr_put_be32(e->buf + at + 4, (uint32_t)(e->len - at - 8));
 }
 
 void sr_kmip_put_int(sr_kmip_enc_t *e, uint32_t tag, int32_t v)
 {
     uint8_t b[4];
-    wr32(b, (uint32_t)v);
+    sr_put_be32(b, (uint32_t)v);
     put(e, tag, SR_KMIP_INTEGER, b, 4);
 }
 
 static void put64(sr_kmip_enc_t *e, uint32_t tag, uint8_t type, uint64_t v)
 {
     uint8_t b[8];
-    wr32(b, (uint32_t)(v >> 32));
-    wr32(b + 4, (uint32_t)v);
+    sr_put_be32(b, (uint32_t)(v >> 32));
+    sr_put_be32(b + 4, (uint32_t)v);
     put(e, tag, type, b, 8);
 }
 
@@ -386,14 +381,14 @@ void sr_kmip_put_datetime_ext(sr_kmip_enc_t *e, uint32_t tag, int64_t us)
 void sr_kmip_put_enum(sr_kmip_enc_t *e, uint32_t tag, uint32_t v)
 {
     uint8_t b[4];
-    wr32(b, v);
+    sr_put_be32(b, v);
     put(e, tag, SR_KMIP_ENUMERATION, b, 4);
 }
 
 void sr_kmip_put_interval(sr_kmip_enc_t *e, uint32_t tag, uint32_t v)
 {
     uint8_t b[4];
-    wr32(b, v);
+    sr_put_be32(b, v);
     put(e, tag, SR_KMIP_INTERVAL, b, 4);
 }
 

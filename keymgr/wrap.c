@@ -159,11 +159,6 @@ sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_k
     return sr_err_set(SR_ERR_UNSUPPORTED, "unknown key wrapping algorithm %d", (int)wk->alg);
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
-}
-
 sr_err_t sr_wrapped_key_encode(const sr_wrapped_key_t *wk, uint8_t *out, size_t out_cap, size_t *out_len)
 {
     if (wk->blob_len > SR_KEYMGR_WRAPPED_MAX) return sr_err_set(SR_ERR_INVALID_ARG, "wrapped key too long");
@@ -173,8 +168,8 @@ sr_err_t sr_wrapped_key_encode(const sr_wrapped_key_t *wk, uint8_t *out, size_t 
     out[4] = WRAPPED_FORMAT;
     out[5] = (uint8_t)wk->alg;
     memcpy(out + 6, wk->kek_id.bytes, 16);
-    put_u32(out + 22, wk->kek_version);
-    out[26] = (uint8_t)(wk->blob_len >> 8), out[27] = (uint8_t)wk->blob_len;
+    sr_put_be32(out + 22, wk->kek_version);
+    sr_put_be16(out + 26, (uint16_t)wk->blob_len);
     memcpy(out + WRAPPED_FIXED, wk->blob, wk->blob_len);
     *out_len = need;
     return SR_OK;
@@ -190,8 +185,8 @@ sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_
     if (wk.alg != SR_WRAP_AES_256_GCM && wk.alg != SR_WRAP_AES_256_KWP)
         return sr_err_set(SR_ERR_CORRUPT, "wrapped key names unknown algorithm %u", in[5]);
     memcpy(wk.kek_id.bytes, in + 6, 16);
-    wk.kek_version = (uint32_t)in[22] << 24 | (uint32_t)in[23] << 16 | (uint32_t)in[24] << 8 | in[25];
-    wk.blob_len = (uint32_t)in[26] << 8 | in[27];
+    wk.kek_version = sr_get_be32(in + 22);
+    wk.blob_len = sr_get_be16(in + 26);
     if (wk.blob_len > SR_KEYMGR_WRAPPED_MAX || WRAPPED_FIXED + wk.blob_len > in_len)
         return sr_err_set(SR_ERR_CORRUPT, "wrapped key blob length %u overruns its %zu-byte record", wk.blob_len, in_len);
     memcpy(wk.blob, in + WRAPPED_FIXED, wk.blob_len);

@@ -48,12 +48,6 @@
 #define OFF_MAC (OFF_SUM + SHA256_DIGEST_LENGTH)
 _Static_assert(OFF_MAC + 32 <= SR_TDE_HEADER_SLOT, "the key header fits its slot");
 
-static void be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
-static void be32(uint8_t *p, uint32_t v) { be16(p, (uint16_t)(v >> 16)), be16(p + 2, (uint16_t)v); }
-static void be64(uint8_t *p, uint64_t v) { be32(p, (uint32_t)(v >> 32)), be32(p + 4, (uint32_t)v); }
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t rd32(const uint8_t *p) { return (uint32_t)rd16(p) << 16 | rd16(p + 2); }
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
 
 const char *sr_tde_state_name(sr_tde_state_t state)
 {
@@ -106,26 +100,26 @@ sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, const uint8_t key[SR_TDE
         return sr_err_set(SR_ERR_INVALID_ARG, "key header holds at most %d keys", SR_TDE_MAX_KEY_VERSIONS);
     memset(slot, 0, SR_TDE_HEADER_SLOT);
     memcpy(slot, MAGIC, sizeof MAGIC);
-    be16(slot + 8, SR_TDE_HEADER_FORMAT);
-    be64(slot + 10, h->generation);
+    sr_put_be16(slot + 8, SR_TDE_HEADER_FORMAT);
+    sr_put_be64(slot + 10, h->generation);
     memcpy(slot + 18, h->tablespace.bytes, SR_UUID_BYTES);
     slot[34] = (uint8_t)h->cipher;
     slot[35] = (uint8_t)h->state;
-    be32(slot + 36, h->page_size);
-    be64(slot + 40, h->progress_pages);
-    be32(slot + 48, h->active_version);
-    be32(slot + 52, h->n_keys);
-    be64(slot + 56, (uint64_t)h->created_us);
-    be64(slot + 64, (uint64_t)h->updated_us);
-    be32(slot + OFF_FLAGS, h->flags);
+    sr_put_be32(slot + 36, h->page_size);
+    sr_put_be64(slot + 40, h->progress_pages);
+    sr_put_be32(slot + 48, h->active_version);
+    sr_put_be32(slot + 52, h->n_keys);
+    sr_put_be64(slot + 56, (uint64_t)h->created_us);
+    sr_put_be64(slot + 64, (uint64_t)h->updated_us);
+    sr_put_be32(slot + OFF_FLAGS, h->flags);
     for (uint32_t i = 0; i < h->n_keys; i++) {
         uint8_t *r = slot + OFF_KEYS + i * KEY_RECORD;
         size_t len = 0;
-        be32(r, h->keys[i].version);
-        be64(r + 4, h->keys[i].encryptions_reserved);
+        sr_put_be32(r, h->keys[i].version);
+        sr_put_be64(r + 4, h->keys[i].encryptions_reserved);
         sr_err_t rc = sr_wrapped_key_encode(&h->keys[i].wrapped, r + 14, SR_WRAPPED_KEY_ENCODED_MAX, &len);
         if (rc != SR_OK) return rc;
-        be16(r + 12, (uint16_t)len);
+        sr_put_be16(r + 12, (uint16_t)len);
     }
     SHA256(slot, OFF_SUM, slot + OFF_SUM);
     return header_mac(slot + OFF_SUM, key, slot + OFF_MAC);
@@ -135,9 +129,9 @@ static sr_err_t decode_keys(const uint8_t *slot, sr_tde_header_t *h)
 {
     for (uint32_t i = 0; i < h->n_keys; i++) {
         const uint8_t *r = slot + OFF_KEYS + i * KEY_RECORD;
-        h->keys[i].version = rd32(r);
-        h->keys[i].encryptions_reserved = rd64(r + 4);
-        uint16_t len = rd16(r + 12);
+        h->keys[i].version = sr_get_be32(r);
+        h->keys[i].encryptions_reserved = sr_get_be64(r + 4);
+        uint16_t len = sr_get_be16(r + 12);
         if (len > SR_WRAPPED_KEY_ENCODED_MAX)
             return sr_err_set(SR_ERR_CORRUPT, "key header: key record %u is %u bytes long", i, len);
         sr_err_t rc = sr_wrapped_key_decode(r + 14, len, &h->keys[i].wrapped);
@@ -152,7 +146,7 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
 {
     if (len < SR_TDE_HEADER_SLOT || !sr_tde_header_is_present(slot, len))
         return sr_err_set(SR_ERR_TDE_NO_HEADER, "no strongroom key header (magic SRTDEKH missing)");
-    uint16_t format = rd16(slot + 8);
+    uint16_t format = sr_get_be16(slot + 8);
     if (format == 1)
         return sr_err_set(SR_ERR_VERSION, "key header format 1 (a development build without the authenticated header); "
                           "this strongroom reads format %d: decrypt the file with that build and encrypt it again",
@@ -167,21 +161,21 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
     sr_tde_header_t h;
     memset(&h, 0, sizeof h);
     h.format_version = format;
-    h.generation = rd64(slot + 10);
+    h.generation = sr_get_be64(slot + 10);
     memcpy(h.tablespace.bytes, slot + 18, SR_UUID_BYTES);
     h.cipher = (sr_tde_cipher_t)slot[34];
     h.state = (sr_tde_state_t)slot[35];
-    h.page_size = rd32(slot + 36);
-    h.progress_pages = rd64(slot + 40);
-    h.active_version = rd32(slot + 48);
-    h.n_keys = rd32(slot + 52);
-    h.created_us = (int64_t)rd64(slot + 56);
-    h.updated_us = (int64_t)rd64(slot + 64);
-    h.flags = rd32(slot + OFF_FLAGS);
+    h.page_size = sr_get_be32(slot + 36);
+    h.progress_pages = sr_get_be64(slot + 40);
+    h.active_version = sr_get_be32(slot + 48);
+    h.n_keys = sr_get_be32(slot + 52);
+    h.created_us = (int64_t)sr_get_be64(slot + 56);
+    h.updated_us = (int64_t)sr_get_be64(slot + 64);
+    h.flags = sr_get_be32(slot + OFF_FLAGS);
     memcpy(h.checksum, sum, sizeof sum);
     memcpy(h.mac, slot + OFF_MAC, sizeof h.mac);
     if (h.flags & ~SR_TDE_HEADER_HAS_PAGES) return sr_err_set(SR_ERR_CORRUPT, "key header flags %#x unknown", h.flags);
-    if (rd32(slot + OFF_FLAGS + 4) != 0) return sr_err_set(SR_ERR_CORRUPT, "key header reserved field is not zero");
+    if (sr_get_be32(slot + OFF_FLAGS + 4) != 0) return sr_err_set(SR_ERR_CORRUPT, "key header reserved field is not zero");
     if (h.cipher != SR_TDE_CIPHER_AES_256_GCM && h.cipher != SR_TDE_CIPHER_CHACHA20_POLY1305)
         return sr_err_set(SR_ERR_CORRUPT, "key header names unknown cipher %u", slot[34]);
     if (h.state > SR_TDE_STATE_DECRYPTING) return sr_err_set(SR_ERR_CORRUPT, "key header state %u unknown", slot[35]);

@@ -386,25 +386,14 @@ void sr_tde_pagectx_free(sr_tde_pagectx_t *c)
     free(c);
 }
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    put_be32(p, (uint32_t)(v >> 32));
-    put_be32(p + 4, (uint32_t)v);
-}
-
 /* The AAD for a place under a key version; returns its length. */
 static sr_err_t aad_fill(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint32_t version, int *len)
 {
     if (p->bind_len > SR_TDE_BIND_MAX || (p->bind_len && !p->bind))
         return sr_err_set(SR_ERR_INVALID_ARG, "page binding of %zu bytes (at most %d)", p->bind_len, SR_TDE_BIND_MAX);
     c->aad[22] = (uint8_t)p->kind;
-    put_be64(c->aad + 23, p->location);
-    put_be32(c->aad + 31, version);
+    sr_put_be64(c->aad + 23, p->location);
+    sr_put_be32(c->aad + 31, version);
     if (p->bind_len) memcpy(c->aad + AAD_FIXED, p->bind, p->bind_len);
     *len = AAD_FIXED + (int)p->bind_len;
     return SR_OK;
@@ -471,8 +460,8 @@ static sr_err_t encrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, const
     if (rc == SR_OK) rc = take_encryption(c, &version);
     if (rc == SR_OK) rc = next_nonce(c, trailer);
     if (rc != SR_OK) return rc;
-    put_be32(trailer + SR_TDE_NONCE_BYTES, version);
-    put_be32(c->aad + 31, version);
+    sr_put_be32(trailer + SR_TDE_NONCE_BYTES, version);
+    sr_put_be32(c->aad + 31, version);
     uint8_t none[16];
     if (!body) out = none; /* a seal: GCM/Poly1305 finals write nothing */
     int n = 0, m = 0;
@@ -500,8 +489,7 @@ sr_err_t sr_tde_seal_make(sr_tde_pagectx_t *c, const sr_tde_place_t *place, uint
 
 uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size)
 {
-    const uint8_t *v = page + page_size - SR_TDE_PAGE_TRAILER + SR_TDE_NONCE_BYTES;
-    return (uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 | (uint32_t)v[2] << 8 | v[3];
+    return sr_get_be32(page + page_size - SR_TDE_PAGE_TRAILER + SR_TDE_NONCE_BYTES);
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -525,8 +513,7 @@ static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, const
                              size_t body, const uint8_t *trailer, int *auth_ok)
 {
     *auth_ok = 0;
-    uint32_t version = (uint32_t)trailer[12] << 24 | (uint32_t)trailer[13] << 16 | (uint32_t)trailer[14] << 8 |
-                       trailer[15];
+    uint32_t version = sr_get_be32(trailer + SR_TDE_NONCE_BYTES);
     int aad_len = 0;
     sr_err_t rc = aad_fill(c, p, version, &aad_len);
     if (rc != SR_OK) return rc;

@@ -128,7 +128,6 @@ static int registered_main, registered_pass;
 
 static sqlite3_vfs *lower_vfs(sqlite3_vfs *v) { return (sqlite3_vfs *)v->pAppData; }
 static int is_passthrough_vfs(sqlite3_vfs *v) { return v == &vfs_pass; }
-static uint32_t be32_at(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static int lower_read(sr_file_t *f, void *buf, int amt, sqlite3_int64 off)
 {
     return f->lower->pMethods->xRead(f->lower, buf, amt, off);
@@ -498,7 +497,7 @@ static void connection_hint(sr_file_t *f, sqlite3 *db)
  * garbage a crash left) leaves the one in use. */
 static void wal_take_header(sr_file_t *f, const uint8_t *h)
 {
-    uint32_t ps = be32_at(h + 8);
+    uint32_t ps = sr_get_be32(h + 8);
     if (ps == 1) ps = 65536;
     if (sr_tde_page_size_valid(ps)) f->wal_page = ps, f->wal_page_known = 1;
     f->wal_hdr_frame = -1;
@@ -544,7 +543,7 @@ static int wal_commits_after(sr_file_t *f, sqlite3_int64 frame, const uint8_t *h
     for (sqlite3_int64 j = frame + 1; commits < 1000000; j++) {
         if (lower_read(f, next, WAL_FRAME_HDR, wal_frame_offset(f, j)) != SQLITE_OK) break;
         if (memcmp(next + 8, hdr + 8, 8) != 0) break; /* an older generation: the log ends before it */
-        if (be32_at(next + 4) != 0) commits++;
+        if (sr_get_be32(next + 4) != 0) commits++;
     }
     return commits;
 }
@@ -768,8 +767,8 @@ static int journal_is_page(const sr_file_t *f, int amt, sqlite3_int64 off)
 static int journal_is_header(const uint8_t *h, int amt, sqlite3_int64 off)
 {
     if (amt < JOURNAL_HDR) return 0;
-    uint32_t sector = be32_at(h + 20), page = be32_at(h + 24);
-    int magic_or_zero = memcmp(h, journal_magic, 8) == 0 || be32_at(h) == 0;
+    uint32_t sector = sr_get_be32(h + 20), page = sr_get_be32(h + 24);
+    int magic_or_zero = memcmp(h, journal_magic, 8) == 0 || sr_get_be32(h) == 0;
     return magic_or_zero && sector >= 32 && sector <= 65536 && (sector & (sector - 1)) == 0 &&
            sr_tde_page_size_valid(page) && off % sector == 0;
 }

@@ -554,8 +554,7 @@ sr_err_t sr_tde_ts_check_fresh(sr_tde_ts_t *ts)
     if (rc != SR_OK) return rc;
     uint64_t newest = 0;
     for (int i = 0; i < 2; i++) {
-        uint64_t v = 0;
-        for (int j = 0; j < 8; j++) v = v << 8 | g[i][j];
+        uint64_t v = sr_get_be64(g[i]);
         if ((i ? got1 : got0) == 8 && v > newest) newest = v;
     }
     pthread_mutex_lock(&ts->hdr_lock);
