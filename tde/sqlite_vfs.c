@@ -847,11 +847,19 @@ static int journal_record_bind(sr_file_t *f, sqlite3_int64 image_off, int writin
     return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_READ : rc;
 }
 
+/* The magic that ends a super-journal record: SQLite reads it as the last 8
+ * bytes of the journal, where it never reads a header (it needs 28 bytes). */
+static int journal_is_super_magic(sr_file_t *f, int amt, sqlite3_int64 off)
+{
+    sqlite3_int64 size = 0;
+    return amt == 8 && f->lower->pMethods->xFileSize(f->lower, &size) == SQLITE_OK && off + 8 == size;
+}
+
 static int journal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
 {
     int rc = lower_read(f, buf, amt, off);
     if (rc != SQLITE_OK) return rc;
-    if (amt >= 8 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) {
+    if (amt >= 8 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0 && !journal_is_super_magic(f, amt, off)) {
         /* SQLite reads a header's magic before it trusts the header: only a
          * sealed one is shown as valid. Any other reads as "no header", so
          * SQLite plays nothing back (and deletes a forged hot journal). */
