@@ -375,7 +375,10 @@ static void test_tdectl_encrypt_writes_no_plaintext_and_is_hardened(void)
 typedef struct shim_file {
     sqlite3_file base;
     sqlite3_file *lower; /* separately allocated: SQLite's file object is not strongroom's */
+    int flags;
 } shim_file_t;
+
+static int shim_exit_at_db_sync; /* a crash: the process ends when a main database is synced */
 
 #define SHIM_LOWER(f) (((shim_file_t *)(f))->lower)
 static int shim_close(sqlite3_file *f)
@@ -387,7 +390,11 @@ static int shim_close(sqlite3_file *f)
 static int shim_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o) { return SHIM_LOWER(f)->pMethods->xRead(SHIM_LOWER(f), b, n, o); }
 static int shim_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) { return SHIM_LOWER(f)->pMethods->xWrite(SHIM_LOWER(f), b, n, o); }
 static int shim_truncate(sqlite3_file *f, sqlite3_int64 s) { return SHIM_LOWER(f)->pMethods->xTruncate(SHIM_LOWER(f), s); }
-static int shim_sync(sqlite3_file *f, int fl) { return SHIM_LOWER(f)->pMethods->xSync(SHIM_LOWER(f), fl); }
+static int shim_sync(sqlite3_file *f, int fl)
+{
+    if (shim_exit_at_db_sync && (((shim_file_t *)f)->flags & SQLITE_OPEN_MAIN_DB)) _exit(0);
+    return SHIM_LOWER(f)->pMethods->xSync(SHIM_LOWER(f), fl);
+}
 static int shim_size(sqlite3_file *f, sqlite3_int64 *s) { return SHIM_LOWER(f)->pMethods->xFileSize(SHIM_LOWER(f), s); }
 static int shim_lock(sqlite3_file *f, int l) { return SHIM_LOWER(f)->pMethods->xLock(SHIM_LOWER(f), l); }
 static int shim_unlock(sqlite3_file *f, int l) { return SHIM_LOWER(f)->pMethods->xUnlock(SHIM_LOWER(f), l); }
@@ -422,11 +429,13 @@ static int shim_open(sqlite3_vfs *v, sqlite3_filename name, sqlite3_file *f, int
         return rc;
     }
     s->base.pMethods = &shim_methods;
+    s->flags = flags;
     return SQLITE_OK;
 }
 
 static void register_shim(void)
 {
+    if (sqlite3_vfs_find("shim")) return;
     sqlite3_vfs *lo = sqlite3_vfs_find("strongroom");
     shim_vfs = *lo;
     shim_vfs.iVersion = 2;
@@ -464,6 +473,59 @@ static void test_vfs_stacked_above_strongroom(void)
         sqlite3_close(p), sqlite3_close(e);
         char where[1024];
         SR_CHECK_MSG(!sqlt_marker_on_disk(dir, MARKER, where, sizeof where), "plaintext in %s", where);
+    }
+}
+
+/* 6b: a commit over two databases cut after the main database's pages were
+ * written, its super-journal then deleted: the main journal is not hot and
+ * the commit stands (SQLite's crash8-4.10). The path's length moves the
+ * super-journal record's closing magic on and off an 8-byte boundary, where
+ * it once read as an unsealed header and the journal was played back. */
+static void test_super_journal_deleted_commit_stands(void)
+{
+    register_shim();
+    for (int n = 0; n < 8; n++) {
+        char a[700], b[700], journal[720], sql[1600];
+        snprintf(a, sizeof a, "%s", sr_test_path("super-a.db"));
+        snprintf(b, sizeof b, "%s", sr_test_path("super-b.db"));
+        snprintf(a + strlen(a) - 3, 12, "%.*s.db", n, "xxxxxxx");
+        snprintf(journal, sizeof journal, "%s-journal", a);
+        const char *dbs[] = {a, b};
+        for (int i = 0; i < 2; i++) {
+            sqlite3 *db = NULL;
+            unlink(dbs[i]);
+            SR_CHECK_EQ_INT(sqlt_open(dbs[i], keyfile, NULL, &db), SQLITE_OK);
+            SR_CHECK_EQ_INT(sqlt_exec(db, "CREATE TABLE t(k, v); INSERT INTO t VALUES(1, 1)"), SQLITE_OK);
+            sqlite3_close(db);
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            sqlite3 *db = NULL;
+            snprintf(sql, sizeof sql, "file:%s?vfs=shim&keyfile=%s", a, keyfile);
+            if (sqlite3_open_v2(sql, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, NULL) != SQLITE_OK) _exit(2);
+            snprintf(sql, sizeof sql, "ATTACH 'file:%s?vfs=shim&keyfile=%s' AS aux", b, keyfile);
+            if (sqlt_exec(db, sql) != SQLITE_OK) _exit(3);
+            shim_exit_at_db_sync = 1;
+            sqlt_exec(db, "BEGIN; UPDATE t SET v = 2; UPDATE aux.t SET v = 2; COMMIT");
+            _exit(4); /* the commit finished: no crash happened */
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        SR_CHECK_EQ_INT(WEXITSTATUS(status), 0);
+        size_t len = 0;
+        uint8_t *j = sr_test_read_file(journal, &len);
+        SR_CHECK(j && len > 16);
+        uint32_t name_len = be32(j + len - 16);
+        SR_CHECK(name_len > 0 && name_len + 16 < len);
+        char super[700];
+        snprintf(super, sizeof super, "%.*s", (int)name_len, (const char *)j + len - 16 - name_len);
+        free(j);
+        SR_CHECK_MSG(unlink(super) == 0, "super-journal %s", super);
+        sqlite3 *db = NULL;
+        SR_CHECK_EQ_INT(sqlt_open(a, keyfile, NULL, &db), SQLITE_OK);
+        SR_CHECK_MSG(sqlt_int(db, "SELECT v FROM t") == 2, "%s: the committed value was rolled back", a);
+        SR_CHECK_STR(sqlt_integrity(db), "ok");
+        sqlite3_close(db);
     }
 }
 
@@ -823,6 +885,7 @@ int main(void)
     SR_RUN(test_fork_never_repeats_a_nonce);
     SR_RUN(test_tdectl_encrypt_writes_no_plaintext_and_is_hardened);
     SR_RUN(test_vfs_stacked_above_strongroom);
+    SR_RUN(test_super_journal_deleted_commit_stands);
     SR_RUN(test_page_size_changes_refused_database_intact);
     SR_RUN(test_new_database_page_size_and_auto_vacuum);
     SR_RUN(test_page_size_set_by_another_process);
