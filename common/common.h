@@ -331,6 +331,9 @@ sr_err_t sr_tls_write_all(sr_tls_conn_t *conn, const void *buf, size_t len) SR_M
 /* Reads exactly `len` bytes; SR_ERR_CLOSED if the peer closed cleanly before
  * the first byte, SR_ERR_TRUNCATED if it closed part-way. */
 sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR_MUST_CHECK;
+/* The same with an overall deadline (sr_time_mono_ms() scale; 0: none): a peer
+ * that sends slowly is cut off at the deadline, not per read. */
+sr_err_t sr_tls_read_exact_by(sr_tls_conn_t *conn, void *buf, size_t len, uint64_t deadline_ms) SR_MUST_CHECK;
 /* The same on a plain descriptor (common/fdio.c), through EINTR and short
  * transfers; a receive timeout is SR_ERR_TIMEOUT. */
 sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;

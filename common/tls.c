@@ -299,6 +299,8 @@ uint16_t sr_tls_listener_port(int listen_fd)
 
 sr_err_t sr_tls_accept(sr_ssl_ctx_t *ctx, int fd, int timeout_ms, sr_tls_conn_t **out)
 {
+    int one = 1; /* small request/response exchanges: Nagle + delayed ACK would add 40 ms to each */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     sr_tls_conn_t *c;
     sr_err_t rc = conn_new(ctx, fd, timeout_ms, &c);
     if (rc != SR_OK) return rc;
@@ -332,12 +334,21 @@ sr_err_t sr_tls_write_all(sr_tls_conn_t *c, const void *buf, size_t len)
     return SR_OK;
 }
 
-sr_err_t sr_tls_read_exact(sr_tls_conn_t *c, void *buf, size_t len)
+sr_err_t sr_tls_read_exact(sr_tls_conn_t *c, void *buf, size_t len) { return sr_tls_read_exact_by(c, buf, len, 0); }
+
+static sr_err_t read_exact(sr_tls_conn_t *c, uint8_t *p, size_t len, uint64_t deadline_ms)
 {
-    uint8_t *p = buf;
     size_t got = 0;
     while (got < len) {
         size_t n = 0;
+        if (deadline_ms) { /* narrowed before each read: a dribbling peer cannot stretch one message */
+            uint64_t now = sr_time_mono_ms();
+            if (now >= deadline_ms)
+                return sr_err_set(SR_ERR_TIMEOUT, "%s sent %zu of %zu bytes before the deadline", c->peer_addr, got,
+                                  len);
+            uint64_t left = deadline_ms - now;
+            set_socket_timeouts(c->fd, left < (uint64_t)c->timeout_ms ? (int)left : c->timeout_ms);
+        }
         ERR_clear_error();
         int ret = SSL_read_ex(c->ssl, p + got, len - got, &n);
         if (ret != 1) {
@@ -350,6 +361,13 @@ sr_err_t sr_tls_read_exact(sr_tls_conn_t *c, void *buf, size_t len)
         got += n;
     }
     return SR_OK;
+}
+
+sr_err_t sr_tls_read_exact_by(sr_tls_conn_t *c, void *buf, size_t len, uint64_t deadline_ms)
+{
+    sr_err_t rc = read_exact(c, buf, len, deadline_ms);
+    if (deadline_ms) set_socket_timeouts(c->fd, c->timeout_ms);
+    return rc;
 }
 
 const char *sr_tls_peer_cn(const sr_tls_conn_t *c) { return c->peer_cn[0] ? c->peer_cn : NULL; }

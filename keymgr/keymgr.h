@@ -93,6 +93,10 @@ sr_err_t sr_keyfile_rotate(const char *path, uint32_t *new_version) SR_MUST_CHEC
 /* Master key id and newest version, without keeping the key material. */
 sr_err_t sr_keyfile_describe(const char *path, sr_uuid_t *id, uint32_t *newest_version) SR_MUST_CHECK;
 sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_CHECK;
+/* The same provider over one master key held by the caller (version 1), e.g.
+ * a root key derived from a passphrase; the key is copied into locked memory. */
+sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_KEY_BYTES], const char *description,
+                               sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
 typedef struct sr_keycache sr_keycache_t;

@@ -405,3 +405,15 @@ sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out)
     snprintf(desc, sizeof desc, "keyfile:%s", path);
     return sr_keyprov_new(&keyfile_ops, kf, desc, out);
 }
+
+sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_KEY_BYTES], const char *description,
+                               sr_keyprov_t **out)
+{
+    keyfile_t *kf = keyfile_alloc();
+    if (!kf) return SR_ERR_NOMEM;
+    kf->id = *id;
+    kf->n = 1;
+    kf->v[0].version = 1;
+    memcpy(kf->v[0].key, key, SR_KEYMGR_KEY_BYTES);
+    return sr_keyprov_new(&keyfile_ops, kf, description, out);
+}

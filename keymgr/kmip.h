@@ -99,6 +99,10 @@ void sr_kmip_put_bytes(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *b, size_t 
 void sr_kmip_put_datetime(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_seconds);
 void sr_kmip_put_interval(sr_kmip_enc_t *e, uint32_t tag, uint32_t seconds);
 void sr_kmip_put_datetime_ext(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_us);
+/* Drops what was encoded after (len, depth), a point taken earlier from
+ * e->len and e->depth, and clears a failure since then (a server answering
+ * a failed operation without its half-written payload). */
+void sr_kmip_enc_rewind(sr_kmip_enc_t *e, size_t len, int depth);
 /* Checks every structure is closed; the bytes stay in e->buf / e->len. */
 sr_err_t sr_kmip_enc_finish(sr_kmip_enc_t *e) SR_MUST_CHECK;
 
@@ -212,6 +216,10 @@ sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_co
 sr_err_t sr_kmip_destroy(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
 sr_err_t sr_kmip_locate_by_name(sr_kmip_client_t *c, const char *name, char (*uids)[SR_KMIP_UID_MAX], size_t max,
                                 size_t *found) SR_MUST_CHECK;
+/* Locate by name and/or object group (NULL: any); found counts every match,
+ * uids holds the first max of them, newest first. */
+sr_err_t sr_kmip_locate(sr_kmip_client_t *c, const char *name, const char *group, char (*uids)[SR_KMIP_UID_MAX],
+                        size_t max, size_t *found) SR_MUST_CHECK;
 /* AES-GCM through the server: iv in, ciphertext || tag out (and back). */
 sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;

@@ -71,10 +71,13 @@ static int network_error(sr_err_t rc)
 static sr_err_t exchange(sr_kmip_client_t *c, const sr_kmip_enc_t *req, uint8_t **resp, size_t *resp_len)
 {
     sr_err_t rc = SR_OK;
+    /* One deadline for the whole response: a server that dribbles bytes
+     * cannot stretch a call past the timeout. */
+    uint64_t deadline = sr_time_mono_ms() + (uint64_t)c->o.timeout_ms;
     if (!c->conn) rc = sr_tls_connect(c->ctx, c->host, c->o.port, c->verify_name, c->o.timeout_ms, &c->conn);
     if (rc == SR_OK) rc = sr_tls_write_all(c->conn, req->buf, req->len);
     uint8_t head[8];
-    if (rc == SR_OK) rc = sr_tls_read_exact(c->conn, head, sizeof head);
+    if (rc == SR_OK) rc = sr_tls_read_exact_by(c->conn, head, sizeof head, deadline);
     if (rc != SR_OK) return rc;
     uint32_t tag = (uint32_t)head[0] << 16 | (uint32_t)head[1] << 8 | head[2];
     uint32_t len = sr_get_be32(head + 4);
@@ -84,7 +87,7 @@ static sr_err_t exchange(sr_kmip_client_t *c, const sr_kmip_enc_t *req, uint8_t 
     uint8_t *buf = malloc((size_t)len + 8);
     if (!buf) return sr_err_set(SR_ERR_NOMEM, "KMIP response of %u bytes", len);
     memcpy(buf, head, 8);
-    rc = sr_tls_read_exact(c->conn, buf + 8, len);
+    rc = sr_tls_read_exact_by(c->conn, buf + 8, len, deadline);
     if (rc != SR_OK) {
         free(buf);
         return rc;
@@ -348,7 +351,14 @@ sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, siz
     sr_err_t rc = call(c, SR_KMIP_OP_GET, build_uid, uid, &r);
     if (rc != SR_OK) return rc;
     const sr_kmip_tree_t *t = &r.tree;
+    char got_uid[SR_KMIP_UID_MAX];
+    if ((rc = response_uid(&r, got_uid)) != SR_OK || strcmp(got_uid, uid) != 0) {
+        sr_kmip_response_free(&r);
+        return rc != SR_OK ? rc : sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Get of %s answered with object %s", uid, got_uid);
+    }
     int32_t sk = sr_kmip_child(t, r.payload, SR_KMIP_TAG_SYMMETRIC_KEY, SR_KMIP_STRUCTURE);
+    int32_t alg = sr_kmip_child(t, sr_kmip_child(t, sk, SR_KMIP_TAG_KEY_BLOCK, SR_KMIP_STRUCTURE),
+                                SR_KMIP_TAG_CRYPTOGRAPHIC_ALGORITHM, SR_KMIP_ENUMERATION);
     int32_t kb = sr_kmip_child(t, sk, SR_KMIP_TAG_KEY_BLOCK, SR_KMIP_STRUCTURE);
     int32_t fmt = sr_kmip_child(t, kb, SR_KMIP_TAG_KEY_FORMAT_TYPE, SR_KMIP_ENUMERATION);
     int32_t kv = sr_kmip_child(t, kb, SR_KMIP_TAG_KEY_VALUE, SR_KMIP_STRUCTURE);
@@ -356,6 +366,10 @@ sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, siz
     if (km < 0) rc = sr_err_set(SR_ERR_KMIP_DECODE, "Get response for %s has no symmetric key material", uid);
     else if (fmt < 0 || t->items[fmt].v.u32 != SR_KMIP_KEY_FORMAT_RAW)
         rc = sr_err_set(SR_ERR_UNSUPPORTED, "key %s is not in Raw format", uid);
+    else if (alg < 0 || t->items[alg].v.u32 != SR_KMIP_ALG_AES)
+        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Get of %s returned a key that is not AES", uid);
+    else if (t->items[km].len != 16 && t->items[km].len != 24 && t->items[km].len != 32)
+        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Get of %s returned a %u-byte AES key", uid, t->items[km].len);
     else if (t->items[km].len > cap) rc = sr_err_set(SR_ERR_BUFFER_TOO_SMALL, "key %s is %u bytes", uid, t->items[km].len);
     else memcpy(key, t->items[km].v.ptr, t->items[km].len), *len = t->items[km].len;
     sr_kmip_response_free(&r); /* wipes the response, which held the key */
@@ -412,13 +426,29 @@ sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_co
     return rc;
 }
 
-static void build_locate(sr_kmip_enc_t *e, const void *name) { put_attribute_name(e, name); }
+typedef struct locate_arg {
+    const char *name, *group;
+} locate_arg_t;
+
+static void build_locate(sr_kmip_enc_t *e, const void *p)
+{
+    const locate_arg_t *a = p;
+    if (a->name) put_attribute_name(e, a->name);
+    if (a->group) put_attribute_text(e, "Object Group", a->group);
+}
 
 sr_err_t sr_kmip_locate_by_name(sr_kmip_client_t *c, const char *name, char (*uids)[SR_KMIP_UID_MAX], size_t max,
                                 size_t *found)
 {
+    return sr_kmip_locate(c, name, NULL, uids, max, found);
+}
+
+sr_err_t sr_kmip_locate(sr_kmip_client_t *c, const char *name, const char *group, char (*uids)[SR_KMIP_UID_MAX],
+                        size_t max, size_t *found)
+{
     sr_kmip_response_t r;
-    sr_err_t rc = call(c, SR_KMIP_OP_LOCATE, build_locate, name, &r);
+    locate_arg_t a = {.name = name, .group = group};
+    sr_err_t rc = call(c, SR_KMIP_OP_LOCATE, build_locate, &a, &r);
     if (rc != SR_OK) return rc;
     size_t n = 0;
     for (int32_t i = sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_UNIQUE_IDENTIFIER, SR_KMIP_TEXT_STRING); i >= 0;

@@ -97,6 +97,8 @@ sr_err_t sr_kmip_response_parse(const uint8_t *buf, size_t len, uint32_t expect_
         r->message_buf[n] = '\0';
     }
     r->payload = sr_kmip_child(t, item, SR_KMIP_TAG_RESPONSE_PAYLOAD, SR_KMIP_STRUCTURE);
+    if (op < 0 && r->status == SR_KMIP_STATUS_SUCCESS)
+        return sr_err_set(SR_ERR_KMIP_UNEXPECTED, "KMIP response to operation %u names no Operation", expect_operation);
     if (op >= 0 && expect_operation && r->operation != expect_operation)
         return sr_err_set(SR_ERR_KMIP_UNEXPECTED, "KMIP response is for operation %u, the request was %u",
                           r->operation, expect_operation);

@@ -1,20 +1,25 @@
 /*
  * Interop: our KMIP client against the PyKMIP server (Debian's
- * python3-pykmip), on loopback, over mutual TLS with certificates made by the
+ * python3-pykmip) and, built with SR_AGAINST_KMSD (test_kmip_kmsd), against
+ * our own kmsd, on loopback, over mutual TLS with certificates made by the
  * test. Create, Activate, Get, Locate, Encrypt/Decrypt (AES-GCM), Discover
  * Versions, Revoke, Destroy; a failed operation's reason; a client with a
  * certificate from another CA refused; a server gone: an idempotent Get
  * fails after its one retry, a Create is reported as of unknown outcome.
  */
 #include "kmip.h"
+#include "kmsd_server.h"
 #include "pykmip_server.h"
 #include "sr_test.h"
+
+#include <signal.h>
 
 #include <stdlib.h>
 #include <unistd.h>
 
 static char pki[512];
 static uint16_t server_port;
+static void stop_server(void);
 
 static sr_kmip_client_t *client_with(const char *cert)
 {
@@ -102,15 +107,24 @@ static void test_register_query_and_refusals(void)
     int has_get = 0;
     for (size_t i = 0; i < n && i < 64; i++) has_get |= ops[i] == SR_KMIP_OP_GET;
     SR_CHECK(n > 5 && has_get);
-    /* Re-key is not among PyKMIP 0.10's operations: refused with the specification's reason */
     char new_uid[SR_KMIP_UID_MAX];
+    t.custom_name = "x-strongroom-tablespace", t.custom_value = "6f1c56c4-3a43-4a4e-9c1f-0a2b3c4d5e6f";
+#ifdef SR_AGAINST_KMSD
+    /* kmsd: Re-key makes a new key with the old one's attributes; custom attributes are kept */
+    SR_CHECK_OK(sr_kmip_rekey(c, uid, new_uid));
+    SR_CHECK(strcmp(new_uid, uid) != 0);
+    SR_CHECK_OK(sr_kmip_get_key(c, new_uid, back, sizeof back, &len));
+    SR_CHECK(len == 32 && memcmp(back, key, 32) != 0);
+    SR_CHECK_OK(sr_kmip_create_aes_key(c, &t, uid));
+#else
+    /* Re-key is not among PyKMIP 0.10's operations: refused with the specification's reason */
     SR_CHECK_ERR(sr_kmip_rekey(c, uid, new_uid), SR_ERR_KMIP_RESULT);
     SR_CHECK_MSG(strstr(sr_err_detail(), "Operation Not Supported"), "%s", sr_err_detail());
     /* PyKMIP 0.10 has no custom ("x-") attributes: refused as an invalid field, with its message */
-    t.custom_name = "x-strongroom-tablespace", t.custom_value = "6f1c56c4-3a43-4a4e-9c1f-0a2b3c4d5e6f";
     SR_CHECK_ERR(sr_kmip_create_aes_key(c, &t, uid), SR_ERR_KMIP_RESULT);
     SR_CHECK_MSG(strstr(sr_err_detail(), "Invalid Field") && strstr(sr_err_detail(), "x-strongroom-tablespace"), "%s",
                  sr_err_detail());
+#endif
     t.custom_name = "strongroom"; /* not x-: refused before anything is sent */
     SR_CHECK_ERR(sr_kmip_create_aes_key(c, &t, uid), SR_ERR_INVALID_ARG);
     sr_kmip_client_free(c);
@@ -130,7 +144,7 @@ static void test_server_gone(void)
     sr_kmip_client_t *c = client_with("client");
     char uid[SR_KMIP_UID_MAX];
     SR_CHECK_OK(sr_kmip_create_aes_key(c, &(sr_kmip_key_template_t){.name = "before-the-outage", .usage_mask = SR_KMIP_USAGE_ENCRYPT}, uid));
-    pykmip_stop();
+    stop_server();
     uint8_t key[64];
     size_t len = 0;
     SR_CHECK(sr_kmip_get_key(c, uid, key, sizeof key, &len) != SR_OK);
@@ -140,14 +154,37 @@ static void test_server_gone(void)
     sr_kmip_client_free(c);
 }
 
-int main(void)
+#ifdef SR_AGAINST_KMSD
+static void stop_server(void) { kmsd_stop(SIGTERM); }
+
+/* kmsd with its own PKI (kmsctl), plus a client certificate from another CA. */
+static int start_server(void)
+{
+    static const char *const certs[] = {"client:application", "client2:application", NULL};
+    char cmd[2048], out[2048];
+    snprintf(pki, sizeof pki, "%s", sr_test_path("kms"));
+    snprintf(cmd, sizeof cmd, "%s %s/rogue && cp %s/rogue/rogue-client.* %s/", sr_test_source_path("tests/pki/make-test-pki"),
+             pki, pki, pki);
+    if (kmsd_init(pki, certs, &server_port) != 0 || sr_test_command(out, sizeof out, cmd) != 0) return -1;
+    return kmsd_start(pki, server_port);
+}
+#else
+static void stop_server(void) { pykmip_stop(); }
+
+static int start_server(void)
 {
     snprintf(pki, sizeof pki, "%s", sr_test_path("pki"));
-    if (pykmip_start(pki, sr_test_source_path("tests/pki/make-test-pki"), &server_port) != 0) return 1;
+    return pykmip_start(pki, sr_test_source_path("tests/pki/make-test-pki"), &server_port);
+}
+#endif
+
+int main(void)
+{
+    if (start_server() != 0) return 1;
     SR_RUN(test_key_lifecycle);
     SR_RUN(test_register_query_and_refusals);
     SR_RUN(test_rogue_client_refused);
     SR_RUN(test_server_gone);
-    pykmip_stop();
+    stop_server();
     return sr_test_finish();
 }

@@ -1,0 +1,159 @@
+/*
+ * kms.h — the key server's parts: the key store, principals and roles, and
+ * the KMIP request handler that kmsd runs for each message (and the fuzzer
+ * runs against an in-memory store).
+ *
+ * Objects are AES symmetric keys with KMIP's attributes and states. Their
+ * material is kept wrapped (AES-256-GCM, AAD = the object's UID) under the
+ * store wrapping key SWK; SWK itself is a data key of the store's root key
+ * provider, so key material never sits in the database, nor in SQLite's page
+ * cache, in clear. The store file is in turn encrypted page by page by our
+ * own TDE (kmsd dogfoods strongroom).
+ */
+#ifndef STRONGROOM_KMS_H
+#define STRONGROOM_KMS_H
+
+#include "keymgr.h"
+
+#include <stdint.h>
+
+typedef enum kms_role {
+    KMS_ROLE_NONE = 0, /* unknown principal: refused */
+    KMS_ROLE_ADMIN,    /* everything, on every object */
+    KMS_ROLE_APPLICATION, /* creates keys; full use of its own and granted ones */
+    KMS_ROLE_NODE,     /* uses (Get Attributes, Encrypt, Decrypt) only keys granted to it */
+    KMS_ROLE_AUDITOR,  /* reads attributes of every object; no key material, no changes */
+} kms_role_t;
+
+const char *kms_role_name(kms_role_t role);
+sr_err_t kms_role_parse(const char *text, kms_role_t *out);
+
+typedef struct kms_principal {
+    char name[256];       /* certificate subject CN */
+    kms_role_t role;
+    char source[80];      /* peer address, for audit records */
+} kms_principal_t;
+
+enum {
+    KMS_STATE_PRE_ACTIVE = 1, KMS_STATE_ACTIVE = 2, KMS_STATE_DEACTIVATED = 3, KMS_STATE_COMPROMISED = 4,
+    KMS_STATE_DESTROYED = 5, KMS_STATE_DESTROYED_COMPROMISED = 6,
+};
+const char *kms_state_name(uint32_t state);
+
+#define KMS_UID_MAX 64
+#define KMS_TEXT_MAX 256
+
+typedef struct kms_object {
+    char uid[KMS_UID_MAX];
+    char owner[KMS_TEXT_MAX];
+    uint32_t object_type, algorithm, state, usage_mask;
+    int32_t length; /* bits */
+    int64_t initial_date, activation_date, deactivation_date, destroy_date, compromise_date,
+        compromise_occurrence_date, last_change_date; /* unix seconds; 0: not set */
+    uint32_t revocation_code;
+    char revocation_message[KMS_TEXT_MAX];
+    char replaces[KMS_UID_MAX], replaced_by[KMS_UID_MAX];
+} kms_object_t;
+
+/* One value of a multi-valued attribute (Name, Object Group, custom x-/y-). */
+typedef struct kms_attr {
+    char name[KMS_TEXT_MAX];
+    int32_t index;
+    uint8_t type;           /* a KMIP item type */
+    int64_t num;            /* Integer, Long, Enumeration, Boolean, Date-Time, Interval */
+    uint8_t *bytes;         /* Text or Byte String (malloc'd; NUL-terminated) */
+    uint32_t len;
+} kms_attr_t;
+void kms_attrs_free(kms_attr_t *attrs, size_t n);
+
+/* ---- the store ------------------------------------------------------------------ */
+typedef struct kms_store kms_store_t;
+
+/* Opens (creating the schema) the store at `uri` (an SQLite URI; kmsd passes
+ * one through the strongroom VFS, the fuzzer ":memory:"). `provider` wraps
+ * the store wrapping key; the store keeps neither. */
+sr_err_t kms_store_open(const char *uri, sr_keyprov_t *provider, kms_store_t **out) SR_MUST_CHECK;
+void kms_store_close(kms_store_t *s);
+/* Serialises the store for one request (SQLite is used by one thread at a time). */
+void kms_store_lock(kms_store_t *s);
+void kms_store_unlock(kms_store_t *s);
+sr_err_t kms_store_begin(kms_store_t *s) SR_MUST_CHECK;
+sr_err_t kms_store_commit(kms_store_t *s) SR_MUST_CHECK;
+void kms_store_rollback(kms_store_t *s);
+
+sr_err_t kms_object_insert(kms_store_t *s, const kms_object_t *o, const uint8_t *material, size_t len) SR_MUST_CHECK;
+/* SR_ERR_NOT_FOUND for an unknown UID. */
+sr_err_t kms_object_load(kms_store_t *s, const char *uid, kms_object_t *o) SR_MUST_CHECK;
+sr_err_t kms_object_update(kms_store_t *s, const kms_object_t *o) SR_MUST_CHECK;
+/* Unwraps the material into locked memory the caller frees with sr_secure_free. */
+sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t **material, size_t *len) SR_MUST_CHECK;
+sr_err_t kms_object_wipe_material(kms_store_t *s, const char *uid) SR_MUST_CHECK;
+
+sr_err_t kms_attr_list(kms_store_t *s, const char *uid, kms_attr_t **out, size_t *n) SR_MUST_CHECK;
+/* index < 0: the next free index. */
+sr_err_t kms_attr_add(kms_store_t *s, const char *uid, const kms_attr_t *a, int32_t *index_out) SR_MUST_CHECK;
+/* SR_ERR_NOT_FOUND when that name/index is not set. */
+sr_err_t kms_attr_replace(kms_store_t *s, const char *uid, const kms_attr_t *a) SR_MUST_CHECK;
+sr_err_t kms_attr_delete(kms_store_t *s, const char *uid, const char *name, int32_t index) SR_MUST_CHECK;
+
+/* Locate: every field optional (0/NULL: any). Results newest first. */
+typedef struct kms_filter {
+    uint32_t object_type, algorithm, state;
+    int32_t length;
+    const char *name, *group;
+    const char *custom_name, *custom_text;
+    int64_t activation_from, activation_to; /* both 0: any */
+    int64_t initial_from, initial_to;
+    const char *visible_to; /* NULL: all (admin, auditor); else owner or grantee */
+    int64_t offset, max_items; /* max_items 0: no limit */
+} kms_filter_t;
+sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID_MAX], size_t *n) SR_MUST_CHECK;
+
+/* Grants: a node or application may use another principal's key. */
+sr_err_t kms_grant(kms_store_t *s, const char *uid, const char *principal) SR_MUST_CHECK;
+int kms_granted(kms_store_t *s, const char *uid, const char *principal);
+
+/* Principals and certificates (kmsctl writes, kmsd reads at every request). */
+sr_err_t kms_principal_set(kms_store_t *s, const char *name, kms_role_t role) SR_MUST_CHECK;
+kms_role_t kms_principal_role(kms_store_t *s, const char *name);
+sr_err_t kms_cert_record(kms_store_t *s, const char *fingerprint, const char *name, const char *serial,
+                         int64_t not_after) SR_MUST_CHECK;
+/* Revokes every certificate issued to `name`; n_out: how many. */
+sr_err_t kms_cert_revoke(kms_store_t *s, const char *name, int *n_out) SR_MUST_CHECK;
+int kms_cert_revoked(kms_store_t *s, const char *fingerprint);
+/* Calls fn for each certificate: name, role, fingerprint, not_after, revoked. */
+sr_err_t kms_cert_each(kms_store_t *s, void (*fn)(void *, const char *, const char *, const char *, int64_t, int),
+                       void *ctx) SR_MUST_CHECK;
+
+/* ---- the root key and the encrypted store (root.c) --------------------------------------- */
+/* The root key provider: a key file (created if `create`), else a passphrase
+ * (passphrase_file's first line, or $KMSD_PASSPHRASE) through Argon2id with
+ * parameters in STORE.kdf (written if `create`). */
+sr_err_t kms_root_provider(const char *store_path, const char *root_key_file, const char *passphrase_file,
+                           int create, sr_keyprov_t **out) SR_MUST_CHECK;
+/* Opens the store through the strongroom VFS, encrypted under `root` (kept
+ * alive by the caller while the store is open). */
+sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, kms_store_t **out) SR_MUST_CHECK;
+
+/* ---- the private CA (pki.c) ------------------------------------------------------------- */
+typedef struct kms_cert_info {
+    char fingerprint[65]; /* SHA-256 of the DER certificate, hex (what kmsd sees) */
+    char serial[64];
+    int64_t not_after;
+} kms_cert_info_t;
+/* dir/ca.pem and dir/ca.key (0600); refuses to overwrite. */
+sr_err_t kms_pki_make_ca(const char *dir, int days) SR_MUST_CHECK;
+/* file_prefix.pem / file_prefix.key signed by dir's CA: a server certificate
+ * (serverAuth, SAN dns_name, localhost and loopback) or a client one
+ * (clientAuth; the CN is the principal). */
+sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn, int server, const char *dns_name,
+                       int days, kms_cert_info_t *info) SR_MUST_CHECK;
+
+/* ---- the request handler ------------------------------------------------------------- */
+/* Answers one KMIP request message (any bytes: malformed input is answered
+ * with Invalid Message). The response is in `resp` (sr_kmip_enc_init'd by
+ * the caller). Each batch item is one audit event (component "kms"). */
+sr_err_t kms_handle(kms_store_t *s, const kms_principal_t *p, const uint8_t *req, size_t len,
+                    sr_kmip_enc_t *resp) SR_MUST_CHECK;
+
+#endif

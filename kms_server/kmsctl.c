@@ -1,0 +1,551 @@
+/*
+ * kmsctl — the KMS administrator's CLI.
+ *
+ *   kmsctl init --dir DIR [--port N] [--listen ADDR] [--server-name NAME] [--passphrase-file F]
+ *   kmsctl [--config FILE] status [--json]
+ *   kmsctl [--config FILE] key create NAME [--group G] [--bits N] [--activate] [--json]
+ *   kmsctl [--config FILE] key list [--name N] [--group G] [--json]
+ *   kmsctl [--config FILE] key show|activate|rotate UID [--json]
+ *   kmsctl [--config FILE] key revoke UID [--compromise] [--yes]
+ *   kmsctl [--config FILE] key destroy UID [--yes]
+ *   kmsctl [--config FILE] key grant UID PRINCIPAL
+ *   kmsctl [--config FILE] cert issue NAME --role ROLE [--days N]
+ *   kmsctl [--config FILE] cert revoke NAME [--yes]
+ *   kmsctl [--config FILE] cert list [--json]
+ *
+ * Key operations go to kmsd over KMIP with the admin certificate (so kmsd
+ * applies the state machine and audits them); certificates and grants are
+ * written to the store directly (kmsctl runs beside kmsd, with its root key).
+ * Exit status: 0 ok, 1 the server refused or a check failed, 2 usage,
+ * 3 could not run (no server, missing file, wrong key).
+ */
+#include "kms.h"
+#include "audit.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
+
+static const sr_config_key_t client_schema[] = {
+    {"client", "host", SR_CONFIG_STRING, "127.0.0.1", 0},
+    {"client", "port", SR_CONFIG_INT, "5696", 0},
+    {"client", "server_name", SR_CONFIG_STRING, "localhost", 0},
+    {"client", "ca", SR_CONFIG_PATH, NULL, 1},
+    {"client", "cert", SR_CONFIG_PATH, NULL, 1},
+    {"client", "key", SR_CONFIG_PATH, NULL, 1},
+    {"local", "dir", SR_CONFIG_PATH, NULL, 1},
+    {"local", "store", SR_CONFIG_PATH, NULL, 1},
+    {"local", "root_key_file", SR_CONFIG_PATH, NULL, 0},
+    {"local", "passphrase_file", SR_CONFIG_PATH, NULL, 0},
+};
+
+/* ---- options: each command names the ones it takes ------------------------------------- */
+
+typedef struct opts {
+    const char *args[4];
+    int n_args;
+    const char *dir, *port, *listen, *server_name, *passphrase_file, *group, *name, *bits, *role, *days;
+    int json, yes, activate, compromise;
+} opts_t;
+
+typedef struct option {
+    const char *flag;
+    size_t offset; /* of a const char * in opts_t, or of an int flag */
+    int takes_value;
+} option_t;
+
+#define OPT_VALUE(f, field) {f, offsetof(opts_t, field), 1}
+#define OPT_FLAG(f, field) {f, offsetof(opts_t, field), 0}
+
+static int parse(const char *tool_cmd, int argc, char **argv, const option_t *allowed, int max_args, opts_t *o)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) != 0) {
+            if (o->n_args == max_args)
+                return fprintf(stderr, "kmsctl: %s: unexpected argument '%s'\n", tool_cmd, argv[i]), -1;
+            o->args[o->n_args++] = argv[i];
+            continue;
+        }
+        const option_t *opt = NULL;
+        for (int k = 0; allowed[k].flag; k++)
+            if (!strcmp(allowed[k].flag, argv[i])) opt = &allowed[k];
+        if (!opt) return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", tool_cmd, argv[i]), -1;
+        if (opt->takes_value) {
+            if (i + 1 == argc) return fprintf(stderr, "kmsctl: %s: %s needs a value\n", tool_cmd, argv[i]), -1;
+            *(const char **)((char *)o + opt->offset) = argv[++i];
+        } else {
+            *(int *)((char *)o + opt->offset) = 1;
+        }
+    }
+    return 0;
+}
+
+static int fail_with(int status, const char *what)
+{
+    fprintf(stderr, "kmsctl: %s: %s (%s)\n", what, sr_err_detail(), sr_err_name(sr_err_last()));
+    return status;
+}
+
+static int status_for(sr_err_t rc) { return rc == SR_ERR_KMIP_RESULT ? EXIT_REFUSED : EXIT_CANNOT; }
+
+static int parse_int(const char *flag, const char *text, int lo, int hi, int *out)
+{
+    int64_t v = 0;
+    if (sr_parse_int64(text, &v) != SR_OK || v < lo || v > hi)
+        return fprintf(stderr, "kmsctl: %s must be a number from %d to %d, not '%s'\n", flag, lo, hi, text), -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Destructive commands: --yes, or "yes" typed on a terminal. */
+static int confirmed(const opts_t *o, const char *what)
+{
+    if (o->yes) return 1;
+    if (!isatty(0)) {
+        fprintf(stderr, "kmsctl: %s: refusing without --yes (not a terminal)\n", what);
+        return 0;
+    }
+    fprintf(stderr, "%s? type yes: ", what);
+    char line[16] = "";
+    return fgets(line, sizeof line, stdin) && !strcmp(line, "yes\n");
+}
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static void date_text(int64_t t, char out[SR_TIME_RFC3339_MAX])
+{
+    if (!t || sr_time_format_rfc3339(t * 1000000, 0, out, SR_TIME_RFC3339_MAX) != SR_OK) snprintf(out, 2, "-");
+}
+
+/* ---- configuration and connections ------------------------------------------------------- */
+
+static sr_config_t *cfg;
+
+static int load_config(const char *path)
+{
+    if (!path) path = getenv("KMSCTL_CONFIG");
+    if (!path) path = "kmsctl.conf";
+    if (sr_config_load(path, client_schema, sizeof client_schema / sizeof client_schema[0], &cfg) != SR_OK)
+        return fail_with(EXIT_CANNOT, "configuration (--config FILE, $KMSCTL_CONFIG or ./kmsctl.conf)");
+    return 0;
+}
+
+static int connect_kms(sr_kmip_client_t **c)
+{
+    int64_t port = 0;
+    if (sr_config_get_int(cfg, "client", "port", &port) != SR_OK) return fail_with(EXIT_CANNOT, "configuration");
+    sr_kmip_client_options_t o = {.host = sr_config_get(cfg, "client", "host"), .port = (uint16_t)port,
+                                  .verify_name = sr_config_get(cfg, "client", "server_name"),
+                                  .ca_file = sr_config_get(cfg, "client", "ca"),
+                                  .cert_file = sr_config_get(cfg, "client", "cert"),
+                                  .key_file = sr_config_get(cfg, "client", "key"), .timeout_ms = 10000,
+                                  .version = {1, 4}};
+    return sr_kmip_client_new(&o, c) == SR_OK ? 0 : fail_with(EXIT_CANNOT, "KMS client");
+}
+
+static sr_keyprov_t *store_root;
+
+static int open_store(kms_store_t **s)
+{
+    const char *path = sr_config_get(cfg, "local", "store");
+    sr_err_t rc = kms_root_provider(path, sr_config_get(cfg, "local", "root_key_file"),
+                                    sr_config_get(cfg, "local", "passphrase_file"), 0, &store_root);
+    if (rc == SR_OK) rc = kms_store_open_encrypted(path, store_root, s);
+    return rc == SR_OK ? 0 : fail_with(EXIT_CANNOT, "key store");
+}
+
+/* ---- init ------------------------------------------------------------------------------------ */
+
+static sr_err_t write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wx");
+    if (!f) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot create %s", path);
+    int ok = fputs(text, f) >= 0;
+    if (fclose(f) != 0) ok = 0;
+    return ok ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", path);
+}
+
+static sr_err_t issue_client(kms_store_t *s, const char *dir, const char *name, kms_role_t role, int days,
+                             const char *prefix)
+{
+    kms_cert_info_t info;
+    sr_err_t rc = kms_pki_issue(dir, prefix, name, 0, NULL, days, &info);
+    if (rc == SR_OK) rc = kms_store_begin(s);
+    if (rc == SR_OK) rc = kms_principal_set(s, name, role);
+    if (rc == SR_OK) rc = kms_cert_record(s, info.fingerprint, name, info.serial, info.not_after);
+    if (rc == SR_OK) rc = kms_store_commit(s);
+    if (rc != SR_OK) kms_store_rollback(s);
+    return rc;
+}
+
+static sr_err_t write_configs(const opts_t *o, const char *dir, int passphrase)
+{
+    char path[4200], text[4096];
+    snprintf(text, sizeof text,
+             "# kmsd configuration, written by kmsctl init\n[server]\nlisten = %s\nport = %s\nmin_tls = 1.2\n"
+             "log = kmsd.log\n\n[tls]\ncert = server.pem\nkey = server.key\nca = ca.pem\n\n[store]\npath = store.db\n%s\n",
+             o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696",
+             passphrase ? "# the passphrase: passphrase_file = FILE, or $KMSD_PASSPHRASE\n" : "root_key_file = root.key");
+    snprintf(path, sizeof path, "%s/kmsd.conf", dir);
+    sr_err_t rc = write_text(path, text);
+    snprintf(text, sizeof text,
+             "# kmsctl configuration, written by kmsctl init\n[client]\nhost = %s\nport = %s\nserver_name = %s\n"
+             "ca = ca.pem\ncert = admin.pem\nkey = admin.key\n\n[local]\ndir = .\nstore = store.db\n%s\n",
+             o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696",
+             o->server_name ? o->server_name : "localhost", passphrase ? "" : "root_key_file = root.key");
+    snprintf(path, sizeof path, "%s/kmsctl.conf", dir);
+    if (rc == SR_OK) rc = write_text(path, text);
+    return rc;
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    static const option_t allowed[] = {OPT_VALUE("--dir", dir), OPT_VALUE("--port", port), OPT_VALUE("--listen", listen),
+                                       OPT_VALUE("--server-name", server_name),
+                                       OPT_VALUE("--passphrase-file", passphrase_file), {NULL, 0, 0}};
+    opts_t o = {0};
+    int port = 0;
+    if (parse("init", argc, argv, allowed, 0, &o) || (o.port && parse_int("--port", o.port, 1, 65535, &port)))
+        return EXIT_USAGE;
+    if (!o.dir) return fprintf(stderr, "kmsctl: init: --dir DIR is required\n"), EXIT_USAGE;
+    int passphrase = o.passphrase_file || getenv("KMSD_PASSPHRASE");
+    if (mkdir(o.dir, 0700) != 0 && errno != EEXIST)
+        return fprintf(stderr, "kmsctl: init: cannot create %s: %s\n", o.dir, strerror(errno)), EXIT_CANNOT;
+    char store[4200], root_key[4200], prefix[4200];
+    snprintf(store, sizeof store, "%s/store.db", o.dir);
+    snprintf(root_key, sizeof root_key, "%s/root.key", o.dir);
+    if (access(store, F_OK) == 0)
+        return fprintf(stderr, "kmsctl: init: %s exists: refusing to overwrite a key store\n", store), EXIT_CANNOT;
+    sr_keyprov_t *root = NULL;
+    kms_store_t *s = NULL;
+    sr_err_t rc = kms_pki_make_ca(o.dir, 3650);
+    snprintf(prefix, sizeof prefix, "%s/server", o.dir);
+    if (rc == SR_OK) rc = kms_pki_issue(o.dir, prefix, o.server_name ? o.server_name : "localhost", 1, o.server_name, 825, NULL);
+    if (rc == SR_OK) rc = kms_root_provider(store, passphrase ? NULL : root_key, o.passphrase_file, 1, &root);
+    if (rc == SR_OK) rc = kms_store_open_encrypted(store, root, &s);
+    snprintf(prefix, sizeof prefix, "%s/admin", o.dir);
+    if (rc == SR_OK) rc = issue_client(s, o.dir, "admin", KMS_ROLE_ADMIN, 825, prefix);
+    snprintf(prefix, sizeof prefix, "%s/app", o.dir);
+    if (rc == SR_OK) rc = issue_client(s, o.dir, "app", KMS_ROLE_APPLICATION, 825, prefix);
+    if (rc == SR_OK) rc = write_configs(&o, o.dir, passphrase);
+    kms_store_close(s);
+    sr_keyprov_free(root);
+    if (rc != SR_OK) return fail_with(EXIT_CANNOT, "init");
+    printf("kmsctl: initialised %s\n"
+           "  CA:          ca.pem (ca.key signs new client certificates: keep it offline in production)\n"
+           "  server:      server.pem / server.key (CN %s)\n"
+           "  clients:     admin.pem (role admin), app.pem (role application)\n"
+           "  key store:   store.db, encrypted by strongroom under %s\n"
+           "  start:       kmsd --config %s/kmsd.conf\n"
+           "  administer:  KMSCTL_CONFIG=%s/kmsctl.conf kmsctl status\n",
+           o.dir, o.server_name ? o.server_name : "localhost",
+           passphrase ? "a passphrase-derived root key (Argon2id)" : "root.key (back it up; mode 0600)", o.dir, o.dir);
+    return 0;
+}
+
+/* ---- keys ------------------------------------------------------------------------------------- */
+
+static void print_key(const char *uid, const sr_kmip_key_attributes_t *a, int json, int first)
+{
+    char act[SR_TIME_RFC3339_MAX];
+    date_text(a->activation_date, act);
+    if (!json) {
+        printf("%-36s  %-12s  %-20s  %-12s  AES-%d  %s\n", uid, kms_state_name(a->state), a->name[0] ? a->name : "-",
+               a->group[0] ? a->group : "-", a->length, act);
+        return;
+    }
+    printf("%s{\"uid\": ", first ? "" : ",\n ");
+    json_string(uid);
+    printf(", \"state\": ");
+    json_string(kms_state_name(a->state));
+    printf(", \"name\": ");
+    json_string(a->name);
+    printf(", \"group\": ");
+    json_string(a->group);
+    printf(", \"bits\": %d, \"usage_mask\": %u, \"activation_date\": ", a->length, a->usage_mask);
+    json_string(a->activation_date ? act : "");
+    printf("}");
+}
+
+static int key_create(sr_kmip_client_t *c, const opts_t *o)
+{
+    int bits = 256;
+    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key create NAME\n"), EXIT_USAGE;
+    if (o->bits && parse_int("--bits", o->bits, 128, 256, &bits)) return EXIT_USAGE;
+    sr_kmip_key_template_t t = {.name = o->args[0], .group = o->group, .bits = bits,
+                                .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT | SR_KMIP_USAGE_WRAP |
+                                              SR_KMIP_USAGE_UNWRAP};
+    char uid[SR_KMIP_UID_MAX];
+    if (sr_kmip_create_aes_key(c, &t, uid) != SR_OK) return fail_with(status_for(sr_err_last()), "key create");
+    if (o->activate && sr_kmip_activate(c, uid) != SR_OK) return fail_with(status_for(sr_err_last()), "key activate");
+    if (o->json) printf("{\"uid\": \"%s\", \"state\": \"%s\"}\n", uid, o->activate ? "Active" : "Pre-Active");
+    else printf("%s\n", uid);
+    return 0;
+}
+
+static int key_list(sr_kmip_client_t *c, const opts_t *o)
+{
+    enum { MAX = 10000 };
+    char(*uids)[SR_KMIP_UID_MAX] = malloc(MAX * sizeof *uids);
+    size_t n = 0;
+    if (!uids) return EXIT_CANNOT;
+    if (sr_kmip_locate(c, o->name, o->group, uids, MAX, &n) != SR_OK) {
+        free(uids);
+        return fail_with(status_for(sr_err_last()), "key list");
+    }
+    if (o->json) printf("[");
+    else printf("%-36s  %-12s  %-20s  %-12s  %-7s  %s\n", "UID", "STATE", "NAME", "GROUP", "CIPHER", "ACTIVATED");
+    int status = 0;
+    for (size_t i = 0; i < n && i < MAX; i++) {
+        sr_kmip_key_attributes_t a;
+        if (sr_kmip_get_attributes(c, uids[i], &a) != SR_OK) {
+            status = fail_with(status_for(sr_err_last()), uids[i]);
+            continue;
+        }
+        print_key(uids[i], &a, o->json, i == 0);
+    }
+    if (o->json) printf("]\n");
+    free(uids);
+    return status;
+}
+
+static int key_one(sr_kmip_client_t *c, const char *verb, const opts_t *o)
+{
+    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key %s UID\n", verb), EXIT_USAGE;
+    const char *uid = o->args[0];
+    sr_err_t rc = SR_OK;
+    char new_uid[SR_KMIP_UID_MAX] = "", what[200];
+    snprintf(what, sizeof what, "%s key %s", verb, uid);
+    if (!strcmp(verb, "show")) {
+        sr_kmip_key_attributes_t a;
+        if ((rc = sr_kmip_get_attributes(c, uid, &a)) == SR_OK) print_key(uid, &a, o->json, 1), o->json && puts("");
+    } else if (!strcmp(verb, "activate")) {
+        rc = sr_kmip_activate(c, uid);
+    } else if (!strcmp(verb, "rotate")) {
+        if ((rc = sr_kmip_rekey(c, uid, new_uid)) == SR_OK) printf("%s\n", new_uid);
+    } else if (!strcmp(verb, "revoke")) {
+        if (!confirmed(o, what)) return EXIT_USAGE;
+        rc = sr_kmip_revoke(c, uid, o->compromise ? SR_KMIP_REVOKE_KEY_COMPROMISE : SR_KMIP_REVOKE_CESSATION,
+                            "revoked with kmsctl");
+    } else if (!strcmp(verb, "destroy")) {
+        if (!confirmed(o, what)) return EXIT_USAGE;
+        rc = sr_kmip_destroy(c, uid);
+    }
+    return rc == SR_OK ? 0 : fail_with(status_for(rc), what);
+}
+
+static int key_grant(const opts_t *o)
+{
+    if (o->n_args != 2) return fprintf(stderr, "kmsctl: key grant UID PRINCIPAL\n"), EXIT_USAGE;
+    kms_store_t *s = NULL;
+    kms_object_t obj;
+    if (open_store(&s)) return EXIT_CANNOT;
+    sr_err_t rc = kms_store_begin(s);
+    if (rc == SR_OK) rc = kms_object_load(s, o->args[0], &obj);
+    if (rc == SR_ERR_NOT_FOUND) rc = sr_err_set(rc, "no key %s", o->args[0]);
+    if (rc == SR_OK) rc = kms_grant(s, o->args[0], o->args[1]);
+    if (rc == SR_OK) rc = kms_store_commit(s);
+    if (rc != SR_OK) kms_store_rollback(s);
+    kms_store_close(s);
+    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? EXIT_REFUSED : EXIT_CANNOT, "key grant");
+    sr_event_t ev = {.component = "kms", .event = "key.grant", .subject = "kmsctl", .object = o->args[0],
+                     .outcome = "success", .detail = o->args[1], .source = "local"};
+    (void)sr_event_emit(&ev);
+    printf("kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
+    return 0;
+}
+
+static int cmd_key(int argc, char **argv)
+{
+    static const option_t allowed_by_verb[][6] = {
+        {OPT_VALUE("--group", group), OPT_VALUE("--bits", bits), OPT_FLAG("--activate", activate),
+         OPT_FLAG("--json", json), {NULL, 0, 0}},
+        {OPT_VALUE("--name", name), OPT_VALUE("--group", group), OPT_FLAG("--json", json), {NULL, 0, 0}},
+        {OPT_FLAG("--json", json), {NULL, 0, 0}},
+        {OPT_FLAG("--compromise", compromise), OPT_FLAG("--yes", yes), {NULL, 0, 0}},
+        {OPT_FLAG("--yes", yes), {NULL, 0, 0}},
+        {{NULL, 0, 0}},
+    };
+    static const struct { const char *verb; int options, args; } verbs[] = {
+        {"create", 0, 1}, {"list", 1, 0}, {"show", 2, 1}, {"activate", 5, 1}, {"rotate", 5, 1},
+        {"revoke", 3, 1}, {"destroy", 4, 1}, {"grant", 5, 2}};
+    if (argc < 1) return fprintf(stderr, "kmsctl: key create|list|show|activate|revoke|destroy|rotate|grant\n"), EXIT_USAGE;
+    for (size_t v = 0; v < sizeof verbs / sizeof verbs[0]; v++) {
+        if (strcmp(argv[0], verbs[v].verb) != 0) continue;
+        opts_t o = {0};
+        char cmd[32];
+        snprintf(cmd, sizeof cmd, "key %s", verbs[v].verb);
+        if (parse(cmd, argc - 1, argv + 1, allowed_by_verb[verbs[v].options], verbs[v].args, &o)) return EXIT_USAGE;
+        if (!strcmp(argv[0], "grant")) return key_grant(&o);
+        sr_kmip_client_t *c = NULL;
+        if (connect_kms(&c)) return EXIT_CANNOT;
+        int status = !strcmp(argv[0], "create") ? key_create(c, &o)
+                     : !strcmp(argv[0], "list") ? key_list(c, &o)
+                                                : key_one(c, argv[0], &o);
+        sr_kmip_client_free(c);
+        return status;
+    }
+    return fprintf(stderr, "kmsctl: key: unknown command '%s'\n", argv[0]), EXIT_USAGE;
+}
+
+/* ---- certificates ------------------------------------------------------------------------------ */
+
+static void print_cert(void *ctx, const char *name, const char *role, const char *fp, int64_t not_after, int revoked)
+{
+    int *first = ctx;
+    char until[SR_TIME_RFC3339_MAX];
+    date_text(not_after, until);
+    if (*first < 0) {
+        printf("%-24s  %-12s  %-8s  %-20s  %.16s…\n", name, role, revoked ? "revoked" : "valid", until, fp);
+        return;
+    }
+    printf("%s{\"name\": ", *first ? "" : ",\n ");
+    json_string(name);
+    printf(", \"role\": \"%s\", \"status\": \"%s\", \"not_after\": \"%s\", \"fingerprint\": \"%s\"}", role,
+           revoked ? "revoked" : "valid", until, fp);
+    *first = 0;
+}
+
+static int cmd_cert(int argc, char **argv)
+{
+    static const option_t allowed_list[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
+    static const option_t allowed_revoke[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
+    static const option_t allowed_issue[] = {OPT_VALUE("--role", role), OPT_VALUE("--days", days), {NULL, 0, 0}};
+    if (argc < 1) return fprintf(stderr, "kmsctl: cert issue|revoke|list\n"), EXIT_USAGE;
+    opts_t o = {0};
+    const char *verb = argv[0];
+    int is_list = !strcmp(verb, "list"), is_issue = !strcmp(verb, "issue"), is_revoke = !strcmp(verb, "revoke");
+    if (!is_list && !is_issue && !is_revoke) return fprintf(stderr, "kmsctl: cert: unknown command '%s'\n", verb), EXIT_USAGE;
+    if (parse(is_list ? "cert list" : is_issue ? "cert issue" : "cert revoke", argc - 1, argv + 1,
+              is_list ? allowed_list : is_issue ? allowed_issue : allowed_revoke, is_list ? 0 : 1, &o))
+        return EXIT_USAGE;
+    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: cert %s NAME\n", verb), EXIT_USAGE;
+    kms_role_t role = KMS_ROLE_APPLICATION;
+    int days = 365;
+    if (is_issue && (!o.role || kms_role_parse(o.role, &role) != SR_OK))
+        return fprintf(stderr, "kmsctl: cert issue: --role admin|application|node|auditor is required\n"), EXIT_USAGE;
+    if (o.days && parse_int("--days", o.days, 1, 3650, &days)) return EXIT_USAGE;
+    if (is_revoke && !confirmed(&o, "revoke every certificate of this principal")) return EXIT_USAGE;
+    kms_store_t *s = NULL;
+    if (open_store(&s)) return EXIT_CANNOT;
+    sr_err_t rc = SR_OK;
+    if (is_list) {
+        int first = o.json ? 1 : -1;
+        if (o.json) printf("[");
+        else printf("%-24s  %-12s  %-8s  %-20s  %s\n", "NAME", "ROLE", "STATUS", "NOT AFTER", "FINGERPRINT");
+        rc = kms_cert_each(s, print_cert, &first);
+        if (o.json) printf("]\n");
+    } else if (is_issue) {
+        char dir[4200], prefix[4300];
+        snprintf(dir, sizeof dir, "%s", sr_config_get(cfg, "local", "dir"));
+        snprintf(prefix, sizeof prefix, "%s/%s", dir, o.args[0]);
+        if (strpbrk(o.args[0], "/\\") || o.args[0][0] == '.')
+            rc = sr_err_set(SR_ERR_INVALID_ARG, "a certificate name is a plain name, not '%s'", o.args[0]);
+        if (rc == SR_OK) rc = issue_client(s, dir, o.args[0], role, days, prefix);
+        if (rc == SR_OK) printf("kmsctl: issued %s.pem and %s.key (CN %s, role %s, %d days)\n", prefix, prefix, o.args[0],
+                                kms_role_name(role), days);
+    } else {
+        int n = 0;
+        rc = kms_store_begin(s);
+        if (rc == SR_OK) rc = kms_cert_revoke(s, o.args[0], &n);
+        if (rc == SR_OK) rc = kms_store_commit(s);
+        if (rc != SR_OK) kms_store_rollback(s);
+        if (rc == SR_OK && n == 0) rc = sr_err_set(SR_ERR_NOT_FOUND, "no valid certificate issued to %s", o.args[0]);
+        if (rc == SR_OK) printf("kmsctl: revoked %d certificate(s) of %s; kmsd refuses them from the next request\n", n,
+                                o.args[0]);
+    }
+    kms_store_close(s);
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND ? EXIT_REFUSED : EXIT_CANNOT, verb);
+}
+
+/* ---- status ------------------------------------------------------------------------------------- */
+
+static int cmd_status(int argc, char **argv)
+{
+    static const option_t allowed[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
+    opts_t o = {0};
+    if (parse("status", argc, argv, allowed, 0, &o)) return EXIT_USAGE;
+    sr_kmip_client_t *c = NULL;
+    if (connect_kms(&c)) return EXIT_CANNOT;
+    sr_kmip_version_t v[8];
+    uint32_t ops[64];
+    size_t nv = 0, nops = 0;
+    uint64_t t0 = sr_time_mono_ns();
+    sr_err_t rc = sr_kmip_discover_versions(c, v, 8, &nv);
+    if (rc == SR_OK) rc = sr_kmip_query_operations(c, ops, 64, &nops);
+    double ms = (double)(sr_time_mono_ns() - t0) / 1e6;
+    sr_kmip_client_free(c);
+    const char *host = sr_config_get(cfg, "client", "host"), *port = sr_config_get(cfg, "client", "port");
+    if (rc != SR_OK) {
+        if (o.json) printf("{\"status\": \"down\", \"server\": \"%s:%s\"}\n", host, port);
+        return fail_with(EXIT_CANNOT, "status");
+    }
+    if (o.json)
+        printf("{\"status\": \"up\", \"server\": \"%s:%s\", \"newest_version\": \"%d.%d\", \"operations\": %zu, "
+               "\"round_trip_ms\": %.2f}\n", host, port, v[0].major, v[0].minor, nops, ms);
+    else
+        printf("kmsd at %s:%s is up: KMIP %d.%d to %d.%d, %zu operations, %.2f ms for two round trips\n", host, port,
+               v[nv - 1].major, v[nv - 1].minor, v[0].major, v[0].minor, nops, ms);
+    return 0;
+}
+
+static int usage(FILE *f, int status)
+{
+    fprintf(f, "usage: kmsctl init --dir DIR [--port N] [--listen ADDR] [--server-name NAME] [--passphrase-file F]\n"
+               "       kmsctl [--config FILE] status [--json]\n"
+               "       kmsctl [--config FILE] key create NAME [--group G] [--bits 128|192|256] [--activate] [--json]\n"
+               "       kmsctl [--config FILE] key list [--name N] [--group G] [--json]\n"
+               "       kmsctl [--config FILE] key show UID [--json] | activate UID | rotate UID\n"
+               "       kmsctl [--config FILE] key revoke UID [--compromise] [--yes] | destroy UID [--yes]\n"
+               "       kmsctl [--config FILE] key grant UID PRINCIPAL\n"
+               "       kmsctl [--config FILE] cert issue NAME --role admin|application|node|auditor [--days N]\n"
+               "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
+               "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
+               "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n");
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    int i = 1;
+    const char *config = NULL;
+    if (i < argc && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))) return usage(stdout, 0);
+    if (i < argc && !strcmp(argv[i], "--version")) return puts("kmsctl (strongroom) " SR_VERSION_STRING), 0;
+    if (i + 1 < argc && !strcmp(argv[i], "--config")) config = argv[i + 1], i += 2;
+    if (i >= argc) return usage(stderr, EXIT_USAGE);
+    if (sr_secure_init() != SR_OK) return fail_with(EXIT_CANNOT, "secure memory");
+    sr_audit_writer_t *w = NULL;
+    if (sr_audit_open_from_env(&w) != SR_OK) return fail_with(EXIT_CANNOT, "audit log");
+    const char *cmd = argv[i];
+    if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
+    static const struct { const char *name; int (*run)(int, char **); } commands[] = {
+        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}};
+    for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
+        if (strcmp(cmd, commands[k].name) != 0) continue;
+        if (i + 1 < argc && !strcmp(argv[i + 1], "--help")) return usage(stdout, 0);
+        if (load_config(config)) return EXIT_CANNOT;
+        int status = commands[k].run(argc - i - 1, argv + i + 1);
+        sr_config_free(cfg);
+        sr_keyprov_free(store_root);
+        return status;
+    }
+    fprintf(stderr, "kmsctl: unknown command '%s'\n", cmd);
+    return usage(stderr, EXIT_USAGE);
+}

@@ -1,0 +1,149 @@
+/*
+ * pki.c — kmsctl's private CA: a CA certificate, then server and client
+ * certificates it signs (ECDSA P-256, SHA-256), so a newcomer needs no
+ * openssl commands. Private keys are written mode 0600, never overwritten.
+ */
+#include "kms.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/bn.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static sr_err_t pem_write(const char *path, int mode, int is_key, void *obj)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot create %s", path);
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        return sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", path);
+    }
+    int ok = is_key ? PEM_write_PrivateKey(f, obj, NULL, NULL, 0, NULL, NULL) : PEM_write_X509(f, obj);
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0) ok = 0;
+    return ok ? SR_OK : sr_err_set_openssl(SR_ERR_IO, "cannot write %s", path);
+}
+
+static sr_err_t add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    int ok = ext && X509_add_ext(cert, ext, -1) == 1;
+    X509_EXTENSION_free(ext);
+    return ok ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "certificate extension %s", value);
+}
+
+static sr_err_t set_name(X509_NAME *name, const char *cn)
+{
+    int ok = X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"strongroom", -1, -1, 0) &&
+             X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
+    return ok ? SR_OK : sr_err_set_openssl(SR_ERR_INVALID_ARG, "certificate subject CN=%s", cn);
+}
+
+/* A new certificate for `key`, signed by (issuer, issuer_key), or self-signed. */
+static sr_err_t make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, int days,
+                          const char *const *exts, const int *nids, X509 **out)
+{
+    X509 *x = X509_new();
+    BIGNUM *bn = BN_new();
+    sr_err_t rc = x && bn ? SR_OK : SR_ERR_NOMEM;
+    if (rc == SR_OK && (!BN_rand(bn, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) ||
+                        !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) || !X509_set_version(x, 2) ||
+                        !X509_gmtime_adj(X509_getm_notBefore(x), -300) ||
+                        !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) || !X509_set_pubkey(x, key)))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot build a certificate for %s", cn);
+    if (rc == SR_OK) rc = set_name(X509_get_subject_name(x), cn);
+    if (rc == SR_OK && !X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x)))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "issuer name");
+    for (int i = 0; rc == SR_OK && exts[i]; i++) rc = add_ext(x, issuer ? issuer : x, nids[i], exts[i]);
+    if (rc == SR_OK && !X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot sign the certificate for %s", cn);
+    BN_free(bn);
+    if (rc != SR_OK) X509_free(x), x = NULL;
+    *out = x;
+    return rc;
+}
+
+static sr_err_t load_ca(const char *dir, X509 **ca, EVP_PKEY **ca_key)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ca.pem", dir);
+    FILE *f = fopen(path, "r");
+    *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    snprintf(path, sizeof path, "%s/ca.key", dir);
+    f = fopen(path, "r");
+    *ca_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    if (*ca && *ca_key) return SR_OK;
+    X509_free(*ca), EVP_PKEY_free(*ca_key);
+    return sr_err_set(SR_ERR_NOT_FOUND, "cannot read the CA (ca.pem, ca.key) in %s", dir);
+}
+
+static void describe(X509 *x, kms_cert_info_t *info)
+{
+    unsigned char md[32];
+    unsigned len = 0;
+    info->fingerprint[0] = '\0';
+    if (X509_digest(x, EVP_sha256(), md, &len) == 1 && len == sizeof md) sr_hex_encode(md, sizeof md, info->fingerprint);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(info->serial, sizeof info->serial, "%s", hex ? hex : "");
+    OPENSSL_free(hex);
+    BN_free(bn);
+    struct tm tm;
+    info->not_after = ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+sr_err_t kms_pki_make_ca(const char *dir, int days)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    if (!key) return sr_err_set_openssl(SR_ERR_CRYPTO, "cannot generate the CA key");
+    static const char *const exts[] = {"critical,CA:TRUE", "critical,keyCertSign,cRLSign", "hash", NULL};
+    static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_subject_key_identifier};
+    X509 *ca = NULL;
+    char path[4200];
+    sr_err_t rc = make_cert(key, "strongroom KMS CA", NULL, NULL, days, exts, nids, &ca);
+    snprintf(path, sizeof path, "%s/ca.key", dir);
+    if (rc == SR_OK) rc = pem_write(path, 0600, 1, key);
+    snprintf(path, sizeof path, "%s/ca.pem", dir);
+    if (rc == SR_OK) rc = pem_write(path, 0644, 0, ca);
+    X509_free(ca);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn, int server, const char *dns_name,
+                       int days, kms_cert_info_t *info)
+{
+    X509 *ca = NULL, *x = NULL;
+    EVP_PKEY *ca_key = NULL, *key = NULL;
+    sr_err_t rc = load_ca(dir, &ca, &ca_key);
+    if (rc != SR_OK) return rc;
+    char san[600];
+    snprintf(san, sizeof san, "DNS:%s,DNS:localhost,IP:127.0.0.1,IP:::1", dns_name ? dns_name : "localhost");
+    const char *exts[] = {"critical,CA:FALSE", "critical,digitalSignature,keyEncipherment",
+                          server ? "serverAuth" : "clientAuth", "keyid,issuer", server ? san : NULL, NULL};
+    static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage, NID_authority_key_identifier,
+                               NID_subject_alt_name};
+    key = EVP_EC_gen("P-256");
+    if (!key) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot generate a key for %s", cn);
+    if (rc == SR_OK) rc = make_cert(key, cn, ca, ca_key, days, exts, nids, &x);
+    char path[4200];
+    snprintf(path, sizeof path, "%s.key", file_prefix);
+    if (rc == SR_OK) rc = pem_write(path, 0600, 1, key);
+    snprintf(path, sizeof path, "%s.pem", file_prefix);
+    if (rc == SR_OK) rc = pem_write(path, 0644, 0, x);
+    if (rc == SR_OK && info) describe(x, info);
+    X509_free(x), X509_free(ca);
+    EVP_PKEY_free(key), EVP_PKEY_free(ca_key);
+    return rc;
+}

@@ -1,0 +1,64 @@
+/* kmsd_server.c — see kmsd_server.h. */
+#include "kmsd_server.h"
+#include "sr_test.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static pid_t server_pid;
+
+pid_t kmsd_pid(void) { return server_pid; }
+
+int kmsctl_run(const char *dir, char *out, size_t cap, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "KMSCTL_CONFIG=%s/kmsctl.conf %s %s", dir, sr_test_build_path("kms_server/kmsctl"), args);
+    return sr_test_command(out, cap, cmd);
+}
+
+int kmsd_init(const char *dir, const char *const *certs, uint16_t *port)
+{
+    char cmd[4096], out[8192];
+    *port = sr_test_free_port();
+    snprintf(cmd, sizeof cmd, "%s init --dir %s --port %u", sr_test_build_path("kms_server/kmsctl"), dir, *port);
+    if (sr_test_command(out, sizeof out, cmd) != 0) return fprintf(stderr, "kmsctl init failed:\n%s\n", out), -1;
+    for (int i = 0; certs && certs[i]; i++) {
+        char name[128], args[300];
+        snprintf(name, sizeof name, "%s", certs[i]);
+        char *role = strchr(name, ':');
+        if (!role) return fprintf(stderr, "kmsd_init: '%s' is not name:role\n", certs[i]), -1;
+        *role++ = '\0';
+        snprintf(args, sizeof args, "cert issue %s --role %s", name, role);
+        if (kmsctl_run(dir, out, sizeof out, args) != 0) return fprintf(stderr, "kmsctl %s:\n%s\n", args, out), -1;
+    }
+    return 0;
+}
+
+int kmsd_start(const char *dir, uint16_t port)
+{
+    char conf[600], log[600];
+    snprintf(conf, sizeof conf, "%s/kmsd.conf", dir);
+    snprintf(log, sizeof log, "%s/kmsd.stderr", dir);
+    if ((server_pid = fork()) == 0) {
+        if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execl(sr_test_build_path("kms_server/kmsd"), "kmsd", "--config", conf, "--foreground", (char *)NULL);
+        _exit(127);
+    }
+    if (sr_test_wait_port(port, 15000)) return 0;
+    fprintf(stderr, "kmsd did not start (see %s)\n", log);
+    kmsd_stop(SIGKILL);
+    return -1;
+}
+
+int kmsd_stop(int sig)
+{
+    if (server_pid <= 0) return -1;
+    int status = 0;
+    kill(server_pid, sig);
+    waitpid(server_pid, &status, 0);
+    server_pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}

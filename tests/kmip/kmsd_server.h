@@ -1,0 +1,23 @@
+/*
+ * kmsd_server.h — a kmsd for tests: `kmsctl init` in a fresh directory,
+ * client certificates issued with `kmsctl cert issue`, kmsd started on a
+ * free loopback port, and stopped or killed by the test.
+ */
+#ifndef STRONGROOM_TESTS_KMSD_SERVER_H
+#define STRONGROOM_TESTS_KMSD_SERVER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* kmsctl init in dir (which must not hold a store yet), then one certificate
+ * per "name:role" in certs (NULL-terminated). 0, or -1 with the reason on stderr. */
+int kmsd_init(const char *dir, const char *const *certs, uint16_t *port);
+/* Starts kmsd on dir/kmsd.conf and waits for its port; 0 or -1. */
+int kmsd_start(const char *dir, uint16_t port);
+/* Sends sig (SIGTERM: waits for a clean exit, returns its status; SIGKILL: reaps). */
+int kmsd_stop(int sig);
+pid_t kmsd_pid(void);
+/* Runs kmsctl with KMSCTL_CONFIG=dir/kmsctl.conf; its exit status, output in out. */
+int kmsctl_run(const char *dir, char *out, size_t cap, const char *args);
+
+#endif
