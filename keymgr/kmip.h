@@ -165,7 +165,7 @@ typedef struct sr_kmip_client_options {
     const char *verify_name;   /* host name the server certificate must carry; NULL: host */
     const char *ca_file, *cert_file, *key_file;
     int timeout_ms;            /* 0: 10 s */
-    sr_kmip_version_t version; /* 0.0: 1.2 */
+    sr_kmip_version_t version; /* 0.0: 1.4 (AES-GCM needs 1.4: its tag and AAD fields) */
 } sr_kmip_client_options_t;
 
 typedef struct sr_kmip_client sr_kmip_client_t;

@@ -27,7 +27,7 @@ enum { REASON_ITEM_NOT_FOUND = 1, REASON_INVALID_MESSAGE = 4, REASON_OPERATION_N
        REASON_INDEX_OUT_OF_BOUNDS = 0x0E, REASON_KEY_FORMAT_NOT_SUPPORTED = 0x10,
        REASON_KEY_COMPRESSION_NOT_SUPPORTED = 0x11, REASON_GENERAL_FAILURE = 0x100 };
 enum { OP_ADD_ATTRIBUTE = 13, OP_MODIFY_ATTRIBUTE = 14, OP_DELETE_ATTRIBUTE = 15, OP_GET_ATTRIBUTE_LIST = 12 };
-enum { MODE_KWP = 0x0C };
+enum { MODE_KWP = 0x0C, PADDING_NONE = 1, PADDING_PKCS5 = 3 };
 enum { LINK_REPLACEMENT = 0x106, LINK_REPLACED = 0x107 };
 enum { BATCH_STOP = 1, BATCH_CONTINUE = 2, BATCH_UNDO = 3 };
 
@@ -742,8 +742,8 @@ static int op_destroy(req_t *r, int32_t payload)
 /* ---- cryptographic operations ------------------------------------------------------------------ */
 
 typedef struct crypt {
-    uint32_t mode;
-    int tag_len;
+    uint32_t mode, padding;
+    int tag_len, random_iv;
     const sr_kmip_item_t *data, *iv, *aad, *tag;
 } crypt_t;
 
@@ -755,13 +755,24 @@ static int crypt_params(req_t *r, int32_t payload, crypt_t *c)
     int32_t mode = child(r, cp, SR_KMIP_TAG_BLOCK_CIPHER_MODE, SR_KMIP_ENUMERATION);
     int32_t alg = child(r, cp, SR_KMIP_TAG_CRYPTOGRAPHIC_ALGORITHM, SR_KMIP_ENUMERATION);
     int32_t tl = child(r, cp, SR_KMIP_TAG_TAG_LENGTH, SR_KMIP_INTEGER);
+    int32_t pad = child(r, cp, SR_KMIP_TAG_PADDING_METHOD, SR_KMIP_ENUMERATION);
+    int32_t riv = child(r, cp, SR_KMIP_TAG_RANDOM_IV, SR_KMIP_BOOLEAN);
     if (mode >= 0) c->mode = item(r, mode)->v.u32;
     if (tl >= 0) c->tag_len = item(r, tl)->v.i32;
+    c->padding = pad >= 0 ? item(r, pad)->v.u32 : PADDING_NONE;
+    c->random_iv = riv >= 0 && item(r, riv)->v.boolean;
     if (alg >= 0 && item(r, alg)->v.u32 != SR_KMIP_ALG_AES)
         return fail(r, REASON_FEATURE_NOT_SUPPORTED, "only AES is supported (algorithm %u)", item(r, alg)->v.u32);
-    if (c->mode != SR_KMIP_MODE_GCM && c->mode != MODE_KWP)
-        return fail(r, REASON_FEATURE_NOT_SUPPORTED, "block cipher mode %u is not supported (GCM, AES Key Wrap "
+    if (c->mode != SR_KMIP_MODE_GCM && c->mode != MODE_KWP && c->mode != SR_KMIP_MODE_CBC)
+        return fail(r, REASON_FEATURE_NOT_SUPPORTED, "block cipher mode %u is not supported (GCM, CBC, AES Key Wrap "
                     "with Padding)", c->mode);
+    /* the tag and AAD fields exist from KMIP 1.4: GCM in an older version would lose its tag */
+    if (c->mode == SR_KMIP_MODE_GCM && r->v.minor < 4)
+        return fail(r, REASON_FEATURE_NOT_SUPPORTED, "AES-GCM needs KMIP 1.4 or later (this request is 1.%d)",
+                    r->v.minor);
+    if (c->mode == SR_KMIP_MODE_CBC && c->padding != PADDING_NONE && c->padding != PADDING_PKCS5)
+        return fail(r, REASON_FEATURE_NOT_SUPPORTED, "CBC padding method %u is not supported (None, PKCS5)",
+                    c->padding);
     if (c->mode == SR_KMIP_MODE_GCM && (c->tag_len < 12 || c->tag_len > 16))
         return fail(r, REASON_INVALID_FIELD, "GCM tag length %d (12 to 16)", c->tag_len);
     int32_t d = child(r, payload, SR_KMIP_TAG_DATA, SR_KMIP_BYTE_STRING);
@@ -793,6 +804,8 @@ static int crypt_key(req_t *r, int32_t payload, uint32_t usage, kms_object_t *o,
 
 static int gcm(req_t *r, int encrypt, const uint8_t *key, size_t key_len, const crypt_t *c, const uint8_t *iv,
                size_t iv_len, uint8_t *out, uint8_t *tag_out);
+static int cbc(req_t *r, int encrypt, const uint8_t *key, size_t key_len, const crypt_t *c, const uint8_t *iv,
+               uint8_t *out, size_t *out_len);
 
 static int op_crypt(req_t *r, int32_t payload, int encrypt)
 {
@@ -805,12 +818,18 @@ static int op_crypt(req_t *r, int32_t payload, int encrypt)
                                : (encrypt ? SR_KMIP_USAGE_ENCRYPT : SR_KMIP_USAGE_DECRYPT);
     if (crypt_key(r, payload, usage, &o, &m, &mlen)) return -1;
     size_t cap = c.data->len + 16;
-    uint8_t *out = sr_secure_alloc(cap), iv[12], tag[16];
+    uint8_t *out = sr_secure_alloc(cap), iv[12], tag[16], cbc_iv[16];
     int ret = out ? 0 : fail(r, REASON_GENERAL_FAILURE, "out of memory");
     size_t out_len = 0;
     const uint8_t *ivp = c.iv ? c.iv->v.ptr : iv;
     size_t iv_len = c.iv ? c.iv->len : sizeof iv;
-    if (!ret && c.mode == MODE_KWP) {
+    if (!ret && c.mode == SR_KMIP_MODE_CBC) {
+        if (c.iv && c.iv->len != 16) ret = fail(r, REASON_INVALID_FIELD, "a CBC IV is 16 bytes, not %u", c.iv->len);
+        else if (!encrypt && !c.iv) ret = fail(r, REASON_INVALID_FIELD, "Decrypt with CBC needs the IV/Counter/Nonce");
+        else if (encrypt && !c.iv && sr_random_bytes(cbc_iv, sizeof cbc_iv) != SR_OK)
+            ret = fail(r, REASON_GENERAL_FAILURE, "no randomness");
+        else ret = cbc(r, encrypt, m, mlen, &c, c.iv ? c.iv->v.ptr : cbc_iv, out, &out_len);
+    } else if (!ret && c.mode == MODE_KWP) {
         sr_err_t rc = encrypt ? sr_keymgr_kwp_wrap(m, mlen, c.data->v.ptr, c.data->len, out, cap, &out_len)
                               : sr_keymgr_kwp_unwrap(m, mlen, c.data->v.ptr, c.data->len, out, cap, &out_len);
         if (rc != SR_OK) ret = fail(r, REASON_CRYPTOGRAPHIC_FAILURE, "AES key unwrap: the data does not authenticate");
@@ -829,6 +848,8 @@ static int op_crypt(req_t *r, int32_t payload, int encrypt)
         put_uid(r, o.uid);
         sr_kmip_put_bytes(r->e, SR_KMIP_TAG_DATA, out, out_len);
         if (encrypt && c.mode == SR_KMIP_MODE_GCM && !c.iv) sr_kmip_put_bytes(r->e, SR_KMIP_TAG_IV_COUNTER_NONCE, iv, 12);
+        if (encrypt && c.mode == SR_KMIP_MODE_CBC && !c.iv)
+            sr_kmip_put_bytes(r->e, SR_KMIP_TAG_IV_COUNTER_NONCE, cbc_iv, sizeof cbc_iv);
         if (encrypt && c.mode == SR_KMIP_MODE_GCM)
             sr_kmip_put_bytes(r->e, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, tag, (size_t)c.tag_len);
     }
@@ -928,6 +949,24 @@ static int gcm(req_t *r, int encrypt, const uint8_t *key, size_t key_len, const 
         return fail(r, REASON_CRYPTOGRAPHIC_FAILURE, encrypt ? "AES-GCM encryption failed"
                                                              : "AES-GCM: the data, AAD or tag do not authenticate");
     }
+    return 0;
+}
+
+static int cbc(req_t *r, int encrypt, const uint8_t *key, size_t key_len, const crypt_t *c, const uint8_t *iv,
+               uint8_t *out, size_t *out_len)
+{
+    const EVP_CIPHER *cipher = key_len == 16 ? EVP_aes_128_cbc() : key_len == 24 ? EVP_aes_192_cbc() : EVP_aes_256_cbc();
+    if (c->padding == PADDING_NONE && c->data->len % 16)
+        return fail(r, REASON_INVALID_FIELD, "CBC without padding needs whole 16-byte blocks (%u bytes)", c->data->len);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+    int ok = ctx && EVP_CipherInit_ex(ctx, cipher, NULL, key, iv, encrypt) == 1 &&
+             EVP_CIPHER_CTX_set_padding(ctx, c->padding == PADDING_PKCS5) == 1 &&
+             EVP_CipherUpdate(ctx, out, &n, c->data->v.ptr, (int)c->data->len) == 1 &&
+             EVP_CipherFinal_ex(ctx, out + n, &m) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok) return fail(r, REASON_CRYPTOGRAPHIC_FAILURE, encrypt ? "AES-CBC encryption failed" : "AES-CBC: bad padding");
+    *out_len = (size_t)(n + m);
     return 0;
 }
 

@@ -15,6 +15,7 @@
 #include "kms.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -59,7 +61,8 @@ static struct {
     limits_t limits;
     kms_store_t *store;
     int active;           /* connection threads */
-    int fds[4096];        /* their sockets, to end idle reads on SIGTERM */
+    int fds[4096];        /* a dup of each socket, to shut it (SIGTERM, slow handshakes) without racing its close */
+    uint64_t handshake_deadline[4096]; /* mono ms; 0: not in a handshake */
     const char *config_path;
 } server = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -218,7 +221,13 @@ static void *connection_main(void *arg)
     int handshake_ms = (int)server.limits.handshake_ms;
     pthread_mutex_unlock(&server.lock);
     sr_tls_conn_t *conn = NULL;
+    pthread_mutex_lock(&server.lock);
+    server.handshake_deadline[a.slot] = sr_time_mono_ms() + (uint64_t)handshake_ms;
+    pthread_mutex_unlock(&server.lock);
     sr_err_t rc = sr_tls_accept(ctx, a.fd, handshake_ms, &conn); /* closes fd on failure */
+    pthread_mutex_lock(&server.lock);
+    server.handshake_deadline[a.slot] = 0;
+    pthread_mutex_unlock(&server.lock);
     sr_tls_ctx_free(ctx);
     if (rc != SR_OK) {
         audit_connection("(handshake)", NULL, "failure", sr_err_detail());
@@ -233,6 +242,7 @@ static void *connection_main(void *arg)
         sr_tls_close(conn);
     }
     pthread_mutex_lock(&server.lock);
+    close(server.fds[a.slot]);
     server.fds[a.slot] = -1;
     server.active--;
     pthread_mutex_unlock(&server.lock);
@@ -242,10 +252,10 @@ static void *connection_main(void *arg)
 static int take_slot(int fd)
 {
     pthread_mutex_lock(&server.lock);
-    int slot = -1;
-    if (server.active < server.limits.max_connections)
-        for (int i = 0; i < (int)(sizeof server.fds / sizeof server.fds[0]) && slot < 0; i++)
-            if (server.fds[i] < 0) slot = i, server.fds[i] = fd, server.active++;
+    int slot = -1, copy = server.active < server.limits.max_connections ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    for (int i = 0; copy >= 0 && i < (int)(sizeof server.fds / sizeof server.fds[0]) && slot < 0; i++)
+        if (server.fds[i] < 0) slot = i, server.fds[i] = copy, server.active++;
+    if (copy >= 0 && slot < 0) close(copy);
     pthread_mutex_unlock(&server.lock);
     return slot;
 }
@@ -269,16 +279,30 @@ static void start_connection(int fd)
         free(a);
         close(fd);
         pthread_mutex_lock(&server.lock);
+        close(server.fds[slot]);
         server.fds[slot] = -1, server.active--;
         pthread_mutex_unlock(&server.lock);
     }
     pthread_attr_destroy(&attr);
 }
 
+/* The per-read timeout alone would let a client that sends its handshake a
+ * byte at a time hold a thread for ever: past the deadline its socket is shut. */
+static void cut_slow_handshakes(void)
+{
+    uint64_t now = sr_time_mono_ms();
+    pthread_mutex_lock(&server.lock);
+    for (size_t i = 0; i < sizeof server.fds / sizeof server.fds[0]; i++)
+        if (server.fds[i] >= 0 && server.handshake_deadline[i] && now > server.handshake_deadline[i])
+            shutdown(server.fds[i], SHUT_RDWR), server.handshake_deadline[i] = 0;
+    pthread_mutex_unlock(&server.lock);
+}
+
 static void accept_loop(int lfd)
 {
     while (!stop_requested) {
         if (reload_requested) reload_requested = 0, reload();
+        cut_slow_handshakes();
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 200) <= 0) continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -390,6 +414,9 @@ int main(int argc, char **argv)
         else return fprintf(stderr, "kmsd: unknown option %s\n", argv[i]), usage(stderr, 2);
     }
     if (!config) return usage(stderr, 2);
+    struct rlimit nofile; /* two descriptors per connection: raise the soft limit to the hard one */
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max)
+        nofile.rlim_cur = nofile.rlim_max, setrlimit(RLIMIT_NOFILE, &nofile);
     if (sr_secure_init() != SR_OK || sr_process_harden() != SR_OK)
         return fprintf(stderr, "kmsd: %s\n", sr_err_detail()), 3;
     struct sigaction sa = {.sa_handler = on_stop};
