@@ -24,6 +24,9 @@ extern "C" {
 typedef enum sr_wrap_alg {
     SR_WRAP_AES_256_GCM = 1, /* blob = nonce(12) || ciphertext || tag(16); binds AAD */
     SR_WRAP_AES_256_KWP = 2, /* RFC 5649 AES Key Wrap with Padding; no AAD */
+    SR_WRAP_KMIP_AES_GCM = 3, /* wrapped by a KMS (KMIP Encrypt, AES-GCM): iv(12) || ct || tag(16); unwrapped
+                                 only by that KMS. kek_id: the master key's UUID, or nil with kek_version
+                                 holding a decimal Unique Identifier (PyKMIP's "1", "2", ...) */
 } sr_wrap_alg_t;
 
 typedef struct sr_wrapped_key {
@@ -53,6 +56,12 @@ sr_err_t sr_keymgr_kwp_unwrap(const uint8_t *kek, size_t kek_len, const uint8_t 
                               size_t out_cap, size_t *out_len) SR_MUST_CHECK;
 
 /* ---- key providers ------------------------------------------------------ */
+/* What every provider binds a wrapped DEK to: "SRDEK1" | tablespace UUID |
+ * DEK version (u32 BE), so a wrapped DEK copied into another tablespace's
+ * header, or presented as another version, does not unwrap. */
+#define SR_KEYMGR_DEK_AAD_LEN (6 + SR_UUID_BYTES + 4)
+void sr_keymgr_dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t aad[SR_KEYMGR_DEK_AAD_LEN]);
+
 typedef struct sr_keyprov sr_keyprov_t;
 
 typedef struct sr_keyprov_ops {
@@ -97,6 +106,14 @@ sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_C
  * a root key derived from a passphrase; the key is copied into locked memory. */
 sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_KEY_BYTES], const char *description,
                                sr_keyprov_t **out) SR_MUST_CHECK;
+
+/* KMS provider: DEKs wrapped by a master key that never leaves the KMS (KMIP
+ * Encrypt/Decrypt with AES-GCM, AAD binding tablespace and DEK version).
+ * The config file ([kms] servers = host:port[, host:port...], server_name,
+ * ca, cert, key, master_key = UID, timeout) lists servers tried in order: a
+ * server that cannot be reached is skipped, a refusal is final. Works with
+ * kmsd and any KMIP 1.4 server with AES-GCM (PyKMIP's among them). */
+sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
 typedef struct sr_keycache sr_keycache_t;

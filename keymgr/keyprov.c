@@ -28,7 +28,6 @@
 #define KEYFILE_MAGIC "strongroom-keyfile 1"
 #define KEYFILE_MAX_BYTES (64 * 1024)
 #define KEYFILE_MAX_VERSIONS 256
-#define DEK_AAD_LEN (6 + SR_UUID_BYTES + 4)
 
 struct sr_keyprov {
     const sr_keyprov_ops_t *ops;
@@ -311,7 +310,7 @@ sr_err_t sr_keyfile_describe(const char *path, sr_uuid_t *id, uint32_t *newest_v
 
 /* ---- the key-file provider ------------------------------------------------ */
 
-static void dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t aad[DEK_AAD_LEN])
+void sr_keymgr_dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t aad[SR_KEYMGR_DEK_AAD_LEN])
 {
     memcpy(aad, "SRDEK1", 6);
     memcpy(aad + 6, tablespace->bytes, SR_UUID_BYTES);
@@ -328,8 +327,8 @@ static const keyfile_version_t *keyfile_find(const keyfile_t *kf, uint32_t versi
 static sr_err_t keyfile_wrap_dek(const keyfile_t *kf, const sr_uuid_t *tablespace, uint32_t dek_version,
                                  const uint8_t *dek, sr_wrapped_key_t *out)
 {
-    uint8_t aad[DEK_AAD_LEN];
-    dek_aad(tablespace, dek_version, aad);
+    uint8_t aad[SR_KEYMGR_DEK_AAD_LEN];
+    sr_keymgr_dek_aad(tablespace, dek_version, aad);
     const keyfile_version_t *mk = &kf->v[kf->n - 1];
     return sr_keymgr_wrap(SR_WRAP_AES_256_GCM, mk->key, SR_KEYMGR_KEY_BYTES, &kf->id, mk->version, aad, sizeof aad,
                           dek, SR_KEYMGR_KEY_BYTES, out);
@@ -358,8 +357,8 @@ static sr_err_t keyfile_dek_unwrap(void *impl, const sr_uuid_t *tablespace, uint
     if (!mk)
         return sr_err_set(SR_ERR_TDE_WRONG_KEY, "the data key is wrapped by master key %s version %u, which the key "
                           "file does not hold (an older copy of the file?)", want, wrapped->kek_version);
-    uint8_t aad[DEK_AAD_LEN];
-    dek_aad(tablespace, dek_version, aad);
+    uint8_t aad[SR_KEYMGR_DEK_AAD_LEN];
+    sr_keymgr_dek_aad(tablespace, dek_version, aad);
     size_t len = 0;
     sr_err_t rc = sr_keymgr_unwrap(mk->key, SR_KEYMGR_KEY_BYTES, wrapped, aad, sizeof aad, dek_out,
                                    SR_KEYMGR_KEY_BYTES, &len);

@@ -225,6 +225,13 @@ sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv
                          size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
 sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
+/* The same with Authenticated Encryption Additional Data (KMIP 1.4). */
+sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+                              const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                              size_t cap, size_t *out_len) SR_MUST_CHECK;
+sr_err_t sr_kmip_decrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+                              const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                              size_t cap, size_t *out_len) SR_MUST_CHECK;
 /* The protocol versions the server offers, newest first. */
 sr_err_t sr_kmip_discover_versions(sr_kmip_client_t *c, sr_kmip_version_t *versions, size_t max,
                                    size_t *n) SR_MUST_CHECK;

@@ -464,8 +464,8 @@ sr_err_t sr_kmip_locate(sr_kmip_client_t *c, const char *name, const char *group
 
 typedef struct crypt_arg {
     const char *uid;
-    const uint8_t *iv, *data, *tag;
-    size_t iv_len, data_len, tag_len;
+    const uint8_t *iv, *data, *tag, *aad;
+    size_t iv_len, data_len, tag_len, aad_len;
 } crypt_arg_t;
 
 static void build_crypt(sr_kmip_enc_t *e, const void *p)
@@ -479,6 +479,7 @@ static void build_crypt(sr_kmip_enc_t *e, const void *p)
     sr_kmip_end(e);
     sr_kmip_put_bytes(e, SR_KMIP_TAG_DATA, a->data, a->data_len);
     sr_kmip_put_bytes(e, SR_KMIP_TAG_IV_COUNTER_NONCE, a->iv, a->iv_len);
+    if (a->aad) sr_kmip_put_bytes(e, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, a->aad, a->aad_len);
     if (a->tag) sr_kmip_put_bytes(e, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, a->tag, a->tag_len);
 }
 
@@ -498,32 +499,51 @@ static sr_err_t gather(const sr_kmip_response_t *r, const uint32_t *tags, int n,
     return SR_OK;
 }
 
-sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
-                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len)
+sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+                              const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                              size_t cap, size_t *out_len)
 {
-    crypt_arg_t a = {.uid = uid, .iv = iv, .iv_len = iv_len, .data = in, .data_len = in_len};
+    crypt_arg_t a = {.uid = uid, .iv = iv, .iv_len = iv_len, .data = in, .data_len = in_len, .aad = aad,
+                     .aad_len = aad_len};
     sr_kmip_response_t r;
     sr_err_t rc = call(c, SR_KMIP_OP_ENCRYPT, build_crypt, &a, &r);
     if (rc != SR_OK) return rc;
     static const uint32_t tags[] = {SR_KMIP_TAG_DATA, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG};
     rc = gather(&r, tags, 2, out, cap, out_len);
+    if (rc == SR_OK && *out_len != in_len + 16)
+        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Encrypt of %zu bytes returned %zu with its tag", in_len, *out_len);
     sr_kmip_response_free(&r);
     return rc;
 }
 
-sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
-                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len)
+sr_err_t sr_kmip_decrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+                              const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                              size_t cap, size_t *out_len)
 {
     if (in_len < 16) return sr_err_set(SR_ERR_INVALID_ARG, "AES-GCM ciphertext shorter than its tag");
     crypt_arg_t a = {.uid = uid, .iv = iv, .iv_len = iv_len, .data = in, .data_len = in_len - 16,
-                     .tag = in + in_len - 16, .tag_len = 16};
+                     .tag = in + in_len - 16, .tag_len = 16, .aad = aad, .aad_len = aad_len};
     sr_kmip_response_t r;
     sr_err_t rc = call(c, SR_KMIP_OP_DECRYPT, build_crypt, &a, &r);
     if (rc != SR_OK) return rc;
     static const uint32_t tags[] = {SR_KMIP_TAG_DATA};
     rc = gather(&r, tags, 1, out, cap, out_len);
+    if (rc == SR_OK && *out_len != in_len - 16)
+        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Decrypt of %zu bytes returned %zu", in_len - 16, *out_len);
     sr_kmip_response_free(&r);
     return rc;
+}
+
+sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    return sr_kmip_encrypt_aead(c, uid, iv, iv_len, NULL, 0, in, in_len, out, cap, out_len);
+}
+
+sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+                         size_t in_len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    return sr_kmip_decrypt_aead(c, uid, iv, iv_len, NULL, 0, in, in_len, out, cap, out_len);
 }
 
 static void build_nothing(sr_kmip_enc_t *e, const void *p) { (void)e, (void)p; }

@@ -414,7 +414,7 @@ void sr_kmip_put_bytes(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *b, size_t 
 void sr_kmip_enc_rewind(sr_kmip_enc_t *e, size_t len, int depth)
 {
     if (len > e->len || depth > e->depth) return;
-    sr_secure_wipe(e->buf + len, e->len - len);
+    if (e->buf) sr_secure_wipe(e->buf + len, e->len - len);
     e->len = len, e->depth = depth, e->err = SR_OK;
 }
 

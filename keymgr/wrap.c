@@ -182,7 +182,7 @@ sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_
     if (in[4] != WRAPPED_FORMAT)
         return sr_err_set(SR_ERR_VERSION, "wrapped key format %u, this build reads format %d", in[4], WRAPPED_FORMAT);
     sr_wrapped_key_t wk = {.alg = (sr_wrap_alg_t)in[5]};
-    if (wk.alg != SR_WRAP_AES_256_GCM && wk.alg != SR_WRAP_AES_256_KWP)
+    if (wk.alg != SR_WRAP_AES_256_GCM && wk.alg != SR_WRAP_AES_256_KWP && wk.alg != SR_WRAP_KMIP_AES_GCM)
         return sr_err_set(SR_ERR_CORRUPT, "wrapped key names unknown algorithm %u", in[5]);
     memcpy(wk.kek_id.bytes, in + 6, 16);
     wk.kek_version = sr_get_be32(in + 22);

@@ -122,7 +122,7 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
 {
     /* The store names no key of its own: the VFS uses `root`, never a key
      * file from the environment. */
-    unsetenv("STRONGROOM_KEYFILE");
+    unsetenv("STRONGROOM_KEYFILE"), unsetenv("STRONGROOM_KMS");
     if (sr_sqlite_register(root, 0) != 0) return sr_err_set(SR_ERR_INTERNAL, "cannot register the strongroom VFS");
     char uri[4300];
     snprintf(uri, sizeof uri, "file:%s?vfs=strongroom", store_path);

@@ -43,9 +43,9 @@
  * as empty. The flag is cleared, before the cut, when SQLite itself empties
  * the file (rolling back a new database's first transaction).
  *
- * Keys: URI keyfile=PATH, else $STRONGROOM_KEYFILE, else the provider given to
- * sr_sqlite_register(). Key-file providers are cached per path and reloaded
- * when the file changes (master-key rotation by tdectl).
+ * Keys: URI keyfile=PATH or kms=CONFIG, else $STRONGROOM_KEYFILE or
+ * $STRONGROOM_KMS, else the provider given to sr_sqlite_register(). Providers
+ * are cached per file and reloaded when it changes (master-key rotation).
  */
 #include "sr_sqlite.h"
 #include "tablespace.h"
@@ -212,8 +212,10 @@ static int same_file(const provider_entry_t *e, const struct stat *st)
            e->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-/* The cached provider for a key file, reloaded if the file changed. */
-static sr_err_t provider_for_keyfile(const char *path, sr_keyprov_t **out)
+/* The cached provider for a key file or a KMS configuration (`open` makes
+ * one), reloaded if the file changed. */
+static sr_err_t provider_for_file(const char *path, sr_err_t (*open_fn)(const char *, sr_keyprov_t **),
+                                  sr_keyprov_t **out)
 {
     struct stat st;
     if (stat(path, &st) != 0) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open key file %s", path);
@@ -223,7 +225,7 @@ static sr_err_t provider_for_keyfile(const char *path, sr_keyprov_t **out)
     sr_err_t rc = SR_OK;
     if (!e) {
         sr_keyprov_t *kp = NULL;
-        rc = sr_keyprov_keyfile_open(path, &kp);
+        rc = open_fn(path, &kp);
         if (rc == SR_OK && (!(e = calloc(1, sizeof *e)) || !(e->path = strdup(path)))) {
             free(e);
             sr_keyprov_free(kp);
@@ -239,17 +241,23 @@ static sr_err_t provider_for_keyfile(const char *path, sr_keyprov_t **out)
     return rc;
 }
 
+/* URI keyfile=, else URI kms=, else $STRONGROOM_KEYFILE, else $STRONGROOM_KMS,
+ * else the registered default provider. */
 static sr_err_t provider_for_open(const char *zName, sr_keyprov_t **out)
 {
-    const char *keyfile = sqlite3_uri_parameter(zName, "keyfile");
-    if (!keyfile || !*keyfile) keyfile = getenv("STRONGROOM_KEYFILE");
-    if (keyfile && *keyfile) return provider_for_keyfile(keyfile, out);
+    const char *keyfile = sqlite3_uri_parameter(zName, "keyfile"), *kms = sqlite3_uri_parameter(zName, "kms");
+    if (keyfile && *keyfile) return provider_for_file(keyfile, sr_keyprov_keyfile_open, out);
+    if (kms && *kms) return provider_for_file(kms, sr_keyprov_kmip_open, out);
+    keyfile = getenv("STRONGROOM_KEYFILE"), kms = getenv("STRONGROOM_KMS");
+    if (keyfile && *keyfile) return provider_for_file(keyfile, sr_keyprov_keyfile_open, out);
+    if (kms && *kms) return provider_for_file(kms, sr_keyprov_kmip_open, out);
     pthread_mutex_lock(&vfs_lock);
     *out = default_provider;
     pthread_mutex_unlock(&vfs_lock);
     if (*out) return SR_OK;
-    return sr_err_set(SR_ERR_NOT_FOUND, "no key for an encrypted database: add keyfile=PATH to the URI, set "
-                      "STRONGROOM_KEYFILE, or register a key provider (create a key with: tdectl keygen PATH)");
+    return sr_err_set(SR_ERR_NOT_FOUND, "no key for an encrypted database: add keyfile=PATH or kms=CONFIG to the URI, "
+                      "set STRONGROOM_KEYFILE or STRONGROOM_KMS, or register a key provider (create a key with: "
+                      "tdectl keygen PATH)");
 }
 
 /* ---- URI parameters: an invalid value is an error naming the parameter ------------- */
@@ -1289,6 +1297,9 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
         snprintf(detail, sizeof detail, "pid=%ld %s", (long)getpid(), sr_err_detail());
         sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .subject = event_subject(),
                                     .object = zName, .outcome = "failure", .source = "local", .detail = detail});
+        if (rc == SR_ERR_PERMISSION) return log_failure(SQLITE_AUTH, f, "the key service refused the data key");
+        if (rc == SR_ERR_NETWORK || rc == SR_ERR_TLS || rc == SR_ERR_TIMEOUT || rc == SR_ERR_CLOSED)
+            return log_failure(SQLITE_CANTOPEN, f, "the key service cannot be reached");
         return log_failure(SQLITE_NOTADB, f, rc == SR_ERR_TDE_WRONG_KEY ? "wrong key" : "not an encrypted database");
     }
     f->role = ROLE_MAIN;

@@ -9,6 +9,10 @@
  *   tdectl decrypt  --keyfile K ENCRYPTED.db PLAIN.db
  *   tdectl rekey    [--rewrite] --keyfile K DB new data key version (--rewrite: re-encrypt all pages now)
  *   tdectl rotate-master --keyfile K DB...     new master key version; re-wrap each DB's data keys
+ *   tdectl rotate-master --kms CONF DB...      re-wrap each DB's data keys under CONF's master_key
+ * Every --keyfile K may be --kms CONF instead (or $STRONGROOM_KMS): the data
+ * keys are then wrapped by a master key held in a KMS (kmsd, or any KMIP 1.4
+ * server with AES-GCM).
  *
  * Exit status: 0 success, 1 verification failed / operation failed, 2 usage.
  * The key file can also come from $STRONGROOM_KEYFILE.
@@ -55,16 +59,21 @@ static int usage(void)
           "  rekey [--rewrite] DB                        new data key version for new writes\n"
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
-          "options: --keyfile K (or $STRONGROOM_KEYFILE), --cipher aes-256-gcm|chacha20-poly1305,\n"
+          "options: --keyfile K (or $STRONGROOM_KEYFILE), --kms CONFIG (or $STRONGROOM_KMS), --cipher aes-256-gcm|chacha20-poly1305,\n"
           "         --page-size 512..65536\n",
           stderr);
     return 2;
 }
 
+/* "keyfile" or "kms": how o->keyfile names the key (set once, from the command line). */
+static const char *key_kind = "keyfile";
+
 static sr_err_t open_provider(const options_t *o, sr_keyprov_t **kp)
 {
     if (!o->keyfile)
-        return sr_err_set(SR_ERR_INVALID_ARG, "no key file: pass --keyfile PATH or set STRONGROOM_KEYFILE");
+        return sr_err_set(SR_ERR_INVALID_ARG, "no key: pass --keyfile PATH or --kms CONFIG (or set STRONGROOM_KEYFILE "
+                          "or STRONGROOM_KMS)");
+    if (!strcmp(key_kind, "kms")) return kp ? sr_keyprov_kmip_open(o->keyfile, kp) : SR_OK;
     return sr_keyprov_keyfile_open(o->keyfile, kp);
 }
 
@@ -90,7 +99,7 @@ static int uri_for(char *out, size_t cap, const char *path, const char *keyfile,
     if (o && o->cipher) snprintf(cipher, sizeof cipher, "&cipher=%s", sr_tde_cipher_name(o->cipher));
     uri_escape(epath, sizeof epath, path);
     uri_escape(ekey, sizeof ekey, keyfile);
-    int n = snprintf(out, cap, "file:%s?vfs=strongroom&keyfile=%s%s", epath, ekey, cipher);
+    int n = snprintf(out, cap, "file:%s?vfs=strongroom&%s=%s%s", epath, key_kind, ekey, cipher);
     if (n >= 0 && (size_t)n < cap) return 1;
     fprintf(stderr, "tdectl: %s: path too long\n", path);
     return 0;
@@ -489,11 +498,13 @@ static int cmd_rotate_master(options_t *o)
     if (o->argc < 1) return usage();
     if (!o->keyfile) return fail("rotate-master", open_provider(o, NULL));
     uint32_t version = 0;
-    sr_err_t rc = sr_keyfile_rotate(o->keyfile, &version);
-    if (rc != SR_OK) return fail(o->keyfile, rc);
-    printf("%s: master key version %u added (older versions kept for databases not yet re-wrapped)\n", o->keyfile,
-           version);
-    audited("key.master_rotated", o->keyfile, 1, "new master key version");
+    sr_err_t rc = SR_OK;
+    if (!strcmp(key_kind, "keyfile")) { /* with a KMS, the new master key is made there (kmsctl key rotate) */
+        if ((rc = sr_keyfile_rotate(o->keyfile, &version)) != SR_OK) return fail(o->keyfile, rc);
+        printf("%s: master key version %u added (older versions kept for databases not yet re-wrapped)\n",
+               o->keyfile, version);
+        audited("key.master_rotated", o->keyfile, 1, "new master key version");
+    }
     sr_keyprov_t *kp = NULL;
     if ((rc = open_provider(o, &kp)) != SR_OK) return fail(o->keyfile, rc);
     int status = 0;
@@ -502,7 +513,7 @@ static int cmd_rotate_master(options_t *o)
         rc = sr_tde_file_rewrap(o->argv[i], kp, &h);
         audited("key.rewrap", o->argv[i], rc == SR_OK, rc == SR_OK ? "data keys re-wrapped" : sr_err_detail());
         if (rc != SR_OK) status |= fail(o->argv[i], rc);
-        else printf("%s: %u data key(s) re-wrapped under master key version %u\n", o->argv[i], h.n_keys, version);
+        else printf("%s: %u data key(s) re-wrapped under %s\n", o->argv[i], h.n_keys, sr_keyprov_description(kp));
     }
     sr_keyprov_free(kp);
     return status;
@@ -525,7 +536,9 @@ int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
     options_t o = {.keyfile = getenv("STRONGROOM_KEYFILE")};
+    if (!o.keyfile && getenv("STRONGROOM_KMS")) o.keyfile = getenv("STRONGROOM_KMS"), key_kind = "kms";
     static const struct option longopts[] = {{"keyfile", required_argument, NULL, 'k'},
+                                             {"kms", required_argument, NULL, 'K'},
                                              {"cipher", required_argument, NULL, 'c'},
                                              {"page-size", required_argument, NULL, 'p'},
                                              {"rewrite", no_argument, NULL, 'r'},
@@ -534,8 +547,9 @@ int main(int argc, char **argv)
     int ch;
     int64_t ps = 0;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "k:c:p:rh", longopts, NULL)) != -1) {
-        if (ch == 'k') o.keyfile = optarg;
+    while ((ch = getopt_long(argc, argv, "k:K:c:p:rh", longopts, NULL)) != -1) {
+        if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
+        else if (ch == 'K') o.keyfile = optarg, key_kind = "kms";
         else if (ch == 'c' && sr_tde_cipher_parse(optarg, &o.cipher) != SR_OK) return fail("--cipher", SR_ERR_INVALID_ARG);
         else if (ch == 'p' && (sr_parse_int64(optarg, &ps) != SR_OK || !sr_tde_page_size_valid((size_t)ps)))
             return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), 2;

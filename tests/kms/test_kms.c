@@ -181,9 +181,10 @@ static void test_ownership_and_roles(void)
     SR_CHECK_EQ_INT(last_reason(), 0x0C);
     SR_CHECK_ERR(sr_kmip_encrypt(aud, uid, iv, 12, (const uint8_t *)"dek", 3, ct, sizeof ct, &len), SR_ERR_KMIP_RESULT);
     /* a client certificate from this CA whose CN kmsctl never registered */
-    SR_CHECK_ERR(sr_kmip_locate_by_name(client("stranger"), "owned-by-client", found, 8, &n), SR_ERR_KMIP_RESULT);
+    sr_kmip_client_t *stranger = client("stranger");
+    SR_CHECK_ERR(sr_kmip_locate_by_name(stranger, "owned-by-client", found, 8, &n), SR_ERR_KMIP_RESULT);
     SR_CHECK_EQ_INT(last_reason(), 0x0C);
-    sr_kmip_client_free(app), sr_kmip_client_free(other), sr_kmip_client_free(node), sr_kmip_client_free(aud);
+    sr_kmip_client_free(stranger), sr_kmip_client_free(app), sr_kmip_client_free(other), sr_kmip_client_free(node), sr_kmip_client_free(aud);
 }
 
 /* ---- raw messages ------------------------------------------------------------------------------ */
@@ -207,6 +208,8 @@ static sr_tls_conn_t *raw_connect(const char *name)
 static int raw_exchange(sr_tls_conn_t *conn, const uint8_t *req, size_t len, sr_kmip_response_t *r, uint8_t **keep)
 {
     uint8_t head[8];
+    *keep = NULL;
+    memset(r, 0, sizeof *r);
     if (sr_tls_write_all(conn, req, len) != SR_OK || sr_tls_read_exact(conn, head, 8) != SR_OK) return -1;
     uint32_t n = sr_get_be32(head + 4);
     uint8_t *buf = malloc(n + 8);
