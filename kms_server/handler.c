@@ -361,6 +361,18 @@ static int insert(req_t *r, kms_object_t *o, const template_t *tp, const uint8_t
     return 0;
 }
 
+/* insert() with fresh random material of the template's length. */
+static int insert_fresh(req_t *r, kms_object_t *o, const template_t *tp)
+{
+    size_t len = (size_t)tp->length / 8;
+    uint8_t *key = sr_secure_alloc(32);
+    if (!key) return fail(r, REASON_GENERAL_FAILURE, "out of memory");
+    int ret = sr_random_bytes(key, len) != SR_OK ? fail(r, REASON_GENERAL_FAILURE, "no randomness")
+                                                 : insert(r, o, tp, key, len);
+    sr_secure_wipe(key, 32), sr_secure_free(key);
+    return ret;
+}
+
 static void object_from_template(kms_object_t *o, const template_t *tp)
 {
     memset(o, 0, sizeof *o);
@@ -378,14 +390,9 @@ static int op_create(req_t *r, int32_t payload)
         return fail(r, REASON_FEATURE_NOT_SUPPORTED, "only symmetric keys are supported (object type %u)",
                     item(r, type)->v.u32);
     if (check_aes(r, &tp)) return -1;
-    uint8_t *key = sr_secure_alloc(32);
-    if (!key) return fail(r, REASON_GENERAL_FAILURE, "out of memory");
     kms_object_t o;
     object_from_template(&o, &tp);
-    int ret = sr_random_bytes(key, (size_t)tp.length / 8) != SR_OK ? fail(r, REASON_GENERAL_FAILURE, "no randomness")
-                                                                 : insert(r, &o, &tp, key, (size_t)tp.length / 8);
-    sr_secure_wipe(key, 32), sr_secure_free(key);
-    if (ret) return ret;
+    if (insert_fresh(r, &o, &tp)) return -1;
     sr_kmip_put_enum(r->e, SR_KMIP_TAG_OBJECT_TYPE, SR_KMIP_OBJECT_SYMMETRIC_KEY);
     put_uid(r, o.uid);
     return 0;
@@ -439,11 +446,7 @@ static int op_rekey(req_t *r, int32_t payload)
     if (old.state == KMS_STATE_ACTIVE) tp.activation_date = now_s();
     object_from_template(&o, &tp);
     snprintf(o.replaces, sizeof o.replaces, "%s", old.uid);
-    uint8_t *key = sr_secure_alloc(32);
-    int ret = !key ? fail(r, REASON_GENERAL_FAILURE, "out of memory")
-              : sr_random_bytes(key, (size_t)old.length / 8) != SR_OK ? fail(r, REASON_GENERAL_FAILURE, "no randomness")
-                                                                       : insert(r, &o, &tp, key, (size_t)old.length / 8);
-    if (key) sr_secure_wipe(key, 32), sr_secure_free(key);
+    int ret = insert_fresh(r, &o, &tp);
     kms_attrs_free(attrs, n);
     if (ret) return ret;
     snprintf(old.replaced_by, sizeof old.replaced_by, "%s", o.uid);

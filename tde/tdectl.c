@@ -152,10 +152,14 @@ static void print_header(const char *path, const sr_tde_header_t *h, int slot)
     printf("  updated      %s (header generation %llu, slot %d)\n", when, (unsigned long long)h->generation, slot);
     printf("  active key   version %u\n", h->active_version);
     for (uint32_t i = 0; i < h->n_keys; i++) {
-        sr_uuid_format(&h->keys[i].wrapped.kek_id, uuid);
-        printf("  key v%-3u     wrapped by master key %s v%u (%s), %llu encryptions reserved\n", h->keys[i].version,
-               uuid, h->keys[i].wrapped.kek_version,
-               h->keys[i].wrapped.alg == SR_WRAP_AES_256_GCM ? "AES-256-GCM" : "AES-KWP",
+        const sr_wrapped_key_t *w = &h->keys[i].wrapped;
+        char master[64];
+        sr_uuid_format(&w->kek_id, uuid);
+        if (w->alg != SR_WRAP_KMIP_AES_GCM) snprintf(master, sizeof master, "master key %s v%u", uuid, w->kek_version);
+        else if (!sr_uuid_is_nil(&w->kek_id)) snprintf(master, sizeof master, "KMS master key %s", uuid);
+        else snprintf(master, sizeof master, "KMS master key %u", w->kek_version);
+        printf("  key v%-3u     wrapped by %s (%s), %llu encryptions reserved\n", h->keys[i].version, master,
+               w->alg == SR_WRAP_AES_256_GCM ? "AES-256-GCM" : w->alg == SR_WRAP_KMIP_AES_GCM ? "KMIP AES-GCM" : "AES-KWP",
                (unsigned long long)h->keys[i].encryptions_reserved);
     }
 }
@@ -242,7 +246,7 @@ static int cmd_status(options_t *o)
             continue;
         }
         print_header(o->argv[i], &h, slot);
-        printf("  header MAC   %s\n", kp ? "verified" : "not checked (no key given: pass --keyfile to verify it)");
+        printf("  header MAC   %s\n", kp ? "verified" : "not checked (no key given: pass --keyfile or --kms to verify it)");
         print_page_histogram(o->argv[i], h.page_size);
     }
     sr_keyprov_free(kp);
