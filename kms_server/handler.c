@@ -894,26 +894,27 @@ typedef struct operation {
     uint32_t code;
     const char *name;
     int (*run)(req_t *, int32_t);
+    int changes; /* its record is written before the commit, under the store lock */
 } operation_t;
 
 static const operation_t operations[] = {
-    {SR_KMIP_OP_CREATE, "create", op_create},
-    {SR_KMIP_OP_REGISTER, "register", op_register},
-    {SR_KMIP_OP_REKEY, "rekey", op_rekey},
-    {SR_KMIP_OP_LOCATE, "locate", op_locate},
-    {SR_KMIP_OP_GET, "get", op_get},
-    {SR_KMIP_OP_GET_ATTRIBUTES, "get_attributes", op_get_attributes},
-    {OP_GET_ATTRIBUTE_LIST, "get_attribute_list", op_get_attribute_list},
-    {OP_ADD_ATTRIBUTE, "add_attribute", op_add_attribute},
-    {OP_MODIFY_ATTRIBUTE, "modify_attribute", op_modify_attribute},
-    {OP_DELETE_ATTRIBUTE, "delete_attribute", op_delete_attribute},
-    {SR_KMIP_OP_ACTIVATE, "activate", op_activate},
-    {SR_KMIP_OP_REVOKE, "revoke", op_revoke},
-    {SR_KMIP_OP_DESTROY, "destroy", op_destroy},
-    {SR_KMIP_OP_QUERY, "query", op_query},
-    {SR_KMIP_OP_DISCOVER_VERSIONS, "discover_versions", op_discover_versions},
-    {SR_KMIP_OP_ENCRYPT, "encrypt", op_encrypt},
-    {SR_KMIP_OP_DECRYPT, "decrypt", op_decrypt},
+    {SR_KMIP_OP_CREATE, "create", op_create, 1},
+    {SR_KMIP_OP_REGISTER, "register", op_register, 1},
+    {SR_KMIP_OP_REKEY, "rekey", op_rekey, 1},
+    {SR_KMIP_OP_LOCATE, "locate", op_locate, 0},
+    {SR_KMIP_OP_GET, "get", op_get, 0},
+    {SR_KMIP_OP_GET_ATTRIBUTES, "get_attributes", op_get_attributes, 0},
+    {OP_GET_ATTRIBUTE_LIST, "get_attribute_list", op_get_attribute_list, 0},
+    {OP_ADD_ATTRIBUTE, "add_attribute", op_add_attribute, 1},
+    {OP_MODIFY_ATTRIBUTE, "modify_attribute", op_modify_attribute, 1},
+    {OP_DELETE_ATTRIBUTE, "delete_attribute", op_delete_attribute, 1},
+    {SR_KMIP_OP_ACTIVATE, "activate", op_activate, 1},
+    {SR_KMIP_OP_REVOKE, "revoke", op_revoke, 1},
+    {SR_KMIP_OP_DESTROY, "destroy", op_destroy, 1},
+    {SR_KMIP_OP_QUERY, "query", op_query, 0},
+    {SR_KMIP_OP_DISCOVER_VERSIONS, "discover_versions", op_discover_versions, 0},
+    {SR_KMIP_OP_ENCRYPT, "encrypt", op_encrypt, 0},
+    {SR_KMIP_OP_DECRYPT, "decrypt", op_decrypt, 0},
 };
 #define N_OPERATIONS (sizeof operations / sizeof operations[0])
 
@@ -1031,11 +1032,18 @@ static int run_item(req_t *r, int32_t bi)
         ret = o->run(r, payload);
         sr_kmip_end(e);
         if (!ret && e->err) ret = fail(r, REASON_GENERAL_FAILURE, "response too large");
-        /* the record first: no change is kept and no key leaves unrecorded */
-        if (!ret && audit(r, o->name, "success") != SR_OK)
+        /* The record first: no change is kept unrecorded (written under the
+         * lock, before the commit) and no key leaves unrecorded (the response
+         * is sent after). A read's record is written after the lock is
+         * released, so concurrent reads share the log's group commit. */
+        if (!ret && o->changes && audit(r, o->name, "success") != SR_OK)
             ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
         if (!ret && kms_store_commit(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store commit failed");
         if (ret) kms_store_rollback(r->s);
+        kms_store_unlock(r->s);
+        if (!ret && !o->changes && audit(r, o->name, "success") != SR_OK)
+            ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
+        kms_store_lock(r->s);
     }
     if (ret) {
         sr_kmip_enc_rewind(e, mark, depth);
