@@ -1,0 +1,83 @@
+/*
+ * access_ctl.h — who may connect from where to which server: the policy
+ * file, its compiler and evaluator, and a reloadable handle shared by the
+ * PAM module (pam_strongroom.so), tde-acl and (later) the agent's key service.
+ *
+ * Policy file (first match wins, default deny; pg_hba-like):
+ *
+ *   # action  servers  accounts           sources            services  [when=DAYS/HH:MM-HH:MM/TZ]  [# comment]
+ *   allow     db1,db2  alice,@dba         10.0.0.0/8,::1     pgprod    when=mon-fri/08:00-18:00/Europe/Paris  # office
+ *   deny      *        /tmp_[a-z0-9]+/    *                  *
+ *   allow     *        postgres           local              *
+ *   group     dba = alice, bob
+ *   groups    /etc/strongroom/groups      (lines "name: member, member")
+ *   include   acl.d/NAME.conf              (relative to this file; a glob pattern)
+ *
+ * Lists are comma-separated, `*` matches anything. Accounts: names, @group,
+ * /ERE/ (anchored: the whole name must match). Sources: IPv4/IPv6 CIDR or
+ * address, `local` (a Unix-socket login: no remote address); an IPv4-mapped
+ * IPv6 address is matched as IPv4; a source that is not a numeric address
+ * (a host name from reverse DNS) matches only `*`. Time windows: days
+ * (mon-fri, sat+sun, *), hours (an end before the start crosses midnight,
+ * and belongs to the day it starts), a time zone from the tz database.
+ */
+#ifndef STRONGROOM_ACCESS_CTL_H
+#define STRONGROOM_ACCESS_CTL_H
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sr_acl_policy sr_acl_policy_t;
+
+/* Parses and compiles a policy file (and what it includes); SR_ERR_PARSE
+ * with "file:line: what is wrong" on the first error. */
+sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out) SR_MUST_CHECK;
+/* The same from text in memory (`name` stands for the file in messages). */
+sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out) SR_MUST_CHECK;
+void sr_acl_policy_free(sr_acl_policy_t *p);
+size_t sr_acl_policy_rules(const sr_acl_policy_t *p);
+/* A digest of the compiled rules ("sha256:..." first 16 hex digits), for audit records. */
+const char *sr_acl_policy_version(const sr_acl_policy_t *p);
+
+typedef struct sr_acl_request {
+    const char *server;  /* NULL: gethostname() */
+    const char *account; /* PAM_USER, the database role */
+    const char *source;  /* numeric address, "local" or NULL (local), or an untrusted name */
+    const char *service; /* PAM service / database alias */
+    int64_t at;          /* unix seconds; 0: now */
+} sr_acl_request_t;
+
+typedef struct sr_acl_decision {
+    int allow;
+    int rule;            /* 1-based index of the matching rule; 0: none matched (default deny) */
+    const char *file;    /* where the rule is; "" when none matched */
+    int line;
+    char why[256];       /* "allow by /etc/strongroom/acl.conf:12 (office)" */
+} sr_acl_decision_t;
+
+/* Evaluates a request; never fails (an unusable request is denied). Safe to
+ * call from many threads on one policy. */
+void sr_acl_decide(const sr_acl_policy_t *p, const sr_acl_request_t *r, sr_acl_decision_t *d);
+
+/* Rules that could match an account and/or a source (NULL: any), for
+ * `tde-acl explain`: calls fn with each rule's index, file, line, text. */
+void sr_acl_explain(const sr_acl_policy_t *p, const char *account, const char *source,
+                    void (*fn)(void *ctx, int rule, const char *file, int line, const char *text), void *ctx);
+
+/* ---- a reloadable policy ----------------------------------------------------------- */
+typedef struct sr_acl sr_acl_t;
+sr_err_t sr_acl_open(const char *path, sr_acl_t **out) SR_MUST_CHECK;
+/* Compiles the file again; on any error the policy in force stays, and the
+ * error (file:line) is returned. Concurrent decisions see the old or the new
+ * policy, never a mix. */
+sr_err_t sr_acl_reload(sr_acl_t *a) SR_MUST_CHECK;
+void sr_acl_evaluate(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d);
+void sr_acl_close(sr_acl_t *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,73 @@
+/*
+ * acl_internal.h — the compiled policy, shared by the compiler (policy.c)
+ * and the evaluator (decide.c).
+ */
+#ifndef STRONGROOM_ACL_INTERNAL_H
+#define STRONGROOM_ACL_INTERNAL_H
+
+#include "access_ctl.h"
+
+#include <regex.h>
+#include <stdint.h>
+
+typedef struct acl_cidr {
+    int family;         /* 4 or 6 */
+    uint8_t addr[16];
+    int prefix;
+} acl_cidr_t;
+
+typedef struct acl_names {
+    char **v;
+    size_t n;
+    int any;
+} acl_names_t;
+
+typedef struct acl_window {
+    int present;
+    uint8_t days;       /* bit 0 = Sunday ... bit 6 = Saturday */
+    int start, end;     /* minutes since midnight; end <= start crosses midnight */
+    char tz[64];
+} acl_window_t;
+
+typedef struct acl_rule {
+    int allow;
+    const char *file;   /* interned in the policy */
+    int line;
+    char *text;         /* the rule as written, for explain */
+    char *comment;
+    acl_names_t servers, services;
+    acl_names_t accounts; /* names (groups expanded) */
+    regex_t *regexes;
+    size_t n_regexes;
+    int any_account;
+    acl_cidr_t *cidrs;
+    size_t n_cidrs;
+    int any_source, local;
+    acl_window_t when;
+} acl_rule_t;
+
+/* account name -> the rules naming it (ascending rule index) */
+typedef struct acl_bucket {
+    char *name;
+    int *rules;
+    size_t n, cap;
+} acl_bucket_t;
+
+struct sr_acl_policy {
+    acl_rule_t *rules;
+    size_t n_rules, cap_rules;
+    char **files;       /* interned file names */
+    size_t n_files;
+    acl_bucket_t *index; /* open addressing, power-of-two size */
+    size_t index_size;
+    int *any_rules;     /* rules whose accounts are `*` or regexes */
+    size_t n_any, cap_any;
+    char version[32];
+};
+
+int acl_parse_address(const char *text, acl_cidr_t *out); /* 0 ok; IPv4-mapped IPv6 becomes IPv4 */
+int acl_cidr_contains(const acl_cidr_t *net, const acl_cidr_t *addr);
+uint64_t acl_hash(const char *s);
+const acl_bucket_t *acl_index_find(const sr_acl_policy_t *p, const char *account);
+
+#endif
