@@ -1,0 +1,216 @@
+/*
+ * pam_strongroom.so for real, without touching the system's PAM
+ * configuration (pam_wrapper redirects the service directory):
+ *  - pamtester, with PAM_RHOST set: allowed and refused, the password checked
+ *    after our gate (pam_matrix), an unreadable policy refused (fail closed);
+ *  - a real PostgreSQL 15 server (initdb in a temp dir as the unprivileged
+ *    `postgres` user, since initdb and postgres refuse root; loopback only; a
+ *    free port), `host ... pam pamservice=...` in pg_hba.conf, and psql
+ *    logins from 127.0.0.1 and ::1 as allowed and refused roles;
+ * every decision one audit record through the host's sealer (tde-audit serve).
+ */
+#include "sr_test.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PG_BIN "/usr/lib/postgresql/15/bin"
+#define PAM_MATRIX "/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so"
+
+static char dir[512], sock[600], log_path[600];
+static pid_t sealer;
+static char out[1 << 16];
+
+static int sh(const char *fmt, ...) SR_PRINTF(1, 2);
+static int sh(const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return sr_test_command(out, sizeof out, cmd);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    SR_CHECK(sr_test_write_file(path, text, strlen(text)) == 0);
+    chmod(path, 0644);
+}
+
+/* A PAM service: our gate, then the password (pam_matrix), then our account check. */
+static void write_service(const char *name, const char *policy)
+{
+    char path[700], text[2048];
+    snprintf(path, sizeof path, "%s/pam.d/%s", dir, name);
+    snprintf(text, sizeof text,
+             "auth     requisite  %s policy=%s server=db1 audit_socket=%s\n"
+             "auth     required   " PAM_MATRIX " passdb=%s/passdb\n"
+             "account  required   %s policy=%s server=db1 audit_socket=%s\n",
+             sr_test_build_path("access_ctl/pam_strongroom.so"), policy, sock, dir,
+             sr_test_build_path("access_ctl/pam_strongroom.so"), policy, sock);
+    write_text(path, text);
+}
+
+static int pamtester(const char *service, const char *user, const char *rhost, const char *password)
+{
+    return sh("echo '%s' | LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR=%s/pam.d "
+              "pamtester -I rhost=%s %s %s authenticate acct_mgmt",
+              password, dir, rhost, service, user);
+}
+
+static void test_pamtester(void)
+{
+    char policy[700], passdb[700];
+    snprintf(policy, sizeof policy, "%s/acl.conf", dir);
+    snprintf(passdb, sizeof passdb, "%s/passdb", dir);
+    write_text(policy, "allow * alice 10.0.0.0/8,::1 srtest-pam   # office network\n"
+                       "deny  * mallory * *                        # never\n");
+    /* pam_matrix: one password per user, whatever the service */
+    write_text(passdb, "alice:secret:srtest\nbob:secret:srtest\nmallory:secret:srtest\n");
+    write_service("srtest-pam", policy);
+    SR_CHECK_MSG(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") == 0, "%s", out);
+    SR_CHECK_MSG(pamtester("srtest-pam", "alice", "::1", "secret") == 0, "%s", out);
+    SR_CHECK_MSG(pamtester("srtest-pam", "alice", "::ffff:10.9.9.9", "secret") == 0, "%s", out);
+    SR_CHECK(pamtester("srtest-pam", "alice", "172.16.0.1", "secret") != 0);   /* not from there */
+    SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "wrong") != 0);      /* our gate passes, the password fails */
+    SR_CHECK(pamtester("srtest-pam", "mallory", "10.1.2.3", "secret") != 0);   /* refused before the password */
+    SR_CHECK(pamtester("srtest-pam", "alice", "evil.example.com", "secret") != 0); /* a name is untrusted */
+    /* fail closed: a policy that does not parse refuses everyone */
+    write_text(policy, "allow * alice 10.0.0.0/8 srtest-pam\nallow *\n");
+    SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") != 0);
+    write_text(policy, "allow * alice 10.0.0.0/8,::1 srtest-pam   # office network\n"
+                       "deny  * mallory * *                        # never\n");
+}
+
+/* ---- PostgreSQL ------------------------------------------------------------------------------ */
+
+static uint16_t pg_port;
+static int pg_started;
+
+static int as_postgres(const char *fmt, ...) SR_PRINTF(1, 2);
+static int as_postgres(const char *fmt, ...)
+{
+    char inner[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(inner, sizeof inner, fmt, ap);
+    va_end(ap);
+    return sh("cd %s && runuser -u postgres -- sh -c '%s'", dir, inner);
+}
+
+static int psql_login(const char *user, const char *host, const char *password)
+{
+    return sh("PGPASSWORD=%s PGCONNECT_TIMEOUT=10 psql -X -h %s -p %u -U %s -d postgres -tAc 'SELECT 40 + 2'", password,
+              host, pg_port, user);
+}
+
+static void test_postgresql_logins(void)
+{
+    char policy[700];
+    snprintf(policy, sizeof policy, "%s/pg-acl.conf", dir);
+    write_text(policy, "allow * alice 127.0.0.1,::1 srtest-pg   # alice from this host\n"
+                       "allow * bob   127.0.0.1     srtest-pg   # bob over IPv4 only\n"
+                       "deny  * mallory * *                     # never\n");
+    write_service("srtest-pg", policy);
+    pg_port = sr_test_free_port();
+    SR_CHECK_MSG(as_postgres(PG_BIN "/initdb -D data -A trust -U postgres >initdb.log 2>&1") == 0, "initdb: %s", out);
+    char conf[700];
+    snprintf(conf, sizeof conf, "%s/data/pg_hba.conf", dir);
+    write_text(conf, "local all all trust\n"
+                     "host all all 127.0.0.1/32 pam pamservice=srtest-pg\n"
+                     "host all all ::1/128 pam pamservice=srtest-pg\n");
+    SR_CHECK(sh("chown postgres %s && printf \"listen_addresses = '127.0.0.1,::1'\\nport = %u\\n"
+                "unix_socket_directories = '%s'\\n\" >> %s/data/postgresql.conf", conf, pg_port, dir, dir) == 0);
+    SR_CHECK_MSG(as_postgres("LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR=%s/pam.d "
+                             PG_BIN "/pg_ctl -D data -l pg.log -w -t 60 start >/dev/null", dir) == 0,
+                 "pg_ctl start: %s", out);
+    pg_started = 1;
+    SR_CHECK_MSG(as_postgres("psql -X -h %s -p %u -U postgres -d postgres -c \"CREATE ROLE alice LOGIN; "
+                             "CREATE ROLE bob LOGIN; CREATE ROLE mallory LOGIN;\" >/dev/null", dir, pg_port) == 0,
+                 "%s", out);
+    SR_CHECK_MSG(psql_login("alice", "127.0.0.1", "secret") == 0 && strstr(out, "42"), "alice v4: %s", out);
+    SR_CHECK_MSG(psql_login("alice", "::1", "secret") == 0 && strstr(out, "42"), "alice v6: %s", out);
+    SR_CHECK_MSG(psql_login("bob", "127.0.0.1", "secret") == 0, "bob v4: %s", out);
+    SR_CHECK(psql_login("bob", "::1", "secret") != 0 && strstr(out, "PAM authentication failed for user \"bob\""));
+    SR_CHECK(psql_login("mallory", "127.0.0.1", "secret") != 0 &&
+             strstr(out, "PAM authentication failed for user \"mallory\""));
+    SR_CHECK(psql_login("alice", "127.0.0.1", "wrong") != 0); /* allowed by policy, refused by the password */
+}
+
+static void stop_postgres(void)
+{
+    if (pg_started) (void)as_postgres(PG_BIN "/pg_ctl -D data -m fast -w stop >/dev/null");
+    pg_started = 0;
+}
+
+static void test_audit_records(void)
+{
+    kill(sealer, SIGTERM);
+    waitpid(sealer, NULL, 0);
+    sealer = 0;
+    char *text = NULL;
+    size_t len = 0;
+    uint8_t *raw = sr_test_read_file(log_path, &len);
+    SR_CHECK(raw != NULL);
+    if (!raw) return;
+    text = malloc(len + 1);
+    memcpy(text, raw, len), text[len] = '\0';
+    free(raw);
+    int allowed = 0, denied = 0, failed = 0;
+    for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n")) {
+        if (!strstr(l, "\"component\":\"pam\"")) continue;
+        allowed += strstr(l, "\"outcome\":\"success\"") != NULL;
+        denied += strstr(l, "\"outcome\":\"denied\"") != NULL;
+        failed += strstr(l, "\"outcome\":\"failure\"") != NULL;
+        /* the subject is the kernel's view of the process, the account its claim */
+        SR_CHECK(strstr(l, "\"subject\":\"uid=") != NULL);
+    }
+    printf("  pam records: %d allowed, %d denied, %d failed (fail closed)\n", allowed, denied, failed);
+    /* allowed: 3 pamtester logins x (auth + account) + 1 wrong password (auth only), the same for psql;
+     * denied: 172.16.0.1, mallory, a host name; bob over ::1, mallory; failed: the unparsable policy */
+    SR_CHECK(allowed == 14 && denied == 5 && failed == 1);
+    free(text);
+    SR_CHECK(sh("grep -c 'by %s/pg-acl.conf:3 (never)' %s", dir, log_path) == 0);
+    SR_CHECK(sh("grep -c 'no rule matched' %s", log_path) == 0);
+    SR_CHECK(sh("%s verify --key %s/audit.pub --strict %s", sr_test_build_path("audit/tde-audit"), dir, log_path) == 0);
+}
+
+int main(void)
+{
+    if (geteuid() != 0 || access(PG_BIN "/initdb", X_OK) != 0 || access(PAM_MATRIX, R_OK) != 0) {
+        fprintf(stderr, "needs root (to run PostgreSQL as the postgres user), postgresql-15, libpam-wrapper, pamtester\n");
+        return 1;
+    }
+    /* a directory the postgres user can use; removed at the end */
+    snprintf(dir, sizeof dir, "%s", sr_test_path("pam"));
+    SR_CHECK(mkdir(dir, 0755) == 0);
+    char pamd[700];
+    snprintf(pamd, sizeof pamd, "%s/pam.d", dir);
+    SR_CHECK(mkdir(pamd, 0755) == 0);
+    chmod(sr_test_tmpdir(), 0755);
+    SR_CHECK(sh("chown postgres %s", dir) == 0);
+    snprintf(sock, sizeof sock, "%s/audit.sock", dir);
+    snprintf(log_path, sizeof log_path, "%s/audit.log", sr_test_tmpdir());
+    SR_CHECK(sh("%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), dir) == 0);
+    if ((sealer = fork()) == 0) {
+        char key[700];
+        snprintf(key, sizeof key, "%s/audit.sign", dir);
+        if (!freopen("/dev/null", "w", stderr)) _exit(126);
+        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log_path,
+              "--sign-key", key, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100 && access(sock, F_OK) != 0; i++) usleep(50000);
+    SR_RUN(test_pamtester);
+    SR_RUN(test_postgresql_logins);
+    stop_postgres();
+    SR_RUN(test_audit_records);
+    if (sealer > 0) kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
+    return sr_test_finish();
+}
