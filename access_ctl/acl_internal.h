@@ -53,6 +53,14 @@ typedef struct acl_bucket {
     size_t n, cap;
 } acl_bucket_t;
 
+/* A binary trie over address bits: each node lists the rules whose prefix
+ * ends there (ascending). */
+typedef struct acl_trie {
+    struct acl_trie *child[2];
+    int *rules;
+    size_t n, cap;
+} acl_trie_t;
+
 struct sr_acl_policy {
     acl_rule_t *rules;
     size_t n_rules, cap_rules;
@@ -60,8 +68,11 @@ struct sr_acl_policy {
     size_t n_files;
     acl_bucket_t *index; /* open addressing, power-of-two size */
     size_t index_size;
-    int *any_rules;     /* rules whose accounts are `*` or regexes */
+    int *any_rules;     /* rules whose accounts are `*` or regexes ... */
     size_t n_any, cap_any;
+    int *any_any;       /* ... of those, the ones whose sources are not only CIDR prefixes */
+    size_t n_any_any, cap_any_any;
+    acl_trie_t *trie[2]; /* ... and the others, by prefix: [0] IPv4, [1] IPv6 */
     char version[32];
 };
 
@@ -69,5 +80,15 @@ int acl_parse_address(const char *text, acl_cidr_t *out); /* 0 ok; IPv4-mapped I
 int acl_cidr_contains(const acl_cidr_t *net, const acl_cidr_t *addr);
 uint64_t acl_hash(const char *s);
 const acl_bucket_t *acl_index_find(const sr_acl_policy_t *p, const char *account);
+/* Candidate rules of one decision: on the stack up to 256, then on the heap. */
+typedef struct acl_candidates {
+    int stack[256];
+    int *v;
+    size_t n, cap;
+} acl_candidates_t;
+int acl_candidates_add(acl_candidates_t *c, const int *rules, size_t n);
+/* Adds the rules for any account whose prefixes contain addr. */
+int acl_trie_collect(const sr_acl_policy_t *p, const acl_cidr_t *addr, acl_candidates_t *c);
+void acl_trie_free(acl_trie_t *t);
 
 #endif

@@ -92,6 +92,27 @@ static int rule_matches(const acl_rule_t *r, const char *server, const char *acc
            names_match(&r->services, service) && window_matches(&r->when, at);
 }
 
+int acl_candidates_add(acl_candidates_t *c, const int *rules, size_t n)
+{
+    if (c->n + n > c->cap) {
+        size_t cap = c->cap;
+        while (cap < c->n + n) cap *= 2;
+        int *v = c->v == c->stack ? malloc(cap * sizeof *v) : realloc(c->v, cap * sizeof *v);
+        if (!v) return -1;
+        if (c->v == c->stack) memcpy(v, c->stack, c->n * sizeof *v);
+        c->v = v, c->cap = cap;
+    }
+    memcpy(c->v + c->n, rules, n * sizeof *rules);
+    c->n += n;
+    return 0;
+}
+
+static int by_rule(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void decided(const sr_acl_policy_t *p, int rule, sr_acl_decision_t *d)
 {
     const acl_rule_t *r = &p->rules[rule];
@@ -114,21 +135,29 @@ void sr_acl_decide(const sr_acl_policy_t *p, const sr_acl_request_t *req, sr_acl
     source_t src;
     parse_source(req->source, &src);
     int64_t at = req->at ? req->at : (int64_t)time(NULL);
+    /* the rules that could match: naming the account, for any account from
+     * a prefix holding the address, for any account from anywhere */
+    acl_candidates_t c;
+    c.v = c.stack, c.n = 0, c.cap = sizeof c.stack / sizeof c.stack[0];
     const acl_bucket_t *b = acl_index_find(p, req->account);
-    size_t i = 0, k = 0, nb = b ? b->n : 0;
-    while (i < nb || k < p->n_any) { /* both lists ascending: merge */
-        int next;
-        if (k == p->n_any || (i < nb && b->rules[i] <= p->any_rules[k])) {
-            next = b->rules[i++];
-            if (k < p->n_any && p->any_rules[k] == next) k++;
-        } else {
-            next = p->any_rules[k++];
-        }
-        if (rule_matches(&p->rules[next], server, req->account, &src, req->service, at)) {
-            decided(p, next, d);
+    int ok = (!b || acl_candidates_add(&c, b->rules, b->n) == 0) &&
+             acl_candidates_add(&c, p->any_any, p->n_any_any) == 0 &&
+             (!src.numeric || acl_trie_collect(p, &src.addr, &c) == 0);
+    if (!ok) {
+        snprintf(d->why, sizeof d->why, "deny: out of memory while deciding");
+        if (c.v != c.stack) free(c.v);
+        return;
+    }
+    qsort(c.v, c.n, sizeof *c.v, by_rule);
+    for (size_t i = 0; i < c.n; i++) {
+        if (i && c.v[i] == c.v[i - 1]) continue;
+        if (rule_matches(&p->rules[c.v[i]], server, req->account, &src, req->service, at)) {
+            decided(p, c.v[i], d);
+            if (c.v != c.stack) free(c.v);
             return;
         }
     }
+    if (c.v != c.stack) free(c.v);
     snprintf(d->why, sizeof d->why, "deny: no rule matched (default deny)");
 }
 

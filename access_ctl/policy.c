@@ -555,6 +555,45 @@ static sr_err_t index_account(sr_acl_policy_t *p, const char *name, int rule)
     return push_rule(&b->rules, &b->n, &b->cap, rule);
 }
 
+static sr_err_t trie_insert(sr_acl_policy_t *p, const acl_cidr_t *c, int rule)
+{
+    acl_trie_t **at = &p->trie[c->family == 6];
+    for (int bit = 0;; bit++) {
+        if (!*at && !(*at = calloc(1, sizeof **at))) return SR_ERR_NOMEM;
+        if (bit == c->prefix) return push_rule(&(*at)->rules, &(*at)->n, &(*at)->cap, rule);
+        at = &(*at)->child[c->addr[bit / 8] >> (7 - bit % 8) & 1];
+    }
+}
+
+int acl_trie_collect(const sr_acl_policy_t *p, const acl_cidr_t *a, acl_candidates_t *c)
+{
+    const acl_trie_t *t = p->trie[a->family == 6];
+    for (int bit = 0; t; bit++) {
+        if (t->n && acl_candidates_add(c, t->rules, t->n) != 0) return -1;
+        if (bit == (a->family == 6 ? 128 : 32)) break;
+        t = t->child[a->addr[bit / 8] >> (7 - bit % 8) & 1];
+    }
+    return 0;
+}
+
+void acl_trie_free(acl_trie_t *t)
+{
+    if (!t) return;
+    acl_trie_free(t->child[0]), acl_trie_free(t->child[1]);
+    free(t->rules), free(t);
+}
+
+/* A rule for any account goes by its prefixes into the tries, or, when it
+ * also takes `*` or `local` sources, into the list checked for every request. */
+static sr_err_t index_any_account(sr_acl_policy_t *p, const acl_rule_t *rule, int r)
+{
+    sr_err_t rc = push_rule(&p->any_rules, &p->n_any, &p->cap_any, r);
+    if (rc == SR_OK && (rule->any_source || rule->local || !rule->n_cidrs))
+        return push_rule(&p->any_any, &p->n_any_any, &p->cap_any_any, r);
+    for (size_t k = 0; rc == SR_OK && k < rule->n_cidrs; k++) rc = trie_insert(p, &rule->cidrs[k], r);
+    return rc;
+}
+
 static sr_err_t build_index(sr_acl_policy_t *p)
 {
     size_t names = 0;
@@ -565,7 +604,7 @@ static sr_err_t build_index(sr_acl_policy_t *p)
     for (size_t r = 0; r < p->n_rules; r++) {
         const acl_rule_t *rule = &p->rules[r];
         sr_err_t rc = SR_OK;
-        if (rule->any_account || rule->n_regexes) rc = push_rule(&p->any_rules, &p->n_any, &p->cap_any, (int)r);
+        if (rule->any_account || rule->n_regexes) rc = index_any_account(p, rule, (int)r);
         for (size_t k = 0; rc == SR_OK && k < rule->accounts.n; k++) rc = index_account(p, rule->accounts.v[k], (int)r);
         if (rc != SR_OK) return rc;
     }
@@ -635,7 +674,8 @@ void sr_acl_policy_free(sr_acl_policy_t *p)
     }
     for (size_t i = 0; i < p->index_size; i++) free(p->index[i].name), free(p->index[i].rules);
     for (size_t i = 0; i < p->n_files; i++) free(p->files[i]);
-    free(p->index), free(p->any_rules), free(p->files), free(p->rules);
+    acl_trie_free(p->trie[0]), acl_trie_free(p->trie[1]);
+    free(p->index), free(p->any_rules), free(p->any_any), free(p->files), free(p->rules);
     free(p);
 }
 
