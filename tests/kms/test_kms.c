@@ -483,6 +483,34 @@ static void test_sigkill_loses_no_acknowledged_key(void)
     sr_kmip_client_free(c), sr_kmip_client_free(admin);
 }
 
+/* ---- SIGHUP ------------------------------------------------------------------------------------------ */
+
+static void test_sighup_reload_keeps_a_good_config(void)
+{
+    char conf[600], saved[600], cmd[2048], out[4096], found[2][SR_KMIP_UID_MAX];
+    size_t n = 0;
+    snprintf(conf, sizeof conf, "%s/kmsd.conf", dir);
+    snprintf(saved, sizeof saved, "%s/kmsd.conf.good", dir);
+    snprintf(cmd, sizeof cmd, "cp %s %s && sed -i 's/^cert = server.pem$/cert = missing.pem/' %s", conf, saved, conf);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    kill(kmsd_pid(), SIGHUP);
+    usleep(500000);
+    sr_kmip_client_t *c = client("client"); /* a new connection: the running certificates still serve */
+    SR_CHECK_OK(sr_kmip_locate_by_name(c, "x", found, 2, &n));
+    sr_kmip_client_free(c);
+    snprintf(cmd, sizeof cmd, "grep -c 'reload refused, the running configuration stays' %s/kmsd.stderr", dir);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "cp %s %s", saved, conf);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    kill(kmsd_pid(), SIGHUP);
+    usleep(500000);
+    snprintf(cmd, sizeof cmd, "grep -c 'reloaded certificates and limits' %s/kmsd.stderr", dir);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    c = client("client");
+    SR_CHECK_OK(sr_kmip_locate_by_name(c, "x", found, 2, &n));
+    sr_kmip_client_free(c);
+}
+
 /* ---- root key ------------------------------------------------------------------------------------------ */
 
 static void test_wrong_root_key_refused(void)
@@ -573,6 +601,7 @@ int main(void)
     SR_RUN(test_certificates);
     SR_RUN(test_hostile_clients_do_not_starve_others);
     SR_RUN(test_sigkill_loses_no_acknowledged_key);
+    SR_RUN(test_sighup_reload_keeps_a_good_config);
     SR_RUN(test_wrong_root_key_refused);
     SR_RUN(test_passphrase_store);
     SR_RUN(test_every_request_audited);
