@@ -93,10 +93,39 @@ static sr_err_t full_pwrite(int fd, const void *buf, size_t len, off_t off, int 
 /* Where a header's MAC key comes from: the tablespace's cached header key
  * (caller holds its hdr_lock) or the provider, which unwraps the active DEK.
  * Both NULL: no authentication (status without a key). */
+/* An open unwraps the active DEK to authenticate the header, then loads
+ * every DEK: the memo keeps the first unwrap for the second, so a key
+ * service (a KMS round trip each) is asked once per key per open. */
+typedef struct dek_memo {
+    int have;
+    uint32_t version;
+    sr_wrapped_key_t wrapped;
+    uint8_t *dek; /* SR_TDE_KEY_BYTES of secure memory, owned by the caller */
+} dek_memo_t;
+
 typedef struct header_keys {
     sr_tde_ts_t *ts;
     sr_keyprov_t *prov;
+    dek_memo_t *memo; /* NULL: none */
 } header_keys_t;
+
+static int memo_holds(const dek_memo_t *m, const sr_tde_header_key_t *k)
+{
+    return m && m->have && m->version == k->version && !memcmp(&m->wrapped, &k->wrapped, sizeof m->wrapped);
+}
+
+/* The DEK of key k: from the memo, else unwrapped (and then remembered). */
+static sr_err_t dek_of(sr_keyprov_t *prov, dek_memo_t *m, const sr_uuid_t *ts, const sr_tde_header_key_t *k,
+                       uint8_t *dek)
+{
+    if (memo_holds(m, k)) return memcpy(dek, m->dek, SR_TDE_KEY_BYTES), SR_OK;
+    sr_err_t rc = sr_keyprov_dek_unwrap(prov, ts, k->version, &k->wrapped, dek);
+    if (rc == SR_OK && m && m->dek) {
+        memcpy(m->dek, dek, SR_TDE_KEY_BYTES);
+        m->version = k->version, m->wrapped = k->wrapped, m->have = 1;
+    }
+    return rc;
+}
 
 static sr_err_t header_key(const header_keys_t *k, const sr_tde_header_t *hdr, uint8_t *key)
 {
@@ -108,7 +137,7 @@ static sr_err_t header_key(const header_keys_t *k, const sr_tde_header_t *hdr, u
     const sr_tde_header_key_t *active = sr_tde_header_find_key(&copy, hdr->active_version);
     uint8_t *dek = sr_secure_alloc(SR_TDE_KEY_BYTES);
     if (!dek) return SR_ERR_NOMEM;
-    sr_err_t rc = sr_keyprov_dek_unwrap(k->prov, &hdr->tablespace, active->version, &active->wrapped, dek);
+    sr_err_t rc = dek_of(k->prov, k->memo, &hdr->tablespace, active, dek);
     if (rc == SR_OK) rc = sr_tde_key_derive(dek, &hdr->tablespace, SR_TDE_HEADER_KEY_LABEL, key);
     sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
     sr_secure_free(dek);
@@ -223,7 +252,8 @@ static sr_err_t header_create(int fd, sr_keyprov_t *prov, const sr_tde_ts_option
 /* Unwraps the keys of the header into the space. `all`: every key, even
  * versions already loaded (an open proves its caller's key); otherwise only
  * the new ones (a refresh), the others just take the header's mark. */
-static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_tde_header_t *hdr, int all)
+static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_tde_header_t *hdr, int all,
+                                dek_memo_t *memo)
 {
     uint8_t *dek = sr_secure_alloc(SR_TDE_KEY_BYTES);
     if (!dek) return SR_ERR_NOMEM;
@@ -235,7 +265,7 @@ static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_td
             rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
             continue;
         }
-        rc = sr_keyprov_dek_unwrap(prov, &hdr->tablespace, k->version, &k->wrapped, dek);
+        rc = dek_of(prov, memo, &hdr->tablespace, k, dek);
         if (rc == SR_OK) rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
         sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
     }
@@ -268,7 +298,7 @@ static sr_err_t ts_reserve(void *ctx, uint32_t version, uint64_t block, uint64_t
     reserve_arg_t a = {.version = version, .block = block, .limit = limit};
     pthread_mutex_lock(&ts->hdr_lock);
     sr_tde_header_t hdr;
-    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_reserve, &a, 1, &hdr);
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov, NULL}, edit_reserve, &a, 1, &hdr);
     if (rc == SR_OK) ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     if (rc == SR_OK) *range_start = a.start;
@@ -314,13 +344,13 @@ static sr_err_t ts_roll(void *ctx, uint32_t exhausted)
     if (!a.dek) return SR_ERR_NOMEM;
     sr_tde_header_t hdr;
     pthread_mutex_lock(&ts->hdr_lock);
-    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_add_key, &a, 1, &hdr);
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov, NULL}, edit_add_key, &a, 1, &hdr);
     if (rc == SR_OK) ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     sr_secure_wipe(a.dek, SR_TDE_KEY_BYTES);
     sr_secure_free(a.dek);
     /* Load whatever the header now has (our new key or another process's). */
-    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0);
+    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0, NULL);
     if (rc == SR_OK) {
         char uuid[SR_UUID_STR_LEN + 1];
         sr_uuid_format(&hdr.tablespace, uuid);
@@ -376,7 +406,8 @@ static sr_err_t ts_new(const char *path, sr_tde_ts_t **out)
 }
 
 /* Reads (or, for an empty file, creates) the header of a new registry entry. */
-static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_options_t *o, sr_tde_header_t *hdr)
+static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_options_t *o, sr_tde_header_t *hdr,
+                        dek_memo_t *memo)
 {
     sr_err_t rc = region_lock(ts->fd, ts->writable ? F_WRLCK : F_RDLCK);
     if (rc != SR_OK) return rc;
@@ -395,7 +426,7 @@ static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_opt
         }
     } else {
         pthread_mutex_lock(&ts->hdr_lock);
-        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts->prov ? ts : NULL, prov}, hdr, NULL);
+        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts->prov ? ts : NULL, prov, memo}, hdr, NULL);
         pthread_mutex_unlock(&ts->hdr_lock);
     }
     region_lock(ts->fd, F_UNLCK);
@@ -412,9 +443,12 @@ sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_op
     int fresh = ts == NULL;
     sr_err_t rc = fresh ? ts_new(path, &ts) : SR_OK;
     sr_tde_header_t hdr;
-    if (rc == SR_OK) rc = ts_load(ts, prov, opts, &hdr);
+    dek_memo_t memo = {.dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
+    if (rc == SR_OK && !memo.dek) rc = SR_ERR_NOMEM;
+    if (rc == SR_OK) rc = ts_load(ts, prov, opts, &hdr, &memo);
     if (rc == SR_OK && fresh) rc = sr_tde_space_new(&hdr.tablespace, hdr.cipher, &ts->space);
-    if (rc == SR_OK) rc = space_load_keys(ts->space, prov, &hdr, 1); /* proves this caller's key, every time */
+    if (rc == SR_OK) rc = space_load_keys(ts->space, prov, &hdr, 1, &memo); /* proves this caller's key, every time */
+    if (memo.dek) sr_secure_wipe(memo.dek, SR_TDE_KEY_BYTES), sr_secure_free(memo.dek);
     if (rc == SR_OK) {
         ts->prov = prov;
         ts->page_size = hdr.page_size;
@@ -463,7 +497,7 @@ static void give_back_unused(sr_tde_ts_t *ts)
     if (!n) return;
     memset(&unused[n], 0, sizeof unused[n]);
     pthread_mutex_lock(&ts->hdr_lock);
-    if (header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit_give_back, unused, 0, NULL) != SR_OK)
+    if (header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov, NULL}, edit_give_back, unused, 0, NULL) != SR_OK)
         sr_log(SR_LOG_DEBUG, "tde: %s: unused encryptions not given back: %s", ts->path, sr_err_detail());
     pthread_mutex_unlock(&ts->hdr_lock);
 }
@@ -500,7 +534,7 @@ static sr_err_t ts_modify(sr_tde_ts_t *ts, header_edit_fn edit, void *arg)
 {
     sr_tde_header_t hdr;
     pthread_mutex_lock(&ts->hdr_lock);
-    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, edit, arg, 1, &hdr);
+    sr_err_t rc = header_modify(ts->fd, ts->path, &(header_keys_t){ts, ts->prov, NULL}, edit, arg, 1, &hdr);
     if (rc == SR_OK) ts->page_size = hdr.page_size, ts->flags = hdr.flags, ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
     return rc;
@@ -534,12 +568,12 @@ sr_err_t sr_tde_ts_refresh(sr_tde_ts_t *ts)
     pthread_mutex_lock(&ts->hdr_lock);
     sr_err_t rc = region_lock(ts->fd, F_RDLCK);
     if (rc == SR_OK) {
-        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts, ts->prov}, &hdr, NULL);
+        rc = header_load(ts->fd, ts->path, &(header_keys_t){ts, ts->prov, NULL}, &hdr, NULL);
         region_lock(ts->fd, F_UNLCK);
     }
     if (rc == SR_OK) ts->page_size = hdr.page_size, ts->flags = hdr.flags, ts->generation = hdr.generation;
     pthread_mutex_unlock(&ts->hdr_lock);
-    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0);
+    if (rc == SR_OK) rc = space_load_keys(ts->space, ts->prov, &hdr, 0, NULL);
     if (rc == SR_OK && sr_tde_space_active(ts->space) != hdr.active_version)
         rc = sr_tde_space_set_active(ts->space, hdr.active_version);
     return rc;
@@ -577,7 +611,7 @@ sr_err_t sr_tde_file_header_read(const char *path, sr_keyprov_t *prov, sr_tde_he
     sr_err_t rc = path_open(path, 0, 0, &fd);
     if (rc != SR_OK) return rc;
     rc = region_lock(fd, F_RDLCK);
-    if (rc == SR_OK) rc = header_load(fd, path, &(header_keys_t){NULL, prov}, out, slot_out);
+    if (rc == SR_OK) rc = header_load(fd, path, &(header_keys_t){NULL, prov, NULL}, out, slot_out);
     close(fd);
     return rc;
 }
@@ -618,7 +652,7 @@ sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_
     int fd;
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
-    rc = header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_rewrap, prov, 1, out);
+    rc = header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_rewrap, prov, 1, out);
     close(fd);
     return rc;
 }
@@ -629,7 +663,7 @@ sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
     roll_arg_t a = {.prov = prov, .dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
-    rc = a.dek ? header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_add_key, &a, 1, out) : SR_ERR_NOMEM;
+    rc = a.dek ? header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_add_key, &a, 1, out) : SR_ERR_NOMEM;
     if (a.dek) sr_secure_wipe(a.dek, SR_TDE_KEY_BYTES), sr_secure_free(a.dek);
     close(fd);
     return rc;
@@ -663,7 +697,7 @@ sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint3
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
     drop_arg_t a = {in_use, n_in_use};
-    rc = header_modify(fd, path, &(header_keys_t){NULL, prov}, edit_drop_keys, &a, 1, out);
+    rc = header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_drop_keys, &a, 1, out);
     close(fd);
     return rc;
 }

@@ -60,6 +60,15 @@ static int run_sql(const char *path, const char *conf, const char *sql, char *ou
     return rc;
 }
 
+/* Decrypt requests kmsd has answered (its log, --foreground: every request is an event line). */
+static int count_unwraps(void)
+{
+    char cmd[700], out[64];
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.decrypt outcome=success' %s/kmsd.stderr", dir);
+    sr_test_command(out, sizeof out, cmd);
+    return atoi(out);
+}
+
 static void kmsctl_ok(const char *args, char *out, size_t cap)
 {
     int status = kmsctl_run(dir, out, cap, args);
@@ -81,6 +90,11 @@ static void test_tablespace_under_a_kms_master_key(void)
     SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
     SR_CHECK_STR(row, "KMS-SECRET-ROW");
     SR_CHECK(!sr_test_file_contains(db, "KMS-SECRET-ROW", 14));
+    /* one open, one unwrap: the header's authentication and the key load share it */
+    int before = count_unwraps(), after;
+    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
+    after = count_unwraps();
+    SR_CHECK_MSG(after - before == 1, "%d KMS unwraps for one open", after - before);
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s verify --kms %s %s", sr_test_build_path("tde/tdectl"), conf, db);
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
