@@ -33,6 +33,8 @@ typedef struct sr_audit_record {
     uint8_t prev[SR_AUDIT_HASH_BYTES];
     uint8_t hash[SR_AUDIT_HASH_BYTES];
     size_t hashed_len; /* bytes of the line covered by hash */
+    int has_tag;       /* the writer's keyed tag over hash (only a holder of the signing key can make it) */
+    uint8_t tag[16];
 } sr_audit_record_t;
 
 /* Parses one canonical line (without its newline) in place: `line` is
@@ -118,6 +120,7 @@ typedef struct sr_audit_chain {
     int any, last_is_checkpoint, has_key;
     uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES];
     char key_id[17];
+    uint64_t tampers, tamper_seq; /* audit.tamper_suspected records: how many, the first one's seq */
 } sr_audit_chain_t;
 void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key /* NULL: chain only */);
 /* Checks one record line (no newline; unescaped in place) against the chain

@@ -13,7 +13,18 @@
 /* Formats one record line with its newline into buf; computes its hash.
  * Returns the length, or 0 if it does not fit (cap >= SR_AUDIT_LINE_MAX + 1 always fits). */
 size_t audit_format(char *buf, size_t cap, uint64_t seq, int64_t ts_us, const char *host, const sr_event_t *e,
-                    const uint8_t prev[SR_AUDIT_HASH_BYTES], uint8_t hash_out[SR_AUDIT_HASH_BYTES]);
+                    const uint8_t prev[SR_AUDIT_HASH_BYTES], const uint8_t *tag_key,
+                    uint8_t hash_out[SR_AUDIT_HASH_BYTES]);
+
+/* Record tags: a keyed BLAKE2b over the record's hash, under a key derived
+ * from the signing key, so the writer can tell its own records (and those of
+ * another process holding the key) from lines appended by anyone else. The
+ * hash stays public (verify needs only the verify key); the tag is not. */
+#define AUDIT_TAG_KEY_BYTES 32
+#define AUDIT_TAMPER_EVENT "audit.tamper_suspected"
+void audit_tag_key(const uint8_t *signing_sk, uint8_t key[AUDIT_TAG_KEY_BYTES]);
+void audit_tag(const uint8_t key[AUDIT_TAG_KEY_BYTES], const uint8_t hash[SR_AUDIT_HASH_BYTES], uint8_t tag[16]);
+int audit_tag_ok(const uint8_t key[AUDIT_TAG_KEY_BYTES], const sr_audit_record_t *r);
 
 /* The message a checkpoint signs: context | sealed seq (u64 BE) | chain head. */
 void audit_sig_message(uint64_t sealed_seq, const uint8_t head[SR_AUDIT_HASH_BYTES], uint8_t msg[8 + 8 + 32]);

@@ -12,6 +12,7 @@
 
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -97,8 +98,27 @@ static void put_hex(out_t *o, const uint8_t *b, size_t n)
     put(o, "\"", 1);
 }
 
+void audit_tag_key(const uint8_t *sk, uint8_t key[AUDIT_TAG_KEY_BYTES])
+{
+    static const char label[] = "strongroom audit record tag v1";
+    crypto_generichash(key, AUDIT_TAG_KEY_BYTES, (const uint8_t *)label, sizeof label - 1, sk, 32 /* the seed */);
+}
+
+void audit_tag(const uint8_t key[AUDIT_TAG_KEY_BYTES], const uint8_t hash[SR_AUDIT_HASH_BYTES], uint8_t tag[16])
+{
+    crypto_generichash(tag, 16, hash, SR_AUDIT_HASH_BYTES, key, AUDIT_TAG_KEY_BYTES);
+}
+
+int audit_tag_ok(const uint8_t key[AUDIT_TAG_KEY_BYTES], const sr_audit_record_t *r)
+{
+    uint8_t want[16];
+    audit_tag(key, r->hash, want);
+    return r->has_tag && sodium_memcmp(want, r->tag, sizeof want) == 0;
+}
+
 size_t audit_format(char *buf, size_t cap, uint64_t seq, int64_t ts_us, const char *host, const sr_event_t *e,
-                    const uint8_t prev[SR_AUDIT_HASH_BYTES], uint8_t hash_out[SR_AUDIT_HASH_BYTES])
+                    const uint8_t prev[SR_AUDIT_HASH_BYTES], const uint8_t *tag_key,
+                    uint8_t hash_out[SR_AUDIT_HASH_BYTES])
 {
     out_t o = {.buf = buf, .cap = cap};
     char num[32], ts[40];
@@ -123,6 +143,12 @@ size_t audit_format(char *buf, size_t cap, uint64_t seq, int64_t ts_us, const ch
     record_sha256(buf, o.len, hash_out);
     puts_lit(&o, ",\"hash\":");
     put_hex(&o, hash_out, SR_AUDIT_HASH_BYTES);
+    if (tag_key) {
+        uint8_t tag[16];
+        audit_tag(tag_key, hash_out, tag);
+        puts_lit(&o, ",\"tag\":");
+        put_hex(&o, tag, sizeof tag);
+    }
     puts_lit(&o, "}\n");
     return o.overflow ? 0 : o.len;
 }
@@ -214,17 +240,20 @@ static int parse_string(cursor_t *c, const char **out)
     return 1;
 }
 
-static int parse_hash(cursor_t *c, uint8_t out[SR_AUDIT_HASH_BYTES])
+/* "<2n lowercase hex digits>" */
+static int parse_hex(cursor_t *c, uint8_t *out, size_t n)
 {
-    if (!expect(c, "\"") || c->end - c->p < 2 * SR_AUDIT_HASH_BYTES + 1) return c->why = "a 64-digit hash", 0;
-    for (int i = 0; i < SR_AUDIT_HASH_BYTES; i++) {
+    if (!expect(c, "\"") || (size_t)(c->end - c->p) < 2 * n + 1) return c->why = "a quoted hex value", 0;
+    for (size_t i = 0; i < n; i++) {
         int hi = hexval(c->p[2 * i]), lo = hexval(c->p[2 * i + 1]);
-        if (hi < 0 || lo < 0) return c->why = "a lowercase hex hash", 0;
+        if (hi < 0 || lo < 0) return c->why = "lowercase hex digits", 0;
         out[i] = (uint8_t)(hi << 4 | lo);
     }
-    c->p += 2 * SR_AUDIT_HASH_BYTES;
+    c->p += 2 * n;
     return expect(c, "\"");
 }
+
+static int parse_hash(cursor_t *c, uint8_t out[SR_AUDIT_HASH_BYTES]) { return parse_hex(c, out, SR_AUDIT_HASH_BYTES); }
 
 sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out)
 {
@@ -244,7 +273,10 @@ sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out)
     int ok = expect(&c, "{\"seq\":") && parse_u64(&c, &r.seq) && expect(&c, ",\"ts\":") && parse_string(&c, &ts);
     for (size_t i = 0; ok && i < 8; i++) ok = expect(&c, keys[i]) && parse_string(&c, fields[i]);
     ok = ok && expect(&c, ",\"prev\":") && parse_hash(&c, r.prev) && expect(&c, ",\"hash\":") &&
-         parse_hash(&c, r.hash) && expect(&c, "}");
+         parse_hash(&c, r.hash);
+    if (ok && c.end - c.p >= 7 && !memcmp(c.p, ",\"tag\":", 7)) /* optional: records of older versions have none */
+        ok = expect(&c, ",\"tag\":") && parse_hex(&c, r.tag, sizeof r.tag), r.has_tag = ok;
+    ok = ok && expect(&c, "}");
     if (!ok) return sr_err_set(SR_ERR_PARSE, "not a canonical record: expected %s at byte %ld", c.why,
                                (long)(c.p - line));
     if (c.p != c.end) return sr_err_set(SR_ERR_PARSE, "trailing bytes after the record");

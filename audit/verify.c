@@ -79,6 +79,8 @@ sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_aud
                           "prev does not match the record before it: a record was replaced, inserted or deleted");
     }
     int checkpoint = strcmp(rec.event, AUDIT_CHECKPOINT_EVENT) == 0 && strcmp(rec.component, "audit") == 0;
+    if (!strcmp(rec.event, AUDIT_TAMPER_EVENT) && !strcmp(rec.component, "audit") && !c->tampers++)
+        c->tamper_seq = rec.seq;
     if (checkpoint && (rc = check_checkpoint(c, &rec)) != SR_OK) return rc;
     if (checkpoint) c->checkpoints++, c->sealed_seq = rec.seq, c->sealed_ts_us = rec.ts_us;
     c->last_ts_us = rec.ts_us;
@@ -146,6 +148,10 @@ sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t
     if (!c.any) return fail(r, SR_ERR_AUDIT_SEQUENCE, n ? files[0] : "(no files)", 0, 0, "the log holds no records");
     r->unsealed = r->last_seq - r->sealed_seq;
     r->ends_sealed = c.last_is_checkpoint;
+    if (c.tampers)
+        return fail(r, SR_ERR_AUDIT_CHAIN, files[n - 1], 0, c.tamper_seq,
+                    "the writer found lines in the log that no holder of the signing key wrote (audit.tamper_suspected): "
+                    "they were taken out of the chain, never sealed, and kept aside (the record's detail says where)");
     if (verify_key && r->checkpoints == 0 && r->records > 1)
         return fail(r, SR_ERR_AUDIT_UNSEALED, files[n - 1], 0, 0,
                     "no signed checkpoint: nothing proves the holder of the signing key wrote this log");

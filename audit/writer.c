@@ -50,6 +50,9 @@ struct sr_audit_writer {
     sr_audit_options_t opt;
     int fd;
     uint8_t *sk; /* secure memory */
+    uint8_t *tag_key; /* secure memory: tags our records (audit_tag) */
+    char *tamper_note; /* lines found that we cannot prove: recorded with the next batch */
+    int tail_sealed;   /* the file's last record is a checkpoint */
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
     char key_id[17];
     /* chain state, valid while the file lock is held */
@@ -153,9 +156,10 @@ sr_err_t sr_audit_verify_key_load(const char *path, uint8_t pk[SR_AUDIT_SIGN_PUB
 /* ---- file state --------------------------------------------------------------------------- */
 
 /* The last complete record of the file (seq and hash), or a fresh chain. */
-static sr_err_t read_tail(int fd, const char *path, off_t size, uint64_t *seq, uint8_t head[SR_AUDIT_HASH_BYTES])
+static sr_err_t read_tail(int fd, const char *path, off_t size, uint64_t *seq, uint8_t head[SR_AUDIT_HASH_BYTES],
+                          int *sealed)
 {
-    *seq = 0;
+    *seq = 0, *sealed = 1;
     memset(head, 0, SR_AUDIT_HASH_BYTES);
     if (size == 0) return SR_OK;
     char buf[TAIL_READ + 1];
@@ -174,6 +178,7 @@ static sr_err_t read_tail(int fd, const char *path, off_t size, uint64_t *seq, u
                           sr_err_detail());
     *seq = r.seq;
     memcpy(head, r.hash, SR_AUDIT_HASH_BYTES);
+    *sealed = !strcmp(r.event, AUDIT_CHECKPOINT_EVENT);
     return SR_OK;
 }
 
@@ -213,6 +218,84 @@ static sr_err_t open_live(sr_audit_writer_t *w)
     return SR_OK;
 }
 
+/* The offset and seq of the first line in [from, size) that no holder of
+ * the key wrote, after the last checkpoint we can prove (*bad = size: none). */
+static sr_err_t first_unproven(sr_audit_writer_t *w, off_t from, off_t size, off_t *bad, uint64_t *bad_seq,
+                               uint64_t *last_seq)
+{
+    *bad = size, *bad_seq = 0, *last_seq = 0;
+    int fd = dup(w->fd);
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    if (!f) {
+        if (fd >= 0) close(fd);
+        return sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", w->path);
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    off_t at = from;
+    ssize_t n;
+    sr_err_t rc = fseeko(f, from, SEEK_SET) == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot seek %s", w->path);
+    while (rc == SR_OK && at < size && (n = getline(&line, &cap, f)) > 0) {
+        sr_audit_record_t r;
+        int ok = line[n - 1] == '\n' && sr_audit_record_parse(line, (size_t)n - 1, &r) == SR_OK &&
+                 audit_tag_ok(w->tag_key, &r);
+        if (ok && !strcmp(r.event, AUDIT_CHECKPOINT_EVENT)) *bad = size, *bad_seq = 0; /* sealed up to here */
+        else if (!ok && *bad == size && (*bad = at, sscanf(line, "{\"seq\":%llu", (unsigned long long *)bad_seq) != 1))
+            *bad_seq = 0;
+        if (ok) *last_seq = r.seq;
+        at += n;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* Moves [bad, *size) aside to PATH.suspect-SEQ, cuts it from the log, and
+ * notes it for an audit.tamper_suspected record. */
+static sr_err_t quarantine(sr_audit_writer_t *w, off_t bad, off_t *size, uint64_t bad_seq, uint64_t last_seq)
+{
+    char aside[4200];
+    snprintf(aside, sizeof aside, "%s.suspect-%llu-%ld", w->path, (unsigned long long)bad_seq, (long)getpid());
+    size_t len = (size_t)(*size - bad);
+    char *bytes = malloc(len ? len : 1);
+    int out = open(aside, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    sr_err_t rc = bytes && out >= 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", aside);
+    if (rc == SR_OK && pread(w->fd, bytes, len, bad) != (ssize_t)len)
+        rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", w->path);
+    if (rc == SR_OK) rc = sr_fd_write_all(out, bytes, len);
+    if (rc == SR_OK && fsync(out) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot sync %s", aside);
+    if (rc == SR_OK && (ftruncate(w->fd, bad) != 0 || fsync(w->fd) != 0))
+        rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot cut %s", w->path);
+    if (out >= 0) close(out);
+    free(bytes);
+    if (rc != SR_OK) return rc;
+    char note[4400];
+    snprintf(note, sizeof note, "%zu bytes from seq %llu%s%llu were not written by a holder of the signing key: "
+             "not sealed, taken out of the chain, kept in %s", len, (unsigned long long)bad_seq,
+             last_seq > bad_seq ? " to " : "", last_seq > bad_seq ? (unsigned long long)last_seq : 0ull, aside);
+    if (last_seq <= bad_seq) { /* no readable seq after the first: say so without a range */
+        snprintf(note, sizeof note, "%zu bytes from seq %llu on were not written by a holder of the signing key: "
+                 "not sealed, taken out of the chain, kept in %s", len, (unsigned long long)bad_seq, aside);
+    }
+    sr_log_warn("audit log %s: %s", w->path, note);
+    free(w->tamper_note);
+    w->tamper_note = strdup(note);
+    *size = bad;
+    return w->tamper_note ? SR_OK : SR_ERR_NOMEM;
+}
+
+static sr_err_t prove_growth(sr_audit_writer_t *w, off_t from, off_t *size)
+{
+    off_t bad;
+    uint64_t bad_seq, last_seq;
+    sr_err_t rc = first_unproven(w, from, *size, &bad, &bad_seq, &last_seq);
+    if (rc == SR_OK && bad < *size) rc = quarantine(w, bad, size, bad_seq, last_seq);
+    return rc;
+}
+
+/* The tamper note, as the first record of the next batch. */
+static sr_err_t add_tamper_record(sr_audit_writer_t *w, size_t *used);
+
 /* Under the lock: make sure we write to the live file and continue its chain. */
 static sr_err_t resync(sr_audit_writer_t *w)
 {
@@ -224,9 +307,14 @@ static sr_err_t resync(sr_audit_writer_t *w)
         if (fstat(w->fd, &ours) != 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", w->path);
     }
     if (ours.st_size == w->end && ours.st_ino == w->ino) return SR_OK;
+    /* Someone else wrote (or we just opened): only what a holder of the key
+     * wrote is continued and sealed. */
+    off_t from = ours.st_ino == w->ino && w->end >= 0 && w->end <= ours.st_size ? w->end : 0, size = ours.st_size;
+    sr_err_t rc = prove_growth(w, from, &size);
+    if (rc != SR_OK) return rc;
     w->ino = ours.st_ino;
-    w->end = ours.st_size;
-    return read_tail(w->fd, w->path, ours.st_size, &w->seq, w->head);
+    w->end = size;
+    return read_tail(w->fd, w->path, size, &w->seq, w->head, &w->tail_sealed);
 }
 
 /* ---- formatting a batch ---------------------------------------------------------------- */
@@ -246,7 +334,8 @@ static sr_err_t add_line(sr_audit_writer_t *w, size_t *used, int64_t ts, const s
     sr_err_t rc = buf_reserve(w, *used, SR_AUDIT_LINE_MAX + 512);
     if (rc != SR_OK) return rc;
     uint8_t hash[SR_AUDIT_HASH_BYTES];
-    size_t n = audit_format(w->buf + *used, SR_AUDIT_LINE_MAX + 512, w->seq + 1, ts, w->host, e, w->head, hash);
+    size_t n = audit_format(w->buf + *used, SR_AUDIT_LINE_MAX + 512, w->seq + 1, ts, w->host, e, w->head, w->tag_key,
+                            hash);
     if (n == 0) return sr_err_set(SR_ERR_INTERNAL, "audit record does not fit its line");
     w->seq++;
     memcpy(w->head, hash, SR_AUDIT_HASH_BYTES);
@@ -267,6 +356,15 @@ static sr_err_t add_checkpoint(sr_audit_writer_t *w, size_t *used)
     sr_err_t rc = add_line(w, used, sr_time_now_us(), &e);
     w->since_checkpoint = 0;
     w->checkpoint_at_ms = sr_time_mono_ms();
+    return rc;
+}
+
+static sr_err_t add_tamper_record(sr_audit_writer_t *w, size_t *used)
+{
+    if (!w->tamper_note) return SR_OK;
+    sr_event_t e = {.component = "audit", .event = AUDIT_TAMPER_EVENT, .outcome = "failure", .detail = w->tamper_note};
+    sr_err_t rc = add_line(w, used, sr_time_now_us(), &e);
+    if (rc == SR_OK) free(w->tamper_note), w->tamper_note = NULL;
     return rc;
 }
 
@@ -336,6 +434,7 @@ static sr_err_t flush_batch(sr_audit_writer_t *w, pending_t *batch, size_t n, in
     uint8_t head0[SR_AUDIT_HASH_BYTES];
     memcpy(head0, w->head, sizeof head0);
     size_t used = 0;
+    if (rc == SR_OK) rc = add_tamper_record(w, &used);
     for (size_t i = 0; rc == SR_OK && i < n; i++) {
         char **f = batch[i].fields;
         sr_event_t e = {.component = f[0], .event = f[1], .subject = f[2], .object = f[3], .outcome = f[4],
@@ -441,6 +540,8 @@ static sr_err_t writer_init(sr_audit_writer_t *w, const sr_audit_options_t *o)
     sr_err_t rc = key_file_read(o->signing_key, w->sk, SR_AUDIT_SIGN_SECRET_BYTES, 1);
     if (rc != SR_OK) return rc;
     sr_log_secret_register(w->sk, SR_AUDIT_SIGN_SECRET_BYTES);
+    if (!(w->tag_key = sr_secure_alloc(AUDIT_TAG_KEY_BYTES))) return sr_err_set(SR_ERR_NOMEM, "audit tag key");
+    audit_tag_key(w->sk, w->tag_key);
     crypto_sign_ed25519_sk_to_pk(w->pk, w->sk);
     sr_audit_key_id(w->pk, w->key_id);
     w->opt = *o;
@@ -461,6 +562,8 @@ static void writer_free(sr_audit_writer_t *w)
         sr_log_secret_unregister(w->sk);
         sr_secure_wipe(w->sk, SR_AUDIT_SIGN_SECRET_BYTES), sr_secure_free(w->sk);
     }
+    if (w->tag_key) sr_secure_wipe(w->tag_key, AUDIT_TAG_KEY_BYTES), sr_secure_free(w->tag_key);
+    free(w->tamper_note);
     for (size_t i = 0; i < w->qn; i++) pending_free(&w->q[i]);
     free(w->q), free(w->buf), free(w->path), free(w->host);
     pthread_mutex_destroy(&w->mu);
@@ -477,6 +580,14 @@ static sr_err_t recover(sr_audit_writer_t *w, off_t *cut, int *fresh)
     off_t size = st.st_size;
     sr_err_t rc = audit_cut_torn_tail(w->fd, w->path, &size, cut);
     if (rc == SR_OK) w->end = -1, rc = resync(w);
+    if (rc == SR_OK && (w->tamper_note || !w->tail_sealed)) {
+        /* recorded and sealed now: the tamper note, and a crashed writer's
+         * own unsealed records (proven by their tags) */
+        size_t used = 0;
+        rc = add_tamper_record(w, &used);
+        if (rc == SR_OK) rc = add_checkpoint(w, &used);
+        if (rc == SR_OK) rc = write_all(w, w->buf, used);
+    }
     *fresh = rc == SR_OK && w->seq == 0;
     if (rc == SR_OK && *fresh) {
         char detail[64];

@@ -218,7 +218,7 @@ static void test_recomputed_and_resigned_chain_is_detected(void)
                         .object = r.object[0] ? r.object : NULL, .outcome = r.outcome,
                         .source = r.source[0] ? r.source : NULL, .detail = detail};
         uint8_t hash[32];
-        size_t n = audit_format(line, sizeof line, r.seq, r.ts_us, r.host, &e, prev, hash);
+        size_t n = audit_format(line, sizeof line, r.seq, r.ts_us, r.host, &e, prev, NULL, hash);
         fwrite(line, 1, n, f);
         memcpy(prev, hash, 32);
         free(ls.l[i]);
@@ -230,6 +230,88 @@ static void test_recomputed_and_resigned_chain_is_detected(void)
     const char *files[] = {p};
     SR_CHECK_OK(sr_audit_verify_files(files, 1, NULL, &r)); /* without the key the forgery is a valid chain */
     expect_failure(p, SR_ERR_AUDIT_SIGNATURE, "not by the verify key", "forged.log");
+}
+
+/* Appends to path a record that continues its chain correctly (right seq,
+ * right prev, valid hash) but that no holder of the signing key wrote. */
+static void append_forgery(const char *path, const char *detail)
+{
+    lines_t ls;
+    lines_read(path, &ls);
+    sr_audit_record_t last;
+    SR_CHECK(ls.n > 0 && sr_audit_record_parse(ls.l[ls.n - 1], strlen(ls.l[ls.n - 1]), &last) == SR_OK);
+    sr_event_t e = {.component = "tde", .event = "tablespace.open", .subject = "mallory", .outcome = "success",
+                    .detail = detail};
+    char line[SR_AUDIT_LINE_MAX + 512];
+    uint8_t hash[32];
+    size_t n = audit_format(line, sizeof line, last.seq + 1, sr_time_now_us(), "testhost", &e, last.hash, NULL, hash);
+    FILE *f = fopen(path, "a");
+    SR_CHECK(f && fwrite(line, 1, n, f) == n);
+    fclose(f);
+    for (int i = 0; i < ls.n; i++) free(ls.l[i]);
+    free(ls.l);
+}
+
+static int count_in_file(const char *path, const char *needle)
+{
+    lines_t ls;
+    lines_read(path, &ls);
+    int k = 0;
+    for (int i = 0; i < ls.n; i++) k += strstr(ls.l[i], needle) != NULL, free(ls.l[i]);
+    free(ls.l);
+    return k;
+}
+
+static void test_forged_record_is_never_sealed(void)
+{
+    char path[512], cmd[1024], out[4096];
+    snprintf(path, sizeof path, "%s", sr_test_path("forged-live.log"));
+    /* 1. while the writer runs: someone appends a well-formed record */
+    sr_audit_writer_t *w = open_log(path, 1000, 0);
+    append_n(w, "alice", 3);
+    append_forgery(path, "FORGED-1 mallory was here");
+    append_n(w, "bob", 2); /* the writer finds the line it did not write */
+    SR_CHECK_OK(sr_audit_close(w));
+    SR_CHECK_EQ_INT(count_in_file(path, "FORGED-1"), 0);
+    SR_CHECK_EQ_INT(count_in_file(path, "\"event\":\"audit.tamper_suspected\""), 1);
+    SR_CHECK_EQ_INT(count_in_file(path, "\"subject\":\"bob\""), 2);
+    snprintf(cmd, sizeof cmd, "cat %s.suspect-* | grep -c FORGED-1", path);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "the forged line is not kept aside: %s", out);
+    sr_audit_verify_result_t r;
+    SR_CHECK_ERR(verify1(path, &r), SR_ERR_AUDIT_CHAIN); /* the chain is whole, but verify reports the attempt */
+    SR_CHECK_MSG(strstr(r.reason, "audit.tamper_suspected") != NULL, "%s", r.reason);
+    SR_CHECK(r.unsealed == 0 && r.checkpoints >= 1);
+
+    /* 2. a log cut at its final checkpoint, forged records appended: found at open */
+    char path2[512];
+    snprintf(path2, sizeof path2, "%s", make_log("forged-open.log", 5));
+    append_forgery(path2, "FORGED-2");
+    append_forgery(path2, "FORGED-3");
+    w = open_log(path2, 1000, 0);
+    append_n(w, "carol", 1);
+    SR_CHECK_OK(sr_audit_close(w));
+    SR_CHECK_EQ_INT(count_in_file(path2, "FORGED-"), 0);
+    SR_CHECK_EQ_INT(count_in_file(path2, "\"event\":\"audit.tamper_suspected\""), 1);
+    SR_CHECK_EQ_INT(count_in_file(path2, "not written by a holder of the signing key"), 1);
+    SR_CHECK_ERR(verify1(path2, &r), SR_ERR_AUDIT_CHAIN);
+
+    /* 3. a crashed writer's own unsealed tail: proven by its tags, sealed after restart */
+    char path3[512];
+    snprintf(path3, sizeof path3, "%s", sr_test_path("crashed.log"));
+    pid_t pid = fork();
+    if (pid == 0) {
+        sr_audit_writer_t *cw = open_log(path3, 1000, 0);
+        append_n(cw, "dave", 7);
+        _exit(0); /* no close: no final checkpoint */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    w = open_log(path3, 1000, 0);
+    SR_CHECK_OK(sr_audit_close(w));
+    SR_CHECK_EQ_INT(count_in_file(path3, "\"subject\":\"dave\""), 7);
+    SR_CHECK_EQ_INT(count_in_file(path3, "tamper_suspected"), 0);
+    SR_CHECK_OK(verify1(path3, &r));
+    SR_CHECK(r.unsealed == 0);
 }
 
 static void *thread_writer(void *arg)
@@ -522,6 +604,7 @@ int main(void)
     SR_RUN(test_each_tampering_detected);
     SR_RUN(test_cut_tail_is_visible);
     SR_RUN(test_recomputed_and_resigned_chain_is_detected);
+    SR_RUN(test_forged_record_is_never_sealed);
     SR_RUN(test_threads_and_processes_lose_nothing);
     SR_RUN(test_sigkill_loses_no_acknowledged_record);
     SR_RUN(test_torn_tail_cut_and_recorded);
