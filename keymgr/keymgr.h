@@ -115,6 +115,10 @@ sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_
  * kmsd and any KMIP 1.4 server with AES-GCM (PyKMIP's among them). */
 sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out) SR_MUST_CHECK;
 
+/* Agent provider: asks the host's tde-agent over its Unix socket (the wire
+ * format is in keyprov_agent.c); the agent checks the caller and asks kmsd. */
+sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **out) SR_MUST_CHECK;
+
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
 typedef struct sr_keycache sr_keycache_t;
 sr_err_t sr_keycache_new(size_t max_entries, uint64_t default_ttl_ms, sr_keycache_t **out) SR_MUST_CHECK;

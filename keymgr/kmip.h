@@ -127,6 +127,14 @@ enum { SR_KMIP_USAGE_ENCRYPT = 0x04, SR_KMIP_USAGE_DECRYPT = 0x08, SR_KMIP_USAGE
 enum { SR_KMIP_REVOKE_UNSPECIFIED = 1, SR_KMIP_REVOKE_KEY_COMPROMISE = 2, SR_KMIP_REVOKE_CESSATION = 6 };
 enum { SR_KMIP_STATE_PRE_ACTIVE = 1, SR_KMIP_STATE_ACTIVE = 2, SR_KMIP_STATE_DEACTIVATED = 3 };
 
+/* Node membership (kmsd and tde-agent): KMIP has no enrolment or lease
+ * operation, so these are vendor extensions in the ranges KMIP reserves for
+ * them (operations 0x8xxxxxxx, tags 0x54xxxx), on the same port and codec. */
+enum { SR_KMIP_OP_ENROL = 0x80000001u, SR_KMIP_OP_HEARTBEAT = 0x80000002u, SR_KMIP_OP_LEAVE = 0x80000003u };
+enum { SR_KMIP_TAG_X_JOIN_TOKEN = 0x540001, SR_KMIP_TAG_X_CSR = 0x540002, SR_KMIP_TAG_X_NODE_NAME = 0x540003,
+       SR_KMIP_TAG_X_NODE_UUID = 0x540004, SR_KMIP_TAG_X_NODE_CERTIFICATE = 0x540005,
+       SR_KMIP_TAG_X_LEASE_SECONDS = 0x540006 };
+
 /* ---- messages ------------------------------------------------------------------- */
 
 typedef struct sr_kmip_version {

@@ -62,6 +62,7 @@ static int fail(req_t *r, uint32_t reason, const char *fmt, ...)
 
 static int store_failed(req_t *r, sr_err_t rc)
 {
+    sr_log_error("key store: %s (%s)", sr_err_detail(), sr_err_name(rc)); /* the details stay on the server */
     return fail(r, REASON_GENERAL_FAILURE, "key store: %s", sr_err_name(rc));
 }
 
@@ -344,7 +345,7 @@ static int insert(req_t *r, kms_object_t *o, const template_t *tp, const uint8_t
     sr_uuid_generate(&id);
     sr_uuid_format(&id, uid);
     snprintf(o->uid, sizeof o->uid, "%s", uid);
-    snprintf(o->owner, sizeof o->owner, "%s", r->p->name);
+    if (!o->owner[0]) snprintf(o->owner, sizeof o->owner, "%s", r->p->name); /* an enrolling node's key: the node's */
     o->object_type = SR_KMIP_OBJECT_SYMMETRIC_KEY;
     o->initial_date = o->last_change_date = now_s();
     o->state = KMS_STATE_PRE_ACTIVE;
@@ -890,31 +891,171 @@ static int op_discover_versions(req_t *r, int32_t payload)
 
 static int op_query(req_t *r, int32_t payload);
 
+/* ---- nodes: enrolment, leases, leaving (KMIP vendor extensions) --------------------------------- */
+
+static kms_enrolment_t enrolment;
+static int enrolment_on;
+
+void kms_enrolment_configure(const kms_enrolment_t *e)
+{
+    if (e) enrolment = *e;
+    enrolment_on = e != NULL;
+}
+
+sr_err_t kms_node_end(kms_store_t *s, kms_node_t *n, const char *state, const char *reason)
+{
+    kms_object_t nk;
+    int64_t now = now_s();
+    sr_err_t rc = kms_object_load(s, n->nk, &nk);
+    if (rc == SR_OK && nk.state == KMS_STATE_ACTIVE) {
+        nk.state = KMS_STATE_DEACTIVATED, nk.deactivation_date = nk.last_change_date = now;
+        nk.revocation_code = SR_KMIP_REVOKE_CESSATION;
+        snprintf(nk.revocation_message, sizeof nk.revocation_message, "%s", reason);
+        rc = kms_object_update(s, &nk);
+    }
+    if (rc == SR_ERR_NOT_FOUND) rc = SR_OK; /* no key to revoke: the membership ends all the same */
+    int revoked = 0;
+    snprintf(n->state, sizeof n->state, "%s", state);
+    snprintf(n->reason, sizeof n->reason, "%s", reason);
+    n->left = now;
+    if (rc == SR_OK) rc = kms_node_save(s, n);
+    if (rc == SR_OK) rc = kms_cert_revoke(s, n->uuid, &revoked);
+    return rc;
+}
+
+static int op_enrol(req_t *r, int32_t payload)
+{
+    char token[128], name[KMS_TEXT_MAX], group[KMS_TEXT_MAX];
+    int32_t csr = child(r, payload, KMS_TAG_CSR, SR_KMIP_BYTE_STRING);
+    if (!enrolment_on) return fail(r, REASON_OPERATION_NOT_SUPPORTED, "enrolment is not enabled on this KMS");
+    if (text_of(r, child(r, payload, KMS_TAG_JOIN_TOKEN, SR_KMIP_TEXT_STRING), token, sizeof token) ||
+        text_of(r, child(r, payload, KMS_TAG_NODE_NAME, SR_KMIP_TEXT_STRING), name, sizeof name))
+        return -1;
+    if (!token[0] || csr < 0) return fail(r, REASON_INVALID_FIELD, "Enrol needs a join token and a certificate request");
+    sr_err_t rc = kms_token_take(r->s, token, group);
+    sr_secure_wipe(token, sizeof token);
+    if (rc == SR_ERR_AUTH) return fail(r, REASON_PERMISSION_DENIED, "%s", sr_err_detail());
+    if (rc != SR_OK) return store_failed(r, rc);
+    kms_node_t n = {.joined = now_s()};
+    sr_uuid_t id;
+    sr_uuid_generate(&id);
+    sr_uuid_format(&id, n.uuid);
+    snprintf(n.name, sizeof n.name, "%s", name[0] ? name : n.uuid);
+    snprintf(n.group, sizeof n.group, "%s", group);
+    snprintf(n.state, sizeof n.state, "active");
+    n.lease_expires = n.joined + enrolment.lease_s;
+    snprintf(r->object, sizeof r->object, "%s", n.uuid);
+    uint8_t *cert = NULL;
+    size_t cert_len = 0;
+    kms_cert_info_t info;
+    rc = kms_pki_sign_csr(enrolment.ca_cert, enrolment.ca_key, item(r, csr)->v.ptr, item(r, csr)->len, n.uuid,
+                          (int)enrolment.cert_days, &cert, &cert_len, &info);
+    if (rc == SR_ERR_PARSE || rc == SR_ERR_AUTH) return fail(r, REASON_INVALID_FIELD, "%s", sr_err_detail());
+    if (rc != SR_OK) return store_failed(r, rc);
+    /* the node key: Active, owned by the node, tagged with its UUID */
+    template_t tp;
+    memset(&tp, 0, sizeof tp);
+    tp.algorithm = SR_KMIP_ALG_AES, tp.length = 256, tp.activation_date = n.joined;
+    tp.usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT | SR_KMIP_USAGE_WRAP | SR_KMIP_USAGE_UNWRAP;
+    char key_name[KMS_TEXT_MAX + 16];
+    snprintf(key_name, sizeof key_name, "node-key/%s", n.uuid);
+    tp.stored[0] = (kms_attr_t){.name = "Name", .type = SR_KMIP_STRUCTURE, .bytes = (uint8_t *)key_name,
+                                .len = (uint32_t)strlen(key_name)};
+    tp.stored[1] = (kms_attr_t){.name = "x-node-uuid", .type = SR_KMIP_TEXT_STRING, .bytes = (uint8_t *)n.uuid,
+                                .len = (uint32_t)strlen(n.uuid)};
+    tp.n_stored = 2;
+    kms_object_t nk;
+    object_from_template(&nk, &tp);
+    snprintf(nk.owner, sizeof nk.owner, "%s", n.uuid);
+    int ret = insert_fresh(r, &nk, &tp);
+    if (!ret) {
+        snprintf(n.nk, sizeof n.nk, "%s", nk.uid);
+        rc = kms_principal_set(r->s, n.uuid, KMS_ROLE_NODE);
+        if (rc == SR_OK) rc = kms_principal_set_group(r->s, n.uuid, group);
+        if (rc == SR_OK) rc = kms_cert_record(r->s, info.fingerprint, n.uuid, info.serial, info.not_after);
+        if (rc == SR_OK) rc = kms_node_save(r->s, &n);
+        if (rc != SR_OK) ret = store_failed(r, rc);
+    }
+    if (!ret) {
+        snprintf(r->object, sizeof r->object, "%s", n.uuid);
+        snprintf(r->message, sizeof r->message, "node %s (%.40s) joined group '%.40s'; node key %s", n.uuid, n.name, group,
+                 nk.uid);
+        sr_kmip_put_text(r->e, KMS_TAG_NODE_UUID, n.uuid);
+        put_uid(r, nk.uid);
+        sr_kmip_put_bytes(r->e, KMS_TAG_NODE_CERTIFICATE, cert, cert_len);
+        sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)enrolment.lease_s);
+    }
+    free(cert);
+    return ret;
+}
+
+/* The calling node's membership, which must be active. */
+static int own_node(req_t *r, kms_node_t *n)
+{
+    snprintf(r->object, sizeof r->object, "%.63s", r->p->name);
+    if (r->p->role != KMS_ROLE_NODE) return fail(r, REASON_PERMISSION_DENIED, "only a node may do this");
+    sr_err_t rc = kms_node_load(r->s, r->p->name, n);
+    if (rc == SR_ERR_NOT_FOUND) return fail(r, REASON_ITEM_NOT_FOUND, "no node %s", r->p->name);
+    if (rc != SR_OK) return store_failed(r, rc);
+    if (strcmp(n->state, "active") != 0)
+        return fail(r, REASON_PERMISSION_DENIED, "node %s is %s (%s): enrol again with a new token", n->uuid, n->state,
+                    n->reason);
+    return 0;
+}
+
+static int op_heartbeat(req_t *r, int32_t payload)
+{
+    (void)payload;
+    kms_node_t n;
+    if (own_node(r, &n)) return -1;
+    n.lease_expires = now_s() + enrolment.lease_s;
+    sr_err_t rc = kms_node_save(r->s, &n);
+    if (rc != SR_OK) return store_failed(r, rc);
+    sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)enrolment.lease_s);
+    return 0;
+}
+
+static int op_leave(req_t *r, int32_t payload)
+{
+    (void)payload;
+    kms_node_t n;
+    if (own_node(r, &n)) return -1;
+    sr_err_t rc = kms_node_end(r->s, &n, "left", "the node left (graceful)");
+    if (rc != SR_OK) return store_failed(r, rc);
+    snprintf(r->message, sizeof r->message, "node %s left; node key %s revoked", n.uuid, n.nk);
+    sr_kmip_put_text(r->e, KMS_TAG_NODE_UUID, n.uuid);
+    return 0;
+}
+
 typedef struct operation {
     uint32_t code;
     const char *name;
     int (*run)(req_t *, int32_t);
     int changes; /* its record is written before the commit, under the store lock */
+    int quiet;   /* a success is not recorded (heartbeats: a failure is) */
 } operation_t;
 
 static const operation_t operations[] = {
-    {SR_KMIP_OP_CREATE, "create", op_create, 1},
-    {SR_KMIP_OP_REGISTER, "register", op_register, 1},
-    {SR_KMIP_OP_REKEY, "rekey", op_rekey, 1},
-    {SR_KMIP_OP_LOCATE, "locate", op_locate, 0},
-    {SR_KMIP_OP_GET, "get", op_get, 0},
-    {SR_KMIP_OP_GET_ATTRIBUTES, "get_attributes", op_get_attributes, 0},
-    {OP_GET_ATTRIBUTE_LIST, "get_attribute_list", op_get_attribute_list, 0},
-    {OP_ADD_ATTRIBUTE, "add_attribute", op_add_attribute, 1},
-    {OP_MODIFY_ATTRIBUTE, "modify_attribute", op_modify_attribute, 1},
-    {OP_DELETE_ATTRIBUTE, "delete_attribute", op_delete_attribute, 1},
-    {SR_KMIP_OP_ACTIVATE, "activate", op_activate, 1},
-    {SR_KMIP_OP_REVOKE, "revoke", op_revoke, 1},
-    {SR_KMIP_OP_DESTROY, "destroy", op_destroy, 1},
-    {SR_KMIP_OP_QUERY, "query", op_query, 0},
-    {SR_KMIP_OP_DISCOVER_VERSIONS, "discover_versions", op_discover_versions, 0},
-    {SR_KMIP_OP_ENCRYPT, "encrypt", op_encrypt, 0},
-    {SR_KMIP_OP_DECRYPT, "decrypt", op_decrypt, 0},
+    {SR_KMIP_OP_CREATE, "create", op_create, 1, 0},
+    {SR_KMIP_OP_REGISTER, "register", op_register, 1, 0},
+    {SR_KMIP_OP_REKEY, "rekey", op_rekey, 1, 0},
+    {SR_KMIP_OP_LOCATE, "locate", op_locate, 0, 0},
+    {SR_KMIP_OP_GET, "get", op_get, 0, 0},
+    {SR_KMIP_OP_GET_ATTRIBUTES, "get_attributes", op_get_attributes, 0, 0},
+    {OP_GET_ATTRIBUTE_LIST, "get_attribute_list", op_get_attribute_list, 0, 0},
+    {OP_ADD_ATTRIBUTE, "add_attribute", op_add_attribute, 1, 0},
+    {OP_MODIFY_ATTRIBUTE, "modify_attribute", op_modify_attribute, 1, 0},
+    {OP_DELETE_ATTRIBUTE, "delete_attribute", op_delete_attribute, 1, 0},
+    {SR_KMIP_OP_ACTIVATE, "activate", op_activate, 1, 0},
+    {SR_KMIP_OP_REVOKE, "revoke", op_revoke, 1, 0},
+    {SR_KMIP_OP_DESTROY, "destroy", op_destroy, 1, 0},
+    {SR_KMIP_OP_QUERY, "query", op_query, 0, 0},
+    {SR_KMIP_OP_DISCOVER_VERSIONS, "discover_versions", op_discover_versions, 0, 0},
+    {SR_KMIP_OP_ENCRYPT, "encrypt", op_encrypt, 0, 0},
+    {SR_KMIP_OP_DECRYPT, "decrypt", op_decrypt, 0, 0},
+    {KMS_OP_ENROL, "enrol", op_enrol, 1, 0},
+    {KMS_OP_HEARTBEAT, "heartbeat", op_heartbeat, 1, 1},
+    {KMS_OP_LEAVE, "leave", op_leave, 1, 0},
 };
 #define N_OPERATIONS (sizeof operations / sizeof operations[0])
 
@@ -1023,7 +1164,8 @@ static int run_item(req_t *r, int32_t bi)
     int ret;
     if (op < 0 || payload < 0) ret = fail(r, REASON_INVALID_MESSAGE, "batch item without Operation or Request Payload");
     else if (!o) ret = fail(r, REASON_OPERATION_NOT_SUPPORTED, "operation %u is not supported", code);
-    else if (r->p->role == KMS_ROLE_NONE)
+    else if (r->p->refused[0]) ret = fail(r, REASON_PERMISSION_DENIED, "%s", r->p->refused);
+    else if (r->p->role == KMS_ROLE_NONE && code != KMS_OP_ENROL)
         ret = fail(r, REASON_PERMISSION_DENIED, "principal '%s' is not registered with this KMS", r->p->name);
     else if (kms_store_begin(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store busy");
     else {
@@ -1036,7 +1178,7 @@ static int run_item(req_t *r, int32_t bi)
          * lock, before the commit) and no key leaves unrecorded (the response
          * is sent after). A read's record is written after the lock is
          * released, so concurrent reads share the log's group commit. */
-        if (!ret && o->changes && audit(r, o->name, "success") != SR_OK)
+        if (!ret && o->changes && !o->quiet && audit(r, o->name, "success") != SR_OK)
             ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
         if (!ret && kms_store_commit(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store commit failed");
         if (ret) kms_store_rollback(r->s);

@@ -32,6 +32,7 @@ typedef struct kms_principal {
     char name[256];       /* certificate subject CN */
     kms_role_t role;
     char source[80];      /* peer address, for audit records */
+    char refused[200];    /* non-empty: every request is refused with this (a revoked certificate) */
 } kms_principal_t;
 
 enum {
@@ -148,6 +149,47 @@ sr_err_t kms_pki_make_ca(const char *dir, int days) SR_MUST_CHECK;
  * (clientAuth; the CN is the principal). */
 sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn, int server, const char *dns_name,
                        int days, kms_cert_info_t *info) SR_MUST_CHECK;
+/* Signs a node's certificate request (DER; its own signature checked) as a
+ * clientAuth certificate for CN=cn; the certificate (DER, malloc'd) out. */
+sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t *csr, size_t csr_len, const char *cn,
+                          int days, uint8_t **cert, size_t *cert_len, kms_cert_info_t *info) SR_MUST_CHECK;
+
+/* ---- join tokens and nodes (enrolment, leases) ------------------------------------------------ */
+/* A one-time (or `uses`-time) join token for nodes of `group`; only its
+ * SHA-256 is stored. */
+sr_err_t kms_token_create(kms_store_t *s, const char *group, int uses, int64_t ttl_s, char token[65]) SR_MUST_CHECK;
+/* Uses the token once; SR_ERR_AUTH: unknown, expired or used up. */
+sr_err_t kms_token_take(kms_store_t *s, const char *token, char group[KMS_TEXT_MAX]) SR_MUST_CHECK;
+sr_err_t kms_principal_set_group(kms_store_t *s, const char *name, const char *group) SR_MUST_CHECK;
+
+typedef struct kms_node {
+    char uuid[KMS_UID_MAX], name[KMS_TEXT_MAX], group[KMS_TEXT_MAX];
+    char state[16];         /* active, left, expired, revoked */
+    int64_t lease_expires, joined, left;
+    char nk[KMS_UID_MAX];   /* the node key's UID */
+    char reason[KMS_TEXT_MAX];
+} kms_node_t;
+sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n) SR_MUST_CHECK;
+sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n) SR_MUST_CHECK;
+/* Nodes in a state (NULL: any) whose lease ends before `lease_before` (0: any). */
+sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before,
+                       void (*fn)(void *, const kms_node_t *), void *ctx) SR_MUST_CHECK;
+
+/* Enrolment settings (kmsd's [enrolment]); without them Enrol is refused. */
+typedef struct kms_enrolment {
+    const char *ca_cert, *ca_key; /* signs node certificates */
+    int64_t lease_s, grace_s, cert_days;
+} kms_enrolment_t;
+void kms_enrolment_configure(const kms_enrolment_t *e);
+/* Ends a node's membership: its node key revoked (Cessation of Operation),
+ * its certificates refused, state `state` ("left", "expired", "revoked"). */
+sr_err_t kms_node_end(kms_store_t *s, kms_node_t *n, const char *state, const char *reason) SR_MUST_CHECK;
+
+/* KMIP vendor extensions for node membership: kmip.h (SR_KMIP_OP_ENROL, ...). */
+enum { KMS_OP_ENROL = SR_KMIP_OP_ENROL, KMS_OP_HEARTBEAT = SR_KMIP_OP_HEARTBEAT, KMS_OP_LEAVE = SR_KMIP_OP_LEAVE };
+enum { KMS_TAG_JOIN_TOKEN = SR_KMIP_TAG_X_JOIN_TOKEN, KMS_TAG_CSR = SR_KMIP_TAG_X_CSR,
+       KMS_TAG_NODE_NAME = SR_KMIP_TAG_X_NODE_NAME, KMS_TAG_NODE_UUID = SR_KMIP_TAG_X_NODE_UUID,
+       KMS_TAG_NODE_CERTIFICATE = SR_KMIP_TAG_X_NODE_CERTIFICATE, KMS_TAG_LEASE_SECONDS = SR_KMIP_TAG_X_LEASE_SECONDS };
 
 /* ---- the request handler ------------------------------------------------------------- */
 /* Answers one KMIP request message (any bytes: malformed input is answered

@@ -12,6 +12,8 @@
  *   kmsctl [--config FILE] cert issue NAME --role ROLE [--days N]
  *   kmsctl [--config FILE] cert revoke NAME [--yes]
  *   kmsctl [--config FILE] cert list [--json]
+ *   kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]
+ *   kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]
  *
  * Key operations go to kmsd over KMIP with the admin certificate (so kmsd
  * applies the state machine and audits them); certificates and grants are
@@ -51,7 +53,7 @@ static const sr_config_key_t client_schema[] = {
 typedef struct opts {
     const char *args[4];
     int n_args;
-    const char *dir, *port, *listen, *server_name, *passphrase_file, *group, *name, *bits, *role, *days;
+    const char *dir, *port, *listen, *server_name, *passphrase_file, *group, *name, *bits, *role, *days, *ttl, *uses;
     int json, yes, activate, compromise;
 } opts_t;
 
@@ -200,7 +202,10 @@ static sr_err_t write_configs(const opts_t *o, const char *dir, int passphrase)
     char path[4200], text[4096];
     snprintf(text, sizeof text,
              "# kmsd configuration, written by kmsctl init\n[server]\nlisten = %s\nport = %s\nmin_tls = 1.2\n"
-             "log = kmsd.log\n\n[tls]\ncert = server.pem\nkey = server.key\nca = ca.pem\n\n[store]\npath = store.db\n%s\n",
+             "log = kmsd.log\n\n[tls]\ncert = server.pem\nkey = server.key\nca = ca.pem\n\n"
+             "# nodes join with a token (kmsctl token create); heartbeats renew their lease\n[enrolment]\n"
+             "enabled = true\nca_cert = ca.pem\nca_key = ca.key\nlease = 30s\ngrace = 5s\nretention = 7d\n\n"
+             "[store]\npath = store.db\n%s\n",
              o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696",
              passphrase ? "# the passphrase: passphrase_file = FILE, or $KMSD_PASSPHRASE\n" : "root_key_file = root.key");
     snprintf(path, sizeof path, "%s/kmsd.conf", dir);
@@ -475,6 +480,105 @@ static int cmd_cert(int argc, char **argv)
     return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND ? EXIT_REFUSED : EXIT_CANNOT, verb);
 }
 
+/* ---- join tokens and nodes ------------------------------------------------------------------------ */
+
+static int cmd_token(int argc, char **argv)
+{
+    static const option_t allowed[] = {OPT_VALUE("--group", group), OPT_VALUE("--ttl", ttl), OPT_VALUE("--uses", uses),
+                                       {NULL, 0, 0}};
+    opts_t o = {0};
+    if (argc < 1 || strcmp(argv[0], "create") != 0)
+        return fprintf(stderr, "kmsctl: token create [--group G] [--ttl 1h] [--uses 1]\n"), EXIT_USAGE;
+    if (parse("token create", argc - 1, argv + 1, allowed, 0, &o)) return EXIT_USAGE;
+    uint64_t ttl_ms = 3600000;
+    int uses = 1;
+    if (o.ttl && (sr_parse_duration_ms(o.ttl, &ttl_ms) != SR_OK || ttl_ms < 1000))
+        return fprintf(stderr, "kmsctl: --ttl '%s' is not a duration (30s, 10m, 1h, 7d)\n", o.ttl), EXIT_USAGE;
+    if (o.uses && parse_int("--uses", o.uses, 1, 100000, &uses)) return EXIT_USAGE;
+    kms_store_t *s = NULL;
+    char token[65];
+    if (open_store(&s)) return EXIT_CANNOT;
+    sr_err_t rc = kms_store_begin(s);
+    if (rc == SR_OK) rc = kms_token_create(s, o.group, uses, (int64_t)(ttl_ms / 1000), token);
+    if (rc == SR_OK) rc = kms_store_commit(s);
+    if (rc != SR_OK) kms_store_rollback(s);
+    kms_store_close(s);
+    if (rc != SR_OK) return fail_with(EXIT_CANNOT, "token create");
+    sr_event_t ev = {.component = "kms", .event = "token.created", .subject = "kmsctl", .object = o.group,
+                     .outcome = "success", .source = "local", .detail = "a join token (only its hash is stored)"};
+    (void)sr_event_emit(&ev);
+    printf("%s\n", token);
+    sr_secure_wipe(token, sizeof token);
+    return 0;
+}
+
+static void print_node(void *ctx, const kms_node_t *n)
+{
+    int *first = ctx;
+    char joined[SR_TIME_RFC3339_MAX], lease[SR_TIME_RFC3339_MAX], left[SR_TIME_RFC3339_MAX];
+    date_text(n->joined, joined), date_text(n->lease_expires, lease), date_text(n->left, left);
+    if (*first < 0) {
+        printf("%-36s  %-8s  %-16.16s  %-10.10s  %-20s  %-20s  %s\n", n->uuid, n->state, n->name,
+               n->group[0] ? n->group : "-", joined, !strcmp(n->state, "active") ? lease : left, n->nk);
+        return;
+    }
+    printf("%s{\"uuid\": \"%s\", \"state\": \"%s\", \"name\": ", *first ? "" : ",\n ", n->uuid, n->state);
+    json_string(n->name);
+    printf(", \"group\": ");
+    json_string(n->group);
+    printf(", \"joined\": \"%s\", \"lease_expires\": \"%s\", \"left\": \"%s\", \"node_key\": \"%s\", \"reason\": ",
+           joined, lease, n->left ? left : "", n->nk);
+    json_string(n->reason);
+    printf("}");
+    *first = 0;
+}
+
+static int cmd_node(int argc, char **argv)
+{
+    static const option_t allowed_json[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
+    static const option_t allowed_yes[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
+    if (argc < 1) return fprintf(stderr, "kmsctl: node list|show|revoke\n"), EXIT_USAGE;
+    const char *verb = argv[0];
+    int is_list = !strcmp(verb, "list"), is_show = !strcmp(verb, "show"), is_revoke = !strcmp(verb, "revoke");
+    if (!is_list && !is_show && !is_revoke) return fprintf(stderr, "kmsctl: node: unknown command '%s'\n", verb), EXIT_USAGE;
+    opts_t o = {0};
+    if (parse(is_list ? "node list" : is_show ? "node show" : "node revoke", argc - 1, argv + 1,
+              is_revoke ? allowed_yes : allowed_json, is_list ? 0 : 1, &o))
+        return EXIT_USAGE;
+    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: node %s UUID\n", verb), EXIT_USAGE;
+    if (is_revoke && !confirmed(&o, "revoke this node (its key and certificate)")) return EXIT_USAGE;
+    kms_store_t *s = NULL;
+    if (open_store(&s)) return EXIT_CANNOT;
+    sr_err_t rc = SR_OK;
+    int first = o.json ? 1 : -1;
+    kms_node_t n;
+    if (is_list) {
+        if (o.json) printf("[");
+        else printf("%-36s  %-8s  %-16s  %-10s  %-20s  %-20s  %s\n", "NODE", "STATE", "NAME", "GROUP", "JOINED",
+                    "LEASE ENDS / LEFT", "NODE KEY");
+        rc = kms_node_each(s, NULL, 0, print_node, &first);
+        if (o.json) printf("]\n");
+    } else if ((rc = kms_node_load(s, o.args[0], &n)) == SR_ERR_NOT_FOUND) {
+        rc = sr_err_set(rc, "no node %s", o.args[0]);
+    } else if (rc == SR_OK && is_show) {
+        print_node(&first, &n);
+        if (o.json) printf("\n");
+    } else if (rc == SR_OK && strcmp(n.state, "active") != 0) {
+        rc = sr_err_set(SR_ERR_STATE, "node %s is already %s", n.uuid, n.state);
+    } else if (rc == SR_OK) {
+        rc = kms_store_begin(s);
+        if (rc == SR_OK) rc = kms_node_end(s, &n, "revoked", "revoked by an administrator (kmsctl)");
+        if (rc == SR_OK) rc = kms_store_commit(s);
+        if (rc != SR_OK) kms_store_rollback(s);
+        if (rc == SR_OK) printf("kmsctl: node %s revoked: its node key %s and its certificate are refused\n", n.uuid, n.nk);
+        sr_event_t ev = {.component = "kms", .event = "node.revoked", .subject = "kmsctl", .object = n.uuid,
+                         .outcome = rc == SR_OK ? "success" : "failure", .source = "local", .detail = n.nk};
+        (void)sr_event_emit(&ev);
+    }
+    kms_store_close(s);
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND || rc == SR_ERR_STATE ? EXIT_REFUSED : EXIT_CANNOT, verb);
+}
+
 /* ---- status ------------------------------------------------------------------------------------- */
 
 static int cmd_status(int argc, char **argv)
@@ -517,6 +621,8 @@ static int usage(FILE *f, int status)
                "       kmsctl [--config FILE] key grant UID PRINCIPAL\n"
                "       kmsctl [--config FILE] cert issue NAME --role admin|application|node|auditor [--days N]\n"
                "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
+               "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"
+               "       kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]\n"
                "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
                "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n");
     return status;
@@ -536,7 +642,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[i];
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
-        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}};
+        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}};
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(cmd, commands[k].name) != 0) continue;
         if (i + 1 < argc && !strcmp(argv[i + 1], "--help")) return usage(stdout, 0);

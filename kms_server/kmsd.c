@@ -47,6 +47,13 @@ static const sr_config_key_t schema[] = {
     {"audit", "socket", SR_CONFIG_PATH, NULL, 0},
     {"audit", "log", SR_CONFIG_PATH, NULL, 0},
     {"audit", "sign_key", SR_CONFIG_PATH, NULL, 0},
+    {"enrolment", "enabled", SR_CONFIG_BOOL, "false", 0},
+    {"enrolment", "ca_cert", SR_CONFIG_PATH, NULL, 0},
+    {"enrolment", "ca_key", SR_CONFIG_PATH, NULL, 0},
+    {"enrolment", "lease", SR_CONFIG_DURATION, "30s", 0},
+    {"enrolment", "grace", SR_CONFIG_DURATION, "5s", 0},
+    {"enrolment", "retention", SR_CONFIG_DURATION, "7d", 0},
+    {"enrolment", "cert_days", SR_CONFIG_INT, "30", 0},
 };
 #define N_SCHEMA (sizeof schema / sizeof schema[0])
 
@@ -89,11 +96,15 @@ static sr_err_t read_limits(const sr_config_t *cfg, limits_t *l)
 static sr_err_t make_tls(const sr_config_t *cfg, sr_ssl_ctx_t **out)
 {
     const char *min = sr_config_get(cfg, "server", "min_tls");
+    int enrolment = 0; /* a node enrols before it has a certificate: then one is optional (and the handler allows
+                          nothing but Enrol without one) */
+    (void)sr_config_get_bool(cfg, "enrolment", "enabled", &enrolment);
     if (strcmp(min, "1.2") != 0 && strcmp(min, "1.3") != 0)
         return sr_err_set(SR_ERR_CONFIG, "min_tls is 1.2 or 1.3, not %s", min);
     sr_tls_options_t o = {.cert_file = sr_config_get(cfg, "tls", "cert"), .key_file = sr_config_get(cfg, "tls", "key"),
                           .ca_file = sr_config_get(cfg, "tls", "ca"),
-                          .min_version = !strcmp(min, "1.2") ? SR_TLS_1_2 : SR_TLS_1_3};
+                          .min_version = !strcmp(min, "1.2") ? SR_TLS_1_2 : SR_TLS_1_3,
+                          .require_client_cert = !enrolment};
     return sr_tls_server_ctx_new(&o, out);
 }
 
@@ -172,6 +183,19 @@ static int cert_revoked(const char *fingerprint)
     return revoked;
 }
 
+/* Why a revoked certificate is refused: a node's ended membership, or a revocation. */
+static void refusal(kms_principal_t *p)
+{
+    kms_node_t n;
+    kms_store_lock(server.store);
+    int node = kms_node_load(server.store, p->name, &n) == SR_OK;
+    kms_store_unlock(server.store);
+    if (node && strcmp(n.state, "active") != 0)
+        snprintf(p->refused, sizeof p->refused, "node %.40s is %s (%.80s): enrol again with a new token", n.uuid,
+                 n.state, n.reason);
+    else snprintf(p->refused, sizeof p->refused, "certificate of %.80s revoked", p->name);
+}
+
 static void serve(sr_tls_conn_t *conn, kms_principal_t *p, const char *fingerprint)
 {
     for (;;) {
@@ -189,10 +213,9 @@ static void serve(sr_tls_conn_t *conn, kms_principal_t *p, const char *fingerpri
             free(req);
             return;
         }
-        if (cert_revoked(fingerprint)) { /* revoked while connected: refused from the next request on */
+        if (!p->refused[0] && cert_revoked(fingerprint)) { /* revoked while connected: refused from now on */
             audit_connection(p->name, p->source, "denied", "certificate revoked");
-            free(req);
-            return;
+            refusal(p);
         }
         kms_store_lock(server.store);
         p->role = kms_principal_role(server.store, p->name);
@@ -237,8 +260,8 @@ static void *connection_main(void *arg)
         snprintf(p.name, sizeof p.name, "%s", sr_tls_peer_cn(conn) ? sr_tls_peer_cn(conn) : "");
         snprintf(p.source, sizeof p.source, "%s", sr_tls_peer_addr(conn));
         const char *fp = sr_tls_peer_fingerprint(conn);
-        if (cert_revoked(fp)) audit_connection(p.name, p.source, "denied", "certificate revoked");
-        else serve(conn, &p, fp);
+        if (cert_revoked(fp)) audit_connection(p.name, p.source, "denied", "certificate revoked"), refusal(&p);
+        serve(conn, &p, fp); /* a revoked certificate gets its refusal as a KMIP answer, then nothing else */
         sr_tls_close(conn);
     }
     pthread_mutex_lock(&server.lock);
@@ -311,6 +334,103 @@ static void accept_loop(int lfd)
     }
 }
 
+/* ---- leases ------------------------------------------------------------------------------------------ */
+
+static int64_t retention_s;
+
+typedef struct expired {
+    kms_node_t *v;
+    size_t n, cap;
+} expired_t;
+
+static void collect_node(void *ctx, const kms_node_t *n)
+{
+    expired_t *e = ctx;
+    if (e->n == e->cap) {
+        kms_node_t *v = realloc(e->v, (e->cap = e->cap ? 2 * e->cap : 16) * sizeof *v);
+        if (!v) return;
+        e->v = v;
+    }
+    e->v[e->n++] = *n;
+}
+
+static void node_event(const kms_node_t *n, const char *event, const char *detail)
+{
+    sr_event_t ev = {.component = "kms", .event = event, .subject = n->uuid, .object = n->nk, .outcome = "success",
+                     .detail = detail, .source = "kmsd"};
+    (void)sr_event_emit(&ev);
+}
+
+/* Revokes the node key of every node whose lease (plus the grace) ran out,
+ * and destroys node keys past the retention period. */
+static void sweep(int64_t grace_s)
+{
+    int64_t now = sr_time_now_us() / 1000000;
+    expired_t ex = {0}, old = {0};
+    kms_store_lock(server.store);
+    sr_err_t rc = kms_store_begin(server.store);
+    if (rc == SR_OK) rc = kms_node_each(server.store, "active", now - grace_s, collect_node, &ex);
+    for (size_t i = 0; rc == SR_OK && i < ex.n; i++)
+        rc = kms_node_end(server.store, &ex.v[i], "expired", "the lease expired: no heartbeat");
+    if (rc == SR_OK) rc = kms_node_each(server.store, NULL, 0, collect_node, &old);
+    for (size_t i = 0; rc == SR_OK && i < old.n; i++) {
+        kms_object_t nk;
+        kms_node_t *n = &old.v[i];
+        if (!strcmp(n->state, "active") || !n->left || n->left + retention_s > now) continue;
+        if (kms_object_load(server.store, n->nk, &nk) != SR_OK || nk.state >= KMS_STATE_DESTROYED) continue;
+        nk.state = KMS_STATE_DESTROYED, nk.destroy_date = nk.last_change_date = now;
+        rc = kms_object_wipe_material(server.store, nk.uid);
+        if (rc == SR_OK) rc = kms_object_update(server.store, &nk);
+        if (rc == SR_OK) node_event(n, "node.key_destroyed", "retention period over");
+    }
+    for (size_t i = 0; rc == SR_OK && i < ex.n; i++) node_event(&ex.v[i], "node.lease_expired", "node key revoked");
+    if (rc == SR_OK) rc = kms_store_commit(server.store);
+    if (rc != SR_OK) {
+        kms_store_rollback(server.store);
+        sr_log_error("lease sweep: %s", sr_err_detail());
+    }
+    kms_store_unlock(server.store);
+    free(ex.v), free(old.v);
+}
+
+static void *sweeper_main(void *arg)
+{
+    int64_t grace_s = *(int64_t *)arg;
+    while (!stop_requested) {
+        sweep(grace_s);
+        usleep(500000);
+    }
+    return NULL;
+}
+
+static int64_t grace_s;
+
+static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
+{
+    static char ca_cert[4096], ca_key[4096];
+    int on = 0;
+    *on_out = 0;
+    uint64_t lease = 0, grace = 0, retention = 0;
+    int64_t days = 0;
+    sr_err_t rc = sr_config_get_bool(cfg, "enrolment", "enabled", &on);
+    if (rc != SR_OK || !on) return rc;
+    const char *cert = sr_config_get(cfg, "enrolment", "ca_cert"), *key = sr_config_get(cfg, "enrolment", "ca_key");
+    if (!cert || !key) return sr_err_set(SR_ERR_CONFIG, "[enrolment] needs ca_cert and ca_key to sign node certificates");
+    rc = sr_config_get_duration_ms(cfg, "enrolment", "lease", &lease);
+    if (rc == SR_OK) rc = sr_config_get_duration_ms(cfg, "enrolment", "grace", &grace);
+    if (rc == SR_OK) rc = sr_config_get_duration_ms(cfg, "enrolment", "retention", &retention);
+    if (rc == SR_OK) rc = sr_config_get_int(cfg, "enrolment", "cert_days", &days);
+    if (rc == SR_OK && (lease < 1000 || days < 1)) rc = sr_err_set(SR_ERR_CONFIG, "[enrolment] lease >= 1s, cert_days >= 1");
+    if (rc != SR_OK) return rc;
+    snprintf(ca_cert, sizeof ca_cert, "%s", cert), snprintf(ca_key, sizeof ca_key, "%s", key);
+    kms_enrolment_t e = {.ca_cert = ca_cert, .ca_key = ca_key, .lease_s = (int64_t)(lease / 1000),
+                         .grace_s = (int64_t)(grace / 1000), .cert_days = days};
+    kms_enrolment_configure(&e);
+    grace_s = e.grace_s, retention_s = (int64_t)(retention / 1000);
+    *on_out = 1;
+    return SR_OK;
+}
+
 /* Ends idle reads, then waits (up to 10 s) for requests in flight. */
 static void drain(void)
 {
@@ -372,6 +492,9 @@ static int start(const char *config_path, int foreground)
         rc = kms_root_provider(sr_config_get(cfg, "store", "path"), sr_config_get(cfg, "store", "root_key_file"),
                                sr_config_get(cfg, "store", "passphrase_file"), 0, &root);
     if (rc == SR_OK) rc = kms_store_open_encrypted(sr_config_get(cfg, "store", "path"), root, &server.store);
+    pthread_t sweeper;
+    int enrolling = 0, sweeping = 0;
+    if (rc == SR_OK) rc = configure_enrolment(cfg, &enrolling);
     if (rc == SR_OK) rc = sr_tls_listen(sr_config_get(cfg, "server", "listen"), (uint16_t)port, 128, &lfd);
     if (rc != SR_OK) {
         fprintf(stderr, "kmsd: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
@@ -385,11 +508,15 @@ static int start(const char *config_path, int foreground)
     fflush(stdout);
     sr_config_free(cfg);
     if (!foreground && daemon(1, 0) != 0) return fprintf(stderr, "kmsd: cannot detach: %s\n", strerror(errno)), 3;
-    sr_log_notice("started");
+    sr_log_notice("started%s", enrolling ? " (enrolment on: lease sweeper running)" : "");
+    /* after daemon(): threads do not survive a fork */
+    sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_s) == 0;
+    if (enrolling && !sweeping) sr_log_error("cannot start the lease sweeper: leases will not expire");
     accept_loop(lfd);
     close(lfd);
     sr_log_notice("stopping: finishing requests in flight");
     drain();
+    if (sweeping) pthread_join(sweeper, NULL);
     pthread_mutex_lock(&server.lock);
     int busy = server.active;
     pthread_mutex_unlock(&server.lock);

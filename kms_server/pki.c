@@ -147,3 +147,51 @@ sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn,
     EVP_PKEY_free(key), EVP_PKEY_free(ca_key);
     return rc;
 }
+
+static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca, EVP_PKEY **key)
+{
+    FILE *f = fopen(cert_path, "r");
+    *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    f = fopen(key_path, "r");
+    *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    if (*ca && *key) return SR_OK;
+    X509_free(*ca), EVP_PKEY_free(*key);
+    return sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
+}
+
+sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t *csr, size_t csr_len, const char *cn,
+                          int days, uint8_t **cert, size_t *cert_len, kms_cert_info_t *info)
+{
+    const unsigned char *p = csr;
+    X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)csr_len);
+    if (!req || p != csr + csr_len) {
+        X509_REQ_free(req);
+        return sr_err_set(SR_ERR_PARSE, "the certificate request is not DER");
+    }
+    EVP_PKEY *pub = X509_REQ_get_pubkey(req);
+    sr_err_t rc = pub && X509_REQ_verify(req, pub) == 1 ? SR_OK
+                                                          : sr_err_set(SR_ERR_AUTH, "the certificate request's signature "
+                                                                                    "does not verify");
+    X509 *ca = NULL, *x = NULL;
+    EVP_PKEY *key = NULL;
+    if (rc == SR_OK) rc = load_pem(ca_cert, ca_key, &ca, &key);
+    static const char *const exts[] = {"critical,CA:FALSE", "critical,digitalSignature,keyEncipherment", "clientAuth",
+                                       "keyid,issuer", NULL};
+    static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage, NID_authority_key_identifier};
+    if (rc == SR_OK) rc = make_cert(pub, cn, ca, key, days, exts, nids, &x);
+    unsigned char *der = NULL;
+    int len = rc == SR_OK ? i2d_X509(x, &der) : -1;
+    if (rc == SR_OK && len <= 0) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the certificate");
+    if (rc == SR_OK) {
+        if (info) describe(x, info);
+        *cert = malloc((size_t)len);
+        if (*cert) memcpy(*cert, der, (size_t)len), *cert_len = (size_t)len;
+        else rc = SR_ERR_NOMEM;
+    }
+    OPENSSL_free(der);
+    X509_free(x), X509_free(ca), X509_REQ_free(req);
+    EVP_PKEY_free(key), EVP_PKEY_free(pub);
+    return rc;
+}

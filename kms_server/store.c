@@ -12,6 +12,7 @@
  */
 #include "kms.h"
 
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -35,7 +36,11 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS attrs(uid TEXT NOT NULL, name TEXT NOT NULL, idx INT NOT NULL, type INT NOT NULL,"
     " num INT, bytes BLOB, PRIMARY KEY(uid, name, idx));"
     "CREATE TABLE IF NOT EXISTS grants(uid TEXT NOT NULL, principal TEXT NOT NULL, PRIMARY KEY(uid, principal));"
-    "CREATE TABLE IF NOT EXISTS principals(name TEXT PRIMARY KEY, role TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS principals(name TEXT PRIMARY KEY, role TEXT NOT NULL, grp TEXT);"
+    "CREATE TABLE IF NOT EXISTS tokens(hash TEXT PRIMARY KEY, grp TEXT, uses INT NOT NULL, expires INT NOT NULL,"
+    " created INT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS nodes(uuid TEXT PRIMARY KEY, name TEXT, grp TEXT, state TEXT NOT NULL,"
+    " lease_expires INT, joined INT, left_at INT, nk TEXT, reason TEXT);"
     "CREATE TABLE IF NOT EXISTS certs(fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, serial TEXT,"
     " not_after INT, revoked INT NOT NULL DEFAULT 0);";
 
@@ -167,6 +172,8 @@ sr_err_t kms_store_open(const char *uri, sr_keyprov_t *provider, kms_store_t **o
     if (rc == SR_OK) rc = exec(s, "PRAGMA journal_mode=WAL");
     if (rc == SR_OK) rc = exec(s, "PRAGMA synchronous=FULL");
     if (rc == SR_OK) rc = exec(s, schema_sql);
+    /* stores made before node groups: add the column (an error here means it is there) */
+    if (rc == SR_OK) (void)sqlite3_exec(s->db, "ALTER TABLE principals ADD COLUMN grp TEXT", NULL, NULL, NULL);
     if (rc == SR_OK) rc = swk_load(s, provider);
     if (rc != SR_OK) {
         kms_store_close(s);
@@ -518,9 +525,11 @@ sr_err_t kms_grant(kms_store_t *s, const char *uid, const char *principal)
     return run_texts(s, "INSERT OR IGNORE INTO grants(uid, principal) VALUES(?, ?)", uid, principal, "grant");
 }
 
+/* A grant to the principal, or to its group ("@group", for nodes enrolled with a group's token). */
 int kms_granted(kms_store_t *s, const char *uid, const char *principal)
 {
-    return exists_texts(s, "SELECT 1 FROM grants WHERE uid = ? AND principal = ?", uid, principal);
+    return exists_texts(s, "SELECT 1 FROM grants WHERE uid = ?1 AND (principal = ?2 OR principal ="
+                           " (SELECT '@' || grp FROM principals WHERE name = ?2 AND grp IS NOT NULL))", uid, principal);
 }
 
 sr_err_t kms_principal_set(kms_store_t *s, const char *name, kms_role_t role)
@@ -579,6 +588,121 @@ sr_err_t kms_cert_each(kms_store_t *s, void (*fn)(void *, const char *, const ch
         fn(ctx, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
            (const char *)sqlite3_column_text(st, 2), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4));
     rc = r == SQLITE_DONE ? SR_OK : db_error(s, r, "list certificates");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---- join tokens and nodes ------------------------------------------------------------------- */
+
+static void token_hash(const char *token, char hex[65])
+{
+    uint8_t md[32];
+    unsigned len = 0;
+    EVP_Digest(token, strlen(token), md, &len, EVP_sha256(), NULL);
+    sr_hex_encode(md, sizeof md, hex);
+}
+
+sr_err_t kms_token_create(kms_store_t *s, const char *group, int uses, int64_t ttl_s, char token[65])
+{
+    uint8_t raw[32];
+    char hash[65];
+    sr_err_t rc = sr_random_bytes(raw, sizeof raw);
+    if (rc != SR_OK) return rc;
+    sr_hex_encode(raw, sizeof raw, token);
+    sr_secure_wipe(raw, sizeof raw);
+    token_hash(token, hash);
+    sqlite3_stmt *st;
+    if ((rc = prepare(s, "INSERT INTO tokens(hash, grp, uses, expires, created) VALUES(?, ?, ?, ?, ?)", &st)) != SR_OK)
+        return rc;
+    int64_t now = sr_time_now_us() / 1000000;
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_TRANSIENT);
+    bind_text(st, 2, group);
+    sqlite3_bind_int64(st, 3, uses);
+    sqlite3_bind_int64(st, 4, now + ttl_s);
+    sqlite3_bind_int64(st, 5, now);
+    return run(s, st, "create token");
+}
+
+sr_err_t kms_token_take(kms_store_t *s, const char *token, char group[KMS_TEXT_MAX])
+{
+    char hash[65];
+    token_hash(token, hash);
+    sqlite3_stmt *st;
+    sr_err_t rc = prepare(s, "SELECT COALESCE(grp, ''), uses, expires FROM tokens WHERE hash = ?", &st);
+    if (rc != SR_OK) return rc;
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_TRANSIENT);
+    int r = sqlite3_step(st);
+    int64_t uses = 0, expires = 0;
+    if (r == SQLITE_ROW) {
+        column_text(st, 0, group, KMS_TEXT_MAX);
+        uses = sqlite3_column_int64(st, 1), expires = sqlite3_column_int64(st, 2);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_ROW) return sr_err_set(SR_ERR_AUTH, "unknown join token");
+    if (expires <= sr_time_now_us() / 1000000) return sr_err_set(SR_ERR_AUTH, "the join token has expired");
+    if (uses <= 0) return sr_err_set(SR_ERR_AUTH, "the join token was already used");
+    return run_texts(s, "UPDATE tokens SET uses = uses - 1 WHERE hash = ?", hash, NULL, "use token");
+}
+
+sr_err_t kms_principal_set_group(kms_store_t *s, const char *name, const char *group)
+{
+    return run_texts(s, "UPDATE principals SET grp = NULLIF(?2, '') WHERE name = ?1", name, group, "set group");
+}
+
+#define NODE_COLUMNS "uuid, name, grp, state, lease_expires, joined, left_at, nk, reason"
+
+static void read_node(sqlite3_stmt *st, kms_node_t *n)
+{
+    memset(n, 0, sizeof *n);
+    column_text(st, 0, n->uuid, sizeof n->uuid);
+    column_text(st, 1, n->name, sizeof n->name);
+    column_text(st, 2, n->group, sizeof n->group);
+    column_text(st, 3, n->state, sizeof n->state);
+    n->lease_expires = sqlite3_column_int64(st, 4);
+    n->joined = sqlite3_column_int64(st, 5);
+    n->left = sqlite3_column_int64(st, 6);
+    column_text(st, 7, n->nk, sizeof n->nk);
+    column_text(st, 8, n->reason, sizeof n->reason);
+}
+
+sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n)
+{
+    sqlite3_stmt *st;
+    sr_err_t rc = prepare(s, "INSERT OR REPLACE INTO nodes(" NODE_COLUMNS ") VALUES(?,?,?,?,?,?,?,?,?)", &st);
+    if (rc != SR_OK) return rc;
+    bind_text(st, 1, n->uuid), bind_text(st, 2, n->name), bind_text(st, 3, n->group), bind_text(st, 4, n->state);
+    sqlite3_bind_int64(st, 5, n->lease_expires), sqlite3_bind_int64(st, 6, n->joined);
+    sqlite3_bind_int64(st, 7, n->left);
+    bind_text(st, 8, n->nk), bind_text(st, 9, n->reason);
+    return run(s, st, "save node");
+}
+
+sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n)
+{
+    sqlite3_stmt *st;
+    sr_err_t rc = prepare(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE uuid = ?", &st);
+    if (rc != SR_OK) return rc;
+    sqlite3_bind_text(st, 1, uuid, -1, SQLITE_TRANSIENT);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) read_node(st, n);
+    else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read node");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_before,
+                       void (*fn)(void *, const kms_node_t *), void *ctx)
+{
+    sqlite3_stmt *st;
+    sr_err_t rc = prepare(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE (?1 IS NULL OR state = ?1)"
+                             " AND (?2 = 0 OR lease_expires < ?2) ORDER BY joined", &st);
+    if (rc != SR_OK) return rc;
+    bind_text(st, 1, where_state);
+    sqlite3_bind_int64(st, 2, lease_before);
+    int r;
+    kms_node_t n;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) read_node(st, &n), fn(ctx, &n);
+    rc = r == SQLITE_DONE ? SR_OK : db_error(s, r, "list nodes");
     sqlite3_finalize(st);
     return rc;
 }

@@ -43,9 +43,10 @@
  * as empty. The flag is cleared, before the cut, when SQLite itself empties
  * the file (rolling back a new database's first transaction).
  *
- * Keys: URI keyfile=PATH or kms=CONFIG, else $STRONGROOM_KEYFILE or
- * $STRONGROOM_KMS, else the provider given to sr_sqlite_register(). Providers
- * are cached per file and reloaded when it changes (master-key rotation).
+ * Keys: URI keyfile=PATH, kms=CONFIG or agent=SOCKET, else
+ * $STRONGROOM_KEYFILE, $STRONGROOM_KMS or $STRONGROOM_AGENT, else the
+ * provider given to sr_sqlite_register(). Providers are cached per file and
+ * reloaded when it changes (master-key rotation).
  */
 #include "sr_sqlite.h"
 #include "tablespace.h"
@@ -241,16 +242,19 @@ static sr_err_t provider_for_file(const char *path, sr_err_t (*open_fn)(const ch
     return rc;
 }
 
-/* URI keyfile=, else URI kms=, else $STRONGROOM_KEYFILE, else $STRONGROOM_KMS,
- * else the registered default provider. */
+/* URI keyfile=, kms=, agent= (a socket), else $STRONGROOM_KEYFILE, _KMS,
+ * _AGENT, else the registered default provider. */
 static sr_err_t provider_for_open(const char *zName, sr_keyprov_t **out)
 {
     const char *keyfile = sqlite3_uri_parameter(zName, "keyfile"), *kms = sqlite3_uri_parameter(zName, "kms");
+    const char *agent = sqlite3_uri_parameter(zName, "agent");
     if (keyfile && *keyfile) return provider_for_file(keyfile, sr_keyprov_keyfile_open, out);
     if (kms && *kms) return provider_for_file(kms, sr_keyprov_kmip_open, out);
-    keyfile = getenv("STRONGROOM_KEYFILE"), kms = getenv("STRONGROOM_KMS");
+    if (agent && *agent) return provider_for_file(agent, sr_keyprov_agent_open, out);
+    keyfile = getenv("STRONGROOM_KEYFILE"), kms = getenv("STRONGROOM_KMS"), agent = getenv("STRONGROOM_AGENT");
     if (keyfile && *keyfile) return provider_for_file(keyfile, sr_keyprov_keyfile_open, out);
     if (kms && *kms) return provider_for_file(kms, sr_keyprov_kmip_open, out);
+    if (agent && *agent) return provider_for_file(agent, sr_keyprov_agent_open, out);
     pthread_mutex_lock(&vfs_lock);
     *out = default_provider;
     pthread_mutex_unlock(&vfs_lock);

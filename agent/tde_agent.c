@@ -1,0 +1,577 @@
+/*
+ * tde-agent — one per database node: joins the KMS with a one-time token,
+ * keeps its lease with heartbeats, serves the local engines' data keys over
+ * a Unix socket, and leaves on SIGTERM (the scale-in path).
+ *
+ *   tde-agent run --config agent.conf       (stays in the foreground: systemd, a container)
+ *   tde-agent status --config agent.conf [--json]
+ *
+ * Enrolment (first start): an EC P-256 key and a certificate request made
+ * here (the private key never leaves the node), the join token from
+ * token_file or $STRONGROOM_JOIN_TOKEN, KMIP vendor operation Enrol over TLS
+ * without a client certificate -> node UUID, node key NK (UUID-tagged,
+ * Active, in kmsd), a client certificate for CN=<node UUID>. Kept in
+ * state_dir (0700): node.key (0600), node.pem, kms.conf, then node.conf last
+ * (its presence means enrolled). Later starts reuse it. A node whose
+ * membership ended (left, lease expired, revoked) must enrol again with a new
+ * token: it gets a new UUID.
+ *
+ * Key service: each request's peer (SO_PEERCRED: uid, pid, executable) is
+ * checked against the access policy (account = the user name, source
+ * `local`, service `tde-key`) when one is configured; keys come from kmsd
+ * (the KMS provider, with the node's certificate: the master key must be
+ * granted to the node or its group) and are cached in locked memory for
+ * cache_ttl, so open tablespaces and new opens keep working through a short
+ * KMS outage. Every decision is an audit event (component "agent").
+ */
+#include "access_ctl.h"
+#include "audit.h"
+#include "keymgr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
+
+static const sr_config_key_t schema[] = {
+    {"agent", "state_dir", SR_CONFIG_PATH, NULL, 1},
+    {"agent", "socket", SR_CONFIG_PATH, NULL, 1},
+    {"agent", "name", SR_CONFIG_STRING, NULL, 0},
+    {"agent", "token_file", SR_CONFIG_PATH, NULL, 0},
+    {"agent", "heartbeat", SR_CONFIG_DURATION, "10s", 0},
+    {"agent", "cache_ttl", SR_CONFIG_DURATION, "300s", 0},
+    {"agent", "master_key", SR_CONFIG_STRING, NULL, 1},
+    {"agent", "policy", SR_CONFIG_PATH, NULL, 0},
+    {"kms", "servers", SR_CONFIG_STRING, NULL, 1},
+    {"kms", "server_name", SR_CONFIG_STRING, "localhost", 0},
+    {"kms", "ca", SR_CONFIG_PATH, NULL, 1},
+};
+
+static struct {
+    sr_config_t *cfg;
+    char state[4096], node_uuid[64], nk[128];
+    sr_keyprov_t *kms;
+    sr_keycache_t *cache;
+    uint64_t cache_ttl_ms, heartbeat_ms;
+    sr_acl_t *policy;
+    pthread_mutex_t lock;
+    int revoked;
+    char revoked_why[256];
+    int64_t last_heartbeat_ok, lease_s;
+} agent = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static volatile sig_atomic_t stop_requested;
+static void on_stop(int sig) { (void)sig, stop_requested = 1; }
+
+static void event(const char *name, const char *subject, const char *object, const char *outcome, const char *detail)
+{
+    sr_event_t ev = {.component = "agent", .event = name, .subject = subject, .object = object, .outcome = outcome,
+                     .detail = detail, .source = "local"};
+    (void)sr_event_emit(&ev);
+}
+
+static void state_path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", agent.state, name); }
+
+/* ---- talking to kmsd ----------------------------------------------------------------------------- */
+
+/* A client to the first server of the list, as the node (cert) or anonymous (NULL). */
+static sr_err_t kms_client(const char *cert, const char *key, sr_kmip_client_t **out)
+{
+    char host[256];
+    snprintf(host, sizeof host, "%s", sr_config_get(agent.cfg, "kms", "servers"));
+    host[strcspn(host, ", ")] = '\0';
+    char *colon = strrchr(host, ':');
+    int64_t port = 0;
+    if (!colon || sr_parse_int64(colon + 1, &port) != SR_OK || port < 1 || port > 65535)
+        return sr_err_set(SR_ERR_CONFIG, "[kms] servers: '%s' is not host:port", host);
+    *colon = '\0';
+    sr_kmip_client_options_t o = {.host = host, .port = (uint16_t)port,
+                                  .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
+                                  .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert, .key_file = key,
+                                  .timeout_ms = 5000, .version = {1, 4}};
+    return sr_kmip_client_new(&o, out);
+}
+
+static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
+{
+    char cert[4200], key[4200];
+    state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
+    sr_kmip_client_t *c = NULL;
+    sr_kmip_enc_t e;
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
+    sr_kmip_request_end(&e);
+    sr_err_t rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = kms_client(cert, key, &c);
+    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, op, r);
+    sr_kmip_client_free(c);
+    sr_kmip_enc_free(&e);
+    return rc;
+}
+
+/* ---- enrolment -------------------------------------------------------------------------------------- */
+
+static sr_err_t write_file(const char *path, const void *data, size_t len, mode_t mode)
+{
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", tmp);
+    sr_err_t rc = sr_fd_write_all(fd, data, len);
+    if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot sync %s", tmp);
+    close(fd);
+    if (rc == SR_OK && rename(tmp, path) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot install %s", path);
+    return rc;
+}
+
+/* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
+static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509_REQ *req = X509_REQ_new();
+    BIO *bio = BIO_new(BIO_s_mem());
+    sr_err_t rc = key && req && bio ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the node key");
+    if (rc == SR_OK &&
+        (!X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8, (const unsigned char *)name,
+                                     -1, -1, 0) ||
+         !X509_REQ_set_pubkey(req, key) || !X509_REQ_sign(req, key, EVP_sha256()) ||
+         !PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the certificate request");
+    unsigned char *der = NULL;
+    int n = rc == SR_OK ? i2d_X509_REQ(req, &der) : -1;
+    char *pem = NULL;
+    long pem_len = rc == SR_OK ? BIO_get_mem_data(bio, &pem) : 0;
+    if (rc == SR_OK && (n <= 0 || pem_len <= 0)) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the request");
+    if (rc == SR_OK) {
+        *key_pem = sr_secure_alloc((size_t)pem_len);
+        *csr = malloc((size_t)n);
+        if (!*key_pem || !*csr) rc = SR_ERR_NOMEM;
+        else memcpy(*key_pem, pem, (size_t)pem_len), *key_len = (size_t)pem_len, memcpy(*csr, der, (size_t)n),
+             *csr_len = (size_t)n;
+    }
+    OPENSSL_free(der);
+    BIO_free(bio);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+static sr_err_t read_token(char *token, size_t cap)
+{
+    const char *file = sr_config_get(agent.cfg, "agent", "token_file"), *env = getenv("STRONGROOM_JOIN_TOKEN");
+    if (file) {
+        FILE *f = fopen(file, "r");
+        if (!f) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot read the join token %s", file);
+        if (!fgets(token, (int)cap, f)) token[0] = '\0';
+        fclose(f);
+    } else if (env) {
+        snprintf(token, cap, "%s", env);
+    } else {
+        return sr_err_set(SR_ERR_CONFIG, "not enrolled and no join token: set token_file or STRONGROOM_JOIN_TOKEN "
+                          "(kmsctl token create)");
+    }
+    token[strcspn(token, "\r\n")] = '\0';
+    return token[0] ? SR_OK : sr_err_set(SR_ERR_CONFIG, "the join token is empty");
+}
+
+static sr_err_t save_enrolment(const sr_kmip_response_t *r, const char *key_pem, size_t key_len)
+{
+    const sr_kmip_tree_t *t = &r->tree;
+    int32_t uuid = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_NODE_UUID, SR_KMIP_TEXT_STRING);
+    int32_t nk = sr_kmip_child(t, r->payload, SR_KMIP_TAG_UNIQUE_IDENTIFIER, SR_KMIP_TEXT_STRING);
+    int32_t cert = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_NODE_CERTIFICATE, SR_KMIP_BYTE_STRING);
+    int32_t lease = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_LEASE_SECONDS, SR_KMIP_INTEGER);
+    if (uuid < 0 || nk < 0 || cert < 0 || lease < 0 || t->items[uuid].len >= 64 || t->items[nk].len >= 128)
+        return sr_err_set(SR_ERR_KMIP_DECODE, "the Enrol response lacks the node UUID, key or certificate");
+    snprintf(agent.node_uuid, sizeof agent.node_uuid, "%.*s", (int)t->items[uuid].len, t->items[uuid].v.ptr);
+    snprintf(agent.nk, sizeof agent.nk, "%.*s", (int)t->items[nk].len, t->items[nk].v.ptr);
+    const unsigned char *p = t->items[cert].v.ptr;
+    X509 *x = d2i_X509(NULL, &p, (long)t->items[cert].len);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long pem_len = x && bio && PEM_write_bio_X509(bio, x) ? BIO_get_mem_data(bio, &pem) : 0;
+    char path[4200], text[8192];
+    sr_err_t rc = pem_len > 0 ? SR_OK : sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate does not decode");
+    state_path(path, sizeof path, "node.key");
+    if (rc == SR_OK) rc = write_file(path, key_pem, key_len, 0600);
+    state_path(path, sizeof path, "node.pem");
+    if (rc == SR_OK) rc = write_file(path, pem, (size_t)pem_len, 0644);
+    int n = snprintf(text, sizeof text, "[kms]\nservers = %s\nserver_name = %s\nca = %s\ncert = node.pem\nkey = node.key\n"
+                     "master_key = %s\ntimeout = 5s\n", sr_config_get(agent.cfg, "kms", "servers"),
+                     sr_config_get(agent.cfg, "kms", "server_name"), sr_config_get(agent.cfg, "kms", "ca"),
+                     sr_config_get(agent.cfg, "agent", "master_key"));
+    state_path(path, sizeof path, "kms.conf");
+    if (rc == SR_OK) rc = write_file(path, text, (size_t)n, 0600);
+    n = snprintf(text, sizeof text, "%s %s %d\n", agent.node_uuid, agent.nk, t->items[lease].v.i32);
+    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled */
+    if (rc == SR_OK) rc = write_file(path, text, (size_t)n, 0600);
+    agent.lease_s = t->items[lease].v.i32;
+    BIO_free(bio);
+    X509_free(x);
+    return rc;
+}
+
+static sr_err_t enrol(void)
+{
+    char token[256], name[256] = "", *key_pem = NULL;
+    uint8_t *csr = NULL;
+    size_t key_len = 0, csr_len = 0;
+    const char *cfg_name = sr_config_get(agent.cfg, "agent", "name");
+    if (cfg_name) snprintf(name, sizeof name, "%s", cfg_name);
+    else gethostname(name, sizeof name - 1);
+    sr_err_t rc = read_token(token, sizeof token);
+    if (rc == SR_OK) rc = make_request(name, &key_pem, &key_len, &csr, &csr_len);
+    sr_kmip_enc_t e;
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, SR_KMIP_OP_ENROL);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_JOIN_TOKEN, token);
+    sr_kmip_put_bytes(&e, SR_KMIP_TAG_X_CSR, csr ? csr : (const uint8_t *)"", csr_len);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_NODE_NAME, name);
+    sr_kmip_request_end(&e);
+    sr_secure_wipe(token, sizeof token);
+    sr_kmip_client_t *c = NULL;
+    sr_kmip_response_t r;
+    memset(&r, 0, sizeof r);
+    if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = kms_client(NULL, NULL, &c);
+    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, SR_KMIP_OP_ENROL, &r);
+    if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
+    sr_kmip_response_free(&r);
+    sr_kmip_client_free(c);
+    sr_kmip_enc_free(&e);
+    free(csr);
+    if (key_pem) sr_secure_wipe(key_pem, key_len), sr_secure_free(key_pem);
+    return rc;
+}
+
+static int load_enrolment(void)
+{
+    char path[4200];
+    state_path(path, sizeof path, "node.conf");
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    long lease = 0;
+    int ok = fscanf(f, "%63s %127s %ld", agent.node_uuid, agent.nk, &lease) == 3;
+    fclose(f);
+    agent.lease_s = lease;
+    return ok;
+}
+
+/* ---- heartbeats ---------------------------------------------------------------------------------------- */
+
+static void end_membership(const char *why)
+{
+    pthread_mutex_lock(&agent.lock);
+    int was = agent.revoked;
+    agent.revoked = 1;
+    snprintf(agent.revoked_why, sizeof agent.revoked_why, "%s", why);
+    sr_keycache_purge(agent.cache, NULL);
+    pthread_mutex_unlock(&agent.lock);
+    if (!was) {
+        sr_log_error("node %s: %s; cached keys purged, new requests refused (enrol again with a new token)",
+                     agent.node_uuid, why);
+        event("node.membership_ended", agent.node_uuid, agent.nk, "failure", why);
+    }
+}
+
+static void *heartbeat_main(void *arg)
+{
+    (void)arg;
+    while (!stop_requested && !agent.revoked) {
+        sr_kmip_response_t r;
+        sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
+        if (rc == SR_OK) {
+            pthread_mutex_lock(&agent.lock);
+            agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
+            pthread_mutex_unlock(&agent.lock);
+            sr_kmip_response_free(&r);
+        } else if (rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"))) {
+            end_membership(sr_err_detail()); /* the KMS ended it: lease expired, revoked */
+        } else {
+            sr_log_warn("heartbeat: %s (the KMS is unreachable: cached keys stay usable)", sr_err_detail());
+        }
+        for (uint64_t slept = 0; slept < agent.heartbeat_ms && !stop_requested; slept += 100) usleep(100000);
+    }
+    return NULL;
+}
+
+/* ---- the key service ----------------------------------------------------------------------------------- */
+
+typedef struct peer {
+    uid_t uid;
+    pid_t pid;
+    char user[64], exe[256], subject[400];
+} peer_t;
+
+static void describe_peer(int fd, peer_t *p)
+{
+    struct ucred cred = {0};
+    socklen_t len = sizeof cred;
+    memset(p, 0, sizeof *p);
+    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+    p->uid = cred.uid, p->pid = cred.pid;
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(cred.uid, &pw, buf, sizeof buf, &res) == 0 && res) snprintf(p->user, sizeof p->user, "%s", pw.pw_name);
+    else snprintf(p->user, sizeof p->user, "uid%u", (unsigned)cred.uid);
+    char link[64];
+    snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
+    ssize_t n = readlink(link, p->exe, sizeof p->exe - 1);
+    p->exe[n > 0 ? n : 0] = '\0';
+    snprintf(p->subject, sizeof p->subject, "uid=%u (%s) pid=%d exe=%s", (unsigned)cred.uid, p->user, (int)cred.pid,
+             p->exe[0] ? p->exe : "?");
+}
+
+static void answer(int fd, char status, const uint8_t *data, size_t len)
+{
+    uint8_t head[5];
+    sr_put_be32(head, (uint32_t)(len + 1));
+    head[4] = (uint8_t)status;
+    if (sr_fd_write_all(fd, head, 5) == SR_OK && len) (void)!sr_fd_write_all(fd, data, len);
+}
+
+static void refuse(int fd, const peer_t *p, const char *object, const char *why)
+{
+    event("key.request", p->subject, object, "denied", why);
+    answer(fd, 'E', (const uint8_t *)why, strlen(why));
+}
+
+/* The policy's word on this peer; 1 allowed. */
+static int permitted(const peer_t *p, char *why, size_t cap)
+{
+    if (!agent.policy) return 1;
+    sr_acl_request_t req = {.account = p->user, .source = "local", .service = "tde-key"};
+    sr_acl_decision_t d;
+    sr_acl_evaluate(agent.policy, &req, &d);
+    snprintf(why, cap, "%s", d.why);
+    return d.allow;
+}
+
+/* U: the DEK (cache, else the KMS); C: a new DEK wrapped by the KMS; R: re-wrapped. */
+static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *in, uint8_t *dek,
+                          sr_wrapped_key_t *out, int *cached)
+{
+    size_t len = 0;
+    *cached = 0;
+    if (op == 'U' && sr_keycache_get(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, &len) == SR_OK)
+        return *cached = 1, SR_OK;
+    sr_err_t rc = op == 'C' ? sr_keyprov_dek_create(agent.kms, ts, version, dek, out)
+                  : op == 'U' ? sr_keyprov_dek_unwrap(agent.kms, ts, version, in, dek)
+                              : sr_keyprov_dek_rewrap(agent.kms, ts, version, in, out);
+    if (rc == SR_OK && op != 'R') rc = sr_keycache_put(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, agent.cache_ttl_ms);
+    return rc;
+}
+
+static void handle(int fd)
+{
+    peer_t p;
+    describe_peer(fd, &p);
+    uint8_t head[4], req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (sr_fd_read_exact(fd, head, 4) != SR_OK) return;
+    uint32_t n = sr_get_be32(head);
+    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || sr_fd_read_exact(fd, req, n) != SR_OK)
+        return refuse(fd, &p, NULL, "malformed request");
+    sr_uuid_t ts;
+    memcpy(ts.bytes, req + 1, SR_UUID_BYTES);
+    uint32_t version = sr_get_be32(req + 1 + SR_UUID_BYTES);
+    char object[64], why[300];
+    sr_uuid_format(&ts, object);
+    char op = (char)req[0];
+    sr_wrapped_key_t in, out;
+    size_t at = 1 + SR_UUID_BYTES + 4;
+    if (op != 'C' && op != 'U' && op != 'R') return refuse(fd, &p, object, "unknown request");
+    if (op != 'C' && sr_wrapped_key_decode(req + at, n - at, &in) != SR_OK) return refuse(fd, &p, object, "bad wrapped key");
+    pthread_mutex_lock(&agent.lock);
+    int revoked = agent.revoked;
+    snprintf(why, sizeof why, "this node's membership ended: %s", agent.revoked_why);
+    pthread_mutex_unlock(&agent.lock);
+    if (revoked) return refuse(fd, &p, object, why);
+    if (!permitted(&p, why, sizeof why)) return refuse(fd, &p, object, why);
+    uint8_t *reply = sr_secure_alloc(SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX);
+    if (!reply) return refuse(fd, &p, object, "out of memory");
+    int cached = 0;
+    size_t len = 0, enc = 0;
+    sr_err_t rc = serve_key(op, &ts, version, &in, reply, &out, &cached);
+    if (rc == SR_OK && op != 'R') len = SR_KEYMGR_KEY_BYTES;
+    if (rc == SR_OK && op != 'U')
+        rc = sr_wrapped_key_encode(&out, reply + len, SR_WRAPPED_KEY_ENCODED_MAX, &enc), len += enc;
+    if (rc == SR_OK) {
+        snprintf(why, sizeof why, "%s data key v%u%s%s", op == 'C' ? "created" : op == 'U' ? "unwrapped" : "re-wrapped",
+                 version, cached ? " (cached)" : "", agent.policy ? "; policy allows" : "");
+        event("key.request", p.subject, object, "success", why);
+        answer(fd, 'K', reply, len);
+    } else {
+        refuse(fd, &p, object, sr_err_detail());
+    }
+    sr_secure_wipe(reply, SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX), sr_secure_free(reply);
+}
+
+static sr_err_t listen_socket(const char *path, int *fd_out)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return sr_err_set(SR_ERR_CONFIG, "socket path too long: %s", path);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    unlink(path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(path, 0666) != 0 || listen(fd, 64) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return sr_err_set_errno(SR_ERR_IO, e, "cannot listen on %s", path);
+    }
+    *fd_out = fd;
+    return SR_OK;
+}
+
+/* ---- run ----------------------------------------------------------------------------------------------------- */
+
+static sr_err_t start_services(void)
+{
+    char path[4200];
+    uint64_t ms = 0;
+    sr_err_t rc = sr_config_get_duration_ms(agent.cfg, "agent", "heartbeat", &agent.heartbeat_ms);
+    if (rc == SR_OK) rc = sr_config_get_duration_ms(agent.cfg, "agent", "cache_ttl", &ms);
+    agent.cache_ttl_ms = ms;
+    if (rc == SR_OK) rc = sr_keycache_new(1024, ms, &agent.cache);
+    state_path(path, sizeof path, "kms.conf");
+    if (rc == SR_OK) rc = sr_keyprov_kmip_open(path, &agent.kms);
+    const char *policy = sr_config_get(agent.cfg, "agent", "policy");
+    if (rc == SR_OK && policy) rc = sr_acl_open(policy, &agent.policy);
+    return rc;
+}
+
+static int cmd_run(const char *config)
+{
+    if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
+        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_USAGE;
+    snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
+    if (mkdir(agent.state, 0700) != 0 && errno != EEXIST)
+        return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), EXIT_CANNOT;
+    chmod(agent.state, 0700);
+    sr_err_t rc = SR_OK;
+    if (!load_enrolment()) {
+        rc = enrol();
+        if (rc != SR_OK) {
+            fprintf(stderr, "tde-agent: enrolment refused or failed: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
+            event("node.enrol", "tde-agent", NULL, "failure", sr_err_detail());
+            return EXIT_FAILED;
+        }
+        printf("tde-agent: enrolled as node %s (node key %s, lease %llds)\n", agent.node_uuid, agent.nk,
+               (long long)agent.lease_s);
+        event("node.enrol", agent.node_uuid, agent.nk, "success", "enrolled");
+    } else {
+        printf("tde-agent: node %s (enrolled before; state in %s)\n", agent.node_uuid, agent.state);
+    }
+    fflush(stdout);
+    int lfd = -1;
+    if (rc == SR_OK) rc = start_services();
+    if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
+    if (rc != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_CANNOT;
+    pthread_t hb;
+    pthread_create(&hb, NULL, heartbeat_main, NULL);
+    while (!stop_requested) {
+        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+        if (poll(&pfd, 1, 200) <= 0) continue;
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) handle(fd), close(fd);
+    }
+    close(lfd);
+    unlink(sr_config_get(agent.cfg, "agent", "socket"));
+    pthread_join(hb, NULL);
+    sr_keycache_purge(agent.cache, NULL);
+    /* scale-in: leave at once, so the node key is revoked now, not at lease expiry */
+    sr_kmip_response_t r;
+    if (!agent.revoked && node_call(SR_KMIP_OP_LEAVE, &r) == SR_OK) {
+        sr_kmip_response_free(&r);
+        printf("tde-agent: node %s left; its node key is revoked\n", agent.node_uuid);
+        event("node.leave", agent.node_uuid, agent.nk, "success", "graceful leave");
+    } else if (!agent.revoked) {
+        fprintf(stderr, "tde-agent: could not tell the KMS we leave (%s): the lease will expire\n", sr_err_detail());
+    }
+    sr_keycache_free(agent.cache);
+    sr_keyprov_free(agent.kms);
+    sr_acl_close(agent.policy);
+    sr_config_free(agent.cfg);
+    return 0;
+}
+
+static int cmd_status(const char *config, int json)
+{
+    if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
+        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_USAGE;
+    snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
+    int enrolled = load_enrolment();
+    const char *sock = sr_config_get(agent.cfg, "agent", "socket");
+    int serving = 0, fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); /* a live agent accepts */
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (fd >= 0) serving = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, close(fd);
+    sr_kmip_response_t r;
+    int member = 0;
+    char why[256] = "";
+    if (enrolled) {
+        sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r); /* also renews the lease */
+        member = rc == SR_OK;
+        if (member) sr_kmip_response_free(&r);
+        else snprintf(why, sizeof why, "%s", sr_err_detail());
+    }
+    if (json)
+        printf("{\"enrolled\": %s, \"node\": \"%s\", \"node_key\": \"%s\", \"lease_seconds\": %lld, \"kms_accepts_node\": "
+               "%s, \"serving\": %s, \"socket\": \"%s\"}\n", enrolled ? "true" : "false", agent.node_uuid, agent.nk,
+               (long long)agent.lease_s, member ? "true" : "false", serving ? "true" : "false", sock);
+    else if (!enrolled)
+        printf("not enrolled (state %s)\n", agent.state);
+    else
+        printf("node %s, node key %s, lease %llds; KMS %s; key service %s (%s)\n", agent.node_uuid, agent.nk,
+               (long long)agent.lease_s, member ? "accepts this node" : why, serving ? "listening" : "not running", sock);
+    sr_config_free(agent.cfg);
+    return enrolled && member ? 0 : EXIT_FAILED;
+}
+
+static int usage(FILE *f, int status)
+{
+    fprintf(f, "usage: tde-agent run --config FILE\n"
+               "       tde-agent status --config FILE [--json]\n"
+               "Exit status: 0 ok, 1 refused (enrolment, membership), 2 usage, 3 could not run.\n");
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage(stderr, EXIT_USAGE);
+    if (!strcmp(argv[1], "--help")) return usage(stdout, 0);
+    const char *config = NULL;
+    int json = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
+        else if (!strcmp(argv[i], "--json") && !strcmp(argv[1], "status")) json = 1;
+        else return fprintf(stderr, "tde-agent: option %s does not apply\n", argv[i]), usage(stderr, EXIT_USAGE);
+    }
+    if (!config) return usage(stderr, EXIT_USAGE);
+    if (sr_secure_init() != SR_OK) return EXIT_CANNOT;
+    sr_audit_writer_t *w = NULL;
+    if (sr_audit_open_from_env(&w) != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_CANNOT;
+    if (!strcmp(argv[1], "status")) return cmd_status(config, json);
+    if (strcmp(argv[1], "run") != 0) return usage(stderr, EXIT_USAGE);
+    if (sr_process_harden() != SR_OK) return EXIT_CANNOT;
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return cmd_run(config);
+}

@@ -1,0 +1,128 @@
+/*
+ * keyprov_agent.c — the agent key provider: the engine asks the host's
+ * tde-agent, over its Unix socket, for a tablespace's data key; the agent
+ * checks who is asking (SO_PEERCRED, the access policy), asks kmsd with the
+ * node's own certificate, and keeps the key in its locked cache.
+ *
+ * Wire, one request per connection: u32 BE length, then
+ *   op (1: 'C' create, 'U' unwrap, 'R' rewrap) | tablespace UUID (16) |
+ *   DEK version (u32 BE) | wrapped key, sr_wrapped_key_encode'd (U, R)
+ * and the answer: u32 BE length, then 'K' | DEK (32; C, U) | wrapped (C, R),
+ * or 'E' | a message.
+ */
+#include "keymgr.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define ANSWER_MAX 4096
+
+typedef struct agent_provider {
+    char path[108];
+} agent_provider_t;
+
+static sr_err_t ask(const agent_provider_t *a, const uint8_t *req, size_t len, uint8_t *answer, size_t *answer_len)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", a->path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return sr_err_set_errno(SR_ERR_NETWORK, e, "the key agent at %s is not running", a->path);
+    }
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    uint8_t head[4];
+    sr_put_be32(head, (uint32_t)len);
+    sr_err_t rc = sr_fd_write_all(fd, head, 4);
+    if (rc == SR_OK) rc = sr_fd_write_all(fd, req, len);
+    if (rc == SR_OK) rc = sr_fd_read_exact(fd, head, 4);
+    uint32_t n = rc == SR_OK ? sr_get_be32(head) : 0;
+    if (rc == SR_OK && (n < 1 || n > ANSWER_MAX)) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent answered %u bytes", n);
+    if (rc == SR_OK) rc = sr_fd_read_exact(fd, answer, n);
+    close(fd);
+    if (rc != SR_OK) return sr_err_set(rc, "key agent %s: %s", a->path, sr_err_detail());
+    if (answer[0] == 'E') {
+        answer[n < ANSWER_MAX ? n : ANSWER_MAX - 1] = '\0';
+        return sr_err_set(SR_ERR_PERMISSION, "the key agent refused: %s", (const char *)answer + 1);
+    }
+    if (answer[0] != 'K') return sr_err_set(SR_ERR_PROTOCOL, "the key agent answered '%c'", answer[0]);
+    *answer_len = n;
+    return SR_OK;
+}
+
+static size_t request(uint8_t *req, char op, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *wk)
+{
+    req[0] = (uint8_t)op;
+    memcpy(req + 1, ts->bytes, SR_UUID_BYTES);
+    sr_put_be32(req + 1 + SR_UUID_BYTES, version);
+    size_t len = 1 + SR_UUID_BYTES + 4, enc = 0;
+    if (wk && sr_wrapped_key_encode(wk, req + len, SR_WRAPPED_KEY_ENCODED_MAX, &enc) != SR_OK) return 0;
+    return len + enc;
+}
+
+static sr_err_t call(void *impl, char op, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *in,
+                     uint8_t *dek_out, sr_wrapped_key_t *wrapped_out)
+{
+    uint8_t req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
+    uint8_t *answer = sr_secure_alloc(ANSWER_MAX); /* carries a key */
+    if (!answer) return SR_ERR_NOMEM;
+    size_t len = request(req, op, ts, version, in), n = 0;
+    sr_err_t rc = len ? ask(impl, req, len, answer, &n) : sr_err_set(SR_ERR_INVALID_ARG, "wrapped key too large");
+    size_t at = 1;
+    if (rc == SR_OK && dek_out) {
+        if (n < at + SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent sent no key");
+        else memcpy(dek_out, answer + at, SR_KEYMGR_KEY_BYTES), at += SR_KEYMGR_KEY_BYTES;
+    }
+    if (rc == SR_OK && wrapped_out) rc = sr_wrapped_key_decode(answer + at, n - at, wrapped_out);
+    sr_secure_wipe(answer, ANSWER_MAX), sr_secure_free(answer);
+    if (rc != SR_OK && dek_out) sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
+    return rc;
+}
+
+static sr_err_t agent_create(void *impl, const sr_uuid_t *ts, uint32_t version, uint8_t *dek, sr_wrapped_key_t *out)
+{
+    return call(impl, 'C', ts, version, NULL, dek, out);
+}
+
+static sr_err_t agent_unwrap(void *impl, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *wk,
+                             uint8_t *dek)
+{
+    return call(impl, 'U', ts, version, wk, dek, NULL);
+}
+
+static sr_err_t agent_rewrap(void *impl, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *old,
+                             sr_wrapped_key_t *out)
+{
+    return call(impl, 'R', ts, version, old, NULL, out);
+}
+
+static void agent_destroy(void *impl) { free(impl); }
+
+static const sr_keyprov_ops_t agent_ops = {
+    .kind = "agent",
+    .dek_create = agent_create,
+    .dek_unwrap = agent_unwrap,
+    .dek_rewrap = agent_rewrap,
+    .destroy = agent_destroy,
+};
+
+sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **out)
+{
+    agent_provider_t *a = calloc(1, sizeof *a);
+    if (!a) return SR_ERR_NOMEM;
+    if (strlen(socket_path) >= sizeof a->path) {
+        free(a);
+        return sr_err_set(SR_ERR_INVALID_ARG, "agent socket path too long: %s", socket_path);
+    }
+    snprintf(a->path, sizeof a->path, "%s", socket_path);
+    char desc[160];
+    snprintf(desc, sizeof desc, "agent:%s", socket_path);
+    return sr_keyprov_new(&agent_ops, a, desc, out);
+}

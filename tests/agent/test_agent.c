@@ -1,0 +1,291 @@
+/*
+ * Scale-out and scale-in on loopback, no human in the loop: a real kmsd and
+ * N tde-agent processes (20 by default; SR_AGENTS=50 for the issue's run),
+ * each with its own state directory and one-time join token. Each agent
+ * enrols (node UUID, node key, certificate) and serves an encrypted SQLite
+ * tablespace to this process through its socket (agent=SOCKET). Then a
+ * quarter leave gracefully (SIGTERM: revoked at once) and a quarter vanish
+ * (SIGKILL: revoked by the lease sweeper within lease + grace + a heartbeat);
+ * the others keep serving. A vanished node's certificate is refused by kmsd;
+ * a used or expired token is refused; a process the agent's policy refuses
+ * gets no key; each step is an audit record.
+ */
+#include "kmip.h"
+#include "kmsd_server.h"
+#include "sr_test.h"
+#include "tde.h"
+
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_AGENTS 256
+
+static char dir[512], mk[128];
+static uint16_t port;
+static int n_agents;
+static pid_t agents[MAX_AGENTS];
+static char out[1 << 16];
+
+static const char *agent_dir(int i)
+{
+    static char path[MAX_AGENTS][600];
+    snprintf(path[i], sizeof path[i], "%s/node%03d", sr_test_tmpdir(), i);
+    return path[i];
+}
+
+static int kmsctl(const char *args) { return kmsctl_run(dir, out, sizeof out, args); }
+
+/* The line of out that is exactly `len` characters of [0-9a-f-] (kmsctl's
+ * answer among log lines). */
+static void answer_line(size_t len, char *dst, size_t cap)
+{
+    dst[0] = '\0';
+    for (char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        size_t n = strcspn(l, "\n");
+        if (n == len && strspn(l, "0123456789abcdef-") == len) {
+            snprintf(dst, cap, "%.*s", (int)n, l);
+            return;
+        }
+    }
+}
+
+static void new_token(const char *args, char token[80])
+{
+    SR_CHECK_MSG(kmsctl(args) == 0, "%s", out);
+    answer_line(64, token, 80);
+    SR_CHECK(token[0] != '\0');
+}
+
+static void write_agent_config(int i, const char *extra)
+{
+    char path[700], text[2048];
+    snprintf(path, sizeof path, "%s/agent.conf", agent_dir(i));
+    int n = snprintf(text, sizeof text,
+                     "[agent]\nstate_dir = state\nsocket = agent.sock\nname = node-%03d\nheartbeat = 1s\n"
+                     "token_file = token\nmaster_key = %s\n%s\n[kms]\nservers = 127.0.0.1:%u\nca = %s/ca.pem\n",
+                     i, mk, extra ? extra : "", port, dir);
+    SR_CHECK(sr_test_write_file(path, text, (size_t)n) == 0);
+}
+
+static pid_t start_agent(int i)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (chdir(agent_dir(i)) != 0 || !freopen("agent.log", "a", stderr) || !freopen("agent.out", "a", stdout))
+            _exit(126);
+        execl(sr_test_build_path("agent/tde-agent"), "tde-agent", "run", "--config", "agent.conf", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_for_socket(int i, int timeout_ms)
+{
+    char sock[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    struct stat st;
+    for (int waited = 0; waited < timeout_ms; waited += 50) {
+        if (stat(sock, &st) == 0 && S_ISSOCK(st.st_mode)) return 0;
+        usleep(50000);
+    }
+    return -1;
+}
+
+/* Runs sql on node i's tablespace through its agent; the SQLite result code. */
+static int through_agent(int i, const char *sql)
+{
+    char uri[1200];
+    snprintf(uri, sizeof uri, "file:%s/data.db?vfs=strongroom&agent=%s/agent.sock", agent_dir(i), agent_dir(i));
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* kmsctl node list --json: the state of the node named node-NNN. */
+static void node_state(int i, char state[16])
+{
+    char name[32];
+    snprintf(name, sizeof name, "\"name\": \"node-%03d\"", i);
+    state[0] = '\0';
+    if (kmsctl("node list --json") != 0) return;
+    char *at = strstr(out, name);
+    if (!at) return;
+    while (at > out && strncmp(at, "\"state\": \"", 10) != 0) at--;
+    if (!strncmp(at, "\"state\": \"", 10)) sscanf(at + 10, "%15[a-z]", state);
+}
+
+static void test_scale_out(void)
+{
+    for (int i = 0; i < n_agents; i++) {
+        char token[80], path[700];
+        SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+        new_token("token create --group web --ttl 10m", token);
+        snprintf(path, sizeof path, "%s/token", agent_dir(i));
+        SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+        write_agent_config(i, NULL);
+    }
+    uint64_t t0 = sr_time_mono_ms();
+    for (int i = 0; i < n_agents; i++) agents[i] = start_agent(i);
+    for (int i = 0; i < n_agents; i++) SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not start", i);
+    printf("  %d agents enrolled and serving in %llu ms\n", n_agents, (unsigned long long)(sr_time_mono_ms() - t0));
+    for (int i = 0; i < n_agents; i++) {
+        char state[16];
+        SR_CHECK_MSG(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES('NODE-SECRET');") == SQLITE_OK,
+                     "node %d: %s", i, sr_err_detail());
+        SR_CHECK_EQ_INT(through_agent(i, "SELECT x FROM t"), SQLITE_OK);
+        if (i % 7 == 0) {
+            node_state(i, state);
+            SR_CHECK_MSG(!strcmp(state, "active"), "node %d: %s", i, state);
+        }
+    }
+}
+
+static void test_scale_in(void)
+{
+    int q = n_agents / 4;
+    char state[16], cmd[1024];
+    /* graceful: SIGTERM -> leave -> revoked at once */
+    for (int i = 0; i < q; i++) kill(agents[i], SIGTERM);
+    for (int i = 0; i < q; i++) {
+        int status = 0;
+        waitpid(agents[i], &status, 0);
+        SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        agents[i] = 0;
+        node_state(i, state);
+        SR_CHECK_MSG(!strcmp(state, "left"), "node %d after SIGTERM: '%s'", i, state);
+    }
+    /* vanished: SIGKILL -> the lease runs out -> revoked by the sweeper */
+    uint64_t t0 = sr_time_mono_ms();
+    for (int i = q; i < 2 * q; i++) kill(agents[i], SIGKILL), waitpid(agents[i], NULL, 0), agents[i] = 0;
+    int all = 0;
+    while (!all && sr_time_mono_ms() - t0 < 15000) {
+        usleep(250000);
+        all = 1;
+        for (int i = q; i < 2 * q && all; i++) node_state(i, state), all = !strcmp(state, "expired");
+    }
+    uint64_t took = sr_time_mono_ms() - t0;
+    printf("  %d nodes left (revoked at once), %d vanished: all revoked %llu ms after SIGKILL (lease 3 s + grace 1 s)\n",
+           q, q, (unsigned long long)took);
+    SR_CHECK_MSG(all && took <= 3000 + 1000 + 1000 + 1500, "vanished nodes revoked after %llu ms", (unsigned long long)took);
+    /* the others keep their keys */
+    for (int i = 2 * q; i < n_agents; i++)
+        SR_CHECK_MSG(through_agent(i, "INSERT INTO t VALUES('still here')") == SQLITE_OK, "node %d lost access", i);
+    /* a vanished node's certificate is refused by kmsd */
+    char ca[600], crt[700], key[700], found[2][SR_KMIP_UID_MAX];
+    size_t n = 0;
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(crt, sizeof crt, "%s/state/node.pem", agent_dir(q));
+    snprintf(key, sizeof key, "%s/state/node.key", agent_dir(q));
+    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
+                                  .cert_file = crt, .key_file = key, .timeout_ms = 3000};
+    sr_kmip_client_t *c = NULL;
+    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
+    SR_CHECK(sr_kmip_locate_by_name(c, "x", found, 2, &n) != SR_OK);
+    sr_kmip_client_free(c);
+    /* a revoked node that comes back is refused: it must enrol again with a new token (a new UUID) */
+    snprintf(cmd, sizeof cmd, "cd %s && %s status --config agent.conf", agent_dir(q), sr_test_build_path("agent/tde-agent"));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 1 && strstr(out, "is expired"));
+}
+
+static void test_tokens_are_one_time_and_expire(void)
+{
+    int i = n_agents; /* a fresh directory, a used token */
+    char token[80], path[700], used[80];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    snprintf(path, sizeof path, "%s/token", agent_dir(0));
+    size_t len = 0;
+    uint8_t *t = sr_test_read_file(path, &len);
+    snprintf(used, sizeof used, "%.*s", (int)len, (const char *)t);
+    free(t);
+    snprintf(path, sizeof path, "%s/token", agent_dir(i));
+    SR_CHECK(sr_test_write_file(path, used, strlen(used)) == 0);
+    write_agent_config(i, NULL);
+    pid_t p = start_agent(i);
+    int status = 0;
+    waitpid(p, &status, 0);
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    snprintf(path, sizeof path, "grep -c 'already used' %s/agent.log", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, path) == 0, "%s", out);
+    /* an expired token */
+    new_token("token create --group web --ttl 1s", token);
+    sleep(2);
+    snprintf(path, sizeof path, "%s/token", agent_dir(i));
+    SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+    p = start_agent(i);
+    waitpid(p, &status, 0);
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    snprintf(path, sizeof path, "grep -c 'expired' %s/agent.log", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, path) == 0, "%s", out);
+}
+
+static void test_policy_refuses_a_local_process(void)
+{
+    int i = n_agents + 1;
+    char token[80], path[700], policy[700];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    new_token("token create --group web", token);
+    snprintf(path, sizeof path, "%s/token", agent_dir(i));
+    SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+    snprintf(policy, sizeof policy, "%s/policy.conf", agent_dir(i));
+    const char *text = "deny * root local tde-key   # no key for root on this node\n";
+    SR_CHECK(sr_test_write_file(policy, text, strlen(text)) == 0);
+    char extra[800];
+    snprintf(extra, sizeof extra, "policy = %s", policy);
+    write_agent_config(i, extra);
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x)"), SQLITE_AUTH);
+    snprintf(path, sizeof path, "grep 'agent.key.request outcome=denied' %s/agent.log | grep -c 'uid=0 (root)'",
+             agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, path) == 0, "%s", out);
+    kill(p, SIGTERM);
+    waitpid(p, NULL, 0);
+}
+
+static void test_each_step_audited(void)
+{
+    kmsd_stop(SIGTERM);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.enrol outcome=success' %s/kmsd.stderr", dir);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= n_agents);
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.leave outcome=success' %s/kmsd.stderr", dir);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= n_agents / 4);
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.node.lease_expired' %s/kmsd.stderr", dir);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= n_agents / 4);
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.enrol outcome=denied' %s/kmsd.stderr", dir);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= 2, "%s", out);
+}
+
+int main(void)
+{
+    const char *env = getenv("SR_AGENTS");
+    n_agents = env ? atoi(env) : 20;
+    if (n_agents < 4 || n_agents > MAX_AGENTS - 4) n_agents = 20;
+    snprintf(dir, sizeof dir, "%s", sr_test_path("kms"));
+    if (kmsd_init(dir, NULL, &port) != 0) return 1;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "sed -i 's/^lease = 30s/lease = 3s/; s/^grace = 5s/grace = 1s/' %s/kmsd.conf", dir);
+    if (sr_test_command(out, sizeof out, cmd) != 0 || kmsd_start(dir, port) != 0) return 1;
+    if (kmsctl("key create tablespaces --activate") != 0) return fprintf(stderr, "%s\n", out), 1;
+    answer_line(36, mk, sizeof mk);
+    snprintf(cmd, sizeof cmd, "key grant %s @web", mk);
+    if (kmsctl(cmd) != 0) return fprintf(stderr, "%s\n", out), 1;
+    if (sr_secure_init() != SR_OK || sr_sqlite_register(NULL, 0) != SQLITE_OK) return 1;
+    SR_RUN(test_scale_out);
+    SR_RUN(test_scale_in);
+    SR_RUN(test_tokens_are_one_time_and_expire);
+    SR_RUN(test_policy_refuses_a_local_process);
+    SR_RUN(test_each_step_audited);
+    for (int i = 0; i < n_agents; i++)
+        if (agents[i] > 0) kill(agents[i], SIGTERM), waitpid(agents[i], NULL, 0);
+    kmsd_stop(SIGTERM);
+    return sr_test_finish();
+}
