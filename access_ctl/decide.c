@@ -94,6 +94,7 @@ static int rule_matches(const acl_rule_t *r, const char *server, const char *acc
 
 int acl_candidates_add(acl_candidates_t *c, const int *rules, size_t n)
 {
+    if (!n) return 0; /* rules may be NULL then */
     if (c->n + n > c->cap) {
         size_t cap = c->cap;
         while (cap < c->n + n) cap *= 2;
