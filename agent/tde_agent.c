@@ -112,6 +112,7 @@ static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
     state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
     sr_kmip_client_t *c = NULL;
     sr_kmip_enc_t e;
+    memset(r, 0, sizeof *r); /* the caller frees it, whatever the outcome */
     sr_kmip_enc_init(&e);
     sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
     sr_kmip_request_end(&e);
@@ -294,11 +295,11 @@ static void *heartbeat_main(void *arg)
     while (!stop_requested && !agent.revoked) {
         sr_kmip_response_t r;
         sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
+        sr_kmip_response_free(&r);
         if (rc == SR_OK) {
             pthread_mutex_lock(&agent.lock);
             agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
             pthread_mutex_unlock(&agent.lock);
-            sr_kmip_response_free(&r);
         } else if (rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"))) {
             end_membership(sr_err_detail()); /* the KMS ended it: lease expired, revoked */
         } else {
@@ -496,8 +497,9 @@ static int cmd_run(const char *config)
     sr_keycache_purge(agent.cache, NULL);
     /* scale-in: leave at once, so the node key is revoked now, not at lease expiry */
     sr_kmip_response_t r;
-    if (!agent.revoked && node_call(SR_KMIP_OP_LEAVE, &r) == SR_OK) {
-        sr_kmip_response_free(&r);
+    sr_err_t left = agent.revoked ? SR_ERR_STATE : node_call(SR_KMIP_OP_LEAVE, &r);
+    if (!agent.revoked) sr_kmip_response_free(&r);
+    if (left == SR_OK) {
         printf("tde-agent: node %s left; its node key is revoked\n", agent.node_uuid);
         event("node.leave", agent.node_uuid, agent.nk, "success", "graceful leave");
     } else if (!agent.revoked) {
@@ -527,8 +529,8 @@ static int cmd_status(const char *config, int json)
     if (enrolled) {
         sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r); /* also renews the lease */
         member = rc == SR_OK;
-        if (member) sr_kmip_response_free(&r);
-        else snprintf(why, sizeof why, "%s", sr_err_detail());
+        if (!member) snprintf(why, sizeof why, "%s", sr_err_detail());
+        sr_kmip_response_free(&r);
     }
     if (json)
         printf("{\"enrolled\": %s, \"node\": \"%s\", \"node_key\": \"%s\", \"lease_seconds\": %lld, \"kms_accepts_node\": "
