@@ -31,18 +31,6 @@ static int usage(FILE *f, int status)
     return status;
 }
 
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
 /* Each command's options; any other is a usage error. */
 static int parse(const char *cmd, int argc, char **argv, const char *allowed, opts_t *o)
 {
@@ -97,9 +85,9 @@ static int cmd_check(int argc, char **argv)
     sr_acl_decide(p, &r, &d);
     if (o.json) {
         printf("{\"decision\": \"%s\", \"rule\": %d, \"file\": ", d.allow ? "allow" : "deny", d.rule);
-        json_string(d.file);
+        sr_json_string(stdout, d.file);
         printf(", \"line\": %d, \"why\": ", d.line);
-        json_string(d.why);
+        sr_json_string(stdout, d.why);
         printf(", \"policy\": \"%s\"}\n", sr_acl_policy_version(p));
     } else {
         printf("%s\n", d.why);
@@ -118,7 +106,7 @@ static int cmd_lint(int argc, char **argv)
     if (o.json) {
         printf("{\"valid\": %s, ", rc == SR_OK ? "true" : "false");
         if (rc == SR_OK) printf("\"rules\": %zu, \"policy\": \"%s\"}\n", sr_acl_policy_rules(p), sr_acl_policy_version(p));
-        else printf("\"error\": "), json_string(sr_err_detail()), printf("}\n");
+        else printf("\"error\": "), sr_json_string(stdout, sr_err_detail()), printf("}\n");
     } else if (rc == SR_OK) {
         printf("%s: valid, %zu rules (policy %s)\n", o.file, sr_acl_policy_rules(p), sr_acl_policy_version(p));
     } else {
@@ -140,9 +128,9 @@ static void print_rule(void *arg, int rule, const char *file, int line, const ch
         return;
     }
     printf("%s{\"rule\": %d, \"file\": ", x->first ? "" : ",\n ", rule);
-    json_string(file);
+    sr_json_string(stdout, file);
     printf(", \"line\": %d, \"text\": ", line);
-    json_string(text);
+    sr_json_string(stdout, text);
     printf("}");
     x->first = 0;
 }

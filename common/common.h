@@ -228,6 +228,10 @@ sr_err_t sr_random_bytes(void *buf, size_t len) SR_MUST_CHECK;
  * (prctl(PR_SET_DUMPABLE, 0), RLIMIT_CORE = 0). */
 sr_err_t sr_process_harden(void);
 
+/* Writes s as a JSON string (quotes, \" \\ and \u00XX escapes); NULL is "". */
+#include <stdio.h>
+void sr_json_string(FILE *f, const char *s);
+
 /* Lower-case hex; `out` holds 2*len+1 bytes. */
 void sr_hex_encode(const void *data, size_t len, char *out);
 /* Exactly `len` bytes from 2*len hex digits (either case). */

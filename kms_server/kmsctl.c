@@ -119,18 +119,6 @@ static int confirmed(const opts_t *o, const char *what)
     return fgets(line, sizeof line, stdin) && !strcmp(line, "yes\n");
 }
 
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
 static void date_text(int64_t t, char out[SR_TIME_RFC3339_MAX])
 {
     if (!t || sr_time_format_rfc3339(t * 1000000, 0, out, SR_TIME_RFC3339_MAX) != SR_OK) snprintf(out, 2, "-");
@@ -277,15 +265,15 @@ static void print_key(const char *uid, const sr_kmip_key_attributes_t *a, int js
         return;
     }
     printf("%s{\"uid\": ", first ? "" : ",\n ");
-    json_string(uid);
+    sr_json_string(stdout, uid);
     printf(", \"state\": ");
-    json_string(kms_state_name(a->state));
+    sr_json_string(stdout, kms_state_name(a->state));
     printf(", \"name\": ");
-    json_string(a->name);
+    sr_json_string(stdout, a->name);
     printf(", \"group\": ");
-    json_string(a->group);
+    sr_json_string(stdout, a->group);
     printf(", \"bits\": %d, \"usage_mask\": %u, \"activation_date\": ", a->length, a->usage_mask);
-    json_string(a->activation_date ? act : "");
+    sr_json_string(stdout, a->activation_date ? act : "");
     printf("}");
 }
 
@@ -422,7 +410,7 @@ static void print_cert(void *ctx, const char *name, const char *role, const char
         return;
     }
     printf("%s{\"name\": ", *first ? "" : ",\n ");
-    json_string(name);
+    sr_json_string(stdout, name);
     printf(", \"role\": \"%s\", \"status\": \"%s\", \"not_after\": \"%s\", \"fingerprint\": \"%s\"}", role,
            revoked ? "revoked" : "valid", until, fp);
     *first = 0;
@@ -523,12 +511,12 @@ static void print_node(void *ctx, const kms_node_t *n)
         return;
     }
     printf("%s{\"uuid\": \"%s\", \"state\": \"%s\", \"name\": ", *first ? "" : ",\n ", n->uuid, n->state);
-    json_string(n->name);
+    sr_json_string(stdout, n->name);
     printf(", \"group\": ");
-    json_string(n->group);
+    sr_json_string(stdout, n->group);
     printf(", \"joined\": \"%s\", \"lease_expires\": \"%s\", \"left\": \"%s\", \"node_key\": \"%s\", \"reason\": ",
            joined, lease, n->left ? left : "", n->nk);
-    json_string(n->reason);
+    sr_json_string(stdout, n->reason);
     printf("}");
     *first = 0;
 }
