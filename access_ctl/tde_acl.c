@@ -4,15 +4,19 @@
  *   tde-acl check   --policy FILE --user U [--from ADDR|local] [--service S] [--server H] [--at TIME] [--json]
  *   tde-acl lint    FILE [--json]
  *   tde-acl explain --policy FILE [--user U] [--from ADDR] [--json]
+ *   tde-acl install FILE TARGET      lint FILE, then replace TARGET atomically (readers see old or new)
  *
  * Exit status: 0 allowed / valid, 1 denied / invalid, 2 usage, 3 the policy
  * could not be read.
  */
 #include "access_ctl.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 enum { EXIT_DENIED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
 
@@ -26,6 +30,7 @@ static int usage(FILE *f, int status)
     fprintf(f, "usage: tde-acl check --policy FILE --user U [--from ADDR|local] [--service S] [--server H] [--at TIME] [--json]\n"
                "       tde-acl lint FILE [--json]\n"
                "       tde-acl explain --policy FILE [--user U] [--from ADDR] [--json]\n"
+               "       tde-acl install FILE TARGET   (lint, then replace TARGET atomically)\n"
                "Exit status: 0 allowed (check) or valid (lint), 1 denied or invalid, 2 usage, 3 policy unreadable.\n"
                "The policy format is in the README (\"Access policy\").\n");
     return status;
@@ -96,6 +101,35 @@ static int cmd_check(int argc, char **argv)
     return d.allow ? 0 : EXIT_DENIED;
 }
 
+/* A policy that compiles replaces TARGET by rename: a login reading the
+ * file meanwhile sees the old policy or the new, never half of one. */
+static int cmd_install(int argc, char **argv)
+{
+    if (argc != 2) return fprintf(stderr, "tde-acl: install FILE TARGET\n"), EXIT_USAGE;
+    sr_acl_policy_t *p = NULL;
+    int st = load(argv[0], &p);
+    if (st) return st;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.new.%ld", argv[1], (long)getpid());
+    size_t len = 0;
+    FILE *in = fopen(argv[0], "r"), *out = fopen(tmp, "w");
+    char buf[65536];
+    int ok = in && out;
+    while (ok && (len = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, len, out) == len;
+    ok = ok && !ferror(in) && fflush(out) == 0 && fsync(fileno(out)) == 0;
+    if (in) fclose(in);
+    if (out && fclose(out) != 0) ok = 0;
+    if (ok && chmod(tmp, 0644) == 0 && rename(tmp, argv[1]) == 0) {
+        printf("%s: installed (%zu rules, policy %s)\n", argv[1], sr_acl_policy_rules(p), sr_acl_policy_version(p));
+        sr_acl_policy_free(p);
+        return 0;
+    }
+    fprintf(stderr, "tde-acl: cannot install %s: %s\n", argv[1], strerror(errno));
+    unlink(tmp);
+    sr_acl_policy_free(p);
+    return EXIT_CANNOT;
+}
+
 static int cmd_lint(int argc, char **argv)
 {
     opts_t o = {0};
@@ -159,7 +193,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) return usage(stdout, 0);
     if (!strcmp(argv[1], "--version")) return puts("tde-acl (strongroom)"), 0;
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
-        {"check", cmd_check}, {"lint", cmd_lint}, {"explain", cmd_explain}};
+        {"check", cmd_check}, {"lint", cmd_lint}, {"explain", cmd_explain}, {"install", cmd_install}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) {
             if (argc > 2 && !strcmp(argv[2], "--help")) return usage(stdout, 0);
