@@ -1167,7 +1167,8 @@ static int run_item(req_t *r, int32_t bi)
     else if (r->p->refused[0]) ret = fail(r, REASON_PERMISSION_DENIED, "%s", r->p->refused);
     else if (r->p->role == KMS_ROLE_NONE && code != KMS_OP_ENROL)
         ret = fail(r, REASON_PERMISSION_DENIED, "principal '%s' is not registered with this KMS", r->p->name);
-    else if (kms_store_begin(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store busy");
+    else if ((o->changes ? kms_store_begin(r->s) : kms_store_begin_read(r->s)) != SR_OK)
+        ret = fail(r, REASON_GENERAL_FAILURE, "key store busy");
     else {
         sr_kmip_put_enum(e, SR_KMIP_TAG_RESULT_STATUS, SR_KMIP_STATUS_SUCCESS);
         sr_kmip_begin(e, SR_KMIP_TAG_RESPONSE_PAYLOAD);

@@ -78,7 +78,8 @@ void kms_store_close(kms_store_t *s);
 /* Serialises the store for one request (SQLite is used by one thread at a time). */
 void kms_store_lock(kms_store_t *s);
 void kms_store_unlock(kms_store_t *s);
-sr_err_t kms_store_begin(kms_store_t *s) SR_MUST_CHECK;
+sr_err_t kms_store_begin(kms_store_t *s) SR_MUST_CHECK;      /* a change: the write lock at once */
+sr_err_t kms_store_begin_read(kms_store_t *s) SR_MUST_CHECK; /* a read: no write lock */
 sr_err_t kms_store_commit(kms_store_t *s) SR_MUST_CHECK;
 void kms_store_rollback(kms_store_t *s);
 

@@ -19,8 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define STMT_CACHE 48
+
 struct kms_store {
     sqlite3 *db;
+    struct {
+        const char *sql; /* a string literal: its address is its identity */
+        sqlite3_stmt *st;
+    } stmts[STMT_CACHE];
     pthread_mutex_t lock;
     sr_uuid_t id;
     uint8_t *swk; /* SR_KEYMGR_KEY_BYTES, locked memory */
@@ -51,10 +57,28 @@ static sr_err_t db_error(kms_store_t *s, int rc, const char *what)
     return sr_err_set(code, "key store: %s: %s", what, sqlite3_errmsg(s->db));
 }
 
+/* Statements are prepared once and reused (the store is used by one thread
+ * at a time); done() readies one for its next use. */
 static sr_err_t prepare(kms_store_t *s, const char *sql, sqlite3_stmt **st)
 {
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
-    return rc == SQLITE_OK ? SR_OK : db_error(s, rc, "prepare");
+    size_t i = 0;
+    for (; i < STMT_CACHE && s->stmts[i].sql; i++)
+        if (s->stmts[i].sql == sql) return *st = s->stmts[i].st, SR_OK;
+    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    if (rc != SQLITE_OK) return db_error(s, rc, "prepare");
+    if (i < STMT_CACHE) s->stmts[i].sql = sql, s->stmts[i].st = *st;
+    return SR_OK;
+}
+
+static void done(kms_store_t *s, sqlite3_stmt *st)
+{
+    for (size_t i = 0; i < STMT_CACHE && s->stmts[i].sql; i++)
+        if (s->stmts[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return;
+        }
+    sqlite3_finalize(st); /* the cache was full */
 }
 
 /* Steps a statement that returns no rows, then finalizes it. */
@@ -62,7 +86,7 @@ static sr_err_t run(kms_store_t *s, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     sr_err_t err = rc == SQLITE_DONE ? SR_OK : db_error(s, rc, what);
-    sqlite3_finalize(st);
+    done(s, st);
     return err;
 }
 
@@ -88,6 +112,7 @@ static sr_err_t exec(kms_store_t *s, const char *sql)
 }
 
 sr_err_t kms_store_begin(kms_store_t *s) { return exec(s, "BEGIN IMMEDIATE"); }
+sr_err_t kms_store_begin_read(kms_store_t *s) { return exec(s, "BEGIN"); }
 sr_err_t kms_store_commit(kms_store_t *s) { return exec(s, "COMMIT"); }
 void kms_store_rollback(kms_store_t *s)
 {
@@ -110,7 +135,7 @@ static sr_err_t meta_get(kms_store_t *s, const char *k, uint8_t *out, size_t cap
     } else {
         rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read meta");
     }
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
@@ -186,6 +211,7 @@ sr_err_t kms_store_open(const char *uri, sr_keyprov_t *provider, kms_store_t **o
 void kms_store_close(kms_store_t *s)
 {
     if (!s) return;
+    for (size_t i = 0; i < STMT_CACHE && s->stmts[i].sql; i++) sqlite3_finalize(s->stmts[i].st);
     if (s->db) sqlite3_close_v2(s->db);
     if (s->swk) sr_secure_wipe(s->swk, SR_KEYMGR_KEY_BYTES), sr_secure_free(s->swk);
     pthread_mutex_destroy(&s->lock);
@@ -270,7 +296,7 @@ sr_err_t kms_object_load(kms_store_t *s, const char *uid, kms_object_t *o)
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW) read_object(st, o);
     else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read object");
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
@@ -298,7 +324,7 @@ sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t **material
     if (r != SQLITE_ROW) rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read material");
     else if (sqlite3_column_type(st, 0) == SQLITE_NULL) rc = sr_err_set(SR_ERR_NOT_FOUND, "%s has no key material", uid);
     else rc = sr_wrapped_key_decode(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &wk);
-    sqlite3_finalize(st);
+    done(s, st);
     if (rc != SR_OK) return rc;
     uint8_t *m = sr_secure_alloc(SR_KEYMGR_WRAPPED_MAX);
     if (!m) return SR_ERR_NOMEM;
@@ -368,7 +394,7 @@ sr_err_t kms_attr_list(kms_store_t *s, const char *uid, kms_attr_t **out, size_t
         (*n)++;
     }
     if (rc == SR_OK && r != SQLITE_DONE) rc = db_error(s, r, "read attributes");
-    sqlite3_finalize(st);
+    done(s, st);
     if (rc != SR_OK) kms_attrs_free(*out, *n), *out = NULL, *n = 0;
     return rc;
 }
@@ -398,7 +424,7 @@ sr_err_t kms_attr_add(kms_store_t *s, const char *uid, const kms_attr_t *a, int3
         r = sqlite3_step(st);
     }
     rc = r == SQLITE_DONE ? SR_OK : r == SQLITE_CONSTRAINT ? SR_ERR_EXISTS : db_error(s, r, "add attribute");
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
@@ -492,7 +518,7 @@ sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID
         column_text(st, 0, (*uids)[(*n)++], KMS_UID_MAX);
     }
     if (rc == SR_OK && r != SQLITE_DONE) rc = db_error(s, r, "locate");
-    sqlite3_finalize(st);
+    done(s, st);
     if (rc != SR_OK) free(*uids), *uids = NULL, *n = 0;
     return rc;
 }
@@ -516,7 +542,7 @@ static int exists_texts(kms_store_t *s, const char *sql, const char *a, const ch
     sqlite3_bind_text(st, 1, a, -1, SQLITE_TRANSIENT);
     if (b) sqlite3_bind_text(st, 2, b, -1, SQLITE_TRANSIENT);
     int found = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_finalize(st);
+    done(s, st);
     return found;
 }
 
@@ -546,7 +572,7 @@ kms_role_t kms_principal_role(kms_store_t *s, const char *name)
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
     if (sqlite3_step(st) == SQLITE_ROW && kms_role_parse((const char *)sqlite3_column_text(st, 0), &role) != SR_OK)
         role = KMS_ROLE_NONE;
-    sqlite3_finalize(st);
+    done(s, st);
     return role;
 }
 
@@ -588,7 +614,7 @@ sr_err_t kms_cert_each(kms_store_t *s, void (*fn)(void *, const char *, const ch
         fn(ctx, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
            (const char *)sqlite3_column_text(st, 2), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4));
     rc = r == SQLITE_DONE ? SR_OK : db_error(s, r, "list certificates");
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
@@ -637,7 +663,7 @@ sr_err_t kms_token_take(kms_store_t *s, const char *token, char group[KMS_TEXT_M
         column_text(st, 0, group, KMS_TEXT_MAX);
         uses = sqlite3_column_int64(st, 1), expires = sqlite3_column_int64(st, 2);
     }
-    sqlite3_finalize(st);
+    done(s, st);
     if (r != SQLITE_ROW) return sr_err_set(SR_ERR_AUTH, "unknown join token");
     if (expires <= sr_time_now_us() / 1000000) return sr_err_set(SR_ERR_AUTH, "the join token has expired");
     if (uses <= 0) return sr_err_set(SR_ERR_AUTH, "the join token was already used");
@@ -686,7 +712,7 @@ sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n)
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW) read_node(st, n);
     else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read node");
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
@@ -703,7 +729,7 @@ sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_be
     kms_node_t n;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) read_node(st, &n), fn(ctx, &n);
     rc = r == SQLITE_DONE ? SR_OK : db_error(s, r, "list nodes");
-    sqlite3_finalize(st);
+    done(s, st);
     return rc;
 }
 
