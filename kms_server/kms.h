@@ -172,6 +172,9 @@ typedef struct kms_node {
 } kms_node_t;
 sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n) SR_MUST_CHECK;
 sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n) SR_MUST_CHECK;
+/* Every active lease ending before `until` now ends then (kmsd's start: nodes
+ * could not renew while it was down). */
+sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until) SR_MUST_CHECK;
 /* Nodes in a state (NULL: any) whose lease ends before `lease_before` (0: any). */
 sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before,
                        void (*fn)(void *, const kms_node_t *), void *ctx) SR_MUST_CHECK;

@@ -403,7 +403,7 @@ static void *sweeper_main(void *arg)
     return NULL;
 }
 
-static int64_t grace_s;
+static int64_t grace_s, lease_s;
 
 static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
 {
@@ -426,7 +426,7 @@ static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
     kms_enrolment_t e = {.ca_cert = ca_cert, .ca_key = ca_key, .lease_s = (int64_t)(lease / 1000),
                          .grace_s = (int64_t)(grace / 1000), .cert_days = days};
     kms_enrolment_configure(&e);
-    grace_s = e.grace_s, retention_s = (int64_t)(retention / 1000);
+    grace_s = e.grace_s, lease_s = e.lease_s, retention_s = (int64_t)(retention / 1000);
     *on_out = 1;
     return SR_OK;
 }
@@ -509,6 +509,12 @@ static int start(const char *config_path, int foreground)
     sr_config_free(cfg);
     if (!foreground && daemon(1, 0) != 0) return fprintf(stderr, "kmsd: cannot detach: %s\n", strerror(errno)), 3;
     sr_log_notice("started%s", enrolling ? " (enrolment on: lease sweeper running)" : "");
+    if (enrolling) { /* nodes could not renew while kmsd was down: a full lease from now before any expiry */
+        kms_store_lock(server.store);
+        if (kms_node_extend_leases(server.store, sr_time_now_us() / 1000000 + lease_s) != SR_OK)
+            sr_log_error("cannot extend the leases at start: %s", sr_err_detail());
+        kms_store_unlock(server.store);
+    }
     /* after daemon(): threads do not survive a fork */
     sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_s) == 0;
     if (enrolling && !sweeping) sr_log_error("cannot start the lease sweeper: leases will not expire");

@@ -703,6 +703,15 @@ sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n)
     return run(s, st, "save node");
 }
 
+sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until)
+{
+    sqlite3_stmt *st;
+    sr_err_t rc = prepare(s, "UPDATE nodes SET lease_expires = ?1 WHERE state = 'active' AND lease_expires < ?1", &st);
+    if (rc != SR_OK) return rc;
+    sqlite3_bind_int64(st, 1, until);
+    return run(s, st, "extend leases");
+}
+
 sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n)
 {
     sqlite3_stmt *st;

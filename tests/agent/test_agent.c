@@ -195,6 +195,36 @@ static void test_scale_in(void)
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 1 && strstr(out, "is expired"));
 }
 
+/* kmsd down: tablespaces opened before keep opening from the agents' caches;
+ * a tablespace whose key no agent holds cannot be created; kmsd back (after
+ * longer than a lease): nothing revoked, everything works, no agent restarted. */
+static void test_kms_outage(void)
+{
+    int i = n_agents - 1;
+    char state[16];
+    SR_CHECK_EQ_INT(kmsd_stop(SIGTERM), 0);
+    SR_CHECK_MSG(through_agent(i, "SELECT count(*) FROM t") == SQLITE_OK, "cached key: %s", sr_err_detail());
+    char uri[1200];
+    snprintf(uri, sizeof uri, "file:%s/new.db?vfs=strongroom&agent=%s/agent.sock", agent_dir(i), agent_dir(i));
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, "CREATE TABLE x(y)", NULL, NULL, NULL);
+    sqlite3_close(db);
+    SR_CHECK_MSG(rc != SQLITE_OK, "a new tablespace was created with the KMS down");
+    sleep(5); /* longer than lease + grace */
+    SR_CHECK(kmsd_start(dir, port) == 0);
+    usleep(1500000); /* a sweep and a heartbeat */
+    node_state(i, state);
+    SR_CHECK_MSG(!strcmp(state, "active"), "after the outage node %d is '%s'", i, state);
+    SR_CHECK_MSG(through_agent(i, "CREATE TABLE u(v); INSERT INTO u VALUES(1)") == SQLITE_OK, "after: %s",
+                 sr_err_detail());
+    snprintf(uri, sizeof uri, "file:%s/new2.db?vfs=strongroom&agent=%s/agent.sock", agent_dir(i), agent_dir(i));
+    rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, "CREATE TABLE x(y)", NULL, NULL, NULL);
+    sqlite3_close(db);
+    SR_CHECK_MSG(rc == SQLITE_OK, "a new tablespace after the outage: %s", sr_err_detail());
+}
+
 static void test_tokens_are_one_time_and_expire(void)
 {
     int i = n_agents; /* a fresh directory, a used token */
@@ -281,6 +311,7 @@ int main(void)
     if (sr_secure_init() != SR_OK || sr_sqlite_register(NULL, 0) != SQLITE_OK) return 1;
     SR_RUN(test_scale_out);
     SR_RUN(test_scale_in);
+    SR_RUN(test_kms_outage);
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_each_step_audited);
