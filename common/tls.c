@@ -228,10 +228,35 @@ static sr_err_t handshake_error(sr_tls_conn_t *c, int ret, const char *what)
 }
 
 /* Runs one side's handshake; frees the connection on failure. */
+/* The handshake has one deadline as a whole (timeout_ms): non-blocking,
+ * polled for what is left, so a peer sending its handshake a byte at a time
+ * is cut off at the deadline instead of resetting a per-read timeout. */
+static int handshake_within(sr_tls_conn_t *c, int (*side)(SSL *))
+{
+    int flags = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, flags | O_NONBLOCK);
+    uint64_t deadline = sr_time_mono_ms() + (uint64_t)c->timeout_ms;
+    int ret;
+    for (;;) {
+        ERR_clear_error();
+        ret = side(c->ssl);
+        if (ret == 1) break;
+        int err = SSL_get_error(c->ssl, ret);
+        uint64_t now = sr_time_mono_ms();
+        if ((err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) || now >= deadline) break;
+        struct pollfd p = {.fd = c->fd, .events = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+        if (poll(&p, 1, (int)(deadline - now)) <= 0) { /* the deadline: reported as a timeout */
+            errno = EAGAIN;
+            break;
+        }
+    }
+    fcntl(c->fd, F_SETFL, flags);
+    return ret;
+}
+
 static sr_err_t handshake(sr_tls_conn_t *c, int (*side)(SSL *), sr_tls_conn_t **out)
 {
-    ERR_clear_error();
-    int ret = side(c->ssl);
+    int ret = handshake_within(c, side);
     if (ret != 1) {
         sr_err_t rc = handshake_error(c, ret, "TLS handshake");
         conn_free(c);

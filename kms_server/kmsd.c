@@ -68,8 +68,7 @@ static struct {
     limits_t limits;
     kms_store_t *store;
     int active;           /* connection threads */
-    int fds[4096];        /* a dup of each socket, to shut it (SIGTERM, slow handshakes) without racing its close */
-    uint64_t handshake_deadline[4096]; /* mono ms; 0: not in a handshake */
+    int fds[4096];        /* a dup of each socket, to end idle reads on SIGTERM without racing its close */
     const char *config_path;
 } server = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -244,13 +243,8 @@ static void *connection_main(void *arg)
     int handshake_ms = (int)server.limits.handshake_ms;
     pthread_mutex_unlock(&server.lock);
     sr_tls_conn_t *conn = NULL;
-    pthread_mutex_lock(&server.lock);
-    server.handshake_deadline[a.slot] = sr_time_mono_ms() + (uint64_t)handshake_ms;
-    pthread_mutex_unlock(&server.lock);
-    sr_err_t rc = sr_tls_accept(ctx, a.fd, handshake_ms, &conn); /* closes fd on failure */
-    pthread_mutex_lock(&server.lock);
-    server.handshake_deadline[a.slot] = 0;
-    pthread_mutex_unlock(&server.lock);
+    /* handshake_ms for the whole handshake (a byte-at-a-time sender is cut off then); closes fd on failure */
+    sr_err_t rc = sr_tls_accept(ctx, a.fd, handshake_ms, &conn);
     sr_tls_ctx_free(ctx);
     if (rc != SR_OK) {
         audit_connection("(handshake)", NULL, "failure", sr_err_detail());
@@ -309,23 +303,10 @@ static void start_connection(int fd)
     pthread_attr_destroy(&attr);
 }
 
-/* The per-read timeout alone would let a client that sends its handshake a
- * byte at a time hold a thread for ever: past the deadline its socket is shut. */
-static void cut_slow_handshakes(void)
-{
-    uint64_t now = sr_time_mono_ms();
-    pthread_mutex_lock(&server.lock);
-    for (size_t i = 0; i < sizeof server.fds / sizeof server.fds[0]; i++)
-        if (server.fds[i] >= 0 && server.handshake_deadline[i] && now > server.handshake_deadline[i])
-            shutdown(server.fds[i], SHUT_RDWR), server.handshake_deadline[i] = 0;
-    pthread_mutex_unlock(&server.lock);
-}
-
 static void accept_loop(int lfd)
 {
     while (!stop_requested) {
         if (reload_requested) reload_requested = 0, reload();
-        cut_slow_handshakes();
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 200) <= 0) continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);

@@ -270,6 +270,45 @@ static void test_descriptor_exhaustion_does_not_spin(void)
     snprintf(store, sizeof store, "%s", saved_store);
 }
 
+/* Slowloris: 300 connections (more than the 256 slots) that send a TLS
+ * ClientHello a byte every half second. The handshake has one deadline as a
+ * whole (10 s), so they are cut then and a well-behaved forwarder is served;
+ * a per-read timeout alone would keep them for ever. */
+static void test_slowloris_cut_at_the_handshake_deadline(void)
+{
+    char log[600], saved_store[512];
+    fresh_store_and_log("slow", saved_store, log, 20, 100);
+    pid_t collector = start_collector();
+    enum { N = 300 };
+    int fd[N], open_now = 0;
+    for (int i = 0; i < N; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+        fd[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd[i] >= 0 && connect(fd[i], (struct sockaddr *)&sa, sizeof sa) != 0) close(fd[i]), fd[i] = -1;
+        /* a valid TLS record header announcing 512 bytes of handshake, which then come a byte at a time */
+        if (fd[i] >= 0 && send(fd[i], "\x16\x03\x01\x02\x00", 5, MSG_NOSIGNAL) != 5) close(fd[i]), fd[i] = -1;
+    }
+    /* the first 256 are cut at their deadline; the 44 queued behind them get
+     * slots then, and are cut 10 s later */
+    uint64_t t0 = sr_time_mono_ms();
+    do {
+        usleep(500000);
+        open_now = 0;
+        for (int i = 0; i < N; i++) {
+            if (fd[i] >= 0 && send(fd[i], "\x01", 1, MSG_NOSIGNAL) != 1) close(fd[i]), fd[i] = -1;
+            open_now += fd[i] >= 0;
+        }
+    } while (open_now && sr_time_mono_ms() - t0 < 30000);
+    printf("  300 dribbling connections all cut %.1f s after they started\n", (double)(sr_time_mono_ms() - t0) / 1000);
+    SR_CHECK_MSG(open_now == 0, "%d of %d dribbling connections still open after 30 s", open_now, N);
+    SR_CHECK_EQ_INT(forward(log, "client", 1), 0);
+    SR_CHECK(same_file(log, stored_path("strongroom-test-client")));
+    for (int i = 0; i < N; i++)
+        if (fd[i] >= 0) close(fd[i]);
+    stop(collector, SIGTERM);
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
 /* Certificates whose CNs the old file-name mapping made one ("db1 prod" and
  * "db1_prod" both became db1_prod.log, and the second forwarder died on
  * "the chains diverge"): each has its own store, listed by CN. */
@@ -348,6 +387,7 @@ int main(void)
     SR_RUN(test_collector_killed_mid_stream_loses_and_duplicates_nothing);
     SR_RUN(test_full_disk_on_the_collector_loses_nothing);
     SR_RUN(test_descriptor_exhaustion_does_not_spin);
+    SR_RUN(test_slowloris_cut_at_the_handshake_deadline);
     SR_RUN(test_colliding_names_get_their_own_stores);
     SR_RUN(test_tampered_record_refused);
     return sr_test_finish();
