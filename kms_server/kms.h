@@ -137,6 +137,12 @@ sr_err_t kms_root_provider(const char *store_path, const char *root_key_file, co
  * alive by the caller while the store is open). */
 sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, kms_store_t **out) SR_MUST_CHECK;
 
+/* A consistent copy of a store (SQLite's backup API) into a new file through
+ * the strongroom VFS: the copy is encrypted like the store, under the same
+ * root key (`kmsctl store backup|restore`; the VFS must be registered with
+ * the root provider: kms_store_open_encrypted does it). */
+sr_err_t kms_store_copy(const char *from, const char *to, int overwrite) SR_MUST_CHECK;
+
 /* ---- the private CA (pki.c) ------------------------------------------------------------- */
 typedef struct kms_cert_info {
     char fingerprint[65]; /* SHA-256 of the DER certificate, hex (what kmsd sees) */

@@ -14,6 +14,7 @@
  *   kmsctl [--config FILE] cert list [--json]
  *   kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]
  *   kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]
+ *   kmsctl [--config FILE] store backup FILE | store restore FILE [--yes]
  *
  * Key operations go to kmsd over KMIP with the admin certificate (so kmsd
  * applies the state machine and audits them); certificates and grants are
@@ -567,6 +568,55 @@ static int cmd_node(int argc, char **argv)
     return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND || rc == SR_ERR_STATE ? EXIT_REFUSED : EXIT_CANNOT, verb);
 }
 
+/* ---- store backup and restore ----------------------------------------------------------------------- */
+
+static int kms_is_up(void)
+{
+    sr_kmip_client_t *c = NULL;
+    sr_kmip_version_t v[4];
+    size_t n = 0;
+    int up = connect_kms(&c) == 0 && sr_kmip_discover_versions(c, v, 4, &n) == SR_OK;
+    sr_kmip_client_free(c);
+    return up;
+}
+
+static int cmd_store(int argc, char **argv)
+{
+    static const option_t allowed[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
+    opts_t o = {0};
+    int backup = argc >= 1 && !strcmp(argv[0], "backup"), restore = argc >= 1 && !strcmp(argv[0], "restore");
+    if (!backup && !restore) return fprintf(stderr, "kmsctl: store backup FILE | store restore FILE [--yes]\n"), EXIT_USAGE;
+    if (parse(backup ? "store backup" : "store restore", argc - 1, argv + 1, restore ? allowed : allowed + 1, 1, &o) ||
+        o.n_args != 1)
+        return fprintf(stderr, "kmsctl: store %s FILE\n", argv[0]), EXIT_USAGE;
+    kms_store_t *s = NULL;
+    if (open_store(&s)) return EXIT_CANNOT; /* proves the root key, registers the VFS with it */
+    const char *store = sr_config_get(cfg, "local", "store");
+    sr_err_t rc = SR_OK;
+    if (backup) {
+        rc = kms_store_copy(store, o.args[0], 0);
+        if (rc == SR_OK) printf("kmsctl: %s: a consistent copy of the key store, encrypted under the same root key\n",
+                                o.args[0]);
+    } else if (kms_is_up()) {
+        rc = sr_err_set(SR_ERR_STATE, "kmsd is running: stop it before restoring its store");
+    } else if (!confirmed(&o, "replace the key store with the backup")) {
+        kms_store_close(s);
+        return EXIT_USAGE;
+    } else {
+        kms_store_t *probe = NULL; /* the backup must open under this root key */
+        rc = kms_store_open_encrypted(o.args[0], store_root, &probe);
+        kms_store_close(probe);
+        if (rc == SR_OK) rc = kms_store_copy(o.args[0], store, 1);
+        if (rc == SR_OK) printf("kmsctl: key store restored from %s; start kmsd\n", o.args[0]);
+    }
+    kms_store_close(s);
+    sr_event_t ev = {.component = "kms", .event = backup ? "store.backup" : "store.restore", .subject = "kmsctl",
+                     .object = o.args[0], .outcome = rc == SR_OK ? "success" : "failure", .source = "local",
+                     .detail = rc == SR_OK ? NULL : sr_err_detail()};
+    (void)sr_event_emit(&ev);
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_STATE || rc == SR_ERR_EXISTS ? EXIT_REFUSED : EXIT_CANNOT, "store");
+}
+
 /* ---- status ------------------------------------------------------------------------------------- */
 
 static int cmd_status(int argc, char **argv)
@@ -611,6 +661,7 @@ static int usage(FILE *f, int status)
                "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
                "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"
                "       kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]\n"
+               "       kmsctl [--config FILE] store backup FILE | store restore FILE [--yes]\n"
                "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
                "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n");
     return status;
@@ -630,7 +681,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[i];
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
-        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}};
+        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}, {"store", cmd_store}};
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(cmd, commands[k].name) != 0) continue;
         if (i + 1 < argc && !strcmp(argv[i + 1], "--help")) return usage(stdout, 0);

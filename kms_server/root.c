@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sodium.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,4 +133,30 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
         return sr_err_set(SR_ERR_AUTH, "cannot open the key store %s: wrong passphrase or root key (%s)", store_path,
                           sr_err_detail());
     return rc;
+}
+
+sr_err_t kms_store_copy(const char *from, const char *to, int overwrite)
+{
+    struct stat st;
+    if (!overwrite && stat(to, &st) == 0) return sr_err_set(SR_ERR_EXISTS, "%s exists: refusing to overwrite it", to);
+    char src_uri[4300], dst_uri[4300];
+    snprintf(src_uri, sizeof src_uri, "file:%s?vfs=strongroom", from);
+    snprintf(dst_uri, sizeof dst_uri, "file:%s?vfs=strongroom", to);
+    sqlite3 *src = NULL, *dst = NULL;
+    int rc = sqlite3_open_v2(src_uri, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_open_v2(dst_uri, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL);
+    if (rc == SQLITE_OK) sqlite3_busy_timeout(src, 10000), sqlite3_busy_timeout(dst, 10000);
+    sqlite3_backup *b = rc == SQLITE_OK ? sqlite3_backup_init(dst, "main", src, "main") : NULL;
+    if (b) {
+        rc = sqlite3_backup_step(b, -1); /* one consistent snapshot of the source */
+        rc = sqlite3_backup_finish(b) == SQLITE_OK && rc == SQLITE_DONE ? SQLITE_OK : rc;
+    } else if (rc == SQLITE_OK) {
+        rc = sqlite3_errcode(dst);
+    }
+    sr_err_t err = rc == SQLITE_OK ? SR_OK
+                                   : sr_err_set(SR_ERR_IO, "cannot copy the key store %s to %s: %s", from, to,
+                                                dst ? sqlite3_errmsg(dst) : src ? sqlite3_errmsg(src) : sqlite3_errstr(rc));
+    sqlite3_close(src);
+    sqlite3_close(dst);
+    return err;
 }

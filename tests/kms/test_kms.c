@@ -514,6 +514,30 @@ static void test_sighup_reload_keeps_a_good_config(void)
     sr_kmip_client_free(c);
 }
 
+static void test_store_backup_and_restore(void)
+{
+    char out[4096], cmd[2048], backup[700], found[2][SR_KMIP_UID_MAX];
+    size_t n = 0;
+    snprintf(backup, sizeof backup, "%s/store-backup.db", sr_test_tmpdir());
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "key create kept-by-the-backup") == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "store backup %s", backup);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0, "%s", out);
+    SR_CHECK(!sr_test_file_contains(backup, "kept-by-the-backup", 18)); /* encrypted like the store */
+    SR_CHECK(kmsctl_run(dir, out, sizeof out, cmd) == 1);                 /* never overwrites */
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "key create made-after-the-backup") == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "store restore %s --yes", backup);
+    SR_CHECK(kmsctl_run(dir, out, sizeof out, cmd) == 1 && strstr(out, "kmsd is running"));
+    SR_CHECK_EQ_INT(kmsd_stop(SIGTERM), 0);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0, "%s", out);
+    SR_CHECK(kmsd_start(dir, port) == 0);
+    sr_kmip_client_t *admin = client("admin");
+    SR_CHECK_OK(sr_kmip_locate_by_name(admin, "kept-by-the-backup", found, 2, &n));
+    SR_CHECK_EQ_INT(n, 1);
+    SR_CHECK_OK(sr_kmip_locate_by_name(admin, "made-after-the-backup", found, 2, &n));
+    SR_CHECK_EQ_INT(n, 0);
+    sr_kmip_client_free(admin);
+}
+
 /* ---- root key ------------------------------------------------------------------------------------------ */
 
 static void test_wrong_root_key_refused(void)
@@ -605,6 +629,7 @@ int main(void)
     SR_RUN(test_hostile_clients_do_not_starve_others);
     SR_RUN(test_sigkill_loses_no_acknowledged_key);
     SR_RUN(test_sighup_reload_keeps_a_good_config);
+    SR_RUN(test_store_backup_and_restore);
     SR_RUN(test_wrong_root_key_refused);
     SR_RUN(test_passphrase_store);
     SR_RUN(test_every_request_audited);
