@@ -8,9 +8,9 @@
  * refused before it is asked for a password. Reads PAM_USER (PostgreSQL: the
  * role), PAM_RHOST (the numeric client address; absent for a Unix-socket
  * login; a name is untrusted and matches only `*`) and PAM_SERVICE. No DNS
- * lookups. The policy is compiled at each call (PostgreSQL loads the module
- * in a fresh backend per login, so a changed file takes effect at the next
- * login, and a half-written one is refused as a whole). Fails closed: a
+ * lookups. The compiled policy is kept while its file is unchanged; a
+ * replaced file is compiled at the next decision, and a half-written one is
+ * refused as a whole. Fails closed: a
  * policy that cannot be read or parsed, or a decision that cannot be
  * audited, is a refusal. One audit record per decision: component "pam",
  * event "login", to the host's sealer (audit_socket= or
@@ -24,9 +24,12 @@
 #include "access_ctl.h"
 #include "audit.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct args {
     const char *policy, *server, *audit_socket;
@@ -65,6 +68,48 @@ static sr_err_t record(const args_t *a, const char *user, const char *rhost, con
     return rc;
 }
 
+/* The compiled policy, kept while its file is unchanged (same inode, size and
+ * modification time): a login's auth and account stages, and every login of
+ * a long-running service, compile it once. A replaced file (tde-acl install
+ * renames) has a new inode, so it is compiled again at the next decision. */
+static struct {
+    pthread_mutex_t lock;
+    char path[4096];
+    struct stat st;
+    sr_acl_policy_t *p;
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Decides with the cached or freshly compiled policy (under the lock). */
+static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req, sr_acl_decision_t *d, char *version,
+                                   size_t cap)
+{
+    struct stat st;
+    sr_err_t rc = SR_OK;
+    pthread_mutex_lock(&cache.lock);
+    if (stat(path, &st) != 0) rc = sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
+    if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && same_file(&cache.st, &st))) {
+        sr_acl_policy_t *fresh = NULL;
+        rc = sr_acl_compile_file(path, &fresh);
+        if (rc == SR_OK) {
+            sr_acl_policy_free(cache.p);
+            cache.p = fresh, cache.st = st;
+            snprintf(cache.path, sizeof cache.path, "%s", path);
+        }
+    }
+    if (rc == SR_OK) {
+        sr_acl_decide(cache.p, req, d);
+        snprintf(version, cap, "%s", sr_acl_policy_version(cache.p));
+    }
+    pthread_mutex_unlock(&cache.lock);
+    return rc;
+}
+
 static int decide(pam_handle_t *pamh, int argc, const char **argv, int refused)
 {
     args_t a;
@@ -74,25 +119,33 @@ static int decide(pam_handle_t *pamh, int argc, const char **argv, int refused)
         (void)record(&a, user, rhost, service, "failure", "pam_strongroom: bad module arguments (policy= is required)");
         return refused;
     }
-    sr_acl_policy_t *p = NULL;
-    if (sr_acl_compile_file(a.policy, &p) != SR_OK) {
+    sr_acl_request_t req = {.server = a.server, .account = user, .source = rhost, .service = service};
+    sr_acl_decision_t d;
+    char version[40];
+    if (decide_with_policy(a.policy, &req, &d, version, sizeof version) != SR_OK) {
         snprintf(detail, sizeof detail, "policy unavailable, refused (fail closed): %s", sr_err_detail());
         (void)record(&a, user, rhost, service, "failure", detail);
         return refused;
     }
-    sr_acl_request_t req = {.server = a.server, .account = user, .source = rhost, .service = service};
-    sr_acl_decision_t d;
-    sr_acl_decide(p, &req, &d);
-    snprintf(detail, sizeof detail, "%s; policy %s", d.why, sr_acl_policy_version(p));
-    sr_acl_policy_free(p);
+    snprintf(detail, sizeof detail, "%s; policy %s", d.why, version);
     if (record(&a, user, rhost, service, d.allow ? "success" : "denied", detail) != SR_OK) return refused;
     return d.allow ? PAM_SUCCESS : refused;
 }
 
+#define DECIDED_KEY "strongroom-allowed"
+
+static void forget(pam_handle_t *pamh, void *data, int status) { (void)pamh, (void)status, free(data); }
+
 PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
     (void)flags;
-    return decide(pamh, argc, argv, PAM_AUTH_ERR);
+    int rc = decide(pamh, argc, argv, PAM_AUTH_ERR);
+    /* the account stage of this same login need not decide (and record) it again */
+    const char *user = item(pamh, PAM_USER), *rhost = item(pamh, PAM_RHOST);
+    char *mark = rc == PAM_SUCCESS ? malloc(600) : NULL;
+    if (mark) snprintf(mark, 600, "%s|%s", user ? user : "", rhost ? rhost : "");
+    if (mark && pam_set_data(pamh, DECIDED_KEY, mark, forget) != PAM_SUCCESS) free(mark);
+    return rc;
 }
 
 PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
@@ -104,5 +157,11 @@ PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const cha
 PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
     (void)flags;
+    const void *mark = NULL;
+    const char *user = item(pamh, PAM_USER), *rhost = item(pamh, PAM_RHOST);
+    char now[600];
+    snprintf(now, sizeof now, "%s|%s", user ? user : "", rhost ? rhost : "");
+    /* allowed (and recorded) by the auth stage of this login, for this user and address */
+    if (pam_get_data(pamh, DECIDED_KEY, &mark) == PAM_SUCCESS && mark && !strcmp(mark, now)) return PAM_SUCCESS;
     return decide(pamh, argc, argv, PAM_PERM_DENIED);
 }
