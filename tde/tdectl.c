@@ -47,7 +47,7 @@ static int fail(const char *what, sr_err_t rc)
     return 1;
 }
 
-static int usage(void)
+static int usage_to(FILE *f, int status)
 {
     fputs("usage: tdectl COMMAND [OPTIONS] ARGS\n"
           "  keygen KEYFILE                              create a master key file (mode 0600)\n"
@@ -60,10 +60,12 @@ static int usage(void)
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
           "options: --keyfile K (or $STRONGROOM_KEYFILE), --kms CONFIG (or $STRONGROOM_KMS), --cipher aes-256-gcm|chacha20-poly1305,\n"
-          "         --page-size 512..65536\n",
-          stderr);
-    return 2;
+          "         --page-size 512..65536; tdectl --version\n",
+          f);
+    return status;
 }
+
+static int usage(void) { return usage_to(stderr, 2); }
 
 /* "keyfile" or "kms": how o->keyfile names the key (set once, from the command line). */
 static const char *key_kind = "keyfile";
@@ -528,17 +530,24 @@ static int cmd_rotate_master(options_t *o)
 typedef struct command {
     const char *name;
     int (*run)(options_t *o);
+    const char *options; /* the option letters that apply to it (k: --keyfile/--kms, c, p, r) */
 } command_t;
 
 static const command_t commands[] = {
-    {"keygen", cmd_keygen},   {"create", cmd_create},   {"status", cmd_status},
-    {"verify", cmd_verify},   {"encrypt", cmd_encrypt}, {"decrypt", cmd_decrypt},
-    {"rekey", cmd_rekey},     {"rotate-master", cmd_rotate_master},
+    {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "k"},
+    {"verify", cmd_verify, "k"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
+    {"rekey", cmd_rekey, "kr"},         {"rotate-master", cmd_rotate_master, "k"},
 };
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
+    if (argc < 2) return usage();
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage_to(stdout, 0);
+    if (strcmp(argv[1], "--version") == 0) return puts("tdectl (strongroom)"), 0;
+    const command_t *cmd = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) cmd = &commands[i];
+    if (!cmd) return fprintf(stderr, "tdectl: unknown command '%s'\n", argv[1]), usage();
     options_t o = {.keyfile = getenv("STRONGROOM_KEYFILE")};
     if (!o.keyfile && getenv("STRONGROOM_KMS")) o.keyfile = getenv("STRONGROOM_KMS"), key_kind = "kms";
     static const struct option longopts[] = {{"keyfile", required_argument, NULL, 'k'},
@@ -552,13 +561,21 @@ int main(int argc, char **argv)
     int64_t ps = 0;
     optind = 2;
     while ((ch = getopt_long(argc, argv, "k:K:c:p:rh", longopts, NULL)) != -1) {
+        int letter = ch == 'K' ? 'k' : ch;
+        if (ch == 'h') return usage_to(stdout, 0);
+        if (ch != '?' && !strchr(cmd->options, letter))
+            return fprintf(stderr, "tdectl: %s: option %s does not apply\n", cmd->name,
+                           letter == 'k' ? "--keyfile/--kms" : letter == 'c' ? "--cipher" : letter == 'p' ? "--page-size"
+                                                                                                         : "--rewrite"),
+                   2;
         if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
         else if (ch == 'K') o.keyfile = optarg, key_kind = "kms";
-        else if (ch == 'c' && sr_tde_cipher_parse(optarg, &o.cipher) != SR_OK) return fail("--cipher", SR_ERR_INVALID_ARG);
+        else if (ch == 'c' && sr_tde_cipher_parse(optarg, &o.cipher) != SR_OK)
+            return fail("--cipher", SR_ERR_INVALID_ARG), 2; /* a usage error, naming the option */
         else if (ch == 'p' && (sr_parse_int64(optarg, &ps) != SR_OK || !sr_tde_page_size_valid((size_t)ps)))
             return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), 2;
         else if (ch == 'r') o.rewrite = 1;
-        else if (ch == 'h' || ch == '?') return usage();
+        else if (ch == '?') return usage();
     }
     o.page_size = (uint32_t)ps;
     o.argc = argc - optind;
@@ -569,8 +586,5 @@ int main(int argc, char **argv)
     if (sr_audit_open_from_env(&audit) != SR_OK) return fail("audit log", sr_err_last());
     sqlite3_config(SQLITE_CONFIG_URI, 1);
     if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fprintf(stderr, "tdectl: cannot register the VFS\n"), 1;
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(&o);
-    fprintf(stderr, "tdectl: unknown command '%s'\n", argv[1]);
-    return usage();
+    return cmd->run(&o);
 }

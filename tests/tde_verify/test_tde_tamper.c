@@ -162,6 +162,13 @@ static void test_tdectl_end_to_end(void)
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 0);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 1); /* never overwrites */
     SR_CHECK(strstr(out, "refusing to overwrite") != NULL);
+    /* an option that does not apply, a bad option value: usage errors (2) naming the option */
+    SR_CHECK(tdectl(out, sizeof out, "status --rewrite %s", key) == 2 && strstr(out, "--rewrite does not apply"));
+    SR_CHECK(tdectl(out, sizeof out, "keygen --keyfile %s %s.2", key, key) == 2 && strstr(out, "does not apply"));
+    SR_CHECK(tdectl(out, sizeof out, "create --cipher rot13 --keyfile %s %s.db", key, key) == 2 &&
+             strstr(out, "--cipher"));
+    SR_CHECK(tdectl(out, sizeof out, "--help") == 0 && strstr(out, "usage: tdectl"));
+    SR_CHECK(tdectl(out, sizeof out, "--version") == 0 && strstr(out, "tdectl"));
     sqlite3 *db = NULL;
     SR_CHECK_EQ_INT(sqlt_open(plain, NULL, NULL, &db), SQLITE_OK);
     SR_CHECK_EQ_INT(sqlt_workload(db, 9, 1500, MARKER), SQLITE_OK);
