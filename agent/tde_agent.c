@@ -91,15 +91,13 @@ static void state_path(char *out, size_t cap, const char *name) { snprintf(out, 
 /* A client to the first server of the list, as the node (cert) or anonymous (NULL). */
 static sr_err_t kms_client(const char *cert, const char *key, sr_kmip_client_t **out)
 {
-    char host[256];
-    snprintf(host, sizeof host, "%s", sr_config_get(agent.cfg, "kms", "servers"));
-    host[strcspn(host, ", ")] = '\0';
-    char *colon = strrchr(host, ':');
-    int64_t port = 0;
-    if (!colon || sr_parse_int64(colon + 1, &port) != SR_OK || port < 1 || port > 65535)
-        return sr_err_set(SR_ERR_CONFIG, "[kms] servers: '%s' is not host:port", host);
-    *colon = '\0';
-    sr_kmip_client_options_t o = {.host = host, .port = (uint16_t)port,
+    char first[256], host[256];
+    uint16_t port = 0;
+    snprintf(first, sizeof first, "%s", sr_config_get(agent.cfg, "kms", "servers"));
+    first[strcspn(first, ", ")] = '\0';
+    if (sr_kmip_server_parse(first, host, sizeof host, &port) != SR_OK)
+        return sr_err_set(SR_ERR_CONFIG, "[kms] servers: %s", sr_err_detail());
+    sr_kmip_client_options_t o = {.host = host, .port = port,
                                   .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
                                   .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert, .key_file = key,
                                   .timeout_ms = 5000, .version = {1, 4}};

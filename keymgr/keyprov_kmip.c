@@ -204,14 +204,11 @@ static sr_err_t parse_servers(const char *path, const char *list, kmip_provider_
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", list);
     for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-        char *colon = strrchr(tok, ':');
-        int64_t port = 0;
-        if (!colon || sr_parse_int64(colon + 1, &port) != SR_OK || port < 1 || port > 65535)
-            return sr_err_set(SR_ERR_CONFIG, "%s: servers: '%s' is not host:port", path, tok);
+        char host[256];
+        if (sr_kmip_server_parse(tok, host, sizeof host, &p->ports[p->n]) != SR_OK)
+            return sr_err_set(SR_ERR_CONFIG, "%s: servers: %s", path, sr_err_detail());
         if (p->n == MAX_SERVERS) return sr_err_set(SR_ERR_CONFIG, "%s: more than %d servers", path, MAX_SERVERS);
-        *colon = '\0';
-        if (!(p->hosts[p->n] = strdup(tok))) return SR_ERR_NOMEM;
-        p->ports[p->n++] = (uint16_t)port;
+        if (!(p->hosts[p->n++] = strdup(host))) return SR_ERR_NOMEM;
     }
     return p->n ? SR_OK : sr_err_set(SR_ERR_CONFIG, "%s: servers is empty", path);
 }

@@ -179,6 +179,9 @@ typedef struct sr_kmip_client_options {
 typedef struct sr_kmip_client sr_kmip_client_t;
 
 sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
+/* "host:port" (the last colon separates them) into host and port;
+ * SR_ERR_CONFIG naming the text otherwise. */
+sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port) SR_MUST_CHECK;
 void sr_kmip_client_free(sr_kmip_client_t *c);
 /* One request, one response, on the kept connection. Idempotent operations
  * (Get, Locate, Query, Discover Versions, Get Attributes, Encrypt, Decrypt)

@@ -97,22 +97,34 @@ static void apply_dates(kms_object_t *o)
         o->state = KMS_STATE_DEACTIVATED;
 }
 
-static int visible(req_t *r, const kms_object_t *o)
+/* How the caller stands to an object: owner, and granted (looked up once,
+ * only when the role needs it: admins, auditors and owning applications don't). */
+typedef struct standing {
+    int owner, granted;
+} standing_t;
+
+static standing_t standing_of(req_t *r, const kms_object_t *o)
 {
     kms_role_t role = r->p->role;
-    return role == KMS_ROLE_ADMIN || role == KMS_ROLE_AUDITOR || !strcmp(o->owner, r->p->name) ||
-           kms_granted(r->s, o->uid, r->p->name);
+    standing_t st = {.owner = !strcmp(o->owner, r->p->name)};
+    int needs_grant = role == KMS_ROLE_NODE || (role == KMS_ROLE_APPLICATION && !st.owner);
+    st.granted = needs_grant && kms_granted(r->s, o->uid, r->p->name);
+    return st;
 }
 
-static int allowed(req_t *r, const kms_object_t *o, use_t use)
+static int visible(const req_t *r, standing_t st)
 {
+    return r->p->role == KMS_ROLE_ADMIN || r->p->role == KMS_ROLE_AUDITOR || st.owner || st.granted;
+}
+
+static int allowed(const req_t *r, standing_t st, use_t use)
+{
+    int uses = use == USE_ATTRS || use == USE_CRYPT;
     switch (r->p->role) {
     case KMS_ROLE_ADMIN: return 1;
     case KMS_ROLE_AUDITOR: return use == USE_ATTRS;
-    case KMS_ROLE_APPLICATION:
-        if (!strcmp(o->owner, r->p->name)) return 1;
-        return (use == USE_ATTRS || use == USE_CRYPT) && kms_granted(r->s, o->uid, r->p->name);
-    case KMS_ROLE_NODE: return (use == USE_ATTRS || use == USE_CRYPT) && kms_granted(r->s, o->uid, r->p->name);
+    case KMS_ROLE_APPLICATION: return st.owner || (uses && st.granted);
+    case KMS_ROLE_NODE: return uses && st.granted;
     default: return 0;
     }
 }
@@ -126,9 +138,11 @@ static int load(req_t *r, int32_t payload, use_t use, kms_object_t *o)
     if (!uid[0]) return fail(r, REASON_INVALID_FIELD, "no Unique Identifier and no earlier item's to use");
     snprintf(r->object, sizeof r->object, "%s", uid);
     sr_err_t rc = kms_object_load(r->s, uid, o);
-    if (rc == SR_ERR_NOT_FOUND || (rc == SR_OK && !visible(r, o))) return fail(r, REASON_ITEM_NOT_FOUND, "no object %s", uid);
+    standing_t st = {0};
+    if (rc == SR_OK) st = standing_of(r, o);
+    if (rc == SR_ERR_NOT_FOUND || (rc == SR_OK && !visible(r, st))) return fail(r, REASON_ITEM_NOT_FOUND, "no object %s", uid);
     if (rc != SR_OK) return store_failed(r, rc);
-    if (!allowed(r, o, use))
+    if (!allowed(r, st, use))
         return fail(r, REASON_PERMISSION_DENIED, "%s (%s) may not do this with %s", r->p->name,
                     kms_role_name(r->p->role), uid);
     apply_dates(o);
@@ -528,7 +542,6 @@ static int op_get_attribute_list(req_t *r, int32_t payload)
     if (rc != SR_OK) return store_failed(r, rc);
     put_uid(r, o.uid);
     /* the names of what Get Attributes would return, each once */
-    size_t mark = r->e->len;
     for (size_t i = 0; i < N_OBJECT_ATTRS; i++) {
         size_t before = r->e->len;
         put_object_attr(r, &o, object_attr_names[i]);
@@ -541,7 +554,6 @@ static int op_get_attribute_list(req_t *r, int32_t payload)
         for (size_t k = 0; k < i; k++) seen |= !strcmp(attrs[k].name, attrs[i].name);
         if (!seen) sr_kmip_put_text(r->e, SR_KMIP_TAG_ATTRIBUTE_NAME, attrs[i].name);
     }
-    (void)mark;
     kms_attrs_free(attrs, n);
     return 0;
 }

@@ -182,6 +182,17 @@ static int cert_revoked(const char *fingerprint)
     return revoked;
 }
 
+/* Per request, under one lock: the principal's role now, and whether its
+ * certificate was revoked since it connected. */
+static int refresh(kms_principal_t *p, const char *fingerprint)
+{
+    kms_store_lock(server.store);
+    int revoked = fingerprint && kms_cert_revoked(server.store, fingerprint);
+    p->role = kms_principal_role(server.store, p->name);
+    kms_store_unlock(server.store);
+    return revoked;
+}
+
 /* Why a revoked certificate is refused: a node's ended membership, or a revocation. */
 static void refusal(kms_principal_t *p)
 {
@@ -212,13 +223,10 @@ static void serve(sr_tls_conn_t *conn, kms_principal_t *p, const char *fingerpri
             free(req);
             return;
         }
-        if (!p->refused[0] && cert_revoked(fingerprint)) { /* revoked while connected: refused from now on */
+        if (refresh(p, fingerprint) && !p->refused[0]) { /* revoked while connected: refused from now on */
             audit_connection(p->name, p->source, "denied", "certificate revoked");
             refusal(p);
         }
-        kms_store_lock(server.store);
-        p->role = kms_principal_role(server.store, p->name);
-        kms_store_unlock(server.store);
         sr_kmip_enc_t e;
         sr_kmip_enc_init(&e);
         rc = kms_handle(server.store, p, req, len, &e);
