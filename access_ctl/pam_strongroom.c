@@ -93,6 +93,9 @@ static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req
     sr_err_t rc = SR_OK;
     pthread_mutex_lock(&cache.lock);
     if (stat(path, &st) != 0) rc = sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
+    else if (st.st_mode & 022) /* whoever may write it may let themselves in */
+        rc = sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", path,
+                        (unsigned)(st.st_mode & 0777));
     if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && same_file(&cache.st, &st))) {
         sr_acl_policy_t *fresh = NULL;
         rc = sr_acl_compile_file(path, &fresh);

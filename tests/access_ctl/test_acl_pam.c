@@ -67,6 +67,10 @@ static void test_pamtester(void)
     SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "wrong") != 0);      /* our gate passes, the password fails */
     SR_CHECK(pamtester("srtest-pam", "mallory", "10.1.2.3", "secret") != 0);   /* refused before the password */
     SR_CHECK(pamtester("srtest-pam", "alice", "evil.example.com", "secret") != 0); /* a name is untrusted */
+    /* fail closed: a policy anyone may write refuses everyone */
+    chmod(policy, 0666);
+    SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") != 0);
+    chmod(policy, 0644);
     /* fail closed: a policy that does not parse refuses everyone */
     write_text(policy, "allow * alice 10.0.0.0/8 srtest-pam\nallow *\n");
     SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") != 0);
@@ -190,8 +194,8 @@ static void test_audit_records(void)
     printf("  pam records: %d allowed, %d denied, %d failed (fail closed)\n", allowed, denied, failed);
     /* allowed: one record per login (the account stage reuses the auth stage's decision): 3 pamtester
      * logins + 1 wrong password, the same for psql; denied: 172.16.0.1, mallory, a host name; bob over
-     * ::1, mallory; failed: the unparsable policy */
-    SR_CHECK(allowed == 8 && denied == 5 && failed == 1);
+     * ::1, mallory; failed: the world-writable policy, the unparsable policy */
+    SR_CHECK(allowed == 8 && denied == 5 && failed == 2);
     free(text);
     SR_CHECK(sh("grep -c 'by %s/pg-acl.conf:3 (never)' %s", dir, log_path) == 0);
     SR_CHECK(sh("grep -c 'no rule matched' %s", log_path) == 0);
