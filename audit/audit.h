@@ -146,7 +146,9 @@ typedef struct sr_audit_collector_options {
     uint16_t port;             /* 0: any (see sr_audit_collect_port) */
     const char *dir;           /* per-source files */
     sr_audit_tls_t tls;
-    const uint8_t *verify_key; /* checkpoints must be signed by it (NULL: chain only) */
+    const uint8_t *verify_key; /* checkpoints of sources without their own key (DIR/<fingerprint>.pub)
+                                  must be signed by it (NULL: chain only) */
+    int require_key;           /* refuse a source that has no key (neither its own nor verify_key) */
     int max_connections;       /* at once; 0: SR_AUDIT_COLLECT_MAX_CONNECTIONS */
 } sr_audit_collector_options_t;
 #define SR_AUDIT_COLLECT_MAX_CONNECTIONS 256

@@ -41,6 +41,9 @@
 
 #define FRAME_MAX (SR_AUDIT_LINE_MAX + 1024)
 #define SYNC_EVERY 500
+#define HANDSHAKE_MS 10000
+#define IDLE_MS 10000  /* between frames (a forwarder syncs every poll, 0.2 s by default) */
+#define FRAME_MS 10000 /* for the rest of a frame once its first byte came: no dribbling */
 
 /* ---- framing -------------------------------------------------------------------------- */
 
@@ -52,15 +55,20 @@ static sr_err_t frame_send(sr_tls_conn_t *c, char type, const void *payload, siz
     return rc == SR_OK && len ? sr_tls_write_all(c, payload, len) : rc;
 }
 
-/* Reads one frame into buf (NUL-terminated); *type and *len out. */
+/* Reads one frame into buf (NUL-terminated); *type and *len out. The
+ * connection may be idle up to its timeout before a frame; once the first
+ * byte came the whole frame must within FRAME_MS, so an authenticated peer
+ * that sends a byte at a time cannot hold a slot (or a source) for ever. */
 static sr_err_t frame_recv(sr_tls_conn_t *c, char *type, char *buf, size_t cap, size_t *len)
 {
     uint8_t head[5];
-    sr_err_t rc = sr_tls_read_exact(c, head, sizeof head);
+    sr_err_t rc = sr_tls_read_exact(c, head, 1);
+    uint64_t deadline = sr_time_mono_ms() + FRAME_MS;
+    if (rc == SR_OK) rc = sr_tls_read_exact_by(c, head + 1, sizeof head - 1, deadline);
     if (rc != SR_OK) return rc;
     size_t n = sr_get_be32(head + 1);
     if (n >= cap) return sr_err_set(SR_ERR_PROTOCOL, "audit frame of %zu bytes is too long", n);
-    if (n && (rc = sr_tls_read_exact(c, buf, n)) != SR_OK) return rc;
+    if (n && (rc = sr_tls_read_exact_by(c, buf, n, deadline)) != SR_OK) return rc;
     buf[n] = '\0';
     *type = (char)head[0];
     *len = n;
@@ -75,6 +83,9 @@ typedef struct source {
     char fingerprint[65];  /* the certificate's SHA-256: the store's name */
     int fd;
     off_t size;           /* bytes of whole records in the file */
+    uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES]; /* what its checkpoints are verified with */
+    int has_key;
+    int loaded;           /* the file and chain are in step (a failed reload is retried) */
     sr_audit_chain_t chain;
     pthread_mutex_t lock; /* one connection of a source at a time appends */
 } source_t;
@@ -100,10 +111,32 @@ static void source_index(collector_t *col, const source_t *s)
         sr_log(SR_LOG_WARN, "audit collector: cannot add %s to %s", s->name, path);
 }
 
-/* Opens DIR/<fingerprint>.log, cuts a torn tail, and replays it into the chain. */
+/* The key a source's checkpoints must be signed with: its own, registered
+ * in the store as DIR/<fingerprint>.pub (tde-audit register), else the
+ * collector's --key; with neither, the chain alone is checked, unless keys
+ * are required. */
+static sr_err_t source_key(collector_t *col, const char *fingerprint, const char *cn,
+                           uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES], int *has_key)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.pub", col->o->dir, fingerprint);
+    *has_key = 1;
+    if (access(path, F_OK) == 0) return sr_audit_verify_key_load(path, key);
+    *has_key = col->o->verify_key != NULL;
+    if (*has_key) memcpy(key, col->o->verify_key, SR_AUDIT_SIGN_PUBLIC_BYTES);
+    else if (col->o->require_key)
+        return sr_err_set(SR_ERR_AUTH, "no verify key registered for the certificate of %s (%s): "
+                          "tde-audit register --dir DIR --cert CERT --key PUB", cn, fingerprint);
+    return SR_OK;
+}
+
+/* Opens DIR/<fingerprint>.log, cuts a torn tail, and replays it into the
+ * chain under the source's key. */
 static sr_err_t source_load(collector_t *col, source_t *s)
 {
     char path[4096];
+    sr_err_t rc = source_key(col, s->fingerprint, s->name, s->key, &s->has_key);
+    if (rc != SR_OK) return rc;
     snprintf(path, sizeof path, "%s/%s.log", col->o->dir, s->fingerprint);
     if (access(path, F_OK) != 0) source_index(col, s);
     s->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -112,11 +145,11 @@ static sr_err_t source_load(collector_t *col, source_t *s)
     off_t size = 0, cut = 0;
     if (fstat(s->fd, &st) != 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", path);
     size = st.st_size;
-    sr_err_t rc = audit_cut_torn_tail(s->fd, path, &size, &cut);
+    rc = audit_cut_torn_tail(s->fd, path, &size, &cut);
     if (rc != SR_OK) return rc;
     if (cut) sr_log(SR_LOG_WARN, "audit collector: %s: cut %lld bytes of a torn last record", path, (long long)cut);
     s->size = size;
-    sr_audit_chain_init(&s->chain, col->o->verify_key);
+    sr_audit_chain_init(&s->chain, s->has_key ? s->key : NULL);
     FILE *f = fopen(path, "r");
     char *line = NULL;
     size_t cap = 0, lineno = 0;
@@ -146,10 +179,11 @@ static sr_err_t source_get(collector_t *col, const char *fingerprint, const char
             snprintf(s->name, sizeof s->name, "%s", cn);
             snprintf(s->fingerprint, sizeof s->fingerprint, "%s", fingerprint);
             pthread_mutex_init(&s->lock, NULL);
+            s->fd = -1;
             rc = source_load(col, s);
-            if (rc == SR_OK) s->next = col->sources, col->sources = s;
+            if (rc == SR_OK) s->loaded = 1, s->next = col->sources, col->sources = s;
             else {
-                if (s->fd > 0) close(s->fd);
+                if (s->fd >= 0) close(s->fd);
                 free(s);
                 s = NULL;
             }
@@ -157,6 +191,22 @@ static sr_err_t source_get(collector_t *col, const char *fingerprint, const char
     }
     pthread_mutex_unlock(&col->lock);
     if (rc == SR_OK) *out = s;
+    return rc;
+}
+
+/* A key registered (or replaced) while the collector runs applies from the
+ * source's next connection: the stored chain is verified again under it. */
+static sr_err_t source_refresh_key(collector_t *col, source_t *s)
+{
+    uint8_t key[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    int has_key = 0;
+    sr_err_t rc = source_key(col, s->fingerprint, s->name, key, &has_key);
+    if (rc != SR_OK) return rc;
+    if (s->loaded && has_key == s->has_key && (!has_key || memcmp(key, s->key, sizeof key) == 0)) return SR_OK;
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+    rc = source_load(col, s);
+    s->loaded = rc == SR_OK;
     return rc;
 }
 
@@ -239,8 +289,12 @@ static void serve_connection(conn_arg_t *a);
 static void *connection(void *p)
 {
     conn_arg_t *a = p;
-    if (sr_tls_accept(a->ctx, a->fd, 10000, &a->conn) == SR_OK) serve_connection(a);
-    else sr_log(SR_LOG_WARN, "audit collector: %s", sr_err_detail()); /* a refused or failed handshake */
+    if (sr_tls_accept(a->ctx, a->fd, HANDSHAKE_MS, &a->conn) == SR_OK) {
+        sr_tls_set_timeout(a->conn, IDLE_MS);
+        serve_connection(a);
+    } else {
+        sr_log(SR_LOG_WARN, "audit collector: %s", sr_err_detail()); /* a refused or failed handshake */
+    }
     pthread_mutex_lock(&a->col->lock); /* the slot is free again, whatever happened */
     a->col->active--;
     pthread_mutex_unlock(&a->col->lock);
@@ -257,8 +311,14 @@ static void serve_connection(conn_arg_t *a)
     if (frame_recv(a->conn, &type, buf, sizeof buf, &len) == SR_OK && type == 'H' && fingerprint &&
         source_get(a->col, fingerprint, cn ? cn : "(no CN)", &s) == SR_OK) {
         pthread_mutex_lock(&s->lock);
-        serve_source(a->col, a->conn, s);
-        fdatasync(s->fd);
+        if (source_refresh_key(a->col, s) == SR_OK) {
+            serve_source(a->col, a->conn, s);
+            fdatasync(s->fd);
+        } else {
+            char why[600];
+            snprintf(why, sizeof why, "cannot take records: %s", sr_err_detail());
+            (void)frame_send(a->conn, 'E', why, strlen(why));
+        }
         pthread_mutex_unlock(&s->lock);
     } else if (type == 'H') {
         char why[600];
@@ -284,7 +344,7 @@ static void collector_free(collector_t *col)
 {
     for (source_t *s = col->sources, *next; s; s = next) {
         next = s->next;
-        close(s->fd);
+        if (s->fd >= 0) close(s->fd);
         pthread_mutex_destroy(&s->lock);
         free(s);
     }

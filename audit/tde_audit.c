@@ -2,50 +2,37 @@
  * tde-audit — the security reviewer's tool for strongroom audit logs.
  *
  *   tde-audit keygen --out PREFIX                 PREFIX.sign (writer, 0600) + PREFIX.pub (reviewers)
- *   tde-audit verify [--key PUB] [--strict] [--min-seq N] [--against COPY] FILES...
+ *   tde-audit verify [--key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...
  *   tde-audit search [FILTERS] [--format table|json|csv] FILES...
- *   tde-audit report FILES...
+ *   tde-audit report [--json] FILES...
  *   tde-audit append --log FILE --sign-key SIGN --component C --event E [--subject ..] [--object ..]
  *                    [--outcome ..] [--source ..] [--detail ..]
  *   tde-audit collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]
  *   tde-audit forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]
+ *   tde-audit register --dir DIR --cert CERT --key PUB
+ *   tde-audit serve --socket PATH --log FILE --sign-key KEY
  *
  * FILES are a log's files oldest first (rotated files sort by name:
- * audit.log.* then audit.log). Exit status: 0 pass, 1 fail, 2 usage.
+ * audit.log.* then audit.log). Exit status (every strongroom tool): 0 ok,
+ * 1 a check failed (tampering), 2 usage, 3 could not check (a missing file,
+ * a bad key, I/O).
  */
 #include "audit_internal.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static int usage(void)
-{
-    fputs("usage: tde-audit COMMAND [OPTIONS] FILES...\n"
-          "  keygen --out PREFIX            signing key PREFIX.sign (0600) and verify key PREFIX.pub\n"
-          "  verify [--key PUB] [--strict] [--min-seq N] [--against COPY] FILES...\n"
-          "                                 prove no record was altered, removed, inserted or reordered\n"
-          "  search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
-          "         [--source IP|CIDR|local] [--outcome R] [--format table|json|csv] FILES...\n"
-          "  report FILES...                summaries: logins, key operations, nodes, refusals, chain status\n"
-          "  append --log FILE --sign-key SIGN --component C --event E [--subject S] [--object O]\n"
-          "         [--outcome R] [--source IP] [--detail D]\n"
-          "  collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]\n"
-          "                                 receive forwarded logs (mutual TLS), one verified file per source\n"
-          "  forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]\n"
-          "  serve --socket PATH --log FILE --sign-key KEY\n"
-          "                                 the host's sealer: the only holder of the signing key; processes with\n"
-          "                                 STRONGROOM_AUDIT_SOCKET=PATH send it their events (subject: the kernel's)\n"
-          "                                 send the log's records the collector lacks; keep following it\n"
-          "FILES: oldest first (audit.log.* audit.log). T: RFC 3339 (2026-11-24T10:00:00Z).\n"
-          "exit status: 0 pass, 1 fail, 2 usage\n",
-          stderr);
-    return 2;
-}
+typedef struct command command_t;
+static const command_t *command_find(const char *name);
+static int usage_of(const command_t *cmd, FILE *to, int status);
+static int usage(void) { return usage_of(NULL, stderr, SR_EXIT_USAGE); }
 
 typedef struct opts {
     const char *out, *key, *log, *sign_key, *format;
@@ -53,8 +40,8 @@ typedef struct opts {
     uint64_t min_seq;
     int64_t since, until;
     const char *component, *event, *subject, *object, *source, *outcome, *detail;
-    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name, *against, *socket;
-    int once;
+    const char *listen, *to, *dir, *tls_ca, *tls_cert, *tls_key, *verify_name, *against, *socket, *cert;
+    int once, json, require_key;
     int nfiles;
     char **files;
     struct source_filter {
@@ -64,15 +51,28 @@ typedef struct opts {
     } source_filter;
 } opts_t;
 
+/* "tde-audit: what: detail (SR_ERR_NAME)" on stderr; exit status 3. */
+static int cannot(const char *what)
+{
+    fprintf(stderr, "tde-audit: %s: %s (%s)\n", what, sr_err_detail(), sr_err_name(sr_err_last()));
+    return SR_EXIT_CANNOT;
+}
+
+static int missing(const char *cmd, const char *what)
+{
+    fprintf(stderr, "tde-audit: %s: %s is required (tde-audit %s --help)\n", cmd, what, cmd);
+    return SR_EXIT_USAGE;
+}
+
 static int cmd_keygen(opts_t *o)
 {
-    if (!o->out) return usage();
+    if (!o->out) return missing("keygen", "--out PREFIX");
     sr_err_t rc = sr_audit_keygen(o->out);
-    if (rc != SR_OK) return fprintf(stderr, "tde-audit: keygen: %s\n", sr_err_detail()), 1;
+    if (rc != SR_OK) return cannot("keygen");
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
     char path[4096], id[17];
     snprintf(path, sizeof path, "%s.pub", o->out);
-    if (sr_audit_verify_key_load(path, pk) != SR_OK) return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 1;
+    if (sr_audit_verify_key_load(path, pk) != SR_OK) return cannot("keygen");
     sr_audit_key_id(pk, id);
     printf("audit key %s: %s.sign (signing, keep with the writer, 0600) and %s.pub (give to reviewers)\n", id, o->out,
            o->out);
@@ -100,79 +100,139 @@ static int hash_of(char **files, int n, uint64_t seq, uint8_t hash[SR_AUDIT_HASH
     return found;
 }
 
+/* What verify found, said as it goes (text) or gathered for --json. */
+typedef struct findings {
+    int json;
+    struct finding { const char *level; char text[1024]; } item[16];
+    int n;
+} findings_t;
+
+static void say(findings_t *f, const char *level /* "error" (could not check), "fail", "warning", "info" */, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void say(findings_t *f, const char *level, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (!f->json && !strcmp(level, "error")) {
+        fprintf(stderr, "tde-audit: verify: cannot check: %s\n", text);
+    } else if (!f->json) {
+        printf("%s%s\n", !strcmp(level, "fail") ? "FAIL: " : !strcmp(level, "warning") ? "warning: " : "", text);
+    } else if (f->n < (int)(sizeof f->item / sizeof f->item[0])) {
+        f->item[f->n].level = level;
+        snprintf(f->item[f->n++].text, sizeof f->item[0].text, "%s", text);
+    }
+}
+
 /* --against COPY: the local log and a collector's copy of it, side by side:
  * the seq range either lacks, and whether they agree where both have records. */
-static int compare_with_copy(opts_t *o, const uint8_t *pk, const sr_audit_verify_result_t *mine)
+static int compare_with_copy(opts_t *o, const uint8_t *pk, const sr_audit_verify_result_t *mine, findings_t *f)
 {
     sr_audit_verify_result_t copy;
     const char *files[] = {o->against};
     if (sr_audit_verify_files(files, 1, pk, &copy) != SR_OK && copy.error != SR_ERR_AUDIT_UNSEALED) {
-        printf("FAIL: the copy %s: %s: %s\n", o->against, copy.where, copy.reason);
-        return 1;
+        int cannot_read = copy.error == SR_ERR_IO || copy.error == SR_ERR_NOT_FOUND;
+        say(f, cannot_read ? "error" : "fail", "the copy %s: %s: %s", o->against, copy.where, copy.reason);
+        return cannot_read ? SR_EXIT_CANNOT : SR_EXIT_FAILED;
     }
     uint64_t shorter = mine->last_seq < copy.last_seq ? mine->last_seq : copy.last_seq;
     uint8_t h[SR_AUDIT_HASH_BYTES];
     const uint8_t *expect = mine->last_seq < copy.last_seq ? mine->last_hash : copy.last_hash;
     int found = mine->last_seq < copy.last_seq ? hash_of((char **)files, 1, shorter, h) : hash_of(o->files, o->nfiles, shorter, h);
     if (shorter && (!found || memcmp(h, expect, sizeof h) != 0)) {
-        printf("FAIL: record %llu differs between the log and the copy %s: one of them was rewritten\n",
-               (unsigned long long)shorter, o->against);
-        return 1;
+        say(f, "fail", "record %llu differs between the log and the copy %s: one of them was rewritten",
+            (unsigned long long)shorter, o->against);
+        return SR_EXIT_FAILED;
     }
     if (copy.last_seq > mine->last_seq) {
-        printf("FAIL: the log lacks seq %llu..%llu, which the copy %s holds: they were cut from the log's tail\n",
-               (unsigned long long)mine->last_seq + 1, (unsigned long long)copy.last_seq, o->against);
-        return 1;
+        say(f, "fail", "the log lacks seq %llu..%llu, which the copy %s holds: they were cut from the log's tail",
+            (unsigned long long)mine->last_seq + 1, (unsigned long long)copy.last_seq, o->against);
+        return SR_EXIT_FAILED;
     }
     if (mine->last_seq > copy.last_seq)
-        printf("the copy %s lacks seq %llu..%llu (not forwarded yet, or cut from the copy)\n", o->against,
-               (unsigned long long)copy.last_seq + 1, (unsigned long long)mine->last_seq);
+        say(f, "info", "the copy %s lacks seq %llu..%llu (not forwarded yet, or cut from the copy)", o->against,
+            (unsigned long long)copy.last_seq + 1, (unsigned long long)mine->last_seq);
     else
-        printf("the copy %s holds the same records (seq %llu..%llu)\n", o->against,
-               (unsigned long long)copy.first_seq, (unsigned long long)copy.last_seq);
-    return 0;
+        say(f, "info", "the copy %s holds the same records (seq %llu..%llu)", o->against,
+            (unsigned long long)copy.first_seq, (unsigned long long)copy.last_seq);
+    return SR_EXIT_OK;
+}
+
+/* --json: one object (docs/audit.md gives its shape). */
+static void verify_json(const opts_t *o, const sr_audit_verify_result_t *r, int checked, int status,
+                        const findings_t *f)
+{
+    char last[40] = "", sealed[40] = "";
+    if (r->last_ts_us) sr_time_format_rfc3339(r->last_ts_us, 0, last, sizeof last);
+    if (r->sealed_ts_us) sr_time_format_rfc3339(r->sealed_ts_us, 0, sealed, sizeof sealed);
+    printf("{\"result\": \"%s\", \"files\": [", status == SR_EXIT_OK ? "pass" : status == SR_EXIT_FAILED ? "fail" : "error");
+    for (int i = 0; i < o->nfiles; i++) printf(i ? ", " : ""), sr_json_string(stdout, o->files[i]);
+    printf("]");
+    if (checked)
+        printf(", \"records\": %llu, \"first_seq\": %llu, \"last_seq\": %llu, \"last_time\": \"%s\", "
+               "\"checkpoints\": %llu, \"signatures_checked\": %s, \"sealed_seq\": %llu, \"sealed_time\": \"%s\", "
+               "\"unsealed\": %llu",
+               (unsigned long long)r->records, (unsigned long long)r->first_seq, (unsigned long long)r->last_seq, last,
+               (unsigned long long)r->checkpoints, r->signatures_checked ? "true" : "false",
+               (unsigned long long)r->sealed_seq, sealed, (unsigned long long)r->unsealed);
+    printf(", \"findings\": [");
+    for (int i = 0; i < f->n; i++) {
+        printf("%s{\"level\": \"%s\", \"text\": ", i ? ", " : "", f->item[i].level);
+        sr_json_string(stdout, f->item[i].text);
+        printf("}");
+    }
+    printf("]}\n");
 }
 
 static int cmd_verify(opts_t *o)
 {
-    if (o->nfiles < 1) return usage();
+    if (o->nfiles < 1) return usage_of(command_find("verify"), stderr, SR_EXIT_USAGE);
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
-    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK)
-        return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 2;
+    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK) return cannot("--key");
+    findings_t f = {.json = o->json};
     sr_audit_verify_result_t r;
     sr_err_t rc = sr_audit_verify_files((const char *const *)o->files, (size_t)o->nfiles, o->key ? pk : NULL, &r);
-    if (rc != SR_OK) {
-        printf("FAIL: %s: %s\n", r.where, r.reason);
-        return 1;
+    if (rc != SR_OK) { /* a file that cannot be read could not be checked; anything else is a failed check */
+        int status = r.error == SR_ERR_IO || r.error == SR_ERR_NOT_FOUND ? SR_EXIT_CANNOT : SR_EXIT_FAILED;
+        say(&f, status == SR_EXIT_CANNOT ? "error" : "fail", "%s: %s", r.where, r.reason);
+        if (o->json) verify_json(o, &r, 0, status, &f);
+        return status;
     }
-    printf("chain ok: %llu records (seq %llu..%llu) in %d file(s), %llu checkpoints",
-           (unsigned long long)r.records, (unsigned long long)r.first_seq, (unsigned long long)r.last_seq, o->nfiles,
-           (unsigned long long)r.checkpoints);
-    printf(r.signatures_checked ? ", signatures verified\n" : "\n");
-    int status = 0;
-    if (!r.signatures_checked) printf("warning: no --key given: checkpoint signatures not checked\n");
+    if (!o->json)
+        printf("chain ok: %llu records (seq %llu..%llu) in %d file(s), %llu checkpoints%s\n",
+               (unsigned long long)r.records, (unsigned long long)r.first_seq, (unsigned long long)r.last_seq,
+               o->nfiles, (unsigned long long)r.checkpoints, r.signatures_checked ? ", signatures verified" : "");
+    int status = SR_EXIT_OK;
+    if (!r.signatures_checked) say(&f, "warning", "no --key given: checkpoint signatures not checked");
     char last[40] = "", sealed[40] = "";
     sr_time_format_rfc3339(r.last_ts_us, 0, last, sizeof last);
     sr_time_format_rfc3339(r.sealed_ts_us, 0, sealed, sizeof sealed);
     if (r.sealed_seq)
-        printf("proved: seq 1..%llu, the last sealed by the checkpoint at seq %llu (%s); the log ends at seq %llu (%s). "
-               "A cut right after a checkpoint leaves no trace in the log itself: only --min-seq (a seq seen before) "
-               "or a collector's copy (--against COPY) shows it\n",
-               (unsigned long long)r.sealed_seq, (unsigned long long)r.sealed_seq, sealed, (unsigned long long)r.last_seq,
-               last);
+        say(&f, "info", "proved: seq 1..%llu, the last sealed by the checkpoint at seq %llu (%s); the log ends at seq "
+            "%llu (%s). A cut right after a checkpoint leaves no trace in the log itself: only --min-seq (a seq seen "
+            "before) or a collector's copy (--against COPY) shows it",
+            (unsigned long long)r.sealed_seq, (unsigned long long)r.sealed_seq, sealed, (unsigned long long)r.last_seq,
+            last);
     if (r.unsealed) {
-        printf("%s: %llu record(s) after the last checkpoint (seq %llu) are not sealed: cutting them from the tail "
-               "would leave no trace%s\n", o->strict ? "FAIL" : "warning", (unsigned long long)r.unsealed,
-               (unsigned long long)r.sealed_seq, r.ends_sealed ? "" : " (the writer did not close cleanly, or the log was cut)");
-        if (o->strict) status = 1;
+        say(&f, o->strict ? "fail" : "warning", "%llu record(s) after the last checkpoint (seq %llu) are not sealed: "
+            "cutting them from the tail would leave no trace%s", (unsigned long long)r.unsealed,
+            (unsigned long long)r.sealed_seq,
+            r.ends_sealed ? "" : " (the writer did not close cleanly, or the log was cut)");
+        if (o->strict) status = SR_EXIT_FAILED;
     }
     if (o->min_seq && r.last_seq < o->min_seq) {
-        printf("FAIL: the log ends at seq %llu, but seq %llu was seen before: records were cut from the tail\n",
-               (unsigned long long)r.last_seq, (unsigned long long)o->min_seq);
-        status = 1;
+        say(&f, "fail", "the log ends at seq %llu, but seq %llu was seen before: records were cut from the tail",
+            (unsigned long long)r.last_seq, (unsigned long long)o->min_seq);
+        status = SR_EXIT_FAILED;
     }
-    if (o->against) status |= compare_with_copy(o, o->key ? pk : NULL, &r);
-    if (!status) printf("PASS\n");
+    if (o->against) {
+        int copy_status = compare_with_copy(o, o->key ? pk : NULL, &r, &f);
+        if (copy_status > status) status = copy_status;
+    }
+    if (o->json) verify_json(o, &r, 1, status, &f);
+    else if (status == SR_EXIT_OK) printf("PASS\n");
     return status;
 }
 
@@ -189,7 +249,11 @@ static int each_record(opts_t *o, record_fn fn, void *ctx, uint64_t *bad)
     ssize_t n;
     for (int i = 0; i < o->nfiles; i++) {
         FILE *f = fopen(o->files[i], "r");
-        if (!f) return fprintf(stderr, "tde-audit: cannot open %s\n", o->files[i]), 1;
+        if (!f) {
+            sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", o->files[i]);
+            free(line), free(copy);
+            return cannot(o->files[i]);
+        }
         while ((n = getline(&line, &cap, f)) > 0) {
             if (line[n - 1] == '\n') line[--n] = '\0';
             copy = realloc(copy, (size_t)n + 1);
@@ -299,16 +363,18 @@ static int search_one(void *ctx, const sr_audit_record_t *r, const char *raw)
 
 static int cmd_search(opts_t *o)
 {
-    if (o->nfiles < 1) return usage();
-    const char *fmt = o->format ? o->format : (isatty(STDOUT_FILENO) ? "table" : "json");
+    if (o->nfiles < 1) return usage_of(command_find("search"), stderr, SR_EXIT_USAGE);
+    const char *fmt = o->format ? o->format : "table"; /* stated, never guessed from the terminal */
     search_ctx_t s = {.o = o, .mode = strcmp(fmt, "json") == 0 ? 1 : strcmp(fmt, "csv") == 0 ? 2 : 0};
-    if (s.mode == 0 && strcmp(fmt, "table") != 0) return usage();
+    if (s.mode == 0 && strcmp(fmt, "table") != 0)
+        return fprintf(stderr, "tde-audit: search: --format %s: table, json or csv\n", fmt), SR_EXIT_USAGE;
     if (s.mode == 2) puts("seq,ts,host,component,event,subject,object,outcome,source,detail");
     if (s.mode == 0)
         printf("%-7s %-20s %-10s %-22s %-16s %-38s %-8s %-15s %s\n", "SEQ", "TIME", "COMPONENT", "EVENT", "SUBJECT",
                "OBJECT", "OUTCOME", "SOURCE", "DETAIL");
     uint64_t bad = 0;
-    if (each_record(o, search_one, &s, &bad)) return 1;
+    int status = each_record(o, search_one, &s, &bad);
+    if (status) return status;
     if (bad) fprintf(stderr, "tde-audit: %llu unreadable line(s) skipped: run tde-audit verify\n", (unsigned long long)bad);
     return 0;
 }
@@ -317,35 +383,46 @@ static int cmd_search(opts_t *o)
 
 #define TALLY_MAX 4096
 typedef struct tally {
-    char *key[TALLY_MAX];
+    const char *name, *title, *field[3]; /* JSON member, heading, the three fields counted together */
+    size_t top;                          /* how many rows are shown */
+    char *key[TALLY_MAX][3];
     uint64_t n[TALLY_MAX];
     size_t used;
 } tally_t;
 
 static void tally_add(tally_t *t, const char *a, const char *b, const char *c)
 {
-    char k[600];
-    snprintf(k, sizeof k, "%-24s %-22s %s", a, b, c);
     for (size_t i = 0; i < t->used; i++)
-        if (strcmp(t->key[i], k) == 0) return (void)t->n[i]++;
-    if (t->used < TALLY_MAX) t->key[t->used] = strdup(k), t->n[t->used++] = 1;
+        if (!strcmp(t->key[i][0], a) && !strcmp(t->key[i][1], b) && !strcmp(t->key[i][2], c)) return (void)t->n[i]++;
+    if (t->used < TALLY_MAX) {
+        t->key[t->used][0] = strdup(a), t->key[t->used][1] = strdup(b), t->key[t->used][2] = strdup(c);
+        t->n[t->used++] = 1;
+    }
 }
 
-static void tally_print(const char *title, tally_t *t, size_t top)
+/* The top rows, most frequent first; then the tally is emptied. */
+static void tally_print(tally_t *t, int json, int first)
 {
-    printf("\n%s\n", title);
-    if (!t->used) printf("  (none)\n");
-    for (size_t shown = 0; shown < top && shown < t->used; shown++) {
+    if (json) printf("%s\"%s\": [", first ? "" : ", ", t->name);
+    else printf("\n%s (%s, %s, %s):\n%s", t->title, t->field[0], t->field[1], t->field[2], t->used ? "" : "  (none)\n");
+    for (size_t shown = 0; shown < t->top && shown < t->used; shown++) {
         size_t best = shown;
         for (size_t i = shown + 1; i < t->used; i++)
             if (t->n[i] > t->n[best]) best = i;
-        char *k = t->key[best];
+        char *k[3] = {t->key[best][0], t->key[best][1], t->key[best][2]};
         uint64_t n = t->n[best];
-        t->key[best] = t->key[shown], t->n[best] = t->n[shown];
-        t->key[shown] = k, t->n[shown] = n;
-        printf("  %8llu  %s\n", (unsigned long long)n, k);
+        memcpy(t->key[best], t->key[shown], sizeof k), t->n[best] = t->n[shown];
+        memcpy(t->key[shown], k, sizeof k), t->n[shown] = n;
+        if (!json) {
+            printf("  %8llu  %-24s %-22s %s\n", (unsigned long long)n, k[0], k[1], k[2]);
+            continue;
+        }
+        printf("%s{", shown ? ", " : "");
+        for (int f = 0; f < 3; f++) printf("\"%s\": ", t->field[f]), sr_json_string(stdout, k[f]), printf(", ");
+        printf("\"count\": %llu}", (unsigned long long)n);
     }
-    for (size_t i = 0; i < t->used; i++) free(t->key[i]);
+    if (json) printf("]");
+    for (size_t i = 0; i < t->used; i++) free(t->key[i][0]), free(t->key[i][1]), free(t->key[i][2]);
     t->used = 0;
 }
 
@@ -374,31 +451,49 @@ static int report_one(void *ctx, const sr_audit_record_t *r, const char *raw)
 
 static int cmd_report(opts_t *o)
 {
-    if (o->nfiles < 1) return usage();
-    static report_t rep;
+    if (o->nfiles < 1) return usage_of(command_find("report"), stderr, SR_EXIT_USAGE);
+    static report_t rep = {
+        .logins = {"logins", "logins", {"account", "source", "outcome"}, 20},
+        .keys = {"key_operations", "key and tablespace operations", {"operation", "principal", "outcome"}, 20},
+        .nodes = {"nodes", "nodes", {"event", "node", "outcome"}, 20},
+        .refused = {"refused", "top refused or failed sources", {"source", "event", "subject"}, 10},
+        .events = {"events", "all events", {"component", "event", "outcome"}, 40}};
     uint64_t bad = 0;
-    if (each_record(o, report_one, &rep, &bad)) return 1;
-    char a[40] = "-", b[40] = "-";
+    int status = each_record(o, report_one, &rep, &bad);
+    if (status) return status;
+    char a[40] = "", b[40] = "";
     if (rep.records) sr_time_format_rfc3339(rep.first, 0, a, sizeof a), sr_time_format_rfc3339(rep.last, 0, b, sizeof b);
-    printf("audit report: %llu records, %s .. %s\n", (unsigned long long)rep.records, a, b);
     sr_audit_verify_result_t r;
-    if (sr_audit_verify_files((const char *const *)o->files, (size_t)o->nfiles, NULL, &r) == SR_OK)
-        printf("chain: intact (%llu checkpoints, %llu unsealed records; signatures: run verify --key)\n",
-               (unsigned long long)r.checkpoints, (unsigned long long)r.unsealed);
-    else
-        printf("chain: BROKEN at %s: %s\n", r.where, r.reason);
-    if (bad) printf("unreadable lines: %llu\n", (unsigned long long)bad);
-    tally_print("logins (account, source, outcome):", &rep.logins, 20);
-    tally_print("key and tablespace operations (operation, principal, outcome):", &rep.keys, 20);
-    tally_print("nodes (event, node, outcome):", &rep.nodes, 20);
-    tally_print("top refused or failed sources (source, event, subject):", &rep.refused, 10);
-    tally_print("all events (component, event, outcome):", &rep.events, 40);
-    return 0;
+    int intact = sr_audit_verify_files((const char *const *)o->files, (size_t)o->nfiles, NULL, &r) == SR_OK;
+    if (o->json) {
+        printf("{\"records\": %llu, \"first_time\": \"%s\", \"last_time\": \"%s\", \"unreadable_lines\": %llu, "
+               "\"chain\": {\"intact\": %s", (unsigned long long)rep.records, a, b, (unsigned long long)bad,
+               intact ? "true" : "false");
+        if (intact) printf(", \"checkpoints\": %llu, \"unsealed\": %llu}", (unsigned long long)r.checkpoints,
+                           (unsigned long long)r.unsealed);
+        else printf(", \"where\": "), sr_json_string(stdout, r.where), printf(", \"reason\": "),
+             sr_json_string(stdout, r.reason), printf("}");
+        printf(", ");
+    } else {
+        printf("audit report: %llu records, %s .. %s\n", (unsigned long long)rep.records, rep.records ? a : "-",
+               rep.records ? b : "-");
+        if (intact)
+            printf("chain: intact (%llu checkpoints, %llu unsealed records; signatures: run verify --key)\n",
+                   (unsigned long long)r.checkpoints, (unsigned long long)r.unsealed);
+        else
+            printf("chain: BROKEN at %s: %s\n", r.where, r.reason);
+        if (bad) printf("unreadable lines: %llu\n", (unsigned long long)bad);
+    }
+    tally_t *tallies[] = {&rep.logins, &rep.keys, &rep.nodes, &rep.refused, &rep.events};
+    for (size_t i = 0; i < sizeof tallies / sizeof tallies[0]; i++) tally_print(tallies[i], o->json, i == 0);
+    if (o->json) printf("}\n");
+    return SR_EXIT_OK;
 }
 
 static int cmd_append(opts_t *o)
 {
-    if (!o->log || !o->sign_key || !o->component || !o->event) return usage();
+    if (!o->log || !o->sign_key || !o->component || !o->event)
+        return missing("append", "--log, --sign-key, --component and --event");
     sr_audit_writer_t *w = NULL;
     sr_audit_options_t ao = {.path = o->log, .signing_key = o->sign_key};
     sr_err_t rc = sr_audit_open(&ao, &w);
@@ -407,8 +502,7 @@ static int cmd_append(opts_t *o)
     if (rc == SR_OK) rc = sr_audit_append(w, &e);
     sr_err_t close_rc = w ? sr_audit_close(w) : SR_OK;
     if (rc == SR_OK) rc = close_rc;
-    if (rc != SR_OK) return fprintf(stderr, "tde-audit: append: %s\n", sr_err_detail()), 1;
-    return 0;
+    return rc == SR_OK ? SR_EXIT_OK : cannot("append");
 }
 
 static volatile int stop_requested;
@@ -438,76 +532,209 @@ static int cmd_collect(opts_t *o)
     char host[256];
     uint16_t port = 0;
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
-    if (!o->dir || !o->tls_ca || !o->tls_cert || !o->tls_key || !split_host_port(o->listen, host, sizeof host, &port))
-        return usage();
-    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK) return fprintf(stderr, "tde-audit: %s\n", sr_err_detail()), 2;
+    if (!o->listen || !o->dir || !o->tls_ca || !o->tls_cert || !o->tls_key)
+        return missing("collect", "--listen, --dir, --tls-ca, --tls-cert and --tls-key");
+    if (!split_host_port(o->listen, host, sizeof host, &port))
+        return fprintf(stderr, "tde-audit: collect: --listen %s: HOST:PORT\n", o->listen), SR_EXIT_USAGE;
+    if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK) return cannot("--key");
     sr_log_set_level(SR_LOG_NOTICE);
     on_signals();
     sr_audit_collector_options_t co = {.host = host, .port = port, .dir = o->dir,
-                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .verify_key = o->key ? pk : NULL};
-    if (sr_audit_collect(&co, &stop_requested) != SR_OK) return fprintf(stderr, "tde-audit: collect: %s\n", sr_err_detail()), 1;
-    return 0;
+                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .verify_key = o->key ? pk : NULL,
+                                       .require_key = o->require_key};
+    return sr_audit_collect(&co, &stop_requested) == SR_OK ? SR_EXIT_OK : cannot("collect");
+}
+
+/* src to dst through a temporary file and a rename: a reader sees the old
+ * file or the new one, never half of it. */
+static sr_err_t copy_small_file(const char *src, const char *dst)
+{
+    char text[4096], tmp[4300];
+    FILE *in = fopen(src, "r");
+    if (!in) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", src);
+    size_t n = fread(text, 1, sizeof text, in);
+    fclose(in);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    FILE *out = fopen(tmp, "w");
+    int ok = out && fwrite(text, 1, n, out) == n && fflush(out) == 0 && fsync(fileno(out)) == 0;
+    if (out && fclose(out) != 0) ok = 0;
+    if (!ok || rename(tmp, dst) != 0) {
+        sr_err_t rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", dst);
+        unlink(tmp);
+        return rc;
+    }
+    return SR_OK;
+}
+
+/* A source's own verify key, registered in the collector's store under the
+ * fingerprint of the certificate it forwards with (DIR/<fingerprint>.pub):
+ * its checkpoints are then verified with it, from its next connection. */
+static int cmd_register(opts_t *o)
+{
+    if (!o->dir || !o->cert || !o->key) return missing("register", "--dir, --cert and --key");
+    uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
+    char fingerprint[65], path[4200], id[17];
+    if (sr_audit_verify_key_load(o->key, pk) != SR_OK) return cannot("--key");
+    if (sr_tls_cert_file_fingerprint(o->cert, fingerprint) != SR_OK) return cannot("--cert");
+    snprintf(path, sizeof path, "%s/%s.pub", o->dir, fingerprint);
+    if (copy_small_file(o->key, path) != SR_OK) return cannot("register");
+    sr_audit_key_id(pk, id);
+    printf("%s: the checkpoints of the source with certificate %s (%s) must be signed by audit key %s\n", o->dir,
+           o->cert, fingerprint, id);
+    return SR_EXIT_OK;
 }
 
 /* The host's sealer: the only holder of the signing key; local processes
  * send it events over the socket (STRONGROOM_AUDIT_SOCKET=PATH). */
 static int cmd_serve(opts_t *o)
 {
-    if (!o->socket || !o->log || !o->sign_key) return usage();
+    if (!o->socket || !o->log || !o->sign_key) return missing("serve", "--socket, --log and --sign-key");
     sr_log_set_level(SR_LOG_NOTICE);
     on_signals();
     sr_audit_sealer_options_t so = {.socket_path = o->socket,
                                     .log = {.path = o->log, .signing_key = o->sign_key, .host = NULL}};
-    if (sr_audit_serve(&so, &stop_requested) != SR_OK) return fprintf(stderr, "tde-audit: serve: %s\n", sr_err_detail()), 1;
-    return 0;
+    return sr_audit_serve(&so, &stop_requested) == SR_OK ? SR_EXIT_OK : cannot("serve");
 }
 
 static int cmd_forward(opts_t *o)
 {
     char host[256];
     uint16_t port = 0;
-    if (!o->log || !o->tls_ca || !o->tls_cert || !o->tls_key || !split_host_port(o->to, host, sizeof host, &port))
-        return usage();
+    if (!o->log || !o->to || !o->tls_ca || !o->tls_cert || !o->tls_key)
+        return missing("forward", "--log, --to, --tls-ca, --tls-cert and --tls-key");
+    if (!split_host_port(o->to, host, sizeof host, &port))
+        return fprintf(stderr, "tde-audit: forward: --to %s: HOST:PORT\n", o->to), SR_EXIT_USAGE;
     on_signals();
     sr_audit_forwarder_options_t fo = {.log = o->log, .host = host, .port = port, .verify_name = o->verify_name,
                                        .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .once = o->once};
-    if (sr_audit_forward(&fo, &stop_requested) != SR_OK)
-        return fprintf(stderr, "tde-audit: forward: %s\n", sr_err_detail()), 1;
+    if (sr_audit_forward(&fo, &stop_requested) == SR_OK) return SR_EXIT_OK;
+    int refused = sr_err_last() == SR_ERR_AUDIT_CHAIN; /* the collector refused a record, or the chains diverge */
+    int status = cannot("forward");
+    return refused ? SR_EXIT_FAILED : status;
+}
+
+/* ---- commands and their options --------------------------------------------------------------- */
+
+struct command {
+    const char *name;
+    int (*run)(opts_t *o);
+    const char *options; /* the long options that apply to it, each followed by a space */
+    const char *synopsis;
+};
+
+static const command_t commands[] = {
+    {"keygen", cmd_keygen, "out ", "keygen --out PREFIX\n"
+     "    a signing key PREFIX.sign (0600, for the sealer) and its verify key PREFIX.pub (for reviewers)\n"},
+    {"verify", cmd_verify, "key strict min-seq against json ",
+     "verify [--key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...\n"
+     "    prove no record was altered, removed, inserted or reordered; --strict: unsealed records fail;\n"
+     "    --min-seq: a seq seen before must still be there; --against: compare with a collector's copy\n"},
+    {"search", cmd_search, "since until component event subject object source outcome format ",
+     "search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
+     "       [--source IP|CIDR|local] [--outcome R] [--format table|json|csv] FILES...\n"
+     "    the records that match every filter (E, S, O, C ending in '*' match a prefix); table by default\n"},
+    {"report", cmd_report, "json ", "report [--json] FILES...\n"
+     "    logins, key operations, nodes, refusals and the chain's state\n"},
+    {"append", cmd_append, "log sign-key component event subject object outcome source detail ",
+     "append --log FILE --sign-key SIGN --component C --event E [--subject S] [--object O] [--outcome R]\n"
+     "       [--source IP] [--detail D]\n"
+     "    one record, written directly (single-process tools and tests; hosts run a sealer)\n"},
+    {"serve", cmd_serve, "socket log sign-key ", "serve --socket PATH --log FILE --sign-key SIGN\n"
+     "    the host's sealer: the only holder of the signing key; processes with STRONGROOM_AUDIT_SOCKET=PATH\n"
+     "    send it their events (the subject is the kernel's view of the sender)\n"},
+    {"collect", cmd_collect, "listen dir tls-ca tls-cert tls-key key require-key ",
+     "collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB] [--require-key]\n"
+     "    receive forwarded logs (mutual TLS), one verified file per client certificate; a source's checkpoints\n"
+     "    are verified with its registered key (register), else --key; --require-key refuses sources with none\n"},
+    {"register", cmd_register, "dir cert key ", "register --dir DIR --cert CERT --key PUB\n"
+     "    the verify key of the source that forwards with certificate CERT, kept in the collector's store\n"},
+    {"forward", cmd_forward, "log to tls-ca tls-cert tls-key verify-name once ",
+     "forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]\n"
+     "    send the log's records the collector lacks; keep following it (retrying) unless --once\n"},
+};
+
+static const command_t *command_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(name, commands[i].name) == 0) return &commands[i];
+    return NULL;
+}
+
+static int usage_of(const command_t *cmd, FILE *to, int status)
+{
+    if (cmd) {
+        fprintf(to, "usage: tde-audit %s", cmd->synopsis);
+    } else {
+        fputs("usage: tde-audit COMMAND [OPTIONS] [FILES...]   (tde-audit COMMAND --help for one)\n", to);
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) fprintf(to, "  %s", commands[i].synopsis);
+        fputs("FILES: a log's files, oldest first (audit.log.* audit.log). T: RFC 3339 (2026-11-24T10:00:00Z).\n", to);
+    }
+    fputs("exit status: 0 ok, 1 a check failed (tampering), 2 usage, 3 could not check (missing file, bad key, I/O)\n",
+          to);
+    return status;
+}
+
+static int applies(const command_t *cmd, const char *option)
+{
+    size_t n = strlen(option);
+    for (const char *p = cmd->options; (p = strstr(p, option)); p += n)
+        if ((p == cmd->options || p[-1] == ' ') && p[n] == ' ') return 1;
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage();
+    if (argc < 2) return usage();
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) return usage_of(NULL, stdout, SR_EXIT_OK);
+    if (strcmp(argv[1], "--version") == 0) return puts("tde-audit (strongroom)"), SR_EXIT_OK;
+    const command_t *cmd = command_find(argv[1]);
+    if (!cmd) return fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]), usage();
     static const struct option longopts[] = {
-        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'}, {"against", 1, 0, 'G'}, {"socket", 1, 0, 'U'},
-        {"since", 1, 0, 's'},     {"until", 1, 0, 'u'},   {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},
-        {"subject", 1, 0, 'j'},   {"object", 1, 0, 'o'},  {"source", 1, 0, 'r'},   {"outcome", 1, 0, 'x'},
-        {"format", 1, 0, 'f'},    {"log", 1, 0, 'l'},     {"sign-key", 1, 0, 'K'}, {"detail", 1, 0, 'd'},
-        {"listen", 1, 0, 'L'},    {"to", 1, 0, 'T'},      {"dir", 1, 0, 'D'},      {"tls-ca", 1, 0, 'A'},
-        {"tls-cert", 1, 0, 'C'},  {"tls-key", 1, 0, 'Y'}, {"verify-name", 1, 0, 'V'}, {"once", 0, 0, '1'},
-        {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'},
+        {"against", 1, 0, 'G'},   {"socket", 1, 0, 'U'},  {"since", 1, 0, 's'},    {"until", 1, 0, 'u'},
+        {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},   {"subject", 1, 0, 'j'},  {"object", 1, 0, 'o'},
+        {"source", 1, 0, 'r'},    {"outcome", 1, 0, 'x'}, {"format", 1, 0, 'f'},   {"log", 1, 0, 'l'},
+        {"sign-key", 1, 0, 'K'},  {"detail", 1, 0, 'd'},  {"listen", 1, 0, 'L'},   {"to", 1, 0, 'T'},
+        {"dir", 1, 0, 'D'},       {"tls-ca", 1, 0, 'A'},  {"tls-cert", 1, 0, 'C'}, {"tls-key", 1, 0, 'Y'},
+        {"verify-name", 1, 0, 'V'}, {"once", 0, 0, '1'},  {"json", 0, 0, 'J'},     {"cert", 1, 0, 'E'},
+        {"require-key", 0, 0, 'R'}, {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     opts_t o = {0};
-    int ch;
+    int ch, index = 0;
     int64_t v;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    opterr = 0; /* our messages name the command */
+    while ((ch = getopt_long(argc, argv, "", longopts, &index)) != -1) {
+        if (ch == 'h') return usage_of(cmd, stdout, SR_EXIT_OK);
+        if (ch == '?' || ch == ':')
+            return fprintf(stderr, "tde-audit: %s: %s: unknown option or missing value\n", cmd->name, argv[optind - 1]),
+                   usage_of(cmd, stderr, SR_EXIT_USAGE);
+        if (!applies(cmd, longopts[index].name))
+            return fprintf(stderr, "tde-audit: %s: option --%s does not apply\n", cmd->name, longopts[index].name),
+                   SR_EXIT_USAGE;
         switch (ch) {
         case 'O': o.out = optarg; break;
         case 'k': o.key = optarg; break;
         case 'S': o.strict = 1; break;
-        case 'm': if (sr_parse_int64(optarg, &v) != SR_OK || v < 0) return usage(); o.min_seq = (uint64_t)v; break;
+        case 'm':
+            if (sr_parse_int64(optarg, &v) != SR_OK || v < 0)
+                return fprintf(stderr, "tde-audit: %s: --min-seq %s: a record number\n", cmd->name, optarg), SR_EXIT_USAGE;
+            o.min_seq = (uint64_t)v;
+            break;
         case 'G': o.against = optarg; break;
         case 'U': o.socket = optarg; break;
-        case 's': if (sr_time_parse_rfc3339(optarg, &o.since) != SR_OK) return usage(); break;
-        case 'u': if (sr_time_parse_rfc3339(optarg, &o.until) != SR_OK) return usage(); break;
+        case 's':
+        case 'u':
+            if (sr_time_parse_rfc3339(optarg, ch == 's' ? &o.since : &o.until) != SR_OK)
+                return fprintf(stderr, "tde-audit: %s: --%s %s: an RFC 3339 time (2026-11-24T10:00:00Z)\n", cmd->name,
+                               longopts[index].name, optarg), SR_EXIT_USAGE;
+            break;
         case 'c': o.component = optarg; break;
         case 'e': o.event = optarg; break;
         case 'j': o.subject = optarg; break;
         case 'o': o.object = optarg; break;
         case 'r':
             o.source = optarg;
-            if (source_filter_parse(optarg, &o.source_filter) != 0) return 2;
+            if (source_filter_parse(optarg, &o.source_filter) != 0) return SR_EXIT_USAGE;
             break;
         case 'x': o.outcome = optarg; break;
         case 'f': o.format = optarg; break;
@@ -522,22 +749,18 @@ int main(int argc, char **argv)
         case 'Y': o.tls_key = optarg; break;
         case 'V': o.verify_name = optarg; break;
         case '1': o.once = 1; break;
-        default: return usage();
+        case 'J': o.json = 1; break;
+        case 'E': o.cert = optarg; break;
+        case 'R': o.require_key = 1; break;
         }
     }
     o.nfiles = argc - optind;
     o.files = argv + optind;
+    if (o.nfiles && (cmd->run == cmd_keygen || cmd->run == cmd_append || cmd->run == cmd_collect ||
+                     cmd->run == cmd_register || cmd->run == cmd_serve || cmd->run == cmd_forward))
+        return fprintf(stderr, "tde-audit: %s: unexpected argument '%s'\n", cmd->name, o.files[0]), SR_EXIT_USAGE;
     sr_log_set_level(SR_LOG_WARN);
-    if (sr_process_harden() != SR_OK) { /* no core dumps, no ptrace by other users: it holds the signing key */
-        fprintf(stderr, "tde-audit: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last()));
-        return 1;
-    }
-    static const struct { const char *name; int (*run)(opts_t *); } cmds[] = {
-        {"keygen", cmd_keygen}, {"verify", cmd_verify}, {"search", cmd_search},
-        {"report", cmd_report}, {"append", cmd_append}, {"collect", cmd_collect}, {"forward", cmd_forward},
-        {"serve", cmd_serve}};
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].run(&o);
-    fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]);
-    return usage();
+    if (sr_process_harden() != SR_OK) /* no core dumps, no ptrace by other users: it holds the signing key */
+        return cannot("init");
+    return cmd->run(&o);
 }

@@ -112,6 +112,22 @@ const char *sr_err_detail(void);
 /* The code recorded with the last detail message on this thread. */
 sr_err_t sr_err_last(void);
 void sr_err_clear(void);
+/* Exit statuses, the same in every strongroom tool: 0 ok, 1 a check failed
+ * (tampering, verification, a refusal), 2 usage, 3 and above could not do or
+ * check it: 3 in general (a missing file, I/O), refined where a tool can
+ * tell: 4 wrong or missing key, 5 the database is busy, 6 disk full. */
+enum {
+    SR_EXIT_OK = 0,
+    SR_EXIT_FAILED = 1,
+    SR_EXIT_USAGE = 2,
+    SR_EXIT_CANNOT = 3,
+    SR_EXIT_KEY = 4,
+    SR_EXIT_BUSY = 5,
+    SR_EXIT_DISK_FULL = 6,
+};
+/* The exit status for a failure with this code. */
+int sr_exit_status(sr_err_t err);
+
 /* Maps an errno value to the closest code (ENOSPC -> SR_ERR_DISK_FULL, ...). */
 sr_err_t sr_err_from_errno(int errno_value);
 
@@ -348,6 +364,8 @@ const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);
 /* SHA-256 of the peer certificate, 64 hex digits (NULL if none): unlike the
  * CN, one per certificate. */
 const char *sr_tls_peer_fingerprint(const sr_tls_conn_t *conn);
+/* The same fingerprint of a PEM certificate file (what a server sees of it). */
+sr_err_t sr_tls_cert_file_fingerprint(const char *path, char out[65]) SR_MUST_CHECK;
 /* "127.0.0.1:5696" style peer address. */
 const char *sr_tls_peer_addr(const sr_tls_conn_t *conn);
 /* Negotiated protocol, e.g. "TLSv1.3". */

@@ -38,6 +38,27 @@ const char *sr_err_name(sr_err_t err)
     return "SR_ERR_UNKNOWN";
 }
 
+int sr_exit_status(sr_err_t err)
+{
+    switch (err) {
+    case SR_OK: return SR_EXIT_OK;
+    case SR_ERR_TDE_PAGE_AUTH:
+    case SR_ERR_CORRUPT:
+    case SR_ERR_AUDIT_CHAIN:
+    case SR_ERR_AUDIT_SIGNATURE:
+    case SR_ERR_AUDIT_SEQUENCE:
+    case SR_ERR_AUDIT_UNSEALED:
+    case SR_ERR_ACCESS_DENIED: return SR_EXIT_FAILED;
+    case SR_ERR_TDE_WRONG_KEY:
+    case SR_ERR_TDE_KEY_VERSION:
+    case SR_ERR_WRAP_INTEGRITY:
+    case SR_ERR_KEY_EXPIRED:
+    case SR_ERR_AUTH: return SR_EXIT_KEY;
+    case SR_ERR_DISK_FULL: return SR_EXIT_DISK_FULL;
+    default: return SR_EXIT_CANNOT;
+    }
+}
+
 static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap) SR_PRINTF(3, 0);
 static sr_err_t record(sr_err_t err, const char *suffix, const char *fmt, va_list ap)
 {

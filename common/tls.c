@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -202,15 +203,33 @@ static void conn_free(sr_tls_conn_t *c)
     free(c);
 }
 
+static int cert_fingerprint(X509 *cert, char out[65])
+{
+    unsigned char md[32];
+    unsigned len = 0;
+    if (X509_digest(cert, EVP_sha256(), md, &len) != 1 || len != sizeof md) return 0;
+    sr_hex_encode(md, sizeof md, out);
+    return 1;
+}
+
 static void remember_peer_cn(sr_tls_conn_t *c)
 {
     X509 *cert = SSL_get1_peer_certificate(c->ssl);
     if (!cert) return;
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, c->peer_cn, sizeof c->peer_cn);
-    unsigned char md[32];
-    unsigned len = 0;
-    if (X509_digest(cert, EVP_sha256(), md, &len) == 1 && len == sizeof md) sr_hex_encode(md, sizeof md, c->peer_fingerprint);
+    cert_fingerprint(cert, c->peer_fingerprint);
     X509_free(cert);
+}
+
+sr_err_t sr_tls_cert_file_fingerprint(const char *path, char out[65])
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", path);
+    X509 *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    int ok = cert && cert_fingerprint(cert, out);
+    X509_free(cert);
+    return ok ? SR_OK : sr_err_set(SR_ERR_INVALID_ARG, "%s: not a PEM certificate", path);
 }
 
 /* Turns a failed handshake into a message a user can act on. */

@@ -14,8 +14,10 @@
  * keys are then wrapped by a master key held in a KMS (kmsd, or any KMIP 1.4
  * server with AES-GCM).
  *
- * Exit status: 0 success, 1 verification failed / operation failed, 2 usage.
- * The key file can also come from $STRONGROOM_KEYFILE.
+ * Exit status (common.h, every strongroom tool): 0 ok, 1 verification failed,
+ * 2 usage, 3 could not (a missing file, I/O), 4 wrong or missing key, 5 the
+ * database is busy, 6 disk full. The key file can also come from
+ * $STRONGROOM_KEYFILE.
  */
 #include "sr_sqlite.h"
 #include "audit.h"
@@ -25,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,7 @@ typedef struct options {
     sr_tde_cipher_t cipher;
     uint32_t page_size;
     int rewrite;
+    int json;
     int argc;
     char **argv; /* the positional arguments */
 } options_t;
@@ -44,31 +48,44 @@ static int fail(const char *what, sr_err_t rc)
 {
     fprintf(stderr, "tdectl: %s: %s (%s)\n", what, sr_err_detail()[0] ? sr_err_detail() : sr_strerror(rc),
             sr_err_name(rc));
-    return 1;
+    return sr_exit_status(rc);
 }
+
+/* The more serious of two exit statuses (for commands over several files). */
+static int worse(int a, int b) { return a > b ? a : b; }
 
 static int usage_to(FILE *f, int status)
 {
     fputs("usage: tdectl COMMAND [OPTIONS] ARGS\n"
           "  keygen KEYFILE                              create a master key file (mode 0600)\n"
           "  create [--cipher C] [--page-size N] DB      create an empty encrypted database\n"
-          "  status DB...                                show the key header and key versions\n"
-          "  verify DB...                                authenticate every page, then integrity_check\n"
+          "  status [--json] DB...                       show the key header and key versions\n"
+          "  verify [--json] DB...                       authenticate every page, then integrity_check\n"
           "  encrypt [--cipher C] PLAIN.db ENCRYPTED.db  encrypted copy of a plaintext database\n"
           "  decrypt ENCRYPTED.db PLAIN.db               plaintext copy of an encrypted database\n"
           "  rekey [--rewrite] DB                        new data key version for new writes\n"
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
           "options: --keyfile K (or $STRONGROOM_KEYFILE), --kms CONFIG (or $STRONGROOM_KMS), --cipher aes-256-gcm|chacha20-poly1305,\n"
-          "         --page-size 512..65536; tdectl --version\n",
+          "         --page-size 512..65536; tdectl --version\n"
+          "exit status: 0 ok, 1 verification failed, 2 usage, 3 could not (missing file, I/O), 4 wrong or missing\n"
+          "key, 5 database busy, 6 disk full\n",
           f);
     return status;
 }
 
-static int usage(void) { return usage_to(stderr, 2); }
+static int usage(void) { return usage_to(stderr, SR_EXIT_USAGE); }
 
 /* "keyfile" or "kms": how o->keyfile names the key (set once, from the command line). */
 static const char *key_kind = "keyfile";
+
+/* The key could not be had (no such key file, a KMS that refuses or is
+ * unreachable, a key that does not open the database): exit status 4. */
+static int key_fail(const char *what)
+{
+    fail(what, sr_err_last());
+    return SR_EXIT_KEY;
+}
 
 static sr_err_t open_provider(const options_t *o, sr_keyprov_t **kp)
 {
@@ -104,7 +121,7 @@ static int uri_for(char *out, size_t cap, const char *path, const char *keyfile,
     int n = snprintf(out, cap, "file:%s?vfs=strongroom&%s=%s%s", epath, key_kind, ekey, cipher);
     if (n >= 0 && (size_t)n < cap) return 1;
     fprintf(stderr, "tdectl: %s: path too long\n", path);
-    return 0;
+    return 0; /* the caller exits SR_EXIT_CANNOT */
 }
 
 /* One audit event per administrative action (no-op without an audit log). */
@@ -118,11 +135,21 @@ static void audited(const char *event, const char *object, int ok, const char *d
 
 static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
 
+/* SQLite's error, said and closed; its exit status. */
 static int sqlite_fail(sqlite3 *db, const char *what)
 {
+    int code = db ? sqlite3_errcode(db) : SQLITE_NOMEM;
     fprintf(stderr, "tdectl: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
     sqlite3_close(db);
-    return 1;
+    switch (code) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return SR_EXIT_BUSY;
+    case SQLITE_FULL: return SR_EXIT_DISK_FULL;
+    case SQLITE_AUTH: return SR_EXIT_KEY; /* strongroom's answer to a wrong or unavailable key */
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return SR_EXIT_FAILED;
+    default: return SR_EXIT_CANNOT;
+    }
 }
 
 /* ---- keygen / create / status ---------------------------------------------------- */
@@ -196,16 +223,66 @@ static int count_versions(const char *path, off_t first, size_t skip, size_t str
     return 0;
 }
 
-static int print_page_histogram(const char *path, uint32_t page_size)
+static void print_page_histogram(const version_count_t *vc)
 {
-    version_count_t vc = {0};
-    if (count_versions(path, SR_TDE_HEADER_REGION, 0, page_size, page_size, &vc)) return 1;
-    printf("  pages        %llu", (unsigned long long)vc.pages);
-    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc.versions[i]; i++)
-        printf("%skey v%u: %llu", i ? ", " : " (", vc.versions[i], (unsigned long long)vc.count[i]);
-    printf("%s\n", vc.pages ? ")" : "");
-    if (vc.other) printf("  pages with other key versions: %llu\n", (unsigned long long)vc.other);
-    return 0;
+    printf("  pages        %llu", (unsigned long long)vc->pages);
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i]; i++)
+        printf("%skey v%u: %llu", i ? ", " : " (", vc->versions[i], (unsigned long long)vc->count[i]);
+    printf("%s\n", vc->pages ? ")" : "");
+    if (vc->other) printf("  pages with other key versions: %llu\n", (unsigned long long)vc->other);
+}
+
+/* {"1": 120, "2": 7}: pages per key version */
+static void json_versions(const version_count_t *vc)
+{
+    printf("{");
+    for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i]; i++)
+        printf("%s\"%u\": %llu", i ? ", " : "", vc->versions[i], (unsigned long long)vc->count[i]);
+    printf("}");
+}
+
+static void json_time(const char *name, int64_t us)
+{
+    char when[64] = "";
+    sr_time_format_rfc3339(us, 0, when, sizeof when);
+    printf(", \"%s\": \"%s\"", name, when);
+}
+
+/* One database of `tdectl status --json` (docs: README, tdectl). */
+static void status_json(const char *path, const sr_tde_header_t *h, int slot, int mac_verified,
+                        const version_count_t *vc)
+{
+    char uuid[SR_UUID_STR_LEN + 1];
+    sr_uuid_format(&h->tablespace, uuid);
+    printf("{\"path\": ");
+    sr_json_string(stdout, path);
+    printf(", \"tablespace\": \"%s\", \"cipher\": \"%s\", \"page_size\": %u, \"state\": \"%s\"", uuid,
+           sr_tde_cipher_name(h->cipher), h->page_size, sr_tde_state_name(h->state));
+    json_time("created", h->created_us);
+    json_time("updated", h->updated_us);
+    printf(", \"generation\": %llu, \"slot\": %d, \"header_mac\": \"%s\", \"active_version\": %u, \"keys\": [",
+           (unsigned long long)h->generation, slot, mac_verified ? "verified" : "not_checked", h->active_version);
+    for (uint32_t i = 0; i < h->n_keys; i++) {
+        const sr_wrapped_key_t *w = &h->keys[i].wrapped;
+        sr_uuid_format(&w->kek_id, uuid);
+        printf("%s{\"version\": %u, \"wrapped_by\": \"%s\", \"master_key\": \"%s\", \"master_version\": %u, "
+               "\"encryptions_reserved\": %llu}", i ? ", " : "", h->keys[i].version,
+               w->alg == SR_WRAP_AES_256_GCM ? "aes-256-gcm" : w->alg == SR_WRAP_KMIP_AES_GCM ? "kmip-aes-gcm" : "aes-kwp",
+               sr_uuid_is_nil(&w->kek_id) ? "" : uuid, w->kek_version, (unsigned long long)h->keys[i].encryptions_reserved);
+    }
+    printf("], \"pages\": %llu, \"pages_per_key_version\": ", (unsigned long long)vc->pages);
+    json_versions(vc);
+    printf(", \"pages_other_versions\": %llu}", (unsigned long long)vc->other);
+}
+
+/* {"path": P, "error": "...", "exit_status": N} for a database that could not be read */
+static void json_error(const char *path, int status)
+{
+    printf("{\"path\": ");
+    sr_json_string(stdout, path);
+    printf(", \"error\": ");
+    sr_json_string(stdout, sr_err_detail());
+    printf(", \"exit_status\": %d}", status);
 }
 
 static int cmd_create(options_t *o)
@@ -222,7 +299,7 @@ static int cmd_create(options_t *o)
         char uri[16384], sql[64];
         sqlite3 *db = NULL;
         snprintf(sql, sizeof sql, "PRAGMA page_size=%u; PRAGMA user_version=0", o->page_size);
-        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) return 1;
+        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) return SR_EXIT_CANNOT;
         if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
             exec(db, sql) != SQLITE_OK)
             return sqlite_fail(db, o->argv[0]);
@@ -237,28 +314,63 @@ static int cmd_status(options_t *o)
 {
     if (o->argc < 1) return usage();
     sr_keyprov_t *kp = NULL; /* with a key the header is authenticated, without it only shown */
-    if (o->keyfile && open_provider(o, &kp) != SR_OK) return fail("status", sr_err_last());
+    if (o->keyfile && open_provider(o, &kp) != SR_OK) return key_fail("status");
     int status = 0;
+    if (o->json) printf("{\"databases\": [");
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
         int slot = 0;
+        version_count_t vc = {0};
         sr_err_t rc = sr_tde_file_header_read(o->argv[i], kp, &h, &slot);
+        if (rc == SR_OK && count_versions(o->argv[i], SR_TDE_HEADER_REGION, 0, h.page_size, h.page_size, &vc))
+            rc = sr_err_set_errno(SR_ERR_IO, errno, "%s: cannot read its pages", o->argv[i]);
+        if (o->json && i) printf(", ");
         if (rc != SR_OK) {
-            status |= fail(o->argv[i], rc);
-            continue;
+            int st = fail(o->argv[i], rc);
+            if (o->json) json_error(o->argv[i], st);
+            status = worse(status, st);
+        } else if (o->json) {
+            status_json(o->argv[i], &h, slot, kp != NULL, &vc);
+        } else {
+            print_header(o->argv[i], &h, slot);
+            printf("  header MAC   %s\n", kp ? "verified" : "not checked (no key given: pass --keyfile or --kms to verify it)");
+            print_page_histogram(&vc);
         }
-        print_header(o->argv[i], &h, slot);
-        printf("  header MAC   %s\n", kp ? "verified" : "not checked (no key given: pass --keyfile or --kms to verify it)");
-        print_page_histogram(o->argv[i], h.page_size);
     }
+    if (o->json) printf("]}\n");
     sr_keyprov_free(kp);
     return status;
 }
 
 /* ---- verify ------------------------------------------------------------------------- */
 
-/* Every page of the file, authenticated with the tablespace's keys. */
-static int verify_pages(const char *path, sr_keyprov_t *kp, uint64_t *pages_out)
+#define VERIFY_BAD_LISTED 1000
+
+/* What verify found in one database. */
+typedef struct verify_result {
+    int status;                 /* SR_EXIT_* */
+    uint64_t pages;             /* pages read */
+    version_count_t authentic;  /* pages that authenticated, per key version */
+    uint64_t bad;               /* pages that did not */
+    uint64_t bad_page[VERIFY_BAD_LISTED];
+    char error[1024];           /* why it could not be checked, or the first failure */
+    int integrity_ran, integrity_ok;
+    char integrity[1024];       /* integrity_check's first complaints */
+} verify_result_t;
+
+static void verify_note(verify_result_t *r, const char *fmt, ...) SR_PRINTF(2, 3);
+static void verify_note(verify_result_t *r, const char *fmt, ...)
+{
+    if (r->error[0]) return; /* the first one says most */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    va_end(ap);
+}
+
+/* Every page of the file, authenticated with the tablespace's keys; every
+ * bad page is counted (the first VERIFY_BAD_LISTED listed by number). */
+static void verify_pages(const char *path, sr_keyprov_t *kp, verify_result_t *r)
 {
     sr_tde_ts_t *ts = NULL;
     sr_tde_pagectx_t *pc = NULL;
@@ -266,69 +378,123 @@ static int verify_pages(const char *path, sr_keyprov_t *kp, uint64_t *pages_out)
     if (rc == SR_OK) rc = sr_tde_pagectx_new(sr_tde_ts_space(ts), &pc);
     if (rc != SR_OK) {
         sr_tde_ts_release(ts);
-        return fail(path, rc);
+        r->status = fail(path, rc);
+        if (rc == SR_ERR_TDE_WRONG_KEY || rc == SR_ERR_TDE_NO_HEADER) r->status = rc == SR_ERR_TDE_NO_HEADER ? SR_EXIT_FAILED : SR_EXIT_KEY;
+        verify_note(r, "%s", sr_err_detail());
+        return;
     }
     uint32_t ps = sr_tde_ts_page_size(ts);
-    int fd = open(path, O_RDONLY | O_CLOEXEC), bad = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     uint8_t *page = malloc(ps);
     uint64_t pgno = 1;
     ssize_t got = 0;
+    if (fd < 0 || !page) {
+        r->status = SR_EXIT_CANNOT;
+        verify_note(r, "cannot read %s: %s", path, strerror(errno));
+    }
     while (fd >= 0 && page && (got = pread(fd, page, ps, SR_TDE_HEADER_REGION + (off_t)(pgno - 1) * ps)) > 0) {
+        const char *why = NULL;
+        char detail[600];
         if (got != (ssize_t)ps) {
-            fprintf(stderr, "tdectl: %s: page %llu: cut short at %zd of %u bytes (truncated file)\n", path,
-                    (unsigned long long)pgno, got, ps);
-            bad++;
-            break;
+            snprintf(detail, sizeof detail, "page %llu: cut short at %zd of %u bytes (truncated file)",
+                     (unsigned long long)pgno, got, ps);
+            why = detail;
+        } else if (sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = pgno}, page, ps) != SR_OK) {
+            snprintf(detail, sizeof detail, "%s", sr_err_detail());
+            why = detail;
+        } else {
+            count_version(&r->authentic, sr_tde_page_key_version(page, ps));
         }
-        if (sr_tde_page_decrypt(pc, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = pgno}, page, ps) != SR_OK) {
-            fprintf(stderr, "tdectl: %s: %s\n", path, sr_err_detail());
-            if (++bad == 10) break;
+        if (why) {
+            if (r->bad < VERIFY_BAD_LISTED) r->bad_page[r->bad] = pgno;
+            if (r->bad++ < 10) fprintf(stderr, "tdectl: %s: %s\n", path, why);
+            verify_note(r, "%s", why);
         }
         pgno++;
+        if (got != (ssize_t)ps) break;
     }
-    *pages_out = pgno - 1;
+    r->pages = pgno - 1;
+    if (r->bad) r->status = SR_EXIT_FAILED;
     free(page);
     if (fd >= 0) close(fd);
     sr_tde_pagectx_free(pc);
     sr_tde_ts_release(ts);
-    return bad ? 1 : 0;
 }
 
-static int integrity_check(const char *path, const char *keyfile)
+/* SQLite's PRAGMA integrity_check through strongroom (the WAL included). */
+static int integrity_check(const char *path, const char *keyfile, verify_result_t *r)
 {
     char uri[16384];
-    if (!uri_for(uri, sizeof uri, path, keyfile, NULL)) return 1;
+    if (!uri_for(uri, sizeof uri, path, keyfile, NULL)) return SR_EXIT_CANNOT;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
         return sqlite_fail(db, path);
     sqlite3_stmt *st = NULL;
     int status = 0;
+    size_t used = 0;
     if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK) return sqlite_fail(db, path);
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *line = (const char *)sqlite3_column_text(st, 0);
-        if (line && strcmp(line, "ok") != 0) fprintf(stderr, "tdectl: %s: integrity_check: %s\n", path, line), status = 1;
+        if (!line || strcmp(line, "ok") == 0) continue;
+        fprintf(stderr, "tdectl: %s: integrity_check: %s\n", path, line);
+        status = SR_EXIT_FAILED;
+        if (r && used + 2 < sizeof r->integrity) {
+            int n = snprintf(r->integrity + used, sizeof r->integrity - used, "%s%s", used ? "; " : "", line);
+            used = n > 0 && used + (size_t)n < sizeof r->integrity ? used + (size_t)n : sizeof r->integrity - 1;
+        }
     }
     if (sqlite3_finalize(st) != SQLITE_OK) status = sqlite_fail(db, path), db = NULL;
     sqlite3_close(db);
+    if (r) r->integrity_ran = 1, r->integrity_ok = status == 0;
     return status;
+}
+
+static void verify_json(const char *path, const verify_result_t *r)
+{
+    printf("{\"path\": ");
+    sr_json_string(stdout, path);
+    printf(", \"result\": \"%s\", \"exit_status\": %d, \"pages\": %llu, \"pages_authenticated\": %llu, "
+           "\"pages_per_key_version\": ", r->status == 0 ? "ok" : r->status == SR_EXIT_FAILED ? "failed" : "error",
+           r->status, (unsigned long long)r->pages, (unsigned long long)r->authentic.pages);
+    json_versions(&r->authentic);
+    printf(", \"bad_pages\": %llu, \"bad_page_numbers\": [", (unsigned long long)r->bad);
+    for (uint64_t i = 0; i < r->bad && i < VERIFY_BAD_LISTED; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)r->bad_page[i]);
+    printf("], \"integrity_check\": ");
+    if (!r->integrity_ran) printf("null");
+    else if (r->integrity_ok) printf("\"ok\"");
+    else sr_json_string(stdout, r->integrity[0] ? r->integrity : "failed");
+    printf(", \"error\": ");
+    if (r->error[0]) sr_json_string(stdout, r->error);
+    else printf("null");
+    printf("}");
 }
 
 static int cmd_verify(options_t *o)
 {
     if (o->argc < 1) return usage();
     sr_keyprov_t *kp = NULL;
-    sr_err_t rc = open_provider(o, &kp);
-    if (rc != SR_OK) return fail("verify", rc);
+    if (open_provider(o, &kp) != SR_OK) return key_fail("verify");
     int status = 0;
+    static verify_result_t r;
+    if (o->json) printf("{\"databases\": [");
     for (int i = 0; i < o->argc; i++) {
-        uint64_t pages = 0;
-        int bad = verify_pages(o->argv[i], kp, &pages);
-        if (!bad) bad = integrity_check(o->argv[i], o->keyfile);
-        printf("%s: %s (%llu pages authenticated%s)\n", o->argv[i], bad ? "FAILED" : "ok", (unsigned long long)pages,
-               bad ? "" : ", integrity_check ok");
-        audited("tablespace.verify", o->argv[i], !bad, bad ? "verification failed" : "every page authenticated");
-        status |= bad;
+        memset(&r, 0, sizeof r);
+        verify_pages(o->argv[i], kp, &r);
+        if (!r.status) r.status = integrity_check(o->argv[i], o->keyfile, &r);
+        if (o->json) printf("%s", i ? ", " : ""), verify_json(o->argv[i], &r);
+        else if (!r.status)
+            printf("%s: ok (%llu pages authenticated, integrity_check ok)\n", o->argv[i], (unsigned long long)r.pages);
+        else if (r.status >= SR_EXIT_CANNOT)
+            printf("%s: NOT CHECKED (%s)\n", o->argv[i], r.error[0] ? r.error : "see above");
+        else
+            printf("%s: FAILED (%llu of %llu pages authenticated%s)\n", o->argv[i],
+                   (unsigned long long)r.authentic.pages, (unsigned long long)r.pages,
+                   r.integrity_ran && !r.integrity_ok ? ", integrity_check failed" : "");
+        audited("tablespace.verify", o->argv[i], !r.status, r.status ? "verification failed" : "every page authenticated");
+        status = worse(status, r.status);
     }
+    if (o->json) printf("]}\n");
     sr_keyprov_free(kp);
     return status;
 }
@@ -399,20 +565,21 @@ static int cmd_encrypt(options_t *o)
 {
     if (o->argc != 2) return usage();
     const char *src = o->argv[0], *dst = o->argv[1];
-    if (!o->keyfile) return fail("encrypt", open_provider(o, NULL));
-    if (refuse_existing(dst)) return 1;
+    if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("encrypt");
+    if (refuse_existing(dst)) return SR_EXIT_CANNOT;
     char uri[16384];
     int ps = 0;
     sqlite3 *in = NULL, *out = NULL;
-    if (reserved_copy(src, &in, &ps)) return 1;
-    if (!uri_for(uri, sizeof uri, dst, o->keyfile, o)) return sqlite3_close(in), 1;
+    int status = reserved_copy(src, &in, &ps);
+    if (status) return status;
+    if (!uri_for(uri, sizeof uri, dst, o->keyfile, o)) return sqlite3_close(in), SR_EXIT_CANNOT;
     int rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom");
     if (rc == SQLITE_OK) rc = backup_all(in, out);
-    int status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);
+    status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);
     if (rc == SQLITE_OK) sqlite3_close(out);
     sqlite3_close(in);
-    if (status) return unlink(dst), 1;
-    if (integrity_check(dst, o->keyfile)) return 1;
+    if (status) return unlink(dst), status;
+    if ((status = integrity_check(dst, o->keyfile, NULL)) != 0) return status;
     audited("tablespace.encrypt", dst, 1, src);
     printf("%s: encrypted copy of %s written (%s, %d-byte pages); check it, then remove the plaintext original\n", dst,
            src, sr_tde_cipher_name(o->cipher ? o->cipher : SR_TDE_CIPHER_AES_256_GCM), ps);
@@ -423,10 +590,10 @@ static int cmd_decrypt(options_t *o)
 {
     if (o->argc != 2) return usage();
     const char *src = o->argv[0], *dst = o->argv[1];
-    if (!o->keyfile) return fail("decrypt", open_provider(o, NULL));
-    if (refuse_existing(dst)) return 1;
+    if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("decrypt");
+    if (refuse_existing(dst)) return SR_EXIT_CANNOT;
     char uri[16384];
-    if (!uri_for(uri, sizeof uri, src, o->keyfile, NULL)) return 1;
+    if (!uri_for(uri, sizeof uri, src, o->keyfile, NULL)) return SR_EXIT_CANNOT;
     sqlite3 *in = NULL, *out = NULL;
     int rc = sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom");
     if (rc != SQLITE_OK) return sqlite_fail(in, src);
@@ -474,8 +641,8 @@ static int cmd_rekey(options_t *o)
     if (o->argc != 1) return usage();
     sr_keyprov_t *kp = NULL;
     sr_tde_header_t h;
-    sr_err_t rc = open_provider(o, &kp);
-    if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
+    if (open_provider(o, &kp) != SR_OK) return key_fail("rekey");
+    sr_err_t rc = sr_tde_file_add_key(o->argv[0], kp, &h);
     if (rc != SR_OK) {
         sr_keyprov_free(kp);
         return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
@@ -486,7 +653,7 @@ static int cmd_rekey(options_t *o)
     if (o->rewrite) {
         char uri[16384];
         sqlite3 *db = NULL;
-        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) status = 1;
+        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) status = SR_EXIT_CANNOT;
         else if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
                  sqlite3_busy_timeout(db, 10000) != SQLITE_OK || exec(db, "VACUUM") != SQLITE_OK)
             status = sqlite_fail(db, o->argv[0]), db = NULL;
@@ -502,7 +669,7 @@ static int cmd_rekey(options_t *o)
 static int cmd_rotate_master(options_t *o)
 {
     if (o->argc < 1) return usage();
-    if (!o->keyfile) return fail("rotate-master", open_provider(o, NULL));
+    if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("rotate-master");
     uint32_t version = 0;
     sr_err_t rc = SR_OK;
     if (!strcmp(key_kind, "keyfile")) { /* with a KMS, the new master key is made there (kmsctl key rotate) */
@@ -512,13 +679,13 @@ static int cmd_rotate_master(options_t *o)
         audited("key.master_rotated", o->keyfile, 1, "new master key version");
     }
     sr_keyprov_t *kp = NULL;
-    if ((rc = open_provider(o, &kp)) != SR_OK) return fail(o->keyfile, rc);
+    if (open_provider(o, &kp) != SR_OK) return key_fail(o->keyfile);
     int status = 0;
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
         rc = sr_tde_file_rewrap(o->argv[i], kp, &h);
         audited("key.rewrap", o->argv[i], rc == SR_OK, rc == SR_OK ? "data keys re-wrapped" : sr_err_detail());
-        if (rc != SR_OK) status |= fail(o->argv[i], rc);
+        if (rc != SR_OK) status = worse(status, fail(o->argv[i], rc));
         else printf("%s: %u data key(s) re-wrapped under %s\n", o->argv[i], h.n_keys, sr_keyprov_description(kp));
     }
     sr_keyprov_free(kp);
@@ -530,12 +697,12 @@ static int cmd_rotate_master(options_t *o)
 typedef struct command {
     const char *name;
     int (*run)(options_t *o);
-    const char *options; /* the option letters that apply to it (k: --keyfile/--kms, c, p, r) */
+    const char *options; /* the option letters that apply to it (k: --keyfile/--kms, c, p, r, j: --json) */
 } command_t;
 
 static const command_t commands[] = {
-    {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "k"},
-    {"verify", cmd_verify, "k"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
+    {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "kj"},
+    {"verify", cmd_verify, "kj"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
     {"rekey", cmd_rekey, "kr"},         {"rotate-master", cmd_rotate_master, "k"},
 };
 
@@ -555,26 +722,31 @@ int main(int argc, char **argv)
                                              {"cipher", required_argument, NULL, 'c'},
                                              {"page-size", required_argument, NULL, 'p'},
                                              {"rewrite", no_argument, NULL, 'r'},
+                                             {"json", no_argument, NULL, 'j'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     int ch;
     int64_t ps = 0;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "k:K:c:p:rh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjh", longopts, NULL)) != -1) {
         int letter = ch == 'K' ? 'k' : ch;
         if (ch == 'h') return usage_to(stdout, 0);
         if (ch != '?' && !strchr(cmd->options, letter))
             return fprintf(stderr, "tdectl: %s: option %s does not apply\n", cmd->name,
-                           letter == 'k' ? "--keyfile/--kms" : letter == 'c' ? "--cipher" : letter == 'p' ? "--page-size"
-                                                                                                         : "--rewrite"),
-                   2;
+                           letter == 'k'   ? "--keyfile/--kms"
+                           : letter == 'c' ? "--cipher"
+                           : letter == 'p' ? "--page-size"
+                           : letter == 'j' ? "--json"
+                                           : "--rewrite"),
+                   SR_EXIT_USAGE;
         if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
         else if (ch == 'K') o.keyfile = optarg, key_kind = "kms";
         else if (ch == 'c' && sr_tde_cipher_parse(optarg, &o.cipher) != SR_OK)
-            return fail("--cipher", SR_ERR_INVALID_ARG), 2; /* a usage error, naming the option */
+            return fail("--cipher", SR_ERR_INVALID_ARG), SR_EXIT_USAGE; /* a usage error, naming the option */
         else if (ch == 'p' && (sr_parse_int64(optarg, &ps) != SR_OK || !sr_tde_page_size_valid((size_t)ps)))
-            return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), 2;
+            return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), SR_EXIT_USAGE;
         else if (ch == 'r') o.rewrite = 1;
+        else if (ch == 'j') o.json = 1;
         else if (ch == '?') return usage();
     }
     o.page_size = (uint32_t)ps;
@@ -585,6 +757,6 @@ int main(int argc, char **argv)
     sr_audit_writer_t *audit = NULL; /* $STRONGROOM_AUDIT_LOG: what tdectl does is audited */
     if (sr_audit_open_from_env(&audit) != SR_OK) return fail("audit log", sr_err_last());
     sqlite3_config(SQLITE_CONFIG_URI, 1);
-    if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fprintf(stderr, "tdectl: cannot register the VFS\n"), 1;
+    if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fail("cannot register the strongroom VFS", sr_err_last());
     return cmd->run(&o);
 }

@@ -423,6 +423,87 @@ static int tde_audit(char *out, size_t cap, const char *args)
     return sr_test_command(out, cap, cmd);
 }
 
+/* tde-audit with the arguments; only its stdout (or only its stderr) in out. */
+static int tde_audit_stream(char *out, size_t cap, int want_stderr, const char *args)
+{
+    char cmd[20000];
+    snprintf(cmd, sizeof cmd, want_stderr ? "%s %s 2>&1 >/dev/null; exit $?" : "%s %s 2>/dev/null; exit $?",
+             sr_test_build_path("audit/tde-audit"), args);
+    return sr_test_command(out, cap, cmd);
+}
+
+/* The CLI convention (code health issue), command by command: --help on
+ * stdout with exit 0; an unknown option and an option of another command
+ * are usage errors (2) on stderr naming the command; a missing file or key
+ * is "could not" (3), never 1; a success is 0, --json a JSON object. */
+static void test_cli_convention(void)
+{
+    const char *log = make_log("cli.log", 12);
+    char dir[512], args[4096], out[16384];
+    snprintf(dir, sizeof dir, "%s", sr_test_path("cli"));
+    SR_CHECK(mkdir(dir, 0700) == 0);
+    static const char *commands[] = {"keygen", "verify", "search", "report", "append",
+                                     "serve",  "collect", "register", "forward"};
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        const char *c = commands[i];
+        char want[64];
+        snprintf(args, sizeof args, "%s --help", c);
+        SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+        snprintf(want, sizeof want, "usage: tde-audit %s", c);
+        SR_CHECK_MSG(strstr(out, want) != NULL, "%s --help: %s", c, out);
+        snprintf(args, sizeof args, "%s --no-such-option", c);
+        SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 1, args), 2);
+        snprintf(want, sizeof want, "tde-audit: %s: ", c);
+        SR_CHECK_MSG(strstr(out, want) != NULL, "%s --no-such-option: %s", c, out);
+        snprintf(args, sizeof args, "%s %s x", c, strcmp(c, "forward") == 0 ? "--json" : "--once");
+        SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 1, args), 2);
+        SR_CHECK_MSG(strstr(out, "does not apply") != NULL, "%s: %s", c, out);
+    }
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, "--help"), 0);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, "--version"), 0);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 1, "frobnicate"), 2);
+    /* could not check: 3 */
+    char cannot[7][2048];
+    snprintf(cannot[0], sizeof cannot[0], "verify %s/missing.log", dir);
+    snprintf(cannot[1], sizeof cannot[1], "search %s/missing.log", dir);
+    snprintf(cannot[2], sizeof cannot[2], "report %s/missing.log", dir);
+    snprintf(cannot[3], sizeof cannot[3], "keygen --out %s/no/such/dir/k", dir);
+    snprintf(cannot[4], sizeof cannot[4], "verify --key %s/missing.pub %s", dir, log);
+    snprintf(cannot[5], sizeof cannot[5], "register --dir %s --cert /nonexistent.pem --key /nonexistent.pub", dir);
+    snprintf(cannot[6], sizeof cannot[6], "append --log %s/no/such/dir/a.log --sign-key /nonexistent.sign "
+             "--component c --event e", dir);
+    for (size_t i = 0; i < sizeof cannot / sizeof cannot[0]; i++) {
+        SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 1, cannot[i]), 3);
+        SR_CHECK_MSG(strstr(out, "tde-audit: ") != NULL, "%s: %s", cannot[i], out);
+    }
+    /* success, and --json */
+    snprintf(args, sizeof args, "verify --json --key %s %s", pub_key, log);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    SR_CHECK_MSG(strstr(out, "{\"result\": \"pass\"") && strstr(out, "\"records\": 15") &&
+                 strstr(out, "\"signatures_checked\": true"), "%s", out);
+    snprintf(args, sizeof args, "report --json %s", log);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    SR_CHECK_MSG(strstr(out, "\"chain\": {\"intact\": true") &&
+                 strstr(out, "{\"component\": \"tde\", \"event\": \"tablespace.open\", \"outcome\": \"success\", \"count\": 12}"),
+                 "%s", out);
+    snprintf(args, sizeof args, "search --event tablespace.open %s", log);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    SR_CHECK_MSG(strncmp(out, "SEQ ", 4) == 0, "search is a table unless --format says otherwise: %s", out);
+    /* a tampered log: 1, and --json says fail */
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s.bad", log);
+    size_t len = 0;
+    uint8_t *bytes = sr_test_read_file(log, &len);
+    char *at = bytes ? memmem(bytes, len, "alice #3", 8) : NULL;
+    SR_CHECK(at != NULL);
+    if (at) at[7] = '9';
+    SR_CHECK(sr_test_write_file(bad, bytes, len) == 0);
+    free(bytes);
+    snprintf(args, sizeof args, "verify --json --key %s %s", pub_key, bad);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 1);
+    SR_CHECK_MSG(strstr(out, "{\"result\": \"fail\"") && strstr(out, "record altered"), "%s", out);
+}
+
 /* --source: IPv4 and IPv6 prefixes and "local" select the right records; an
  * address or prefix that cannot be is a usage error, not "nothing found"
  * (audit hardening issue). */
@@ -609,6 +690,7 @@ int main(void)
     SR_RUN(test_sigkill_loses_no_acknowledged_record);
     SR_RUN(test_torn_tail_cut_and_recorded);
     SR_RUN(test_search_source_filter);
+    SR_RUN(test_cli_convention);
     SR_RUN(test_cut_at_checkpoint_caught_against_copy);
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);

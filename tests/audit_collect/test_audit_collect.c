@@ -40,6 +40,8 @@ static pid_t spawn(char *const argv[])
     return pid;
 }
 
+static int collector_default_key = 1, collector_require_key; /* for the next collector started */
+
 static pid_t start_collector(void)
 {
     char listen[64], ca[600], cert[600], key[600];
@@ -48,7 +50,10 @@ static pid_t start_collector(void)
     snprintf(cert, sizeof cert, "%s/server.pem", pki);
     snprintf(key, sizeof key, "%s/server.key", pki);
     char *argv[] = {tde_audit, "collect", "--listen", listen, "--dir", store, "--tls-ca", ca, "--tls-cert", cert,
-                    "--tls-key", key, "--key", pub_key, NULL};
+                    "--tls-key", key, NULL, NULL, NULL, NULL};
+    int n = 12;
+    if (collector_default_key) argv[n++] = "--key", argv[n++] = pub_key;
+    if (collector_require_key) argv[n++] = "--require-key";
     pid_t pid = spawn(argv);
     SR_CHECK_MSG(sr_test_wait_port(port, 10000), "the collector did not start");
     return pid;
@@ -340,6 +345,97 @@ static void test_colliding_names_get_their_own_stores(void)
     snprintf(store, sizeof store, "%s", saved_store);
 }
 
+/* Each source's checkpoints are verified with its own key, registered in
+ * the store by certificate (tde-audit register): a log signed by another
+ * key than the collector's --key is refused until its key is registered,
+ * which takes effect while the collector runs; with --require-key and no
+ * --key, a source without a registered key is refused at its hello. */
+static void test_each_source_verified_with_its_own_key(void)
+{
+    char saved_store[512], log_a[600], log_b[600], key_b[600], cmd[4096];
+    fresh_store_and_log("keys", saved_store, log_a, 60, 20);
+    snprintf(log_b, sizeof log_b, "%s", sr_test_path("signed-by-b.log"));
+    snprintf(key_b, sizeof key_b, "%s", sr_test_path("audit-b"));
+    SR_CHECK_OK(sr_audit_keygen(key_b));
+    char sign_b[700];
+    snprintf(sign_b, sizeof sign_b, "%s.sign", key_b);
+    sr_audit_writer_t *w = NULL;
+    SR_CHECK_OK(sr_audit_open(&(sr_audit_options_t){.path = log_b, .signing_key = sign_b, .checkpoint_every = 20}, &w));
+    append_n(w, 0, 60);
+    SR_CHECK_OK(sr_audit_close(w));
+    pid_t collector = start_collector();
+    SR_CHECK_EQ_INT(forward(log_b, "db1-underscore", 1), 1); /* its checkpoints are not signed by --key */
+    snprintf(cmd, sizeof cmd, "%s register --dir %s --cert %s/db1-underscore.pem --key %s.pub >/dev/null", tde_audit,
+             store, pki, key_b);
+    SR_CHECK_EQ_INT(system(cmd), 0);
+    SR_CHECK_EQ_INT(forward(log_b, "db1-underscore", 1), 0);
+    SR_CHECK_MSG(same_file(log_b, stored_path("db1_prod")), "the copy of the log signed by key B differs");
+    SR_CHECK_EQ_INT(forward(log_a, "client", 1), 0); /* others: --key */
+    SR_CHECK(same_file(log_a, stored_path("strongroom-test-client")));
+    stop(collector, SIGTERM);
+    collector_default_key = 0, collector_require_key = 1;
+    collector = start_collector();
+    SR_CHECK_EQ_INT(forward(log_a, "client2", 1), 1); /* no key of its own, none by default: refused */
+    SR_CHECK_EQ_INT(forward(log_b, "db1-underscore", 1), 0);
+    stop(collector, SIGTERM);
+    collector_default_key = 1, collector_require_key = 0;
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
+/* An authenticated forwarder cannot hold its slot (and its source) by
+ * sending a frame a byte at a time (the whole frame has 10 s once it began)
+ * nor by saying nothing (10 s idle): both are cut, and another source is
+ * served meanwhile. Before, each read had 10 s of its own and the dribbler
+ * stayed for ever. */
+static void test_authenticated_dribbler_and_idle_peer_cut(void)
+{
+    char log[600], saved_store[512], ca[600], cert[600], key[600];
+    fresh_store_and_log("dribble", saved_store, log, 30, 10);
+    pid_t collector = start_collector();
+    snprintf(ca, sizeof ca, "%s/ca.pem", pki);
+    static const char *who[2] = {"client2", "db1-space"}; /* the dribbler, the idle one: two sources */
+    sr_ssl_ctx_t *ctx[2] = {NULL, NULL};
+    sr_tls_conn_t *c[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        uint8_t head[5] = {'H'}, reply[256];
+        snprintf(cert, sizeof cert, "%s/%s.pem", pki, who[i]);
+        snprintf(key, sizeof key, "%s/%s.key", pki, who[i]);
+        SR_CHECK_OK(sr_tls_client_ctx_new(&(sr_tls_options_t){.ca_file = ca, .cert_file = cert, .key_file = key},
+                                          &ctx[i]));
+        SR_CHECK_OK(sr_tls_connect(ctx[i], "127.0.0.1", port, "localhost", 5000, &c[i]));
+        SR_CHECK_OK(sr_tls_write_all(c[i], head, sizeof head));
+        SR_CHECK_OK(sr_tls_read_exact(c[i], head, sizeof head)); /* the greeting: where the source stands */
+        uint32_t n = (uint32_t)head[1] << 24 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 8 | head[4];
+        SR_CHECK(head[0] == 'L' && n < sizeof reply);
+        SR_CHECK_OK(sr_tls_read_exact(c[i], reply, n));
+        sr_tls_set_timeout(c[i], 250);
+    }
+    /* the frame: 'R', a length of 200, then the bytes one at a time */
+    static const uint8_t frame_start[] = {'R', 0, 0, 0, 200};
+    uint64_t t0 = sr_time_mono_ms(), cut_at[2] = {0, 0};
+    size_t sent = 0;
+    int forwarded = -1;
+    while ((!cut_at[0] || !cut_at[1]) && sr_time_mono_ms() - t0 < 30000 && c[0] && c[1]) {
+        for (int i = 0; i < 2; i++) {
+            if (cut_at[i]) continue;
+            uint8_t byte = sent < sizeof frame_start ? frame_start[sent] : 'x';
+            if (i == 0 && sr_tls_write_all(c[i], &byte, 1) == SR_OK) sent++;
+            sr_err_t rc = sr_tls_read_exact(c[i], &byte, 1); /* the pause; anything but a timeout: cut */
+            if (rc != SR_ERR_TIMEOUT) cut_at[i] = sr_time_mono_ms();
+        }
+        if (forwarded < 0) forwarded = forward(log, "client", 1); /* another source, meanwhile */
+    }
+    printf("  dribbler (%zu bytes sent) cut after %.1f s, idle peer after %.1f s\n", sent,
+           cut_at[0] ? (double)(cut_at[0] - t0) / 1000 : -1.0, cut_at[1] ? (double)(cut_at[1] - t0) / 1000 : -1.0);
+    SR_CHECK_MSG(cut_at[0] && cut_at[0] - t0 < 15000, "the dribbling forwarder was not cut within 15 s");
+    SR_CHECK_MSG(cut_at[1] && cut_at[1] - t0 < 15000, "the idle forwarder was not cut within 15 s");
+    SR_CHECK_EQ_INT(forwarded, 0);
+    SR_CHECK(same_file(log, stored_path("strongroom-test-client")));
+    for (int i = 0; i < 2; i++) sr_tls_close(c[i]), sr_tls_ctx_free(ctx[i]);
+    stop(collector, SIGTERM);
+    snprintf(store, sizeof store, "%s", saved_store);
+}
+
 static void test_tampered_record_refused(void)
 {
     char log[600], bad[600], stored[700];
@@ -367,7 +463,7 @@ static void test_tampered_record_refused(void)
     const char *files[] = {stored};
     sr_audit_verify_result_t r;
     SR_CHECK_OK(sr_audit_verify_files(files, 1, pk, &r)); /* what was stored before the bad record is intact */
-    SR_CHECK_EQ_INT(forward(log, "rogue-client", 1), 1); /* a certificate from another CA */
+    SR_CHECK_EQ_INT(forward(log, "rogue-client", 1), 3); /* a certificate from another CA: could not deliver */
     stop(collector, SIGTERM);
 }
 
@@ -389,6 +485,8 @@ int main(void)
     SR_RUN(test_descriptor_exhaustion_does_not_spin);
     SR_RUN(test_slowloris_cut_at_the_handshake_deadline);
     SR_RUN(test_colliding_names_get_their_own_stores);
+    SR_RUN(test_each_source_verified_with_its_own_key);
+    SR_RUN(test_authenticated_dribbler_and_idle_peer_cut);
     SR_RUN(test_tampered_record_refused);
     return sr_test_finish();
 }

@@ -160,7 +160,7 @@ static void test_tdectl_end_to_end(void)
     snprintf(plain, sizeof plain, "%s", sr_test_path("tdectl-plain.db"));
     snprintf(back, sizeof back, "%s", sr_test_path("tdectl-back.db"));
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 0);
-    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 1); /* never overwrites */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "keygen %s", key), 3); /* never overwrites: could not (3) */
     SR_CHECK(strstr(out, "refusing to overwrite") != NULL);
     /* an option that does not apply, a bad option value: usage errors (2) naming the option */
     SR_CHECK(tdectl(out, sizeof out, "status --rewrite %s", key) == 2 && strstr(out, "--rewrite does not apply"));
@@ -185,6 +185,13 @@ static void test_tdectl_end_to_end(void)
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "status %s", enc), 0);
     SR_CHECK_MSG(strstr(out, "active key   version 2") != NULL && strstr(out, "(key v2: ") != NULL &&
                  strstr(out, "key v1: ") == NULL, "%s", out);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "status --json --keyfile %s %s 2>/dev/null | cat", key, enc), 0);
+    SR_CHECK_MSG(strstr(out, "\"active_version\": 2") && strstr(out, "\"header_mac\": \"verified\"") &&
+                 strstr(out, "\"pages_per_key_version\": {\"2\": ") && !strstr(out, "\"1\": "), "%s", out);
+    /* could not check: a missing database (3), a missing key file (4) */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s.missing", key, enc), 3);
+    SR_CHECK_CONTAINS(out, "NOT CHECKED");
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s.missing %s", key, enc), 4);
     /* master-key rotation: the old key file copy no longer opens the database */
     char old_key[600];
     snprintf(old_key, sizeof old_key, "%s.old", key);
@@ -195,7 +202,7 @@ static void test_tdectl_end_to_end(void)
     SR_CHECK(chmod(old_key, 0600) == 0);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rotate-master --keyfile %s %s", key, enc), 0);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 0);
-    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", old_key, enc), 1);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", old_key, enc), 4); /* the wrong key */
     SR_CHECK_MSG(strstr(out, "does not hold") != NULL, "%s", out);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", key, enc, back), 0);
     SR_CHECK_EQ_INT(sqlt_open(back, NULL, NULL, &db), SQLITE_OK);
@@ -205,6 +212,10 @@ static void test_tdectl_end_to_end(void)
     flip(enc, HDR + 3 * PS + 5);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 1);
     SR_CHECK_MSG(strstr(out, "database page 4 ") != NULL && strstr(out, "FAILED") != NULL, "%s", out);
+    flip(enc, HDR + 6 * PS + 9);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --json --keyfile %s %s 2>/dev/null | cat", key, enc), 0);
+    SR_CHECK_MSG(strstr(out, "\"result\": \"failed\", \"exit_status\": 1") &&
+                 strstr(out, "\"bad_pages\": 2, \"bad_page_numbers\": [4, 7]"), "%s", out);
 }
 
 int main(void)
