@@ -18,7 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { EXIT_DENIED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
 
 typedef struct opts {
     const char *policy, *user, *from, *service, *server, *at, *file;
@@ -70,20 +69,20 @@ static int load(const char *path, sr_acl_policy_t **p)
 {
     if (sr_acl_compile_file(path, p) == SR_OK) return 0;
     fprintf(stderr, "tde-acl: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last()));
-    return sr_err_last() == SR_ERR_PARSE ? EXIT_DENIED : EXIT_CANNOT;
+    return sr_err_last() == SR_ERR_PARSE ? SR_EXIT_FAILED : SR_EXIT_CANNOT;
 }
 
 static int cmd_check(int argc, char **argv)
 {
     opts_t o = {0};
-    if (parse("check", argc, argv, " policy user from service server at json ", &o)) return EXIT_USAGE;
-    if (!o.policy || !o.user) return fprintf(stderr, "tde-acl: check needs --policy and --user\n"), EXIT_USAGE;
+    if (parse("check", argc, argv, " policy user from service server at json ", &o)) return SR_EXIT_USAGE;
+    if (!o.policy || !o.user) return fprintf(stderr, "tde-acl: check needs --policy and --user\n"), SR_EXIT_USAGE;
     int64_t at_us = 0;
     if (o.at && sr_time_parse_rfc3339(o.at, &at_us) != SR_OK)
-        return fprintf(stderr, "tde-acl: check: --at '%s' is not an RFC 3339 time\n", o.at), EXIT_USAGE;
+        return fprintf(stderr, "tde-acl: check: --at '%s' is not an RFC 3339 time\n", o.at), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
     int st = load(o.policy, &p);
-    if (st) return st == EXIT_DENIED ? EXIT_CANNOT : st;
+    if (st) return st == SR_EXIT_FAILED ? SR_EXIT_CANNOT : st;
     sr_acl_request_t r = {.server = o.server, .account = o.user, .source = o.from, .service = o.service,
                           .at = at_us / 1000000};
     sr_acl_decision_t d;
@@ -98,14 +97,14 @@ static int cmd_check(int argc, char **argv)
         printf("%s\n", d.why);
     }
     sr_acl_policy_free(p);
-    return d.allow ? 0 : EXIT_DENIED;
+    return d.allow ? 0 : SR_EXIT_FAILED;
 }
 
 /* A policy that compiles replaces TARGET by rename: a login reading the
  * file meanwhile sees the old policy or the new, never half of one. */
 static int cmd_install(int argc, char **argv)
 {
-    if (argc != 2) return fprintf(stderr, "tde-acl: install FILE TARGET\n"), EXIT_USAGE;
+    if (argc != 2) return fprintf(stderr, "tde-acl: install FILE TARGET\n"), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
     int st = load(argv[0], &p);
     if (st) return st;
@@ -127,14 +126,14 @@ static int cmd_install(int argc, char **argv)
     fprintf(stderr, "tde-acl: cannot install %s: %s\n", argv[1], strerror(errno));
     unlink(tmp);
     sr_acl_policy_free(p);
-    return EXIT_CANNOT;
+    return SR_EXIT_CANNOT;
 }
 
 static int cmd_lint(int argc, char **argv)
 {
     opts_t o = {0};
-    if (parse("lint", argc, argv, " json ", &o)) return EXIT_USAGE;
-    if (!o.file) return fprintf(stderr, "tde-acl: lint FILE\n"), EXIT_USAGE;
+    if (parse("lint", argc, argv, " json ", &o)) return SR_EXIT_USAGE;
+    if (!o.file) return fprintf(stderr, "tde-acl: lint FILE\n"), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
     sr_err_t rc = sr_acl_compile_file(o.file, &p);
     if (o.json) {
@@ -147,7 +146,7 @@ static int cmd_lint(int argc, char **argv)
         fprintf(stderr, "tde-acl: %s\n", sr_err_detail());
     }
     sr_acl_policy_free(p);
-    return rc == SR_OK ? 0 : rc == SR_ERR_PARSE ? EXIT_DENIED : EXIT_CANNOT;
+    return rc == SR_OK ? 0 : rc == SR_ERR_PARSE ? SR_EXIT_FAILED : SR_EXIT_CANNOT;
 }
 
 typedef struct explain_ctx {
@@ -172,11 +171,11 @@ static void print_rule(void *arg, int rule, const char *file, int line, const ch
 static int cmd_explain(int argc, char **argv)
 {
     opts_t o = {0};
-    if (parse("explain", argc, argv, " policy user from json ", &o)) return EXIT_USAGE;
-    if (!o.policy) return fprintf(stderr, "tde-acl: explain needs --policy\n"), EXIT_USAGE;
+    if (parse("explain", argc, argv, " policy user from json ", &o)) return SR_EXIT_USAGE;
+    if (!o.policy) return fprintf(stderr, "tde-acl: explain needs --policy\n"), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
     int st = load(o.policy, &p);
-    if (st) return st == EXIT_DENIED ? EXIT_CANNOT : st;
+    if (st) return st == SR_EXIT_FAILED ? SR_EXIT_CANNOT : st;
     explain_ctx_t x = {.json = o.json, .first = 1};
     if (o.json) printf("[");
     sr_acl_explain(p, o.user, o.from, print_rule, &x);
@@ -189,7 +188,7 @@ static int cmd_explain(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) return usage(stderr, EXIT_USAGE);
+    if (argc < 2) return usage(stderr, SR_EXIT_USAGE);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) return usage(stdout, 0);
     if (!strcmp(argv[1], "--version")) return puts("tde-acl (strongroom)"), 0;
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
@@ -200,5 +199,5 @@ int main(int argc, char **argv)
             return commands[i].run(argc - 2, argv + 2);
         }
     fprintf(stderr, "tde-acl: unknown command '%s'\n", argv[1]);
-    return usage(stderr, EXIT_USAGE);
+    return usage(stderr, SR_EXIT_USAGE);
 }

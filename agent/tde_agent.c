@@ -27,6 +27,7 @@
 #include "access_ctl.h"
 #include "audit.h"
 #include "keymgr.h"
+#include "kmip.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -45,7 +46,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
 
 static const sr_config_key_t schema[] = {
     {"agent", "state_dir", SR_CONFIG_PATH, NULL, 1},
@@ -457,10 +457,10 @@ static sr_err_t start_services(void)
 static int cmd_run(const char *config)
 {
     if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
-        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_USAGE;
+        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_USAGE;
     snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     if (mkdir(agent.state, 0700) != 0 && errno != EEXIST)
-        return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), EXIT_CANNOT;
+        return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), SR_EXIT_CANNOT;
     chmod(agent.state, 0700);
     sr_err_t rc = SR_OK;
     if (!load_enrolment()) {
@@ -468,7 +468,7 @@ static int cmd_run(const char *config)
         if (rc != SR_OK) {
             fprintf(stderr, "tde-agent: enrolment refused or failed: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
             event("node.enrol", "tde-agent", NULL, "failure", sr_err_detail());
-            return EXIT_FAILED;
+            return SR_EXIT_FAILED;
         }
         printf("tde-agent: enrolled as node %s (node key %s, lease %llds)\n", agent.node_uuid, agent.nk,
                (long long)agent.lease_s);
@@ -480,7 +480,7 @@ static int cmd_run(const char *config)
     int lfd = -1;
     if (rc == SR_OK) rc = start_services();
     if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
-    if (rc != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_CANNOT;
+    if (rc != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;
     pthread_t hb;
     pthread_create(&hb, NULL, heartbeat_main, NULL);
     while (!stop_requested) {
@@ -513,7 +513,7 @@ static int cmd_run(const char *config)
 static int cmd_status(const char *config, int json)
 {
     if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
-        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_USAGE;
+        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_USAGE;
     snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     int enrolled = load_enrolment();
     const char *sock = sr_config_get(agent.cfg, "agent", "socket");
@@ -540,7 +540,7 @@ static int cmd_status(const char *config, int json)
         printf("node %s, node key %s, lease %llds; KMS %s; key service %s (%s)\n", agent.node_uuid, agent.nk,
                (long long)agent.lease_s, member ? "accepts this node" : why, serving ? "listening" : "not running", sock);
     sr_config_free(agent.cfg);
-    return enrolled && member ? 0 : EXIT_FAILED;
+    return enrolled && member ? 0 : SR_EXIT_FAILED;
 }
 
 static int usage(FILE *f, int status)
@@ -553,22 +553,22 @@ static int usage(FILE *f, int status)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) return usage(stderr, EXIT_USAGE);
+    if (argc < 2) return usage(stderr, SR_EXIT_USAGE);
     if (!strcmp(argv[1], "--help")) return usage(stdout, 0);
     const char *config = NULL;
     int json = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
         else if (!strcmp(argv[i], "--json") && !strcmp(argv[1], "status")) json = 1;
-        else return fprintf(stderr, "tde-agent: option %s does not apply\n", argv[i]), usage(stderr, EXIT_USAGE);
+        else return fprintf(stderr, "tde-agent: option %s does not apply\n", argv[i]), usage(stderr, SR_EXIT_USAGE);
     }
-    if (!config) return usage(stderr, EXIT_USAGE);
-    if (sr_secure_init() != SR_OK) return EXIT_CANNOT;
+    if (!config) return usage(stderr, SR_EXIT_USAGE);
+    if (sr_secure_init() != SR_OK) return SR_EXIT_CANNOT;
     sr_audit_writer_t *w = NULL;
-    if (sr_audit_open_from_env(&w) != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), EXIT_CANNOT;
+    if (sr_audit_open_from_env(&w) != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;
     if (!strcmp(argv[1], "status")) return cmd_status(config, json);
-    if (strcmp(argv[1], "run") != 0) return usage(stderr, EXIT_USAGE);
-    if (sr_process_harden() != SR_OK) return EXIT_CANNOT;
+    if (strcmp(argv[1], "run") != 0) return usage(stderr, SR_EXIT_USAGE);
+    if (sr_process_harden() != SR_OK) return SR_EXIT_CANNOT;
     struct sigaction sa = {.sa_handler = on_stop};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);

@@ -39,17 +39,17 @@ typedef struct sr_audit_record {
 
 /* Parses one canonical line (without its newline) in place: `line` is
  * modified (strings unescaped into it). SR_ERR_PARSE with the reason. */
-sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_record_parse(char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
 
 /* ==== keys ==== */
 
 #define SR_AUDIT_SIGN_SECRET_BYTES 64
 #define SR_AUDIT_SIGN_PUBLIC_BYTES 32
 /* PREFIX.sign (0600, hex secret key) and PREFIX.pub (hex verify key). */
-sr_err_t sr_audit_keygen(const char *prefix) SR_MUST_CHECK;
-sr_err_t sr_audit_verify_key_load(const char *path, uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES]) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_keygen(const char *prefix) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_verify_key_load(const char *path, uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES]) SR_MUST_CHECK;
 /* 16 hex digits naming a verify key (SHA-256 prefix), written in checkpoints. */
-void sr_audit_key_id(const uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES], char out[17]);
+SR_API void sr_audit_key_id(const uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES], char out[17]);
 
 /* ==== writer ==== */
 
@@ -70,15 +70,15 @@ typedef struct sr_audit_writer sr_audit_writer_t;
 /* Opens (creating) the log. A torn last line left by a crash is cut off and
  * an `audit.truncated` record says how many bytes. Several processes may
  * append to one file: each batch is written under an exclusive lock. */
-sr_err_t sr_audit_open(const sr_audit_options_t *opts, sr_audit_writer_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_open(const sr_audit_options_t *opts, sr_audit_writer_t **out) SR_MUST_CHECK;
 /* Returns once the record is durable (fsync'd with its batch); thread-safe.
  * SR_ERR_DISK_FULL / SR_ERR_IO when it cannot be: never a silent drop. */
-sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *event) SR_MUST_CHECK;
-sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *event) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w) SR_MUST_CHECK;
 /* Seals the log with a final checkpoint, then frees. */
-sr_err_t sr_audit_close(sr_audit_writer_t *w);
+SR_API sr_err_t sr_audit_close(sr_audit_writer_t *w);
 /* Routes every sr_event_emit() of the process to this writer. */
-void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
+SR_API void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
 /* If $STRONGROOM_AUDIT_SOCKET is set: this process sends its events to the
  * host's sealer there (no key, no log of its own; *out stays NULL). Else if
  * $STRONGROOM_AUDIT_LOG (and $STRONGROOM_AUDIT_KEY, the .sign file) are set:
@@ -86,7 +86,7 @@ void sr_audit_install_as_event_sink(sr_audit_writer_t *w);
  * weaker mode, for single-process tools and tests, since the process holds
  * the signing key; $STRONGROOM_AUDIT_SYSLOG adds the syslog copy.
  * Returns SR_OK with *out NULL when none is set. */
-sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_open_from_env(sr_audit_writer_t **out) SR_MUST_CHECK;
 
 /* ==== verify ==== */
 
@@ -108,7 +108,7 @@ typedef struct sr_audit_verify_result {
 /* Verifies the files in order as one chain. verify_key may be NULL (chain
  * only). Returns SR_OK when the chain (and signatures) hold; the result says
  * where and why otherwise. */
-sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t *verify_key,
+SR_API sr_err_t sr_audit_verify_files(const char *const *files, size_t n, const uint8_t *verify_key,
                                sr_audit_verify_result_t *result);
 
 /* Incremental verification, one record at a time (the verifier and the
@@ -122,11 +122,11 @@ typedef struct sr_audit_chain {
     char key_id[17];
     uint64_t tampers, tamper_seq; /* audit.tamper_suspected records: how many, the first one's seq */
 } sr_audit_chain_t;
-void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key /* NULL: chain only */);
+SR_API void sr_audit_chain_init(sr_audit_chain_t *c, const uint8_t *verify_key /* NULL: chain only */);
 /* Checks one record line (no newline; unescaped in place) against the chain
  * and advances it: SR_ERR_PARSE, SR_ERR_AUDIT_CHAIN, SR_ERR_AUDIT_SEQUENCE or
  * SR_ERR_AUDIT_SIGNATURE with the reason in the error detail. */
-sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len, sr_audit_record_t *out) SR_MUST_CHECK;
 
 /* ==== collection: forwarder and collector (audit/collect.c) ====
  *
@@ -163,18 +163,18 @@ typedef struct sr_audit_sealer_options {
     int max_clients;        /* at once; 0: 1024 */
 } sr_audit_sealer_options_t;
 /* Serves until *stop becomes non-zero; seals the log at the end. */
-sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop) SR_MUST_CHECK;
 
 /* A process's connection to its host's sealer. send returns once the event
  * is durable in the log (SR_OK) or with why it is not: callers fail closed. */
 typedef struct sr_audit_client sr_audit_client_t;
-sr_err_t sr_audit_client_open(const char *socket_path, sr_audit_client_t **out) SR_MUST_CHECK;
-sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *event) SR_MUST_CHECK;
-void sr_audit_client_install_as_event_sink(sr_audit_client_t *c); /* NULL: none */
-void sr_audit_client_close(sr_audit_client_t *c);
+SR_API sr_err_t sr_audit_client_open(const char *socket_path, sr_audit_client_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *event) SR_MUST_CHECK;
+SR_API void sr_audit_client_install_as_event_sink(sr_audit_client_t *c); /* NULL: none */
+SR_API void sr_audit_client_close(sr_audit_client_t *c);
 
 /* Serves until *stop becomes non-zero (signal handlers set it). */
-sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop) SR_MUST_CHECK;
 
 typedef struct sr_audit_forwarder_options {
     const char *log;           /* the live log file; rotated files PATH.<seq> are read too */
@@ -188,7 +188,7 @@ typedef struct sr_audit_forwarder_options {
 
 /* Sends the log's records the collector lacks; in follow mode keeps going,
  * reconnecting after failures, until *stop. */
-sr_err_t sr_audit_forward(const sr_audit_forwarder_options_t *o, volatile int *stop) SR_MUST_CHECK;
+SR_API sr_err_t sr_audit_forward(const sr_audit_forwarder_options_t *o, volatile int *stop) SR_MUST_CHECK;
 
 #ifdef __cplusplus
 }

@@ -24,13 +24,25 @@
 extern "C" {
 #endif
 
+/* SR_API marks what libstrongroom.so exports: the functions the public
+ * headers declare with it, nothing else (the library is built with hidden
+ * visibility; tests/api checks the exported list against the headers). */
 #if defined(__GNUC__) || defined(__clang__)
 #define SR_PRINTF(fmt_idx, args_idx) __attribute__((format(printf, fmt_idx, args_idx)))
 #define SR_MUST_CHECK __attribute__((warn_unused_result))
+#ifndef SR_API /* modules that export one entry point define it empty */
+#define SR_API __attribute__((visibility("default")))
+#endif
 #else
 #define SR_PRINTF(fmt_idx, args_idx)
 #define SR_MUST_CHECK
+#ifndef SR_API
+#define SR_API
 #endif
+#endif
+
+/* "strongroom 0.1.0" (libstrongroom.so only). */
+SR_API const char *sr_version(void);
 
 /* ------------------------------------------------------------------------
  * Errors
@@ -95,23 +107,23 @@ typedef enum sr_err {
 } sr_err_t;
 
 /* Short fixed text for a code ("page failed authentication"). Never NULL. */
-const char *sr_strerror(sr_err_t err);
+SR_API const char *sr_strerror(sr_err_t err);
 /* The symbolic name of a code ("SR_ERR_TDE_PAGE_AUTH"). Never NULL. */
-const char *sr_err_name(sr_err_t err);
+SR_API const char *sr_err_name(sr_err_t err);
 
 /* Records a detail message for the calling thread and returns `err`, so a
  * failure path reads: return sr_err_set(SR_ERR_PARSE, "%s:%d: ...", f, l); */
-sr_err_t sr_err_set(sr_err_t err, const char *fmt, ...) SR_PRINTF(2, 3);
+SR_API sr_err_t sr_err_set(sr_err_t err, const char *fmt, ...) SR_PRINTF(2, 3);
 /* Like sr_err_set, appending ": <strerror(errno_value)>". */
-sr_err_t sr_err_set_errno(sr_err_t err, int errno_value, const char *fmt, ...) SR_PRINTF(3, 4);
+SR_API sr_err_t sr_err_set_errno(sr_err_t err, int errno_value, const char *fmt, ...) SR_PRINTF(3, 4);
 /* Like sr_err_set, appending the newest OpenSSL error (and clearing its queue). */
-sr_err_t sr_err_set_openssl(sr_err_t err, const char *fmt, ...) SR_PRINTF(2, 3);
+SR_API sr_err_t sr_err_set_openssl(sr_err_t err, const char *fmt, ...) SR_PRINTF(2, 3);
 /* The calling thread's last detail message, or sr_strerror() of the last code
  * if none was recorded. Valid until the thread's next sr_err_set*. */
-const char *sr_err_detail(void);
+SR_API const char *sr_err_detail(void);
 /* The code recorded with the last detail message on this thread. */
-sr_err_t sr_err_last(void);
-void sr_err_clear(void);
+SR_API sr_err_t sr_err_last(void);
+SR_API void sr_err_clear(void);
 /* Exit statuses, the same in every strongroom tool: 0 ok, 1 a check failed
  * (tampering, verification, a refusal), 2 usage, 3 and above could not do or
  * check it: 3 in general (a missing file, I/O), refined where a tool can
@@ -126,10 +138,10 @@ enum {
     SR_EXIT_DISK_FULL = 6,
 };
 /* The exit status for a failure with this code. */
-int sr_exit_status(sr_err_t err);
+SR_API int sr_exit_status(sr_err_t err);
 
 /* Maps an errno value to the closest code (ENOSPC -> SR_ERR_DISK_FULL, ...). */
-sr_err_t sr_err_from_errno(int errno_value);
+SR_API sr_err_t sr_err_from_errno(int errno_value);
 
 /* ------------------------------------------------------------------------
  * Logging
@@ -148,17 +160,17 @@ typedef enum sr_log_level {
 } sr_log_level_t;
 
 /* `path` NULL or "-" means stderr. `ident` names the component. */
-sr_err_t sr_log_open(const char *ident, const char *path, sr_log_level_t min_level);
-void sr_log_close(void);
-void sr_log_set_level(sr_log_level_t min_level);
+SR_API sr_err_t sr_log_open(const char *ident, const char *path, sr_log_level_t min_level);
+SR_API void sr_log_close(void);
+SR_API void sr_log_set_level(sr_log_level_t min_level);
 /* Parses "debug", "info", "notice", "warn", "error". */
-sr_err_t sr_log_level_parse(const char *text, sr_log_level_t *out);
-void sr_log(sr_log_level_t level, const char *fmt, ...) SR_PRINTF(2, 3);
-void sr_log_v(sr_log_level_t level, const char *fmt, va_list ap) SR_PRINTF(2, 0);
+SR_API sr_err_t sr_log_level_parse(const char *text, sr_log_level_t *out);
+SR_API void sr_log(sr_log_level_t level, const char *fmt, ...) SR_PRINTF(2, 3);
+SR_API void sr_log_v(sr_log_level_t level, const char *fmt, va_list ap) SR_PRINTF(2, 0);
 /* The secret is referenced, not copied: keep it alive (and registered) for as
  * long as it lives, and unregister before wiping it. */
-sr_err_t sr_log_secret_register(const void *secret, size_t len);
-void sr_log_secret_unregister(const void *secret);
+SR_API sr_err_t sr_log_secret_register(const void *secret, size_t len);
+SR_API void sr_log_secret_unregister(const void *secret);
 
 #define sr_log_debug(...) sr_log(SR_LOG_DEBUG, __VA_ARGS__)
 #define sr_log_info(...) sr_log(SR_LOG_INFO, __VA_ARGS__)
@@ -197,61 +209,61 @@ typedef struct sr_config_key {
 
 typedef struct sr_config sr_config_t;
 
-sr_err_t sr_config_load(const char *path, const sr_config_key_t *schema, size_t schema_len,
+SR_API sr_err_t sr_config_load(const char *path, const sr_config_key_t *schema, size_t schema_len,
                         sr_config_t **out) SR_MUST_CHECK;
 /* Parses text already in memory; `name` stands for the file in messages and
  * relative paths resolve against the current directory. */
-sr_err_t sr_config_parse(const char *name, const char *text, size_t text_len,
+SR_API sr_err_t sr_config_parse(const char *name, const char *text, size_t text_len,
                          const sr_config_key_t *schema, size_t schema_len,
                          sr_config_t **out) SR_MUST_CHECK;
-void sr_config_free(sr_config_t *cfg);
+SR_API void sr_config_free(sr_config_t *cfg);
 /* NULL when the key is absent and has no default. */
-const char *sr_config_get(const sr_config_t *cfg, const char *section, const char *key);
-sr_err_t sr_config_get_int(const sr_config_t *cfg, const char *section, const char *key, int64_t *out);
-sr_err_t sr_config_get_bool(const sr_config_t *cfg, const char *section, const char *key, int *out);
-sr_err_t sr_config_get_duration_ms(const sr_config_t *cfg, const char *section, const char *key,
+SR_API const char *sr_config_get(const sr_config_t *cfg, const char *section, const char *key);
+SR_API sr_err_t sr_config_get_int(const sr_config_t *cfg, const char *section, const char *key, int64_t *out);
+SR_API sr_err_t sr_config_get_bool(const sr_config_t *cfg, const char *section, const char *key, int *out);
+SR_API sr_err_t sr_config_get_duration_ms(const sr_config_t *cfg, const char *section, const char *key,
                                    uint64_t *out);
-sr_err_t sr_config_get_size(const sr_config_t *cfg, const char *section, const char *key, uint64_t *out);
+SR_API sr_err_t sr_config_get_size(const sr_config_t *cfg, const char *section, const char *key, uint64_t *out);
 /* The file:line where the key was set, or "<default>". */
-const char *sr_config_where(const sr_config_t *cfg, const char *section, const char *key);
+SR_API const char *sr_config_where(const sr_config_t *cfg, const char *section, const char *key);
 
 /* Value parsers the config uses, exported for CLIs and URI parameters. */
-sr_err_t sr_parse_bool(const char *text, int *out);
-sr_err_t sr_parse_int64(const char *text, int64_t *out);
-sr_err_t sr_parse_duration_ms(const char *text, uint64_t *out);
-sr_err_t sr_parse_size(const char *text, uint64_t *out);
+SR_API sr_err_t sr_parse_bool(const char *text, int *out);
+SR_API sr_err_t sr_parse_int64(const char *text, int64_t *out);
+SR_API sr_err_t sr_parse_duration_ms(const char *text, uint64_t *out);
+SR_API sr_err_t sr_parse_size(const char *text, uint64_t *out);
 
 /* ------------------------------------------------------------------------
  * Secure memory and process hardening (libsodium)
  * ---------------------------------------------------------------------- */
 /* Initialises libsodium; safe to call many times and from many threads. */
-sr_err_t sr_secure_init(void);
+SR_API sr_err_t sr_secure_init(void);
 /* Guard-paged, mlock'd memory (sodium_malloc). NULL on failure, with detail set. */
-void *sr_secure_alloc(size_t len);
+SR_API void *sr_secure_alloc(size_t len);
 /* Wipes and frees (sodium_free). NULL is allowed. */
-void sr_secure_free(void *ptr);
+SR_API void sr_secure_free(void *ptr);
 /* Zeroes memory in a way the compiler cannot remove (sodium_memzero). */
-void sr_secure_wipe(void *ptr, size_t len);
+SR_API void sr_secure_wipe(void *ptr, size_t len);
 /* Constant-time equality: 1 if equal, 0 otherwise. */
-int sr_secure_equal(const void *a, const void *b, size_t len);
+SR_API int sr_secure_equal(const void *a, const void *b, size_t len);
 /* Page protection of an sr_secure_alloc() region (sodium_mprotect_*). */
-sr_err_t sr_secure_protect_readonly(void *ptr);
-sr_err_t sr_secure_protect_readwrite(void *ptr);
-sr_err_t sr_secure_protect_noaccess(void *ptr);
+SR_API sr_err_t sr_secure_protect_readonly(void *ptr);
+SR_API sr_err_t sr_secure_protect_readwrite(void *ptr);
+SR_API sr_err_t sr_secure_protect_noaccess(void *ptr);
 /* Cryptographically secure random bytes (OpenSSL's DRBG). */
-sr_err_t sr_random_bytes(void *buf, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_random_bytes(void *buf, size_t len) SR_MUST_CHECK;
 /* For daemons: no core dumps, not ptrace-attachable by other users
  * (prctl(PR_SET_DUMPABLE, 0), RLIMIT_CORE = 0). */
-sr_err_t sr_process_harden(void);
+SR_API sr_err_t sr_process_harden(void);
 
 /* Writes s as a JSON string (quotes, \" \\ and \u00XX escapes); NULL is "". */
 #include <stdio.h>
-void sr_json_string(FILE *f, const char *s);
+SR_API void sr_json_string(FILE *f, const char *s);
 
 /* Lower-case hex; `out` holds 2*len+1 bytes. */
-void sr_hex_encode(const void *data, size_t len, char *out);
+SR_API void sr_hex_encode(const void *data, size_t len, char *out);
 /* Exactly `len` bytes from 2*len hex digits (either case). */
-sr_err_t sr_hex_decode(const char *hex, void *out, size_t len);
+SR_API sr_err_t sr_hex_decode(const char *hex, void *out, size_t len);
 
 /* ------------------------------------------------------------------------
  * UUIDs (libuuid), RFC 4122, "0e5d7b32-....-...." lower case.
@@ -263,26 +275,26 @@ typedef struct sr_uuid {
     uint8_t bytes[SR_UUID_BYTES];
 } sr_uuid_t;
 
-void sr_uuid_generate(sr_uuid_t *out); /* random (version 4) */
-void sr_uuid_format(const sr_uuid_t *uuid, char out[SR_UUID_STR_LEN + 1]);
-sr_err_t sr_uuid_parse(const char *text, sr_uuid_t *out);
-int sr_uuid_equal(const sr_uuid_t *a, const sr_uuid_t *b);
-int sr_uuid_is_nil(const sr_uuid_t *uuid);
+SR_API void sr_uuid_generate(sr_uuid_t *out); /* random (version 4) */
+SR_API void sr_uuid_format(const sr_uuid_t *uuid, char out[SR_UUID_STR_LEN + 1]);
+SR_API sr_err_t sr_uuid_parse(const char *text, sr_uuid_t *out);
+SR_API int sr_uuid_equal(const sr_uuid_t *a, const sr_uuid_t *b);
+SR_API int sr_uuid_is_nil(const sr_uuid_t *uuid);
 
 /* ------------------------------------------------------------------------
  * Time
  * ---------------------------------------------------------------------- */
 /* Monotonic clock, for timeouts and durations. */
-uint64_t sr_time_mono_ns(void);
-uint64_t sr_time_mono_ms(void);
+SR_API uint64_t sr_time_mono_ns(void);
+SR_API uint64_t sr_time_mono_ms(void);
 /* Wall clock, microseconds since the Unix epoch (UTC). */
-int64_t sr_time_now_us(void);
+SR_API int64_t sr_time_now_us(void);
 /* "2026-11-23T03:20:21.123456Z" (digits: 0 = seconds, 3 = ms, 6 = us).
  * `out` holds at least SR_TIME_RFC3339_MAX bytes. */
 #define SR_TIME_RFC3339_MAX 32
-sr_err_t sr_time_format_rfc3339(int64_t unix_us, int digits, char *out, size_t out_len);
+SR_API sr_err_t sr_time_format_rfc3339(int64_t unix_us, int digits, char *out, size_t out_len);
 /* Accepts "YYYY-MM-DDTHH:MM:SS[.frac](Z|+hh:mm|-hh:mm)" and "YYYY-MM-DD". */
-sr_err_t sr_time_parse_rfc3339(const char *text, int64_t *unix_us);
+SR_API sr_err_t sr_time_parse_rfc3339(const char *text, int64_t *unix_us);
 
 /* ------------------------------------------------------------------------
  * Security events
@@ -305,10 +317,10 @@ typedef struct sr_event {
 typedef sr_err_t (*sr_event_sink_fn)(void *sink_ctx, const sr_event_t *event);
 
 /* Installs the process-wide sink (NULL restores the log fallback). */
-void sr_event_set_sink(sr_event_sink_fn sink, void *sink_ctx);
+SR_API void sr_event_set_sink(sr_event_sink_fn sink, void *sink_ctx);
 /* Delivers an event to the sink. A sink failure is returned: callers that
  * must fail closed (the architecture says which) act on it. */
-sr_err_t sr_event_emit(const sr_event_t *event);
+SR_API sr_err_t sr_event_emit(const sr_event_t *event);
 
 /* ------------------------------------------------------------------------
  * TLS (OpenSSL 3): mutual TLS contexts and blocking connections with timeouts.
@@ -330,48 +342,48 @@ typedef struct sr_tls_options {
 
 typedef struct sr_tls_conn sr_tls_conn_t;
 
-sr_err_t sr_tls_client_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;
-sr_err_t sr_tls_server_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;
-void sr_tls_ctx_free(sr_ssl_ctx_t *ctx);
+SR_API sr_err_t sr_tls_client_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_server_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;
+SR_API void sr_tls_ctx_free(sr_ssl_ctx_t *ctx);
 
 /* Connects to host:port (name or literal address), verifies the server's
  * certificate chain and that it is issued for `verify_name` (DNS name or IP
  * address; NULL: `host`). `timeout_ms` bounds the connect and handshake and
  * is then the default for every read and write on the connection. */
-sr_err_t sr_tls_connect(sr_ssl_ctx_t *ctx, const char *host, uint16_t port, const char *verify_name,
+SR_API sr_err_t sr_tls_connect(sr_ssl_ctx_t *ctx, const char *host, uint16_t port, const char *verify_name,
                         int timeout_ms, sr_tls_conn_t **out) SR_MUST_CHECK;
 /* Server side: a listening socket on host:port (port 0 picks one; read it back
  * with sr_tls_listener_port). */
-sr_err_t sr_tls_listen(const char *host, uint16_t port, int backlog, int *listen_fd_out) SR_MUST_CHECK;
-uint16_t sr_tls_listener_port(int listen_fd);
+SR_API sr_err_t sr_tls_listen(const char *host, uint16_t port, int backlog, int *listen_fd_out) SR_MUST_CHECK;
+SR_API uint16_t sr_tls_listener_port(int listen_fd);
 /* Takes ownership of an accepted socket and runs the handshake. */
-sr_err_t sr_tls_accept(sr_ssl_ctx_t *ctx, int fd, int timeout_ms, sr_tls_conn_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_accept(sr_ssl_ctx_t *ctx, int fd, int timeout_ms, sr_tls_conn_t **out) SR_MUST_CHECK;
 
-sr_err_t sr_tls_write_all(sr_tls_conn_t *conn, const void *buf, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_write_all(sr_tls_conn_t *conn, const void *buf, size_t len) SR_MUST_CHECK;
 /* Reads exactly `len` bytes; SR_ERR_CLOSED if the peer closed cleanly before
  * the first byte, SR_ERR_TRUNCATED if it closed part-way. */
-sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR_MUST_CHECK;
 /* The same with an overall deadline (sr_time_mono_ms() scale; 0: none): a peer
  * that sends slowly is cut off at the deadline, not per read. */
-sr_err_t sr_tls_read_exact_by(sr_tls_conn_t *conn, void *buf, size_t len, uint64_t deadline_ms) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_read_exact_by(sr_tls_conn_t *conn, void *buf, size_t len, uint64_t deadline_ms) SR_MUST_CHECK;
 /* The same on a plain descriptor (common/fdio.c), through EINTR and short
  * transfers; a receive timeout is SR_ERR_TIMEOUT. */
-sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
-sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
-void sr_tls_set_timeout(sr_tls_conn_t *conn, int timeout_ms);
+SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
+SR_API void sr_tls_set_timeout(sr_tls_conn_t *conn, int timeout_ms);
 /* Peer certificate subject CN (NULL if none); valid while the connection lives. */
-const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);
+SR_API const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);
 /* SHA-256 of the peer certificate, 64 hex digits (NULL if none): unlike the
  * CN, one per certificate. */
-const char *sr_tls_peer_fingerprint(const sr_tls_conn_t *conn);
+SR_API const char *sr_tls_peer_fingerprint(const sr_tls_conn_t *conn);
 /* The same fingerprint of a PEM certificate file (what a server sees of it). */
-sr_err_t sr_tls_cert_file_fingerprint(const char *path, char out[65]) SR_MUST_CHECK;
+SR_API sr_err_t sr_tls_cert_file_fingerprint(const char *path, char out[65]) SR_MUST_CHECK;
 /* "127.0.0.1:5696" style peer address. */
-const char *sr_tls_peer_addr(const sr_tls_conn_t *conn);
+SR_API const char *sr_tls_peer_addr(const sr_tls_conn_t *conn);
 /* Negotiated protocol, e.g. "TLSv1.3". */
-const char *sr_tls_version_name(const sr_tls_conn_t *conn);
+SR_API const char *sr_tls_version_name(const sr_tls_conn_t *conn);
 /* Sends close_notify (best effort) and frees. NULL is allowed. */
-void sr_tls_close(sr_tls_conn_t *conn);
+SR_API void sr_tls_close(sr_tls_conn_t *conn);
 
 /* ------------------------------------------------------------------------
  * Big-endian integers: every on-disk and on-wire format here (key header,

@@ -11,7 +11,6 @@
 #define STRONGROOM_KEYMGR_H
 
 #include "common.h"
-#include "kmip.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,20 +38,20 @@ typedef struct sr_wrapped_key {
 
 /* Fixed-layout serialisation for on-disk headers (versioned, length-checked). */
 #define SR_WRAPPED_KEY_ENCODED_MAX 128
-sr_err_t sr_wrapped_key_encode(const sr_wrapped_key_t *wk, uint8_t *out, size_t out_cap, size_t *out_len);
-sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_t *out);
+SR_API sr_err_t sr_wrapped_key_encode(const sr_wrapped_key_t *wk, uint8_t *out, size_t out_cap, size_t *out_len);
+SR_API sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_t *out);
 
-sr_err_t sr_keymgr_wrap(sr_wrap_alg_t alg, const uint8_t *kek, size_t kek_len, const sr_uuid_t *kek_id,
+SR_API sr_err_t sr_keymgr_wrap(sr_wrap_alg_t alg, const uint8_t *kek, size_t kek_len, const sr_uuid_t *kek_id,
                         uint32_t kek_version, const uint8_t *aad, size_t aad_len, const uint8_t *key,
                         size_t key_len, sr_wrapped_key_t *out) SR_MUST_CHECK;
 /* SR_ERR_WRAP_INTEGRITY when the blob, the AAD or the KEK does not match. */
-sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_key_t *wk, const uint8_t *aad,
+SR_API sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_key_t *wk, const uint8_t *aad,
                           size_t aad_len, uint8_t *key_out, size_t key_cap, size_t *key_len) SR_MUST_CHECK;
 /* Raw RFC 5649 (AES Key Wrap with Padding; KEK of 16, 24 or 32 bytes): output
  * is the key length rounded up to 8, plus 8. */
-sr_err_t sr_keymgr_kwp_wrap(const uint8_t *kek, size_t kek_len, const uint8_t *key, size_t key_len, uint8_t *out,
+SR_API sr_err_t sr_keymgr_kwp_wrap(const uint8_t *kek, size_t kek_len, const uint8_t *key, size_t key_len, uint8_t *out,
                             size_t out_cap, size_t *out_len) SR_MUST_CHECK;
-sr_err_t sr_keymgr_kwp_unwrap(const uint8_t *kek, size_t kek_len, const uint8_t *in, size_t in_len, uint8_t *out,
+SR_API sr_err_t sr_keymgr_kwp_unwrap(const uint8_t *kek, size_t kek_len, const uint8_t *in, size_t in_len, uint8_t *out,
                               size_t out_cap, size_t *out_len) SR_MUST_CHECK;
 
 /* ---- key providers ------------------------------------------------------ */
@@ -60,7 +59,7 @@ sr_err_t sr_keymgr_kwp_unwrap(const uint8_t *kek, size_t kek_len, const uint8_t 
  * DEK version (u32 BE), so a wrapped DEK copied into another tablespace's
  * header, or presented as another version, does not unwrap. */
 #define SR_KEYMGR_DEK_AAD_LEN (6 + SR_UUID_BYTES + 4)
-void sr_keymgr_dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t aad[SR_KEYMGR_DEK_AAD_LEN]);
+SR_API void sr_keymgr_dek_aad(const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t aad[SR_KEYMGR_DEK_AAD_LEN]);
 
 typedef struct sr_keyprov sr_keyprov_t;
 
@@ -81,30 +80,30 @@ typedef struct sr_keyprov_ops {
 } sr_keyprov_ops_t;
 
 /* Wraps an implementation (takes ownership of impl: ops->destroy frees it). */
-sr_err_t sr_keyprov_new(const sr_keyprov_ops_t *ops, void *impl, const char *description,
+SR_API sr_err_t sr_keyprov_new(const sr_keyprov_ops_t *ops, void *impl, const char *description,
                         sr_keyprov_t **out) SR_MUST_CHECK;
-sr_err_t sr_keyprov_dek_create(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+SR_API sr_err_t sr_keyprov_dek_create(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
                                uint8_t *dek_out, sr_wrapped_key_t *wrapped_out) SR_MUST_CHECK;
-sr_err_t sr_keyprov_dek_unwrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+SR_API sr_err_t sr_keyprov_dek_unwrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
                                const sr_wrapped_key_t *wrapped, uint8_t *dek_out) SR_MUST_CHECK;
-sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
+SR_API sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
                                const sr_wrapped_key_t *old_wrapped, sr_wrapped_key_t *new_wrapped) SR_MUST_CHECK;
 /* "keyfile:/etc/strongroom/master.key" — for messages; never secret. */
-const char *sr_keyprov_description(const sr_keyprov_t *kp);
-void sr_keyprov_free(sr_keyprov_t *kp);
+SR_API const char *sr_keyprov_description(const sr_keyprov_t *kp);
+SR_API void sr_keyprov_free(sr_keyprov_t *kp);
 
 /* Local key-file provider. The file holds one master key (one UUID) in one or
  * more versions of 256 bits each; it is created mode 0600 and refused if group
  * or world can read it. Unwrap uses the version a blob names; create and
  * rewrap use the newest. */
-sr_err_t sr_keyfile_create(const char *path) SR_MUST_CHECK;       /* refuses to overwrite */
-sr_err_t sr_keyfile_rotate(const char *path, uint32_t *new_version) SR_MUST_CHECK; /* adds a version */
+SR_API sr_err_t sr_keyfile_create(const char *path) SR_MUST_CHECK;       /* refuses to overwrite */
+SR_API sr_err_t sr_keyfile_rotate(const char *path, uint32_t *new_version) SR_MUST_CHECK; /* adds a version */
 /* Master key id and newest version, without keeping the key material. */
-sr_err_t sr_keyfile_describe(const char *path, sr_uuid_t *id, uint32_t *newest_version) SR_MUST_CHECK;
-sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_keyfile_describe(const char *path, sr_uuid_t *id, uint32_t *newest_version) SR_MUST_CHECK;
+SR_API sr_err_t sr_keyprov_keyfile_open(const char *path, sr_keyprov_t **out) SR_MUST_CHECK;
 /* The same provider over one master key held by the caller (version 1), e.g.
  * a root key derived from a passphrase; the key is copied into locked memory. */
-sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_KEY_BYTES], const char *description,
+SR_API sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_KEY_BYTES], const char *description,
                                sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* KMS provider: DEKs wrapped by a master key that never leaves the KMS (KMIP
@@ -113,23 +112,23 @@ sr_err_t sr_keyprov_rawkey_new(const sr_uuid_t *id, const uint8_t key[SR_KEYMGR_
  * ca, cert, key, master_key = UID, timeout) lists servers tried in order: a
  * server that cannot be reached is skipped, a refusal is final. Works with
  * kmsd and any KMIP 1.4 server with AES-GCM (PyKMIP's among them). */
-sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* Agent provider: asks the host's tde-agent over its Unix socket (the wire
  * format is in keyprov_agent.c); the agent checks the caller and asks kmsd. */
-sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **out) SR_MUST_CHECK;
 
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
 typedef struct sr_keycache sr_keycache_t;
-sr_err_t sr_keycache_new(size_t max_entries, uint64_t default_ttl_ms, sr_keycache_t **out) SR_MUST_CHECK;
-sr_err_t sr_keycache_put(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, const uint8_t *key,
+SR_API sr_err_t sr_keycache_new(size_t max_entries, uint64_t default_ttl_ms, sr_keycache_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_keycache_put(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, const uint8_t *key,
                          size_t key_len, uint64_t ttl_ms) SR_MUST_CHECK;
 /* Copies the key into the caller's buffer; SR_ERR_NOT_FOUND or SR_ERR_KEY_EXPIRED. */
-sr_err_t sr_keycache_get(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, uint8_t *key_out,
+SR_API sr_err_t sr_keycache_get(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t version, uint8_t *key_out,
                          size_t key_cap, size_t *key_len) SR_MUST_CHECK;
 /* Wipes one key (all versions), or every key when id is NULL. */
-void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id);
-void sr_keycache_free(sr_keycache_t *kc);
+SR_API void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id);
+SR_API void sr_keycache_free(sr_keycache_t *kc);
 
 /* The KMIP codec, messages and client are declared in kmip.h. */
 

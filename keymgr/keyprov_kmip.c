@@ -13,6 +13,7 @@
  * final. One mutex serialises calls (the VFS may open from several threads).
  */
 #include "keymgr.h"
+#include "kmip.h"
 
 #include <pthread.h>
 #include <stdio.h>

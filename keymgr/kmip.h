@@ -37,8 +37,8 @@ typedef enum sr_kmip_tag { SR_KMIP_TAG_TABLE(SR_KMIP_TAG_ENUM_) } sr_kmip_tag_t;
 #undef SR_KMIP_TAG_ENUM_
 
 /* "UniqueIdentifier"-style names; NULL for a tag not in the table. */
-const char *sr_kmip_tag_name(uint32_t tag);
-const char *sr_kmip_type_name(uint8_t type);
+SR_API const char *sr_kmip_tag_name(uint32_t tag);
+SR_API const char *sr_kmip_type_name(uint8_t type);
 
 #define SR_KMIP_MAX_DEPTH 16
 #define SR_KMIP_MAX_MESSAGE (16u << 20)
@@ -66,14 +66,14 @@ typedef struct sr_kmip_tree {
 
 /* Decodes exactly one item (the whole buffer). SR_ERR_KMIP_DECODE with the
  * offset and reason, SR_ERR_KMIP_DEPTH past SR_KMIP_MAX_DEPTH. */
-sr_err_t sr_kmip_decode(const uint8_t *buf, size_t len, sr_kmip_tree_t *tree) SR_MUST_CHECK;
-void sr_kmip_tree_free(sr_kmip_tree_t *tree);
+SR_API sr_err_t sr_kmip_decode(const uint8_t *buf, size_t len, sr_kmip_tree_t *tree) SR_MUST_CHECK;
+SR_API void sr_kmip_tree_free(sr_kmip_tree_t *tree);
 /* The first child of `parent` with `tag` (and `type` unless 0); -1 if none. */
-int32_t sr_kmip_child(const sr_kmip_tree_t *t, int32_t parent, uint32_t tag, uint8_t type);
+SR_API int32_t sr_kmip_child(const sr_kmip_tree_t *t, int32_t parent, uint32_t tag, uint8_t type);
 /* The next sibling after `after` with the same tag; -1 if none. */
-int32_t sr_kmip_next_same(const sr_kmip_tree_t *t, int32_t after);
+SR_API int32_t sr_kmip_next_same(const sr_kmip_tree_t *t, int32_t after);
 /* Pretty JSON for debugging (malloc'd; free it). */
-char *sr_kmip_to_json(const sr_kmip_tree_t *t, int32_t root);
+SR_API char *sr_kmip_to_json(const sr_kmip_tree_t *t, int32_t root);
 
 /* ---- encoder ----------------------------------------------------------------- */
 
@@ -85,26 +85,26 @@ typedef struct sr_kmip_enc {
     sr_err_t err; /* sticky: the first failure */
 } sr_kmip_enc_t;
 
-void sr_kmip_enc_init(sr_kmip_enc_t *e);
-void sr_kmip_enc_free(sr_kmip_enc_t *e);
-void sr_kmip_begin(sr_kmip_enc_t *e, uint32_t tag);
-void sr_kmip_end(sr_kmip_enc_t *e);
-void sr_kmip_put_int(sr_kmip_enc_t *e, uint32_t tag, int32_t v);
-void sr_kmip_put_long(sr_kmip_enc_t *e, uint32_t tag, int64_t v);
-void sr_kmip_put_bigint(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *be, size_t len); /* len % 8 == 0 */
-void sr_kmip_put_enum(sr_kmip_enc_t *e, uint32_t tag, uint32_t v);
-void sr_kmip_put_bool(sr_kmip_enc_t *e, uint32_t tag, int v);
-void sr_kmip_put_text(sr_kmip_enc_t *e, uint32_t tag, const char *s);
-void sr_kmip_put_bytes(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *b, size_t len);
-void sr_kmip_put_datetime(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_seconds);
-void sr_kmip_put_interval(sr_kmip_enc_t *e, uint32_t tag, uint32_t seconds);
-void sr_kmip_put_datetime_ext(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_us);
+SR_API void sr_kmip_enc_init(sr_kmip_enc_t *e);
+SR_API void sr_kmip_enc_free(sr_kmip_enc_t *e);
+SR_API void sr_kmip_begin(sr_kmip_enc_t *e, uint32_t tag);
+SR_API void sr_kmip_end(sr_kmip_enc_t *e);
+SR_API void sr_kmip_put_int(sr_kmip_enc_t *e, uint32_t tag, int32_t v);
+SR_API void sr_kmip_put_long(sr_kmip_enc_t *e, uint32_t tag, int64_t v);
+SR_API void sr_kmip_put_bigint(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *be, size_t len); /* len % 8 == 0 */
+SR_API void sr_kmip_put_enum(sr_kmip_enc_t *e, uint32_t tag, uint32_t v);
+SR_API void sr_kmip_put_bool(sr_kmip_enc_t *e, uint32_t tag, int v);
+SR_API void sr_kmip_put_text(sr_kmip_enc_t *e, uint32_t tag, const char *s);
+SR_API void sr_kmip_put_bytes(sr_kmip_enc_t *e, uint32_t tag, const uint8_t *b, size_t len);
+SR_API void sr_kmip_put_datetime(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_seconds);
+SR_API void sr_kmip_put_interval(sr_kmip_enc_t *e, uint32_t tag, uint32_t seconds);
+SR_API void sr_kmip_put_datetime_ext(sr_kmip_enc_t *e, uint32_t tag, int64_t unix_us);
 /* Drops what was encoded after (len, depth), a point taken earlier from
  * e->len and e->depth, and clears a failure since then (a server answering
  * a failed operation without its half-written payload). */
-void sr_kmip_enc_rewind(sr_kmip_enc_t *e, size_t len, int depth);
+SR_API void sr_kmip_enc_rewind(sr_kmip_enc_t *e, size_t len, int depth);
 /* Checks every structure is closed; the bytes stay in e->buf / e->len. */
-sr_err_t sr_kmip_enc_finish(sr_kmip_enc_t *e) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_enc_finish(sr_kmip_enc_t *e) SR_MUST_CHECK;
 
 /* ---- specification enumerations we use ----------------------------------------- */
 
@@ -143,8 +143,8 @@ typedef struct sr_kmip_version {
 
 /* Starts a one-batch-item request; the caller adds the payload's fields
  * between sr_kmip_request_begin() and sr_kmip_request_end(). */
-void sr_kmip_request_begin(sr_kmip_enc_t *e, sr_kmip_version_t v, uint32_t operation);
-void sr_kmip_request_end(sr_kmip_enc_t *e);
+SR_API void sr_kmip_request_begin(sr_kmip_enc_t *e, sr_kmip_version_t v, uint32_t operation);
+SR_API void sr_kmip_request_end(sr_kmip_enc_t *e);
 
 /* A decoded response's single batch item. */
 typedef struct sr_kmip_response {
@@ -161,9 +161,9 @@ typedef struct sr_kmip_response {
 
 /* Parses a Response Message with one batch item; a failed operation is
  * SR_ERR_KMIP_RESULT with status, reason and message in the detail. */
-sr_err_t sr_kmip_response_parse(const uint8_t *buf, size_t len, uint32_t expect_operation,
+SR_API sr_err_t sr_kmip_response_parse(const uint8_t *buf, size_t len, uint32_t expect_operation,
                                 sr_kmip_response_t *out) SR_MUST_CHECK;
-void sr_kmip_response_free(sr_kmip_response_t *r);
+SR_API void sr_kmip_response_free(sr_kmip_response_t *r);
 
 /* ---- client ------------------------------------------------------------------------- */
 
@@ -178,16 +178,16 @@ typedef struct sr_kmip_client_options {
 
 typedef struct sr_kmip_client sr_kmip_client_t;
 
-sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
 /* "host:port" (the last colon separates them) into host and port;
  * SR_ERR_CONFIG naming the text otherwise. */
-sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port) SR_MUST_CHECK;
-void sr_kmip_client_free(sr_kmip_client_t *c);
+SR_API sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port) SR_MUST_CHECK;
+SR_API void sr_kmip_client_free(sr_kmip_client_t *c);
 /* One request, one response, on the kept connection. Idempotent operations
  * (Get, Locate, Query, Discover Versions, Get Attributes, Encrypt, Decrypt)
  * are retried once on a fresh connection after a network failure; others
  * are not: their error says the outcome is unknown. */
-sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *request, uint32_t operation,
+SR_API sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *request, uint32_t operation,
                              sr_kmip_response_t *out) SR_MUST_CHECK;
 
 /* The operations database TDE uses. Unique identifiers are NUL-terminated. */
@@ -203,10 +203,10 @@ typedef struct sr_kmip_key_template {
     const char *custom_value; /* its text value */
 } sr_kmip_key_template_t;
 
-sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t,
+SR_API sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t,
                                 char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
 /* Register: the server stores a key we made (Raw AES key material). */
-sr_err_t sr_kmip_register_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t, const uint8_t *key,
+SR_API sr_err_t sr_kmip_register_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t, const uint8_t *key,
                                   size_t key_len, char uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
 
 typedef struct sr_kmip_key_attributes {
@@ -216,35 +216,35 @@ typedef struct sr_kmip_key_attributes {
     int32_t length;
     char name[SR_KMIP_UID_MAX], group[SR_KMIP_UID_MAX];
 } sr_kmip_key_attributes_t;
-sr_err_t sr_kmip_get_attributes(sr_kmip_client_t *c, const char *uid, sr_kmip_key_attributes_t *out) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_get_attributes(sr_kmip_client_t *c, const char *uid, sr_kmip_key_attributes_t *out) SR_MUST_CHECK;
 /* Re-key: a new key replacing `uid` (same attributes, new material); new_uid out. */
-sr_err_t sr_kmip_rekey(sr_kmip_client_t *c, const char *uid, char new_uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_rekey(sr_kmip_client_t *c, const char *uid, char new_uid[SR_KMIP_UID_MAX]) SR_MUST_CHECK;
 /* Query Operations: what the server supports. */
-sr_err_t sr_kmip_query_operations(sr_kmip_client_t *c, uint32_t *ops, size_t max, size_t *n) SR_MUST_CHECK;
-sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, size_t cap, size_t *len) SR_MUST_CHECK;
-sr_err_t sr_kmip_activate(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
-sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_code, const char *message) SR_MUST_CHECK;
-sr_err_t sr_kmip_destroy(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
-sr_err_t sr_kmip_locate_by_name(sr_kmip_client_t *c, const char *name, char (*uids)[SR_KMIP_UID_MAX], size_t max,
+SR_API sr_err_t sr_kmip_query_operations(sr_kmip_client_t *c, uint32_t *ops, size_t max, size_t *n) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_get_key(sr_kmip_client_t *c, const char *uid, uint8_t *key, size_t cap, size_t *len) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_activate(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_revoke(sr_kmip_client_t *c, const char *uid, uint32_t reason_code, const char *message) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_destroy(sr_kmip_client_t *c, const char *uid) SR_MUST_CHECK;
+SR_API sr_err_t sr_kmip_locate_by_name(sr_kmip_client_t *c, const char *name, char (*uids)[SR_KMIP_UID_MAX], size_t max,
                                 size_t *found) SR_MUST_CHECK;
 /* Locate by name and/or object group (NULL: any); found counts every match,
  * uids holds the first max of them, newest first. */
-sr_err_t sr_kmip_locate(sr_kmip_client_t *c, const char *name, const char *group, char (*uids)[SR_KMIP_UID_MAX],
+SR_API sr_err_t sr_kmip_locate(sr_kmip_client_t *c, const char *name, const char *group, char (*uids)[SR_KMIP_UID_MAX],
                         size_t max, size_t *found) SR_MUST_CHECK;
 /* AES-GCM through the server: iv in, ciphertext || tag out (and back). */
-sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+SR_API sr_err_t sr_kmip_encrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
-sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
+SR_API sr_err_t sr_kmip_decrypt(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len, const uint8_t *in,
                          size_t in_len, uint8_t *out, size_t cap, size_t *out_len) SR_MUST_CHECK;
 /* The same with Authenticated Encryption Additional Data (KMIP 1.4). */
-sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+SR_API sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
                               const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                               size_t cap, size_t *out_len) SR_MUST_CHECK;
-sr_err_t sr_kmip_decrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
+SR_API sr_err_t sr_kmip_decrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
                               const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                               size_t cap, size_t *out_len) SR_MUST_CHECK;
 /* The protocol versions the server offers, newest first. */
-sr_err_t sr_kmip_discover_versions(sr_kmip_client_t *c, sr_kmip_version_t *versions, size_t max,
+SR_API sr_err_t sr_kmip_discover_versions(sr_kmip_client_t *c, sr_kmip_version_t *versions, size_t max,
                                    size_t *n) SR_MUST_CHECK;
 
 #ifdef __cplusplus

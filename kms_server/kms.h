@@ -14,6 +14,7 @@
 #define STRONGROOM_KMS_H
 
 #include "keymgr.h"
+#include "kmip.h"
 
 #include <stdint.h>
 

@@ -34,7 +34,6 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_CANNOT = 3 };
 
 static const sr_config_key_t client_schema[] = {
     {"client", "host", SR_CONFIG_STRING, "127.0.0.1", 0},
@@ -96,7 +95,7 @@ static int fail_with(int status, const char *what)
     return status;
 }
 
-static int status_for(sr_err_t rc) { return rc == SR_ERR_KMIP_RESULT ? EXIT_REFUSED : EXIT_CANNOT; }
+static int status_for(sr_err_t rc) { return rc == SR_ERR_KMIP_RESULT ? SR_EXIT_FAILED : SR_EXIT_CANNOT; }
 
 static int parse_int(const char *flag, const char *text, int lo, int hi, int *out)
 {
@@ -134,21 +133,21 @@ static int load_config(const char *path)
     if (!path) path = getenv("KMSCTL_CONFIG");
     if (!path) path = "kmsctl.conf";
     if (sr_config_load(path, client_schema, sizeof client_schema / sizeof client_schema[0], &cfg) != SR_OK)
-        return fail_with(EXIT_CANNOT, "configuration (--config FILE, $KMSCTL_CONFIG or ./kmsctl.conf)");
+        return fail_with(SR_EXIT_CANNOT, "configuration (--config FILE, $KMSCTL_CONFIG or ./kmsctl.conf)");
     return 0;
 }
 
 static int connect_kms(sr_kmip_client_t **c)
 {
     int64_t port = 0;
-    if (sr_config_get_int(cfg, "client", "port", &port) != SR_OK) return fail_with(EXIT_CANNOT, "configuration");
+    if (sr_config_get_int(cfg, "client", "port", &port) != SR_OK) return fail_with(SR_EXIT_CANNOT, "configuration");
     sr_kmip_client_options_t o = {.host = sr_config_get(cfg, "client", "host"), .port = (uint16_t)port,
                                   .verify_name = sr_config_get(cfg, "client", "server_name"),
                                   .ca_file = sr_config_get(cfg, "client", "ca"),
                                   .cert_file = sr_config_get(cfg, "client", "cert"),
                                   .key_file = sr_config_get(cfg, "client", "key"), .timeout_ms = 10000,
                                   .version = {1, 4}};
-    return sr_kmip_client_new(&o, c) == SR_OK ? 0 : fail_with(EXIT_CANNOT, "KMS client");
+    return sr_kmip_client_new(&o, c) == SR_OK ? 0 : fail_with(SR_EXIT_CANNOT, "KMS client");
 }
 
 static sr_keyprov_t *store_root;
@@ -159,7 +158,7 @@ static int open_store(kms_store_t **s)
     sr_err_t rc = kms_root_provider(path, sr_config_get(cfg, "local", "root_key_file"),
                                     sr_config_get(cfg, "local", "passphrase_file"), 0, &store_root);
     if (rc == SR_OK) rc = kms_store_open_encrypted(path, store_root, s);
-    return rc == SR_OK ? 0 : fail_with(EXIT_CANNOT, "key store");
+    return rc == SR_OK ? 0 : fail_with(SR_EXIT_CANNOT, "key store");
 }
 
 /* ---- init ------------------------------------------------------------------------------------ */
@@ -217,16 +216,16 @@ static int cmd_init(int argc, char **argv)
     opts_t o = {0};
     int port = 0;
     if (parse("init", argc, argv, allowed, 0, &o) || (o.port && parse_int("--port", o.port, 1, 65535, &port)))
-        return EXIT_USAGE;
-    if (!o.dir) return fprintf(stderr, "kmsctl: init: --dir DIR is required\n"), EXIT_USAGE;
+        return SR_EXIT_USAGE;
+    if (!o.dir) return fprintf(stderr, "kmsctl: init: --dir DIR is required\n"), SR_EXIT_USAGE;
     int passphrase = o.passphrase_file || getenv("KMSD_PASSPHRASE");
     if (mkdir(o.dir, 0700) != 0 && errno != EEXIST)
-        return fprintf(stderr, "kmsctl: init: cannot create %s: %s\n", o.dir, strerror(errno)), EXIT_CANNOT;
+        return fprintf(stderr, "kmsctl: init: cannot create %s: %s\n", o.dir, strerror(errno)), SR_EXIT_CANNOT;
     char store[4200], root_key[4200], prefix[4200];
     snprintf(store, sizeof store, "%s/store.db", o.dir);
     snprintf(root_key, sizeof root_key, "%s/root.key", o.dir);
     if (access(store, F_OK) == 0)
-        return fprintf(stderr, "kmsctl: init: %s exists: refusing to overwrite a key store\n", store), EXIT_CANNOT;
+        return fprintf(stderr, "kmsctl: init: %s exists: refusing to overwrite a key store\n", store), SR_EXIT_CANNOT;
     sr_keyprov_t *root = NULL;
     kms_store_t *s = NULL;
     sr_err_t rc = kms_pki_make_ca(o.dir, 3650);
@@ -241,7 +240,7 @@ static int cmd_init(int argc, char **argv)
     if (rc == SR_OK) rc = write_configs(&o, o.dir, passphrase);
     kms_store_close(s);
     sr_keyprov_free(root);
-    if (rc != SR_OK) return fail_with(EXIT_CANNOT, "init");
+    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "init");
     printf("kmsctl: initialised %s\n"
            "  CA:          ca.pem (ca.key signs new client certificates: keep it offline in production)\n"
            "  server:      server.pem / server.key (CN %s)\n"
@@ -281,8 +280,8 @@ static void print_key(const char *uid, const sr_kmip_key_attributes_t *a, int js
 static int key_create(sr_kmip_client_t *c, const opts_t *o)
 {
     int bits = 256;
-    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key create NAME\n"), EXIT_USAGE;
-    if (o->bits && parse_int("--bits", o->bits, 128, 256, &bits)) return EXIT_USAGE;
+    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key create NAME\n"), SR_EXIT_USAGE;
+    if (o->bits && parse_int("--bits", o->bits, 128, 256, &bits)) return SR_EXIT_USAGE;
     sr_kmip_key_template_t t = {.name = o->args[0], .group = o->group, .bits = bits,
                                 .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT | SR_KMIP_USAGE_WRAP |
                                               SR_KMIP_USAGE_UNWRAP};
@@ -299,7 +298,7 @@ static int key_list(sr_kmip_client_t *c, const opts_t *o)
     enum { MAX = 10000 };
     char(*uids)[SR_KMIP_UID_MAX] = malloc(MAX * sizeof *uids);
     size_t n = 0;
-    if (!uids) return EXIT_CANNOT;
+    if (!uids) return SR_EXIT_CANNOT;
     if (sr_kmip_locate(c, o->name, o->group, uids, MAX, &n) != SR_OK) {
         free(uids);
         return fail_with(status_for(sr_err_last()), "key list");
@@ -322,7 +321,7 @@ static int key_list(sr_kmip_client_t *c, const opts_t *o)
 
 static int key_one(sr_kmip_client_t *c, const char *verb, const opts_t *o)
 {
-    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key %s UID\n", verb), EXIT_USAGE;
+    if (o->n_args != 1) return fprintf(stderr, "kmsctl: key %s UID\n", verb), SR_EXIT_USAGE;
     const char *uid = o->args[0];
     sr_err_t rc = SR_OK;
     char new_uid[SR_KMIP_UID_MAX] = "", what[200];
@@ -335,11 +334,11 @@ static int key_one(sr_kmip_client_t *c, const char *verb, const opts_t *o)
     } else if (!strcmp(verb, "rotate")) {
         if ((rc = sr_kmip_rekey(c, uid, new_uid)) == SR_OK) printf("%s\n", new_uid);
     } else if (!strcmp(verb, "revoke")) {
-        if (!confirmed(o, what)) return EXIT_USAGE;
+        if (!confirmed(o, what)) return SR_EXIT_USAGE;
         rc = sr_kmip_revoke(c, uid, o->compromise ? SR_KMIP_REVOKE_KEY_COMPROMISE : SR_KMIP_REVOKE_CESSATION,
                             "revoked with kmsctl");
     } else if (!strcmp(verb, "destroy")) {
-        if (!confirmed(o, what)) return EXIT_USAGE;
+        if (!confirmed(o, what)) return SR_EXIT_USAGE;
         rc = sr_kmip_destroy(c, uid);
     }
     return rc == SR_OK ? 0 : fail_with(status_for(rc), what);
@@ -347,10 +346,10 @@ static int key_one(sr_kmip_client_t *c, const char *verb, const opts_t *o)
 
 static int key_grant(const opts_t *o)
 {
-    if (o->n_args != 2) return fprintf(stderr, "kmsctl: key grant UID PRINCIPAL\n"), EXIT_USAGE;
+    if (o->n_args != 2) return fprintf(stderr, "kmsctl: key grant UID PRINCIPAL\n"), SR_EXIT_USAGE;
     kms_store_t *s = NULL;
     kms_object_t obj;
-    if (open_store(&s)) return EXIT_CANNOT;
+    if (open_store(&s)) return SR_EXIT_CANNOT;
     sr_err_t rc = kms_store_begin(s);
     if (rc == SR_OK) rc = kms_object_load(s, o->args[0], &obj);
     if (rc == SR_ERR_NOT_FOUND) rc = sr_err_set(rc, "no key %s", o->args[0]);
@@ -358,7 +357,7 @@ static int key_grant(const opts_t *o)
     if (rc == SR_OK) rc = kms_store_commit(s);
     if (rc != SR_OK) kms_store_rollback(s);
     kms_store_close(s);
-    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? EXIT_REFUSED : EXIT_CANNOT, "key grant");
+    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "key grant");
     sr_event_t ev = {.component = "kms", .event = "key.grant", .subject = "kmsctl", .object = o->args[0],
                      .outcome = "success", .detail = o->args[1], .source = "local"};
     (void)sr_event_emit(&ev);
@@ -380,23 +379,23 @@ static int cmd_key(int argc, char **argv)
     static const struct { const char *verb; int options, args; } verbs[] = {
         {"create", 0, 1}, {"list", 1, 0}, {"show", 2, 1}, {"activate", 5, 1}, {"rotate", 5, 1},
         {"revoke", 3, 1}, {"destroy", 4, 1}, {"grant", 5, 2}};
-    if (argc < 1) return fprintf(stderr, "kmsctl: key create|list|show|activate|revoke|destroy|rotate|grant\n"), EXIT_USAGE;
+    if (argc < 1) return fprintf(stderr, "kmsctl: key create|list|show|activate|revoke|destroy|rotate|grant\n"), SR_EXIT_USAGE;
     for (size_t v = 0; v < sizeof verbs / sizeof verbs[0]; v++) {
         if (strcmp(argv[0], verbs[v].verb) != 0) continue;
         opts_t o = {0};
         char cmd[32];
         snprintf(cmd, sizeof cmd, "key %s", verbs[v].verb);
-        if (parse(cmd, argc - 1, argv + 1, allowed_by_verb[verbs[v].options], verbs[v].args, &o)) return EXIT_USAGE;
+        if (parse(cmd, argc - 1, argv + 1, allowed_by_verb[verbs[v].options], verbs[v].args, &o)) return SR_EXIT_USAGE;
         if (!strcmp(argv[0], "grant")) return key_grant(&o);
         sr_kmip_client_t *c = NULL;
-        if (connect_kms(&c)) return EXIT_CANNOT;
+        if (connect_kms(&c)) return SR_EXIT_CANNOT;
         int status = !strcmp(argv[0], "create") ? key_create(c, &o)
                      : !strcmp(argv[0], "list") ? key_list(c, &o)
                                                 : key_one(c, argv[0], &o);
         sr_kmip_client_free(c);
         return status;
     }
-    return fprintf(stderr, "kmsctl: key: unknown command '%s'\n", argv[0]), EXIT_USAGE;
+    return fprintf(stderr, "kmsctl: key: unknown command '%s'\n", argv[0]), SR_EXIT_USAGE;
 }
 
 /* ---- certificates ------------------------------------------------------------------------------ */
@@ -422,23 +421,23 @@ static int cmd_cert(int argc, char **argv)
     static const option_t allowed_list[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
     static const option_t allowed_revoke[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
     static const option_t allowed_issue[] = {OPT_VALUE("--role", role), OPT_VALUE("--days", days), {NULL, 0, 0}};
-    if (argc < 1) return fprintf(stderr, "kmsctl: cert issue|revoke|list\n"), EXIT_USAGE;
+    if (argc < 1) return fprintf(stderr, "kmsctl: cert issue|revoke|list\n"), SR_EXIT_USAGE;
     opts_t o = {0};
     const char *verb = argv[0];
     int is_list = !strcmp(verb, "list"), is_issue = !strcmp(verb, "issue"), is_revoke = !strcmp(verb, "revoke");
-    if (!is_list && !is_issue && !is_revoke) return fprintf(stderr, "kmsctl: cert: unknown command '%s'\n", verb), EXIT_USAGE;
+    if (!is_list && !is_issue && !is_revoke) return fprintf(stderr, "kmsctl: cert: unknown command '%s'\n", verb), SR_EXIT_USAGE;
     if (parse(is_list ? "cert list" : is_issue ? "cert issue" : "cert revoke", argc - 1, argv + 1,
               is_list ? allowed_list : is_issue ? allowed_issue : allowed_revoke, is_list ? 0 : 1, &o))
-        return EXIT_USAGE;
-    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: cert %s NAME\n", verb), EXIT_USAGE;
+        return SR_EXIT_USAGE;
+    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: cert %s NAME\n", verb), SR_EXIT_USAGE;
     kms_role_t role = KMS_ROLE_APPLICATION;
     int days = 365;
     if (is_issue && (!o.role || kms_role_parse(o.role, &role) != SR_OK))
-        return fprintf(stderr, "kmsctl: cert issue: --role admin|application|node|auditor is required\n"), EXIT_USAGE;
-    if (o.days && parse_int("--days", o.days, 1, 3650, &days)) return EXIT_USAGE;
-    if (is_revoke && !confirmed(&o, "revoke every certificate of this principal")) return EXIT_USAGE;
+        return fprintf(stderr, "kmsctl: cert issue: --role admin|application|node|auditor is required\n"), SR_EXIT_USAGE;
+    if (o.days && parse_int("--days", o.days, 1, 3650, &days)) return SR_EXIT_USAGE;
+    if (is_revoke && !confirmed(&o, "revoke every certificate of this principal")) return SR_EXIT_USAGE;
     kms_store_t *s = NULL;
-    if (open_store(&s)) return EXIT_CANNOT;
+    if (open_store(&s)) return SR_EXIT_CANNOT;
     sr_err_t rc = SR_OK;
     if (is_list) {
         int first = o.json ? 1 : -1;
@@ -466,7 +465,7 @@ static int cmd_cert(int argc, char **argv)
                                 o.args[0]);
     }
     kms_store_close(s);
-    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND ? EXIT_REFUSED : EXIT_CANNOT, verb);
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, verb);
 }
 
 /* ---- join tokens and nodes ------------------------------------------------------------------------ */
@@ -477,22 +476,22 @@ static int cmd_token(int argc, char **argv)
                                        {NULL, 0, 0}};
     opts_t o = {0};
     if (argc < 1 || strcmp(argv[0], "create") != 0)
-        return fprintf(stderr, "kmsctl: token create [--group G] [--ttl 1h] [--uses 1]\n"), EXIT_USAGE;
-    if (parse("token create", argc - 1, argv + 1, allowed, 0, &o)) return EXIT_USAGE;
+        return fprintf(stderr, "kmsctl: token create [--group G] [--ttl 1h] [--uses 1]\n"), SR_EXIT_USAGE;
+    if (parse("token create", argc - 1, argv + 1, allowed, 0, &o)) return SR_EXIT_USAGE;
     uint64_t ttl_ms = 3600000;
     int uses = 1;
     if (o.ttl && (sr_parse_duration_ms(o.ttl, &ttl_ms) != SR_OK || ttl_ms < 1000))
-        return fprintf(stderr, "kmsctl: --ttl '%s' is not a duration (30s, 10m, 1h, 7d)\n", o.ttl), EXIT_USAGE;
-    if (o.uses && parse_int("--uses", o.uses, 1, 100000, &uses)) return EXIT_USAGE;
+        return fprintf(stderr, "kmsctl: --ttl '%s' is not a duration (30s, 10m, 1h, 7d)\n", o.ttl), SR_EXIT_USAGE;
+    if (o.uses && parse_int("--uses", o.uses, 1, 100000, &uses)) return SR_EXIT_USAGE;
     kms_store_t *s = NULL;
     char token[65];
-    if (open_store(&s)) return EXIT_CANNOT;
+    if (open_store(&s)) return SR_EXIT_CANNOT;
     sr_err_t rc = kms_store_begin(s);
     if (rc == SR_OK) rc = kms_token_create(s, o.group, uses, (int64_t)(ttl_ms / 1000), token);
     if (rc == SR_OK) rc = kms_store_commit(s);
     if (rc != SR_OK) kms_store_rollback(s);
     kms_store_close(s);
-    if (rc != SR_OK) return fail_with(EXIT_CANNOT, "token create");
+    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "token create");
     sr_event_t ev = {.component = "kms", .event = "token.created", .subject = "kmsctl", .object = o.group,
                      .outcome = "success", .source = "local", .detail = "a join token (only its hash is stored)"};
     (void)sr_event_emit(&ev);
@@ -526,18 +525,18 @@ static int cmd_node(int argc, char **argv)
 {
     static const option_t allowed_json[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
     static const option_t allowed_yes[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
-    if (argc < 1) return fprintf(stderr, "kmsctl: node list|show|revoke\n"), EXIT_USAGE;
+    if (argc < 1) return fprintf(stderr, "kmsctl: node list|show|revoke\n"), SR_EXIT_USAGE;
     const char *verb = argv[0];
     int is_list = !strcmp(verb, "list"), is_show = !strcmp(verb, "show"), is_revoke = !strcmp(verb, "revoke");
-    if (!is_list && !is_show && !is_revoke) return fprintf(stderr, "kmsctl: node: unknown command '%s'\n", verb), EXIT_USAGE;
+    if (!is_list && !is_show && !is_revoke) return fprintf(stderr, "kmsctl: node: unknown command '%s'\n", verb), SR_EXIT_USAGE;
     opts_t o = {0};
     if (parse(is_list ? "node list" : is_show ? "node show" : "node revoke", argc - 1, argv + 1,
               is_revoke ? allowed_yes : allowed_json, is_list ? 0 : 1, &o))
-        return EXIT_USAGE;
-    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: node %s UUID\n", verb), EXIT_USAGE;
-    if (is_revoke && !confirmed(&o, "revoke this node (its key and certificate)")) return EXIT_USAGE;
+        return SR_EXIT_USAGE;
+    if (!is_list && o.n_args != 1) return fprintf(stderr, "kmsctl: node %s UUID\n", verb), SR_EXIT_USAGE;
+    if (is_revoke && !confirmed(&o, "revoke this node (its key and certificate)")) return SR_EXIT_USAGE;
     kms_store_t *s = NULL;
-    if (open_store(&s)) return EXIT_CANNOT;
+    if (open_store(&s)) return SR_EXIT_CANNOT;
     sr_err_t rc = SR_OK;
     int first = o.json ? 1 : -1;
     kms_node_t n;
@@ -565,7 +564,7 @@ static int cmd_node(int argc, char **argv)
         (void)sr_event_emit(&ev);
     }
     kms_store_close(s);
-    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND || rc == SR_ERR_STATE ? EXIT_REFUSED : EXIT_CANNOT, verb);
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND || rc == SR_ERR_STATE ? SR_EXIT_FAILED : SR_EXIT_CANNOT, verb);
 }
 
 /* ---- store backup and restore ----------------------------------------------------------------------- */
@@ -585,12 +584,12 @@ static int cmd_store(int argc, char **argv)
     static const option_t allowed[] = {OPT_FLAG("--yes", yes), {NULL, 0, 0}};
     opts_t o = {0};
     int backup = argc >= 1 && !strcmp(argv[0], "backup"), restore = argc >= 1 && !strcmp(argv[0], "restore");
-    if (!backup && !restore) return fprintf(stderr, "kmsctl: store backup FILE | store restore FILE [--yes]\n"), EXIT_USAGE;
+    if (!backup && !restore) return fprintf(stderr, "kmsctl: store backup FILE | store restore FILE [--yes]\n"), SR_EXIT_USAGE;
     if (parse(backup ? "store backup" : "store restore", argc - 1, argv + 1, restore ? allowed : allowed + 1, 1, &o) ||
         o.n_args != 1)
-        return fprintf(stderr, "kmsctl: store %s FILE\n", argv[0]), EXIT_USAGE;
+        return fprintf(stderr, "kmsctl: store %s FILE\n", argv[0]), SR_EXIT_USAGE;
     kms_store_t *s = NULL;
-    if (open_store(&s)) return EXIT_CANNOT; /* proves the root key, registers the VFS with it */
+    if (open_store(&s)) return SR_EXIT_CANNOT; /* proves the root key, registers the VFS with it */
     const char *store = sr_config_get(cfg, "local", "store");
     sr_err_t rc = SR_OK;
     if (backup) {
@@ -601,7 +600,7 @@ static int cmd_store(int argc, char **argv)
         rc = sr_err_set(SR_ERR_STATE, "kmsd is running: stop it before restoring its store");
     } else if (!confirmed(&o, "replace the key store with the backup")) {
         kms_store_close(s);
-        return EXIT_USAGE;
+        return SR_EXIT_USAGE;
     } else {
         kms_store_t *probe = NULL; /* the backup must open under this root key */
         rc = kms_store_open_encrypted(o.args[0], store_root, &probe);
@@ -614,7 +613,7 @@ static int cmd_store(int argc, char **argv)
                      .object = o.args[0], .outcome = rc == SR_OK ? "success" : "failure", .source = "local",
                      .detail = rc == SR_OK ? NULL : sr_err_detail()};
     (void)sr_event_emit(&ev);
-    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_STATE || rc == SR_ERR_EXISTS ? EXIT_REFUSED : EXIT_CANNOT, "store");
+    return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_STATE || rc == SR_ERR_EXISTS ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "store");
 }
 
 /* ---- status ------------------------------------------------------------------------------------- */
@@ -623,9 +622,9 @@ static int cmd_status(int argc, char **argv)
 {
     static const option_t allowed[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
     opts_t o = {0};
-    if (parse("status", argc, argv, allowed, 0, &o)) return EXIT_USAGE;
+    if (parse("status", argc, argv, allowed, 0, &o)) return SR_EXIT_USAGE;
     sr_kmip_client_t *c = NULL;
-    if (connect_kms(&c)) return EXIT_CANNOT;
+    if (connect_kms(&c)) return SR_EXIT_CANNOT;
     sr_kmip_version_t v[8];
     uint32_t ops[64];
     size_t nv = 0, nops = 0;
@@ -637,7 +636,7 @@ static int cmd_status(int argc, char **argv)
     const char *host = sr_config_get(cfg, "client", "host"), *port = sr_config_get(cfg, "client", "port");
     if (rc != SR_OK) {
         if (o.json) printf("{\"status\": \"down\", \"server\": \"%s:%s\"}\n", host, port);
-        return fail_with(EXIT_CANNOT, "status");
+        return fail_with(SR_EXIT_CANNOT, "status");
     }
     if (o.json)
         printf("{\"status\": \"up\", \"server\": \"%s:%s\", \"newest_version\": \"%d.%d\", \"operations\": %zu, "
@@ -674,10 +673,10 @@ int main(int argc, char **argv)
     if (i < argc && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))) return usage(stdout, 0);
     if (i < argc && !strcmp(argv[i], "--version")) return puts("kmsctl (strongroom) " SR_VERSION_STRING), 0;
     if (i + 1 < argc && !strcmp(argv[i], "--config")) config = argv[i + 1], i += 2;
-    if (i >= argc) return usage(stderr, EXIT_USAGE);
-    if (sr_secure_init() != SR_OK) return fail_with(EXIT_CANNOT, "secure memory");
+    if (i >= argc) return usage(stderr, SR_EXIT_USAGE);
+    if (sr_secure_init() != SR_OK) return fail_with(SR_EXIT_CANNOT, "secure memory");
     sr_audit_writer_t *w = NULL;
-    if (sr_audit_open_from_env(&w) != SR_OK) return fail_with(EXIT_CANNOT, "audit log");
+    if (sr_audit_open_from_env(&w) != SR_OK) return fail_with(SR_EXIT_CANNOT, "audit log");
     const char *cmd = argv[i];
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
@@ -685,12 +684,12 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(cmd, commands[k].name) != 0) continue;
         if (i + 1 < argc && !strcmp(argv[i + 1], "--help")) return usage(stdout, 0);
-        if (load_config(config)) return EXIT_CANNOT;
+        if (load_config(config)) return SR_EXIT_CANNOT;
         int status = commands[k].run(argc - i - 1, argv + i + 1);
         sr_config_free(cfg);
         sr_keyprov_free(store_root);
         return status;
     }
     fprintf(stderr, "kmsctl: unknown command '%s'\n", cmd);
-    return usage(stderr, EXIT_USAGE);
+    return usage(stderr, SR_EXIT_USAGE);
 }

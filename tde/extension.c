@@ -12,6 +12,7 @@ SQLITE_EXTENSION_INIT1
 #include <string.h>
 
 #include "audit.h"
+#include "tablespace.h"
 #include "tde.h"
 
 __attribute__((visibility("default"))) int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg,
@@ -31,9 +32,12 @@ int sqlite3_strongroom_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_rout
         return SQLITE_ERROR;
     }
     int rc = sr_sqlite_register(NULL, def && strcmp(def, "1") == 0);
-    if (rc == SQLITE_OK) rc = sr_sqlite_register_passthrough(); /* for benchmarks: the shim's own cost */
+#ifdef SR_BENCH_PASSTHROUGH
+    if (rc == SQLITE_OK) rc = sr_sqlite_register_passthrough(); /* strongroom-bench.so: the shim's own cost */
+#endif
     if (rc != SQLITE_OK) {
-        *pzErrMsg = sqlite3_mprintf("strongroom: cannot register the VFS (%s)", sqlite3_errstr(rc));
+        *pzErrMsg = sqlite3_mprintf("strongroom: cannot register the VFS (%s: %s)", sqlite3_errstr(rc),
+                                    sr_err_detail());
         return rc;
     }
     return SQLITE_OK_LOAD_PERMANENTLY;

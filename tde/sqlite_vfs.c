@@ -125,7 +125,10 @@ static provider_entry_t *providers;
 static sr_file_t *open_mains; /* under vfs_lock: for WAL/journal opens through a VFS stacked above */
 static sr_keyprov_t *default_provider;
 static sqlite3_vfs vfs_main, vfs_pass;
-static int registered_main, registered_pass;
+static int registered_main;
+#ifdef SR_BENCH_PASSTHROUGH
+static int registered_pass;
+#endif
 
 static sqlite3_vfs *lower_vfs(sqlite3_vfs *v) { return (sqlite3_vfs *)v->pAppData; }
 static int is_passthrough_vfs(sqlite3_vfs *v) { return v == &vfs_pass; }
@@ -1506,6 +1509,7 @@ int sr_sqlite_register(sr_keyprov_t *provider, int make_default)
     return rc;
 }
 
+#ifdef SR_BENCH_PASSTHROUGH
 int sr_sqlite_register_passthrough(void)
 {
     pthread_mutex_lock(&vfs_lock);
@@ -1513,3 +1517,4 @@ int sr_sqlite_register_passthrough(void)
     pthread_mutex_unlock(&vfs_lock);
     return rc;
 }
+#endif

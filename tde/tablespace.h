@@ -59,4 +59,11 @@ sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint3
 /* DEK rotation: a new key version becomes active for every page written from now on. */
 sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
 
+#ifdef SR_BENCH_PASSTHROUGH
+/* Benchmarks only (strongroom-bench.so, never shipped): registers
+ * "strongroom-passthrough", the same shim with the cipher off, so a benchmark
+ * can tell the shim's own cost from the cipher's. */
+int sr_sqlite_register_passthrough(void);
+#endif
+
 #endif

@@ -56,8 +56,8 @@ typedef enum sr_tde_cipher {
 } sr_tde_cipher_t;
 
 /* "aes-256-gcm" / "chacha20-poly1305" */
-sr_err_t sr_tde_cipher_parse(const char *name, sr_tde_cipher_t *out);
-const char *sr_tde_cipher_name(sr_tde_cipher_t cipher);
+SR_API sr_err_t sr_tde_cipher_parse(const char *name, sr_tde_cipher_t *out);
+SR_API const char *sr_tde_cipher_name(sr_tde_cipher_t cipher);
 
 typedef enum sr_tde_file_kind {
     SR_TDE_FILE_DB = 1,        /* location = page number (1-based) */
@@ -66,7 +66,7 @@ typedef enum sr_tde_file_kind {
     SR_TDE_FILE_SUBJOURNAL = 4, /* location = byte offset of the page image */
     SR_TDE_FILE_JOURNAL_HEADER = 5 /* a seal: location = byte offset of the journal header */
 } sr_tde_file_kind_t;
-const char *sr_tde_file_kind_name(sr_tde_file_kind_t kind);
+SR_API const char *sr_tde_file_kind_name(sr_tde_file_kind_t kind);
 
 /* Where a page image (or a seal) belongs: what its AAD binds. */
 typedef struct sr_tde_place {
@@ -96,66 +96,66 @@ typedef struct sr_tde_space_hooks {
     void *ctx;
 } sr_tde_space_hooks_t;
 
-sr_err_t sr_tde_space_new(const sr_uuid_t *id, sr_tde_cipher_t cipher, sr_tde_space_t **out) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_space_new(const sr_uuid_t *id, sr_tde_cipher_t cipher, sr_tde_space_t **out) SR_MUST_CHECK;
 /* `encryptions_reserved` is the mark from the header: counting resumes there. */
-sr_err_t sr_tde_space_add_key(sr_tde_space_t *space, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
+SR_API sr_err_t sr_tde_space_add_key(sr_tde_space_t *space, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
                               uint64_t encryptions_reserved) SR_MUST_CHECK;
-sr_err_t sr_tde_space_set_active(sr_tde_space_t *space, uint32_t version) SR_MUST_CHECK;
-uint32_t sr_tde_space_active(const sr_tde_space_t *space);
-const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *space);
-sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *space);
-void sr_tde_space_set_hooks(sr_tde_space_t *space, const sr_tde_space_hooks_t *hooks);
+SR_API sr_err_t sr_tde_space_set_active(sr_tde_space_t *space, uint32_t version) SR_MUST_CHECK;
+SR_API uint32_t sr_tde_space_active(const sr_tde_space_t *space);
+SR_API const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *space);
+SR_API sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *space);
+SR_API void sr_tde_space_set_hooks(sr_tde_space_t *space, const sr_tde_space_hooks_t *hooks);
 /* Tests only: a lower limit than SR_TDE_NONCE_LIMIT, and the largest reservation step. */
-void sr_tde_space_set_limits(sr_tde_space_t *space, uint64_t nonce_limit, uint64_t reserve_block);
+SR_API void sr_tde_space_set_limits(sr_tde_space_t *space, uint64_t nonce_limit, uint64_t reserve_block);
 /* Encryptions counted under `version` (for status output and tests). */
-uint64_t sr_tde_space_encryptions(sr_tde_space_t *space, uint32_t version);
+SR_API uint64_t sr_tde_space_encryptions(sr_tde_space_t *space, uint32_t version);
 /* What this process reserved but did not use, for giving it back at close:
  * for each key, [used, reserved). Returns how many entries were filled. */
 typedef struct sr_tde_unused {
     uint32_t version;
     uint64_t used, reserved;
 } sr_tde_unused_t;
-size_t sr_tde_space_unused(sr_tde_space_t *space, sr_tde_unused_t out[SR_TDE_MAX_KEY_VERSIONS]);
+SR_API size_t sr_tde_space_unused(sr_tde_space_t *space, sr_tde_unused_t out[SR_TDE_MAX_KEY_VERSIONS]);
 /* HKDF-SHA256 of the DEK of `version` with `label`: a key for something other
  * than pages (the key header's MAC), never the DEK itself. SR_ERR_TDE_KEY_VERSION
  * if that version is not loaded. */
-sr_err_t sr_tde_space_derive(sr_tde_space_t *space, uint32_t version, const char *label, uint8_t out[32]) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_space_derive(sr_tde_space_t *space, uint32_t version, const char *label, uint8_t out[32]) SR_MUST_CHECK;
 /* The same derivation from a DEK in hand (a header being created). */
-sr_err_t sr_tde_key_derive(const uint8_t dek[SR_TDE_KEY_BYTES], const sr_uuid_t *id, const char *label,
+SR_API sr_err_t sr_tde_key_derive(const uint8_t dek[SR_TDE_KEY_BYTES], const sr_uuid_t *id, const char *label,
                            uint8_t out[32]) SR_MUST_CHECK;
-int sr_tde_space_has_key(sr_tde_space_t *space, uint32_t version);
-void sr_tde_space_free(sr_tde_space_t *space);
+SR_API int sr_tde_space_has_key(sr_tde_space_t *space, uint32_t version);
+SR_API void sr_tde_space_free(sr_tde_space_t *space);
 
 /* ---- page cipher ---------------------------------------------------------- */
 
 /* Per-file (per-thread) context: EVP contexts created once and reused. */
 typedef struct sr_tde_pagectx sr_tde_pagectx_t;
-sr_err_t sr_tde_pagectx_new(sr_tde_space_t *space, sr_tde_pagectx_t **out) SR_MUST_CHECK;
-void sr_tde_pagectx_free(sr_tde_pagectx_t *ctx);
+SR_API sr_err_t sr_tde_pagectx_new(sr_tde_space_t *space, sr_tde_pagectx_t **out) SR_MUST_CHECK;
+SR_API void sr_tde_pagectx_free(sr_tde_pagectx_t *ctx);
 
 /* in -> out (distinct buffers of page_size bytes); writes the trailer. The
  * plaintext's last 32 bytes are not encrypted (they are the trailer's place). */
-sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
+SR_API sr_err_t sr_tde_page_encrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
                              size_t page_size) SR_MUST_CHECK;
 /* In place; on success the trailer bytes are zeroed. SR_ERR_TDE_PAGE_AUTH (the
  * detail names kind, location, key version and reason) or SR_ERR_TDE_KEY_VERSION. */
-sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, uint8_t *page,
+SR_API sr_err_t sr_tde_page_decrypt(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, uint8_t *page,
                              size_t page_size) SR_MUST_CHECK;
 /* The same from `in` into `out` (distinct buffers of page_size bytes): the
  * page lands where the caller wants it without a copy. On failure `out`'s
  * body is wiped. */
-sr_err_t sr_tde_page_decrypt_to(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
+SR_API sr_err_t sr_tde_page_decrypt_to(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place, const uint8_t *in, uint8_t *out,
                                 size_t page_size) SR_MUST_CHECK;
 /* A seal: a trailer (nonce | key version | tag) authenticating the place and
  * its binding with no body, for plaintext structures SQLite acts on (the
  * rollback journal's header). Checking returns SR_ERR_TDE_PAGE_AUTH on mismatch. */
-sr_err_t sr_tde_seal_make(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
+SR_API sr_err_t sr_tde_seal_make(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
                           uint8_t seal[SR_TDE_PAGE_TRAILER]) SR_MUST_CHECK;
-sr_err_t sr_tde_seal_check(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
+SR_API sr_err_t sr_tde_seal_check(sr_tde_pagectx_t *ctx, const sr_tde_place_t *place,
                            const uint8_t seal[SR_TDE_PAGE_TRAILER]) SR_MUST_CHECK;
 /* The trailer's key version, without decrypting (status, verify). */
-uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size);
-int sr_tde_page_size_valid(size_t page_size);
+SR_API uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size);
+SR_API int sr_tde_page_size_valid(size_t page_size);
 
 /* ---- key header ------------------------------------------------------------ */
 
@@ -166,7 +166,7 @@ typedef enum sr_tde_state {
     SR_TDE_STATE_REKEYING = 3,
     SR_TDE_STATE_DECRYPTING = 4,
 } sr_tde_state_t;
-const char *sr_tde_state_name(sr_tde_state_t state);
+SR_API const char *sr_tde_state_name(sr_tde_state_t state);
 
 typedef struct sr_tde_header_key {
     uint32_t version;
@@ -200,12 +200,12 @@ typedef struct sr_tde_header {
 #define SR_TDE_HEADER_KEY_BYTES 32
 
 /* header_key: the key derived from hdr's active DEK. */
-sr_err_t sr_tde_header_encode(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES],
+SR_API sr_err_t sr_tde_header_encode(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES],
                               uint8_t slot[SR_TDE_HEADER_SLOT]) SR_MUST_CHECK;
 /* Structure and checksum only: the MAC needs the key (sr_tde_header_verify). */
-sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *out) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *out) SR_MUST_CHECK;
 /* SR_ERR_AUTH if the MAC does not verify under header_key. */
-sr_err_t sr_tde_header_verify(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES]) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_header_verify(const sr_tde_header_t *hdr, const uint8_t header_key[SR_TDE_HEADER_KEY_BYTES]) SR_MUST_CHECK;
 /* Checks a decoded header's MAC (returns SR_OK, SR_ERR_AUTH, or why it could not). */
 typedef sr_err_t (*sr_tde_header_auth_fn)(void *ctx, const sr_tde_header_t *hdr);
 /* The newest slot of the region that decodes and, with `auth`, authenticates.
@@ -213,20 +213,20 @@ typedef sr_err_t (*sr_tde_header_auth_fn)(void *ctx, const sr_tde_header_t *hdr)
  * naming the slot (never silently the older one). Without `auth` (status
  * without a key) the newest decodable slot. SR_ERR_TDE_NO_HEADER if neither
  * slot has the magic; SR_ERR_CORRUPT / SR_ERR_VERSION otherwise. */
-sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_auth_fn auth, void *auth_ctx,
+SR_API sr_err_t sr_tde_header_pick(const uint8_t region[SR_TDE_HEADER_REGION], sr_tde_header_auth_fn auth, void *auth_ctx,
                             sr_tde_header_t *out, int *slot_out) SR_MUST_CHECK;
-int sr_tde_header_is_present(const uint8_t *buf, size_t len);
-sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t version);
+SR_API int sr_tde_header_is_present(const uint8_t *buf, size_t len);
+SR_API sr_tde_header_key_t *sr_tde_header_find_key(sr_tde_header_t *hdr, uint32_t version);
 
 /* ---- temp files: AES-256-XTS under an ephemeral key ------------------------ */
 typedef struct sr_tde_xts sr_tde_xts_t;
-sr_err_t sr_tde_xts_new(sr_tde_xts_t **out) SR_MUST_CHECK; /* fresh random key in secure memory */
+SR_API sr_err_t sr_tde_xts_new(sr_tde_xts_t **out) SR_MUST_CHECK; /* fresh random key in secure memory */
 /* len >= 16; tweak = the unit's index in the file. */
-sr_err_t sr_tde_xts_encrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
-sr_err_t sr_tde_xts_decrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_xts_encrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_tde_xts_decrypt(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
 /* Units shorter than 16 bytes (a file's tail): a keystream from AES-256-CTR. */
-sr_err_t sr_tde_xts_tail(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
-void sr_tde_xts_free(sr_tde_xts_t *x);
+SR_API sr_err_t sr_tde_xts_tail(sr_tde_xts_t *x, uint64_t tweak, const uint8_t *in, uint8_t *out, size_t len) SR_MUST_CHECK;
+SR_API void sr_tde_xts_free(sr_tde_xts_t *x);
 
 /* ---- the SQLite adapter (tde/sqlite_vfs.c) ----------------------------------- */
 typedef struct sqlite3 sqlite3;
@@ -235,9 +235,7 @@ typedef struct sqlite3 sqlite3;
  * default_provider (may be NULL) serves opens that name no key; the caller
  * keeps it alive while databases are open. make_default: also make
  * strongroom the default VFS. Returns an SQLite result code. */
-int sr_sqlite_register(sr_keyprov_t *default_provider, int make_default);
-/* Benchmarks only: "strongroom-passthrough", the same shim with the cipher off. */
-int sr_sqlite_register_passthrough(void);
+SR_API int sr_sqlite_register(sr_keyprov_t *default_provider, int make_default);
 
 #ifdef __cplusplus
 }
