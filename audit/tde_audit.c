@@ -10,6 +10,7 @@
  *   tde-audit collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]
  *   tde-audit forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]
  *   tde-audit register --dir DIR --cert CERT --key PUB
+ *   tde-audit events [--json]
  *   tde-audit serve --socket PATH --log FILE --sign-key KEY
  *
  * FILES are a log's files oldest first (rotated files sort by name:
@@ -613,6 +614,29 @@ static int cmd_forward(opts_t *o)
     return refused ? SR_EXIT_FAILED : status;
 }
 
+/* The event vocabulary: what every component emits and what its fields hold
+ * (docs/audit.md holds the same table). */
+static int cmd_events(opts_t *o)
+{
+    size_t n = 0;
+    const sr_event_spec_t *v = sr_event_vocabulary(&n);
+    if (o->json) printf("{\"events\": [");
+    else printf("| component | event | subject | object | when |\n|---|---|---|---|---|\n");
+    for (size_t i = 0; i < n; i++) {
+        if (!o->json) {
+            printf("| %s | `%s` | %s | %s | %s |\n", v[i].component, v[i].event, v[i].subject, v[i].object, v[i].when);
+            continue;
+        }
+        const char *name[] = {"component", "event", "subject", "object", "when"};
+        const char *value[] = {v[i].component, v[i].event, v[i].subject, v[i].object, v[i].when};
+        printf("%s{", i ? ", " : "");
+        for (int f = 0; f < 5; f++) printf("%s\"%s\": ", f ? ", " : "", name[f]), sr_json_string(stdout, value[f]);
+        printf("}");
+    }
+    if (o->json) printf("]}\n");
+    return SR_EXIT_OK;
+}
+
 /* ---- commands and their options --------------------------------------------------------------- */
 
 struct command {
@@ -646,6 +670,8 @@ static const command_t commands[] = {
      "collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB] [--require-key]\n"
      "    receive forwarded logs (mutual TLS), one verified file per client certificate; a source's checkpoints\n"
      "    are verified with its registered key (register), else --key; --require-key refuses sources with none\n"},
+    {"events", cmd_events, "json ", "events [--json]\n"
+     "    the event vocabulary: every event strongroom emits, what its subject and object hold, when\n"},
     {"register", cmd_register, "dir cert key ", "register --dir DIR --cert CERT --key PUB\n"
      "    the verify key of the source that forwards with certificate CERT, kept in the collector's store\n"},
     {"forward", cmd_forward, "log to tls-ca tls-cert tls-key verify-name once ",
@@ -756,7 +782,7 @@ int main(int argc, char **argv)
     }
     o.nfiles = argc - optind;
     o.files = argv + optind;
-    if (o.nfiles && (cmd->run == cmd_keygen || cmd->run == cmd_append || cmd->run == cmd_collect ||
+    if (o.nfiles && (cmd->run == cmd_keygen || cmd->run == cmd_events || cmd->run == cmd_append || cmd->run == cmd_collect ||
                      cmd->run == cmd_register || cmd->run == cmd_serve || cmd->run == cmd_forward))
         return fprintf(stderr, "tde-audit: %s: unexpected argument '%s'\n", cmd->name, o.files[0]), SR_EXIT_USAGE;
     sr_log_set_level(SR_LOG_WARN);

@@ -319,8 +319,21 @@ typedef sr_err_t (*sr_event_sink_fn)(void *sink_ctx, const sr_event_t *event);
 /* Installs the process-wide sink (NULL restores the log fallback). */
 SR_API void sr_event_set_sink(sr_event_sink_fn sink, void *sink_ctx);
 /* Delivers an event to the sink. A sink failure is returned: callers that
- * must fail closed (the architecture says which) act on it. */
+ * must fail closed (the architecture says which) act on it. An event that
+ * is not in the vocabulary below is refused (SR_ERR_INVALID_ARG): a name
+ * made up in one place cannot be searched for by anyone. */
 SR_API sr_err_t sr_event_emit(const sr_event_t *event);
+
+/* The vocabulary: every event strongroom's components emit, with what its
+ * fields hold. An event name ending in ".*" stands for a family (kms
+ * "kmip.*": one per KMIP operation). docs/audit.md lists the same table
+ * (tde-audit events prints it; a test compares the two). */
+typedef struct sr_event_spec {
+    const char *component, *event;
+    const char *subject, *object, *when; /* what the fields hold; when it is emitted */
+} sr_event_spec_t;
+SR_API const sr_event_spec_t *sr_event_vocabulary(size_t *count);
+SR_API const sr_event_spec_t *sr_event_lookup(const char *component, const char *event);
 
 /* ------------------------------------------------------------------------
  * TLS (OpenSSL 3): mutual TLS contexts and blocking connections with timeouts.

@@ -185,21 +185,9 @@ static int log_failure(int sqlite_rc, const sr_file_t *f, const char *what)
     return sqlite_rc;
 }
 
-/* The local principal of an event: the process's user (the pid goes in the detail). */
-static const char *event_subject(void)
-{
-    static __thread char subject[32];
-    snprintf(subject, sizeof subject, "uid=%ld", (long)getuid());
-    return subject;
-}
-
 static void tde_event(const sr_file_t *f, const char *event, const char *detail)
 {
-    char object[512], text[1024];
-    snprintf(object, sizeof object, "%s", f->name ? f->name : "(temp)");
-    snprintf(text, sizeof text, "pid=%ld %s", (long)getpid(), detail);
-    (void)sr_event_emit(&(sr_event_t){.component = "tde", .event = event, .subject = event_subject(),
-                                      .object = object, .outcome = "failure", .source = "local", .detail = text});
+    (void)sr_tde_event(event, f->name, 0, detail);
 }
 
 static int page_auth_failure(sr_file_t *f)
@@ -1259,12 +1247,10 @@ static const sqlite3_io_methods io_methods = {
  * If it cannot be recorded the open fails (fail closed). */
 static sr_err_t audit_open(sr_file_t *f, const char *path, sr_keyprov_t *prov)
 {
-    char object[SR_UUID_STR_LEN + 1], detail[4200];
-    sr_uuid_format(sr_tde_space_id(sr_tde_ts_space(f->ts)), object);
-    snprintf(detail, sizeof detail, "pid=%ld path=%s key=%s", (long)getpid(), path, sr_keyprov_description(prov));
-    sr_err_t rc = sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .subject = event_subject(),
-                                              .object = object, .outcome = "success", .source = "local",
-                                              .detail = detail});
+    char uuid[SR_UUID_STR_LEN + 1], detail[600];
+    sr_uuid_format(sr_tde_space_id(sr_tde_ts_space(f->ts)), uuid);
+    snprintf(detail, sizeof detail, "tablespace %s, key %s", uuid, sr_keyprov_description(prov));
+    sr_err_t rc = sr_tde_event("tablespace.open", path, 1, detail);
     if (rc != SR_OK) sr_err_set(rc, "cannot record the open in the audit log (%s): refusing it", sr_err_detail());
     return rc;
 }
@@ -1301,9 +1287,8 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     if (rc == SR_ERR_IO) return log_failure(SQLITE_IOERR, f, "cannot open the tablespace");
     if (rc != SR_OK) {
         char detail[1024];
-        snprintf(detail, sizeof detail, "pid=%ld %s", (long)getpid(), sr_err_detail());
-        sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.open", .subject = event_subject(),
-                                    .object = zName, .outcome = "failure", .source = "local", .detail = detail});
+        snprintf(detail, sizeof detail, "%s", sr_err_detail());
+        (void)sr_tde_event("tablespace.open", zName, 0, detail);
         if (rc == SR_ERR_PERMISSION) return log_failure(SQLITE_AUTH, f, "the key service refused the data key");
         if (rc == SR_ERR_NETWORK || rc == SR_ERR_TLS || rc == SR_ERR_TIMEOUT || rc == SR_ERR_CLOSED)
             return log_failure(SQLITE_CANTOPEN, f, "the key service cannot be reached");

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -356,10 +357,21 @@ static sr_err_t ts_roll(void *ctx, uint32_t exhausted)
         sr_uuid_format(&hdr.tablespace, uuid);
         sr_log(SR_LOG_INFO, "tde: %s: key version %u used up its nonce budget; now using version %u", ts->path,
                exhausted, hdr.active_version);
-        sr_event_emit(&(sr_event_t){.component = "tde", .event = "key.rolled", .object = uuid,
-                                    .outcome = "success", .detail = "data key rolled at its encryption limit"});
+        char detail[128];
+        snprintf(detail, sizeof detail, "tablespace %s: data key version %u rolled at its encryption limit", uuid,
+                 exhausted);
+        (void)sr_tde_event("key.rolled", ts->path, 1, detail);
     }
     return rc;
+}
+
+sr_err_t sr_tde_event(const char *event, const char *path, int ok, const char *detail)
+{
+    char subject[64];
+    snprintf(subject, sizeof subject, "uid=%ld pid=%ld", (long)getuid(), (long)getpid());
+    return sr_event_emit(&(sr_event_t){.component = "tde", .event = event, .subject = subject,
+                                       .object = path && *path ? path : "(temporary file)",
+                                       .outcome = ok ? "success" : "failure", .source = "local", .detail = detail});
 }
 
 /* ---- registry ---------------------------------------------------------------- */
@@ -421,8 +433,9 @@ static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_opt
         if (rc == SR_OK) {
             char uuid[SR_UUID_STR_LEN + 1];
             sr_uuid_format(&hdr->tablespace, uuid);
-            sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.created", .object = uuid,
-                                        .outcome = "success", .detail = ts->path});
+            char detail[64];
+            snprintf(detail, sizeof detail, "tablespace %s", uuid);
+            (void)sr_tde_event("tablespace.created", ts->path, 1, detail);
         }
     } else {
         pthread_mutex_lock(&ts->hdr_lock);

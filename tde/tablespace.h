@@ -23,6 +23,11 @@ typedef struct sr_tde_ts_options {
  * another connection has the tablespace open. Errors: SR_ERR_TDE_WRONG_KEY,
  * SR_ERR_TDE_NO_HEADER (detail says "plaintext SQLite database" for one),
  * SR_ERR_CORRUPT, SR_ERR_VERSION, SR_ERR_TRUNCATED. */
+/* Every tde event, said one way: subject "uid=U pid=P", object the database
+ * path, source "local" (the vocabulary: common/event.c, docs/audit.md).
+ * Returns the sink's result: the open fails closed on it. */
+sr_err_t sr_tde_event(const char *event, const char *path, int ok, const char *detail);
+
 sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts, sr_tde_ts_t **out);
 sr_tde_ts_t *sr_tde_ts_retain(sr_tde_ts_t *ts); /* another user (a WAL or journal) */
 void sr_tde_ts_release(sr_tde_ts_t *ts);

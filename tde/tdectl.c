@@ -128,7 +128,7 @@ static int uri_for(char *out, size_t cap, const char *path, const char *keyfile,
 static void audited(const char *event, const char *object, int ok, const char *detail)
 {
     char subject[64];
-    snprintf(subject, sizeof subject, "uid=%ld tdectl", (long)getuid());
+    snprintf(subject, sizeof subject, "uid=%ld pid=%ld", (long)getuid(), (long)getpid()); /* as the tde events */
     (void)sr_event_emit(&(sr_event_t){.component = "tdectl", .event = event, .subject = subject, .object = object,
                                       .outcome = ok ? "success" : "failure", .source = "local", .detail = detail});
 }

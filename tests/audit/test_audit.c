@@ -504,6 +504,26 @@ static void test_cli_convention(void)
     SR_CHECK_MSG(strstr(out, "{\"result\": \"fail\"") && strstr(out, "record altered"), "%s", out);
 }
 
+/* The event vocabulary in docs/audit.md is the code's (tde-audit events
+ * prints the code's table), and an event outside it is refused. */
+static void test_event_vocabulary_documented(void)
+{
+    static char table[65536];
+    size_t doc_len = 0;
+    char *doc = (char *)sr_test_read_file(sr_test_source_path("docs/audit.md"), &doc_len);
+    SR_CHECK(doc != NULL);
+    SR_CHECK_EQ_INT(tde_audit_stream(table, sizeof table, 0, "events"), 0);
+    int rows = 0;
+    for (char *line = strtok(table, "\n"); line && doc; line = strtok(NULL, "\n"), rows++)
+        SR_CHECK_MSG(strstr(doc, line) != NULL, "docs/audit.md lacks the vocabulary row: %s", line);
+    SR_CHECK_MSG(rows > 30, "only %d rows in the vocabulary", rows);
+    free(doc);
+    SR_CHECK(sr_event_lookup("kms", "kmip.get") != NULL && sr_event_lookup("kms", "kmip.") == NULL);
+    SR_CHECK_ERR(sr_event_emit(&(sr_event_t){.component = "tde", .event = "tablespace.opened", .outcome = "success"}),
+                 SR_ERR_INVALID_ARG);
+    SR_CHECK_CONTAINS(sr_err_detail(), "not in the event vocabulary");
+}
+
 /* --source: IPv4 and IPv6 prefixes and "local" select the right records; an
  * address or prefix that cannot be is a usage error, not "nothing found"
  * (audit hardening issue). */
@@ -691,6 +711,7 @@ int main(void)
     SR_RUN(test_torn_tail_cut_and_recorded);
     SR_RUN(test_search_source_filter);
     SR_RUN(test_cli_convention);
+    SR_RUN(test_event_vocabulary_documented);
     SR_RUN(test_cut_at_checkpoint_caught_against_copy);
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);
