@@ -287,17 +287,26 @@ sr_err_t kms_object_insert(kms_store_t *s, const kms_object_t *o, const uint8_t 
     return run(s, st, "insert object");
 }
 
-sr_err_t kms_object_load(kms_store_t *s, const char *uid, kms_object_t *o)
+/* The one row `sql` selects for `key`, handed to read(); SR_ERR_NOT_FOUND if none. */
+static sr_err_t load_row(kms_store_t *s, const char *sql, const char *key, void (*read)(sqlite3_stmt *, void *),
+                         void *out, const char *what)
 {
     sqlite3_stmt *st;
-    sr_err_t rc = prepare(s, "SELECT " OBJECT_COLUMNS " FROM objects WHERE uid = ?", &st);
+    sr_err_t rc = prepare(s, sql, &st);
     if (rc != SR_OK) return rc;
-    sqlite3_bind_text(st, 1, uid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     int r = sqlite3_step(st);
-    if (r == SQLITE_ROW) read_object(st, o);
-    else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read object");
+    if (r == SQLITE_ROW) read(st, out);
+    else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, what);
     done(s, st);
     return rc;
+}
+
+static void read_object_row(sqlite3_stmt *st, void *o) { read_object(st, o); }
+
+sr_err_t kms_object_load(kms_store_t *s, const char *uid, kms_object_t *o)
+{
+    return load_row(s, "SELECT " OBJECT_COLUMNS " FROM objects WHERE uid = ?", uid, read_object_row, o, "read object");
 }
 
 sr_err_t kms_object_update(kms_store_t *s, const kms_object_t *o)
@@ -712,17 +721,11 @@ sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until)
     return run(s, st, "extend leases");
 }
 
+static void read_node_row(sqlite3_stmt *st, void *n) { read_node(st, n); }
+
 sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n)
 {
-    sqlite3_stmt *st;
-    sr_err_t rc = prepare(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE uuid = ?", &st);
-    if (rc != SR_OK) return rc;
-    sqlite3_bind_text(st, 1, uuid, -1, SQLITE_TRANSIENT);
-    int r = sqlite3_step(st);
-    if (r == SQLITE_ROW) read_node(st, n);
-    else rc = r == SQLITE_DONE ? SR_ERR_NOT_FOUND : db_error(s, r, "read node");
-    done(s, st);
-    return rc;
+    return load_row(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE uuid = ?", uuid, read_node_row, n, "read node");
 }
 
 sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_before,
