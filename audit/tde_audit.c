@@ -454,11 +454,13 @@ static int cmd_report(opts_t *o)
 {
     if (o->nfiles < 1) return usage_of(command_find("report"), stderr, SR_EXIT_USAGE);
     static report_t rep = {
-        .logins = {"logins", "logins", {"account", "source", "outcome"}, 20},
-        .keys = {"key_operations", "key and tablespace operations", {"operation", "principal", "outcome"}, 20},
-        .nodes = {"nodes", "nodes", {"event", "node", "outcome"}, 20},
-        .refused = {"refused", "top refused or failed sources", {"source", "event", "subject"}, 10},
-        .events = {"events", "all events", {"component", "event", "outcome"}, 40}};
+        .logins = {.name = "logins", .title = "logins", .field = {"account", "source", "outcome"}, .top = 20},
+        .keys = {.name = "key_operations", .title = "key and tablespace operations",
+                 .field = {"operation", "principal", "outcome"}, .top = 20},
+        .nodes = {.name = "nodes", .title = "nodes", .field = {"event", "node", "outcome"}, .top = 20},
+        .refused = {.name = "refused", .title = "top refused or failed sources",
+                    .field = {"source", "event", "subject"}, .top = 10},
+        .events = {.name = "events", .title = "all events", .field = {"component", "event", "outcome"}, .top = 40}};
     uint64_t bad = 0;
     int status = each_record(o, report_one, &rep, &bad);
     if (status) return status;

@@ -67,6 +67,7 @@ struct sr_audit_writer {
     uint64_t open_batch, durable_batch;
     int flushing;
     sr_err_t results[RESULT_RING];
+    char result_detail[RESULT_RING][512]; /* the leader's message, for every waiter ("disk full", ...) */
     char *buf;
     size_t buf_cap;
     sr_audit_syslog_t *syslog;
@@ -259,7 +260,9 @@ static sr_err_t quarantine(sr_audit_writer_t *w, off_t bad, off_t *size, uint64_
     size_t len = (size_t)(*size - bad);
     char *bytes = malloc(len ? len : 1);
     int out = open(aside, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    sr_err_t rc = bytes && out >= 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", aside);
+    sr_err_t rc = !bytes       ? sr_err_set(SR_ERR_NOMEM, "%zu bytes to move aside from %s", len, w->path)
+                  : out < 0    ? sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", aside)
+                               : SR_OK;
     if (rc == SR_OK && pread(w->fd, bytes, len, bad) != (ssize_t)len)
         rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", w->path);
     if (rc == SR_OK) rc = sr_fd_write_all(out, bytes, len);
@@ -476,6 +479,7 @@ static void lead(sr_audit_writer_t *w, int force_checkpoint)
     free(batch);
     pthread_mutex_lock(&w->mu);
     w->results[id % RESULT_RING] = rc;
+    if (rc != SR_OK) snprintf(w->result_detail[id % RESULT_RING], sizeof w->result_detail[0], "%s", sr_err_detail());
     w->durable_batch = id + 1;
     w->flushing = 0;
     pthread_cond_broadcast(&w->cv[id % RESULT_RING]);
@@ -506,8 +510,10 @@ sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e)
         else pthread_cond_wait(&w->cv[mine % RESULT_RING], &w->mu);
     }
     sr_err_t rc = w->results[mine % RESULT_RING];
+    char detail[sizeof w->result_detail[0]] = "";
+    if (rc != SR_OK) memcpy(detail, w->result_detail[mine % RESULT_RING], sizeof detail);
     pthread_mutex_unlock(&w->mu);
-    return rc == SR_OK ? SR_OK : sr_err_set(rc, "audit record not written: %s", sr_strerror(rc));
+    return rc == SR_OK ? SR_OK : sr_err_set(rc, "audit record not written: %s", detail);
 }
 
 sr_err_t sr_audit_checkpoint(sr_audit_writer_t *w)

@@ -496,20 +496,25 @@ static void build_crypt(sr_kmip_enc_t *e, const void *p)
     if (a->tag) sr_kmip_put_bytes(e, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, a->tag, a->tag_len);
 }
 
-/* Copies payload byte strings (tags in order) into out, one after another. */
+/* Copies payload byte strings (tags in order) into out, one after another;
+ * exactly `want` bytes, or nothing is left in out and *out_len is untouched
+ * (out-parameters are written only on success). */
 static sr_err_t gather(const sr_kmip_response_t *r, const uint32_t *tags, int n, uint8_t *out, size_t cap,
-                       size_t *out_len)
+                       size_t want, const char *what, size_t *out_len)
 {
     size_t used = 0;
-    for (int k = 0; k < n; k++) {
+    sr_err_t rc = SR_OK;
+    for (int k = 0; k < n && rc == SR_OK; k++) {
         int32_t i = sr_kmip_child(&r->tree, r->payload, tags[k], SR_KMIP_BYTE_STRING);
-        if (i < 0) return sr_err_set(SR_ERR_KMIP_DECODE, "KMIP response lacks %s", sr_kmip_tag_name(tags[k]));
-        if (used + r->tree.items[i].len > cap) return sr_err_set(SR_ERR_BUFFER_TOO_SMALL, "KMIP result too large");
-        memcpy(out + used, r->tree.items[i].v.ptr, r->tree.items[i].len);
-        used += r->tree.items[i].len;
+        if (i < 0) rc = sr_err_set(SR_ERR_KMIP_DECODE, "KMIP response lacks %s", sr_kmip_tag_name(tags[k]));
+        else if (used + r->tree.items[i].len > cap) rc = sr_err_set(SR_ERR_BUFFER_TOO_SMALL, "KMIP result too large");
+        else memcpy(out + used, r->tree.items[i].v.ptr, r->tree.items[i].len), used += r->tree.items[i].len;
     }
-    *out_len = used;
-    return SR_OK;
+    if (rc == SR_OK && used != want)
+        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "%s returned %zu bytes, not %zu", what, used, want);
+    if (rc != SR_OK) sr_secure_wipe(out, used); /* a partial plaintext never stays behind */
+    else *out_len = used;
+    return rc;
 }
 
 sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_t *iv, size_t iv_len,
@@ -522,9 +527,7 @@ sr_err_t sr_kmip_encrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_
     sr_err_t rc = call(c, SR_KMIP_OP_ENCRYPT, build_crypt, &a, &r);
     if (rc != SR_OK) return rc;
     static const uint32_t tags[] = {SR_KMIP_TAG_DATA, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG};
-    rc = gather(&r, tags, 2, out, cap, out_len);
-    if (rc == SR_OK && *out_len != in_len + 16)
-        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Encrypt of %zu bytes returned %zu with its tag", in_len, *out_len);
+    rc = gather(&r, tags, 2, out, cap, in_len + 16, "Encrypt (data and tag)", out_len);
     sr_kmip_response_free(&r);
     return rc;
 }
@@ -540,9 +543,7 @@ sr_err_t sr_kmip_decrypt_aead(sr_kmip_client_t *c, const char *uid, const uint8_
     sr_err_t rc = call(c, SR_KMIP_OP_DECRYPT, build_crypt, &a, &r);
     if (rc != SR_OK) return rc;
     static const uint32_t tags[] = {SR_KMIP_TAG_DATA};
-    rc = gather(&r, tags, 1, out, cap, out_len);
-    if (rc == SR_OK && *out_len != in_len - 16)
-        rc = sr_err_set(SR_ERR_KMIP_UNEXPECTED, "Decrypt of %zu bytes returned %zu", in_len - 16, *out_len);
+    rc = gather(&r, tags, 1, out, cap, in_len - 16, "Decrypt", out_len);
     sr_kmip_response_free(&r);
     return rc;
 }

@@ -1,6 +1,7 @@
 /*
  * sqlite_vfs.c — the "strongroom" SQLite VFS: a shim over the default VFS that
- * encrypts and authenticates every page SQLite writes (notes/sqlite-vfs.md).
+ * encrypts and authenticates every page SQLite writes (SQLite's I/O path:
+ * https://sqlite.org/vfs.html and os_unix.c; docs/tde-format.md).
  *
  * What each file becomes on disk (docs/tde-format.md has the byte layouts):
  *   main database   8192-byte key header, then SQLite's pages, each encrypted

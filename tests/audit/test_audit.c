@@ -18,6 +18,7 @@
 #include <sys/time.h>
 #include <sys/stat.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -651,6 +652,53 @@ static void test_full_disk_and_unwritable_log_are_errors(void)
     SR_CHECK(sr_audit_open(&o, &w) != SR_OK);
 }
 
+/* Every thread of a failed group commit gets the leader's reason, not a
+ * generic text (code health issue). In a child process whose files may not
+ * grow: 4 threads append at once; each error names the write failure. */
+typedef struct failing_append { sr_audit_writer_t *w; sr_err_t rc; char detail[600]; } failing_append_t;
+
+static void *append_one(void *arg)
+{
+    failing_append_t *a = arg;
+    char big[4000];
+    memset(big, 'x', sizeof big - 1), big[sizeof big - 1] = '\0';
+    a->rc = sr_audit_append(a->w, &(sr_event_t){.component = "tde", .event = "tablespace.open", .outcome = "success",
+                                               .detail = big});
+    snprintf(a->detail, sizeof a->detail, "%s", sr_err_detail());
+    return NULL;
+}
+
+static void test_group_commit_failure_keeps_its_reason(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s", sr_test_path("grown.log"));
+    sr_audit_writer_t *w = open_log(path, 1000, 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct stat st;
+        if (stat(path, &st) != 0) _exit(10);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {(rlim_t)st.st_size + 100, (rlim_t)st.st_size + 100};
+        if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(11);
+        failing_append_t a[4];
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++) a[i] = (failing_append_t){.w = w}, pthread_create(&th[i], NULL, append_one, &a[i]);
+        int bad = 0;
+        for (int i = 0; i < 4; i++) {
+            pthread_join(th[i], NULL);
+            if (a[i].rc == SR_OK || !strstr(a[i].detail, "File too large")) {
+                fprintf(stderr, "thread %d: rc %d, detail \"%s\"\n", i, a[i].rc, a[i].detail);
+                bad = 1;
+            }
+        }
+        _exit(bad ? 12 : 0);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    SR_CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    SR_CHECK_OK(sr_audit_close(w));
+}
+
 static void test_event_sink(void)
 {
     char path[512];
@@ -715,6 +763,7 @@ int main(void)
     SR_RUN(test_cut_at_checkpoint_caught_against_copy);
     SR_RUN(test_rotation_keeps_one_chain);
     SR_RUN(test_full_disk_and_unwritable_log_are_errors);
+    SR_RUN(test_group_commit_failure_keeps_its_reason);
     SR_RUN(test_event_sink);
     SR_RUN(test_syslog_copy);
     return sr_test_finish();
