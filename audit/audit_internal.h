@@ -37,6 +37,11 @@ sr_err_t audit_checkpoint_parse(const char *detail, char key_id[17], uint64_t *s
 #include <sys/types.h>
 sr_err_t audit_cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut);
 
+/* Appends the n events in order, durable together (one group commit, one
+ * fdatasync): SR_OK once all are, or the reason none is. The sealer uses it
+ * for everything its clients sent in one round. */
+sr_err_t audit_append_many(sr_audit_writer_t *w, const sr_event_t *events, size_t n);
+
 /* RFC 5424 copies of records (syslog.c). */
 typedef struct sr_audit_syslog sr_audit_syslog_t;
 sr_err_t sr_audit_syslog_open(const char *target, sr_audit_syslog_t **out);

@@ -486,24 +486,43 @@ static void lead(sr_audit_writer_t *w, int force_checkpoint)
     if (w->qn) pthread_cond_signal(&w->cv[(id + 1) % RESULT_RING]); /* a leader for the next batch */
 }
 
-sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e)
+static sr_err_t pending_make(const sr_event_t *e, pending_t *p)
 {
-    pending_t p = {.ts_us = sr_time_now_us()};
+    *p = (pending_t){.ts_us = sr_time_now_us()};
     const char *src[7] = {e->component, e->event, e->subject, e->object, e->outcome, e->source, e->detail};
     for (int i = 0; i < 7; i++)
-        if (src[i] && !(p.fields[i] = strdup(src[i]))) return pending_free(&p), sr_err_set(SR_ERR_NOMEM, "audit");
+        if (src[i] && !(p->fields[i] = strdup(src[i]))) return pending_free(p), sr_err_set(SR_ERR_NOMEM, "audit");
+    return SR_OK;
+}
+
+sr_err_t sr_audit_append(sr_audit_writer_t *w, const sr_event_t *e) { return audit_append_many(w, e, 1); }
+
+sr_err_t audit_append_many(sr_audit_writer_t *w, const sr_event_t *events, size_t n)
+{
+    pending_t *ps = calloc(n ? n : 1, sizeof *ps);
+    if (!ps) return sr_err_set(SR_ERR_NOMEM, "audit events");
+    for (size_t i = 0; i < n; i++)
+        if (pending_make(&events[i], &ps[i]) != SR_OK) {
+            while (i--) pending_free(&ps[i]);
+            free(ps);
+            return sr_err_set(SR_ERR_NOMEM, "audit");
+        }
     pthread_mutex_lock(&w->mu);
-    if (w->qn == w->qcap) {
-        size_t cap = w->qcap ? w->qcap * 2 : 64;
+    if (w->qn + n > w->qcap) {
+        size_t cap = w->qcap ? w->qcap : 64;
+        while (cap < w->qn + n) cap *= 2;
         pending_t *q = realloc(w->q, cap * sizeof *q);
         if (!q) {
             pthread_mutex_unlock(&w->mu);
-            pending_free(&p);
+            for (size_t i = 0; i < n; i++) pending_free(&ps[i]);
+            free(ps);
             return sr_err_set(SR_ERR_NOMEM, "audit queue");
         }
         w->q = q, w->qcap = cap;
     }
-    w->q[w->qn++] = p;
+    memcpy(w->q + w->qn, ps, n * sizeof *ps); /* one batch: queued under one lock, led together */
+    w->qn += n;
+    free(ps);
     uint64_t mine = w->open_batch;
     while (w->durable_batch <= mine) {
         if (!w->flushing) lead(w, 0);

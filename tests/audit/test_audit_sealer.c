@@ -3,7 +3,8 @@
  * each under its own uid when the test runs as root, send events while
  * lying about who they are. Every record's subject is the kernel's uid and
  * pid of its sender, the lie is kept beside it as "claimed subject", no event
- * is lost or recorded twice, and the log verifies with the sealer's key. A
+ * is lost or recorded twice, and the log verifies with the sealer's key,
+ * while ten neighbours hold half-sent events and one sends garbage. A
  * client whose sealer is gone gets an error (it fails closed).
  */
 #include "audit.h"
@@ -11,13 +12,26 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define CLIENTS 64
 #define EVENTS 20
 #define BASE_UID 30000
+
+static int unix_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) close(fd), fd = -1;
+    return fd;
+}
 
 static void test_sixty_four_clients_get_the_kernels_identity(void)
 {
@@ -37,6 +51,23 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
         _exit(127);
     }
     for (int i = 0; i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
+    /* hostile neighbours first: 10 that send half an event and stall (they
+     * must not hold up anyone), one malformed event (refused with a reason,
+     * the connection kept), one too long (refused, then closed) */
+    int stalled[10];
+    for (int i = 0; i < 10; i++) {
+        stalled[i] = unix_connect(sock);
+        SR_CHECK(stalled[i] >= 0 && write(stalled[i], "\0\0\0\x20" "ab", 6) == 6);
+    }
+    int bad = unix_connect(sock);
+    char answer[256] = "";
+    SR_CHECK(bad >= 0 && write(bad, "\0\0\0\x03" "a\0b", 7) == 7);
+    SR_CHECK(read(bad, answer, sizeof answer - 1) > 5 && answer[0] == 'E' && strstr(answer + 5, "malformed"));
+    SR_CHECK(write(bad, "\x7f\0\0\0", 4) == 4);
+    memset(answer, 0, sizeof answer);
+    SR_CHECK(read(bad, answer, sizeof answer - 1) > 5 && answer[0] == 'E' && strstr(answer + 5, "too long"));
+    SR_CHECK(read(bad, answer, 1) == 0); /* closed */
+    close(bad);
     int as_root = geteuid() == 0;
     pid_t pids[CLIENTS];
     for (int c = 0; c < CLIENTS; c++) {
@@ -62,6 +93,7 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
         waitpid(pids[c], &st, 0);
         SR_CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status %d", c, WEXITSTATUS(st));
     }
+    for (int i = 0; i < 10; i++) close(stalled[i]);
     kill(sealer, SIGTERM);
     waitpid(sealer, NULL, 0);
     /* a client with no sealer: an error, not a silent drop */
