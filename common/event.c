@@ -51,6 +51,10 @@ static const sr_event_spec_t vocabulary[] = {
      "copy, detail: the source)"},
     {"tdectl", "tablespace.decrypt", LOCAL_PROCESS, DB_PATH, "tdectl decrypt wrote a plaintext copy (detail: the "
      "copy)"},
+    {"tdectl", "tablespace.backup", LOCAL_PROCESS, DB_PATH, "tdectl backup: an encrypted, verified copy (detail: "
+     "the copy) or a failure"},
+    {"tdectl", "tablespace.restore", LOCAL_PROCESS, DB_PATH, "tdectl restore: a verified backup copied to a new "
+     "database (detail: the backup)"},
     {"tdectl", "key.rekey", LOCAL_PROCESS, DB_PATH, "a new data key version"},
     {"tdectl", "key.versions_dropped", LOCAL_PROCESS, DB_PATH, "key versions no page uses left the header"},
     {"tdectl", "key.master_rotated", LOCAL_PROCESS, "the key file", "a new master key version in the key file"},

@@ -10,6 +10,9 @@
  *   tdectl rekey    [--rewrite] --keyfile K DB new data key version (--rewrite: re-encrypt all pages now)
  *   tdectl rotate-master --keyfile K DB...     new master key version; re-wrap each DB's data keys
  *   tdectl rotate-master --kms CONF DB...      re-wrap each DB's data keys under CONF's master_key
+ *   tdectl backup  --keyfile K [--json] DB DEST  consistent encrypted backup of a live DB, then verified
+ *   tdectl restore --keyfile K BACKUP DB       verify BACKUP, copy it to DB (never over an existing file)
+ * verify and backup show progress on stderr (--quiet: none).
  * Every --keyfile K may be --kms CONF instead (or $STRONGROOM_KMS): the data
  * keys are then wrapped by a master key held in a KMS (kmsd, or any KMIP 1.4
  * server with AES-GCM).
@@ -40,6 +43,7 @@ typedef struct options {
     uint32_t page_size;
     int rewrite;
     int json;
+    int quiet; /* no progress */
     int argc;
     char **argv; /* the positional arguments */
 } options_t;
@@ -66,6 +70,8 @@ static int usage_to(FILE *f, int status)
           "  rekey [--rewrite] DB                        new data key version for new writes\n"
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
+          "  backup [--json] [--quiet] DB DEST           consistent encrypted backup of a live database, verified\n"
+          "  restore [--quiet] BACKUP DB                 verify BACKUP, then copy it to DB (never over an existing one)\n"
           "options: --keyfile K (or $STRONGROOM_KEYFILE), --kms CONFIG (or $STRONGROOM_KMS), --cipher aes-256-gcm|chacha20-poly1305,\n"
           "         --page-size 512..65536; tdectl --version\n"
           "exit status: 0 ok, 1 verification failed, 2 usage, 3 could not (missing file, I/O), 4 wrong or missing\n"
@@ -344,6 +350,50 @@ static int cmd_status(options_t *o)
 
 /* ---- verify ------------------------------------------------------------------------- */
 
+/* ---- progress ------------------------------------------------------------------------ *
+ * On stderr, so stdout stays the result (and --json stays parseable): on a
+ * terminal a bar with rate and ETA redrawn a few times a second; otherwise a
+ * line every few seconds (STRONGROOM_PROGRESS_MS, default 5000); nothing
+ * with --quiet. */
+typedef struct progress {
+    const char *what, *path;
+    int off, tty;
+    uint64_t start_ns, last_ns, every_ns, total, unit_bytes;
+} progress_t;
+
+static void progress_start(progress_t *p, const options_t *o, const char *what, const char *path, uint64_t unit_bytes)
+{
+    const char *every = getenv("STRONGROOM_PROGRESS_MS");
+    int64_t ms = 0;
+    *p = (progress_t){.what = what, .path = path, .off = o->quiet, .tty = isatty(STDERR_FILENO),
+                      .start_ns = sr_time_mono_ns(), .unit_bytes = unit_bytes};
+    p->every_ns = p->tty ? 200000000ull
+                         : (every && sr_parse_int64(every, &ms) == SR_OK && ms > 0 ? (uint64_t)ms : 5000) * 1000000ull;
+    p->last_ns = p->start_ns;
+}
+
+static void progress_show(progress_t *p, uint64_t done, uint64_t total, int final)
+{
+    uint64_t now = sr_time_mono_ns();
+    if (p->off || total == 0 || (!final && now - p->last_ns < p->every_ns)) return;
+    if (final && !p->tty && now - p->start_ns < p->every_ns) return; /* short work: no line at all */
+    p->last_ns = now;
+    double secs = (double)(now - p->start_ns) / 1e9, frac = (double)done / (double)total;
+    double rate = secs > 0 ? (double)done * (double)p->unit_bytes / secs / 1e6 : 0;
+    double eta = frac > 0 ? secs / frac - secs : 0;
+    if (p->tty) {
+        char bar[31];
+        int fill = (int)(frac * 30);
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : ' ';
+        bar[30] = '\0';
+        fprintf(stderr, "\r%s %s [%s] %3.0f%%  %.1f MB/s  ETA %.0f s ", p->what, p->path, bar, frac * 100, rate, eta);
+        if (final) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "tdectl: %s %s: %.0f%% (%llu of %llu pages, %.1f MB/s, ETA %.0f s)\n", p->what, p->path,
+                frac * 100, (unsigned long long)done, (unsigned long long)total, rate, eta);
+    }
+}
+
 #define VERIFY_BAD_LISTED 1000
 
 /* What verify found in one database. */
@@ -370,7 +420,7 @@ static void verify_note(verify_result_t *r, const char *fmt, ...)
 
 /* Every page of the file, authenticated with the tablespace's keys; every
  * bad page is counted (the first VERIFY_BAD_LISTED listed by number). */
-static void verify_pages(const char *path, sr_keyprov_t *kp, verify_result_t *r)
+static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o, verify_result_t *r)
 {
     sr_tde_ts_t *ts = NULL;
     sr_tde_pagectx_t *pc = NULL;
@@ -388,6 +438,12 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, verify_result_t *r)
     uint8_t *page = malloc(ps);
     uint64_t pgno = 1;
     ssize_t got = 0;
+    struct stat st;
+    uint64_t total = fd >= 0 && fstat(fd, &st) == 0 && st.st_size > SR_TDE_HEADER_REGION
+                         ? (uint64_t)(st.st_size - SR_TDE_HEADER_REGION + ps - 1) / ps
+                         : 0;
+    progress_t pr;
+    progress_start(&pr, o, "verify", path, ps);
     if (fd < 0 || !page) {
         r->status = SR_EXIT_CANNOT;
         verify_note(r, "cannot read %s: %s", path, strerror(errno));
@@ -411,8 +467,10 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, verify_result_t *r)
             verify_note(r, "%s", why);
         }
         pgno++;
+        if ((pgno & 255) == 0) progress_show(&pr, pgno - 1, total, 0);
         if (got != (ssize_t)ps) break;
     }
+    progress_show(&pr, pgno - 1, total, 1);
     r->pages = pgno - 1;
     if (r->bad) r->status = SR_EXIT_FAILED;
     free(page);
@@ -480,7 +538,7 @@ static int cmd_verify(options_t *o)
     if (o->json) printf("{\"databases\": [");
     for (int i = 0; i < o->argc; i++) {
         memset(&r, 0, sizeof r);
-        verify_pages(o->argv[i], kp, &r);
+        verify_pages(o->argv[i], kp, o, &r);
         if (!r.status) r.status = integrity_check(o->argv[i], o->keyfile, &r);
         if (o->json) printf("%s", i ? ", " : ""), verify_json(o->argv[i], &r);
         else if (!r.status)
@@ -607,6 +665,148 @@ static int cmd_decrypt(options_t *o)
     return 0;
 }
 
+/* ---- backup / restore ------------------------------------------------------------------ */
+
+/* The backup checked like any database, before it is called one: every page
+ * authenticated under the master key, then integrity_check. */
+static int validate(const options_t *o, sr_keyprov_t *kp, const char *path, verify_result_t *r)
+{
+    memset(r, 0, sizeof *r);
+    verify_pages(path, kp, o, r);
+    if (!r->status) r->status = integrity_check(path, o->keyfile, r);
+    return r->status;
+}
+
+/* SQLite's backup API between two strongroom connections, in steps of 1,024
+ * pages (progress), inside one read transaction on the source: the copy is
+ * the database as of the moment the backup began, while writers go on (in
+ * WAL mode; a rollback journal makes them wait). Pages travel decrypted
+ * only in memory; DEST is a tablespace of its own (its own data key, wrapped
+ * by the same master key), and its journal goes through strongroom too. */
+static int copy_snapshot(const options_t *o, const char *src, const char *dst, uint32_t page_size, int *pages)
+{
+    sr_tde_header_t h;
+    sr_err_t rc = sr_tde_file_header_read(src, NULL, &h, NULL);
+    if (rc != SR_OK) return fail(src, rc);
+    options_t same = *o;
+    same.cipher = h.cipher; /* the backup keeps the source's cipher */
+    char suri[16384], duri[16384];
+    if (!uri_for(suri, sizeof suri, src, o->keyfile, NULL) || !uri_for(duri, sizeof duri, dst, o->keyfile, &same))
+        return SR_EXIT_CANNOT;
+    sqlite3 *in = NULL, *out = NULL;
+    if (sqlite3_open_v2(suri, &in, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        sqlite3_busy_timeout(in, 10000) != SQLITE_OK || exec(in, "BEGIN") != SQLITE_OK ||
+        exec(in, "SELECT count(*) FROM sqlite_schema") != SQLITE_OK) /* the snapshot starts here */
+        return sqlite_fail(in, src);
+    if (sqlite3_open_v2(duri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom") !=
+        SQLITE_OK) {
+        sqlite3_close(in);
+        return sqlite_fail(out, dst);
+    }
+    sqlite3_backup *b = sqlite3_backup_init(out, "main", in, "main");
+    progress_t pr;
+    progress_start(&pr, o, "backup", src, page_size);
+    int step = b ? SQLITE_OK : sqlite3_errcode(out);
+    while (b && (step == SQLITE_OK || step == SQLITE_BUSY || step == SQLITE_LOCKED)) {
+        if (step != SQLITE_OK) sqlite3_sleep(20);
+        step = sqlite3_backup_step(b, 1024);
+        int total = sqlite3_backup_pagecount(b);
+        progress_show(&pr, (uint64_t)(total - sqlite3_backup_remaining(b)), (uint64_t)total, step == SQLITE_DONE);
+    }
+    *pages = b ? sqlite3_backup_pagecount(b) : 0;
+    int fin = b ? sqlite3_backup_finish(b) : step;
+    (void)exec(in, "COMMIT");
+    sqlite3_close(in);
+    if (step != SQLITE_DONE || fin != SQLITE_OK) return sqlite_fail(out, dst);
+    /* one self-contained file: a WAL-mode source would make the copy WAL too */
+    if (exec(out, "PRAGMA journal_mode=DELETE") != SQLITE_OK || sqlite3_close(out) != SQLITE_OK)
+        return sqlite_fail(out, dst);
+    return 0;
+}
+
+static void remove_database(const char *path)
+{
+    char side[8192];
+    unlink(path);
+    const char *suffix[] = {"-journal", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) snprintf(side, sizeof side, "%s%s", path, suffix[i]), unlink(side);
+}
+
+static void backup_json(const char *src, const char *dst, int pages, uint32_t ps, double secs, const verify_result_t *r)
+{
+    printf("{\"source\": ");
+    sr_json_string(stdout, src);
+    printf(", \"backup\": ");
+    sr_json_string(stdout, dst);
+    printf(", \"pages\": %d, \"bytes\": %llu, \"seconds\": %.3f, \"verified\": %s, \"verify\": ", pages,
+           (unsigned long long)pages * ps, secs, r->status ? "false" : "true");
+    verify_json(dst, r);
+    printf("}\n");
+}
+
+static int cmd_backup(options_t *o)
+{
+    if (o->argc != 2) return usage();
+    const char *src = o->argv[0], *dst = o->argv[1];
+    sr_keyprov_t *kp = NULL;
+    if (open_provider(o, &kp) != SR_OK) return key_fail("backup");
+    if (refuse_existing(dst)) return sr_keyprov_free(kp), SR_EXIT_CANNOT;
+    sr_tde_header_t h;
+    sr_err_t rc = sr_tde_file_header_read(src, kp, &h, NULL);
+    if (rc != SR_OK) return sr_keyprov_free(kp), fail(src, rc);
+    uint64_t t0 = sr_time_mono_ns();
+    int pages = 0, status = copy_snapshot(o, src, dst, h.page_size, &pages);
+    double secs = (double)(sr_time_mono_ns() - t0) / 1e9;
+    static verify_result_t r;
+    if (!status) status = validate(o, kp, dst, &r);
+    sr_keyprov_free(kp);
+    audited("tablespace.backup", src, !status, status ? "backup failed" : dst);
+    if (status) {
+        remove_database(dst); /* never leave something that looks like a backup */
+        fprintf(stderr, "tdectl: backup of %s failed; %s removed\n", src, dst);
+        return status;
+    }
+    if (o->json) backup_json(src, dst, pages, h.page_size, secs, &r);
+    else
+        printf("%s: encrypted backup of %s written and verified (%d pages, %.1f MB in %.2f s; every page "
+               "authenticated, integrity_check ok)\n", dst, src, pages, (double)pages * h.page_size / 1e6, secs);
+    return 0;
+}
+
+/* Copies BACKUP's bytes to DB only once BACKUP verifies, through a
+ * temporary file and link(): DB appears whole or not at all, and an
+ * existing DB is never replaced. */
+static int cmd_restore(options_t *o)
+{
+    if (o->argc != 2) return usage();
+    const char *backup = o->argv[0], *db = o->argv[1];
+    sr_keyprov_t *kp = NULL;
+    if (open_provider(o, &kp) != SR_OK) return key_fail("restore");
+    if (refuse_existing(db)) return sr_keyprov_free(kp), SR_EXIT_CANNOT;
+    static verify_result_t r;
+    int status = validate(o, kp, backup, &r);
+    sr_keyprov_free(kp);
+    if (status) return fprintf(stderr, "tdectl: %s does not verify: not restored\n", backup), status;
+    char tmp[8192];
+    snprintf(tmp, sizeof tmp, "%s.restoring-%ld", db, (long)getpid());
+    int in = open(backup, O_RDONLY | O_CLOEXEC), out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    sr_err_t rc = in < 0 || out < 0 ? sr_err_set_errno(SR_ERR_IO, errno, "cannot copy %s to %s", backup, tmp) : SR_OK;
+    uint8_t buf[1 << 16];
+    ssize_t n = 0;
+    while (rc == SR_OK && (n = read(in, buf, sizeof buf)) > 0) rc = sr_fd_write_all(out, buf, (size_t)n);
+    if (rc == SR_OK && n < 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", backup);
+    if (rc == SR_OK && fsync(out) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", tmp);
+    if (rc == SR_OK && link(tmp, db) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", db);
+    if (in >= 0) close(in);
+    if (out >= 0) close(out);
+    unlink(tmp);
+    audited("tablespace.restore", db, rc == SR_OK, backup);
+    if (rc != SR_OK) return fail(db, rc);
+    printf("%s: restored from %s (verified first: %llu pages authenticated, integrity_check ok)\n", db, backup,
+           (unsigned long long)r.pages);
+    return 0;
+}
+
 /* ---- key rotation ------------------------------------------------------------------------ */
 
 /* After a rewrite, the key versions no page carries any more leave the
@@ -702,8 +902,9 @@ typedef struct command {
 
 static const command_t commands[] = {
     {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "kj"},
-    {"verify", cmd_verify, "kj"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
+    {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
     {"rekey", cmd_rekey, "kr"},         {"rotate-master", cmd_rotate_master, "k"},
+    {"backup", cmd_backup, "kjq"},      {"restore", cmd_restore, "kq"},
 };
 
 int main(int argc, char **argv)
@@ -723,12 +924,13 @@ int main(int argc, char **argv)
                                              {"page-size", required_argument, NULL, 'p'},
                                              {"rewrite", no_argument, NULL, 'r'},
                                              {"json", no_argument, NULL, 'j'},
+                                             {"quiet", no_argument, NULL, 'q'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     int ch;
     int64_t ps = 0;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqh", longopts, NULL)) != -1) {
         int letter = ch == 'K' ? 'k' : ch;
         if (ch == 'h') return usage_to(stdout, 0);
         if (ch != '?' && !strchr(cmd->options, letter))
@@ -737,6 +939,7 @@ int main(int argc, char **argv)
                            : letter == 'c' ? "--cipher"
                            : letter == 'p' ? "--page-size"
                            : letter == 'j' ? "--json"
+                           : letter == 'q' ? "--quiet"
                                            : "--rewrite"),
                    SR_EXIT_USAGE;
         if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
@@ -747,6 +950,7 @@ int main(int argc, char **argv)
             return fprintf(stderr, "tdectl: --page-size %s: a power of two in 512..65536\n", optarg), SR_EXIT_USAGE;
         else if (ch == 'r') o.rewrite = 1;
         else if (ch == 'j') o.json = 1;
+        else if (ch == 'q') o.quiet = 1;
         else if (ch == '?') return usage();
     }
     o.page_size = (uint32_t)ps;

@@ -1,0 +1,124 @@
+/*
+ * tdectl's production operations with real processes (tdectl operations
+ * issue): a backup of a database that a writer process keeps inserting into
+ * is consistent (every row committed before it began, no half transaction),
+ * encrypted (no plaintext marker anywhere on disk) and verified; restore
+ * refuses to overwrite; wrong key, missing file, and a file-size limit hit
+ * mid-backup are clean errors with their exit statuses, nothing left behind,
+ * the source intact.
+ */
+#include "tdev.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MARKER "PLAINTEXT-MARKER-7f3a"
+
+/* A child that inserts rows (one per transaction) until told to stop. */
+static pid_t start_writer(const char *path)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        sqlite3 *db = NULL;
+        if (sqlt_open(path, keyfile, NULL, &db) != SQLITE_OK) _exit(2);
+        sqlite3_busy_timeout(db, 10000);
+        for (int i = 0;; i++) {
+            char sql[200];
+            snprintf(sql, sizeof sql, "INSERT INTO t(v) VALUES('%s row %d ' || hex(randomblob(200)))", MARKER, i);
+            if (sqlt_exec(db, sql) != SQLITE_OK) _exit(3);
+        }
+    }
+    return pid;
+}
+
+static int stop_writer(pid_t pid)
+{
+    int st = 0;
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM; /* it was still writing, without an error */
+}
+
+static void test_backup_of_a_live_database(void)
+{
+    char out[65536], backup[600], json_backup[600], where[600];
+    const char *db_path = sr_test_path("live.db");
+    snprintf(backup, sizeof backup, "%s", sr_test_path("live-backup.db"));
+    snprintf(json_backup, sizeof json_backup, "%s", sr_test_path("live-backup-2.db"));
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(db_path, keyfile, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_exec(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"),
+                    SQLITE_OK);
+    pid_t writer = start_writer(db_path);
+    usleep(500000);
+    int64_t before = sqlt_int(db, "SELECT max(id) FROM t"); /* committed before the backup begins */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --keyfile %s %s %s", keyfile, db_path, backup), 0);
+    SR_CHECK_CONTAINS(out, "written and verified");
+    SR_CHECK_CONTAINS(out, "tdectl: backup "); /* progress (every millisecond in this test), on stderr */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --json --quiet --keyfile %s %s %s 2>/dev/null | cat", keyfile,
+                           db_path, json_backup), 0);
+    SR_CHECK_MSG(strstr(out, "\"verified\": true") && strstr(out, "\"integrity_check\": \"ok\""), "%s", out);
+    usleep(200000);
+    SR_CHECK_MSG(stop_writer(writer), "the writer failed while the backups ran");
+    int64_t after = sqlt_int(db, "SELECT max(id) FROM t");
+    sqlite3_close(db);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, backup), 0);
+    sqlite3 *b = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(backup, keyfile, NULL, &b), SQLITE_OK);
+    int64_t rows = sqlt_int(b, "SELECT count(*) FROM t"), max = sqlt_int(b, "SELECT max(id) FROM t");
+    printf("  %lld rows committed before the backup, %lld in it, %lld at the end (the writer kept going)\n",
+           (long long)before, (long long)rows, (long long)after);
+    SR_CHECK_MSG(rows >= before && rows == max, "backup holds %lld rows (max id %lld), %lld were committed before",
+                 (long long)rows, (long long)max, (long long)before);
+    SR_CHECK_MSG(after > rows, "the writer was not running during the backup (%lld rows at the end)", (long long)after);
+    SR_CHECK_STR(sqlt_integrity(b), "ok");
+    sqlite3_close(b);
+    SR_CHECK_MSG(!sqlt_marker_on_disk(sr_test_tmpdir(), MARKER, where, sizeof where), "plaintext in %s", where);
+    /* restore: verified, then a new file; never over an existing one */
+    char restored[600];
+    snprintf(restored, sizeof restored, "%s", sr_test_path("restored.db"));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "restore --keyfile %s %s %s", keyfile, backup, restored), 0);
+    SR_CHECK_EQ_INT(sqlt_open(restored, keyfile, NULL, &b), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_int(b, "SELECT count(*) FROM t"), rows);
+    sqlite3_close(b);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "restore --keyfile %s %s %s", keyfile, backup, restored), 3);
+    SR_CHECK_CONTAINS(out, "refusing to overwrite");
+}
+
+static void test_backup_failures_are_clean(void)
+{
+    char out[16384], dest[600], other_key[600];
+    const char *src = make_db("failing.db", "WAL", 3000, MARKER);
+    snprintf(dest, sizeof dest, "%s", sr_test_path("failing-backup.db"));
+    snprintf(other_key, sizeof other_key, "%s", sqlt_keyfile("other.key"));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --keyfile %s %s %s", other_key, src, dest), 4); /* wrong key */
+    SR_CHECK(access(dest, F_OK) != 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --keyfile %s %s.missing %s", keyfile, src, dest), 3);
+    SR_CHECK(access(dest, F_OK) != 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --keyfile %s %s %s", keyfile, src, src), 3); /* exists */
+    /* the file-size limit as a full disk: a write fails mid-backup */
+    struct stat st;
+    SR_CHECK(stat(src, &st) == 0);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "trap '' XFSZ; ulimit -f %lld; %s backup --quiet --keyfile %s %s %s",
+             (long long)st.st_size / 1024 / 3, sr_test_build_path("tde/tdectl"), keyfile, src, dest);
+    int status = sr_test_command(out, sizeof out, cmd);
+    SR_CHECK_MSG(status == 3 || status == 6, "status %d: %s", status, out);
+    printf("  backup past a file-size limit: exit %d, \"%.100s\"\n", status, out);
+    SR_CHECK_CONTAINS(out, "removed");
+    SR_CHECK_MSG(access(dest, F_OK) != 0, "a failed backup left %s", dest);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, src), 0); /* the source intact */
+}
+
+int main(void)
+{
+    sqlt_init();
+    snprintf(keyfile, sizeof keyfile, "%s", sqlt_keyfile("ops.key"));
+    setenv("STRONGROOM_PROGRESS_MS", "1", 1); /* progress lines even for short work */
+    SR_RUN(test_backup_of_a_live_database);
+    SR_RUN(test_backup_failures_are_clean);
+    return sr_test_finish();
+}
