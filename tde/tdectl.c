@@ -569,16 +569,6 @@ static int backup_all(sqlite3 *src, sqlite3 *dst)
 }
 
 
-static int page_size_of(sqlite3 *db)
-{
-    sqlite3_stmt *st = NULL;
-    int ps = 0;
-    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        ps = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    return ps;
-}
-
 static int refuse_existing(const char *path)
 {
     struct stat st;
@@ -589,58 +579,52 @@ static int refuse_existing(const char *path)
     return 0;
 }
 
-/* A copy of src with 32 reserved bytes per page, in an anonymous temporary
- * database opened through strongroom: SQLite opens it as a temp database, so
- * the VFS encrypts it (AES-256-XTS, key never stored) and it is deleted at
- * close. A consistent snapshot (backup API), then VACUUM, which is how SQLite
- * changes the reserve. The source is read with plaintext=1 through
- * strongroom, so even its temp and sort files are encrypted. No plaintext
- * reaches the disk but the source itself. */
-static int reserved_copy(const char *src_path, sqlite3 **tmp_out, int *page_size)
+static void remove_database(const char *path)
 {
-    sqlite3 *src = NULL, *tmp = NULL;
-    char uri[16384], esrc[4096 * 3 + 1];
-    uri_escape(esrc, sizeof esrc, src_path);
-    snprintf(uri, sizeof uri, "file:%s?vfs=strongroom&plaintext=1&mode=ro", esrc);
-    if (sqlite3_open_v2(uri, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
-        return sqlite_fail(src, src_path);
-    if (sqlite3_open_v2("", &tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "strongroom") != SQLITE_OK) {
-        sqlite3_close(src);
-        return sqlite_fail(tmp, "temporary copy");
-    }
-    int reserve = SR_TDE_PAGE_TRAILER;
-    int rc = backup_all(src, tmp);
-    sqlite3_close(src);
-    if (rc == SQLITE_OK) rc = sqlite3_file_control(tmp, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
-    if (rc == SQLITE_OK) rc = exec(tmp, "VACUUM");
-    if (rc != SQLITE_OK) return sqlite_fail(tmp, src_path);
-    *page_size = page_size_of(tmp);
-    *tmp_out = tmp;
-    return 0;
+    char side[8192];
+    unlink(path);
+    const char *suffix[] = {"-journal", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) snprintf(side, sizeof side, "%s%s", path, suffix[i]), unlink(side);
 }
 
+/* One pass: VACUUM INTO an encrypted URI, the source read through
+ * strongroom with plaintext=1 (so even its temp files are encrypted) and 32
+ * reserved bytes per page asked for (VACUUM INTO gives the output the larger
+ * of the source's reserve and the one asked for: room for each page's
+ * trailer). A consistent snapshot of the source; no plaintext reaches the
+ * disk but the source itself. */
 static int cmd_encrypt(options_t *o)
 {
     if (o->argc != 2) return usage();
     const char *src = o->argv[0], *dst = o->argv[1];
     if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("encrypt");
     if (refuse_existing(dst)) return SR_EXIT_CANNOT;
-    char uri[16384];
-    int ps = 0;
-    sqlite3 *in = NULL, *out = NULL;
-    int status = reserved_copy(src, &in, &ps);
-    if (status) return status;
-    if (!uri_for(uri, sizeof uri, dst, o->keyfile, o)) return sqlite3_close(in), SR_EXIT_CANNOT;
-    int rc = sqlite3_open_v2(uri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom");
-    if (rc == SQLITE_OK) rc = backup_all(in, out);
-    status = rc == SQLITE_OK ? 0 : sqlite_fail(out, dst);
-    if (rc == SQLITE_OK) sqlite3_close(out);
-    sqlite3_close(in);
-    if (status) return unlink(dst), status;
+    char suri[16384], duri[16384], esrc[4096 * 3 + 1];
+    uri_escape(esrc, sizeof esrc, src);
+    snprintf(suri, sizeof suri, "file:%s?vfs=strongroom&plaintext=1&mode=ro", esrc);
+    if (!uri_for(duri, sizeof duri, dst, o->keyfile, o)) return SR_EXIT_CANNOT;
+    sqlite3 *in = NULL;
+    sqlite3_stmt *st = NULL;
+    int reserve = SR_TDE_PAGE_TRAILER, status = 0;
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA page_size=%u", o->page_size);
+    if (sqlite3_open_v2(suri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        sqlite3_file_control(in, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve) != SQLITE_OK ||
+        (o->page_size && exec(in, sql) != SQLITE_OK) || sqlite3_prepare_v2(in, "VACUUM INTO ?1", -1, &st, NULL) ||
+        sqlite3_bind_text(st, 1, duri, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sqlite3_finalize(st);
+        status = sqlite_fail(in, dst);
+    } else {
+        sqlite3_finalize(st);
+        sqlite3_close(in);
+    }
+    if (status) return remove_database(dst), status;
     if ((status = integrity_check(dst, o->keyfile, NULL)) != 0) return status;
+    sr_tde_header_t h;
+    if (sr_tde_file_header_read(dst, NULL, &h, NULL) != SR_OK) return fail(dst, sr_err_last());
     audited("tablespace.encrypt", dst, 1, src);
-    printf("%s: encrypted copy of %s written (%s, %d-byte pages); check it, then remove the plaintext original\n", dst,
-           src, sr_tde_cipher_name(o->cipher ? o->cipher : SR_TDE_CIPHER_AES_256_GCM), ps);
+    printf("%s: encrypted copy of %s written (%s, %u-byte pages); check it, then remove the plaintext original\n", dst,
+           src, sr_tde_cipher_name(h.cipher), h.page_size);
     return 0;
 }
 
@@ -722,14 +706,6 @@ static int copy_snapshot(const options_t *o, const char *src, const char *dst, u
     if (exec(out, "PRAGMA journal_mode=DELETE") != SQLITE_OK || sqlite3_close(out) != SQLITE_OK)
         return sqlite_fail(out, dst);
     return 0;
-}
-
-static void remove_database(const char *path)
-{
-    char side[8192];
-    unlink(path);
-    const char *suffix[] = {"-journal", "-wal", "-shm"};
-    for (int i = 0; i < 3; i++) snprintf(side, sizeof side, "%s%s", path, suffix[i]), unlink(side);
 }
 
 static void backup_json(const char *src, const char *dst, int pages, uint32_t ps, double secs, const verify_result_t *r)
