@@ -79,8 +79,9 @@ SR_API const char *sr_version(void);
     X(SR_ERR_PROTOCOL, 23, "protocol violation by peer")                           \
     X(SR_ERR_DISK_FULL, 24, "no space left on device")                             \
     X(SR_ERR_TRUNCATED, 25, "input is truncated")                                  \
-    /* tde */                                                                      \
-    X(SR_ERR_TDE_WRONG_KEY, 100, "wrong key for this tablespace")                  \
+    /* keys and tablespaces (SR_ERR_WRONG_KEY: a data key wrapped by another     \
+     * master key, whoever notices: keymgr or tde; it was SR_ERR_TDE_WRONG_KEY) */ \
+    X(SR_ERR_WRONG_KEY, 100, "wrong master key for this data key")                 \
     X(SR_ERR_TDE_NO_HEADER, 101, "no tablespace key header")                       \
     X(SR_ERR_TDE_PAGE_AUTH, 102, "page failed authentication")                     \
     X(SR_ERR_TDE_NONCE_LIMIT, 103, "encryption limit for this key version reached") \
@@ -105,6 +106,7 @@ typedef enum sr_err {
     SR_ERROR_TABLE(SR_ERR_ENUM_)
 #undef SR_ERR_ENUM_
 } sr_err_t;
+#define SR_ERR_TDE_WRONG_KEY SR_ERR_WRONG_KEY /* its name before 0.2, for code written against it */
 
 /* Short fixed text for a code ("page failed authentication"). Never NULL. */
 SR_API const char *sr_strerror(sr_err_t err);

@@ -49,7 +49,7 @@ int sr_exit_status(sr_err_t err)
     case SR_ERR_AUDIT_SEQUENCE:
     case SR_ERR_AUDIT_UNSEALED:
     case SR_ERR_ACCESS_DENIED: return SR_EXIT_FAILED;
-    case SR_ERR_TDE_WRONG_KEY:
+    case SR_ERR_WRONG_KEY:
     case SR_ERR_TDE_KEY_VERSION:
     case SR_ERR_WRAP_INTEGRITY:
     case SR_ERR_KEY_EXPIRED:

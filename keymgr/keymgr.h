@@ -69,7 +69,7 @@ typedef struct sr_keyprov_ops {
      * caller's SR_KEYMGR_KEY_BYTES of secure memory and wrapped for storage. */
     sr_err_t (*dek_create)(void *impl, const sr_uuid_t *tablespace, uint32_t dek_version, uint8_t *dek_out,
                            sr_wrapped_key_t *wrapped_out);
-    /* Unwraps a stored DEK; SR_ERR_TDE_WRONG_KEY if this provider's master key
+    /* Unwraps a stored DEK; SR_ERR_WRONG_KEY if this provider's master key
      * is not the one that wrapped it, SR_ERR_WRAP_INTEGRITY if it was altered. */
     sr_err_t (*dek_unwrap)(void *impl, const sr_uuid_t *tablespace, uint32_t dek_version,
                            const sr_wrapped_key_t *wrapped, uint8_t *dek_out);

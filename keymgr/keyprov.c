@@ -351,11 +351,11 @@ static sr_err_t keyfile_dek_unwrap(void *impl, const sr_uuid_t *tablespace, uint
     sr_uuid_format(&wrapped->kek_id, want);
     sr_uuid_format(&kf->id, have);
     if (!sr_uuid_equal(&wrapped->kek_id, &kf->id))
-        return sr_err_set(SR_ERR_TDE_WRONG_KEY, "the data key is wrapped by master key %s, the key file holds %s",
+        return sr_err_set(SR_ERR_WRONG_KEY, "the data key is wrapped by master key %s, the key file holds %s",
                           want, have);
     const keyfile_version_t *mk = keyfile_find(kf, wrapped->kek_version);
     if (!mk)
-        return sr_err_set(SR_ERR_TDE_WRONG_KEY, "the data key is wrapped by master key %s version %u, which the key "
+        return sr_err_set(SR_ERR_WRONG_KEY, "the data key is wrapped by master key %s version %u, which the key "
                           "file does not hold (an older copy of the file?)", want, wrapped->kek_version);
     uint8_t aad[SR_KEYMGR_DEK_AAD_LEN];
     sr_keymgr_dek_aad(tablespace, dek_version, aad);

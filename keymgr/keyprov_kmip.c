@@ -149,7 +149,7 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
 {
     kmip_provider_t *p = impl;
     if (wk->alg != SR_WRAP_KMIP_AES_GCM)
-        return sr_err_set(SR_ERR_TDE_WRONG_KEY, "this data key was wrapped by a local key file, not by a KMS");
+        return sr_err_set(SR_ERR_WRONG_KEY, "this data key was wrapped by a local key file, not by a KMS");
     if (wk->blob_len != IV_LEN + SR_KEYMGR_KEY_BYTES + TAG_LEN)
         return sr_err_set(SR_ERR_CORRUPT, "KMS-wrapped data key of %u bytes", wk->blob_len);
     char uid[SR_KMIP_UID_MAX];

@@ -129,7 +129,7 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
     char uri[4300];
     snprintf(uri, sizeof uri, "file:%s?vfs=strongroom", store_path);
     sr_err_t rc = kms_store_open(uri, root, out);
-    if (rc == SR_ERR_WRAP_INTEGRITY || rc == SR_ERR_TDE_WRONG_KEY || rc == SR_ERR_AUTH || rc == SR_ERR_CORRUPT)
+    if (rc == SR_ERR_WRAP_INTEGRITY || rc == SR_ERR_WRONG_KEY || rc == SR_ERR_AUTH || rc == SR_ERR_CORRUPT)
         return sr_err_set(SR_ERR_AUTH, "cannot open the key store %s: wrong passphrase or root key (%s)", store_path,
                           sr_err_detail());
     return rc;

@@ -1293,7 +1293,7 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
         if (rc == SR_ERR_PERMISSION) return log_failure(SQLITE_AUTH, f, "the key service refused the data key");
         if (rc == SR_ERR_NETWORK || rc == SR_ERR_TLS || rc == SR_ERR_TIMEOUT || rc == SR_ERR_CLOSED)
             return log_failure(SQLITE_CANTOPEN, f, "the key service cannot be reached");
-        return log_failure(SQLITE_NOTADB, f, rc == SR_ERR_TDE_WRONG_KEY ? "wrong key" : "not an encrypted database");
+        return log_failure(SQLITE_NOTADB, f, rc == SR_ERR_WRONG_KEY ? "wrong key" : "not an encrypted database");
     }
     f->role = ROLE_MAIN;
     if (audit_open(f, zName, prov) != SR_OK) return log_failure(SQLITE_CANTOPEN, f, "audit log unavailable");

@@ -189,7 +189,7 @@ static sr_err_t header_load(int fd, const char *path, const header_keys_t *keys,
     }
     int authenticate = keys && (keys->ts || keys->prov);
     rc = sr_tde_header_pick(region, authenticate ? header_auth : NULL, (void *)keys, hdr, slot);
-    if (rc != SR_OK && rc != SR_ERR_TDE_WRONG_KEY) sr_err_set(rc, "%s: %s", path, sr_err_detail());
+    if (rc != SR_OK && rc != SR_ERR_WRONG_KEY) sr_err_set(rc, "%s: %s", path, sr_err_detail());
     return rc;
 }
 

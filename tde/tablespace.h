@@ -20,7 +20,7 @@ typedef struct sr_tde_ts_options {
 
 /* Opens (or joins, if this process has it open) the tablespace in `path`.
  * Every open unwraps the keys with `prov`, so a wrong key fails even when
- * another connection has the tablespace open. Errors: SR_ERR_TDE_WRONG_KEY,
+ * another connection has the tablespace open. Errors: SR_ERR_WRONG_KEY,
  * SR_ERR_TDE_NO_HEADER (detail says "plaintext SQLite database" for one),
  * SR_ERR_CORRUPT, SR_ERR_VERSION, SR_ERR_TRUNCATED. */
 /* Every tde event, said one way: subject "uid=U pid=P", object the database

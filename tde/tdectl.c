@@ -429,7 +429,7 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o,
     if (rc != SR_OK) {
         sr_tde_ts_release(ts);
         r->status = fail(path, rc);
-        if (rc == SR_ERR_TDE_WRONG_KEY || rc == SR_ERR_TDE_NO_HEADER) r->status = rc == SR_ERR_TDE_NO_HEADER ? SR_EXIT_FAILED : SR_EXIT_KEY;
+        if (rc == SR_ERR_WRONG_KEY || rc == SR_ERR_TDE_NO_HEADER) r->status = rc == SR_ERR_TDE_NO_HEADER ? SR_EXIT_FAILED : SR_EXIT_KEY;
         verify_note(r, "%s", sr_err_detail());
         return;
     }

@@ -102,7 +102,7 @@ static void test_keyfile_provider(void)
     SR_CHECK_OK(sr_keyprov_dek_create(kp, &ts, 1, dek, &wk));
     SR_CHECK_OK(sr_keyprov_dek_unwrap(kp, &ts, 1, &wk, back));
     SR_CHECK(memcmp(dek, back, 32) == 0);
-    SR_CHECK_ERR(sr_keyprov_dek_unwrap(wrong, &ts, 1, &wk, back), SR_ERR_TDE_WRONG_KEY);
+    SR_CHECK_ERR(sr_keyprov_dek_unwrap(wrong, &ts, 1, &wk, back), SR_ERR_WRONG_KEY);
     SR_CHECK(strstr(sr_err_detail(), "wrapped by master key") != NULL);
     SR_CHECK_ERR(sr_keyprov_dek_unwrap(kp, &ts2, 1, &wk, back), SR_ERR_WRAP_INTEGRITY); /* other tablespace */
     SR_CHECK_ERR(sr_keyprov_dek_unwrap(kp, &ts, 2, &wk, back), SR_ERR_WRAP_INTEGRITY);  /* other version */
@@ -118,7 +118,7 @@ static void test_keyfile_provider(void)
     SR_CHECK(rewrapped.kek_version == 2);
     SR_CHECK_OK(sr_keyprov_dek_unwrap(kp2, &ts, 1, &rewrapped, back));
     SR_CHECK(memcmp(dek, back, 32) == 0);
-    SR_CHECK_ERR(sr_keyprov_dek_unwrap(kp, &ts, 1, &rewrapped, back), SR_ERR_TDE_WRONG_KEY); /* old file copy */
+    SR_CHECK_ERR(sr_keyprov_dek_unwrap(kp, &ts, 1, &rewrapped, back), SR_ERR_WRONG_KEY); /* old file copy */
     sr_uuid_t id;
     SR_CHECK_OK(sr_keyfile_describe(path, &id, &v));
     SR_CHECK(v == 2 && sr_uuid_equal(&id, &wk.kek_id));
