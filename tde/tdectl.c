@@ -27,6 +27,7 @@
 #include "tablespace.h"
 #include "tde.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -44,6 +45,7 @@ typedef struct options {
     int rewrite;
     int json;
     int quiet; /* no progress */
+    int in_place;
     int argc;
     char **argv; /* the positional arguments */
 } options_t;
@@ -66,8 +68,10 @@ static int usage_to(FILE *f, int status)
           "  status [--json] DB...                       show the key header and key versions\n"
           "  verify [--json] DB...                       authenticate every page, then integrity_check\n"
           "  encrypt [--cipher C] PLAIN.db ENCRYPTED.db  encrypted copy of a plaintext database\n"
+          "  encrypt --in-place [--cipher C] DB          encrypt DB itself: rebuilt beside it, swapped once verified\n"
           "  decrypt ENCRYPTED.db PLAIN.db               plaintext copy of an encrypted database\n"
           "  rekey [--rewrite] DB                        new data key version for new writes\n"
+          "  rekey --cipher C DB                         rebuild DB under cipher C (in place, like encrypt --in-place)\n"
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
           "  backup [--json] [--quiet] DB DEST           consistent encrypted backup of a live database, verified\n"
@@ -587,45 +591,208 @@ static void remove_database(const char *path)
     for (int i = 0; i < 3; i++) snprintf(side, sizeof side, "%s%s", path, suffix[i]), unlink(side);
 }
 
-/* One pass: VACUUM INTO an encrypted URI, the source read through
- * strongroom with plaintext=1 (so even its temp files are encrypted) and 32
- * reserved bytes per page asked for (VACUUM INTO gives the output the larger
- * of the source's reserve and the one asked for: room for each page's
- * trailer). A consistent snapshot of the source; no plaintext reaches the
- * disk but the source itself. */
+/* The backup checked like any database, before it is called one: every page
+ * authenticated under the master key, then integrity_check. */
+static int validate(const options_t *o, sr_keyprov_t *kp, const char *path, verify_result_t *r)
+{
+    memset(r, 0, sizeof *r);
+    verify_pages(path, kp, o, r);
+    if (!r->status) r->status = integrity_check(path, o->keyfile, r);
+    return r->status;
+}
+
+/* One pass: VACUUM INTO dst_uri from src_uri. For a plaintext source
+ * (reserve: 32) the source is read through strongroom with plaintext=1 (so
+ * even its temp files are encrypted) and 32 reserved bytes per page are
+ * asked for (VACUUM INTO gives the output the larger of the source's reserve
+ * and the one asked for: room for each page's trailer). A consistent
+ * snapshot of the source; no plaintext reaches the disk but the source. */
+static int vacuum_into(sqlite3 *in, const char *dst_uri, const char *dst, int reserve, uint32_t page_size)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA page_size=%u", page_size);
+    if ((reserve && sqlite3_file_control(in, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve) != SQLITE_OK) ||
+        (page_size && exec(in, sql) != SQLITE_OK) || sqlite3_prepare_v2(in, "VACUUM INTO ?1", -1, &st, NULL) ||
+        sqlite3_bind_text(st, 1, dst_uri, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sqlite3_finalize(st);
+        int status = sqlite_fail(in, dst);
+        remove_database(dst);
+        return status;
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+static void plaintext_uri(char *out, size_t cap, const char *path)
+{
+    char e[4096 * 3 + 1];
+    uri_escape(e, sizeof e, path);
+    snprintf(out, cap, "file:%s?vfs=strongroom&plaintext=1", e);
+}
+
+/* ---- in place: rebuilt beside the original, swapped when proven ------------------------ */
+
+/* How many other processes have path open (Linux /proc; as root all of
+ * them, otherwise those of this user), and one of their pids. */
+static int other_openers(const char *path, long *pid_out)
+{
+    struct stat want;
+    if (stat(path, &want) != 0) return 0;
+    DIR *proc = opendir("/proc");
+    int n = 0;
+    for (struct dirent *p; proc && (p = readdir(proc));) {
+        long pid = strtol(p->d_name, NULL, 10);
+        if (pid <= 0 || pid == (long)getpid()) continue;
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%ld/fd", pid);
+        DIR *fds = opendir(dir);
+        int found = 0;
+        for (struct dirent *f; fds && !found && (f = readdir(fds));) {
+            char link[320];
+            struct stat st;
+            snprintf(link, sizeof link, "%s/%s", dir, f->d_name);
+            if (f->d_name[0] != '.' && stat(link, &st) == 0 && st.st_dev == want.st_dev && st.st_ino == want.st_ino)
+                found = 1;
+        }
+        if (fds) closedir(fds);
+        if (found) n++, *pid_out = pid;
+    }
+    if (proc) closedir(proc);
+    return n;
+}
+
+static int refuse_if_open(const char *path)
+{
+    long pid = 0;
+    int n = other_openers(path, &pid);
+    if (!n) return 0;
+    fprintf(stderr, "tdectl: %s is open in %d other process(es) (pid %ld, ...): a conversion in place needs it closed "
+            "everywhere; stop them, or make a copy (tdectl encrypt/backup) while they run\n", path, n, pid);
+    return SR_EXIT_BUSY;
+}
+
+/* Rebuilds db through VACUUM INTO from src_uri into db.strongroom-rebuild,
+ * verifies the result, and renames it over db, holding the source's lock
+ * from the snapshot to the swap so no other process commits in between. A
+ * re-run after SIGKILL starts again (the old partial file is removed); the
+ * original stays untouched until the rename, which is atomic. */
+static int rebuild_in_place(const options_t *o, const char *db, const char *src_uri, int reserve, const char *what)
+{
+    int status = refuse_if_open(db);
+    if (status) return status;
+    char tmp[8192], duri[16384];
+    snprintf(tmp, sizeof tmp, "%s.strongroom-rebuild", db);
+    if (access(tmp, F_OK) == 0) {
+        fprintf(stderr, "tdectl: %s: an earlier run was interrupted; starting again\n", db);
+        remove_database(tmp);
+    }
+    if (!uri_for(duri, sizeof duri, tmp, o->keyfile, o)) return SR_EXIT_CANNOT;
+    sqlite3 *in = NULL;
+    /* one file, and our lock on it from the snapshot to the swap */
+    if (sqlite3_open_v2(src_uri, &in, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        sqlite3_busy_timeout(in, 10000) != SQLITE_OK)
+        return sqlite_fail(in, db);
+    int was_wal = 0;
+    sqlite3_stmt *mode = NULL;
+    if (sqlite3_prepare_v2(in, "PRAGMA journal_mode", -1, &mode, NULL) == SQLITE_OK && sqlite3_step(mode) == SQLITE_ROW)
+        was_wal = sqlite3_column_text(mode, 0) && !strcmp((const char *)sqlite3_column_text(mode, 0), "wal");
+    sqlite3_finalize(mode);
+    if (exec(in, "PRAGMA journal_mode=DELETE") != SQLITE_OK ||
+        exec(in, "PRAGMA locking_mode=EXCLUSIVE") != SQLITE_OK ||
+        exec(in, "SELECT count(*) FROM sqlite_schema") != SQLITE_OK)
+        return sqlite_fail(in, db);
+    status = vacuum_into(in, duri, tmp, reserve, o->page_size);
+    sr_keyprov_t *kp = NULL;
+    static verify_result_t r;
+    if (!status && open_provider(o, &kp) != SR_OK) status = key_fail(what);
+    if (!status) status = validate(o, kp, tmp, &r);
+    sr_keyprov_free(kp);
+    if (!status) status = refuse_if_open(db); /* someone opened it meanwhile (they could not write) */
+    int dirfd = -1;
+    if (!status) {
+        char dir[8192];
+        snprintf(dir, sizeof dir, "%s", db);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        dirfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (rename(tmp, db) != 0 || dirfd < 0 || fsync(dirfd) != 0)
+            status = fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
+    }
+    if (dirfd >= 0) close(dirfd);
+    if (in) sqlite3_close(in);
+    if (!status && was_wal) { /* as it was: WAL is a property of the file */
+        sqlite3 *out = NULL;
+        if (!uri_for(duri, sizeof duri, db, o->keyfile, NULL) ||
+            sqlite3_open_v2(duri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+            exec(out, "PRAGMA journal_mode=WAL") != SQLITE_OK)
+            fprintf(stderr, "tdectl: %s: done, but could not set WAL mode again: %s\n", db, out ? sqlite3_errmsg(out) : "");
+        sqlite3_close(out);
+    }
+    if (status) {
+        remove_database(tmp);
+        fprintf(stderr, "tdectl: %s: %s not done; the original is untouched\n", db, what);
+    }
+    return status;
+}
+
 static int cmd_encrypt(options_t *o)
 {
-    if (o->argc != 2) return usage();
-    const char *src = o->argv[0], *dst = o->argv[1];
+    if (o->argc != (o->in_place ? 1 : 2)) return usage();
+    const char *src = o->argv[0], *dst = o->in_place ? NULL : o->argv[1];
     if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("encrypt");
-    if (refuse_existing(dst)) return SR_EXIT_CANNOT;
-    char suri[16384], duri[16384], esrc[4096 * 3 + 1];
-    uri_escape(esrc, sizeof esrc, src);
-    snprintf(suri, sizeof suri, "file:%s?vfs=strongroom&plaintext=1&mode=ro", esrc);
-    if (!uri_for(duri, sizeof duri, dst, o->keyfile, o)) return SR_EXIT_CANNOT;
-    sqlite3 *in = NULL;
-    sqlite3_stmt *st = NULL;
-    int reserve = SR_TDE_PAGE_TRAILER, status = 0;
-    char sql[64];
-    snprintf(sql, sizeof sql, "PRAGMA page_size=%u", o->page_size);
-    if (sqlite3_open_v2(suri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
-        sqlite3_file_control(in, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve) != SQLITE_OK ||
-        (o->page_size && exec(in, sql) != SQLITE_OK) || sqlite3_prepare_v2(in, "VACUUM INTO ?1", -1, &st, NULL) ||
-        sqlite3_bind_text(st, 1, duri, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
-        sqlite3_finalize(st);
-        status = sqlite_fail(in, dst);
+    char suri[16384], duri[16384];
+    plaintext_uri(suri, sizeof suri, src);
+    int status = 0;
+    if (o->in_place) {
+        sr_tde_header_t h;
+        if (sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK) /* a re-run after the swap: nothing left to do */
+            return printf("%s: already encrypted (%s)\n", src, sr_tde_cipher_name(h.cipher)), 0;
+        if (access(src, F_OK) != 0) return fail(src, sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", src));
+        status = rebuild_in_place(o, src, suri, SR_TDE_PAGE_TRAILER, "encryption in place");
+        dst = src;
     } else {
-        sqlite3_finalize(st);
-        sqlite3_close(in);
+        sqlite3 *in = NULL;
+        if (refuse_existing(dst)) return SR_EXIT_CANNOT;
+        if (!uri_for(duri, sizeof duri, dst, o->keyfile, o)) return SR_EXIT_CANNOT;
+        strncat(suri, "&mode=ro", sizeof suri - strlen(suri) - 1);
+        if (sqlite3_open_v2(suri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
+            return sqlite_fail(in, src);
+        status = vacuum_into(in, duri, dst, SR_TDE_PAGE_TRAILER, o->page_size);
+        if (!status) sqlite3_close(in);
+        if (!status) status = integrity_check(dst, o->keyfile, NULL);
     }
-    if (status) return remove_database(dst), status;
-    if ((status = integrity_check(dst, o->keyfile, NULL)) != 0) return status;
+    if (status) return status;
     sr_tde_header_t h;
     if (sr_tde_file_header_read(dst, NULL, &h, NULL) != SR_OK) return fail(dst, sr_err_last());
     audited("tablespace.encrypt", dst, 1, src);
-    printf("%s: encrypted copy of %s written (%s, %u-byte pages); check it, then remove the plaintext original\n", dst,
-           src, sr_tde_cipher_name(h.cipher), h.page_size);
+    if (o->in_place)
+        printf("%s: encrypted in place (%s, %u-byte pages; verified before the swap). The plaintext blocks the old "
+               "file used are freed but not overwritten by the file system\n", src, sr_tde_cipher_name(h.cipher),
+               h.page_size);
+    else
+        printf("%s: encrypted copy of %s written (%s, %u-byte pages); check it, then remove the plaintext original\n",
+               dst, src, sr_tde_cipher_name(h.cipher), h.page_size);
     return 0;
+}
+
+/* rekey --cipher C: the database rebuilt under cipher C (a tablespace has one
+ * cipher), in place, like encrypt --in-place. */
+static int switch_cipher(options_t *o)
+{
+    const char *db = o->argv[0];
+    sr_tde_header_t h;
+    sr_err_t rc = sr_tde_file_header_read(db, NULL, &h, NULL);
+    if (rc != SR_OK) return fail(db, rc);
+    if (h.cipher == o->cipher) return printf("%s: already %s\n", db, sr_tde_cipher_name(h.cipher)), 0;
+    char suri[16384];
+    if (!uri_for(suri, sizeof suri, db, o->keyfile, NULL)) return SR_EXIT_CANNOT;
+    int status = rebuild_in_place(o, db, suri, 0, "cipher switch");
+    audited("key.rekey", db, !status, status ? "cipher switch failed" : sr_tde_cipher_name(o->cipher));
+    if (!status)
+        printf("%s: every page re-encrypted from %s to %s under a new data key (verified before the swap)\n", db,
+               sr_tde_cipher_name(h.cipher), sr_tde_cipher_name(o->cipher));
+    return status;
 }
 
 static int cmd_decrypt(options_t *o)
@@ -650,16 +817,6 @@ static int cmd_decrypt(options_t *o)
 }
 
 /* ---- backup / restore ------------------------------------------------------------------ */
-
-/* The backup checked like any database, before it is called one: every page
- * authenticated under the master key, then integrity_check. */
-static int validate(const options_t *o, sr_keyprov_t *kp, const char *path, verify_result_t *r)
-{
-    memset(r, 0, sizeof *r);
-    verify_pages(path, kp, o, r);
-    if (!r->status) r->status = integrity_check(path, o->keyfile, r);
-    return r->status;
-}
 
 /* SQLite's backup API between two strongroom connections, in steps of 1,024
  * pages (progress), inside one read transaction on the source: the copy is
@@ -815,6 +972,7 @@ static int drop_unused_versions(sqlite3 *db, const char *path, sr_keyprov_t *kp,
 static int cmd_rekey(options_t *o)
 {
     if (o->argc != 1) return usage();
+    if (o->cipher) return o->keyfile ? switch_cipher(o) : ((void)open_provider(o, NULL), key_fail("rekey"));
     sr_keyprov_t *kp = NULL;
     sr_tde_header_t h;
     if (open_provider(o, &kp) != SR_OK) return key_fail("rekey");
@@ -878,8 +1036,8 @@ typedef struct command {
 
 static const command_t commands[] = {
     {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "kj"},
-    {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcp"}, {"decrypt", cmd_decrypt, "k"},
-    {"rekey", cmd_rekey, "kr"},         {"rotate-master", cmd_rotate_master, "k"},
+    {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcpiq"}, {"decrypt", cmd_decrypt, "k"},
+    {"rekey", cmd_rekey, "krcq"},         {"rotate-master", cmd_rotate_master, "k"},
     {"backup", cmd_backup, "kjq"},      {"restore", cmd_restore, "kq"},
 };
 
@@ -901,12 +1059,13 @@ int main(int argc, char **argv)
                                              {"rewrite", no_argument, NULL, 'r'},
                                              {"json", no_argument, NULL, 'j'},
                                              {"quiet", no_argument, NULL, 'q'},
+                                             {"in-place", no_argument, NULL, 'i'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     int ch;
     int64_t ps = 0;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqih", longopts, NULL)) != -1) {
         int letter = ch == 'K' ? 'k' : ch;
         if (ch == 'h') return usage_to(stdout, 0);
         if (ch != '?' && !strchr(cmd->options, letter))
@@ -916,6 +1075,7 @@ int main(int argc, char **argv)
                            : letter == 'p' ? "--page-size"
                            : letter == 'j' ? "--json"
                            : letter == 'q' ? "--quiet"
+                           : letter == 'i' ? "--in-place"
                                            : "--rewrite"),
                    SR_EXIT_USAGE;
         if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
@@ -927,6 +1087,7 @@ int main(int argc, char **argv)
         else if (ch == 'r') o.rewrite = 1;
         else if (ch == 'j') o.json = 1;
         else if (ch == 'q') o.quiet = 1;
+        else if (ch == 'i') o.in_place = 1;
         else if (ch == '?') return usage();
     }
     o.page_size = (uint32_t)ps;
