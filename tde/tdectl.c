@@ -46,6 +46,7 @@ typedef struct options {
     int json;
     int quiet; /* no progress */
     int in_place;
+    int no_verify; /* backup: the copy is not validated (tdectl verify it later) */
     int argc;
     char **argv; /* the positional arguments */
 } options_t;
@@ -74,7 +75,8 @@ static int usage_to(FILE *f, int status)
           "  rekey --cipher C DB                         rebuild DB under cipher C (in place, like encrypt --in-place)\n"
           "                                              (--rewrite: re-encrypt every page now)\n"
           "  rotate-master DB...                         new master key version; re-wrap the DBs' data keys\n"
-          "  backup [--json] [--quiet] DB DEST           consistent encrypted backup of a live database, verified\n"
+          "  backup [--json] [--quiet] [--no-verify] DB DEST\n"
+          "                                              consistent encrypted backup of a live database, then verified\n"
           "  restore [--quiet] BACKUP DB                 verify BACKUP, then copy it to DB (never over an existing one)\n"
           "options: --keyfile K (or $STRONGROOM_KEYFILE), --kms CONFIG (or $STRONGROOM_KMS), --cipher aes-256-gcm|chacha20-poly1305,\n"
           "         --page-size 512..65536; tdectl --version\n"
@@ -818,6 +820,21 @@ static int cmd_decrypt(options_t *o)
 
 /* ---- backup / restore ------------------------------------------------------------------ */
 
+/* Makes path and its directory entry durable. */
+static int sync_file_and_dir(const char *path)
+{
+    char dir[8192];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC), dfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY);
+    int ok = fd >= 0 && fsync(fd) == 0 && dfd >= 0 && fsync(dfd) == 0;
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (dfd >= 0) close(dfd);
+    return ok ? 0 : fail(path, sr_err_set_errno(sr_err_from_errno(err), err, "cannot sync %s", path));
+}
+
 /* SQLite's backup API between two strongroom connections, in steps of 1,024
  * pages (progress), inside one read transaction on the source: the copy is
  * the database as of the moment the backup began, while writers go on (in
@@ -839,8 +856,11 @@ static int copy_snapshot(const options_t *o, const char *src, const char *dst, u
         sqlite3_busy_timeout(in, 10000) != SQLITE_OK || exec(in, "BEGIN") != SQLITE_OK ||
         exec(in, "SELECT count(*) FROM sqlite_schema") != SQLITE_OK) /* the snapshot starts here */
         return sqlite_fail(in, src);
+    /* DEST is new: until it is whole it is nothing (a failure removes it), so
+     * no journal and no sync per step; one fsync of the finished file */
     if (sqlite3_open_v2(duri, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, "strongroom") !=
-        SQLITE_OK) {
+            SQLITE_OK ||
+        exec(out, "PRAGMA synchronous=OFF; PRAGMA journal_mode=OFF") != SQLITE_OK) {
         sqlite3_close(in);
         return sqlite_fail(out, dst);
     }
@@ -862,7 +882,7 @@ static int copy_snapshot(const options_t *o, const char *src, const char *dst, u
     /* one self-contained file: a WAL-mode source would make the copy WAL too */
     if (exec(out, "PRAGMA journal_mode=DELETE") != SQLITE_OK || sqlite3_close(out) != SQLITE_OK)
         return sqlite_fail(out, dst);
-    return 0;
+    return sync_file_and_dir(dst);
 }
 
 static void backup_json(const char *src, const char *dst, int pages, uint32_t ps, double secs, const verify_result_t *r)
@@ -872,8 +892,9 @@ static void backup_json(const char *src, const char *dst, int pages, uint32_t ps
     printf(", \"backup\": ");
     sr_json_string(stdout, dst);
     printf(", \"pages\": %d, \"bytes\": %llu, \"seconds\": %.3f, \"verified\": %s, \"verify\": ", pages,
-           (unsigned long long)pages * ps, secs, r->status ? "false" : "true");
-    verify_json(dst, r);
+           (unsigned long long)pages * ps, secs, r && !r->status ? "true" : "false");
+    if (r) verify_json(dst, r);
+    else printf("null");
     printf("}\n");
 }
 
@@ -891,7 +912,7 @@ static int cmd_backup(options_t *o)
     int pages = 0, status = copy_snapshot(o, src, dst, h.page_size, &pages);
     double secs = (double)(sr_time_mono_ns() - t0) / 1e9;
     static verify_result_t r;
-    if (!status) status = validate(o, kp, dst, &r);
+    if (!status && !o->no_verify) status = validate(o, kp, dst, &r);
     sr_keyprov_free(kp);
     audited("tablespace.backup", src, !status, status ? "backup failed" : dst);
     if (status) {
@@ -899,7 +920,10 @@ static int cmd_backup(options_t *o)
         fprintf(stderr, "tdectl: backup of %s failed; %s removed\n", src, dst);
         return status;
     }
-    if (o->json) backup_json(src, dst, pages, h.page_size, secs, &r);
+    if (o->json) backup_json(src, dst, pages, h.page_size, secs, o->no_verify ? NULL : &r);
+    else if (o->no_verify)
+        printf("%s: encrypted backup of %s written (%d pages, %.1f MB in %.2f s; NOT verified: run tdectl verify on "
+               "it)\n", dst, src, pages, (double)pages * h.page_size / 1e6, secs);
     else
         printf("%s: encrypted backup of %s written and verified (%d pages, %.1f MB in %.2f s; every page "
                "authenticated, integrity_check ok)\n", dst, src, pages, (double)pages * h.page_size / 1e6, secs);
@@ -1038,7 +1062,7 @@ static const command_t commands[] = {
     {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "kj"},
     {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcpiq"}, {"decrypt", cmd_decrypt, "k"},
     {"rekey", cmd_rekey, "krcq"},         {"rotate-master", cmd_rotate_master, "k"},
-    {"backup", cmd_backup, "kjq"},      {"restore", cmd_restore, "kq"},
+    {"backup", cmd_backup, "kjqn"},      {"restore", cmd_restore, "kq"},
 };
 
 int main(int argc, char **argv)
@@ -1060,12 +1084,13 @@ int main(int argc, char **argv)
                                              {"json", no_argument, NULL, 'j'},
                                              {"quiet", no_argument, NULL, 'q'},
                                              {"in-place", no_argument, NULL, 'i'},
+                                             {"no-verify", no_argument, NULL, 'n'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     int ch;
     int64_t ps = 0;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqih", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqinh", longopts, NULL)) != -1) {
         int letter = ch == 'K' ? 'k' : ch;
         if (ch == 'h') return usage_to(stdout, 0);
         if (ch != '?' && !strchr(cmd->options, letter))
@@ -1076,6 +1101,7 @@ int main(int argc, char **argv)
                            : letter == 'j' ? "--json"
                            : letter == 'q' ? "--quiet"
                            : letter == 'i' ? "--in-place"
+                           : letter == 'n' ? "--no-verify"
                                            : "--rewrite"),
                    SR_EXIT_USAGE;
         if (ch == 'k') o.keyfile = optarg, key_kind = "keyfile";
@@ -1088,6 +1114,7 @@ int main(int argc, char **argv)
         else if (ch == 'j') o.json = 1;
         else if (ch == 'q') o.quiet = 1;
         else if (ch == 'i') o.in_place = 1;
+        else if (ch == 'n') o.no_verify = 1;
         else if (ch == '?') return usage();
     }
     o.page_size = (uint32_t)ps;

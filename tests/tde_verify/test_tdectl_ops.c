@@ -48,7 +48,8 @@ static int stop_writer(pid_t pid)
 static void test_backup_of_a_live_database(void)
 {
     char out[65536], backup[600], json_backup[600], where[600];
-    const char *db_path = sr_test_path("live.db");
+    char db_path[600];
+    snprintf(db_path, sizeof db_path, "%s", sr_test_path("live.db"));
     snprintf(backup, sizeof backup, "%s", sr_test_path("live-backup.db"));
     snprintf(json_backup, sizeof json_backup, "%s", sr_test_path("live-backup-2.db"));
     sqlite3 *db = NULL;
@@ -89,6 +90,12 @@ static void test_backup_of_a_live_database(void)
     sqlite3_close(b);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "restore --keyfile %s %s %s", keyfile, backup, restored), 3);
     SR_CHECK_CONTAINS(out, "refusing to overwrite");
+    char unverified[600];
+    snprintf(unverified, sizeof unverified, "%s", sr_test_path("unverified.db"));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --no-verify --json --keyfile %s %s %s 2>/dev/null | cat", keyfile,
+                           db_path, unverified), 0);
+    SR_CHECK_MSG(strstr(out, "\"verified\": false, \"verify\": null"), "%s", out);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, unverified), 0);
 }
 
 static void test_backup_failures_are_clean(void)
