@@ -400,6 +400,28 @@ static void progress_show(progress_t *p, uint64_t done, uint64_t total, int fina
     }
 }
 
+/* SQLite's backup API from `in` to `out` in steps of 1,024 pages, with
+ * progress; SQLITE_DONE once all are copied, else the failing step's code.
+ * *pages: the source's page count. Inside a read transaction on `in` the
+ * copy is one snapshot. */
+static int backup_steps(const options_t *o, sqlite3 *in, sqlite3 *out, const char *what, const char *path,
+                        uint32_t page_size, int *pages)
+{
+    sqlite3_backup *b = sqlite3_backup_init(out, "main", in, "main");
+    progress_t pr;
+    progress_start(&pr, o, what, path, page_size);
+    int step = b ? SQLITE_OK : sqlite3_errcode(out);
+    while (b && (step == SQLITE_OK || step == SQLITE_BUSY || step == SQLITE_LOCKED)) {
+        if (step != SQLITE_OK) sqlite3_sleep(20);
+        step = sqlite3_backup_step(b, 1024);
+        int total = sqlite3_backup_pagecount(b);
+        progress_show(&pr, (uint64_t)(total - sqlite3_backup_remaining(b)), (uint64_t)total, step == SQLITE_DONE);
+    }
+    *pages = b ? sqlite3_backup_pagecount(b) : 0;
+    int fin = b ? sqlite3_backup_finish(b) : step;
+    return step == SQLITE_DONE && fin != SQLITE_OK ? fin : step;
+}
+
 #define VERIFY_BAD_LISTED 1000
 
 /* What verify found in one database. */
@@ -565,16 +587,6 @@ static int cmd_verify(options_t *o)
 
 /* ---- encrypt / decrypt ------------------------------------------------------------------ */
 
-static int backup_all(sqlite3 *src, sqlite3 *dst)
-{
-    sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
-    if (!b) return sqlite3_errcode(dst);
-    int rc = sqlite3_backup_step(b, -1);
-    int fin = sqlite3_backup_finish(b);
-    return rc == SQLITE_DONE ? fin : rc;
-}
-
-
 static int refuse_existing(const char *path)
 {
     struct stat st;
@@ -609,8 +621,33 @@ static int validate(const options_t *o, sr_keyprov_t *kp, const char *path, veri
  * asked for (VACUUM INTO gives the output the larger of the source's reserve
  * and the one asked for: room for each page's trailer). A consistent
  * snapshot of the source; no plaintext reaches the disk but the source. */
-static int vacuum_into(sqlite3 *in, const char *dst_uri, const char *dst, int reserve, uint32_t page_size)
+/* VACUUM INTO says nothing as it goes: its progress is the output's size
+ * against the source's (an estimate: the copy is compacted). */
+typedef struct vacuum_progress {
+    progress_t pr;
+    const char *dst;
+    uint64_t expected;
+} vacuum_progress_t;
+
+static int vacuum_tick(void *arg)
 {
+    vacuum_progress_t *v = arg;
+    struct stat st;
+    if (stat(v->dst, &st) == 0) {
+        uint64_t done = (uint64_t)st.st_size / 4096, total = v->expected / 4096 + 1;
+        progress_show(&v->pr, done < total ? done : total, total, 0);
+    }
+    return 0;
+}
+
+static int vacuum_into(const options_t *o, sqlite3 *in, const char *src, const char *dst_uri, const char *dst,
+                       int reserve)
+{
+    uint32_t page_size = o->page_size;
+    struct stat src_st;
+    vacuum_progress_t vp = {.dst = dst, .expected = stat(src, &src_st) == 0 ? (uint64_t)src_st.st_size : 0};
+    progress_start(&vp.pr, o, o->in_place || o->cipher ? "rebuild" : "encrypt", src, 4096);
+    sqlite3_progress_handler(in, 20000, vacuum_tick, &vp);
     sqlite3_stmt *st = NULL;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA page_size=%u", page_size);
@@ -623,6 +660,8 @@ static int vacuum_into(sqlite3 *in, const char *dst_uri, const char *dst, int re
         return status;
     }
     sqlite3_finalize(st);
+    sqlite3_progress_handler(in, 0, NULL, NULL);
+    progress_show(&vp.pr, vp.expected / 4096 + 1, vp.expected / 4096 + 1, 1);
     return 0;
 }
 
@@ -704,7 +743,7 @@ static int rebuild_in_place(const options_t *o, const char *db, const char *src_
         exec(in, "PRAGMA locking_mode=EXCLUSIVE") != SQLITE_OK ||
         exec(in, "SELECT count(*) FROM sqlite_schema") != SQLITE_OK)
         return sqlite_fail(in, db);
-    status = vacuum_into(in, duri, tmp, reserve, o->page_size);
+    status = vacuum_into(o, in, db, duri, tmp, reserve);
     sr_keyprov_t *kp = NULL;
     static verify_result_t r;
     if (!status && open_provider(o, &kp) != SR_OK) status = key_fail(what);
@@ -760,7 +799,7 @@ static int cmd_encrypt(options_t *o)
         strncat(suri, "&mode=ro", sizeof suri - strlen(suri) - 1);
         if (sqlite3_open_v2(suri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK)
             return sqlite_fail(in, src);
-        status = vacuum_into(in, duri, dst, SR_TDE_PAGE_TRAILER, o->page_size);
+        status = vacuum_into(o, in, src, duri, dst, SR_TDE_PAGE_TRAILER);
         if (!status) sqlite3_close(in);
         if (!status) status = integrity_check(dst, o->keyfile, NULL);
     }
@@ -809,7 +848,14 @@ static int cmd_decrypt(options_t *o)
     int rc = sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom");
     if (rc != SQLITE_OK) return sqlite_fail(in, src);
     rc = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    if (rc == SQLITE_OK) rc = backup_all(in, out);
+    int pages = 0;
+    sr_tde_header_t h;
+    uint32_t ps = sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK ? h.page_size : 4096;
+    if (rc == SQLITE_OK && (rc = exec(in, "BEGIN")) == SQLITE_OK) /* one snapshot */
+        rc = exec(in, "SELECT count(*) FROM sqlite_schema");
+    if (rc == SQLITE_OK && backup_steps(o, in, out, "decrypt", src, ps, &pages) != SQLITE_DONE)
+        rc = sqlite3_errcode(out) ? sqlite3_errcode(out) : SQLITE_ERROR;
+    (void)exec(in, "COMMIT");
     sqlite3_close(in);
     if (rc != SQLITE_OK) return unlink(dst), sqlite_fail(out, dst);
     sqlite3_close(out);
@@ -864,21 +910,10 @@ static int copy_snapshot(const options_t *o, const char *src, const char *dst, u
         sqlite3_close(in);
         return sqlite_fail(out, dst);
     }
-    sqlite3_backup *b = sqlite3_backup_init(out, "main", in, "main");
-    progress_t pr;
-    progress_start(&pr, o, "backup", src, page_size);
-    int step = b ? SQLITE_OK : sqlite3_errcode(out);
-    while (b && (step == SQLITE_OK || step == SQLITE_BUSY || step == SQLITE_LOCKED)) {
-        if (step != SQLITE_OK) sqlite3_sleep(20);
-        step = sqlite3_backup_step(b, 1024);
-        int total = sqlite3_backup_pagecount(b);
-        progress_show(&pr, (uint64_t)(total - sqlite3_backup_remaining(b)), (uint64_t)total, step == SQLITE_DONE);
-    }
-    *pages = b ? sqlite3_backup_pagecount(b) : 0;
-    int fin = b ? sqlite3_backup_finish(b) : step;
+    int step = backup_steps(o, in, out, "backup", src, page_size, pages);
     (void)exec(in, "COMMIT");
     sqlite3_close(in);
-    if (step != SQLITE_DONE || fin != SQLITE_OK) return sqlite_fail(out, dst);
+    if (step != SQLITE_DONE) return sqlite_fail(out, dst);
     /* one self-contained file: a WAL-mode source would make the copy WAL too */
     if (exec(out, "PRAGMA journal_mode=DELETE") != SQLITE_OK || sqlite3_close(out) != SQLITE_OK)
         return sqlite_fail(out, dst);
@@ -908,16 +943,28 @@ static int cmd_backup(options_t *o)
     sr_tde_header_t h;
     sr_err_t rc = sr_tde_file_header_read(src, kp, &h, NULL);
     if (rc != SR_OK) return sr_keyprov_free(kp), fail(src, rc);
+    /* written as DEST.strongroom-partial, named DEST only once whole and
+     * verified: a killed run never leaves something that looks like a backup,
+     * and a re-run starts again */
+    char partial[8192];
+    snprintf(partial, sizeof partial, "%s.strongroom-partial", dst);
+    if (access(partial, F_OK) == 0) {
+        fprintf(stderr, "tdectl: %s: an earlier backup was interrupted; starting again\n", partial);
+        remove_database(partial);
+    }
     uint64_t t0 = sr_time_mono_ns();
-    int pages = 0, status = copy_snapshot(o, src, dst, h.page_size, &pages);
+    int pages = 0, status = copy_snapshot(o, src, partial, h.page_size, &pages);
     double secs = (double)(sr_time_mono_ns() - t0) / 1e9;
     static verify_result_t r;
-    if (!status && !o->no_verify) status = validate(o, kp, dst, &r);
+    if (!status && !o->no_verify) status = validate(o, kp, partial, &r);
     sr_keyprov_free(kp);
+    if (!status && link(partial, dst) != 0)
+        status = fail(dst, sr_err_set_errno(SR_ERR_IO, errno, "cannot name the backup %s", dst));
+    if (!status) status = sync_file_and_dir(dst);
+    remove_database(partial);
     audited("tablespace.backup", src, !status, status ? "backup failed" : dst);
     if (status) {
-        remove_database(dst); /* never leave something that looks like a backup */
-        fprintf(stderr, "tdectl: backup of %s failed; %s removed\n", src, dst);
+        fprintf(stderr, "tdectl: backup of %s failed; the partial copy %s removed\n", src, partial);
         return status;
     }
     if (o->json) backup_json(src, dst, pages, h.page_size, secs, o->no_verify ? NULL : &r);
@@ -1060,7 +1107,7 @@ typedef struct command {
 
 static const command_t commands[] = {
     {"keygen", cmd_keygen, ""},         {"create", cmd_create, "kcp"},   {"status", cmd_status, "kj"},
-    {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcpiq"}, {"decrypt", cmd_decrypt, "k"},
+    {"verify", cmd_verify, "kjq"},        {"encrypt", cmd_encrypt, "kcpiq"}, {"decrypt", cmd_decrypt, "kq"},
     {"rekey", cmd_rekey, "krcq"},         {"rotate-master", cmd_rotate_master, "k"},
     {"backup", cmd_backup, "kjqn"},      {"restore", cmd_restore, "kq"},
 };

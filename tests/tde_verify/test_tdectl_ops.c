@@ -217,6 +217,58 @@ static void test_encrypt_in_place_survives_sigkill(void)
            killed_after);
 }
 
+/* Runs tdectl with args (NULL-terminated) and kills it with SIGKILL after a
+ * random delay of up to max_us. */
+static void run_and_kill(useconds_t max_us, char *const args[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1), dup2(devnull, 2);
+        execv(sr_test_build_path("tde/tdectl"), args);
+        _exit(127);
+    }
+    usleep((useconds_t)rand() % max_us);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* backup and the cipher switch killed at random, then run again: each re-run
+ * completes; the backup never exists half-made under its name; the
+ * database's rows are always the original's. */
+static void test_backup_and_cipher_switch_survive_sigkill(void)
+{
+    char out[16384], fp[65], now[65], dest[600], partial[700], key[600];
+    snprintf(key, sizeof key, "%s", keyfile);
+    const char *plain = plain_db("kill-src.db", 4000, fp);
+    char db[600];
+    snprintf(db, sizeof db, "%s", sr_test_path("kill.db"));
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "encrypt --quiet --keyfile %s %s %s", key, plain, db), 0);
+    snprintf(dest, sizeof dest, "%s", sr_test_path("kill-backup.db"));
+    snprintf(partial, sizeof partial, "%s.strongroom-partial", dest);
+    const char *ciphers[] = {"chacha20-poly1305", "aes-256-gcm"};
+    srand(11);
+    for (int round = 0; round < 10; round++) {
+        char *backup[] = {"tdectl", "backup", "--quiet", "--keyfile", key, db, dest, NULL};
+        run_and_kill(60000, backup);
+        if (access(dest, F_OK) == 0) /* killed after it was named: whole and verified */
+            SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --quiet --keyfile %s %s", key, dest), 0);
+        remove(dest);
+        SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --quiet --keyfile %s %s %s", key, db, dest), 0);
+        SR_CHECK_STR(fingerprint_of(dest, key, now), fp);
+        SR_CHECK_MSG(access(partial, F_OK) != 0, "round %d left %s", round, partial);
+        remove(dest);
+        char *rekey[] = {"tdectl", "rekey", "--quiet", "--cipher", (char *)ciphers[round % 2], "--keyfile", key, db,
+                         NULL};
+        run_and_kill(60000, rekey);
+        SR_CHECK_STR(fingerprint_of(db, key, now), fp);
+        SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --quiet --cipher %s --keyfile %s %s", ciphers[round % 2], key,
+                               db), 0);
+        SR_CHECK_STR(fingerprint_of(db, key, now), fp);
+    }
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, db), 0);
+}
+
 /* A full disk (a file-size limit) mid-rebuild: a clean error, the original
  * untouched and usable, nothing left beside it. */
 static void test_encrypt_in_place_disk_full(void)
@@ -245,5 +297,6 @@ int main(void)
     SR_RUN(test_encrypt_in_place_and_cipher_switch);
     SR_RUN(test_encrypt_in_place_survives_sigkill);
     SR_RUN(test_encrypt_in_place_disk_full);
+    SR_RUN(test_backup_and_cipher_switch_survive_sigkill);
     return sr_test_finish();
 }
