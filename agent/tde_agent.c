@@ -457,7 +457,7 @@ static sr_err_t start_services(void)
 static int cmd_run(const char *config)
 {
     if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
-        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_USAGE;
+        return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last())), SR_EXIT_CANNOT;
     snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     if (mkdir(agent.state, 0700) != 0 && errno != EEXIST)
         return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), SR_EXIT_CANNOT;
@@ -513,7 +513,7 @@ static int cmd_run(const char *config)
 static int cmd_status(const char *config, int json)
 {
     if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
-        return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_USAGE;
+        return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last())), SR_EXIT_CANNOT;
     snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     int enrolled = load_enrolment();
     const char *sock = sr_config_get(agent.cfg, "agent", "socket");
@@ -554,15 +554,21 @@ static int usage(FILE *f, int status)
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage(stderr, SR_EXIT_USAGE);
-    if (!strcmp(argv[1], "--help")) return usage(stdout, 0);
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) return usage(stdout, 0);
+    if (!strcmp(argv[1], "--version")) return puts("tde-agent (strongroom)"), 0;
+    if (strcmp(argv[1], "run") != 0 && strcmp(argv[1], "status") != 0)
+        return fprintf(stderr, "tde-agent: unknown command '%s'\n", argv[1]), usage(stderr, SR_EXIT_USAGE);
     const char *config = NULL;
     int json = 0;
     for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout, 0);
         if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
         else if (!strcmp(argv[i], "--json") && !strcmp(argv[1], "status")) json = 1;
-        else return fprintf(stderr, "tde-agent: option %s does not apply\n", argv[i]), usage(stderr, SR_EXIT_USAGE);
+        else
+            return fprintf(stderr, "tde-agent: %s: option %s does not apply\n", argv[1], argv[i]),
+                   usage(stderr, SR_EXIT_USAGE);
     }
-    if (!config) return usage(stderr, SR_EXIT_USAGE);
+    if (!config) return fprintf(stderr, "tde-agent: %s: --config FILE is required\n", argv[1]), SR_EXIT_USAGE;
     if (sr_secure_init() != SR_OK) return SR_EXIT_CANNOT;
     sr_audit_writer_t *w = NULL;
     if (sr_audit_open_from_env(&w) != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;

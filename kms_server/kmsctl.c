@@ -678,12 +678,21 @@ int main(int argc, char **argv)
     sr_audit_writer_t *w = NULL;
     if (sr_audit_open_from_env(&w) != SR_OK) return fail_with(SR_EXIT_CANNOT, "audit log");
     const char *cmd = argv[i];
+    /* usage before configuration: --help anywhere, or an option no command has */
+    static const char *const known[] = {"--group", "--bits", "--activate", "--json", "--name", "--compromise",
+                                        "--yes", "--role", "--days", "--ttl", "--uses", "--dir", "--port", "--listen",
+                                        "--server-name", "--passphrase-file", NULL};
+    for (int a = i + 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return usage(stdout, 0);
+        int ok = strncmp(argv[a], "--", 2) != 0;
+        for (int k = 0; !ok && known[k]; k++) ok = !strcmp(argv[a], known[k]);
+        if (!ok) return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", cmd, argv[a]), SR_EXIT_USAGE;
+    }
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
         {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}, {"store", cmd_store}};
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(cmd, commands[k].name) != 0) continue;
-        if (i + 1 < argc && !strcmp(argv[i + 1], "--help")) return usage(stdout, 0);
         if (load_config(config)) return SR_EXIT_CANNOT;
         int status = commands[k].run(argc - i - 1, argv + i + 1);
         sr_config_free(cfg);

@@ -1137,6 +1137,7 @@ int main(int argc, char **argv)
     int ch;
     int64_t ps = 0;
     optind = 2;
+    opterr = 0; /* our message names the command */
     while ((ch = getopt_long(argc, argv, "k:K:c:p:rjqinh", longopts, NULL)) != -1) {
         int letter = ch == 'K' ? 'k' : ch;
         if (ch == 'h') return usage_to(stdout, 0);
@@ -1162,7 +1163,9 @@ int main(int argc, char **argv)
         else if (ch == 'q') o.quiet = 1;
         else if (ch == 'i') o.in_place = 1;
         else if (ch == 'n') o.no_verify = 1;
-        else if (ch == '?') return usage();
+        else if (ch == '?')
+            return fprintf(stderr, "tdectl: %s: %s: unknown option or missing value\n", cmd->name, argv[optind - 1]),
+                   usage();
     }
     o.page_size = (uint32_t)ps;
     o.argc = argc - optind;
