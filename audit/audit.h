@@ -132,20 +132,17 @@ SR_API sr_err_t sr_audit_chain_feed(sr_audit_chain_t *c, char *line, size_t len,
  *
  * The local log is the spool: a forwarder sends its records, as written, to
  * a collector over mutual TLS and the collector stores each source's records
- * verbatim in DIR/<source>.log (the source is the CN of the client
- * certificate), verifying the chain on receipt. The collector acknowledges
+ * verbatim in DIR/<certificate SHA-256>.log (the source is the client
+ * certificate, never a name it sends; DIR/sources.tsv maps fingerprints to
+ * CNs), verifying the chain and the signatures on receipt. The collector acknowledges
  * only what it has fsync'd, and tells a connecting forwarder the last seq it
  * holds, so an outage or a restart on either side loses nothing and
  * duplicates nothing. */
-typedef struct sr_audit_tls {
-    const char *ca_file, *cert_file, *key_file;
-} sr_audit_tls_t;
-
 typedef struct sr_audit_collector_options {
     const char *host;          /* listen address */
     uint16_t port;             /* 0: any (see sr_audit_collect_port) */
     const char *dir;           /* per-source files */
-    sr_audit_tls_t tls;
+    sr_tls_options_t tls;      /* CA, certificate, key (the same struct as every TLS user) */
     const uint8_t *verify_key; /* checkpoints of sources without their own key (DIR/<fingerprint>.pub)
                                   must be signed by it (NULL: chain only) */
     int require_key;           /* refuse a source that has no key (neither its own nor verify_key) */
@@ -181,7 +178,7 @@ typedef struct sr_audit_forwarder_options {
     const char *host;
     uint16_t port;
     const char *verify_name;   /* collector certificate name; NULL: host */
-    sr_audit_tls_t tls;
+    sr_tls_options_t tls;      /* CA, certificate, key (the same struct as every TLS user) */
     int once;                  /* send what exists, wait for the ack, return */
     uint64_t poll_ms;          /* follow mode: how often to look for new records (0: 200) */
 } sr_audit_forwarder_options_t;

@@ -380,8 +380,8 @@ static void collector_accept(collector_t *col, sr_ssl_ctx_t *ctx, int lfd, time_
 sr_err_t sr_audit_collect(const sr_audit_collector_options_t *o, volatile int *stop)
 {
     if (mkdir(o->dir, 0700) != 0 && errno != EEXIST) return sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", o->dir);
-    sr_tls_options_t tls = {.ca_file = o->tls.ca_file, .cert_file = o->tls.cert_file, .key_file = o->tls.key_file,
-                            .require_client_cert = 1};
+    sr_tls_options_t tls = o->tls;
+    tls.require_client_cert = 1; /* the source is the client certificate */
     sr_ssl_ctx_t *ctx = NULL;
     int lfd = -1;
     /* On the heap: connection threads use it until they end, which can be
@@ -562,9 +562,8 @@ static sr_err_t send_new(fwd_t *f)
 
 sr_err_t sr_audit_forward(const sr_audit_forwarder_options_t *o, volatile int *stop)
 {
-    sr_tls_options_t tls = {.ca_file = o->tls.ca_file, .cert_file = o->tls.cert_file, .key_file = o->tls.key_file};
     fwd_t f = {.o = o};
-    sr_err_t rc = sr_tls_client_ctx_new(&tls, &f.ctx);
+    sr_err_t rc = sr_tls_client_ctx_new(&o->tls, &f.ctx);
     if (rc != SR_OK) return rc;
     uint64_t backoff = 200, poll_ms = o->poll_ms ? o->poll_ms : 200;
     while (!*stop) {

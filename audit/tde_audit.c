@@ -543,7 +543,7 @@ static int cmd_collect(opts_t *o)
     sr_log_set_level(SR_LOG_NOTICE);
     on_signals();
     sr_audit_collector_options_t co = {.host = host, .port = port, .dir = o->dir,
-                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .verify_key = o->key ? pk : NULL,
+                                       .tls = {.ca_file = o->tls_ca, .cert_file = o->tls_cert, .key_file = o->tls_key}, .verify_key = o->key ? pk : NULL,
                                        .require_key = o->require_key};
     return sr_audit_collect(&co, &stop_requested) == SR_OK ? SR_EXIT_OK : cannot("collect");
 }
@@ -609,7 +609,7 @@ static int cmd_forward(opts_t *o)
         return fprintf(stderr, "tde-audit: forward: --to %s: HOST:PORT\n", o->to), SR_EXIT_USAGE;
     on_signals();
     sr_audit_forwarder_options_t fo = {.log = o->log, .host = host, .port = port, .verify_name = o->verify_name,
-                                       .tls = {o->tls_ca, o->tls_cert, o->tls_key}, .once = o->once};
+                                       .tls = {.ca_file = o->tls_ca, .cert_file = o->tls_cert, .key_file = o->tls_key}, .once = o->once};
     if (sr_audit_forward(&fo, &stop_requested) == SR_OK) return SR_EXIT_OK;
     int refused = sr_err_last() == SR_ERR_AUDIT_CHAIN; /* the collector refused a record, or the chains diverge */
     int status = cannot("forward");
