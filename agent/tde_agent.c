@@ -375,17 +375,36 @@ static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const 
     return rc;
 }
 
+/* Reads n bytes before the deadline (monotonic ms): a peer that sends a
+ * byte at a time cannot stretch one request. */
+static int read_by(int fd, uint8_t *buf, size_t n, uint64_t deadline_ms)
+{
+    for (size_t got = 0; got < n;) {
+        uint64_t now = sr_time_mono_ms();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (now >= deadline_ms || poll(&pfd, 1, (int)(deadline_ms - now)) <= 0) return -1;
+        ssize_t r = recv(fd, buf + got, n - got, 0);
+        if (r <= 0 && !(r < 0 && errno == EINTR)) return -1;
+        if (r > 0) got += (size_t)r;
+    }
+    return 0;
+}
+
+#define REQUEST_MS 2000 /* a whole request, from the connection: local processes send ~100 bytes at once */
+#define MAX_SERVING 64  /* connections served at once; more wait in the listen backlog */
+
 static void handle(int fd)
 {
     peer_t p;
     describe_peer(fd, &p);
     uint8_t head[4], req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (sr_fd_read_exact(fd, head, 4) != SR_OK) return;
+    struct timeval tv = {.tv_sec = 5}; /* for the answer */
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
+    if (read_by(fd, head, 4, deadline) != 0) return;
     uint32_t n = sr_get_be32(head);
-    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || sr_fd_read_exact(fd, req, n) != SR_OK)
-        return refuse(fd, &p, NULL, "malformed request");
+    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || read_by(fd, req, n, deadline) != 0)
+        return refuse(fd, &p, NULL, "malformed or incomplete request");
     sr_uuid_t ts;
     memcpy(ts.bytes, req + 1, SR_UUID_BYTES);
     uint32_t version = sr_get_be32(req + 1 + SR_UUID_BYTES);
@@ -419,6 +438,57 @@ static void handle(int fd)
         refuse(fd, &p, object, sr_err_detail());
     }
     sr_secure_wipe(reply, SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX), sr_secure_free(reply);
+}
+
+/* Each connection in its own thread (the cache, the KMS provider, the policy
+ * and the event sink are thread-safe): one slow or silent local process
+ * holds one slot for at most REQUEST_MS, never the service. */
+static int connections_served; /* being served now, under agent.lock */
+
+static void *connection_main(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    handle(fd);
+    close(fd);
+    pthread_mutex_lock(&agent.lock);
+    connections_served--;
+    pthread_mutex_unlock(&agent.lock);
+    return NULL;
+}
+
+static void serve_connection(int lfd)
+{
+    pthread_mutex_lock(&agent.lock);
+    int room = connections_served < MAX_SERVING;
+    if (room) connections_served++;
+    pthread_mutex_unlock(&agent.lock);
+    if (!room) {
+        usleep(20000); /* they wait in the backlog */
+        return;
+    }
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    pthread_t th;
+    if (fd >= 0 && pthread_create(&th, NULL, connection_main, (void *)(intptr_t)fd) == 0) {
+        pthread_detach(th);
+        return;
+    }
+    if (fd >= 0) close(fd);
+    pthread_mutex_lock(&agent.lock);
+    connections_served--;
+    pthread_mutex_unlock(&agent.lock);
+    if (fd < 0) usleep(50000); /* out of descriptors: do not spin */
+}
+
+/* At shutdown: the requests being served finish (each within REQUEST_MS and its KMS call). */
+static void wait_for_connections(void)
+{
+    for (int waited = 0; waited < 1500; waited++) {
+        pthread_mutex_lock(&agent.lock);
+        int left = connections_served;
+        pthread_mutex_unlock(&agent.lock);
+        if (!left) return;
+        usleep(10000);
+    }
 }
 
 static sr_err_t listen_socket(const char *path, int *fd_out)
@@ -486,10 +556,10 @@ static int cmd_run(const char *config)
     while (!stop_requested) {
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 200) <= 0) continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0) handle(fd), close(fd);
+        serve_connection(lfd);
     }
     close(lfd);
+    wait_for_connections();
     unlink(sr_config_get(agent.cfg, "agent", "socket"));
     pthread_join(hb, NULL);
     sr_keycache_purge(agent.cache, NULL);

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -280,6 +282,37 @@ static void test_policy_refuses_a_local_process(void)
     waitpid(p, NULL, 0);
 }
 
+/* Local processes that connect to the key service and say nothing, or send
+ * a request a byte at a time, hold one connection each for at most 2 s and
+ * never the service: an open through the agent is served at once. Before,
+ * the service took one connection at a time (up to 5 s each). */
+static void test_silent_local_clients_do_not_block_the_key_service(void)
+{
+    int i = n_agents - 1; /* running since scale-out, its tablespace made */
+    char sock[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    int fds[12];
+    for (int k = 0; k < 12; k++) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+        fds[k] = socket(AF_UNIX, SOCK_STREAM, 0);
+        SR_CHECK(fds[k] >= 0 && connect(fds[k], (struct sockaddr *)&sa, sizeof sa) == 0);
+        if (k % 2) SR_CHECK(write(fds[k], "\0", 1) == 1); /* the start of a length, then nothing */
+    }
+    uint64_t t0 = sr_time_mono_ms();
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES ('beside the silent ones')"), SQLITE_OK);
+    uint64_t took = sr_time_mono_ms() - t0;
+    printf("  an open and a write through the agent beside 12 silent local connections: %llu ms\n",
+           (unsigned long long)took);
+    SR_CHECK_MSG(took < 1500, "the key service was held up %llu ms", (unsigned long long)took);
+    usleep(2500000); /* their 2 s are over: the agent has closed them */
+    for (int k = 0; k < 12; k++) {
+        char c;
+        SR_CHECK_MSG(read(fds[k], &c, 1) <= 0, "connection %d still open after its deadline", k);
+        close(fds[k]);
+    }
+}
+
 static void test_each_step_audited(void)
 {
     kmsd_stop(SIGTERM);
@@ -314,6 +347,7 @@ int main(void)
     SR_RUN(test_kms_outage);
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
+    SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_each_step_audited);
     for (int i = 0; i < n_agents; i++)
         if (agents[i] > 0) kill(agents[i], SIGTERM), waitpid(agents[i], NULL, 0);
