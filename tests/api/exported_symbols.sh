@@ -11,14 +11,16 @@
 # usage: exported_symbols.sh SOURCE_DIR CC LIBSTRONGROOM EXTENSION [PAM_MODULE]
 set -euo pipefail
 src=$1 cc=$2 lib=$3 ext=$4 pam=${5:-}
-headers=(common/common.h keymgr/keymgr.h keymgr/kmip.h tde/tde.h audit/audit.h)
+headers=(common/common.h common/sr_api.h common/sr_error.h common/sr_log.h common/sr_config.h common/sr_secmem.h
+         common/sr_uuid.h common/sr_time.h common/sr_event.h common/sr_tls.h common/sr_bytes.h
+         keymgr/keymgr.h keymgr/kmip.h tde/tde.h audit/audit.h)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
 exported() { nm -D --defined-only "$1" | awk '$2 ~ /^[TDBRVW]$/ {print $3}' | sort -u; }
 
 for h in "${headers[@]}"; do
-  grep -ho '^SR_API [^(]*(' "$src/$h" | grep -o '[A-Za-z_][A-Za-z0-9_]*($' | tr -d '('
+  grep -ho '^SR_API [^(]*(' "$src/$h" | grep -o '[A-Za-z_][A-Za-z0-9_]*($' | tr -d '(' || true
 done | sort -u > "$work/declared"
 exported "$lib" > "$work/exported"
 if ! diff -u "$work/declared" "$work/exported" > "$work/diff"; then
