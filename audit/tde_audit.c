@@ -1,15 +1,18 @@
 /*
  * tde-audit — the security reviewer's tool for strongroom audit logs.
  *
- *   tde-audit keygen --out PREFIX                 PREFIX.sign (writer, 0600) + PREFIX.pub (reviewers)
- *   tde-audit verify [--key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...
+ *   tde-audit keygen PREFIX                       PREFIX.sign (writer, 0600) + PREFIX.pub (reviewers)
+ *   tde-audit verify [--verify-key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...
  *   tde-audit search [FILTERS] [--format table|json|csv] FILES...
  *   tde-audit report [--json] FILES...
  *   tde-audit append --log FILE --sign-key SIGN --component C --event E [--subject ..] [--object ..]
  *                    [--outcome ..] [--source ..] [--detail ..]
- *   tde-audit collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB]
+ *   tde-audit collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-key PUB]
  *   tde-audit forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]
- *   tde-audit register --dir DIR --cert CERT --key PUB
+ *   tde-audit register --dir DIR --cert CERT --verify-key PUB
+ * The key options say which key: --verify-key (public, for reviewers),
+ * --sign-key (the sealer's), --tls-key (TLS); --key and keygen --out PREFIX
+ * are the older spellings, still accepted.
  *   tde-audit events [--json]
  *   tde-audit serve --socket PATH --log FILE --sign-key KEY
  *
@@ -67,7 +70,7 @@ static int missing(const char *cmd, const char *what)
 
 static int cmd_keygen(opts_t *o)
 {
-    if (!o->out) return missing("keygen", "--out PREFIX");
+    if (!o->out) return missing("keygen", "PREFIX");
     sr_err_t rc = sr_audit_keygen(o->out);
     if (rc != SR_OK) return cannot("keygen");
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
@@ -649,10 +652,10 @@ struct command {
 };
 
 static const command_t commands[] = {
-    {"keygen", cmd_keygen, "out ", "keygen --out PREFIX\n"
+    {"keygen", cmd_keygen, "out ", "keygen PREFIX   (or --out PREFIX)\n"
      "    a signing key PREFIX.sign (0600, for the sealer) and its verify key PREFIX.pub (for reviewers)\n"},
-    {"verify", cmd_verify, "key strict min-seq against json ",
-     "verify [--key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...\n"
+    {"verify", cmd_verify, "verify-key key strict min-seq against json ",
+     "verify [--verify-key PUB] [--strict] [--min-seq N] [--against COPY] [--json] FILES...\n"
      "    prove no record was altered, removed, inserted or reordered; --strict: unsealed records fail;\n"
      "    --min-seq: a seq seen before must still be there; --against: compare with a collector's copy\n"},
     {"search", cmd_search, "since until component event subject object source outcome format ",
@@ -668,13 +671,14 @@ static const command_t commands[] = {
     {"serve", cmd_serve, "socket log sign-key ", "serve --socket PATH --log FILE --sign-key SIGN\n"
      "    the host's sealer: the only holder of the signing key; processes with STRONGROOM_AUDIT_SOCKET=PATH\n"
      "    send it their events (the subject is the kernel's view of the sender)\n"},
-    {"collect", cmd_collect, "listen dir tls-ca tls-cert tls-key key require-key ",
-     "collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--key PUB] [--require-key]\n"
+    {"collect", cmd_collect, "listen dir tls-ca tls-cert tls-key verify-key key require-key ",
+     "collect --listen HOST:PORT --dir DIR --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-key PUB]\n"
+     "        [--require-key]\n"
      "    receive forwarded logs (mutual TLS), one verified file per client certificate; a source's checkpoints\n"
-     "    are verified with its registered key (register), else --key; --require-key refuses sources with none\n"},
+     "    are verified with its registered key (register), else --verify-key; --require-key refuses sources with none\n"},
     {"events", cmd_events, "json ", "events [--json]\n"
      "    the event vocabulary: every event strongroom emits, what its subject and object hold, when\n"},
-    {"register", cmd_register, "dir cert key ", "register --dir DIR --cert CERT --key PUB\n"
+    {"register", cmd_register, "dir cert verify-key key ", "register --dir DIR --cert CERT --verify-key PUB\n"
      "    the verify key of the source that forwards with certificate CERT, kept in the collector's store\n"},
     {"forward", cmd_forward, "log to tls-ca tls-cert tls-key verify-name once ",
      "forward --log FILE --to HOST:PORT --tls-ca CA --tls-cert CERT --tls-key KEY [--verify-name N] [--once]\n"
@@ -718,7 +722,7 @@ int main(int argc, char **argv)
     const command_t *cmd = command_find(argv[1]);
     if (!cmd) return fprintf(stderr, "tde-audit: unknown command '%s'\n", argv[1]), usage();
     static const struct option longopts[] = {
-        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'},
+        {"out", 1, 0, 'O'},       {"key", 1, 0, 'k'},     {"verify-key", 1, 0, 'k'},     {"strict", 0, 0, 'S'},   {"min-seq", 1, 0, 'm'},
         {"against", 1, 0, 'G'},   {"socket", 1, 0, 'U'},  {"since", 1, 0, 's'},    {"until", 1, 0, 'u'},
         {"component", 1, 0, 'c'}, {"event", 1, 0, 'e'},   {"subject", 1, 0, 'j'},  {"object", 1, 0, 'o'},
         {"source", 1, 0, 'r'},    {"outcome", 1, 0, 'x'}, {"format", 1, 0, 'f'},   {"log", 1, 0, 'l'},
@@ -784,6 +788,7 @@ int main(int argc, char **argv)
     }
     o.nfiles = argc - optind;
     o.files = argv + optind;
+    if (cmd->run == cmd_keygen && !o.out && o.nfiles == 1) o.out = o.files[0], o.nfiles = 0; /* as tdectl keygen PATH */
     if (o.nfiles && (cmd->run == cmd_keygen || cmd->run == cmd_events || cmd->run == cmd_append || cmd->run == cmd_collect ||
                      cmd->run == cmd_register || cmd->run == cmd_serve || cmd->run == cmd_forward))
         return fprintf(stderr, "tde-audit: %s: unexpected argument '%s'\n", cmd->name, o.files[0]), SR_EXIT_USAGE;

@@ -477,8 +477,14 @@ static void test_cli_convention(void)
         SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 1, cannot[i]), 3);
         SR_CHECK_MSG(strstr(out, "tde-audit: ") != NULL, "%s: %s", cannot[i], out);
     }
-    /* success, and --json */
-    snprintf(args, sizeof args, "verify --json --key %s %s", pub_key, log);
+    /* success, and --json; the key options' current spellings */
+    char prefix[600];
+    snprintf(prefix, sizeof prefix, "%s/cli-key", dir);
+    snprintf(args, sizeof args, "keygen %s", prefix); /* a path, as tdectl keygen */
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    snprintf(args, sizeof args, "verify --verify-key %s.pub %s", prefix, log); /* another key: its signatures fail */
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 1);
+    snprintf(args, sizeof args, "verify --json --verify-key %s %s", pub_key, log);
     SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
     SR_CHECK_MSG(strstr(out, "{\"result\": \"pass\"") && strstr(out, "\"records\": 15") &&
                  strstr(out, "\"signatures_checked\": true"), "%s", out);
