@@ -3,7 +3,8 @@
 # command by command: `TOOL CMD --help` prints usage on stdout and exits 0;
 # an option no command has is a usage error (2) on stderr, prefixed
 # "TOOL:"; a missing file or configuration is "could not" (3); a success
-# is 0; `TOOL --help` and `TOOL --version` exit 0.
+# is 0; `TOOL --help` and `TOOL --version` exit 0; database and key paths
+# with URI syntax in their names stay paths.
 # usage: cli_convention.sh BUILD_DIR
 set -uo pipefail
 build=$1
@@ -79,5 +80,25 @@ check 0 "tde-audit events" "$audit" events
 check 0 "tdectl create" "$tdectl" create --keyfile "$work/k" "$work/a.db"
 check 0 "tdectl status --json" "$tdectl" status --json "$work/a.db"
 python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$work/out" || { echo "FAIL: tdectl status --json is not JSON"; fails=$((fails + 1)); }
+# paths are paths: '#', '?', '%', '&', spaces and non-ASCII in database and
+# key-file names (SQLite URIs would read them as syntax unless escaped)
+key="$work/key #?%&é.key" db="$work/a#b ?c%2E&d é.db"
+check 0 "tdectl keygen (odd key path)" "$tdectl" keygen "$key"
+check 0 "tdectl create (odd paths)" "$tdectl" create --keyfile "$key" "$db"
+check 0 "tdectl verify (odd paths)" "$tdectl" verify --keyfile "$key" "$db"
+check 0 "tdectl status (odd paths)" "$tdectl" status --keyfile "$key" "$db"
+sqlite3 "$work/plain.db" "CREATE TABLE t(x); INSERT INTO t VALUES ('PLAIN-MARKER');"
+check 0 "tdectl encrypt to 'out.db?plaintext=1&'" "$tdectl" encrypt --keyfile "$key" "$work/plain.db" "$work/out.db?plaintext=1&"
+if [ ! -f "$work/out.db?plaintext=1&" ] || grep -q PLAIN-MARKER "$work/out.db?plaintext=1&"; then
+  echo "FAIL: encrypt to 'out.db?plaintext=1&' did not write an encrypted file of that name"; fails=$((fails + 1))
+fi
+check 0 "tdectl verify 'out.db?plaintext=1&'" "$tdectl" verify --keyfile "$key" "$work/out.db?plaintext=1&"
+cp "$work/plain.db" "$work/victim.db"
+check 0 "tdectl encrypt to 'victim%2Edb'" "$tdectl" encrypt --keyfile "$key" "$work/plain.db" "$work/victim%2Edb"
+if ! cmp -s "$work/plain.db" "$work/victim.db" || [ ! -f "$work/victim%2Edb" ]; then
+  echo "FAIL: 'victim%2Edb' was read as victim.db"; fails=$((fails + 1))
+fi
+check 3 "tdectl encrypt over an existing file" "$tdectl" encrypt --keyfile "$key" "$work/plain.db" "$work/victim%2Edb"
+
 [ $fails = 0 ] && echo "ok: every tool and command follows the CLI convention"
 exit $((fails > 0))
