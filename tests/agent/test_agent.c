@@ -282,6 +282,94 @@ static void test_policy_refuses_a_local_process(void)
     waitpid(p, NULL, 0);
 }
 
+/* How many nodes named node-NNN kmsd lists in each state. */
+static void count_states(int i, int *active, int *left, int *expired)
+{
+    char name[32];
+    snprintf(name, sizeof name, "\"name\": \"node-%03d\"", i);
+    *active = *left = *expired = 0;
+    if (kmsctl("node list --json") != 0) return;
+    for (char *at = strstr(out, name); at; at = strstr(at + 1, name)) {
+        char *obj = at, state[16] = "";
+        while (obj > out && *obj != '{') obj--;
+        char *st = strstr(obj, "\"state\": \"");
+        if (st) sscanf(st + 10, "%15[a-z]", state);
+        *active += !strcmp(state, "active"), *left += !strcmp(state, "left"), *expired += !strcmp(state, "expired");
+    }
+}
+
+/* Waits for agent i to serve (1) or to exit (0, its status in *status). */
+static int serves_or_exits(int i, pid_t p, int *status)
+{
+    char sock[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    for (int waited = 0; waited < 15000; waited += 20) {
+        struct stat st;
+        if (stat(sock, &st) == 0 && S_ISSOCK(st.st_mode)) return 1;
+        if (waitpid(p, status, WNOHANG) == p) return 0;
+        usleep(20000);
+    }
+    return 0;
+}
+
+/* SIGKILL at random moments of an agent's first start (its enrolment). The
+ * restart finds the enrolment whole (node.conf is written last, each file
+ * by rename) and serves, or finds none: its token was used, so it is refused
+ * (exit 1) until it gets a new one. The node kmsd enrolled for an agent that
+ * never saved it is revoked when its lease runs out: no node stays active
+ * behind a dead agent. */
+static void test_killed_mid_enrolment(void)
+{
+    enum { ROUNDS = 12 };
+    int base = n_agents + 2, whole = 0, refused = 0, before = 0;
+    srand(5);
+    for (int k = 0; k < ROUNDS && base + k < MAX_AGENTS; k++) {
+        int i = base + k, status = 0;
+        char token[80], path[700];
+        SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+        new_token("token create --group web", token);
+        snprintf(path, sizeof path, "%s/token", agent_dir(i));
+        SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+        write_agent_config(i, NULL);
+        pid_t p = start_agent(i);
+        usleep((useconds_t)(k * 2000 + rand() % 2000)); /* 0..24 ms: across the enrolment (about 15 ms here) */
+        kill(p, SIGKILL);
+        waitpid(p, NULL, 0);
+        snprintf(path, sizeof path, "%s/state/node.conf", agent_dir(i));
+        int enrolled = access(path, F_OK) == 0;
+        snprintf(path, sizeof path, "%s/agent.sock", agent_dir(i));
+        unlink(path); /* left by the killed agent */
+        p = start_agent(i);
+        if (serves_or_exits(i, p, &status)) {
+            whole += enrolled, before += !enrolled; /* killed after saving, or before kmsd took the token */
+        } else {
+            SR_CHECK_MSG(!enrolled && WIFEXITED(status) && WEXITSTATUS(status) == 1, "round %d: status %d", k, status);
+            refused++;
+            new_token("token create --group web", token);
+            snprintf(path, sizeof path, "%s/token", agent_dir(i));
+            SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+            p = start_agent(i);
+            SR_CHECK_MSG(serves_or_exits(i, p, &status), "round %d: no enrolment with a new token", k);
+        }
+        SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES (1)"), SQLITE_OK);
+        kill(p, SIGTERM);
+        waitpid(p, NULL, 0);
+    }
+    printf("  %d agents killed while enrolling: %d restarts found the enrolment whole, %d had been killed before "
+           "kmsd took the token, %d were refused and enrolled with a new one\n", ROUNDS, whole, before, refused);
+    int active = 1, left = 0, expired = 0, orphans = 0;
+    uint64_t t0 = sr_time_mono_ms();
+    while (sr_time_mono_ms() - t0 < 10000) { /* lease 3 s + grace 1 s + the sweep */
+        int a = 0;
+        orphans = 0, active = 0;
+        for (int k = 0; k < ROUNDS; k++) count_states(base + k, &a, &left, &expired), active += a, orphans += expired;
+        if (!active) break;
+        usleep(250000);
+    }
+    SR_CHECK_MSG(active == 0, "%d node(s) still active behind agents that left or died", active);
+    SR_CHECK_EQ_INT(orphans, refused); /* each abandoned enrolment expired */
+}
+
 /* Local processes that connect to the key service and say nothing, or send
  * a request a byte at a time, hold one connection each for at most 2 s and
  * never the service: an open through the agent is served at once. Before,
@@ -348,6 +436,7 @@ int main(void)
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
+    SR_RUN(test_killed_mid_enrolment);
     SR_RUN(test_each_step_audited);
     for (int i = 0; i < n_agents; i++)
         if (agents[i] > 0) kill(agents[i], SIGTERM), waitpid(agents[i], NULL, 0);
