@@ -233,7 +233,7 @@ static void run_and_kill(useconds_t max_us, char *const args[])
     waitpid(pid, NULL, 0);
 }
 
-/* backup and the cipher switch killed at random, then run again: each re-run
+/* backup, the cipher switch and rekey --rewrite killed at random, then run again: each re-run
  * completes; the backup never exists half-made under its name; the
  * database's rows are always the original's. */
 static void test_backup_and_cipher_switch_survive_sigkill(void)
@@ -265,6 +265,16 @@ static void test_backup_and_cipher_switch_survive_sigkill(void)
         SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --quiet --cipher %s --keyfile %s %s", ciphers[round % 2], key,
                                db), 0);
         SR_CHECK_STR(fingerprint_of(db, key, now), fp);
+        /* rekey --rewrite (one VACUUM) killed, then run again: every page on the newest data key, the older
+         * versions dropped from the header */
+        char *rewrite[] = {"tdectl", "rekey", "--rewrite", "--keyfile", key, db, NULL};
+        run_and_kill(60000, rewrite);
+        SR_CHECK_STR(fingerprint_of(db, key, now), fp);
+        SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --rewrite --keyfile %s %s", key, db), 0);
+        SR_CHECK_EQ_INT(tdectl(out, sizeof out, "status --json --keyfile %s %s 2>/dev/null | cat", key, db), 0);
+        int versions = 0;
+        for (const char *v = strstr(out, "\"version\": "); v; v = strstr(v + 1, "\"version\": ")) versions++;
+        SR_CHECK_MSG(versions == 1, "round %d: %d key versions left after rekey --rewrite: %s", round, versions, out);
     }
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, db), 0);
 }
