@@ -17,6 +17,7 @@
 
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -472,6 +473,32 @@ static int op_rekey(req_t *r, int32_t payload)
 
 /* ---- reading objects ---------------------------------------------------------------------- */
 
+/* Each connection thread keeps one guarded, locked region for the key
+ * material and the results of its requests, wiped after each use:
+ * sodium_malloc and sodium_free per request cost mmap/mprotect/munmap, whose
+ * TLB shootdowns stall every thread of kmsd (seen in bench_kms). */
+#define SCRATCH_OUT_BYTES (16 * 1024)
+#define SCRATCH_BYTES (SR_KEYMGR_WRAPPED_MAX + SCRATCH_OUT_BYTES)
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p)
+{
+    sr_secure_wipe(p, SCRATCH_BYTES);
+    sr_secure_free(p);
+}
+
+static void scratch_key_make(void) { (void)pthread_key_create(&scratch_key, scratch_free); }
+
+static uint8_t *scratch(void)
+{
+    pthread_once(&scratch_once, scratch_key_make);
+    uint8_t *p = pthread_getspecific(scratch_key);
+    if (!p && (p = sr_secure_alloc(SCRATCH_BYTES)) && pthread_setspecific(scratch_key, p) != 0)
+        sr_secure_free(p), p = NULL;
+    return p;
+}
+
 static int op_get(req_t *r, int32_t payload)
 {
     kms_object_t o;
@@ -486,9 +513,10 @@ static int op_get(req_t *r, int32_t payload)
                     "key compression is not supported");
     if (child(r, payload, SR_KMIP_TAG_KEY_WRAPPING_SPECIFICATION, 0) >= 0)
         return fail(r, REASON_FEATURE_NOT_SUPPORTED, "key wrapping on Get is not supported");
-    uint8_t *m = NULL;
+    uint8_t *m = scratch();
     size_t len = 0;
-    sr_err_t rc = kms_object_material(r->s, o.uid, &m, &len);
+    if (!m) return fail(r, REASON_GENERAL_FAILURE, "out of locked memory");
+    sr_err_t rc = kms_object_material(r->s, o.uid, m, SR_KEYMGR_WRAPPED_MAX, &len);
     if (rc != SR_OK) return store_failed(r, rc);
     sr_kmip_enc_t *e = r->e;
     sr_kmip_put_enum(e, SR_KMIP_TAG_OBJECT_TYPE, o.object_type);
@@ -503,7 +531,7 @@ static int op_get(req_t *r, int32_t payload)
     sr_kmip_put_int(e, SR_KMIP_TAG_CRYPTOGRAPHIC_LENGTH, o.length);
     sr_kmip_end(e);
     sr_kmip_end(e);
-    sr_secure_wipe(m, len), sr_secure_free(m);
+    sr_secure_wipe(m, len);
     return 0;
 }
 
@@ -806,7 +834,7 @@ static int crypt_params(req_t *r, int32_t payload, crypt_t *c)
 }
 
 /* Loads an Active key that may be used for `usage`, and its material. */
-static int crypt_key(req_t *r, int32_t payload, uint32_t usage, kms_object_t *o, uint8_t **m, size_t *len)
+static int crypt_key(req_t *r, int32_t payload, uint32_t usage, kms_object_t *o, uint8_t *m, size_t *len)
 {
     if (load(r, payload, USE_CRYPT, o)) return -1;
     if (o->state != KMS_STATE_ACTIVE)
@@ -814,7 +842,7 @@ static int crypt_key(req_t *r, int32_t payload, uint32_t usage, kms_object_t *o,
     if (!(o->usage_mask & usage))
         return fail(r, REASON_PERMISSION_DENIED, "the usage mask of %s does not allow this (0x%x)", o->uid,
                     o->usage_mask);
-    sr_err_t rc = kms_object_material(r->s, o->uid, m, len);
+    sr_err_t rc = kms_object_material(r->s, o->uid, m, SR_KEYMGR_WRAPPED_MAX, len);
     return rc == SR_OK ? 0 : store_failed(r, rc);
 }
 
@@ -827,14 +855,16 @@ static int op_crypt(req_t *r, int32_t payload, int encrypt)
 {
     crypt_t c;
     kms_object_t o;
-    uint8_t *m = NULL;
+    uint8_t *m = scratch();
     size_t mlen = 0;
+    if (!m) return fail(r, REASON_GENERAL_FAILURE, "out of locked memory");
     if (crypt_params(r, payload, &c)) return -1;
     uint32_t usage = c.mode == MODE_KWP ? (encrypt ? SR_KMIP_USAGE_WRAP : SR_KMIP_USAGE_UNWRAP)
                                : (encrypt ? SR_KMIP_USAGE_ENCRYPT : SR_KMIP_USAGE_DECRYPT);
-    if (crypt_key(r, payload, usage, &o, &m, &mlen)) return -1;
+    if (crypt_key(r, payload, usage, &o, m, &mlen)) return -1;
     size_t cap = c.data->len + 16;
-    uint8_t *out = sr_secure_alloc(cap), iv[12], tag[16], cbc_iv[16];
+    int own = cap > SCRATCH_OUT_BYTES; /* a large datum: its own allocation */
+    uint8_t *out = own ? sr_secure_alloc(cap) : m + SR_KEYMGR_WRAPPED_MAX, iv[12], tag[16], cbc_iv[16];
     int ret = out ? 0 : fail(r, REASON_GENERAL_FAILURE, "out of memory");
     size_t out_len = 0;
     const uint8_t *ivp = c.iv ? c.iv->v.ptr : iv;
@@ -859,7 +889,7 @@ static int op_crypt(req_t *r, int32_t payload, int encrypt)
         else ret = gcm(r, encrypt, m, mlen, &c, ivp, iv_len, out, tag);
         out_len = c.data->len;
     }
-    sr_secure_wipe(m, mlen), sr_secure_free(m);
+    sr_secure_wipe(m, mlen);
     if (!ret) {
         put_uid(r, o.uid);
         sr_kmip_put_bytes(r->e, SR_KMIP_TAG_DATA, out, out_len);
@@ -869,7 +899,8 @@ static int op_crypt(req_t *r, int32_t payload, int encrypt)
         if (encrypt && c.mode == SR_KMIP_MODE_GCM)
             sr_kmip_put_bytes(r->e, SR_KMIP_TAG_AUTHENTICATED_ENCRYPTION_TAG, tag, (size_t)c.tag_len);
     }
-    if (out) sr_secure_wipe(out, cap), sr_secure_free(out);
+    if (out) sr_secure_wipe(out, cap);
+    if (own) sr_secure_free(out);
     return ret;
 }
 

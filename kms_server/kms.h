@@ -88,8 +88,10 @@ sr_err_t kms_object_insert(kms_store_t *s, const kms_object_t *o, const uint8_t 
 /* SR_ERR_NOT_FOUND for an unknown UID. */
 sr_err_t kms_object_load(kms_store_t *s, const char *uid, kms_object_t *o) SR_MUST_CHECK;
 sr_err_t kms_object_update(kms_store_t *s, const kms_object_t *o) SR_MUST_CHECK;
-/* Unwraps the material into locked memory the caller frees with sr_secure_free. */
-sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t **material, size_t *len) SR_MUST_CHECK;
+/* Unwraps the material into the caller's locked memory (cap: at least
+ * SR_KEYMGR_WRAPPED_MAX); the caller wipes it after use. */
+sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t *material, size_t cap,
+                             size_t *len) SR_MUST_CHECK;
 sr_err_t kms_object_wipe_material(kms_store_t *s, const char *uid) SR_MUST_CHECK;
 
 sr_err_t kms_attr_list(kms_store_t *s, const char *uid, kms_attr_t **out, size_t *n) SR_MUST_CHECK;

@@ -322,7 +322,7 @@ sr_err_t kms_object_update(kms_store_t *s, const kms_object_t *o)
     return run(s, st, "update object");
 }
 
-sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t **material, size_t *len)
+sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t *material, size_t cap, size_t *len)
 {
     sqlite3_stmt *st;
     sr_err_t rc = prepare(s, "SELECT material FROM objects WHERE uid = ?", &st);
@@ -335,15 +335,9 @@ sr_err_t kms_object_material(kms_store_t *s, const char *uid, uint8_t **material
     else rc = sr_wrapped_key_decode(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &wk);
     done(s, st);
     if (rc != SR_OK) return rc;
-    uint8_t *m = sr_secure_alloc(SR_KEYMGR_WRAPPED_MAX);
-    if (!m) return SR_ERR_NOMEM;
-    rc = sr_keymgr_unwrap(s->swk, SR_KEYMGR_KEY_BYTES, &wk, (const uint8_t *)uid, strlen(uid), m,
-                          SR_KEYMGR_WRAPPED_MAX, len);
-    if (rc != SR_OK) {
-        sr_secure_free(m);
+    rc = sr_keymgr_unwrap(s->swk, SR_KEYMGR_KEY_BYTES, &wk, (const uint8_t *)uid, strlen(uid), material, cap, len);
+    if (rc != SR_OK)
         return sr_err_set(rc, "key material of %s does not authenticate under the store wrapping key", uid);
-    }
-    *material = m;
     return SR_OK;
 }
 
