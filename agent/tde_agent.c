@@ -391,9 +391,10 @@ static int read_by(int fd, uint8_t *buf, size_t n, uint64_t deadline_ms)
 }
 
 #define REQUEST_MS 2000 /* a whole request, from the connection: local processes send ~100 bytes at once */
-#define MAX_SERVING 64  /* connections served at once; more wait in the listen backlog */
+#define WORKERS 64      /* connections served at once; more wait in the listen backlog */
+#define REPLY_BYTES (SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX)
 
-static void handle(int fd)
+static void handle(int fd, uint8_t *reply)
 {
     peer_t p;
     describe_peer(fd, &p);
@@ -421,8 +422,6 @@ static void handle(int fd)
     pthread_mutex_unlock(&agent.lock);
     if (revoked) return refuse(fd, &p, object, why);
     if (!permitted(&p, why, sizeof why)) return refuse(fd, &p, object, why);
-    uint8_t *reply = sr_secure_alloc(SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX);
-    if (!reply) return refuse(fd, &p, object, "out of memory");
     int cached = 0;
     size_t len = 0, enc = 0;
     sr_err_t rc = serve_key(op, &ts, version, &in, reply, &out, &cached);
@@ -437,58 +436,98 @@ static void handle(int fd)
     } else {
         refuse(fd, &p, object, sr_err_detail());
     }
-    sr_secure_wipe(reply, SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX), sr_secure_free(reply);
+    sr_secure_wipe(reply, REPLY_BYTES);
 }
 
-/* Each connection in its own thread (the cache, the KMS provider, the policy
- * and the event sink are thread-safe): one slow or silent local process
- * holds one slot for at most REQUEST_MS, never the service. */
-static int connections_served; /* being served now, under agent.lock */
+/* A fixed pool of WORKERS threads, each with its own locked reply buffer,
+ * takes accepted connections from a queue (the cache, the KMS provider, the
+ * policy and the event sink are thread-safe): one slow or silent local
+ * process holds one worker for at most REQUEST_MS, never the service, and a
+ * request costs no thread creation and no mmap (both showed in the cached
+ * open's cost). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t ready;
+    int queue[WORKERS], head, count, busy, stopping;
+    pthread_t thread[WORKERS];
+    int started;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .ready = PTHREAD_COND_INITIALIZER};
 
-static void *connection_main(void *arg)
+static void *worker_main(void *arg)
 {
-    int fd = (int)(intptr_t)arg;
-    handle(fd);
-    close(fd);
-    pthread_mutex_lock(&agent.lock);
-    connections_served--;
-    pthread_mutex_unlock(&agent.lock);
+    uint8_t *reply = arg;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.count && !pool.stopping) pthread_cond_wait(&pool.ready, &pool.lock);
+        if (!pool.count) break; /* stopping, nothing left */
+        int fd = pool.queue[pool.head];
+        pool.head = (pool.head + 1) % WORKERS, pool.count--, pool.busy++;
+        pthread_mutex_unlock(&pool.lock);
+        handle(fd, reply);
+        close(fd);
+        pthread_mutex_lock(&pool.lock);
+        pool.busy--;
+    }
+    pthread_mutex_unlock(&pool.lock);
+    sr_secure_free(reply);
     return NULL;
 }
 
+/* One more worker (under pool.lock); 0 or -1. */
+static int worker_add(void)
+{
+    uint8_t *reply = sr_secure_alloc(REPLY_BYTES);
+    if (!reply || pthread_create(&pool.thread[pool.started], NULL, worker_main, reply) != 0) {
+        sr_secure_free(reply);
+        return -1;
+    }
+    pool.started++;
+    return 0;
+}
+
+/* Two workers to begin with; more as connections wait for one, up to
+ * WORKERS (they stay: a node with 200 agents does not pay 64 threads each). */
+static sr_err_t workers_start(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    int ok = worker_add() == 0 && worker_add() == 0;
+    pthread_mutex_unlock(&pool.lock);
+    return ok ? SR_OK : sr_err_set(SR_ERR_NOMEM, "cannot start the key service's workers");
+}
+
+/* One connection into the queue; with every worker busy and the queue full
+ * it waits in the listen backlog. */
 static void serve_connection(int lfd)
 {
-    pthread_mutex_lock(&agent.lock);
-    int room = connections_served < MAX_SERVING;
-    if (room) connections_served++;
-    pthread_mutex_unlock(&agent.lock);
+    pthread_mutex_lock(&pool.lock);
+    int room = pool.busy + pool.count < WORKERS;
+    pthread_mutex_unlock(&pool.lock);
     if (!room) {
-        usleep(20000); /* they wait in the backlog */
+        usleep(5000);
         return;
     }
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    pthread_t th;
-    if (fd >= 0 && pthread_create(&th, NULL, connection_main, (void *)(intptr_t)fd) == 0) {
-        pthread_detach(th);
+    if (fd < 0) {
+        usleep(50000); /* out of descriptors: do not spin */
         return;
     }
-    if (fd >= 0) close(fd);
-    pthread_mutex_lock(&agent.lock);
-    connections_served--;
-    pthread_mutex_unlock(&agent.lock);
-    if (fd < 0) usleep(50000); /* out of descriptors: do not spin */
+    pthread_mutex_lock(&pool.lock);
+    pool.queue[(pool.head + pool.count) % WORKERS] = fd, pool.count++;
+    if (pool.busy + pool.count > pool.started && pool.started < WORKERS && worker_add() != 0)
+        sr_log(SR_LOG_WARN, "key service: cannot add a worker (%d serve)", pool.started);
+    pthread_cond_signal(&pool.ready);
+    pthread_mutex_unlock(&pool.lock);
 }
 
-/* At shutdown: the requests being served finish (each within REQUEST_MS and its KMS call). */
-static void wait_for_connections(void)
+/* At shutdown: the queued and running requests finish (each within
+ * REQUEST_MS and its KMS call), then the workers end. */
+static void workers_stop(void)
 {
-    for (int waited = 0; waited < 1500; waited++) {
-        pthread_mutex_lock(&agent.lock);
-        int left = connections_served;
-        pthread_mutex_unlock(&agent.lock);
-        if (!left) return;
-        usleep(10000);
-    }
+    pthread_mutex_lock(&pool.lock);
+    pool.stopping = 1;
+    pthread_cond_broadcast(&pool.ready);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < pool.started; i++) pthread_join(pool.thread[i], NULL); /* none added now: stopping */
 }
 
 static sr_err_t listen_socket(const char *path, int *fd_out)
@@ -549,6 +588,7 @@ static int cmd_run(const char *config)
     fflush(stdout);
     int lfd = -1;
     if (rc == SR_OK) rc = start_services();
+    if (rc == SR_OK) rc = workers_start();
     if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
     if (rc != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;
     pthread_t hb;
@@ -559,7 +599,7 @@ static int cmd_run(const char *config)
         serve_connection(lfd);
     }
     close(lfd);
-    wait_for_connections();
+    workers_stop();
     unlink(sr_config_get(agent.cfg, "agent", "socket"));
     pthread_join(hb, NULL);
     sr_keycache_purge(agent.cache, NULL);
