@@ -445,13 +445,31 @@ static void handle(int fd, uint8_t *reply)
  * process holds one worker for at most REQUEST_MS, never the service, and a
  * request costs no thread creation and no mmap (both showed in the cached
  * open's cost). */
+#define PER_UID 8 /* connections one user may have queued or served at once */
+
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t ready;
     int queue[WORKERS], head, count, busy, stopping;
+    uid_t queue_uid[WORKERS];
+    struct { uid_t uid; int n; } users[WORKERS]; /* connections per user (n > 0) */
     pthread_t thread[WORKERS];
     int started;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .ready = PTHREAD_COND_INITIALIZER};
+
+/* Adds delta to uid's connections (under pool.lock); its count after, or
+ * -1 if the table is full (it cannot be: at most WORKERS connections). */
+static int user_count(uid_t uid, int delta)
+{
+    int free_slot = -1;
+    for (int i = 0; i < WORKERS; i++) {
+        if (pool.users[i].n > 0 && pool.users[i].uid == uid) return pool.users[i].n += delta;
+        if (pool.users[i].n <= 0 && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0 || delta <= 0) return -1;
+    pool.users[free_slot].uid = uid;
+    return pool.users[free_slot].n = delta;
+}
 
 static void *worker_main(void *arg)
 {
@@ -461,12 +479,14 @@ static void *worker_main(void *arg)
         while (!pool.count && !pool.stopping) pthread_cond_wait(&pool.ready, &pool.lock);
         if (!pool.count) break; /* stopping, nothing left */
         int fd = pool.queue[pool.head];
+        uid_t uid = pool.queue_uid[pool.head];
         pool.head = (pool.head + 1) % WORKERS, pool.count--, pool.busy++;
         pthread_mutex_unlock(&pool.lock);
         handle(fd, reply);
         close(fd);
         pthread_mutex_lock(&pool.lock);
         pool.busy--;
+        user_count(uid, -1);
     }
     pthread_mutex_unlock(&pool.lock);
     sr_secure_free(reply);
@@ -496,7 +516,9 @@ static sr_err_t workers_start(void)
 }
 
 /* One connection into the queue; with every worker busy and the queue full
- * it waits in the listen backlog. */
+ * it waits in the listen backlog. A user with PER_UID connections already
+ * is answered at once that it has too many: one user's stalled or flooding
+ * processes can hold up that user, never another. */
 static void serve_connection(int lfd)
 {
     pthread_mutex_lock(&pool.lock);
@@ -511,8 +533,26 @@ static void serve_connection(int lfd)
         usleep(50000); /* out of descriptors: do not spin */
         return;
     }
+    struct ucred cred = {0};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        close(fd);
+        return;
+    }
     pthread_mutex_lock(&pool.lock);
-    pool.queue[(pool.head + pool.count) % WORKERS] = fd, pool.count++;
+    int mine = user_count(cred.uid, +1);
+    if (mine < 0 || mine > PER_UID) {
+        if (mine > 0) user_count(cred.uid, -1);
+        pthread_mutex_unlock(&pool.lock);
+        char why[96];
+        snprintf(why, sizeof why, "uid %u has %d connections to the key service already: try again", (unsigned)cred.uid,
+                 PER_UID);
+        answer(fd, 'E', (const uint8_t *)why, strlen(why));
+        close(fd);
+        return;
+    }
+    int slot = (pool.head + pool.count) % WORKERS;
+    pool.queue[slot] = fd, pool.queue_uid[slot] = cred.uid, pool.count++;
     if (pool.busy + pool.count > pool.started && pool.started < WORKERS && worker_add() != 0)
         sr_log(SR_LOG_WARN, "key service: cannot add a worker (%d serve)", pool.started);
     pthread_cond_signal(&pool.ready);
