@@ -48,12 +48,14 @@
 
 #define WORKERS 1
 #define ROUND_MAX 4096 /* events taken in one round at the most */
+#define PER_UID_CLIENTS 128 /* connections one user may hold (of max_clients, 1,024 by default) */
 
 typedef struct client {
     int fd;
     int dead;              /* closed after this round's answers */
     int in_round;          /* read in the current round */
     char subject[1200];    /* the kernel's view of the peer, taken at accept */
+    uid_t uid;
     uint8_t in[4 + EVENT_MAX + 1];
     size_t have;           /* bytes of `in` holding a frame not yet complete */
     struct client *prev, *next;
@@ -91,11 +93,12 @@ struct sealer {
 };
 
 /* "uid=U gid=G pid=P exe=PATH" of the process at the other end. */
-static int peer_subject(int fd, char *out, size_t cap)
+static int peer_subject(int fd, char *out, size_t cap, uid_t *uid)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *uid = cred.uid;
     char link[64], exe[1024] = "?";
     snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
     ssize_t n = readlink(link, exe, sizeof exe - 1);
@@ -199,13 +202,24 @@ static void accept_client(sealer_t *s, int *next_worker)
         return;
     }
     c->fd = fd;
-    if (peer_subject(fd, c->subject, sizeof c->subject) != 0) {
+    if (peer_subject(fd, c->subject, sizeof c->subject, &c->uid) != 0) {
         reply(c, "the sealer cannot tell who is sending (SO_PEERCRED)");
         close(fd), free(c);
         return;
     }
     worker_t *wk = &s->workers[(*next_worker)++ % WORKERS];
     pthread_mutex_lock(&s->lock);
+    int mine = 0; /* one user's connections: a flood from one user cannot take every slot */
+    for (int w = 0; w < WORKERS; w++)
+        for (client_t *o = s->workers[w].all; o; o = o->next) mine += o->uid == c->uid;
+    if (mine >= PER_UID_CLIENTS) {
+        pthread_mutex_unlock(&s->lock);
+        char why[128];
+        snprintf(why, sizeof why, "uid %u has %d connections to the sealer already", (unsigned)c->uid, mine);
+        reply(c, why);
+        close(fd), free(c);
+        return;
+    }
     c->next = wk->all; /* the worker's list: linked before the worker can see the client */
     if (wk->all) wk->all->prev = c;
     wk->all = c;

@@ -4,7 +4,8 @@
  * lying about who they are. Every record's subject is the kernel's uid and
  * pid of its sender, the lie is kept beside it as "claimed subject", no event
  * is lost or recorded twice, and the log verifies with the sealer's key,
- * while ten neighbours hold half-sent events and one sends garbage. A
+ * while ten neighbours hold half-sent events and one sends garbage, and one
+ * user's flood of 130 connections is capped at 128. A
  * client whose sealer is gone gets an error (it fails closed).
  */
 #include "audit.h"
@@ -68,6 +69,20 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     SR_CHECK(read(bad, answer, sizeof answer - 1) > 5 && answer[0] == 'E' && strstr(answer + 5, "too long"));
     SR_CHECK(read(bad, answer, 1) == 0); /* closed */
     close(bad);
+    /* one user holds at most 128 connections: the 10 stalled ones and 118 more; the rest refused at once */
+    enum { FLOOD = 130 };
+    int flood[FLOOD], refused = 0;
+    for (int k = 0; k < FLOOD; k++) flood[k] = unix_connect(sock);
+    usleep(300000);
+    for (int k = 0; k < FLOOD; k++) {
+        char a[256] = "";
+        struct timeval tv = {0, 1000};
+        setsockopt(flood[k], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (flood[k] >= 0 && read(flood[k], a, sizeof a - 1) > 5 && a[0] == 'E' && strstr(a + 5, "already")) refused++;
+        if (flood[k] >= 0) close(flood[k]);
+    }
+    SR_CHECK_EQ_INT(refused, FLOOD - (128 - 10));
+    usleep(300000); /* their slots are free again */
     int as_root = geteuid() == 0;
     pid_t pids[CLIENTS];
     for (int c = 0; c < CLIENTS; c++) {
