@@ -231,14 +231,14 @@ static void accept_client(sealer_t *s, int *next_worker)
 
 static void drop_client(worker_t *wk, client_t *c)
 {
-    epoll_ctl(wk->ep, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
-    pthread_mutex_lock(&wk->s->lock);
+    pthread_mutex_lock(&wk->s->lock); /* out of the counts before the peer can see the close */
     if (c->prev) c->prev->next = c->next;
     else wk->all = c->next;
     if (c->next) c->next->prev = c->prev;
     wk->s->clients--;
     pthread_mutex_unlock(&wk->s->lock);
+    epoll_ctl(wk->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
     free(c);
 }
 

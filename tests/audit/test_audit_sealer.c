@@ -72,6 +72,7 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     /* one user holds at most 128 connections: the 10 stalled ones and 118 more; the rest refused at once */
     enum { FLOOD = 130 };
     int flood[FLOOD], refused = 0;
+    usleep(100000);
     for (int k = 0; k < FLOOD; k++) flood[k] = unix_connect(sock);
     usleep(300000);
     for (int k = 0; k < FLOOD; k++) {
