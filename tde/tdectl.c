@@ -713,6 +713,21 @@ static int refuse_if_open(const char *path)
     return SR_EXIT_BUSY;
 }
 
+/* Makes path and its directory entry durable. */
+static int sync_file_and_dir(const char *path)
+{
+    char dir[8192];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC), dfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int ok = fd >= 0 && fsync(fd) == 0 && dfd >= 0 && fsync(dfd) == 0;
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (dfd >= 0) close(dfd);
+    return ok ? 0 : fail(path, sr_err_set_errno(sr_err_from_errno(err), err, "cannot sync %s", path));
+}
+
 /* Rebuilds db through VACUUM INTO from src_uri into db.strongroom-rebuild,
  * verifies the result, and renames it over db, holding the source's lock
  * from the snapshot to the swap so no other process commits in between. A
@@ -750,17 +765,9 @@ static int rebuild_in_place(const options_t *o, const char *db, const char *src_
     if (!status) status = validate(o, kp, tmp, &r);
     sr_keyprov_free(kp);
     if (!status) status = refuse_if_open(db); /* someone opened it meanwhile (they could not write) */
-    int dirfd = -1;
-    if (!status) {
-        char dir[8192];
-        snprintf(dir, sizeof dir, "%s", db);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = '\0';
-        dirfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (rename(tmp, db) != 0 || dirfd < 0 || fsync(dirfd) != 0)
-            status = fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
-    }
-    if (dirfd >= 0) close(dirfd);
+    if (!status && rename(tmp, db) != 0)
+        status = fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
+    if (!status) status = sync_file_and_dir(db);
     if (in) sqlite3_close(in);
     if (!status && was_wal) { /* as it was: WAL is a property of the file */
         sqlite3 *out = NULL;
@@ -865,21 +872,6 @@ static int cmd_decrypt(options_t *o)
 }
 
 /* ---- backup / restore ------------------------------------------------------------------ */
-
-/* Makes path and its directory entry durable. */
-static int sync_file_and_dir(const char *path)
-{
-    char dir[8192];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC), dfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY);
-    int ok = fd >= 0 && fsync(fd) == 0 && dfd >= 0 && fsync(dfd) == 0;
-    int err = errno;
-    if (fd >= 0) close(fd);
-    if (dfd >= 0) close(dfd);
-    return ok ? 0 : fail(path, sr_err_set_errno(sr_err_from_errno(err), err, "cannot sync %s", path));
-}
 
 /* SQLite's backup API between two strongroom connections, in steps of 1,024
  * pages (progress), inside one read transaction on the source: the copy is
@@ -1004,8 +996,9 @@ static int cmd_restore(options_t *o)
     if (in >= 0) close(in);
     if (out >= 0) close(out);
     unlink(tmp);
-    audited("tablespace.restore", db, rc == SR_OK, backup);
-    if (rc != SR_OK) return fail(db, rc);
+    status = rc == SR_OK ? sync_file_and_dir(db) : fail(db, rc); /* the new name durable too */
+    audited("tablespace.restore", db, !status, backup);
+    if (status) return status;
     printf("%s: restored from %s (verified first: %llu pages authenticated, integrity_check ok)\n", db, backup,
            (unsigned long long)r.pages);
     return 0;
