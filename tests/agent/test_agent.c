@@ -64,6 +64,15 @@ static void new_token(const char *args, char token[80])
     SR_CHECK(token[0] != '\0');
 }
 
+/* A new join token (kmsctl args) in node i's token file. */
+static void give_token(int i, const char *args)
+{
+    char token[80], path[700];
+    new_token(args, token);
+    snprintf(path, sizeof path, "%s/token", agent_dir(i));
+    SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+}
+
 static void write_agent_config(int i, const char *extra)
 {
     char path[700], text[2048];
@@ -127,11 +136,8 @@ static void node_state(int i, char state[16])
 static void test_scale_out(void)
 {
     for (int i = 0; i < n_agents; i++) {
-        char token[80], path[700];
         SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
-        new_token("token create --group web --ttl 10m", token);
-        snprintf(path, sizeof path, "%s/token", agent_dir(i));
-        SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+        give_token(i, "token create --group web --ttl 10m");
         write_agent_config(i, NULL);
     }
     uint64_t t0 = sr_time_mono_ms();
@@ -261,11 +267,9 @@ static void test_tokens_are_one_time_and_expire(void)
 static void test_policy_refuses_a_local_process(void)
 {
     int i = n_agents + 1;
-    char token[80], path[700], policy[700];
+    char path[700], policy[700];
     SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
-    new_token("token create --group web", token);
-    snprintf(path, sizeof path, "%s/token", agent_dir(i));
-    SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+    give_token(i, "token create --group web");
     snprintf(policy, sizeof policy, "%s/policy.conf", agent_dir(i));
     const char *text = "deny * root local tde-key   # no key for root on this node\n";
     SR_CHECK(sr_test_write_file(policy, text, strlen(text)) == 0);
@@ -325,11 +329,9 @@ static void test_killed_mid_enrolment(void)
     srand(5);
     for (int k = 0; k < ROUNDS && base + k < MAX_AGENTS; k++) {
         int i = base + k, status = 0;
-        char token[80], path[700];
+        char path[700];
         SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
-        new_token("token create --group web", token);
-        snprintf(path, sizeof path, "%s/token", agent_dir(i));
-        SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+        give_token(i, "token create --group web");
         write_agent_config(i, NULL);
         pid_t p = start_agent(i);
         usleep((useconds_t)(k * 2000 + rand() % 2000)); /* 0..24 ms: across the enrolment (about 15 ms here) */
@@ -345,9 +347,7 @@ static void test_killed_mid_enrolment(void)
         } else {
             SR_CHECK_MSG(!enrolled && WIFEXITED(status) && WEXITSTATUS(status) == 1, "round %d: status %d", k, status);
             refused++;
-            new_token("token create --group web", token);
-            snprintf(path, sizeof path, "%s/token", agent_dir(i));
-            SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
+            give_token(i, "token create --group web");
             p = start_agent(i);
             SR_CHECK_MSG(serves_or_exits(i, p, &status), "round %d: no enrolment with a new token", k);
         }
