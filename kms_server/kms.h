@@ -7,8 +7,9 @@
  * material is kept wrapped (AES-256-GCM, AAD = the object's UID) under the
  * store wrapping key SWK; SWK itself is a data key of the store's root key
  * provider, so key material never sits in the database, nor in SQLite's page
- * cache, in clear. The store file is in turn encrypted page by page by our
- * own TDE (kmsd dogfoods strongroom).
+ * cache, in clear. The store is an SQLite file, in turn encrypted page by page
+ * by our own TDE (kmsd dogfoods strongroom), or a PostgreSQL database shared
+ * by several kmsd (db.h), where the rest (names, states, grants) is in clear.
  */
 #ifndef STRONGROOM_KMS_H
 #define STRONGROOM_KMS_H
@@ -71,12 +72,15 @@ void kms_attrs_free(kms_attr_t *attrs, size_t n);
 /* ---- the store ------------------------------------------------------------------ */
 typedef struct kms_store kms_store_t;
 
-/* Opens (creating the schema) the store at `uri` (an SQLite URI; kmsd passes
- * one through the strongroom VFS, the fuzzer ":memory:"). `provider` wraps
- * the store wrapping key; the store keeps neither. */
-sr_err_t kms_store_open(const char *uri, sr_keyprov_t *provider, kms_store_t **out) SR_MUST_CHECK;
+/* Opens (creating the schema) the store at `location`: an SQLite URI (kmsd
+ * passes one through the strongroom VFS, the fuzzer ":memory:") or a
+ * PostgreSQL connection URI. `provider` wraps the store wrapping key; the
+ * store keeps neither. */
+sr_err_t kms_store_open(const char *location, sr_keyprov_t *provider, kms_store_t **out) SR_MUST_CHECK;
 void kms_store_close(kms_store_t *s);
-/* Serialises the store for one request (SQLite is used by one thread at a time). */
+/* Whether other kmsd may share this store (PostgreSQL). */
+int kms_store_shared(const kms_store_t *s);
+/* Serialises the handle for one request (one database connection per handle). */
 void kms_store_lock(kms_store_t *s);
 void kms_store_unlock(kms_store_t *s);
 sr_err_t kms_store_begin(kms_store_t *s) SR_MUST_CHECK;      /* a change: the write lock at once */
@@ -136,8 +140,12 @@ sr_err_t kms_cert_each(kms_store_t *s, void (*fn)(void *, const char *, const ch
  * parameters in STORE.kdf (written if `create`). */
 sr_err_t kms_root_provider(const char *store_path, const char *root_key_file, const char *passphrase_file,
                            int create, sr_keyprov_t **out) SR_MUST_CHECK;
-/* Opens the store through the strongroom VFS, encrypted under `root` (kept
- * alive by the caller while the store is open). */
+/* The store's location from a configuration: `path` (an SQLite file) or
+ * `url` (postgresql://...), exactly one. */
+sr_err_t kms_store_location(const char *path, const char *url, const char **out) SR_MUST_CHECK;
+/* Opens the store: an SQLite file through the strongroom VFS, encrypted
+ * under `root`, or a PostgreSQL database whose key material is wrapped under
+ * `root` (kept alive by the caller while the store is open). */
 sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, kms_store_t **out) SR_MUST_CHECK;
 
 /* A consistent copy of a store (SQLite's backup API) into a new file through
@@ -187,6 +195,10 @@ sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until) SR_MUST_CHECK;
 /* Nodes in a state (NULL: any) whose lease ends before `lease_before` (0: any). */
 sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before,
                        void (*fn)(void *, const kms_node_t *), void *ctx) SR_MUST_CHECK;
+/* kmsd instances of one store: each records itself every sweep; another seen
+ * since `since` means the service was up (its nodes could renew). */
+sr_err_t kms_instance_seen(kms_store_t *s, const char *id, int64_t now) SR_MUST_CHECK;
+int kms_instances_alive(kms_store_t *s, const char *except_id, int64_t since);
 
 /* Enrolment settings (kmsd's [enrolment]); without them Enrol is refused. */
 typedef struct kms_enrolment {

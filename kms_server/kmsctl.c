@@ -22,6 +22,7 @@
  * Exit status: 0 ok, 1 the server refused or a check failed, 2 usage,
  * 3 could not run (no server, missing file, wrong key).
  */
+#include "db.h"
 #include "kms.h"
 #include "audit.h"
 
@@ -43,7 +44,8 @@ static const sr_config_key_t client_schema[] = {
     {"client", "cert", SR_CONFIG_PATH, NULL, 1},
     {"client", "key", SR_CONFIG_PATH, NULL, 1},
     {"local", "dir", SR_CONFIG_PATH, NULL, 1},
-    {"local", "store", SR_CONFIG_PATH, NULL, 1},
+    {"local", "store", SR_CONFIG_PATH, NULL, 0},
+    {"local", "store_url", SR_CONFIG_STRING, NULL, 0},
     {"local", "root_key_file", SR_CONFIG_PATH, NULL, 0},
     {"local", "passphrase_file", SR_CONFIG_PATH, NULL, 0},
 };
@@ -53,7 +55,7 @@ static const sr_config_key_t client_schema[] = {
 typedef struct opts {
     const char *args[4];
     int n_args;
-    const char *dir, *port, *listen, *server_name, *passphrase_file, *group, *name, *bits, *role, *days, *ttl, *uses;
+    const char *dir, *port, *listen, *server_name, *passphrase_file, *store_url, *group, *name, *bits, *role, *days, *ttl, *uses;
     int json, yes, activate, compromise;
 } opts_t;
 
@@ -152,9 +154,19 @@ static int connect_kms(sr_kmip_client_t **c)
 
 static sr_keyprov_t *store_root;
 
+static const char *store_location(void)
+{
+    const char *location = NULL;
+    if (kms_store_location(sr_config_get(cfg, "local", "store"), sr_config_get(cfg, "local", "store_url"), &location) !=
+        SR_OK)
+        fail_with(SR_EXIT_CANNOT, "configuration [local]");
+    return location;
+}
+
 static int open_store(kms_store_t **s)
 {
-    const char *path = sr_config_get(cfg, "local", "store");
+    const char *path = store_location();
+    if (!path) return -1;
     sr_err_t rc = kms_root_provider(path, sr_config_get(cfg, "local", "root_key_file"),
                                     sr_config_get(cfg, "local", "passphrase_file"), 0, &store_root);
     if (rc == SR_OK) rc = kms_store_open_encrypted(path, store_root, s);
@@ -187,22 +199,24 @@ static sr_err_t issue_client(kms_store_t *s, const char *dir, const char *name, 
 
 static sr_err_t write_configs(const opts_t *o, const char *dir, int passphrase)
 {
-    char path[4200], text[4096];
+    char path[4200], text[8192], store[4200];
+    /* a PostgreSQL URI is written as given: keep its password in ~/.pgpass or passfile=, not here */
+    snprintf(store, sizeof store, "%s", o->store_url ? o->store_url : "store.db");
     snprintf(text, sizeof text,
              "# kmsd configuration, written by kmsctl init\n[server]\nlisten = %s\nport = %s\nmin_tls = 1.2\n"
              "log = kmsd.log\n\n[tls]\ncert = server.pem\nkey = server.key\nca = ca.pem\n\n"
              "# nodes join with a token (kmsctl token create); heartbeats renew their lease\n[enrolment]\n"
              "enabled = true\nca_cert = ca.pem\nca_key = ca.key\nlease = 30s\ngrace = 5s\nretention = 7d\n\n"
-             "[store]\npath = store.db\n%s\n",
-             o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696",
+             "[store]\n%s = %s\n%s\n",
+             o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696", o->store_url ? "url" : "path", store,
              passphrase ? "# the passphrase: passphrase_file = FILE, or $KMSD_PASSPHRASE\n" : "root_key_file = root.key");
     snprintf(path, sizeof path, "%s/kmsd.conf", dir);
     sr_err_t rc = write_text(path, text);
     snprintf(text, sizeof text,
              "# kmsctl configuration, written by kmsctl init\n[client]\nhost = %s\nport = %s\nserver_name = %s\n"
-             "ca = ca.pem\ncert = admin.pem\nkey = admin.key\n\n[local]\ndir = .\nstore = store.db\n%s\n",
+             "ca = ca.pem\ncert = admin.pem\nkey = admin.key\n\n[local]\ndir = .\n%s = %s\n%s\n",
              o->listen ? o->listen : "127.0.0.1", o->port ? o->port : "5696",
-             o->server_name ? o->server_name : "localhost", passphrase ? "" : "root_key_file = root.key");
+             o->server_name ? o->server_name : "localhost", o->store_url ? "store_url" : "store", store, passphrase ? "" : "root_key_file = root.key");
     snprintf(path, sizeof path, "%s/kmsctl.conf", dir);
     if (rc == SR_OK) rc = write_text(path, text);
     return rc;
@@ -212,7 +226,8 @@ static int cmd_init(int argc, char **argv)
 {
     static const option_t allowed[] = {OPT_VALUE("--dir", dir), OPT_VALUE("--port", port), OPT_VALUE("--listen", listen),
                                        OPT_VALUE("--server-name", server_name),
-                                       OPT_VALUE("--passphrase-file", passphrase_file), {NULL, 0, 0}};
+                                       OPT_VALUE("--passphrase-file", passphrase_file),
+                                       OPT_VALUE("--store-url", store_url), {NULL, 0, 0}};
     opts_t o = {0};
     int port = 0;
     if (parse("init", argc, argv, allowed, 0, &o) || (o.port && parse_int("--port", o.port, 1, 65535, &port)))
@@ -222,9 +237,14 @@ static int cmd_init(int argc, char **argv)
     if (mkdir(o.dir, 0700) != 0 && errno != EEXIST)
         return fprintf(stderr, "kmsctl: init: cannot create %s: %s\n", o.dir, strerror(errno)), SR_EXIT_CANNOT;
     char store[4200], root_key[4200], prefix[4200];
-    snprintf(store, sizeof store, "%s/store.db", o.dir);
+    if (o.store_url && !kms_db_is_postgres(o.store_url))
+        return fprintf(stderr, "kmsctl: init: --store-url takes postgresql://...\n"), SR_EXIT_USAGE;
+    if (o.store_url && passphrase)
+        return fprintf(stderr, "kmsctl: init: a PostgreSQL store needs a root key file, not a passphrase\n"), SR_EXIT_USAGE;
+    snprintf(store, sizeof store, "%s", o.store_url ? o.store_url : "");
+    if (!o.store_url) snprintf(store, sizeof store, "%s/store.db", o.dir);
     snprintf(root_key, sizeof root_key, "%s/root.key", o.dir);
-    if (access(store, F_OK) == 0)
+    if (!o.store_url && access(store, F_OK) == 0)
         return fprintf(stderr, "kmsctl: init: %s exists: refusing to overwrite a key store\n", store), SR_EXIT_CANNOT;
     sr_keyprov_t *root = NULL;
     kms_store_t *s = NULL;
@@ -245,10 +265,11 @@ static int cmd_init(int argc, char **argv)
            "  CA:          ca.pem (ca.key signs new client certificates: keep it offline in production)\n"
            "  server:      server.pem / server.key (CN %s)\n"
            "  clients:     admin.pem (role admin), app.pem (role application)\n"
-           "  key store:   store.db, encrypted by strongroom under %s\n"
+           "  key store:   %s, %s under %s\n"
            "  start:       kmsd --config %s/kmsd.conf\n"
            "  administer:  KMSCTL_CONFIG=%s/kmsctl.conf kmsctl status\n",
-           o.dir, o.server_name ? o.server_name : "localhost",
+           o.dir, o.server_name ? o.server_name : "localhost", o.store_url ? "PostgreSQL" : "store.db",
+           o.store_url ? "key material wrapped" : "encrypted by strongroom",
            passphrase ? "a passphrase-derived root key (Argon2id)" : "root.key (back it up; mode 0600)", o.dir, o.dir);
     return 0;
 }
@@ -590,7 +611,7 @@ static int cmd_store(int argc, char **argv)
         return fprintf(stderr, "kmsctl: store %s FILE\n", argv[0]), SR_EXIT_USAGE;
     kms_store_t *s = NULL;
     if (open_store(&s)) return SR_EXIT_CANNOT; /* proves the root key, registers the VFS with it */
-    const char *store = sr_config_get(cfg, "local", "store");
+    const char *store = store_location();
     sr_err_t rc = SR_OK;
     if (backup) {
         rc = kms_store_copy(store, o.args[0], 0);
@@ -650,6 +671,7 @@ static int cmd_status(int argc, char **argv)
 static int usage(FILE *f, int status)
 {
     fprintf(f, "usage: kmsctl init --dir DIR [--port N] [--listen ADDR] [--server-name NAME] [--passphrase-file F]\n"
+               "                   [--store-url postgresql://...]\n"
                "       kmsctl [--config FILE] status [--json]\n"
                "       kmsctl [--config FILE] key create NAME [--group G] [--bits 128|192|256] [--activate] [--json]\n"
                "       kmsctl [--config FILE] key list [--name N] [--group G] [--json]\n"
@@ -681,7 +703,7 @@ int main(int argc, char **argv)
     /* usage before configuration: --help anywhere, or an option no command has */
     static const char *const known[] = {"--group", "--bits", "--activate", "--json", "--name", "--compromise",
                                         "--yes", "--role", "--days", "--ttl", "--uses", "--dir", "--port", "--listen",
-                                        "--server-name", "--passphrase-file", NULL};
+                                        "--server-name", "--passphrase-file", "--store-url", NULL};
     for (int a = i + 1; a < argc; a++) {
         if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return usage(stdout, 0);
         int ok = strncmp(argv[a], "--", 2) != 0;

@@ -41,7 +41,8 @@ static const sr_config_key_t schema[] = {
     {"tls", "cert", SR_CONFIG_PATH, NULL, 1},
     {"tls", "key", SR_CONFIG_PATH, NULL, 1},
     {"tls", "ca", SR_CONFIG_PATH, NULL, 1},
-    {"store", "path", SR_CONFIG_PATH, NULL, 1},
+    {"store", "path", SR_CONFIG_PATH, NULL, 0},
+    {"store", "url", SR_CONFIG_STRING, NULL, 0},
     {"store", "root_key_file", SR_CONFIG_PATH, NULL, 0},
     {"store", "passphrase_file", SR_CONFIG_PATH, NULL, 0},
     {"audit", "socket", SR_CONFIG_PATH, NULL, 0},
@@ -350,14 +351,19 @@ static void node_event(const kms_node_t *n, const char *event, const char *detai
     (void)sr_event_emit(&ev);
 }
 
+static char instance_id[SR_UUID_STR_LEN + 1]; /* this kmsd among those sharing a store */
+
 /* Revokes the node key of every node whose lease (plus the grace) ran out,
- * and destroys node keys past the retention period. */
+ * and destroys node keys past the retention period. One write transaction:
+ * kmsd instances sharing a PostgreSQL store sweep one at a time, each seeing
+ * what the last one ended, so no node is ended twice. */
 static void sweep(int64_t grace_s)
 {
     int64_t now = sr_time_now_us() / 1000000;
     expired_t ex = {0}, old = {0};
     kms_store_lock(server.store);
     sr_err_t rc = kms_store_begin(server.store);
+    if (rc == SR_OK) rc = kms_instance_seen(server.store, instance_id, now);
     if (rc == SR_OK) rc = kms_node_each(server.store, "active", now - grace_s, collect_node, &ex);
     for (size_t i = 0; rc == SR_OK && i < ex.n; i++)
         rc = kms_node_end(server.store, &ex.v[i], "expired", "the lease expired: no heartbeat");
@@ -393,6 +399,26 @@ static void *sweeper_main(void *arg)
 }
 
 static int64_t grace_s, lease_s;
+
+/* Nodes could not renew while the KMS was down: a full lease from now before
+ * any expiry — unless another kmsd sharing the store served them meanwhile
+ * (it recorded itself within the last 2 s), when their leases are kept. */
+static void start_leases(void)
+{
+    sr_uuid_t id;
+    sr_uuid_generate(&id);
+    sr_uuid_format(&id, instance_id);
+    int64_t now = sr_time_now_us() / 1000000;
+    kms_store_lock(server.store);
+    sr_err_t rc = kms_store_begin(server.store);
+    int others = rc == SR_OK && kms_store_shared(server.store) ? kms_instances_alive(server.store, instance_id, now - 2) : 0;
+    if (rc == SR_OK && !others) rc = kms_node_extend_leases(server.store, now + lease_s);
+    if (rc == SR_OK) rc = kms_instance_seen(server.store, instance_id, now);
+    if (rc == SR_OK) rc = kms_store_commit(server.store);
+    if (rc != SR_OK) kms_store_rollback(server.store), sr_log_error("cannot start the leases: %s", sr_err_detail());
+    else if (others) sr_log_notice("%d other kmsd serve this store: node leases kept as they are", others);
+    kms_store_unlock(server.store);
+}
 
 static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
 {
@@ -477,10 +503,12 @@ static int start(const char *config_path, int foreground)
     if (rc == SR_OK && (port < 1 || port > 65535)) rc = sr_err_set(SR_ERR_CONFIG, "port %lld", (long long)port);
     if (rc == SR_OK) rc = make_tls(cfg, &server.ctx);
     if (rc == SR_OK) rc = open_audit(cfg);
+    const char *store = NULL;
+    if (rc == SR_OK) rc = kms_store_location(sr_config_get(cfg, "store", "path"), sr_config_get(cfg, "store", "url"), &store);
     if (rc == SR_OK)
-        rc = kms_root_provider(sr_config_get(cfg, "store", "path"), sr_config_get(cfg, "store", "root_key_file"),
+        rc = kms_root_provider(store, sr_config_get(cfg, "store", "root_key_file"),
                                sr_config_get(cfg, "store", "passphrase_file"), 0, &root);
-    if (rc == SR_OK) rc = kms_store_open_encrypted(sr_config_get(cfg, "store", "path"), root, &server.store);
+    if (rc == SR_OK) rc = kms_store_open_encrypted(store, root, &server.store);
     pthread_t sweeper;
     int enrolling = 0, sweeping = 0;
     if (rc == SR_OK) rc = configure_enrolment(cfg, &enrolling);
@@ -498,12 +526,7 @@ static int start(const char *config_path, int foreground)
     sr_config_free(cfg);
     if (!foreground && daemon(1, 0) != 0) return fprintf(stderr, "kmsd: cannot detach: %s\n", strerror(errno)), 3;
     sr_log_notice("started%s", enrolling ? " (enrolment on: lease sweeper running)" : "");
-    if (enrolling) { /* nodes could not renew while kmsd was down: a full lease from now before any expiry */
-        kms_store_lock(server.store);
-        if (kms_node_extend_leases(server.store, sr_time_now_us() / 1000000 + lease_s) != SR_OK)
-            sr_log_error("cannot extend the leases at start: %s", sr_err_detail());
-        kms_store_unlock(server.store);
-    }
+    if (enrolling) start_leases();
     /* after daemon(): threads do not survive a fork */
     sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_s) == 0;
     if (enrolling && !sweeping) sr_log_error("cannot start the lease sweeper: leases will not expire");

@@ -8,6 +8,7 @@
  * are encrypted and authenticated like any tablespace: a wrong passphrase or
  * root key fails at the first read with SR_ERR_AUTH.
  */
+#include "db.h"
 #include "kms.h"
 #include "tde.h"
 
@@ -115,13 +116,31 @@ sr_err_t kms_root_provider(const char *store_path, const char *root_key_file, co
         }
         return sr_keyprov_keyfile_open(root_key_file, out);
     }
+    if (kms_db_is_postgres(store_path)) /* the salt lives beside an SQLite store; nowhere to keep it here */
+        return sr_err_set(SR_ERR_CONFIG, "a PostgreSQL key store needs root_key_file (not a passphrase)");
     char params[4200];
     snprintf(params, sizeof params, "%s.kdf", store_path);
     return passphrase_provider(params, passphrase_file, create, out);
 }
 
+sr_err_t kms_store_location(const char *path, const char *url, const char **out)
+{
+    if (!path == !url) return sr_err_set(SR_ERR_CONFIG, "the key store: give path (SQLite) or url (PostgreSQL), one of them");
+    if (url && !kms_db_is_postgres(url))
+        return sr_err_set(SR_ERR_CONFIG, "store url '%.40s...' is not postgresql://", url);
+    *out = path ? path : url;
+    return SR_OK;
+}
+
 sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, kms_store_t **out)
 {
+    if (kms_db_is_postgres(store_path)) { /* key material wrapped under the root key, the rest in clear */
+        sr_err_t rc = kms_store_open(store_path, root, out);
+        if (rc == SR_ERR_WRAP_INTEGRITY || rc == SR_ERR_WRONG_KEY)
+            return sr_err_set(SR_ERR_AUTH, "cannot open the key store in PostgreSQL: wrong root key (%s)",
+                              sr_err_detail());
+        return rc;
+    }
     /* The store names no key of its own: the VFS uses `root`, never a key
      * file from the environment. */
     unsetenv("STRONGROOM_KEYFILE"), unsetenv("STRONGROOM_KMS");
@@ -137,6 +156,9 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
 
 sr_err_t kms_store_copy(const char *from, const char *to, int overwrite)
 {
+    if (kms_db_is_postgres(from) || kms_db_is_postgres(to))
+        return sr_err_set(SR_ERR_UNSUPPORTED, "the key store is in PostgreSQL: back it up with pg_dump (key material "
+                                              "stays wrapped under the root key; names and states are in clear)");
     struct stat st;
     if (!overwrite && stat(to, &st) == 0) return sr_err_set(SR_ERR_EXISTS, "%s exists: refusing to overwrite it", to);
     char src_uri[4300], dst_uri[4300];

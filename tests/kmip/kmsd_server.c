@@ -19,11 +19,35 @@ int kmsctl_run(const char *dir, char *out, size_t cap, const char *args)
     return sr_test_command(out, cap, cmd);
 }
 
+const char *kmsd_postgres(void)
+{
+    const char *url = getenv("STRONGROOM_TEST_PG");
+    return url && *url ? url : NULL;
+}
+
+/* A new, empty database on the test's PostgreSQL; its URI in url. */
+static int new_database(char *url, size_t cap)
+{
+    static int made;
+    char name[64], cmd[1024], out[4096];
+    snprintf(name, sizeof name, "kms_%d_%d", (int)getpid(), made++);
+    snprintf(cmd, sizeof cmd, "psql -X -q '%s/postgres' -c 'CREATE DATABASE %s'", kmsd_postgres(), name);
+    if (sr_test_command(out, sizeof out, cmd) != 0) return fprintf(stderr, "%s\n", out), -1;
+    snprintf(url, cap, "%s/%s", kmsd_postgres(), name);
+    return 0;
+}
+
 int kmsd_init(const char *dir, const char *const *certs, uint16_t *port)
 {
-    char cmd[4096], out[8192];
+    char cmd[4096], out[8192], store[1024] = "";
     *port = sr_test_free_port();
-    snprintf(cmd, sizeof cmd, "%s init --dir %s --port %u", sr_test_build_path("kms_server/kmsctl"), dir, *port);
+    if (kmsd_postgres()) {
+        char url[600];
+        if (new_database(url, sizeof url) != 0) return -1;
+        snprintf(store, sizeof store, " --store-url %s", url);
+    }
+    snprintf(cmd, sizeof cmd, "%s init --dir %s --port %u%s", sr_test_build_path("kms_server/kmsctl"), dir, *port,
+             store);
     if (sr_test_command(out, sizeof out, cmd) != 0) return fprintf(stderr, "kmsctl init failed:\n%s\n", out), -1;
     for (int i = 0; certs && certs[i]; i++) {
         char name[128], args[300];
@@ -37,20 +61,27 @@ int kmsd_init(const char *dir, const char *const *certs, uint16_t *port)
     return 0;
 }
 
+pid_t kmsd_spawn(const char *conf, const char *log, uint16_t port)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execl(sr_test_build_path("kms_server/kmsd"), "kmsd", "--config", conf, "--foreground", (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0 && sr_test_wait_port(port, 15000)) return pid;
+    fprintf(stderr, "kmsd did not start (see %s)\n", log);
+    if (pid > 0) kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+    return -1;
+}
+
 int kmsd_start(const char *dir, uint16_t port)
 {
     char conf[600], log[600];
     snprintf(conf, sizeof conf, "%s/kmsd.conf", dir);
     snprintf(log, sizeof log, "%s/kmsd.stderr", dir);
-    if ((server_pid = fork()) == 0) {
-        if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
-        execl(sr_test_build_path("kms_server/kmsd"), "kmsd", "--config", conf, "--foreground", (char *)NULL);
-        _exit(127);
-    }
-    if (sr_test_wait_port(port, 15000)) return 0;
-    fprintf(stderr, "kmsd did not start (see %s)\n", log);
-    kmsd_stop(SIGKILL);
-    return -1;
+    server_pid = kmsd_spawn(conf, log, port);
+    return server_pid > 0 ? 0 : -1;
 }
 
 int kmsd_stop(int sig)

@@ -10,13 +10,19 @@
 #include <sys/types.h>
 
 /* kmsctl init in dir (which must not hold a store yet), then one certificate
- * per "name:role" in certs (NULL-terminated). 0, or -1 with the reason on stderr. */
+ * per "name:role" in certs (NULL-terminated). 0, or -1 with the reason on stderr.
+ * With $STRONGROOM_TEST_PG (postgresql://user@host:port, as tests/kms/with-postgres
+ * sets it) the store is a new database there, else an SQLite file in dir. */
 int kmsd_init(const char *dir, const char *const *certs, uint16_t *port);
+/* The PostgreSQL the stores are made on, or NULL (SQLite stores). */
+const char *kmsd_postgres(void);
 /* Starts kmsd on dir/kmsd.conf and waits for its port; 0 or -1. */
 int kmsd_start(const char *dir, uint16_t port);
 /* Sends sig (SIGTERM: waits for a clean exit, returns its status; SIGKILL: reaps). */
 int kmsd_stop(int sig);
 pid_t kmsd_pid(void);
+/* Another kmsd (config conf, stderr to log), waited for on port; its pid or -1. */
+pid_t kmsd_spawn(const char *conf, const char *log, uint16_t port);
 /* Runs kmsctl with KMSCTL_CONFIG=dir/kmsctl.conf; its exit status, output in out. */
 int kmsctl_run(const char *dir, char *out, size_t cap, const char *args);
 

@@ -519,6 +519,11 @@ static void test_store_backup_and_restore(void)
     char out[4096], cmd[2048], backup[700], found[2][SR_KMIP_UID_MAX];
     size_t n = 0;
     snprintf(backup, sizeof backup, "%s/store-backup.db", sr_test_tmpdir());
+    if (kmsd_postgres()) { /* PostgreSQL's own tools back it up; kmsctl says so */
+        snprintf(cmd, sizeof cmd, "store backup %s", backup);
+        SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 3 && strstr(out, "pg_dump"), "%s", out);
+        return;
+    }
     SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "key create kept-by-the-backup") == 0, "%s", out);
     snprintf(cmd, sizeof cmd, "store backup %s", backup);
     SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0, "%s", out);
@@ -549,7 +554,7 @@ static void test_wrong_root_key_refused(void)
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
     snprintf(cmd, sizeof cmd, "%s --config %s/kmsd.conf --foreground", sr_test_build_path("kms_server/kmsd"), dir);
     int status = sr_test_command(out, sizeof out, cmd);
-    SR_CHECK_MSG(status == 3 && strstr(out, "wrong passphrase or root key"), "status %d: %s", status, out);
+    SR_CHECK_MSG(status == 3 && strstr(out, "wrong") && strstr(out, "root key"), "status %d: %s", status, out);
     snprintf(cmd, sizeof cmd, "cd %s && mv root.key.good root.key", dir);
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
     SR_CHECK(kmsd_start(dir, port) == 0);
