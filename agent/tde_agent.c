@@ -88,36 +88,76 @@ static void state_path(char *out, size_t cap, const char *name) { snprintf(out, 
 
 /* ---- talking to kmsd ----------------------------------------------------------------------------- */
 
-/* A client to the first server of the list, as the node (cert) or anonymous (NULL). */
-static sr_err_t kms_client(const char *cert, const char *key, sr_kmip_client_t **out)
+/* Server i of [kms] servers ("host:port, host:port"); 0, or -1 past the end. */
+static int kms_server_at(int i, char *host, size_t cap, uint16_t *port)
 {
-    char first[256], host[256];
+    const char *p = sr_config_get(agent.cfg, "kms", "servers");
+    for (int k = 0; *p; k++) {
+        p += strspn(p, ", ");
+        size_t n = strcspn(p, ", ");
+        char one[256];
+        snprintf(one, sizeof one, "%.*s", (int)n, p);
+        if (k == i) return n && sr_kmip_server_parse(one, host, cap, port) == SR_OK ? 0 : -1;
+        p += n;
+    }
+    return -1;
+}
+
+/* Whether another server may answer: this one could not be reached (a
+ * certificate refused as revoked is an answer, the same from every kmsd). */
+static int kms_unreachable(sr_err_t rc)
+{
+    if (rc == SR_ERR_TLS) return !strstr(sr_err_detail(), "revoked");
+    return rc == SR_ERR_NETWORK || rc == SR_ERR_CLOSED || rc == SR_ERR_TIMEOUT || rc == SR_ERR_IO;
+}
+
+/* Sends one request as the node (cert) or anonymously (NULL) to the server
+ * that answered last, moving on through [kms] servers while one cannot be
+ * reached: kmsd instances sharing a store are interchangeable. */
+static sr_err_t kms_call(const char *cert, const char *key, const sr_kmip_enc_t *e, uint32_t op,
+                         sr_kmip_response_t *r)
+{
+    static _Atomic int current; /* the heartbeat thread and the main thread (leave) both call */
+    int n = 0;
+    char host[256];
     uint16_t port = 0;
-    snprintf(first, sizeof first, "%s", sr_config_get(agent.cfg, "kms", "servers"));
-    first[strcspn(first, ", ")] = '\0';
-    if (sr_kmip_server_parse(first, host, sizeof host, &port) != SR_OK)
-        return sr_err_set(SR_ERR_CONFIG, "[kms] servers: %s", sr_err_detail());
-    sr_kmip_client_options_t o = {.host = host, .port = port,
-                                  .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
-                                  .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert, .key_file = key,
-                                  .timeout_ms = 5000, .version = {1, 4}};
-    return sr_kmip_client_new(&o, out);
+    while (kms_server_at(n, host, sizeof host, &port) == 0) n++;
+    if (!n) return sr_err_set(SR_ERR_CONFIG, "[kms] servers: no host:port");
+    sr_err_t rc = SR_ERR_NETWORK;
+    for (int tried = 0; tried < n; tried++) {
+        int i = (current + tried) % n;
+        if (kms_server_at(i, host, sizeof host, &port) != 0)
+            return sr_err_set(SR_ERR_CONFIG, "[kms] servers: entry %d is not host:port", i + 1);
+        sr_kmip_client_options_t o = {.host = host, .port = port,
+                                      .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
+                                      .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert,
+                                      .key_file = key, .timeout_ms = 5000, .version = {1, 4}};
+        sr_kmip_client_t *c = NULL;
+        sr_kmip_response_free(r);
+        memset(r, 0, sizeof *r);
+        rc = sr_kmip_client_new(&o, &c);
+        if (rc == SR_OK) rc = sr_kmip_client_call(c, e, op, r);
+        sr_kmip_client_free(c);
+        if (!kms_unreachable(rc)) {
+            current = i;
+            return rc;
+        }
+        if (tried + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
+    }
+    return rc;
 }
 
 static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
 {
     char cert[4200], key[4200];
     state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
-    sr_kmip_client_t *c = NULL;
     sr_kmip_enc_t e;
     memset(r, 0, sizeof *r); /* the caller frees it, whatever the outcome */
     sr_kmip_enc_init(&e);
     sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
     sr_kmip_request_end(&e);
     sr_err_t rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_client(cert, key, &c);
-    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, op, r);
-    sr_kmip_client_free(c);
+    if (rc == SR_OK) rc = kms_call(cert, key, &e, op, r);
     sr_kmip_enc_free(&e);
     return rc;
 }
@@ -242,15 +282,12 @@ static sr_err_t enrol(void)
     sr_kmip_put_text(&e, SR_KMIP_TAG_X_NODE_NAME, name);
     sr_kmip_request_end(&e);
     sr_secure_wipe(token, sizeof token);
-    sr_kmip_client_t *c = NULL;
     sr_kmip_response_t r;
     memset(&r, 0, sizeof r);
     if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_client(NULL, NULL, &c);
-    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, SR_KMIP_OP_ENROL, &r);
+    if (rc == SR_OK) rc = kms_call(NULL, NULL, &e, SR_KMIP_OP_ENROL, &r);
     if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
     sr_kmip_response_free(&r);
-    sr_kmip_client_free(c);
     sr_kmip_enc_free(&e);
     free(csr);
     if (key_pem) sr_secure_wipe(key_pem, key_len), sr_secure_free(key_pem);

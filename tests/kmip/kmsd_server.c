@@ -63,6 +63,7 @@ int kmsd_init(const char *dir, const char *const *certs, uint16_t *port)
 
 pid_t kmsd_spawn(const char *conf, const char *log, uint16_t port)
 {
+    fflush(NULL); /* the child's freopen would write our buffered output again */
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
