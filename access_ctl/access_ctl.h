@@ -37,6 +37,13 @@ typedef struct sr_acl_policy sr_acl_policy_t;
 sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out) SR_MUST_CHECK;
 /* The same from text in memory (`name` stands for the file in messages). */
 sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out) SR_MUST_CHECK;
+/* A policy that must mean the same on every host it is sent to (kmsctl
+ * policy push, the agent installing it): `include` and `groups FILE` are
+ * refused (they name files of one host); `group NAME = ...` is kept. */
+sr_err_t sr_acl_compile_standalone(const char *name, const char *text, sr_acl_policy_t **out) SR_MUST_CHECK;
+/* Reads a file (up to 16 MiB of text) and compiles it standalone; the text
+ * (malloc'd) and the policy, or an error with file:line. */
+sr_err_t sr_acl_read_standalone(const char *path, char **text, sr_acl_policy_t **out) SR_MUST_CHECK;
 void sr_acl_policy_free(sr_acl_policy_t *p);
 size_t sr_acl_policy_rules(const sr_acl_policy_t *p);
 /* A digest of the compiled rules ("sha256:..." first 16 hex digits), for audit records. */
@@ -56,6 +63,7 @@ typedef struct sr_acl_decision {
     const char *file;    /* where the rule is; "" when none matched */
     int line;
     char why[256];       /* "allow by /etc/strongroom/acl.conf:12 (office)" */
+    char policy[32];     /* the digest of the policy that decided (sr_acl_policy_version) */
 } sr_acl_decision_t;
 
 /* Evaluates a request; never fails (an unusable request is denied). Safe to

@@ -126,6 +126,7 @@ void sr_acl_decide(const sr_acl_policy_t *p, const sr_acl_request_t *req, sr_acl
 {
     memset(d, 0, sizeof *d);
     d->file = "";
+    snprintf(d->policy, sizeof d->policy, "%s", p->version);
     char host[256] = "";
     const char *server = req->server;
     if (!server) server = gethostname(host, sizeof host - 1) == 0 ? host : "";

@@ -34,6 +34,7 @@ typedef struct compiler {
     group_t *groups;
     size_t n_groups;
     EVP_MD_CTX *digest;
+    int standalone; /* no include, no groups FILE: the text alone is the policy */
 } compiler_t;
 
 /* ---- small pieces --------------------------------------------------------------------- */
@@ -387,7 +388,8 @@ static sr_err_t read_all(const char *path, char **out)
         free(buf);
         return sr_err_set(SR_ERR_PARSE, "%s: a NUL byte: not a text file", path);
     }
-    *out = buf;
+    char *fit = realloc(buf, n + 1);
+    *out = fit ? fit : buf;
     return SR_OK;
 }
 
@@ -460,6 +462,9 @@ static sr_err_t compile_line(compiler_t *c, const char *file, int line, char *te
     if (n < 0) rc = at(file, line, "too many fields");
     else if (n == 0) rc = SR_OK;
     else if (!strcmp(tok[0], "allow") || !strcmp(tok[0], "deny")) rc = add_rule(c, file, line, tok, n, comment, stripped);
+    else if (c->standalone && (!strcmp(tok[0], "include") || !strcmp(tok[0], "groups")))
+        rc = at(file, line, "%s: a pushed policy must stand alone (no files of one host): put the rules in it and "
+                "the groups as 'group NAME = member, member'", tok[0]);
     else if (!strcmp(tok[0], "include")) rc = n == 2 ? include(c, file, line, tok[1], depth)
                                                      : at(file, line, "include takes one path");
     else if (!strcmp(tok[0], "groups")) {
@@ -652,14 +657,34 @@ sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out)
     return rc != SR_OK ? rc : finish(&c, compile_file(&c, path, 0), out);
 }
 
-sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out)
+static sr_err_t compile_memory(const char *name, const char *text, int standalone, sr_acl_policy_t **out)
 {
     compiler_t c;
     char *copy = strdup(text);
     sr_err_t rc = copy ? start(&c) : SR_ERR_NOMEM;
     if (rc != SR_OK) return free(copy), rc;
+    c.standalone = standalone;
     rc = finish(&c, compile_text(&c, name, copy, 0), out);
     free(copy);
+    return rc;
+}
+
+sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out)
+{
+    return compile_memory(name, text, 0, out);
+}
+
+sr_err_t sr_acl_compile_standalone(const char *name, const char *text, sr_acl_policy_t **out)
+{
+    return compile_memory(name, text, 1, out);
+}
+
+sr_err_t sr_acl_read_standalone(const char *path, char **text, sr_acl_policy_t **out)
+{
+    sr_err_t rc = read_all(path, text);
+    if (rc != SR_OK) return rc;
+    rc = sr_acl_compile_standalone(path, *text, out);
+    if (rc != SR_OK) free(*text), *text = NULL;
     return rc;
 }
 

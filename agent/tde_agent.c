@@ -56,6 +56,7 @@ static const sr_config_key_t schema[] = {
     {"agent", "cache_ttl", SR_CONFIG_DURATION, "300s", 0},
     {"agent", "master_key", SR_CONFIG_STRING, NULL, 1},
     {"agent", "policy", SR_CONFIG_PATH, NULL, 0},
+    {"agent", "policy_push", SR_CONFIG_BOOL, "false", 0},
     {"kms", "servers", SR_CONFIG_STRING, NULL, 1},
     {"kms", "server_name", SR_CONFIG_STRING, "localhost", 0},
     {"kms", "ca", SR_CONFIG_PATH, NULL, 1},
@@ -67,7 +68,10 @@ static struct {
     sr_keyprov_t *kms;
     sr_keycache_t *cache;
     uint64_t cache_ttl_ms, heartbeat_ms;
-    sr_acl_t *policy;
+    sr_acl_t *policy;            /* NULL: none configured (or, with policy_push, none received yet) */
+    int policy_push;             /* install what `kmsctl policy push` stored in the KMS at the policy path */
+    int64_t policy_version;      /* the pushed version in force (0: a local file) */
+    int64_t policy_rejected;     /* the last pushed version that did not compile here */
     pthread_mutex_t lock;
     int revoked;
     char revoked_why[256];
@@ -324,13 +328,103 @@ static void end_membership(const char *why)
     }
 }
 
+/* ---- the access policy pushed by the KMS ------------------------------------------------------------- */
+
+static void record_policy_version(int64_t version, const char *digest)
+{
+    char path[4200], text[96];
+    state_path(path, sizeof path, "policy.version");
+    int n = snprintf(text, sizeof text, "%lld %s\n", (long long)version, digest);
+    if (write_file(path, text, (size_t)n, 0600) != SR_OK) sr_log_warn("policy: %s", sr_err_detail());
+}
+
+/* The pushed version in force and its digest, from the state directory (0: none). */
+static int64_t installed_policy_version(char *digest, size_t cap)
+{
+    char path[4200];
+    long long v = 0;
+    state_path(path, sizeof path, "policy.version");
+    FILE *f = fopen(path, "r");
+    digest[0] = '\0';
+    if (f && fscanf(f, "%lld %31s", &v, digest) != 2) v = 0, digest[0] = '\0';
+    if (f) fclose(f);
+    (void)cap;
+    return v;
+}
+
+/* Puts the policy a response carries in force: compiled here first (a bad
+ * one never replaces a good one), written beside the old one and renamed
+ * over it (the PAM module sees the old file or the new, never half), then
+ * the key service's handle reloaded. */
+static sr_err_t install_policy(const sr_kmip_response_t *r, int64_t *version)
+{
+    const sr_kmip_tree_t *t = &r->tree;
+    int32_t v = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER);
+    int32_t body = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_POLICY_TEXT, SR_KMIP_BYTE_STRING);
+    if (v < 0 || body < 0) return sr_err_set(SR_ERR_KMIP_DECODE, "the Get Policy response lacks the version or text");
+    *version = t->items[v].v.i32;
+    const char *path = sr_config_get(agent.cfg, "agent", "policy");
+    char *text = malloc(t->items[body].len + 1);
+    if (!text) return SR_ERR_NOMEM;
+    memcpy(text, t->items[body].v.ptr, t->items[body].len), text[t->items[body].len] = '\0';
+    sr_acl_policy_t *p = NULL;
+    sr_err_t rc = strlen(text) == t->items[body].len ? sr_acl_compile_standalone(path, text, &p)
+                                                     : sr_err_set(SR_ERR_PARSE, "%s: a NUL byte: not a text file", path);
+    char digest[32] = "";
+    if (rc == SR_OK) snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
+    if (rc == SR_OK) rc = write_file(path, text, t->items[body].len, 0644);
+    free(text);
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    if (rc == SR_OK && policy) rc = sr_acl_reload(policy);
+    else if (rc == SR_OK && (rc = sr_acl_open(path, &policy)) == SR_OK) {
+        pthread_mutex_lock(&agent.lock);
+        agent.policy = policy;
+        pthread_mutex_unlock(&agent.lock);
+    }
+    if (rc == SR_OK) record_policy_version(*version, digest);
+    return rc;
+}
+
+/* A heartbeat said the KMS holds policy `newest`: fetch and install it. */
+static void follow_policy(int64_t newest)
+{
+    if (!agent.policy_push || newest <= agent.policy_version || newest == agent.policy_rejected) return;
+    sr_kmip_response_t r;
+    int64_t version = newest;
+    char object[40];
+    sr_err_t rc = node_call(SR_KMIP_OP_GET_POLICY, &r);
+    if (rc == SR_OK) rc = install_policy(&r, &version);
+    sr_kmip_response_free(&r);
+    snprintf(object, sizeof object, "policy v%lld", (long long)version);
+    if (rc == SR_OK) {
+        char digest[32], detail[300];
+        installed_policy_version(digest, sizeof digest);
+        snprintf(detail, sizeof detail, "%s at %.200s", digest, sr_config_get(agent.cfg, "agent", "policy"));
+        agent.policy_version = version;
+        sr_log_notice("access policy v%lld (%s) in force", (long long)version, digest);
+        event("policy.installed", agent.node_uuid, object, "success", detail);
+    } else if (rc == SR_ERR_PARSE || rc == SR_ERR_LIMIT) {
+        agent.policy_rejected = version;
+        sr_log_error("access policy v%lld refused, v%lld stays in force: %s", (long long)version,
+                     (long long)agent.policy_version, sr_err_detail());
+        event("policy.rejected", agent.node_uuid, object, "failure", sr_err_detail());
+    } else {
+        sr_log_warn("access policy v%lld: %s (tried again at the next heartbeat)", (long long)version, sr_err_detail());
+    }
+}
+
 static void *heartbeat_main(void *arg)
 {
     (void)arg;
     while (!stop_requested && !agent.revoked) {
         sr_kmip_response_t r;
         sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
+        int32_t newest = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER) : -1;
+        int64_t newest_version = newest >= 0 ? r.tree.items[newest].v.i32 : 0;
         sr_kmip_response_free(&r);
+        if (rc == SR_OK) follow_policy(newest_version);
         if (rc == SR_OK) {
             pthread_mutex_lock(&agent.lock);
             agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
@@ -386,14 +480,21 @@ static void refuse(int fd, const peer_t *p, const char *object, const char *why)
     answer(fd, 'E', (const uint8_t *)why, strlen(why));
 }
 
-/* The policy's word on this peer; 1 allowed. */
+/* The policy's word on this peer; 1 allowed. `why` names the rule and the
+ * policy's digest (empty when no policy is configured: every peer allowed). */
 static int permitted(const peer_t *p, char *why, size_t cap)
 {
-    if (!agent.policy) return 1;
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    why[0] = '\0';
+    if (!policy && agent.policy_push) /* fail closed until the KMS's policy is here */
+        return snprintf(why, cap, "deny: no access policy received from the KMS yet (policy_push)"), 0;
+    if (!policy) return 1;
     sr_acl_request_t req = {.account = p->user, .source = "local", .service = "tde-key"};
     sr_acl_decision_t d;
-    sr_acl_evaluate(agent.policy, &req, &d);
-    snprintf(why, cap, "%s", d.why);
+    sr_acl_evaluate(policy, &req, &d);
+    snprintf(why, cap, "%s; policy %s", d.why, d.policy);
     return d.allow;
 }
 
@@ -459,6 +560,8 @@ static void handle(int fd, uint8_t *reply)
     pthread_mutex_unlock(&agent.lock);
     if (revoked) return refuse(fd, &p, object, why);
     if (!permitted(&p, why, sizeof why)) return refuse(fd, &p, object, why);
+    char allowed_by[300];
+    snprintf(allowed_by, sizeof allowed_by, "%s", why);
     int cached = 0;
     size_t len = 0, enc = 0;
     sr_err_t rc = serve_key(op, &ts, version, &in, reply, &out, &cached);
@@ -466,8 +569,8 @@ static void handle(int fd, uint8_t *reply)
     if (rc == SR_OK && op != 'U')
         rc = sr_wrapped_key_encode(&out, reply + len, SR_WRAPPED_KEY_ENCODED_MAX, &enc), len += enc;
     if (rc == SR_OK) {
-        snprintf(why, sizeof why, "%s data key v%u%s%s", op == 'C' ? "created" : op == 'U' ? "unwrapped" : "re-wrapped",
-                 version, cached ? " (cached)" : "", agent.policy ? "; policy allows" : "");
+        snprintf(why, sizeof why, "%s data key v%u%s%s%.200s", op == 'C' ? "created" : op == 'U' ? "unwrapped" : "re-wrapped",
+                 version, cached ? " (cached)" : "", allowed_by[0] ? "; " : "", allowed_by);
         event("key.request", p.subject, object, "success", why);
         answer(fd, 'K', reply, len);
     } else {
@@ -636,7 +739,13 @@ static sr_err_t start_services(void)
     state_path(path, sizeof path, "kms.conf");
     if (rc == SR_OK) rc = sr_keyprov_kmip_open(path, &agent.kms);
     const char *policy = sr_config_get(agent.cfg, "agent", "policy");
-    if (rc == SR_OK && policy) rc = sr_acl_open(policy, &agent.policy);
+    if (rc == SR_OK) rc = sr_config_get_bool(agent.cfg, "agent", "policy_push", &agent.policy_push);
+    if (rc == SR_OK && agent.policy_push && !policy)
+        rc = sr_err_set(SR_ERR_CONFIG, "[agent] policy_push needs policy = PATH (where the pushed policy is installed)");
+    char digest[32];
+    if (rc == SR_OK && agent.policy_push) agent.policy_version = installed_policy_version(digest, sizeof digest);
+    /* with policy_push and nothing received yet, keys are refused until the first policy arrives */
+    if (rc == SR_OK && policy && !(agent.policy_push && access(policy, F_OK) != 0)) rc = sr_acl_open(policy, &agent.policy);
     return rc;
 }
 
@@ -717,15 +826,30 @@ static int cmd_status(const char *config, int json)
         if (!member) snprintf(why, sizeof why, "%s", sr_err_detail());
         sr_kmip_response_free(&r);
     }
+    /* the policy in force: the file's digest as the key service and the PAM module compile it */
+    const char *policy_path = sr_config_get(agent.cfg, "agent", "policy");
+    char digest[32] = "", pushed_digest[32];
+    int64_t pushed = installed_policy_version(pushed_digest, sizeof pushed_digest);
+    sr_acl_policy_t *p = NULL;
+    if (policy_path && sr_acl_compile_file(policy_path, &p) == SR_OK)
+        snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
+    char policy[300];
+    if (!policy_path) snprintf(policy, sizeof policy, "no policy (every local process gets keys)");
+    else if (!digest[0]) snprintf(policy, sizeof policy, "policy %.200s: none in force (keys refused)", policy_path);
+    else if (pushed && !strcmp(digest, pushed_digest)) snprintf(policy, sizeof policy, "policy v%lld %s", (long long)pushed, digest);
+    else snprintf(policy, sizeof policy, "policy %.200s %s", policy_path, digest);
     if (json)
         printf("{\"enrolled\": %s, \"node\": \"%s\", \"node_key\": \"%s\", \"lease_seconds\": %lld, \"kms_accepts_node\": "
-               "%s, \"serving\": %s, \"socket\": \"%s\"}\n", enrolled ? "true" : "false", agent.node_uuid, agent.nk,
-               (long long)agent.lease_s, member ? "true" : "false", serving ? "true" : "false", sock);
+               "%s, \"serving\": %s, \"socket\": \"%s\", \"policy_version\": %lld, \"policy_digest\": \"%s\"}\n",
+               enrolled ? "true" : "false", agent.node_uuid, agent.nk, (long long)agent.lease_s, member ? "true" : "false",
+               serving ? "true" : "false", sock, digest[0] && !strcmp(digest, pushed_digest) ? (long long)pushed : 0LL,
+               digest);
     else if (!enrolled)
         printf("not enrolled (state %s)\n", agent.state);
     else
-        printf("node %s, node key %s, lease %llds; KMS %s; key service %s (%s)\n", agent.node_uuid, agent.nk,
-               (long long)agent.lease_s, member ? "accepts this node" : why, serving ? "listening" : "not running", sock);
+        printf("node %s, node key %s, lease %llds; KMS %s; key service %s (%s); %s\n", agent.node_uuid, agent.nk,
+               (long long)agent.lease_s, member ? "accepts this node" : why, serving ? "listening" : "not running", sock,
+               policy);
     sr_config_free(agent.cfg);
     return enrolled && member ? 0 : SR_EXIT_FAILED;
 }

@@ -78,6 +78,8 @@ static const sr_event_spec_t vocabulary[] = {
     {"kms", "node.lease_expired", "the node UUID", "the node key UUID", "a node's lease ran out: its key revoked"},
     {"kms", "node.key_destroyed", "the node UUID", "the node key UUID", "a revoked node key destroyed after its "
      "retention period"},
+    {"kms", "policy.pushed", "kmsctl", "policy vN", "kmsctl policy push: a new access policy version for the "
+     "agents (detail: its digest, rules, source file)"},
     {"kms", "store.backup", "kmsctl", "the backup file", "kmsctl store backup"},
     {"kms", "store.restore", "kmsctl", "the backup file", "kmsctl store restore"},
     /* agent: tde-agent */
@@ -85,6 +87,10 @@ static const sr_event_spec_t vocabulary[] = {
     {"agent", "node.leave", "the node UUID", "the node key UUID", "the agent left (SIGTERM): its key revoked"},
     {"agent", "node.membership_ended", "the node UUID", "the node key UUID", "kmsd says the node is no longer a "
      "member (revoked, expired)"},
+    {"agent", "policy.installed", "the node UUID", "policy vN", "a pushed access policy validated and put in "
+     "force (detail: its digest and path)"},
+    {"agent", "policy.rejected", "the node UUID", "policy vN", "a pushed access policy that does not compile on this "
+     "node: the one in force stays (detail: file:line and why)"},
     {"agent", "key.request", PEER_PROCESS, "the tablespace UUID", "a local process asked for a data key: served "
      "or denied by policy"},
     /* pam: pam_strongroom.so */

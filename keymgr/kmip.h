@@ -130,10 +130,14 @@ enum { SR_KMIP_STATE_PRE_ACTIVE = 1, SR_KMIP_STATE_ACTIVE = 2, SR_KMIP_STATE_DEA
 /* Node membership (kmsd and tde-agent): KMIP has no enrolment or lease
  * operation, so these are vendor extensions in the ranges KMIP reserves for
  * them (operations 0x8xxxxxxx, tags 0x54xxxx), on the same port and codec. */
-enum { SR_KMIP_OP_ENROL = 0x80000001u, SR_KMIP_OP_HEARTBEAT = 0x80000002u, SR_KMIP_OP_LEAVE = 0x80000003u };
+enum { SR_KMIP_OP_ENROL = 0x80000001u, SR_KMIP_OP_HEARTBEAT = 0x80000002u, SR_KMIP_OP_LEAVE = 0x80000003u,
+       SR_KMIP_OP_GET_POLICY = 0x80000004u };
 enum { SR_KMIP_TAG_X_JOIN_TOKEN = 0x540001, SR_KMIP_TAG_X_CSR = 0x540002, SR_KMIP_TAG_X_NODE_NAME = 0x540003,
        SR_KMIP_TAG_X_NODE_UUID = 0x540004, SR_KMIP_TAG_X_NODE_CERTIFICATE = 0x540005,
-       SR_KMIP_TAG_X_LEASE_SECONDS = 0x540006 };
+       SR_KMIP_TAG_X_LEASE_SECONDS = 0x540006,
+       /* the access policy pushed to agents: its version (Integer, in every Heartbeat response), text, digest */
+       SR_KMIP_TAG_X_POLICY_VERSION = 0x540007, SR_KMIP_TAG_X_POLICY_TEXT = 0x540008,
+       SR_KMIP_TAG_X_POLICY_DIGEST = 0x540009 };
 
 /* ---- messages ------------------------------------------------------------------- */
 

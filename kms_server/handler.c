@@ -1055,6 +1055,25 @@ static int op_heartbeat(req_t *r, int32_t payload)
     sr_err_t rc = kms_node_save(r->s, &n);
     if (rc != SR_OK) return store_failed(r, rc);
     sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)enrolment.lease_s);
+    sr_kmip_put_int(r->e, SR_KMIP_TAG_X_POLICY_VERSION, (int32_t)kms_policy_newest(r->s)); /* the agent fetches a newer one */
+    return 0;
+}
+
+/* The newest access policy, for a node (its agent installs it) or an admin. */
+static int op_get_policy(req_t *r, int32_t payload)
+{
+    (void)payload;
+    kms_node_t n;
+    if (r->p->role != KMS_ROLE_ADMIN && own_node(r, &n)) return -1;
+    kms_policy_t p;
+    sr_err_t rc = kms_policy_load(r->s, &p);
+    if (rc == SR_ERR_NOT_FOUND) return fail(r, REASON_ITEM_NOT_FOUND, "%s", sr_err_detail());
+    if (rc != SR_OK) return store_failed(r, rc);
+    snprintf(r->object, sizeof r->object, "policy v%lld", (long long)p.version);
+    sr_kmip_put_int(r->e, SR_KMIP_TAG_X_POLICY_VERSION, (int32_t)p.version);
+    sr_kmip_put_text(r->e, SR_KMIP_TAG_X_POLICY_DIGEST, p.digest);
+    sr_kmip_put_bytes(r->e, SR_KMIP_TAG_X_POLICY_TEXT, (const uint8_t *)p.text, p.len);
+    free(p.text);
     return 0;
 }
 
@@ -1099,6 +1118,7 @@ static const operation_t operations[] = {
     {KMS_OP_ENROL, "enrol", op_enrol, 1, 0},
     {KMS_OP_HEARTBEAT, "heartbeat", op_heartbeat, 1, 1},
     {KMS_OP_LEAVE, "leave", op_leave, 1, 0},
+    {SR_KMIP_OP_GET_POLICY, "get_policy", op_get_policy, 0, 0},
 };
 #define N_OPERATIONS (sizeof operations / sizeof operations[0])
 

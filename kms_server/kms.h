@@ -195,6 +195,21 @@ sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until) SR_MUST_CHECK;
 /* Nodes in a state (NULL: any) whose lease ends before `lease_before` (0: any). */
 sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before,
                        void (*fn)(void *, const kms_node_t *), void *ctx) SR_MUST_CHECK;
+/* Access policies (kmsctl policy push; agents fetch the newest): versions
+ * count up from 1, the text is kept as pushed (validated by the pusher and
+ * again by every agent before it is installed). */
+typedef struct kms_policy {
+    int64_t version, pushed;
+    char digest[32], pushed_by[KMS_TEXT_MAX];
+    char *text; /* malloc'd, NUL-terminated */
+    size_t len;
+} kms_policy_t;
+sr_err_t kms_policy_push(kms_store_t *s, const char *text, const char *digest, const char *by,
+                         int64_t *version) SR_MUST_CHECK;
+int64_t kms_policy_newest(kms_store_t *s); /* 0: none */
+/* The newest; SR_ERR_NOT_FOUND when none was pushed. Free p->text. */
+sr_err_t kms_policy_load(kms_store_t *s, kms_policy_t *p) SR_MUST_CHECK;
+
 /* kmsd instances of one store: each records itself every sweep; another seen
  * since `since` means the service was up (its nodes could renew). */
 sr_err_t kms_instance_seen(kms_store_t *s, const char *id, int64_t now) SR_MUST_CHECK;

@@ -22,9 +22,10 @@
  * Exit status: 0 ok, 1 the server refused or a check failed, 2 usage,
  * 3 could not run (no server, missing file, wrong key).
  */
+#include "access_ctl.h"
+#include "audit.h"
 #include "db.h"
 #include "kms.h"
-#include "audit.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -637,6 +638,67 @@ static int cmd_store(int argc, char **argv)
     return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_STATE || rc == SR_ERR_EXISTS ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "store");
 }
 
+/* ---- access policy ---------------------------------------------------------------------------------- */
+
+static int policy_push(const opts_t *o)
+{
+    char *text = NULL;
+    sr_acl_policy_t *p = NULL;
+    if (sr_acl_read_standalone(o->args[1], &text, &p) != SR_OK) return fail_with(SR_EXIT_FAILED, "policy push");
+    char digest[32];
+    size_t rules = sr_acl_policy_rules(p);
+    snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p));
+    sr_acl_policy_free(p);
+    kms_store_t *s = NULL;
+    int64_t version = 0;
+    sr_err_t rc = open_store(&s) ? SR_ERR_IO : kms_store_begin(s);
+    if (rc == SR_OK) rc = kms_policy_push(s, text, digest, "kmsctl", &version);
+    if (rc == SR_OK) rc = kms_store_commit(s);
+    if (rc != SR_OK && s) kms_store_rollback(s);
+    kms_store_close(s);
+    free(text);
+    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "policy push");
+    char object[40], detail[160];
+    snprintf(object, sizeof object, "policy v%lld", (long long)version);
+    snprintf(detail, sizeof detail, "%s, %zu rules, from %.100s", digest, rules, o->args[1]);
+    sr_event_t ev = {.component = "kms", .event = "policy.pushed", .subject = "kmsctl", .object = object,
+                     .outcome = "success", .source = "local", .detail = detail};
+    (void)sr_event_emit(&ev);
+    if (o->json) printf("{\"version\": %lld, \"digest\": \"%s\", \"rules\": %zu}\n", (long long)version, digest, rules);
+    else printf("kmsctl: policy v%lld (%s, %zu rules) stored; agents with policy_push install it at their next "
+                "heartbeat\n", (long long)version, digest, rules);
+    return 0;
+}
+
+static int policy_show(const opts_t *o)
+{
+    kms_store_t *s = NULL;
+    if (open_store(&s)) return SR_EXIT_CANNOT;
+    kms_policy_t p;
+    sr_err_t rc = kms_policy_load(s, &p);
+    kms_store_close(s);
+    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "policy show");
+    char pushed[SR_TIME_RFC3339_MAX];
+    date_text(p.pushed, pushed);
+    if (o->json)
+        printf("{\"version\": %lld, \"digest\": \"%s\", \"pushed\": \"%s\", \"pushed_by\": \"%s\", \"bytes\": %zu}\n",
+               (long long)p.version, p.digest, pushed, p.pushed_by, p.len);
+    else printf("# policy v%lld, %s, pushed %s by %s\n%s", (long long)p.version, p.digest, pushed, p.pushed_by, p.text);
+    free(p.text);
+    return 0;
+}
+
+static int cmd_policy(int argc, char **argv)
+{
+    static const option_t allowed[] = {OPT_FLAG("--json", json), {NULL, 0, 0}};
+    opts_t o = {0};
+    int push = argc >= 1 && !strcmp(argv[0], "push"), show = argc >= 1 && !strcmp(argv[0], "show");
+    if ((!push && !show) || parse(push ? "policy push" : "policy show", argc, argv, allowed, push ? 2 : 1, &o) ||
+        o.n_args != (push ? 2 : 1))
+        return fprintf(stderr, "kmsctl: policy push FILE [--json] | policy show [--json]\n"), SR_EXIT_USAGE;
+    return push ? policy_push(&o) : policy_show(&o);
+}
+
 /* ---- status ------------------------------------------------------------------------------------- */
 
 static int cmd_status(int argc, char **argv)
@@ -683,6 +745,7 @@ static int usage(FILE *f, int status)
                "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"
                "       kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]\n"
                "       kmsctl [--config FILE] store backup FILE | store restore FILE [--yes]\n"
+               "       kmsctl [--config FILE] policy push FILE [--json] | policy show [--json]\n"
                "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
                "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n");
     return status;
@@ -712,7 +775,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
-        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}, {"store", cmd_store}};
+        {"status", cmd_status}, {"key", cmd_key}, {"cert", cmd_cert}, {"token", cmd_token}, {"node", cmd_node}, {"store", cmd_store},
+        {"policy", cmd_policy}};
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(cmd, commands[k].name) != 0) continue;
         if (load_config(config)) return SR_EXIT_CANNOT;

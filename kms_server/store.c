@@ -46,7 +46,9 @@ struct kms_store {
     " lease_expires " INT ", joined " INT ", left_at " INT ", nk TEXT, reason TEXT);"                          \
     "CREATE TABLE IF NOT EXISTS certs(" ROWID "fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, serial TEXT,"  \
     " not_after " INT ", revoked " INT " NOT NULL DEFAULT 0);"                                                  \
-    "CREATE TABLE IF NOT EXISTS servers(id TEXT PRIMARY KEY, seen " INT " NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS servers(id TEXT PRIMARY KEY, seen " INT " NOT NULL);"                          \
+    "CREATE TABLE IF NOT EXISTS policies(version " INT " PRIMARY KEY, digest TEXT NOT NULL, body " BLOB " NOT NULL," \
+    " pushed " INT " NOT NULL, pushed_by TEXT);"
 
 static const char sqlite_schema[] = STORE_SCHEMA("INT", "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT", "");
 static const char postgres_schema[] = STORE_SCHEMA("BIGINT", "BYTEA", "BIGSERIAL PRIMARY KEY", "rowid BIGSERIAL, ");
@@ -710,6 +712,59 @@ sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_be
     int row = 0;
     kms_node_t n;
     while ((rc = kms_step(st, "list nodes", &row)) == SR_OK && row) read_node(st, &n), fn(ctx, &n);
+    kms_done(st);
+    return rc;
+}
+
+/* ---- access policies pushed to the agents ------------------------------------------------------ */
+
+sr_err_t kms_policy_push(kms_store_t *s, const char *text, const char *digest, const char *by, int64_t *version)
+{
+    kms_stmt_t *st;
+    sr_err_t rc = kms_db_prepare(s->db, "INSERT INTO policies(version, digest, body, pushed, pushed_by)"
+                                        " VALUES((SELECT COALESCE(MAX(version), 0) + 1 FROM policies), ?1, ?2, ?3, ?4)"
+                                        " RETURNING version", &st);
+    if (rc != SR_OK) return rc;
+    kms_bind_text(st, 1, digest);
+    kms_bind_blob(st, 2, text, strlen(text));
+    kms_bind_int(st, 3, sr_time_now_us() / 1000000);
+    kms_bind_text(st, 4, by);
+    int row = 0;
+    rc = kms_step(st, "push policy", &row);
+    if (rc == SR_OK && row) *version = kms_column_int(st, 0), rc = kms_step(st, "push policy", &row);
+    kms_done(st);
+    return rc;
+}
+
+int64_t kms_policy_newest(kms_store_t *s)
+{
+    kms_stmt_t *st;
+    if (kms_db_prepare(s->db, "SELECT COALESCE(MAX(version), 0) FROM policies", &st) != SR_OK) return 0;
+    int row = 0;
+    int64_t v = kms_step(st, "read policy version", &row) == SR_OK && row ? kms_column_int(st, 0) : 0;
+    kms_done(st);
+    return v;
+}
+
+sr_err_t kms_policy_load(kms_store_t *s, kms_policy_t *p)
+{
+    memset(p, 0, sizeof *p);
+    kms_stmt_t *st;
+    sr_err_t rc = kms_db_prepare(s->db, "SELECT version, digest, body, pushed, COALESCE(pushed_by, '') FROM policies"
+                                        " ORDER BY version DESC LIMIT 1", &st);
+    if (rc != SR_OK) return rc;
+    int row = 0;
+    rc = kms_step(st, "read policy", &row);
+    if (rc == SR_OK && !row) rc = sr_err_set(SR_ERR_NOT_FOUND, "no access policy was pushed (kmsctl policy push FILE)");
+    if (rc == SR_OK) {
+        size_t n = 0;
+        const uint8_t *body = kms_column_blob(st, 2, &n);
+        p->version = kms_column_int(st, 0), p->pushed = kms_column_int(st, 3);
+        column_text(st, 1, p->digest, sizeof p->digest);
+        column_text(st, 4, p->pushed_by, sizeof p->pushed_by);
+        if (!(p->text = malloc(n + 1))) rc = SR_ERR_NOMEM;
+        else memcpy(p->text, body, n), p->text[n] = '\0', p->len = n;
+    }
     kms_done(st);
     return rc;
 }

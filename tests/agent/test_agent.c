@@ -11,6 +11,7 @@
  * gets no key; each step is an audit record.
  */
 #include "kmip.h"
+#include "kms.h"
 #include "kmsd_server.h"
 #include "sr_test.h"
 #include "tde.h"
@@ -425,6 +426,107 @@ static void test_silent_local_clients_do_not_block_the_key_service(void)
     if (as_root) chmod(agent_dir(i), 0700), chmod(sr_test_tmpdir(), 0700);
 }
 
+/* `tde-agent status --json`: the pushed policy version in force (0: none). */
+static long long policy_in_force(int i)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "cd %s && %s status --config agent.conf --json", agent_dir(i),
+             sr_test_build_path("agent/tde-agent"));
+    (void)sr_test_command(out, sizeof out, cmd);
+    const char *at = strstr(out, "\"policy_version\": ");
+    return at ? atoll(at + 18) : -1;
+}
+
+static int wait_policy(int i, long long version)
+{
+    for (int waited = 0; waited < 8000; waited += 200) {
+        if (policy_in_force(i) == version) return 0;
+        usleep(200000);
+    }
+    return -1;
+}
+
+/* Stores a policy in the KMS as kmsctl would, but unchecked: one this host
+ * accepts and a node does not (a time zone its tzdata lacks). In a child:
+ * opening an SQLite store registers the VFS with the store's root key. */
+static void push_unchecked(const char *text)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char conf[700], root[700], store[1024] = "";
+        snprintf(conf, sizeof conf, "%s/kmsd.conf", dir);
+        snprintf(root, sizeof root, "%s/root.key", dir);
+        size_t len = 0;
+        char *cfg = (char *)sr_test_read_file(conf, &len), *at = cfg ? strstr(cfg, "\nurl = ") : NULL;
+        if (at) snprintf(store, sizeof store, "%.*s", (int)strcspn(at + 7, "\n"), at + 7);
+        else snprintf(store, sizeof store, "%s/store.db", dir);
+        sr_keyprov_t *kp = NULL;
+        kms_store_t *s = NULL;
+        int64_t v = 0;
+        int ok = kms_root_provider(store, root, NULL, 0, &kp) == SR_OK && kms_store_open_encrypted(store, kp, &s) == SR_OK &&
+                 kms_store_begin(s) == SR_OK && kms_policy_push(s, text, "sha256:unchecked", "test", &v) == SR_OK &&
+                 kms_store_commit(s) == SR_OK;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_policy_pushed_from_the_kms(void)
+{
+    int i = n_agents + 16;
+    char file[700], cmd[1600], text[256];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    char extra[800];
+    snprintf(extra, sizeof extra, "policy = %s/acl.conf\npolicy_push = true", agent_dir(i));
+    write_agent_config(i, extra);
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    snprintf(file, sizeof file, "%s/push.conf", sr_test_tmpdir());
+    /* v1: root may have keys */
+    snprintf(text, sizeof text, "allow * root local tde-key   # pushed v1\n");
+    SR_CHECK(sr_test_write_file(file, text, strlen(text)) == 0);
+    snprintf(cmd, sizeof cmd, "policy push %s", file);
+    SR_CHECK_MSG(kmsctl(cmd) == 0 && strstr(out, "policy v1"), "%s", out);
+    uint64_t t0 = sr_time_mono_ms();
+    SR_CHECK_MSG(wait_policy(i, 1) == 0, "%s", out);
+    printf("  policy v1 pushed: in force on the agent %llu ms later (heartbeat 1 s)\n",
+           (unsigned long long)(sr_time_mono_ms() - t0));
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x)"), SQLITE_OK);
+    snprintf(cmd, sizeof cmd, "grep 'agent.key.request outcome=success' %s/agent.log | grep -c 'policy sha256:'",
+             agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "the decision record names no policy: %s", out);
+    /* kmsctl refuses a policy that names files of its own host */
+    snprintf(text, sizeof text, "include other.conf\nallow * root local *\n");
+    SR_CHECK(sr_test_write_file(file, text, strlen(text)) == 0);
+    snprintf(cmd, sizeof cmd, "policy push %s", file);
+    SR_CHECK_MSG(kmsctl(cmd) == 1 && strstr(out, "push.conf:1") && strstr(out, "stand alone"), "%s", out);
+    /* v2, which this node cannot compile: refused, v1 stays in force */
+    push_unchecked("allow * root local tde-key when=mon-sun/00:00-23:59/Nowhere/Atlantis\n");
+    snprintf(cmd, sizeof cmd, "for k in $(seq 40); do grep -q 'agent.policy.rejected' %s/agent.log && exit 0; sleep 0.2; "
+             "done; exit 1", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "no policy.rejected record");
+    SR_CHECK_EQ_INT(policy_in_force(i), 1);
+    snprintf(cmd, sizeof cmd, "%s/acl.conf", agent_dir(i));
+    SR_CHECK(sr_test_file_contains(cmd, "pushed v1", 9));
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (1)"), SQLITE_OK);
+    /* v3: root refused, the record naming the rule */
+    snprintf(text, sizeof text, "deny * root local tde-key   # pushed v3\n");
+    SR_CHECK(sr_test_write_file(file, text, strlen(text)) == 0);
+    snprintf(cmd, sizeof cmd, "policy push %s --json", file);
+    SR_CHECK_MSG(kmsctl(cmd) == 0 && strstr(out, "\"version\": 3"), "%s", out);
+    SR_CHECK_MSG(wait_policy(i, 3) == 0, "%s", out);
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (2)"), SQLITE_AUTH);
+    snprintf(cmd, sizeof cmd, "grep 'agent.key.request outcome=denied' %s/agent.log | grep -c 'acl.conf:1 (pushed v3)'",
+             agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    SR_CHECK_MSG(kmsctl("policy show") == 0 && strstr(out, "# policy v3") && strstr(out, "pushed v3"), "%s", out);
+    kill(p, SIGTERM);
+    waitpid(p, NULL, 0);
+}
+
 static void test_each_step_audited(void)
 {
     kmsd_stop(SIGTERM);
@@ -443,7 +545,7 @@ int main(void)
 {
     const char *env = getenv("SR_AGENTS");
     n_agents = env ? atoi(env) : 20;
-    if (n_agents < 4 || n_agents > MAX_AGENTS - 4) n_agents = 20;
+    if (n_agents < 4 || n_agents > MAX_AGENTS - 20) n_agents = 20;
     snprintf(dir, sizeof dir, "%s", sr_test_path("kms"));
     if (kmsd_init(dir, NULL, &port) != 0) return 1;
     char cmd[2048];
@@ -459,6 +561,7 @@ int main(void)
     SR_RUN(test_kms_outage);
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
+    SR_RUN(test_policy_pushed_from_the_kms);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_killed_mid_enrolment);
     SR_RUN(test_each_step_audited);

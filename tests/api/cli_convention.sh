@@ -53,7 +53,7 @@ done
 for c in keygen verify search report append serve collect register forward events; do
   expect_usage_on_stdout "$audit" $c; expect_bad_option "$audit" $c
 done
-for c in init status "key create" "key list" "cert issue" "token create" "node list" "store backup"; do
+for c in init status "key create" "key list" "cert issue" "token create" "node list" "store backup" "policy push"; do
   expect_usage_on_stdout "$kmsctl" $c; expect_bad_option "$kmsctl" $c
 done
 for c in check lint explain install; do
