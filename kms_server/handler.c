@@ -125,7 +125,8 @@ static int allowed(const req_t *r, standing_t st, use_t use)
     case KMS_ROLE_ADMIN: return 1;
     case KMS_ROLE_AUDITOR: return use == USE_ATTRS;
     case KMS_ROLE_APPLICATION: return st.owner || (uses && st.granted);
-    case KMS_ROLE_NODE: return uses && st.granted;
+    /* a node uses granted keys, and reads its own node key (the agent's on-disk cache is wrapped by it) */
+    case KMS_ROLE_NODE: return (uses && st.granted) || (st.owner && use != USE_MANAGE);
     default: return 0;
     }
 }

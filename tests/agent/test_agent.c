@@ -527,6 +527,72 @@ static void test_policy_pushed_from_the_kms(void)
     waitpid(p, NULL, 0);
 }
 
+static int state_file_exists(int i, const char *name)
+{
+    char path[800];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/state/%s", agent_dir(i), name);
+    return stat(path, &st) == 0 && (st.st_mode & 077) == 0;
+}
+
+/* disk_cache = true: an agent restarted while the KMS is down still serves
+ * the keys it had (and only because of the cache); once the node is revoked
+ * the cache is gone, and a copy of it put back is refused and removed. */
+static void test_disk_cache_serves_a_restart_in_an_outage(void)
+{
+    int i = n_agents + 17;
+    char cmd[2400], uuid[64] = "", saved[700];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    write_agent_config(i, "disk_cache = true\ndisk_cache_ttl = 10m");
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES (1)"), SQLITE_OK);
+    SR_CHECK(state_file_exists(i, "keycache") && state_file_exists(i, "nk.key")); /* 0600 */
+    snprintf(saved, sizeof saved, "%s/saved", agent_dir(i));
+    snprintf(cmd, sizeof cmd, "mkdir %s && cp -p %s/state/keycache %s/state/nk.key %s/", saved, agent_dir(i), agent_dir(i),
+             saved);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    /* a crash, then a restart with the KMS down: the cache serves */
+    kill(p, SIGKILL), waitpid(p, NULL, 0);
+    SR_CHECK_EQ_INT(kmsd_stop(SIGTERM), 0);
+    char sock[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    unlink(sock);
+    p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_MSG(through_agent(i, "INSERT INTO t VALUES (2)") == SQLITE_OK, "restart in an outage: %s", sr_err_detail());
+    /* without the cache file the same restart has no key */
+    kill(p, SIGKILL), waitpid(p, NULL, 0), unlink(sock);
+    snprintf(cmd, sizeof cmd, "mv %s/state/keycache %s/keycache.aside", agent_dir(i), agent_dir(i));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK(through_agent(i, "INSERT INTO t VALUES (3)") != SQLITE_OK);
+    kill(p, SIGKILL), waitpid(p, NULL, 0), unlink(sock);
+    /* the KMS back, the node revoked: the agent removes its cache */
+    SR_CHECK(kmsd_start(dir, port) == 0);
+    p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    snprintf(cmd, sizeof cmd, "%s/state/node.conf", agent_dir(i));
+    size_t len = 0;
+    char *conf = (char *)sr_test_read_file(cmd, &len);
+    if (conf) sscanf(conf, "%63s", uuid), free(conf);
+    snprintf(cmd, sizeof cmd, "node revoke %s --yes", uuid);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    for (int waited = 0; waited < 5000 && state_file_exists(i, "keycache"); waited += 100) usleep(100000);
+    SR_CHECK(!state_file_exists(i, "keycache") && !state_file_exists(i, "nk.key"));
+    kill(p, SIGKILL), waitpid(p, NULL, 0), unlink(sock);
+    /* a copy put back (a backup, an attacker): the start finds the node refused and removes it */
+    snprintf(cmd, sizeof cmd, "cp -p %s/keycache %s/nk.key %s/state/", saved, saved, agent_dir(i));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK(through_agent(i, "INSERT INTO t VALUES (4)") != SQLITE_OK);
+    SR_CHECK(!state_file_exists(i, "keycache") && !state_file_exists(i, "nk.key"));
+    kill(p, SIGTERM), waitpid(p, NULL, 0);
+}
+
 static void test_each_step_audited(void)
 {
     kmsd_stop(SIGTERM);
@@ -562,6 +628,7 @@ int main(void)
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_policy_pushed_from_the_kms);
+    SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_killed_mid_enrolment);
     SR_RUN(test_each_step_audited);
