@@ -59,6 +59,9 @@ static const sr_config_key_t schema[] = {
     {"agent", "policy_push", SR_CONFIG_BOOL, "false", 0},
     {"agent", "disk_cache", SR_CONFIG_BOOL, "false", 0},
     {"agent", "disk_cache_ttl", SR_CONFIG_DURATION, "1h", 0},
+    {"audit", "socket", SR_CONFIG_PATH, NULL, 0},
+    {"audit", "log", SR_CONFIG_PATH, NULL, 0},
+    {"audit", "sign_key", SR_CONFIG_PATH, NULL, 0},
     {"kms", "servers", SR_CONFIG_STRING, NULL, 1},
     {"kms", "server_name", SR_CONFIG_STRING, "localhost", 0},
     {"kms", "ca", SR_CONFIG_PATH, NULL, 1},
@@ -973,6 +976,67 @@ static sr_err_t listen_socket(const char *path, int *fd_out)
     return SR_OK;
 }
 
+/* ---- the host's audit sealer, embedded ([audit] socket, log, sign_key) ------------------------------------- */
+/*
+ * The agent can be the host's sealer: the only process holding the signing
+ * key and writing the log, local processes (engines with
+ * STRONGROOM_AUDIT_SOCKET, tdectl, the PAM module) sending it events, each
+ * record's subject the kernel's view of its sender. The agent's own events
+ * go through the same socket. It starts before enrolment (so that is
+ * recorded) and stops last (after the leave), sealing the log.
+ */
+static struct {
+    pthread_t thread;
+    int running;
+    volatile int stop;
+    _Atomic int ended;
+    sr_err_t rc;
+    sr_audit_sealer_options_t o;
+    sr_audit_client_t *client;
+} sealer;
+
+static void *sealer_main(void *arg)
+{
+    (void)arg;
+    sealer.rc = sr_audit_serve(&sealer.o, &sealer.stop);
+    sealer.ended = 1;
+    return NULL;
+}
+
+static sr_err_t sealer_start(void)
+{
+    const char *sock = sr_config_get(agent.cfg, "audit", "socket"), *log = sr_config_get(agent.cfg, "audit", "log");
+    const char *key = sr_config_get(agent.cfg, "audit", "sign_key");
+    if (!log && !key) return SR_OK; /* not the sealer: events go where STRONGROOM_AUDIT_* say */
+    if (!sock || !log || !key)
+        return sr_err_set(SR_ERR_CONFIG, "[audit]: the embedded sealer needs socket, log and sign_key, all three");
+    sealer.o = (sr_audit_sealer_options_t){.socket_path = sock, .log = {.path = log, .signing_key = key}};
+    if (pthread_create(&sealer.thread, NULL, sealer_main, NULL) != 0)
+        return sr_err_set(SR_ERR_INTERNAL, "cannot start the audit sealer");
+    sealer.running = 1;
+    sr_err_t rc = SR_ERR_TIMEOUT;
+    for (int waited = 0; waited < 10000 && !sealer.ended && rc != SR_OK; waited += 20) {
+        rc = sr_audit_client_open(sock, &sealer.client);
+        if (rc != SR_OK) usleep(20000);
+    }
+    if (sealer.ended) return sr_err_set(sealer.rc ? sealer.rc : SR_ERR_IO, "the audit sealer stopped: %s", sr_err_detail());
+    if (rc != SR_OK) return sr_err_set(rc, "the audit sealer on %s does not answer", sock);
+    sr_audit_client_install_as_event_sink(sealer.client);
+    return SR_OK;
+}
+
+/* The last thing the agent does: its own client closed, the log sealed. */
+static void sealer_finish(void)
+{
+    if (!sealer.running) return;
+    sr_audit_client_install_as_event_sink(NULL);
+    sr_audit_client_close(sealer.client);
+    sealer.stop = 1;
+    pthread_join(sealer.thread, NULL);
+    sealer.running = 0;
+    if (sealer.rc != SR_OK) fprintf(stderr, "tde-agent: audit sealer: %s\n", sr_err_detail());
+}
+
 /* ---- run ----------------------------------------------------------------------------------------------------- */
 
 static sr_err_t start_services(void)
@@ -1005,12 +1069,17 @@ static int cmd_run(const char *config)
     if (mkdir(agent.state, 0700) != 0 && errno != EEXIST)
         return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), SR_EXIT_CANNOT;
     chmod(agent.state, 0700);
-    sr_err_t rc = SR_OK;
+    sr_err_t rc = sealer_start();
+    if (rc != SR_OK) {
+        sealer_finish();
+        return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(rc)), SR_EXIT_CANNOT;
+    }
     if (!load_enrolment()) {
         rc = enrol();
         if (rc != SR_OK) {
             fprintf(stderr, "tde-agent: enrolment refused or failed: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
             event("node.enrol", "tde-agent", NULL, "failure", sr_err_detail());
+            sealer_finish();
             return SR_EXIT_FAILED;
         }
         printf("tde-agent: enrolled as node %s (node key %s, lease %llds)\n", agent.node_uuid, agent.nk,
@@ -1024,7 +1093,11 @@ static int cmd_run(const char *config)
     if (rc == SR_OK) rc = start_services();
     if (rc == SR_OK) rc = workers_start();
     if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
-    if (rc != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;
+    if (rc != SR_OK) {
+        fprintf(stderr, "tde-agent: %s\n", sr_err_detail());
+        sealer_finish();
+        return SR_EXIT_CANNOT;
+    }
     pthread_t hb;
     pthread_create(&hb, NULL, heartbeat_main, NULL);
     while (!stop_requested) {
@@ -1051,6 +1124,7 @@ static int cmd_run(const char *config)
     sr_keycache_free(agent.cache);
     sr_keyprov_free(agent.kms);
     sr_acl_close(agent.policy);
+    sealer_finish();
     sr_config_free(agent.cfg);
     return 0;
 }

@@ -11,6 +11,7 @@
  * gets no key; each step is an audit record.
  */
 #include "kmip.h"
+#include "audit.h"
 #include "kms.h"
 #include "kmsd_server.h"
 #include "sr_test.h"
@@ -593,6 +594,42 @@ static void test_disk_cache_serves_a_restart_in_an_outage(void)
     kill(p, SIGTERM), waitpid(p, NULL, 0);
 }
 
+/* [audit] in the agent's configuration: the agent is the host's sealer; its
+ * own events and another local process's are in one log, each subject the
+ * kernel's view of its sender, sealed when the agent leaves. */
+static void test_agent_is_the_hosts_sealer(void)
+{
+    int i = n_agents + 18;
+    char cmd[2400], sock[700], log[700];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    snprintf(cmd, sizeof cmd, "%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    write_agent_config(i, "[audit]\nsocket = audit.sock\nlog = audit.log\nsign_key = audit.sign");
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x)"), SQLITE_OK);
+    snprintf(sock, sizeof sock, "%s/audit.sock", agent_dir(i));
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_OK(sr_audit_client_open(sock, &c));
+    sr_event_t ev = {.component = "tde", .event = "tablespace.open", .subject = "someone-else", .object = "/db/x.db",
+                     .outcome = "success", .source = "local", .detail = "sent by the test"};
+    if (c) SR_CHECK_OK(sr_audit_client_send(c, &ev));
+    sr_audit_client_close(c);
+    kill(p, SIGTERM), waitpid(p, NULL, 0);
+    snprintf(log, sizeof log, "%s/audit.log", agent_dir(i));
+    snprintf(cmd, sizeof cmd, "%s verify %s --key %s/audit.pub --strict", sr_test_build_path("audit/tde-audit"), log,
+             agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    char pid_subject[64];
+    snprintf(pid_subject, sizeof pid_subject, "pid=%d ", (int)getpid());
+    static const char *const wanted[] = {"\"event\":\"node.enrol\"", "\"event\":\"key.request\"",
+                                         "\"event\":\"node.leave\"", "sent by the test"};
+    for (size_t k = 0; k < sizeof wanted / sizeof wanted[0]; k++)
+        SR_CHECK_MSG(sr_test_file_contains(log, wanted[k], strlen(wanted[k])), "no %s in the log", wanted[k]);
+    SR_CHECK_MSG(sr_test_file_contains(log, pid_subject, strlen(pid_subject)), "the test's record is not its own pid");
+}
+
 static void test_each_step_audited(void)
 {
     kmsd_stop(SIGTERM);
@@ -629,6 +666,7 @@ int main(void)
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_policy_pushed_from_the_kms);
     SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
+    SR_RUN(test_agent_is_the_hosts_sealer);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_killed_mid_enrolment);
     SR_RUN(test_each_step_audited);
