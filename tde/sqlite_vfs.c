@@ -54,6 +54,8 @@
 #include "tde.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +106,7 @@ typedef struct sr_file {
     int jid_valid;           /* JOURNAL: the first header's journal id is cached */
     uint8_t jid[JOURNAL_ID];
     sqlite3 *db;             /* MAIN: the connection (SQLITE_FCNTL_PDB) */
+    int lock;                /* MAIN: the file lock this handle holds (SQLITE_LOCK_*) */
     int connections;         /* MAIN: PDB hints seen: more than one means a shared cache */
     int reserve_asked;       /* MAIN: the connection was asked for the trailer's reserve */
     uint8_t *scratch;        /* one frame (header + page) or two temp units */
@@ -191,8 +194,15 @@ static void tde_event(const sr_file_t *f, const char *event, const char *detail)
     (void)sr_tde_event(event, f->name, 0, detail);
 }
 
+static int rewrite_journal_exists(const sr_file_t *f);
+
 static int page_auth_failure(sr_file_t *f)
 {
+    if (f->role == ROLE_MAIN && rewrite_journal_exists(f)) { /* a rewrite interrupted by a crash: tdectl finishes it */
+        char why[512];
+        snprintf(why, sizeof why, "%s", sr_err_detail());
+        sr_err_set(sr_err_last(), "%s (a page rewrite was interrupted: run tdectl rekey --rewrite on it to finish)", why);
+    }
     tde_event(f, "page.auth_failed", sr_err_detail());
     return log_failure(SQLITE_IOERR_DATA, f, "page failed authentication");
 }
@@ -324,7 +334,16 @@ static int main_read_page(sr_file_t *f, uint8_t *buf, uint32_t ps, sqlite3_int64
         return page_auth_failure(f);
     }
     if (rc != SQLITE_OK || f->role == ROLE_MAIN_PASSTHROUGH) return rc;
-    return decrypt_page(f, &(sr_tde_place_t){.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno}, buf, ps);
+    sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno};
+    /* While tdectl rekey --rewrite writes a batch in place (its journal
+     * exists), a page may be read half-written: read it again. */
+    for (int tries = 0;; tries++) {
+        (void)ensure_key_loaded(f, buf, ps);
+        if (sr_tde_page_decrypt(f->pc, &place, buf, ps) == SR_OK) return SQLITE_OK;
+        if (tries == 20 || !rewrite_journal_exists(f)) return page_auth_failure(f);
+        usleep(500);
+        if ((rc = lower_read(f, buf, (int)ps, SHIFT + (pgno - 1) * ps)) != SQLITE_OK) return rc;
+    }
 }
 
 static int main_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
@@ -1115,6 +1134,181 @@ static int x_file_size(sqlite3_file *file, sqlite3_int64 *size)
 
 /* A write transaction starts: take in a header another process changed
  * (tdectl rekey: every connection writes under the new key from now on). */
+/* ---- rewriting pages under the active key version (tdectl rekey --rewrite) ---------------- */
+
+#define REWRITE_MAGIC "SRRWJ1\n"
+#define WAL_CKPT_LOCK 1
+
+static void rewrite_journal_path(const sr_file_t *f, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s" SR_REWRITE_JOURNAL_SUFFIX, f->name);
+}
+
+static int rewrite_journal_exists(const sr_file_t *f)
+{
+    char path[4200];
+    rewrite_journal_path(f, path, sizeof path);
+    return f->name && access(path, F_OK) == 0;
+}
+
+/* The directory entry made or removed durable. */
+static sr_err_t sync_dir_of(const char *path)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    sr_err_t rc = fd >= 0 && fsync(fd) == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot sync directory %s", dir);
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+/* journal: magic (8) | page size (u32) | count (u32) | count x (page number u64 | page) | SHA-256 of all before */
+static sr_err_t rewrite_journal_write(const char *path, const uint8_t *body, size_t len)
+{
+    uint8_t md[32];
+    unsigned md_len = 0;
+    EVP_Digest(body, len, md, &md_len, EVP_sha256(), NULL);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    sr_err_t rc = fd >= 0 ? sr_fd_write_all(fd, body, len) : sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", path);
+    if (rc == SR_OK) rc = sr_fd_write_all(fd, md, sizeof md);
+    if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", path);
+    if (fd >= 0) close(fd);
+    if (rc == SR_OK) rc = sync_dir_of(path);
+    return rc;
+}
+
+static sr_err_t rewrite_journal_remove(const char *path)
+{
+    if (unlink(path) != 0 && errno != ENOENT) return sr_err_set_errno(SR_ERR_IO, errno, "cannot remove %s", path);
+    return sync_dir_of(path);
+}
+
+static int rewrite_fail(sr_file_t *f, int sqlite_rc, const char *what)
+{
+    return log_failure(sqlite_rc, f, what);
+}
+
+/* Pages of the file, from its size. */
+static int main_pages(sr_file_t *f, uint32_t ps, int64_t *pages)
+{
+    sqlite3_int64 size = 0;
+    int rc = f->lower->pMethods->xFileSize(f->lower, &size);
+    *pages = size > SHIFT ? (size - SHIFT) / ps : 0;
+    return rc;
+}
+
+/* One batch: the pages not under the active version, re-encrypted into a
+ * journal (synced), then written in place (synced), then the journal removed. */
+static int rewrite_batch(sr_file_t *f, sr_rewrite_batch_t *b)
+{
+    uint32_t ps = sr_tde_ts_page_size(f->ts), target = sr_tde_space_active(sr_tde_ts_space(f->ts));
+    int64_t pages = 0;
+    int rc = main_pages(f, ps, &pages);
+    b->pages = pages, b->rewritten = 0;
+    if (rc != SQLITE_OK || b->first < 1 || b->first > pages || b->count < 1) return rc;
+    int64_t last = b->first + b->count - 1 > pages ? pages : b->first + b->count - 1;
+    if ((last - b->first + 1) * (int64_t)ps > (4 << 20)) last = b->first + (4 << 20) / ps - 1;
+    size_t n = (size_t)(last - b->first + 1), header = 16, entry = 8 + ps;
+    uint8_t *body = malloc(header + n * entry), *plain = malloc(ps);
+    if (!body || !plain) return free(body), free(plain), SQLITE_NOMEM;
+    memcpy(body, REWRITE_MAGIC, 8);
+    sr_put_be32(body + 8, ps);
+    size_t count = 0;
+    for (int64_t pgno = b->first; rc == SQLITE_OK && pgno <= last; pgno++) {
+        uint8_t *e = body + header + count * entry;
+        rc = lower_read(f, e + 8, (int)ps, SHIFT + (pgno - 1) * ps);
+        if (rc != SQLITE_OK) break;
+        uint32_t v = sr_tde_page_key_version(e + 8, ps);
+        if (v == target) continue;
+        (void)ensure_key_loaded(f, e + 8, ps);
+        sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno};
+        if (sr_tde_page_decrypt_to(f->pc, &place, e + 8, plain, ps) != SR_OK)
+            rc = page_auth_failure(f); /* never rewrite a page that does not authenticate */
+        else if (sr_tde_page_encrypt(f->pc, &place, plain, e + 8, ps) != SR_OK)
+            rc = rewrite_fail(f, SQLITE_IOERR_WRITE, "page encryption failed");
+        else
+            sr_put_be64(e, (uint64_t)pgno), count++;
+    }
+    sr_secure_wipe(plain, ps), free(plain);
+    sr_put_be32(body + 12, (uint32_t)count);
+    char path[4200];
+    rewrite_journal_path(f, path, sizeof path);
+    if (rc == SQLITE_OK && count && rewrite_journal_write(path, body, header + count * entry) != SR_OK)
+        rc = rewrite_fail(f, SQLITE_IOERR_WRITE, "cannot write the rewrite journal");
+    for (size_t i = 0; rc == SQLITE_OK && i < count; i++) {
+        const uint8_t *e = body + header + i * entry;
+        rc = lower_write(f, e + 8, (int)ps, SHIFT + ((int64_t)sr_get_be64(e) - 1) * ps);
+    }
+    if (rc == SQLITE_OK && count) rc = f->lower->pMethods->xSync(f->lower, SQLITE_SYNC_FULL);
+    if (rc == SQLITE_OK && count && rewrite_journal_remove(path) != SR_OK)
+        rc = rewrite_fail(f, SQLITE_IOERR_DELETE, "cannot remove the rewrite journal");
+    free(body);
+    if (rc == SQLITE_OK) b->rewritten = (int)count;
+    return rc;
+}
+
+/* After a crash mid-batch: pages that do not authenticate get the journal's
+ * copy (the same plaintext under the new version); whole ones are left as
+ * they are (old, new, or written since). A journal that does not check out
+ * was cut before any page was written in place: it is removed. */
+static int rewrite_repair(sr_file_t *f, sr_rewrite_batch_t *b)
+{
+    char path[4200];
+    rewrite_journal_path(f, path, sizeof path);
+    size_t len = 0;
+    uint8_t *j = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) return errno == ENOENT ? SQLITE_OK : rewrite_fail(f, SQLITE_IOERR_READ, "cannot open the rewrite journal");
+    if (fstat(fd, &st) == 0 && st.st_size >= 48 && st.st_size < (64 << 20) && (j = malloc((size_t)st.st_size)))
+        len = read(fd, j, (size_t)st.st_size) == st.st_size ? (size_t)st.st_size : 0;
+    close(fd);
+    uint32_t ps = sr_tde_ts_page_size(f->ts);
+    uint8_t md[32];
+    unsigned md_len = 0;
+    int whole = len >= 48 && !memcmp(j, REWRITE_MAGIC, 8) && sr_get_be32(j + 8) == ps &&
+                len == 16 + (size_t)sr_get_be32(j + 12) * (8 + ps) + 32 &&
+                EVP_Digest(j, len - 32, md, &md_len, EVP_sha256(), NULL) == 1 && !memcmp(md, j + len - 32, 32);
+    int rc = SQLITE_OK, repaired = 0;
+    uint8_t *page = whole ? malloc(2 * (size_t)ps) : NULL;
+    for (uint32_t i = 0; whole && page && rc == SQLITE_OK && i < sr_get_be32(j + 12); i++) {
+        const uint8_t *e = j + 16 + (size_t)i * (8 + ps);
+        int64_t pgno = (int64_t)sr_get_be64(e);
+        sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno};
+        rc = lower_read(f, page, (int)ps, SHIFT + (pgno - 1) * ps);
+        if (rc == SQLITE_IOERR_SHORT_READ) rc = SQLITE_OK;
+        if (rc != SQLITE_OK) break;
+        (void)ensure_key_loaded(f, page, ps);
+        if (sr_tde_page_decrypt_to(f->pc, &place, page, page + ps, ps) == SR_OK) continue;
+        rc = lower_write(f, e + 8, (int)ps, SHIFT + (pgno - 1) * ps), repaired++;
+    }
+    if (page) sr_secure_wipe(page, 2 * (size_t)ps), free(page);
+    free(j);
+    if (rc == SQLITE_OK && repaired) rc = f->lower->pMethods->xSync(f->lower, SQLITE_SYNC_FULL);
+    if (rc == SQLITE_OK && rewrite_journal_remove(path) != SR_OK)
+        rc = rewrite_fail(f, SQLITE_IOERR_DELETE, "cannot remove the rewrite journal");
+    b->rewritten = repaired;
+    return rc;
+}
+
+static int main_rewrite(sr_file_t *f, sr_rewrite_batch_t *b)
+{
+    if (!b->wal && f->lock < SQLITE_LOCK_EXCLUSIVE) {
+        sr_err_set(SR_ERR_STATE, "a page rewrite needs the database's exclusive lock (BEGIN EXCLUSIVE)");
+        return rewrite_fail(f, SQLITE_MISUSE, "page rewrite refused");
+    }
+    if (b->wal) { /* no checkpoint writes a page while we do */
+        int rc = f->lower->pMethods->xShmLock(f->lower, WAL_CKPT_LOCK, 1, SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE);
+        if (rc != SQLITE_OK) return rc;
+    }
+    int rc = b->repair ? rewrite_repair(f, b) : rewrite_batch(f, b);
+    if (b->wal) f->lower->pMethods->xShmLock(f->lower, WAL_CKPT_LOCK, 1, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+    return rc;
+}
+
 static int begin_write(sr_file_t *f)
 {
     if (f->role != ROLE_MAIN || sr_tde_ts_check_fresh(f->ts) == SR_OK) return SQLITE_OK;
@@ -1125,6 +1319,7 @@ static int x_lock(sqlite3_file *file, int lock)
 {
     sr_file_t *f = (sr_file_t *)file;
     int rc = f->lower->pMethods->xLock(f->lower, lock);
+    if (rc == SQLITE_OK) f->lock = lock;
     if (rc == SQLITE_OK && lock == SQLITE_LOCK_SHARED && f->role == ROLE_MAIN && f->connections == 1)
         ask_for_reserve(f);
     if (rc == SQLITE_OK && lock == SQLITE_LOCK_RESERVED) rc = begin_write(f);
@@ -1134,7 +1329,9 @@ static int x_lock(sqlite3_file *file, int lock)
 static int x_unlock(sqlite3_file *file, int lock)
 {
     sr_file_t *f = (sr_file_t *)file;
-    return f->lower->pMethods->xUnlock(f->lower, lock);
+    int rc = f->lower->pMethods->xUnlock(f->lower, lock);
+    if (rc == SQLITE_OK) f->lock = lock;
+    return rc;
 }
 
 static int x_check_reserved_lock(sqlite3_file *file, int *out)
@@ -1160,6 +1357,7 @@ static int x_file_control(sqlite3_file *file, int op, void *arg)
         return f->lower->pMethods->xFileControl(f->lower, op, &hint);
     }
     if (op == SQLITE_FCNTL_SIZE_HINT && f->role == ROLE_TEMP) return SQLITE_OK;
+    if (op == SR_FCNTL_REWRITE_PAGES) return f->role == ROLE_MAIN ? main_rewrite(f, arg) : SQLITE_NOTFOUND;
     return f->lower->pMethods->xFileControl(f->lower, op, arg);
 }
 

@@ -682,6 +682,23 @@ sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header
     return rc;
 }
 
+static sr_err_t edit_state(sr_tde_header_t *hdr, void *arg, int *dirty)
+{
+    sr_tde_state_t want = *(const sr_tde_state_t *)arg;
+    if (hdr->state != want) hdr->state = want, *dirty = 1;
+    return SR_OK;
+}
+
+sr_err_t sr_tde_file_set_state(const char *path, sr_keyprov_t *prov, sr_tde_state_t state, sr_tde_header_t *out)
+{
+    int fd;
+    sr_err_t rc = path_open(path, 1, 0, &fd);
+    if (rc != SR_OK) return rc;
+    rc = header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_state, &state, 1, out);
+    close(fd);
+    return rc;
+}
+
 typedef struct drop_arg {
     const uint32_t *in_use;
     size_t n;

@@ -237,6 +237,30 @@ typedef struct sqlite3 sqlite3;
  * strongroom the default VFS. Returns an SQLite result code. */
 SR_API int sr_sqlite_register(sr_keyprov_t *default_provider, int make_default);
 
+/* An operation of the strongroom VFS for sqlite3_file_control(db, "main",
+ * SR_FCNTL_REWRITE_PAGES, &batch): pages [first, first + count) of the
+ * database file that are not under the active key version are re-encrypted
+ * under it, in place, with the same plaintext (tdectl rekey --rewrite, one
+ * short batch at a time). Crash-safe: the new pages go to DB-srrewrite first
+ * (fsynced), then in place (fsynced), then the journal is removed; `repair`
+ * finishes what a journal left after a crash (a page that fails
+ * authentication gets the journal's copy; a whole page is left alone). The
+ * caller must hold the write lock: in rollback-journal mode an EXCLUSIVE
+ * lock (BEGIN EXCLUSIVE); in WAL mode the WAL write lock (BEGIN IMMEDIATE),
+ * and the VFS takes the checkpoint lock for the batch (SQLITE_BUSY while a
+ * checkpoint runs). Readers of other processes keep reading meanwhile (in
+ * WAL mode a page read while it is being rewritten is read again). */
+#define SR_FCNTL_REWRITE_PAGES 0x53520001
+typedef struct sr_rewrite_batch {
+    int64_t first; /* 1-based */
+    int count;     /* at most 4 MiB of pages */
+    int wal;       /* the database is in WAL mode */
+    int repair;    /* finish a journal left by a crash instead */
+    int rewritten; /* out: pages re-encrypted */
+    int64_t pages; /* out: pages in the database file */
+} sr_rewrite_batch_t;
+#define SR_REWRITE_JOURNAL_SUFFIX "-srrewrite"
+
 #ifdef __cplusplus
 }
 #endif

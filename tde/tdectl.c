@@ -147,12 +147,11 @@ static void audited(const char *event, const char *object, int ok, const char *d
 
 static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
 
-/* SQLite's error, said and closed; its exit status. */
-static int sqlite_fail(sqlite3 *db, const char *what)
+/* SQLite's error, said; its exit status. */
+static int sqlite_status(sqlite3 *db, const char *what)
 {
     int code = db ? sqlite3_errcode(db) : SQLITE_NOMEM;
     fprintf(stderr, "tdectl: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
-    sqlite3_close(db);
     switch (code) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED: return SR_EXIT_BUSY;
@@ -162,6 +161,14 @@ static int sqlite_fail(sqlite3 *db, const char *what)
     case SQLITE_NOTADB: return SR_EXIT_FAILED;
     default: return SR_EXIT_CANNOT;
     }
+}
+
+/* The same, and the connection closed. */
+static int sqlite_fail(sqlite3 *db, const char *what)
+{
+    int status = sqlite_status(db, what);
+    sqlite3_close(db);
+    return status;
 }
 
 /* ---- keygen / create / status ---------------------------------------------------- */
@@ -1013,7 +1020,7 @@ static int cmd_restore(options_t *o)
 static int drop_unused_versions(sqlite3 *db, const char *path, sr_keyprov_t *kp, uint32_t page_size)
 {
     if (exec(db, "PRAGMA wal_checkpoint(TRUNCATE)") != SQLITE_OK || exec(db, "BEGIN IMMEDIATE") != SQLITE_OK)
-        return sqlite_fail(db, path);
+        return sqlite_status(db, path);
     version_count_t vc = {0};
     char wal[8192];
     snprintf(wal, sizeof wal, "%s-wal", path);
@@ -1033,6 +1040,70 @@ static int drop_unused_versions(sqlite3 *db, const char *path, sr_keyprov_t *kp,
     return 0;
 }
 
+/* One batch of the online rewrite under the lock it needs; SQLITE_BUSY
+ * (a checkpoint ran) is tried again after a pause. */
+static int rewrite_step(sqlite3 *db, int wal, sr_rewrite_batch_t *b)
+{
+    for (int tries = 0;; tries++) {
+        int rc = exec(db, wal ? "BEGIN IMMEDIATE" : "BEGIN EXCLUSIVE");
+        if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SR_FCNTL_REWRITE_PAGES, b);
+        int end = exec(db, rc == SQLITE_OK ? "COMMIT" : "ROLLBACK");
+        if (rc == SQLITE_OK) rc = end;
+        if (rc != SQLITE_BUSY || tries == 200) return rc;
+        usleep(20000);
+    }
+}
+
+/* rekey --rewrite, online: every page not under the active key version is
+ * re-encrypted in place, a batch at a time, each its own short write
+ * transaction (the exclusive lock in rollback-journal mode, the WAL write
+ * lock in WAL mode), with a pause between batches so other writers get in.
+ * The header says REKEYING meanwhile: a re-run after a crash resumes (no new
+ * version) and first finishes the journal of a batch cut short. Then the
+ * versions no page carries leave the header. */
+static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t *h)
+{
+    const char *path = o->argv[0];
+    char uri[16384];
+    sqlite3 *db = NULL;
+    if (!uri_for(uri, sizeof uri, path, o->keyfile, NULL)) return SR_EXIT_CANNOT;
+    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        sqlite3_busy_timeout(db, 10000) != SQLITE_OK)
+        return sqlite_fail(db, path);
+    sqlite3_stmt *st = NULL;
+    int wal = sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    sr_rewrite_batch_t b = {.wal = wal, .repair = 1};
+    int rc = rewrite_step(db, wal, &b); /* a batch a crash cut short */
+    if (rc == SQLITE_OK && b.rewritten) printf("%s: finished a rewrite batch cut short (%d pages)\n", path, b.rewritten);
+    int per_batch = (int)((1u << 20) / h->page_size); /* 1 MiB: a few milliseconds of lock */
+    progress_t pr;
+    progress_start(&pr, o, "rewrite", path, h->page_size);
+    uint64_t rewritten = 0, longest_ns = 0;
+    for (int64_t first = 1; rc == SQLITE_OK;) {
+        b = (sr_rewrite_batch_t){.first = first, .count = per_batch, .wal = wal};
+        uint64_t t0 = sr_time_mono_ns();
+        rc = rewrite_step(db, wal, &b);
+        uint64_t took = sr_time_mono_ns() - t0;
+        if (took > longest_ns) longest_ns = took;
+        if (rc != SQLITE_OK || first + per_batch > b.pages) break;
+        rewritten += (uint64_t)b.rewritten, first += per_batch;
+        progress_show(&pr, (uint64_t)first - 1, (uint64_t)b.pages, 0);
+        if (b.rewritten) usleep((useconds_t)(took / 1000 > 5000 ? took / 1000 : 5000)); /* others' turn */
+    }
+    if (rc == SQLITE_OK) {
+        rewritten += (uint64_t)b.rewritten;
+        progress_show(&pr, (uint64_t)b.pages, (uint64_t)b.pages, 1);
+        printf("%s: %llu of %lld pages re-encrypted under key version %u online (batches of %d pages, the longest "
+               "held the lock %.1f ms)\n", path, (unsigned long long)rewritten, (long long)b.pages, h->active_version,
+               per_batch, (double)longest_ns / 1e6);
+    }
+    int status = rc == SQLITE_OK ? drop_unused_versions(db, path, kp, h->page_size) : sqlite_status(db, path);
+    sqlite3_close(db);
+    return status;
+}
+
 static int cmd_rekey(options_t *o)
 {
     if (o->argc != 1) return usage();
@@ -1040,26 +1111,23 @@ static int cmd_rekey(options_t *o)
     sr_keyprov_t *kp = NULL;
     sr_tde_header_t h;
     if (open_provider(o, &kp) != SR_OK) return key_fail("rekey");
-    sr_err_t rc = sr_tde_file_add_key(o->argv[0], kp, &h);
-    if (rc != SR_OK) {
-        sr_keyprov_free(kp);
-        return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
+    sr_err_t rc = sr_tde_file_header_read(o->argv[0], kp, &h, NULL);
+    int resume = rc == SR_OK && o->rewrite && h.state == SR_TDE_STATE_REKEYING;
+    if (resume) {
+        printf("%s: resuming the rewrite to data key version %u\n", o->argv[0], h.active_version);
+    } else {
+        if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
+        if (rc == SR_OK && o->rewrite) rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_REKEYING, &h);
+        if (rc != SR_OK) {
+            sr_keyprov_free(kp);
+            return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
+        }
+        printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
+        audited("key.rekey", o->argv[0], 1, "new data key version");
     }
-    printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
-    audited("key.rekey", o->argv[0], 1, "new data key version");
-    int status = 0;
-    if (o->rewrite) {
-        char uri[16384];
-        sqlite3 *db = NULL;
-        if (!uri_for(uri, sizeof uri, o->argv[0], o->keyfile, NULL)) status = SR_EXIT_CANNOT;
-        else if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
-                 sqlite3_busy_timeout(db, 10000) != SQLITE_OK || exec(db, "VACUUM") != SQLITE_OK)
-            status = sqlite_fail(db, o->argv[0]), db = NULL;
-        else
-            printf("%s: every page re-encrypted under key version %u (VACUUM)\n", o->argv[0], h.active_version);
-        if (db) status = drop_unused_versions(db, o->argv[0], kp, h.page_size);
-        sqlite3_close(db);
-    }
+    int status = o->rewrite ? rewrite_online(o, kp, &h) : 0;
+    if (o->rewrite && !status && (rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_ENCRYPTED, &h)) != SR_OK)
+        status = fail(o->argv[0], rc);
     sr_keyprov_free(kp);
     return status;
 }

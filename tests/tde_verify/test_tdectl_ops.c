@@ -7,11 +7,15 @@
  * mid-backup are clean errors with their exit statuses, nothing left behind,
  * the source intact. encrypt --in-place: refused while another process has
  * the file open, finished by a re-run after SIGKILL at any moment, a clean
- * error on a full disk; a cipher switch there and back.
+ * error on a full disk; a cipher switch there and back. rekey --rewrite
+ * online, in WAL and rollback-journal mode, beside a writer and a reader of
+ * other processes (their longest wait printed), and the journal of a batch
+ * cut short finishing a torn page.
  */
 #include "tdev.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -219,6 +223,135 @@ static void test_encrypt_in_place_survives_sigkill(void)
 
 /* Runs tdectl with args (NULL-terminated) and kills it with SIGKILL after a
  * random delay of up to max_us. */
+/* A child that writes (one row per transaction) or reads (a count) until the
+ * stop file appears, then reports "operations errors longest_ms" on fd. */
+static pid_t start_worker(const char *path, int writes, const char *stop, int fd)
+{
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    sqlite3 *db = NULL;
+    if (sqlt_open(path, keyfile, NULL, &db) != SQLITE_OK) _exit(2);
+    sqlite3_busy_timeout(db, 20000);
+    int ops = 0, errors = 0;
+    double longest = 0;
+    while (access(stop, F_OK) != 0) {
+        uint64_t t0 = sr_time_mono_ns();
+        int rc = writes ? sqlt_exec(db, "INSERT INTO t(v) VALUES(hex(randomblob(300)))")
+                        : sqlt_exec(db, "SELECT count(*), sum(length(v)) FROM t");
+        double ms = (double)(sr_time_mono_ns() - t0) / 1e6;
+        if (ms > longest) longest = ms;
+        ops++, errors += rc != SQLITE_OK;
+        usleep(1000);
+    }
+    char report[100];
+    int n = snprintf(report, sizeof report, "%d %d %.1f", ops, errors, longest);
+    _exit(write(fd, report, (size_t)n) == n ? 0 : 1);
+}
+
+static void read_report(int fd, pid_t pid, int *ops, int *errors, double *longest)
+{
+    char report[100] = "";
+    ssize_t n = read(fd, report, sizeof report - 1);
+    waitpid(pid, NULL, 0);
+    close(fd);
+    *ops = 0, *errors = -1, *longest = 0;
+    if (n > 0) sscanf(report, "%d %d %lf", ops, errors, longest);
+}
+
+static int key_versions_in(const char *db)
+{
+    char out[16384];
+    if (tdectl(out, sizeof out, "status --json --keyfile %s %s 2>/dev/null | cat", keyfile, db) != 0) return -1;
+    int versions = 0;
+    for (const char *v = strstr(out, "\"version\": "); v; v = strstr(v + 1, "\"version\": ")) versions++;
+    return versions;
+}
+
+/* rekey --rewrite while a writer and a reader of other processes keep going:
+ * neither fails, every row is there, every page is on the new key and the
+ * old one has left the header. */
+static void rewrite_beside_workers(const char *mode)
+{
+    char db[600], stop[700], out[16384], sql[200];
+    snprintf(db, sizeof db, "%s", sr_test_path(!strcmp(mode, "wal") ? "online-wal.db" : "online-delete.db"));
+    snprintf(stop, sizeof stop, "%s.stop", db);
+    sqlite3 *d = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(db, keyfile, NULL, &d), SQLITE_OK);
+    snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", mode);
+    SR_CHECK_EQ_INT(sqlt_exec(d, sql), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_exec(d, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 40000) "
+                                 "INSERT INTO t(v) SELECT hex(randomblob(300)) FROM c"), SQLITE_OK);
+    int64_t before = sqlt_int(d, "SELECT count(*) FROM t");
+    int wfd[2], rfd[2];
+    SR_CHECK(pipe(wfd) == 0 && pipe(rfd) == 0);
+    pid_t writer = start_worker(db, 1, stop, wfd[1]), reader = start_worker(db, 0, stop, rfd[1]);
+    close(wfd[1]), close(rfd[1]);
+    usleep(300000);
+    uint64_t t0 = sr_time_mono_ns();
+    int status = tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db);
+    double secs = (double)(sr_time_mono_ns() - t0) / 1e9;
+    usleep(200000);
+    SR_CHECK(sr_test_write_file(stop, "", 0) == 0);
+    int wops, werr, rops, rerr;
+    double wlong, rlong;
+    read_report(wfd[0], writer, &wops, &werr, &wlong);
+    read_report(rfd[0], reader, &rops, &rerr, &rlong);
+    SR_CHECK_MSG(status == 0 && strstr(out, "online"), "status %d: %s", status, out);
+    printf("  %s mode, %lld rows: rewrite %.2f s; meanwhile a writer committed %d rows (longest wait %.1f ms) and a "
+           "reader read %d times (longest %.1f ms), %d + %d errors\n", mode, (long long)before, secs, wops, wlong,
+           rops, rlong, werr, rerr);
+    SR_CHECK_EQ_INT(werr, 0);
+    SR_CHECK_EQ_INT(rerr, 0);
+    SR_CHECK(wops > 10 && rops > 10);
+    SR_CHECK_EQ_INT(sqlt_int(d, "SELECT count(*) FROM t"), before + wops);
+    sqlite3_close(d);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db), 0);
+    SR_CHECK_EQ_INT(key_versions_in(db), 1);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --quiet --keyfile %s %s", keyfile, db), 0);
+}
+
+static void test_online_rewrite_beside_a_writer_and_a_reader(void)
+{
+    rewrite_beside_workers("wal");
+    rewrite_beside_workers("delete");
+}
+
+/* A journal as a rewrite batch leaves it when power fails mid-batch: page N's
+ * new copy in the journal, the page itself torn. Reads of it fail and say
+ * what to do; rekey --rewrite finishes it; a journal cut short is dropped. */
+static void test_rewrite_journal_finishes_a_torn_page(void)
+{
+    char db[600], journal[700], out[16384];
+    snprintf(db, sizeof db, "%s", make_db("torn.db", "delete", 300, NULL));
+    snprintf(journal, sizeof journal, "%s-srrewrite", db);
+    const long pgno = 3;
+    uint8_t entry[8 + PS], body[16 + sizeof entry + 32];
+    int fd = open(db, O_RDWR);
+    SR_CHECK(fd >= 0 && pread(fd, entry + 8, PS, HDR + (pgno - 1) * PS) == PS);
+    memcpy(body, "SRRWJ1\n", 8);
+    for (int i = 0; i < 4; i++) body[8 + i] = (uint8_t)(PS >> (24 - 8 * i)), body[12 + i] = i == 3;
+    memset(entry, 0, 8), entry[7] = (uint8_t)pgno;
+    memcpy(body + 16, entry, sizeof entry);
+    unsigned md = 0;
+    EVP_Digest(body, 16 + sizeof entry, body + 16 + sizeof entry, &md, EVP_sha256(), NULL);
+    SR_CHECK(sr_test_write_file(journal, body, sizeof body) == 0);
+    static const uint8_t zeros[512] = {0};
+    SR_CHECK(pwrite(fd, zeros, sizeof zeros, HDR + (pgno - 1) * PS + 1024) == (ssize_t)sizeof zeros); /* torn */
+    close(fd);
+    SR_CHECK(tdectl(out, sizeof out, "verify --keyfile %s %s", keyfile, db) != 0);
+    SR_CHECK_EQ_INT(read_all(db) & 0xff, SQLITE_IOERR);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db), 0);
+    SR_CHECK_CONTAINS(out, "finished a rewrite batch cut short (1 pages)");
+    SR_CHECK_MSG(access(journal, F_OK) != 0, "the journal is still there");
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --quiet --keyfile %s %s", keyfile, db), 0);
+    /* a journal cut before its checksum: dropped, the database untouched */
+    SR_CHECK(sr_test_write_file(journal, body, sizeof body - 40) == 0);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db), 0);
+    SR_CHECK(!strstr(out, "cut short"));
+    SR_CHECK_MSG(access(journal, F_OK) != 0, "a cut journal is still there");
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --quiet --keyfile %s %s", keyfile, db), 0);
+}
+
 static void run_and_kill(useconds_t max_us, char *const args[])
 {
     pid_t pid = fork();
@@ -265,8 +398,8 @@ static void test_backup_and_cipher_switch_survive_sigkill(void)
         SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rekey --quiet --cipher %s --keyfile %s %s", ciphers[round % 2], key,
                                db), 0);
         SR_CHECK_STR(fingerprint_of(db, key, now), fp);
-        /* rekey --rewrite (one VACUUM) killed, then run again: every page on the newest data key, the older
-         * versions dropped from the header */
+        /* rekey --rewrite (online, batch by batch) killed, then run again: every page on the newest data key,
+         * the older versions dropped from the header */
         char *rewrite[] = {"tdectl", "rekey", "--rewrite", "--keyfile", key, db, NULL};
         run_and_kill(60000, rewrite);
         SR_CHECK_STR(fingerprint_of(db, key, now), fp);
@@ -308,5 +441,7 @@ int main(void)
     SR_RUN(test_encrypt_in_place_survives_sigkill);
     SR_RUN(test_encrypt_in_place_disk_full);
     SR_RUN(test_backup_and_cipher_switch_survive_sigkill);
+    SR_RUN(test_online_rewrite_beside_a_writer_and_a_reader);
+    SR_RUN(test_rewrite_journal_finishes_a_torn_page);
     return sr_test_finish();
 }
