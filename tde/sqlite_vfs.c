@@ -1283,6 +1283,8 @@ static int rewrite_repair(sr_file_t *f, sr_rewrite_batch_t *b)
         if (rc != SQLITE_OK) break;
         (void)ensure_key_loaded(f, page, ps);
         if (sr_tde_page_decrypt_to(f->pc, &place, page, page + ps, ps) == SR_OK) continue;
+        (void)ensure_key_loaded(f, e + 8, ps);
+        if (sr_tde_page_decrypt_to(f->pc, &place, e + 8, page + ps, ps) != SR_OK) continue; /* only an authentic copy */
         rc = lower_write(f, e + 8, (int)ps, SHIFT + (pgno - 1) * ps), repaired++;
     }
     if (page) sr_secure_wipe(page, 2 * (size_t)ps), free(page);

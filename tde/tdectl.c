@@ -1090,7 +1090,10 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
         if (rc != SQLITE_OK || first + per_batch > b.pages) break;
         rewritten += (uint64_t)b.rewritten, first += per_batch;
         progress_show(&pr, (uint64_t)first - 1, (uint64_t)b.pages, 0);
-        if (b.rewritten) usleep((useconds_t)(took / 1000 > 5000 ? took / 1000 : 5000)); /* others' turn */
+        /* others' turn: SQLite's busy handler sleeps up to 100 ms between tries, so with a rollback journal
+         * (where a waiting writer must find no lock at all) the pause is longer than that */
+        uint64_t pause_us = wal ? 10000 : 110000;
+        if (b.rewritten) usleep((useconds_t)(took / 1000 > pause_us ? took / 1000 : pause_us));
     }
     if (rc == SQLITE_OK) {
         rewritten += (uint64_t)b.rewritten;
