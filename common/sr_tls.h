@@ -49,6 +49,20 @@ SR_API uint16_t sr_tls_listener_port(int listen_fd);
 /* Takes ownership of an accepted socket and runs the handshake. */
 SR_API sr_err_t sr_tls_accept(sr_ssl_ctx_t *ctx, int fd, int timeout_ms, sr_tls_conn_t **out) SR_MUST_CHECK;
 
+/* Server side for an event loop: takes ownership of an accepted socket, made
+ * non-blocking; the handshake and every read and write then go step by step.
+ * Each step answers SR_TLS_DONE, SR_TLS_WANT_READ or SR_TLS_WANT_WRITE (wait
+ * for the socket, then call again), or SR_TLS_FAILED with the error set
+ * (SR_ERR_CLOSED: the peer closed cleanly). */
+enum { SR_TLS_DONE = 0, SR_TLS_WANT_READ = 1, SR_TLS_WANT_WRITE = 2, SR_TLS_FAILED = -1 };
+SR_API sr_err_t sr_tls_accept_nonblocking(sr_ssl_ctx_t *ctx, int fd, sr_tls_conn_t **out) SR_MUST_CHECK;
+SR_API int sr_tls_handshake_step(sr_tls_conn_t *conn);
+SR_API int sr_tls_read_some(sr_tls_conn_t *conn, void *buf, size_t cap, size_t *got);
+SR_API int sr_tls_write_some(sr_tls_conn_t *conn, const void *buf, size_t len, size_t *written);
+/* Bytes already decrypted and waiting (a poll would not report them). */
+SR_API int sr_tls_pending(const sr_tls_conn_t *conn);
+SR_API int sr_tls_fd(const sr_tls_conn_t *conn);
+
 SR_API sr_err_t sr_tls_write_all(sr_tls_conn_t *conn, const void *buf, size_t len) SR_MUST_CHECK;
 /* Reads exactly `len` bytes; SR_ERR_CLOSED if the peer closed cleanly before
  * the first byte, SR_ERR_TRUNCATED if it closed part-way. */

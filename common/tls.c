@@ -364,6 +364,59 @@ static sr_err_t io_error(sr_tls_conn_t *c, int ret, const char *what)
     return sr_err_set_openssl(SR_ERR_TLS, "%s %s failed", what, c->peer_addr);
 }
 
+/* ---- step by step, for an event loop ------------------------------------------------------ */
+
+sr_err_t sr_tls_accept_nonblocking(sr_ssl_ctx_t *ctx, int fd, sr_tls_conn_t **out)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sr_tls_conn_t *c;
+    sr_err_t rc = conn_new(ctx, fd, 0, &c);
+    if (rc != SR_OK) return rc;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    *out = c;
+    return SR_OK;
+}
+
+/* WANT_* for a step that must wait, else SR_TLS_FAILED with the error set. */
+static int step_result(sr_tls_conn_t *c, int ret, const char *what, int handshaking)
+{
+    int err = SSL_get_error(c->ssl, ret);
+    if (err == SSL_ERROR_WANT_READ) return SR_TLS_WANT_READ;
+    if (err == SSL_ERROR_WANT_WRITE) return SR_TLS_WANT_WRITE;
+    (void)(handshaking ? handshake_error(c, ret, what) : io_error(c, ret, what));
+    return SR_TLS_FAILED;
+}
+
+int sr_tls_handshake_step(sr_tls_conn_t *c)
+{
+    ERR_clear_error();
+    int ret = SSL_accept(c->ssl);
+    if (ret != 1) return step_result(c, ret, "TLS handshake", 1);
+    remember_peer_cn(c);
+    return SR_TLS_DONE;
+}
+
+int sr_tls_read_some(sr_tls_conn_t *c, void *buf, size_t cap, size_t *got)
+{
+    ERR_clear_error();
+    *got = 0;
+    int ret = SSL_read_ex(c->ssl, buf, cap, got);
+    return ret == 1 ? SR_TLS_DONE : step_result(c, ret, "read from", 0);
+}
+
+int sr_tls_write_some(sr_tls_conn_t *c, const void *buf, size_t len, size_t *written)
+{
+    ERR_clear_error();
+    *written = 0;
+    int ret = SSL_write_ex(c->ssl, buf, len, written);
+    return ret == 1 ? SR_TLS_DONE : step_result(c, ret, "write to", 0);
+}
+
+int sr_tls_pending(const sr_tls_conn_t *c) { return SSL_pending(c->ssl) > 0; }
+int sr_tls_fd(const sr_tls_conn_t *c) { return c->fd; }
+
 sr_err_t sr_tls_write_all(sr_tls_conn_t *c, const void *buf, size_t len)
 {
     const uint8_t *p = buf;

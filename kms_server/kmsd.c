@@ -3,13 +3,14 @@
  *
  *   kmsd --config kmsd.conf [--foreground]
  *
- * One thread per connection, up to max_connections (a connection over the
- * cap is closed at once). A connection has handshake_timeout to finish its
- * TLS handshake, idle_timeout between requests, and message_timeout to send
- * a whole request; a request's length is checked against max_message before
- * its body is read. SIGTERM: stop accepting, let requests in flight finish,
- * exit. SIGHUP: reload the certificates and limits (a bad file keeps the old
- * ones and says why).
+ * One epoll set for every connection, served by a pool of 32 threads, up to
+ * max_connections (a connection over the cap is closed
+ * at once). A connection has handshake_timeout to finish its TLS handshake,
+ * idle_timeout between requests, and message_timeout to send a whole request
+ * (and to take its answer); a request's length is checked against
+ * max_message before its body is read. SIGTERM: stop accepting, let requests
+ * in flight finish, exit. SIGHUP: reload the certificates and limits (a bad
+ * file keeps the old ones and says why).
  */
 #include "audit.h"
 #include "kms.h"
@@ -24,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -68,8 +71,6 @@ static struct {
     sr_ssl_ctx_t *ctx; /* swapped on SIGHUP */
     limits_t limits;
     kms_store_t *store;
-    int active;           /* connection threads */
-    int fds[4096];        /* a dup of each socket, to end idle reads on SIGTERM without racing its close */
     const char *config_path;
 } server = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -138,51 +139,6 @@ static void audit_connection(const char *who, const char *source, const char *ou
     (void)sr_event_emit(&ev);
 }
 
-/* Reads one request: header, length check, body within the message deadline. */
-static sr_err_t read_request(sr_tls_conn_t *conn, const limits_t *l, uint8_t **buf, size_t *len)
-{
-    uint8_t head[8];
-    sr_tls_set_timeout(conn, (int)l->idle_ms);
-    sr_err_t rc = sr_tls_read_exact(conn, head, 1); /* idle: waiting for the next request */
-    uint64_t deadline = sr_time_mono_ms() + l->message_ms;
-    sr_tls_set_timeout(conn, (int)l->message_ms);
-    if (rc == SR_OK) rc = sr_tls_read_exact_by(conn, head + 1, 7, deadline);
-    if (rc != SR_OK) return rc;
-    uint32_t tag = (uint32_t)head[0] << 16 | (uint32_t)head[1] << 8 | head[2];
-    uint32_t n = sr_get_be32(head + 4);
-    if (tag != SR_KMIP_TAG_REQUEST_MESSAGE || head[3] != SR_KMIP_STRUCTURE)
-        return sr_err_set(SR_ERR_PROTOCOL, "not a KMIP request message (tag 0x%06x type %u)", tag, head[3]);
-    if (n > l->max_message - 8)
-        return sr_err_set(SR_ERR_LIMIT, "request of %u bytes is over max_message (%llu)", n,
-                          (unsigned long long)l->max_message);
-    *buf = malloc((size_t)n + 8);
-    if (!*buf) return SR_ERR_NOMEM;
-    memcpy(*buf, head, 8);
-    rc = sr_tls_read_exact_by(conn, *buf + 8, n, deadline);
-    if (rc != SR_OK) free(*buf), *buf = NULL;
-    *len = (size_t)n + 8;
-    return rc;
-}
-
-/* A request we refuse to read (wrong tag, too long): one Invalid Message answer. */
-static void answer_refused(sr_tls_conn_t *conn, const kms_principal_t *p)
-{
-    static const uint8_t garbage[8] = {0};
-    sr_kmip_enc_t e;
-    sr_kmip_enc_init(&e);
-    if (kms_handle(server.store, p, garbage, sizeof garbage, &e) == SR_OK && sr_tls_write_all(conn, e.buf, e.len) != SR_OK)
-        sr_log_info("%s: could not send the refusal: %s", p->name, sr_err_detail());
-    sr_kmip_enc_free(&e);
-}
-
-static int cert_revoked(const char *fingerprint)
-{
-    kms_store_lock(server.store);
-    int revoked = fingerprint && kms_cert_revoked(server.store, fingerprint);
-    kms_store_unlock(server.store);
-    return revoked;
-}
-
 /* Per request, under one lock: the principal's role now, and whether its
  * certificate was revoked since it connected. */
 static int refresh(kms_principal_t *p, const char *fingerprint)
@@ -207,121 +163,296 @@ static void refusal(kms_principal_t *p)
     else snprintf(p->refused, sizeof p->refused, "certificate of %.80s revoked", p->name);
 }
 
-static void serve(sr_tls_conn_t *conn, kms_principal_t *p, const char *fingerprint)
+/*
+ * Connections: one epoll set, served by a fixed pool of 32 threads (requests
+ * spend most of their time waiting for the audit log's group commit: more
+ * in flight share each fsync).
+ * Every socket is non-blocking and armed one-shot, so exactly one thread
+ * owns a connection while it acts on it: a TLS handshake step, the request
+ * bytes that have arrived (the header's tag and length checked against
+ * max_message before anything is allocated), the request itself once whole
+ * (the principal refreshed, the handler run), the answer as far as the peer
+ * takes it — then the socket is armed again for what it waits for. A slow or
+ * silent peer costs a slot and its TLS state, never a thread. A timer thread
+ * cuts what overstays its phase (handshake_timeout, idle_timeout,
+ * message_timeout for a request or for taking its answer) by shutting the
+ * socket down, which wakes its owner to close it.
+ */
+typedef enum { C_HANDSHAKE, C_IDLE, C_READING, C_WORKING, C_WRITING } conn_state_t;
+
+typedef struct conn {
+    sr_tls_conn_t *tls;
+    int fd, slot;
+    _Atomic conn_state_t state; /* the timer reads it too */
+    _Atomic uint64_t deadline; /* sr_time_mono_ms(); the timer reads it */
+    _Atomic int expired;       /* the timer cut it */
+    uint8_t head[8];
+    uint8_t *msg;              /* the request, header included */
+    size_t have, need;
+    int refuse;                /* the framing was refused: answer Invalid Message, then close */
+    sr_kmip_enc_t resp;        /* the answer, written as the peer takes it */
+    size_t sent;
+    kms_principal_t p;
+    char fingerprint[65];
+} conn_t;
+
+#define MAX_CONNS 4096
+#define WORKERS 32
+#define NEVER UINT64_MAX
+
+static struct {
+    int ep, wake, lfd; /* epoll; an eventfd rung at stop; the listener */
+    pthread_mutex_t lock; /* slots, open */
+    conn_t *slots[MAX_CONNS];
+    int open, workers;
+    pthread_t thread[WORKERS], timer;
+    _Atomic int stopping;
+    uint64_t stop_at;
+} loop = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void arm(int fd, void *ptr, int events)
 {
-    for (;;) {
-        pthread_mutex_lock(&server.lock);
-        limits_t l = server.limits;
-        pthread_mutex_unlock(&server.lock);
-        uint8_t *req = NULL;
-        size_t len = 0;
-        sr_err_t rc = read_request(conn, &l, &req, &len);
-        if (rc == SR_ERR_PROTOCOL || rc == SR_ERR_LIMIT) {
-            sr_log_warn("%s (%s): %s; closing", p->name, p->source, sr_err_detail());
-            answer_refused(conn, p);
-        }
-        if (rc != SR_OK || stop_requested) {
-            free(req);
-            return;
-        }
-        if (refresh(p, fingerprint) && !p->refused[0]) { /* revoked while connected: refused from now on */
-            audit_connection(p->name, p->source, "denied", "certificate revoked");
-            refusal(p);
-        }
-        sr_kmip_enc_t e;
-        sr_kmip_enc_init(&e);
-        rc = kms_handle(server.store, p, req, len, &e);
-        sr_secure_wipe(req, len), free(req);
-        if (rc == SR_OK) rc = sr_tls_write_all(conn, e.buf, e.len);
-        sr_kmip_enc_free(&e);
-        if (rc != SR_OK) return;
-    }
+    struct epoll_event ev = {.events = (uint32_t)events | EPOLLONESHOT, .data.ptr = ptr};
+    epoll_ctl(loop.ep, EPOLL_CTL_MOD, fd, &ev);
 }
 
-typedef struct conn_arg {
-    int fd, slot;
-} conn_arg_t;
-
-static void *connection_main(void *arg)
+static void conn_close(conn_t *c)
 {
-    conn_arg_t a = *(conn_arg_t *)arg;
-    free(arg);
+    pthread_mutex_lock(&loop.lock); /* out of the slots before the descriptor can be reused */
+    loop.slots[c->slot] = NULL, loop.open--;
+    pthread_mutex_unlock(&loop.lock);
+    epoll_ctl(loop.ep, EPOLL_CTL_DEL, c->fd, NULL);
+    sr_tls_close(c->tls); /* closes the socket */
+    if (c->msg) sr_secure_wipe(c->msg, c->need), free(c->msg);
+    sr_kmip_enc_free(&c->resp);
+    free(c);
+}
+
+static void limits_now(limits_t *l)
+{
     pthread_mutex_lock(&server.lock);
-    sr_ssl_ctx_t *ctx = server.ctx;
-    SSL_CTX_up_ref((SSL_CTX *)ctx);
-    int handshake_ms = (int)server.limits.handshake_ms;
+    *l = server.limits;
     pthread_mutex_unlock(&server.lock);
-    sr_tls_conn_t *conn = NULL;
-    /* handshake_ms for the whole handshake (a byte-at-a-time sender is cut off then); closes fd on failure */
-    sr_err_t rc = sr_tls_accept(ctx, a.fd, handshake_ms, &conn);
-    sr_tls_ctx_free(ctx);
-    if (rc != SR_OK) {
-        audit_connection("(handshake)", NULL, "failure", sr_err_detail());
-    } else {
-        kms_principal_t p;
-        memset(&p, 0, sizeof p);
-        snprintf(p.name, sizeof p.name, "%s", sr_tls_peer_cn(conn) ? sr_tls_peer_cn(conn) : "");
-        snprintf(p.source, sizeof p.source, "%s", sr_tls_peer_addr(conn));
-        const char *fp = sr_tls_peer_fingerprint(conn);
-        if (cert_revoked(fp)) audit_connection(p.name, p.source, "denied", "certificate revoked"), refusal(&p);
-        serve(conn, &p, fp); /* a revoked certificate gets its refusal as a KMIP answer, then nothing else */
-        sr_tls_close(conn);
+}
+
+/* The request, whole: the principal's standing now, the handler, the answer. */
+static void run_request(conn_t *c)
+{
+    static const uint8_t garbage[8] = {0};
+    c->state = C_WORKING;
+    c->deadline = NEVER;
+    if (!c->refuse && refresh(&c->p, c->fingerprint[0] ? c->fingerprint : NULL) && !c->p.refused[0]) {
+        audit_connection(c->p.name, c->p.source, "denied", "certificate revoked");
+        refusal(&c->p); /* refused from now on: answered with the reason, nothing else */
     }
-    pthread_mutex_lock(&server.lock);
-    close(server.fds[a.slot]);
-    server.fds[a.slot] = -1;
-    server.active--;
-    pthread_mutex_unlock(&server.lock);
+    sr_kmip_enc_free(&c->resp);
+    sr_kmip_enc_init(&c->resp);
+    sr_err_t rc = c->refuse ? kms_handle(server.store, &c->p, garbage, sizeof garbage, &c->resp)
+                            : kms_handle(server.store, &c->p, c->msg, c->need, &c->resp);
+    if (c->msg) sr_secure_wipe(c->msg, c->need), free(c->msg), c->msg = NULL;
+    if (rc != SR_OK) c->resp.len = 0, c->refuse = 1;
+    limits_t l;
+    limits_now(&l);
+    c->sent = 0;
+    c->deadline = sr_time_mono_ms() + l.message_ms;
+    c->state = C_WRITING;
+}
+
+static void set_idle(conn_t *c, const limits_t *l)
+{
+    c->have = c->need = c->sent = 0;
+    c->state = C_IDLE;
+    c->deadline = sr_time_mono_ms() + l->idle_ms;
+}
+
+/* What one wake-up of a connection allows; 0 once it is armed again or closed. */
+static int step(conn_t *c, const limits_t *l)
+{
+    if (c->state == C_HANDSHAKE) {
+        int r = sr_tls_handshake_step(c->tls);
+        if (r == SR_TLS_FAILED || c->expired) {
+            audit_connection("(handshake)", sr_tls_peer_addr(c->tls), "failure",
+                             c->expired ? "the TLS handshake did not finish in handshake_timeout" : sr_err_detail());
+            return conn_close(c), 0;
+        }
+        if (r != SR_TLS_DONE) return arm(c->fd, c, r == SR_TLS_WANT_WRITE ? EPOLLOUT : EPOLLIN), 0;
+        const char *cn = sr_tls_peer_cn(c->tls), *fp = sr_tls_peer_fingerprint(c->tls);
+        snprintf(c->p.name, sizeof c->p.name, "%s", cn ? cn : "");
+        snprintf(c->p.source, sizeof c->p.source, "%s", sr_tls_peer_addr(c->tls));
+        snprintf(c->fingerprint, sizeof c->fingerprint, "%s", fp ? fp : "");
+        set_idle(c, l);
+        return 1;
+    }
+    if (c->state == C_WRITING) {
+        while (c->sent < c->resp.len) {
+            size_t n = 0;
+            int r = sr_tls_write_some(c->tls, c->resp.buf + c->sent, c->resp.len - c->sent, &n);
+            if (r == SR_TLS_FAILED || c->expired) {
+                if (c->expired) sr_log_info("%s (%s): did not take its answer within message_timeout; closing",
+                                            c->p.name, c->p.source);
+                return conn_close(c), 0;
+            }
+            if (r != SR_TLS_DONE) return arm(c->fd, c, r == SR_TLS_WANT_WRITE ? EPOLLOUT : EPOLLIN), 0;
+            c->sent += n;
+        }
+        sr_kmip_enc_free(&c->resp);
+        if (c->refuse || loop.stopping) return conn_close(c), 0;
+        set_idle(c, l);
+        return 1;
+    }
+    /* idle or reading: the bytes that have come */
+    uint8_t *dst = c->have < 8 ? c->head + c->have : c->msg + c->have;
+    size_t want = c->have < 8 ? 8 - c->have : c->need - c->have, n = 0;
+    int r = c->expired ? SR_TLS_FAILED : sr_tls_read_some(c->tls, dst, want, &n);
+    if (r == SR_TLS_FAILED) {
+        if (c->expired && c->state == C_READING)
+            sr_log_info("%s (%s): request not whole within message_timeout; closing", c->p.name, c->p.source);
+        return conn_close(c), 0; /* closed by the peer, idle too long, or broken */
+    }
+    if (r != SR_TLS_DONE) return arm(c->fd, c, r == SR_TLS_WANT_WRITE ? EPOLLOUT : EPOLLIN), 0;
+    if (c->state == C_IDLE) {
+        c->deadline = sr_time_mono_ms() + l->message_ms;
+        c->state = C_READING;
+    }
+    c->have += n;
+    if (c->have == 8 && !c->msg) {
+        uint32_t tag = (uint32_t)c->head[0] << 16 | (uint32_t)c->head[1] << 8 | c->head[2];
+        uint32_t len = sr_get_be32(c->head + 4);
+        if (tag != SR_KMIP_TAG_REQUEST_MESSAGE || c->head[3] != SR_KMIP_STRUCTURE || len > l->max_message - 8) {
+            sr_log_warn("%s (%s): %s; closing", c->p.name, c->p.source,
+                        len > l->max_message - 8 ? "request over max_message" : "not a KMIP request message");
+            c->refuse = 1;
+            run_request(c);
+            return 1;
+        }
+        c->need = (size_t)len + 8;
+        if (!(c->msg = malloc(c->need))) return conn_close(c), 0;
+        memcpy(c->msg, c->head, 8);
+    }
+    if (c->msg && c->have == c->need) run_request(c);
+    return 1;
+}
+
+/* Accepts what waits: over max_connections a connection is closed at once, not queued. */
+static void accept_all(const limits_t *l)
+{
+    for (;;) {
+        int fd = accept4(loop.lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) { /* out of descriptors: wait, don't spin */
+                sr_log_warn("out of file descriptors (%d connections): accepting again in 100 ms", loop.open);
+                usleep(100000);
+            }
+            break;
+        }
+        conn_t *c = calloc(1, sizeof *c);
+        pthread_mutex_lock(&loop.lock);
+        int slot = 1;
+        while (slot < MAX_CONNS && loop.slots[slot]) slot++;
+        int room = c && loop.open < l->max_connections && slot < MAX_CONNS;
+        if (room) loop.slots[slot] = c, loop.open++;
+        pthread_mutex_unlock(&loop.lock);
+        sr_err_t made = SR_ERR_LIMIT;
+        if (room) { /* the context SIGHUP may swap */
+            pthread_mutex_lock(&server.lock);
+            made = sr_tls_accept_nonblocking(server.ctx, fd, &c->tls);
+            pthread_mutex_unlock(&server.lock);
+        }
+        if (made != SR_OK) {
+            if (room) {
+                pthread_mutex_lock(&loop.lock);
+                loop.slots[slot] = NULL, loop.open--;
+                pthread_mutex_unlock(&loop.lock);
+            } else {
+                sr_log_warn("connection refused: %d connections open (max_connections)", loop.open);
+            }
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->fd = fd, c->slot = slot, c->state = C_HANDSHAKE;
+        c->deadline = sr_time_mono_ms() + l->handshake_ms;
+        sr_kmip_enc_init(&c->resp);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.ptr = c};
+        epoll_ctl(loop.ep, EPOLL_CTL_ADD, fd, &ev); /* armed: the ClientHello wakes one thread */
+    }
+    arm(loop.lfd, &loop.lfd, EPOLLIN);
+}
+
+static void *worker_main(void *arg)
+{
+    (void)arg;
+    while (!(loop.stopping && (loop.open == 0 || sr_time_mono_ms() >= loop.stop_at))) {
+        struct epoll_event ev;
+        if (epoll_wait(loop.ep, &ev, 1, 200) != 1 || ev.data.ptr == &loop.wake) continue;
+        limits_t l;
+        limits_now(&l);
+        if (ev.data.ptr == &loop.lfd) {
+            if (!loop.stopping) accept_all(&l);
+            continue;
+        }
+        conn_t *c = ev.data.ptr;
+        while (step(c, &l)) {}
+    }
     return NULL;
 }
 
-static int take_slot(int fd)
+/* Every 100 ms: what overstayed its phase is shut down (its owner closes it). */
+static void *timer_main(void *arg)
 {
-    pthread_mutex_lock(&server.lock);
-    int slot = -1, copy = server.active < server.limits.max_connections ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    for (int i = 0; copy >= 0 && i < (int)(sizeof server.fds / sizeof server.fds[0]) && slot < 0; i++)
-        if (server.fds[i] < 0) slot = i, server.fds[i] = copy, server.active++;
-    if (copy >= 0 && slot < 0) close(copy);
-    pthread_mutex_unlock(&server.lock);
-    return slot;
+    (void)arg;
+    while (!(loop.stopping && (loop.open == 0 || sr_time_mono_ms() >= loop.stop_at))) {
+        usleep(100000);
+        if (reload_requested) reload_requested = 0, reload();
+        uint64_t now = sr_time_mono_ms();
+        pthread_mutex_lock(&loop.lock);
+        for (int i = 1; i < MAX_CONNS; i++) {
+            conn_t *c = loop.slots[i];
+            int idle_at_stop = loop.stopping && c && (c->state == C_IDLE || c->state == C_HANDSHAKE);
+            if (c && !c->expired && (now >= c->deadline || idle_at_stop)) {
+                c->expired = 1;
+                shutdown(c->fd, SHUT_RDWR);
+            }
+        }
+        pthread_mutex_unlock(&loop.lock);
+    }
+    return NULL;
 }
 
-static void start_connection(int fd)
+static sr_err_t loop_start(int lfd)
 {
-    int slot = take_slot(fd);
-    if (slot < 0) { /* over the cap: closed at once, not queued */
-        close(fd);
-        sr_log_warn("connection refused: %d connections open (max_connections)", server.active);
-        return;
-    }
-    conn_arg_t *a = malloc(sizeof *a);
+    loop.lfd = lfd;
+    loop.ep = epoll_create1(EPOLL_CLOEXEC);
+    loop.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (loop.ep < 0 || loop.wake < 0) return sr_err_set_errno(SR_ERR_INTERNAL, errno, "cannot make the event loop");
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &loop.wake}; /* level: wakes every thread at stop */
+    epoll_ctl(loop.ep, EPOLL_CTL_ADD, loop.wake, &ev);
+    fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK); /* accepted until none is left */
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLONESHOT, .data.ptr = &loop.lfd};
+    epoll_ctl(loop.ep, EPOLL_CTL_ADD, lfd, &ev);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t t;
-    if (a) a->fd = fd, a->slot = slot;
-    if (!a || pthread_create(&t, &attr, connection_main, a) != 0) {
-        free(a);
-        close(fd);
-        pthread_mutex_lock(&server.lock);
-        close(server.fds[slot]);
-        server.fds[slot] = -1, server.active--;
-        pthread_mutex_unlock(&server.lock);
-    }
+    for (; loop.workers < WORKERS; loop.workers++)
+        if (pthread_create(&loop.thread[loop.workers], &attr, worker_main, NULL) != 0) break;
+    int timer = loop.workers && pthread_create(&loop.timer, &attr, timer_main, NULL) == 0;
     pthread_attr_destroy(&attr);
+    return timer ? SR_OK : sr_err_set(SR_ERR_INTERNAL, "cannot start the connection threads");
 }
 
-static void accept_loop(int lfd)
+/* Until SIGTERM; then no more accepts, idle connections closed, requests in
+ * flight finished (up to 10 s). */
+static void serve_connections(void)
 {
-    while (!stop_requested) {
-        if (reload_requested) reload_requested = 0, reload();
-        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
-        if (poll(&pfd, 1, 200) <= 0) continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0) start_connection(fd);
-        else if (errno == EMFILE || errno == ENFILE) usleep(100000); /* out of descriptors: wait, don't spin */
-    }
+    while (!stop_requested) usleep(100000); /* SIGTERM may land on any thread: its flag is looked at here */
+    loop.stop_at = sr_time_mono_ms() + 10000;
+    loop.stopping = 1;
+    epoll_ctl(loop.ep, EPOLL_CTL_DEL, loop.lfd, NULL);
+    uint64_t one = 1;
+    if (write(loop.wake, &one, sizeof one) != sizeof one) sr_log_warn("cannot wake the connection threads");
+    for (int i = 0; i < loop.workers; i++) pthread_join(loop.thread[i], NULL);
+    pthread_join(loop.timer, NULL);
+    if (loop.open) sr_log_warn("%d connection(s) still busy after 10 s; exiting", loop.open);
 }
 
 /* ---- leases ------------------------------------------------------------------------------------------ */
@@ -446,23 +577,6 @@ static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
     return SR_OK;
 }
 
-/* Ends idle reads, then waits (up to 10 s) for requests in flight. */
-static void drain(void)
-{
-    pthread_mutex_lock(&server.lock);
-    for (size_t i = 0; i < sizeof server.fds / sizeof server.fds[0]; i++)
-        if (server.fds[i] >= 0) shutdown(server.fds[i], SHUT_RD);
-    pthread_mutex_unlock(&server.lock);
-    for (int i = 0; i < 100; i++) {
-        pthread_mutex_lock(&server.lock);
-        int active = server.active;
-        pthread_mutex_unlock(&server.lock);
-        if (!active) return;
-        usleep(100000);
-    }
-    sr_log_warn("%d connection(s) still busy after 10 s; exiting", server.active);
-}
-
 /* ---- start-up ------------------------------------------------------------------------------------- */
 
 static sr_err_t open_audit(const sr_config_t *cfg)
@@ -493,7 +607,6 @@ static int start(const char *config_path, int foreground)
     int lfd = -1;
     int64_t port = 0;
     server.config_path = config_path;
-    for (size_t i = 0; i < sizeof server.fds / sizeof server.fds[0]; i++) server.fds[i] = -1;
     sr_err_t rc = sr_config_load(config_path, schema, N_SCHEMA, &cfg);
     sr_log_level_t level = SR_LOG_INFO;
     if (rc == SR_OK) rc = sr_log_level_parse(sr_config_get(cfg, "server", "log_level"), &level);
@@ -530,19 +643,17 @@ static int start(const char *config_path, int foreground)
     /* after daemon(): threads do not survive a fork */
     sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_s) == 0;
     if (enrolling && !sweeping) sr_log_error("cannot start the lease sweeper: leases will not expire");
-    accept_loop(lfd);
-    close(lfd);
-    sr_log_notice("stopping: finishing requests in flight");
-    drain();
-    if (sweeping) pthread_join(sweeper, NULL);
-    pthread_mutex_lock(&server.lock);
-    int busy = server.active;
-    pthread_mutex_unlock(&server.lock);
-    if (!busy) {
-        kms_store_close(server.store);
-        sr_keyprov_free(root);
-        sr_tls_ctx_free(server.ctx);
+    if (loop_start(lfd) != SR_OK) {
+        sr_log_error("%s", sr_err_detail());
+        stop_requested = 1;
     }
+    serve_connections();
+    close(lfd);
+    sr_log_notice("stopping: requests in flight finished");
+    if (sweeping) pthread_join(sweeper, NULL);
+    kms_store_close(server.store);
+    sr_keyprov_free(root);
+    sr_tls_ctx_free(server.ctx);
     sr_log_notice("stopped");
     return 0;
 }
