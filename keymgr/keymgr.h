@@ -26,6 +26,8 @@ typedef enum sr_wrap_alg {
     SR_WRAP_KMIP_AES_GCM = 3, /* wrapped by a KMS (KMIP Encrypt, AES-GCM): iv(12) || ct || tag(16); unwrapped
                                  only by that KMS. kek_id: the master key's UUID, or nil with kek_version
                                  holding a decimal Unique Identifier (PyKMIP's "1", "2", ...) */
+    SR_WRAP_KMIP_GET_GCM = 4, /* wrapped here, as SR_WRAP_AES_256_GCM, under a master key read from a KMS with
+                                 KMIP Get (for servers that cannot Encrypt); kek_id as SR_WRAP_KMIP_AES_GCM */
 } sr_wrap_alg_t;
 
 typedef struct sr_wrapped_key {

@@ -7,6 +7,12 @@
  *            DEK binding of keymgr.h) -> iv || ciphertext || tag
  *   unwrap:  KMIP Decrypt with the master key the blob names
  *
+ * With `wrap = get`, for a KMIP server that cannot Encrypt: the master key is
+ * read with KMIP Get into locked memory for each wrap or unwrap, used here
+ * (AES-256-GCM, the same AAD) and wiped; the server still decides (a revoked
+ * key is refused to Get), but the master key visits this process. A blob
+ * says which way it was wrapped, so either setting opens either kind.
+ *
  * The server decides: a revoked, destroyed or not-granted master key makes
  * the open fail with the server's reason. Servers are tried in the order
  * configured; one that cannot be reached is skipped (failover), a refusal is
@@ -33,6 +39,7 @@ typedef struct kmip_provider {
     sr_kmip_client_options_t base;
     char *ca, *cert, *key, *server_name;
     char master[SR_KMIP_UID_MAX];
+    int wrap_here; /* wrap = get */
 } kmip_provider_t;
 
 static const sr_config_key_t schema[] = {
@@ -40,6 +47,7 @@ static const sr_config_key_t schema[] = {
     {"kms", "ca", SR_CONFIG_PATH, NULL, 1},         {"kms", "cert", SR_CONFIG_PATH, NULL, 1},
     {"kms", "key", SR_CONFIG_PATH, NULL, 1},        {"kms", "master_key", SR_CONFIG_STRING, NULL, 1},
     {"kms", "timeout", SR_CONFIG_DURATION, "5s", 0},
+    {"kms", "wrap", SR_CONFIG_STRING, "encrypt", 0},
 };
 
 /* ---- the master key's identifier in a wrapped blob ------------------------------------ */
@@ -115,6 +123,42 @@ static sr_err_t call_decrypt(sr_kmip_client_t *c, void *arg)
                                 a->cap, &a->out_len);
 }
 
+typedef struct get_call {
+    const char *uid;
+    uint8_t *key;
+    size_t len;
+} get_call_t;
+
+/* KMIP lets a Deactivated or Compromised key be read (to decrypt old data),
+ * so the state is asked first: only an Active master key is used. */
+static sr_err_t call_get(sr_kmip_client_t *c, void *arg)
+{
+    get_call_t *a = arg;
+    sr_kmip_key_attributes_t at;
+    sr_err_t rc = sr_kmip_get_attributes(c, a->uid, &at);
+    if (rc == SR_OK && at.state != SR_KMIP_STATE_ACTIVE)
+        return sr_err_set(SR_ERR_KMIP_RESULT, "master key %s is not Active (state %u): only an Active key is used",
+                          a->uid, at.state);
+    return rc == SR_OK ? sr_kmip_get_key(c, a->uid, a->key, SR_KEYMGR_KEY_BYTES, &a->len) : rc;
+}
+
+/* wrap = get: the master key for one wrap or unwrap, in locked memory (the caller wipes and frees it). */
+static sr_err_t get_master(kmip_provider_t *p, const char *uid, uint8_t **key)
+{
+    get_call_t a = {.uid = uid, .key = sr_secure_alloc(SR_KEYMGR_KEY_BYTES)};
+    sr_err_t rc = a.key ? with_failover(p, call_get, &a) : SR_ERR_NOMEM;
+    if (rc == SR_OK && a.len != SR_KEYMGR_KEY_BYTES)
+        rc = sr_err_set(SR_ERR_UNSUPPORTED, "master key %s is AES-%zu: wrap = get needs AES-256", uid, a.len * 8);
+    if (rc != SR_OK && a.key) sr_secure_wipe(a.key, SR_KEYMGR_KEY_BYTES), sr_secure_free(a.key), a.key = NULL;
+    *key = a.key;
+    return rc;
+}
+
+static void forget_master(uint8_t *key)
+{
+    if (key) sr_secure_wipe(key, SR_KEYMGR_KEY_BYTES), sr_secure_free(key);
+}
+
 /* ---- provider operations -------------------------------------------------------------------- */
 
 static sr_err_t wrap_dek(kmip_provider_t *p, const sr_uuid_t *ts, uint32_t version, const uint8_t *dek,
@@ -123,6 +167,21 @@ static sr_err_t wrap_dek(kmip_provider_t *p, const sr_uuid_t *ts, uint32_t versi
     uint8_t aad[SR_KEYMGR_DEK_AAD_LEN];
     sr_keymgr_dek_aad(ts, version, aad);
     memset(out, 0, sizeof *out);
+    if (p->wrap_here) {
+        sr_wrapped_key_t id;
+        uint8_t *mk = NULL;
+        sr_err_t rc = uid_to_blob(p->master, &id);
+        if (rc == SR_OK) rc = get_master(p, p->master, &mk);
+        if (rc == SR_OK)
+            rc = sr_keymgr_wrap(SR_WRAP_KMIP_GET_GCM, mk, SR_KEYMGR_KEY_BYTES, &id.kek_id, id.kek_version, aad,
+                                sizeof aad, dek, SR_KEYMGR_KEY_BYTES, out);
+        forget_master(mk);
+        if (rc != SR_OK)
+            return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
+                              "cannot wrap a data key under master key %s (read from the KMS): %s", p->master,
+                              sr_err_detail());
+        return SR_OK;
+    }
     out->alg = SR_WRAP_KMIP_AES_GCM;
     sr_err_t rc = uid_to_blob(p->master, out);
     if (rc == SR_OK) rc = sr_random_bytes(out->blob, IV_LEN);
@@ -148,6 +207,23 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
                                 uint8_t *dek_out)
 {
     kmip_provider_t *p = impl;
+    if (wk->alg == SR_WRAP_KMIP_GET_GCM) {
+        char uid[SR_KMIP_UID_MAX];
+        uint8_t aad[SR_KEYMGR_DEK_AAD_LEN], *mk = NULL;
+        size_t len = 0;
+        uid_from_blob(wk, uid);
+        sr_keymgr_dek_aad(ts, version, aad);
+        sr_err_t rc = get_master(p, uid, &mk);
+        if (rc == SR_OK) rc = sr_keymgr_unwrap(mk, SR_KEYMGR_KEY_BYTES, wk, aad, sizeof aad, dek_out, SR_KEYMGR_KEY_BYTES, &len);
+        forget_master(mk);
+        if (rc == SR_OK && len != SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_CORRUPT, "unwrapped DEK of %zu bytes", len);
+        if (rc != SR_OK) {
+            sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
+            return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
+                              "the KMS refused master key %s for data key version %u: %s", uid, version, sr_err_detail());
+        }
+        return SR_OK;
+    }
     if (wk->alg != SR_WRAP_KMIP_AES_GCM)
         return sr_err_set(SR_ERR_WRONG_KEY, "this data key was wrapped by a local key file, not by a KMS");
     if (wk->blob_len != IV_LEN + SR_KEYMGR_KEY_BYTES + TAG_LEN)
@@ -237,6 +313,11 @@ sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out)
         p->ca = dup_config(cfg, "ca"), p->cert = dup_config(cfg, "cert"), p->key = dup_config(cfg, "key");
         p->server_name = dup_config(cfg, "server_name");
         snprintf(p->master, sizeof p->master, "%s", sr_config_get(cfg, "kms", "master_key"));
+        const char *wrap = sr_config_get(cfg, "kms", "wrap");
+        p->wrap_here = !strcmp(wrap, "get");
+        if (!p->wrap_here && strcmp(wrap, "encrypt") != 0)
+            rc = sr_err_set(SR_ERR_CONFIG, "%s: wrap is encrypt (the KMS wraps) or get (read the master key, wrap here), "
+                            "not '%s'", config_path, wrap);
         p->base = (sr_kmip_client_options_t){.verify_name = p->server_name, .ca_file = p->ca, .cert_file = p->cert,
                                              .key_file = p->key, .timeout_ms = (int)timeout, .version = {1, 4}};
         if (!p->ca || !p->cert || !p->key || !p->server_name) rc = SR_ERR_NOMEM;

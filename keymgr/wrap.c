@@ -130,7 +130,7 @@ sr_err_t sr_keymgr_wrap(sr_wrap_alg_t alg, const uint8_t *kek, size_t kek_len, c
         return sr_err_set(SR_ERR_INVALID_ARG, "key wrap needs a 256-bit key-encryption key, its id and a key");
     sr_wrapped_key_t wk = {.alg = alg, .kek_id = *kek_id, .kek_version = kek_version};
     sr_err_t rc;
-    if (alg == SR_WRAP_AES_256_GCM) {
+    if (alg == SR_WRAP_AES_256_GCM || alg == SR_WRAP_KMIP_GET_GCM) {
         rc = wrap_gcm(kek, aad, aad_len, key, key_len, wk.blob, &wk.blob_len);
     } else if (alg == SR_WRAP_AES_256_KWP) {
         if (aad_len) return sr_err_set(SR_ERR_INVALID_ARG, "AES key wrap (RFC 5649) cannot bind AAD; use AES-256-GCM");
@@ -151,7 +151,8 @@ sr_err_t sr_keymgr_unwrap(const uint8_t *kek, size_t kek_len, const sr_wrapped_k
         return sr_err_set(SR_ERR_INVALID_ARG, "key unwrap needs a 256-bit key-encryption key and a blob");
     if (wk->blob_len > sizeof wk->blob)
         return sr_err_set(SR_ERR_WRAP_INTEGRITY, "wrapped key length %u exceeds %zu", wk->blob_len, sizeof wk->blob);
-    if (wk->alg == SR_WRAP_AES_256_GCM) return unwrap_gcm(kek, wk, aad, aad_len, key_out, key_cap, key_len);
+    if (wk->alg == SR_WRAP_AES_256_GCM || wk->alg == SR_WRAP_KMIP_GET_GCM)
+        return unwrap_gcm(kek, wk, aad, aad_len, key_out, key_cap, key_len);
     if (wk->alg == SR_WRAP_AES_256_KWP) {
         if (aad_len) return sr_err_set(SR_ERR_INVALID_ARG, "an RFC 5649 wrapped key carries no AAD to check");
         return sr_keymgr_kwp_unwrap(kek, kek_len, wk->blob, wk->blob_len, key_out, key_cap, key_len);
@@ -182,7 +183,8 @@ sr_err_t sr_wrapped_key_decode(const uint8_t *in, size_t in_len, sr_wrapped_key_
     if (in[4] != WRAPPED_FORMAT)
         return sr_err_set(SR_ERR_VERSION, "wrapped key format %u, this build reads format %d", in[4], WRAPPED_FORMAT);
     sr_wrapped_key_t wk = {.alg = (sr_wrap_alg_t)in[5]};
-    if (wk.alg != SR_WRAP_AES_256_GCM && wk.alg != SR_WRAP_AES_256_KWP && wk.alg != SR_WRAP_KMIP_AES_GCM)
+    if (wk.alg != SR_WRAP_AES_256_GCM && wk.alg != SR_WRAP_AES_256_KWP && wk.alg != SR_WRAP_KMIP_AES_GCM &&
+        wk.alg != SR_WRAP_KMIP_GET_GCM)
         return sr_err_set(SR_ERR_CORRUPT, "wrapped key names unknown algorithm %u", in[5]);
     memcpy(wk.kek_id.bytes, in + 6, 16);
     wk.kek_version = sr_get_be32(in + 22);

@@ -173,6 +173,16 @@ static int sqlite_fail(sqlite3 *db, const char *what)
 
 /* ---- keygen / create / status ---------------------------------------------------- */
 
+static const char *wrap_name(sr_wrap_alg_t alg, int json)
+{
+    switch (alg) {
+    case SR_WRAP_AES_256_GCM: return json ? "aes-256-gcm" : "AES-256-GCM";
+    case SR_WRAP_KMIP_AES_GCM: return json ? "kmip-aes-gcm" : "KMIP AES-GCM";
+    case SR_WRAP_KMIP_GET_GCM: return json ? "kmip-get-aes-gcm" : "AES-256-GCM under a master key read with KMIP Get";
+    default: return json ? "aes-kwp" : "AES-KWP";
+    }
+}
+
 static int cmd_keygen(options_t *o)
 {
     if (o->argc != 1) return usage();
@@ -203,11 +213,12 @@ static void print_header(const char *path, const sr_tde_header_t *h, int slot)
         const sr_wrapped_key_t *w = &h->keys[i].wrapped;
         char master[64];
         sr_uuid_format(&w->kek_id, uuid);
-        if (w->alg != SR_WRAP_KMIP_AES_GCM) snprintf(master, sizeof master, "master key %s v%u", uuid, w->kek_version);
+        int kms = w->alg == SR_WRAP_KMIP_AES_GCM || w->alg == SR_WRAP_KMIP_GET_GCM;
+        if (!kms) snprintf(master, sizeof master, "master key %s v%u", uuid, w->kek_version);
         else if (!sr_uuid_is_nil(&w->kek_id)) snprintf(master, sizeof master, "KMS master key %s", uuid);
         else snprintf(master, sizeof master, "KMS master key %u", w->kek_version);
         printf("  key v%-3u     wrapped by %s (%s), %llu encryptions reserved\n", h->keys[i].version, master,
-               w->alg == SR_WRAP_AES_256_GCM ? "AES-256-GCM" : w->alg == SR_WRAP_KMIP_AES_GCM ? "KMIP AES-GCM" : "AES-KWP",
+               wrap_name(w->alg, 0),
                (unsigned long long)h->keys[i].encryptions_reserved);
     }
 }
@@ -286,7 +297,7 @@ static void status_json(const char *path, const sr_tde_header_t *h, int slot, in
         sr_uuid_format(&w->kek_id, uuid);
         printf("%s{\"version\": %u, \"wrapped_by\": \"%s\", \"master_key\": \"%s\", \"master_version\": %u, "
                "\"encryptions_reserved\": %llu}", i ? ", " : "", h->keys[i].version,
-               w->alg == SR_WRAP_AES_256_GCM ? "aes-256-gcm" : w->alg == SR_WRAP_KMIP_AES_GCM ? "kmip-aes-gcm" : "aes-kwp",
+               wrap_name(w->alg, 1),
                sr_uuid_is_nil(&w->kek_id) ? "" : uuid, w->kek_version, (unsigned long long)h->keys[i].encryptions_reserved);
     }
     printf("], \"pages\": %llu, \"pages_per_key_version\": ", (unsigned long long)vc->pages);

@@ -5,7 +5,8 @@
  * KMS and the tablespace re-wrapped online (tdectl rotate-master --kms); the
  * master key revoked: new opens refused (SQLITE_AUTH) with an audit record;
  * an unreachable first server skipped (failover); and the same provider
- * against the PyKMIP server.
+ * against the PyKMIP server. `wrap = get` (the master key read with KMIP Get
+ * and used here, for servers that cannot Encrypt) against both.
  */
 #include "audit.h"
 #include "kmip.h"
@@ -30,6 +31,16 @@ static void write_config(const char *path, const char *servers, const char *pki,
     int n = snprintf(text, sizeof text, "[kms]\nservers = %s\nca = %s/ca.pem\ncert = %s/%s.pem\nkey = %s/%s.key\n"
                      "master_key = %s\ntimeout = 3s\n", servers, pki, pki, cert, pki, cert, master);
     SR_CHECK(sr_test_write_file(path, text, (size_t)n) == 0);
+}
+
+/* The same with `wrap = get`. */
+static void write_get_config(const char *path, const char *servers, const char *pki, const char *cert,
+                             const char *master)
+{
+    write_config(path, servers, pki, cert, master);
+    FILE *f = fopen(path, "a");
+    SR_CHECK(f && fputs("wrap = get\n", f) >= 0);
+    if (f) fclose(f);
 }
 
 typedef struct last_value {
@@ -136,6 +147,46 @@ static void test_tablespace_under_a_kms_master_key(void)
     SR_CHECK(sr_test_file_contains(log, "is Deactivated: only an Active key is used", 42));
 }
 
+/* wrap = get against kmsd: an application reads the master key it owns (a
+ * key only granted to it is not its to read); revoked, the key is refused. */
+static void test_wrap_here_with_a_key_read_by_get(void)
+{
+    char ca[700], crt[700], key[700], uid[SR_KMIP_UID_MAX], granted[128], args[300], out[4096];
+    char conf[700], conf2[700], db[700], db2[700], servers[64], row[64], cmd[2048];
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir), snprintf(crt, sizeof crt, "%s/app.pem", dir);
+    snprintf(key, sizeof key, "%s/app.key", dir);
+    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
+                                  .cert_file = crt, .key_file = key};
+    sr_kmip_client_t *c = NULL;
+    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
+    sr_kmip_key_template_t t = {.name = "app-master", .bits = 256,
+                                .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT};
+    SR_CHECK_OK(sr_kmip_create_aes_key(c, &t, uid));
+    SR_CHECK_OK(sr_kmip_activate(c, uid));
+    snprintf(servers, sizeof servers, "127.0.0.1:%u", port);
+    snprintf(conf, sizeof conf, "%s/tde-get.conf", dir);
+    snprintf(db, sizeof db, "%s/get.db", sr_test_tmpdir());
+    write_get_config(conf, servers, dir, "app", uid);
+    SR_CHECK_EQ_INT(run_sql(db, conf, "CREATE TABLE t(x); INSERT INTO t VALUES('GET-ROW');", NULL, 0), SQLITE_OK);
+    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
+    SR_CHECK_STR(row, "GET-ROW");
+    SR_CHECK(!sr_test_file_contains(db, "GET-ROW", 7));
+    snprintf(cmd, sizeof cmd, "%s status --json --kms %s %s", sr_test_build_path("tde/tdectl"), conf, db);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && strstr(out, "kmip-get-aes-gcm"), "%s", out);
+    /* a key the admin made and only granted to the application: Get is not the application's */
+    kmsctl_ok("key create granted-only --activate", granted, sizeof granted);
+    snprintf(args, sizeof args, "key grant %s app", granted);
+    kmsctl_ok(args, out, sizeof out);
+    snprintf(conf2, sizeof conf2, "%s/tde-get-2.conf", dir);
+    snprintf(db2, sizeof db2, "%s/get-2.db", sr_test_tmpdir());
+    write_get_config(conf2, servers, dir, "app", granted);
+    SR_CHECK_EQ_INT(run_sql(db2, conf2, "CREATE TABLE t(x)", NULL, 0), SQLITE_AUTH);
+    /* revoked: refused to Get, the open refused */
+    SR_CHECK_OK(sr_kmip_revoke(c, uid, SR_KMIP_REVOKE_CESSATION, "test"));
+    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", NULL, 0), SQLITE_AUTH);
+    sr_kmip_client_free(c);
+}
+
 /* The same provider against another KMIP server: Debian's PyKMIP server. */
 static void test_provider_against_pykmip_server(void)
 {
@@ -161,8 +212,18 @@ static void test_provider_against_pykmip_server(void)
     SR_CHECK_EQ_INT(run_sql(db, conf, "CREATE TABLE t(x); INSERT INTO t VALUES('PYKMIP-ROW');", NULL, 0), SQLITE_OK);
     SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
     SR_CHECK_STR(row, "PYKMIP-ROW");
+    /* wrap = get: PyKMIP's Get, wrapped here */
+    char getconf[700], getdb[700];
+    snprintf(getconf, sizeof getconf, "%s/tde-pykmip-get.conf", pki);
+    snprintf(getdb, sizeof getdb, "%s/pykmip-get.db", sr_test_tmpdir());
+    write_get_config(getconf, servers, pki, "client", uid);
+    SR_CHECK_EQ_INT(run_sql(getdb, getconf, "CREATE TABLE t(x); INSERT INTO t VALUES('PYKMIP-GET');", NULL, 0),
+                    SQLITE_OK);
+    SR_CHECK_EQ_INT(run_sql(getdb, getconf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
+    SR_CHECK_STR(row, "PYKMIP-GET");
     SR_CHECK_OK(sr_kmip_revoke(c, uid, SR_KMIP_REVOKE_CESSATION, "test"));
     SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", NULL, 0), SQLITE_AUTH);
+    SR_CHECK_EQ_INT(run_sql(getdb, getconf, "SELECT x FROM t", NULL, 0), SQLITE_AUTH);
     sr_kmip_client_free(c);
     pykmip_stop();
 }
@@ -184,6 +245,7 @@ int main(void)
     if (sr_secure_init() != SR_OK || sr_audit_open_from_env(&w) != SR_OK || sr_sqlite_register(NULL, 0) != SQLITE_OK)
         return fprintf(stderr, "%s\n", sr_err_detail()), 1;
     SR_RUN(test_tablespace_under_a_kms_master_key);
+    SR_RUN(test_wrap_here_with_a_key_read_by_get);
     SR_RUN(test_provider_against_pykmip_server);
     kmsd_stop(SIGTERM);
     return sr_test_finish();
