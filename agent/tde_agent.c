@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -696,6 +697,33 @@ typedef struct peer {
     char user[64], exe[256], subject[400];
 } peer_t;
 
+/* uid -> user name, remembered for a minute (a lookup reads /etc/passwd or
+ * asks NSS: tens of microseconds on every open otherwise). */
+static void user_name(uid_t uid, char *out, size_t cap)
+{
+    static struct {
+        uid_t uid;
+        int64_t until;
+        char name[64];
+    } memo[64];
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    int64_t now = sr_time_mono_ms();
+    size_t i = (size_t)uid % (sizeof memo / sizeof memo[0]);
+    pthread_mutex_lock(&lock);
+    int hit = memo[i].until > now && memo[i].uid == uid;
+    if (hit) snprintf(out, cap, "%s", memo[i].name);
+    pthread_mutex_unlock(&lock);
+    if (hit) return;
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res) snprintf(out, cap, "%s", pw.pw_name);
+    else snprintf(out, cap, "uid%u", (unsigned)uid);
+    pthread_mutex_lock(&lock);
+    memo[i].uid = uid, memo[i].until = now + 60000;
+    snprintf(memo[i].name, sizeof memo[i].name, "%s", out);
+    pthread_mutex_unlock(&lock);
+}
+
 static void describe_peer(int fd, peer_t *p)
 {
     struct ucred cred = {0};
@@ -703,10 +731,7 @@ static void describe_peer(int fd, peer_t *p)
     memset(p, 0, sizeof *p);
     getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
     p->uid = cred.uid, p->pid = cred.pid;
-    struct passwd pw, *res = NULL;
-    char buf[1024];
-    if (getpwuid_r(cred.uid, &pw, buf, sizeof buf, &res) == 0 && res) snprintf(p->user, sizeof p->user, "%s", pw.pw_name);
-    else snprintf(p->user, sizeof p->user, "uid%u", (unsigned)cred.uid);
+    user_name(cred.uid, p->user, sizeof p->user);
     char link[64];
     snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
     ssize_t n = readlink(link, p->exe, sizeof p->exe - 1);
@@ -720,7 +745,13 @@ static void answer(int fd, char status, const uint8_t *data, size_t len)
     uint8_t head[5];
     sr_put_be32(head, (uint32_t)(len + 1));
     head[4] = (uint8_t)status;
-    if (sr_fd_write_all(fd, head, 5) == SR_OK && len) (void)!sr_fd_write_all(fd, data, len);
+    struct iovec iov[2] = {{head, 5}, {(void *)data, len}}; /* one write: one wake-up of the engine */
+    ssize_t n = writev(fd, iov, len ? 2 : 1);
+    if (n >= 0 && (size_t)n < 5 + len) { /* a short write (a full socket buffer): the rest in order */
+        size_t done = (size_t)n;
+        if (done < 5 && sr_fd_write_all(fd, head + done, 5 - done) == SR_OK) done = 5;
+        if (done >= 5 && len) (void)!sr_fd_write_all(fd, data + (done - 5), len - (done - 5));
+    }
 }
 
 static void refuse(int fd, const peer_t *p, const char *object, const char *why)
@@ -763,17 +794,19 @@ static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const 
     return rc;
 }
 
-/* Reads n bytes before the deadline (monotonic ms): a peer that sends a
- * byte at a time cannot stretch one request. */
-static int read_by(int fd, uint8_t *buf, size_t n, uint64_t deadline_ms)
+/* At least `need` bytes (up to cap) before the deadline; *got counts across calls. */
+static int read_some_by(int fd, uint8_t *buf, size_t cap, size_t need, uint64_t deadline_ms, size_t *got)
 {
-    for (size_t got = 0; got < n;) {
+    while (*got < need) {
         uint64_t now = sr_time_mono_ms();
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        ssize_t r = recv(fd, buf + *got, cap - *got, MSG_DONTWAIT); /* what is there: usually the whole request */
+        if (r > 0) {
+            *got += (size_t)r;
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
         if (now >= deadline_ms || poll(&pfd, 1, (int)(deadline_ms - now)) <= 0) return -1;
-        ssize_t r = recv(fd, buf + got, n - got, 0);
-        if (r <= 0 && !(r < 0 && errno == EINTR)) return -1;
-        if (r > 0) got += (size_t)r;
     }
     return 0;
 }
@@ -790,10 +823,14 @@ static void handle(int fd, uint8_t *reply)
     struct timeval tv = {.tv_sec = 5}; /* for the answer */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
-    if (read_by(fd, head, 4, deadline) != 0) return;
-    uint32_t n = sr_get_be32(head);
-    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || read_by(fd, req, n, deadline) != 0)
+    uint8_t msg[4 + sizeof req];
+    size_t got = 0;
+    if (read_some_by(fd, msg, sizeof msg, 4, deadline, &got) != 0) return;
+    uint32_t n = sr_get_be32(msg);
+    memcpy(head, msg, 4);
+    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
         return refuse(fd, &p, NULL, "malformed or incomplete request");
+    memcpy(req, msg + 4, n);
     sr_uuid_t ts;
     memcpy(ts.bytes, req + 1, SR_UUID_BYTES);
     uint32_t version = sr_get_be32(req + 1 + SR_UUID_BYTES);

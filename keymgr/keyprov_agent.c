@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #define ANSWER_MAX 4096
+#define REQUEST_MAX (1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX)
 
 typedef struct agent_provider {
     char path[108];
@@ -38,10 +39,14 @@ static sr_err_t ask(const agent_provider_t *a, const uint8_t *req, size_t len, u
     }
     struct timeval tv = {.tv_sec = 30};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    uint8_t head[4];
-    sr_put_be32(head, (uint32_t)len);
-    sr_err_t rc = sr_fd_write_all(fd, head, 4);
-    if (rc == SR_OK) rc = sr_fd_write_all(fd, req, len);
+    uint8_t head[4], msg[4 + REQUEST_MAX];
+    if (len > REQUEST_MAX) {
+        close(fd);
+        return sr_err_set(SR_ERR_INTERNAL, "key agent request of %zu bytes", len);
+    }
+    sr_put_be32(msg, (uint32_t)len);
+    memcpy(msg + 4, req, len);
+    sr_err_t rc = sr_fd_write_all(fd, msg, 4 + len); /* one write: one wake-up of the agent */
     if (rc == SR_OK) rc = sr_fd_read_exact(fd, head, 4);
     uint32_t n = rc == SR_OK ? sr_get_be32(head) : 0;
     if (rc == SR_OK && (n < 1 || n > ANSWER_MAX)) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent answered %u bytes", n);
