@@ -866,23 +866,23 @@ static void handle(int fd, uint8_t *reply)
     sr_secure_wipe(reply, REPLY_BYTES);
 }
 
-/* A fixed pool of WORKERS threads, each with its own locked reply buffer,
- * takes accepted connections from a queue (the cache, the KMS provider, the
- * policy and the event sink are thread-safe): one slow or silent local
- * process holds one worker for at most REQUEST_MS, never the service, and a
+/* A pool of workers, each with its own locked reply buffer, each accepting
+ * connections itself (the kernel hands a connection to one waiting accept:
+ * no queue, no second wake-up per open). Two to begin with; one more when
+ * the last idle one takes a connection, up to WORKERS (they stay: a node
+ * with 200 agents does not pay 64 threads each). One slow or silent local
+ * process holds one worker for at most REQUEST_MS, never the service; a
  * request costs no thread creation and no mmap (both showed in the cached
  * open's cost). */
-#define PER_UID 8 /* connections one user may have queued or served at once */
+#define PER_UID 8 /* connections one user may have served at once */
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t ready;
-    int queue[WORKERS], head, count, busy, stopping;
-    uid_t queue_uid[WORKERS];
+    int lfd, busy, started;
+    _Atomic int stopping;
     struct { uid_t uid; int n; } users[WORKERS]; /* connections per user (n > 0) */
     pthread_t thread[WORKERS];
-    int started;
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .ready = PTHREAD_COND_INITIALIZER};
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1};
 
 /* Adds delta to uid's connections (under pool.lock); its count after, or
  * -1 if the table is full (it cannot be: at most WORKERS connections). */
@@ -898,24 +898,53 @@ static int user_count(uid_t uid, int delta)
     return pool.users[free_slot].n = delta;
 }
 
+static int worker_add(void);
+
+/* A user with PER_UID connections served already is answered at once that
+ * it has too many: one user's stalled or flooding processes can hold up
+ * that user, never another. 1 if the connection is to be served. */
+static int admit(int fd, uid_t *uid)
+{
+    struct ucred cred = {0};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return 0;
+    *uid = cred.uid;
+    pthread_mutex_lock(&pool.lock);
+    int mine = user_count(cred.uid, +1);
+    if (mine < 0 || mine > PER_UID) {
+        if (mine > 0) user_count(cred.uid, -1);
+        pthread_mutex_unlock(&pool.lock);
+        char why[96];
+        snprintf(why, sizeof why, "uid %u has %d connections to the key service already: try again", (unsigned)cred.uid,
+                 PER_UID);
+        answer(fd, 'E', (const uint8_t *)why, strlen(why));
+        return 0;
+    }
+    if (++pool.busy == pool.started && pool.started < WORKERS && worker_add() != 0) /* none left waiting */
+        sr_log(SR_LOG_WARN, "key service: cannot add a worker (%d serve)", pool.started);
+    pthread_mutex_unlock(&pool.lock);
+    return 1;
+}
+
 static void *worker_main(void *arg)
 {
     uint8_t *reply = arg;
-    pthread_mutex_lock(&pool.lock);
-    for (;;) {
-        while (!pool.count && !pool.stopping) pthread_cond_wait(&pool.ready, &pool.lock);
-        if (!pool.count) break; /* stopping, nothing left */
-        int fd = pool.queue[pool.head];
-        uid_t uid = pool.queue_uid[pool.head];
-        pool.head = (pool.head + 1) % WORKERS, pool.count--, pool.busy++;
-        pthread_mutex_unlock(&pool.lock);
-        handle(fd, reply);
+    while (!pool.stopping) {
+        int fd = accept4(pool.lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) usleep(50000); /* out of descriptors: do not spin */
+            continue;
+        }
+        uid_t uid = 0;
+        if (admit(fd, &uid)) {
+            handle(fd, reply);
+            pthread_mutex_lock(&pool.lock);
+            pool.busy--;
+            user_count(uid, -1);
+            pthread_mutex_unlock(&pool.lock);
+        }
         close(fd);
-        pthread_mutex_lock(&pool.lock);
-        pool.busy--;
-        user_count(uid, -1);
     }
-    pthread_mutex_unlock(&pool.lock);
     sr_secure_free(reply);
     return NULL;
 }
@@ -932,69 +961,25 @@ static int worker_add(void)
     return 0;
 }
 
-/* Two workers to begin with; more as connections wait for one, up to
- * WORKERS (they stay: a node with 200 agents does not pay 64 threads each). */
-static sr_err_t workers_start(void)
+static sr_err_t workers_start(int lfd)
 {
+    pool.lfd = lfd;
     pthread_mutex_lock(&pool.lock);
     int ok = worker_add() == 0 && worker_add() == 0;
     pthread_mutex_unlock(&pool.lock);
     return ok ? SR_OK : sr_err_set(SR_ERR_NOMEM, "cannot start the key service's workers");
 }
 
-/* One connection into the queue; with every worker busy and the queue full
- * it waits in the listen backlog. A user with PER_UID connections already
- * is answered at once that it has too many: one user's stalled or flooding
- * processes can hold up that user, never another. */
-static void serve_connection(int lfd)
-{
-    pthread_mutex_lock(&pool.lock);
-    int room = pool.busy + pool.count < WORKERS;
-    pthread_mutex_unlock(&pool.lock);
-    if (!room) {
-        usleep(5000);
-        return;
-    }
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) {
-        usleep(50000); /* out of descriptors: do not spin */
-        return;
-    }
-    struct ucred cred = {0};
-    socklen_t len = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-        close(fd);
-        return;
-    }
-    pthread_mutex_lock(&pool.lock);
-    int mine = user_count(cred.uid, +1);
-    if (mine < 0 || mine > PER_UID) {
-        if (mine > 0) user_count(cred.uid, -1);
-        pthread_mutex_unlock(&pool.lock);
-        char why[96];
-        snprintf(why, sizeof why, "uid %u has %d connections to the key service already: try again", (unsigned)cred.uid,
-                 PER_UID);
-        answer(fd, 'E', (const uint8_t *)why, strlen(why));
-        close(fd);
-        return;
-    }
-    int slot = (pool.head + pool.count) % WORKERS;
-    pool.queue[slot] = fd, pool.queue_uid[slot] = cred.uid, pool.count++;
-    if (pool.busy + pool.count > pool.started && pool.started < WORKERS && worker_add() != 0)
-        sr_log(SR_LOG_WARN, "key service: cannot add a worker (%d serve)", pool.started);
-    pthread_cond_signal(&pool.ready);
-    pthread_mutex_unlock(&pool.lock);
-}
-
-/* At shutdown: the queued and running requests finish (each within
- * REQUEST_MS and its KMS call), then the workers end. */
+/* At shutdown: the listener shut (waiting accepts return), running requests
+ * finish (each within REQUEST_MS and its KMS call), then the workers end. */
 static void workers_stop(void)
 {
-    pthread_mutex_lock(&pool.lock);
     pool.stopping = 1;
-    pthread_cond_broadcast(&pool.ready);
+    shutdown(pool.lfd, SHUT_RDWR);
+    pthread_mutex_lock(&pool.lock);
+    int started = pool.started;
     pthread_mutex_unlock(&pool.lock);
-    for (int i = 0; i < pool.started; i++) pthread_join(pool.thread[i], NULL); /* none added now: stopping */
+    for (int i = 0; i < started; i++) pthread_join(pool.thread[i], NULL);
 }
 
 static sr_err_t listen_socket(const char *path, int *fd_out)
@@ -1128,8 +1113,8 @@ static int cmd_run(const char *config)
     fflush(stdout);
     int lfd = -1;
     if (rc == SR_OK) rc = start_services();
-    if (rc == SR_OK) rc = workers_start();
     if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
+    if (rc == SR_OK) rc = workers_start(lfd);
     if (rc != SR_OK) {
         fprintf(stderr, "tde-agent: %s\n", sr_err_detail());
         sealer_finish();
@@ -1137,13 +1122,9 @@ static int cmd_run(const char *config)
     }
     pthread_t hb;
     pthread_create(&hb, NULL, heartbeat_main, NULL);
-    while (!stop_requested) {
-        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
-        if (poll(&pfd, 1, 200) <= 0) continue;
-        serve_connection(lfd);
-    }
-    close(lfd);
+    while (!stop_requested) usleep(100000); /* the workers serve; SIGTERM may land on any thread */
     workers_stop();
+    close(lfd);
     unlink(sr_config_get(agent.cfg, "agent", "socket"));
     pthread_join(hb, NULL);
     sr_keycache_purge(agent.cache, NULL);
