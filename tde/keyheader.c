@@ -100,7 +100,13 @@ sr_err_t sr_tde_header_encode(const sr_tde_header_t *h, const uint8_t key[SR_TDE
         return sr_err_set(SR_ERR_INVALID_ARG, "key header holds at most %d keys", SR_TDE_MAX_KEY_VERSIONS);
     memset(slot, 0, SR_TDE_HEADER_SLOT);
     memcpy(slot, MAGIC, sizeof MAGIC);
-    sr_put_be16(slot + 8, SR_TDE_HEADER_FORMAT);
+    /* format 3 while some version's pages are under another cipher than the
+     * header's: 2 bits per key record in the otherwise reserved word */
+    uint32_t ciphers = 0;
+    for (uint32_t i = 0; i < h->n_keys; i++)
+        if (h->keys[i].cipher && h->keys[i].cipher != h->cipher) ciphers |= (uint32_t)h->keys[i].cipher << (2 * i);
+    sr_put_be16(slot + 8, ciphers ? SR_TDE_HEADER_FORMAT_MIXED : SR_TDE_HEADER_FORMAT);
+    sr_put_be32(slot + OFF_FLAGS + 4, ciphers);
     sr_put_be64(slot + 10, h->generation);
     memcpy(slot + 18, h->tablespace.bytes, SR_UUID_BYTES);
     slot[34] = (uint8_t)h->cipher;
@@ -151,9 +157,9 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
         return sr_err_set(SR_ERR_VERSION, "key header format 1 (a development build without the authenticated header); "
                           "this strongroom reads format %d: decrypt the file with that build and encrypt it again",
                           SR_TDE_HEADER_FORMAT);
-    if (format != SR_TDE_HEADER_FORMAT)
-        return sr_err_set(SR_ERR_VERSION, "key header format %u; this strongroom reads format %d (upgrade strongroom)",
-                          format, SR_TDE_HEADER_FORMAT);
+    if (format != SR_TDE_HEADER_FORMAT && format != SR_TDE_HEADER_FORMAT_MIXED)
+        return sr_err_set(SR_ERR_VERSION, "key header format %u; this strongroom reads format %d (and %d during a "
+                          "cipher switch): upgrade strongroom", format, SR_TDE_HEADER_FORMAT, SR_TDE_HEADER_FORMAT_MIXED);
     uint8_t sum[SHA256_DIGEST_LENGTH];
     SHA256(slot, OFF_SUM, sum);
     if (memcmp(sum, slot + OFF_SUM, sizeof sum) != 0)
@@ -175,7 +181,9 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
     memcpy(h.checksum, sum, sizeof sum);
     memcpy(h.mac, slot + OFF_MAC, sizeof h.mac);
     if (h.flags & ~SR_TDE_HEADER_HAS_PAGES) return sr_err_set(SR_ERR_CORRUPT, "key header flags %#x unknown", h.flags);
-    if (sr_get_be32(slot + OFF_FLAGS + 4) != 0) return sr_err_set(SR_ERR_CORRUPT, "key header reserved field is not zero");
+    uint32_t ciphers = sr_get_be32(slot + OFF_FLAGS + 4);
+    if ((format == SR_TDE_HEADER_FORMAT) != (ciphers == 0))
+        return sr_err_set(SR_ERR_CORRUPT, "key header format %u with key ciphers %#x", format, ciphers);
     if (h.cipher != SR_TDE_CIPHER_AES_256_GCM && h.cipher != SR_TDE_CIPHER_CHACHA20_POLY1305)
         return sr_err_set(SR_ERR_CORRUPT, "key header names unknown cipher %u", slot[34]);
     if (h.state > SR_TDE_STATE_DECRYPTING) return sr_err_set(SR_ERR_CORRUPT, "key header state %u unknown", slot[35]);
@@ -183,6 +191,12 @@ sr_err_t sr_tde_header_decode(const uint8_t *slot, size_t len, sr_tde_header_t *
         return sr_err_set(SR_ERR_CORRUPT, "key header page size %u is invalid", h.page_size);
     if (h.n_keys == 0 || h.n_keys > SR_TDE_MAX_KEY_VERSIONS)
         return sr_err_set(SR_ERR_CORRUPT, "key header holds %u keys (1..%d allowed)", h.n_keys, SR_TDE_MAX_KEY_VERSIONS);
+    for (uint32_t i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++) {
+        uint32_t code = ciphers >> (2 * i) & 3;
+        if (code == 3 || (code && (i >= h.n_keys || code == (uint32_t)h.cipher)))
+            return sr_err_set(SR_ERR_CORRUPT, "key header: key record %u names cipher %u", i, code);
+        if (i < h.n_keys) h.keys[i].cipher = code ? (sr_tde_cipher_t)code : h.cipher;
+    }
     sr_err_t rc = decode_keys(slot, &h);
     if (rc != SR_OK) return rc;
     if (!sr_tde_header_find_key(&h, h.active_version))

@@ -53,6 +53,7 @@ typedef struct space_key {
     uint64_t reserved;         /* the mark persisted in the key header */
     uint64_t next_claim;       /* size of the next reservation (doubles up to reserve_block) */
     uint64_t returned;         /* handed out in leases but given back unused by their contexts */
+    sr_tde_cipher_t cipher;    /* 0: the space's */
 } space_key_t;
 
 struct sr_tde_space {
@@ -143,6 +144,16 @@ static space_key_t *space_find(sr_tde_space_t *s, uint32_t version)
     for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS; i++)
         if (s->keys[i].version == version && version != 0) return &s->keys[i];
     return NULL;
+}
+
+sr_err_t sr_tde_space_set_key_cipher(sr_tde_space_t *s, uint32_t version, sr_tde_cipher_t cipher)
+{
+    if (!cipher_evp(cipher)) return sr_err_set(SR_ERR_UNSUPPORTED, "unknown cipher id %d", (int)cipher);
+    pthread_mutex_lock(&s->lock);
+    space_key_t *k = space_find(s, version);
+    if (k) k->cipher = cipher;
+    pthread_mutex_unlock(&s->lock);
+    return k ? SR_OK : sr_err_set(SR_ERR_TDE_KEY_VERSION, "key version %u is not loaded", version);
 }
 
 sr_err_t sr_tde_space_add_key(sr_tde_space_t *s, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
@@ -399,15 +410,16 @@ static sr_err_t aad_fill(sr_tde_pagectx_t *c, const sr_tde_place_t *p, uint32_t 
     return SR_OK;
 }
 
-/* Keys ctx with the key of `version` (looked up under the space lock). */
+/* Keys ctx with the key of `version` and its cipher (looked up under the space lock). */
 static sr_err_t ctx_key(sr_tde_pagectx_t *c, EVP_CIPHER_CTX *ctx, int enc, uint32_t version)
 {
     pthread_mutex_lock(&c->space->lock);
     space_key_t *k = space_find(c->space, version);
     const uint8_t *key = k ? k->key : NULL;
+    const EVP_CIPHER *evp = cipher_evp(k && k->cipher ? k->cipher : c->space->cipher);
     pthread_mutex_unlock(&c->space->lock);
     if (!key) return SR_ERR_TDE_KEY_VERSION;
-    int ok = enc ? EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL) : EVP_DecryptInit_ex(ctx, NULL, NULL, key, NULL);
+    int ok = enc ? EVP_EncryptInit_ex(ctx, evp, NULL, key, NULL) : EVP_DecryptInit_ex(ctx, evp, NULL, key, NULL);
     return ok == 1 ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "cannot load key version %u", version);
 }
 

@@ -264,11 +264,13 @@ static sr_err_t space_load_keys(sr_tde_space_t *space, sr_keyprov_t *prov, sr_td
         if (!all && sr_tde_space_has_key(space, k->version)) {
             memset(dek, 0, SR_TDE_KEY_BYTES); /* the key is ignored for a loaded version */
             rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
-            continue;
+        } else {
+            rc = dek_of(prov, memo, &hdr->tablespace, k, dek);
+            if (rc == SR_OK) rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
+            sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
         }
-        rc = dek_of(prov, memo, &hdr->tablespace, k, dek);
-        if (rc == SR_OK) rc = sr_tde_space_add_key(space, k->version, dek, k->encryptions_reserved);
-        sr_secure_wipe(dek, SR_TDE_KEY_BYTES);
+        /* each version under its own cipher (a switch leaves the older ones on theirs) */
+        if (rc == SR_OK) rc = sr_tde_space_set_key_cipher(space, k->version, k->cipher ? k->cipher : hdr->cipher);
     }
     sr_secure_free(dek);
     if (rc == SR_OK) rc = sr_tde_space_set_active(space, hdr->active_version);
@@ -308,6 +310,7 @@ static sr_err_t ts_reserve(void *ctx, uint32_t version, uint64_t block, uint64_t
 
 typedef struct roll_arg {
     sr_keyprov_t *prov;
+    sr_tde_cipher_t cipher; /* the new version's, when it changes the tablespace's (0: the same) */
     uint32_t exhausted;
     uint8_t *dek; /* secure memory; set when a new key was made */
     int made;
@@ -326,8 +329,14 @@ static sr_err_t edit_add_key(sr_tde_header_t *hdr, void *arg, int *dirty)
     sr_err_t rc = sr_keyprov_dek_unwrap(a->prov, &hdr->tablespace, active->version, &active->wrapped, a->dek);
     sr_secure_wipe(a->dek, SR_TDE_KEY_BYTES);
     if (rc != SR_OK) return rc;
+    if (a->cipher && a->cipher != hdr->cipher) { /* a cipher switch: the versions so far keep theirs */
+        for (uint32_t i = 0; i < hdr->n_keys; i++)
+            if (!hdr->keys[i].cipher) hdr->keys[i].cipher = hdr->cipher;
+        hdr->cipher = a->cipher;
+    }
     sr_tde_header_key_t *k = &hdr->keys[hdr->n_keys];
     memset(k, 0, sizeof *k);
+    k->cipher = hdr->cipher;
     k->version = hdr->keys[hdr->n_keys - 1].version + 1;
     rc = sr_keyprov_dek_create(a->prov, &hdr->tablespace, k->version, a->dek, &k->wrapped);
     if (rc != SR_OK) return rc;
@@ -672,10 +681,15 @@ sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_
 
 sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out)
 {
+    return sr_tde_file_add_key_cipher(path, prov, 0, out);
+}
+
+sr_err_t sr_tde_file_add_key_cipher(const char *path, sr_keyprov_t *prov, sr_tde_cipher_t cipher, sr_tde_header_t *out)
+{
     int fd;
     sr_err_t rc = path_open(path, 1, 0, &fd);
     if (rc != SR_OK) return rc;
-    roll_arg_t a = {.prov = prov, .dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
+    roll_arg_t a = {.prov = prov, .cipher = cipher, .dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
     rc = a.dek ? header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_add_key, &a, 1, out) : SR_ERR_NOMEM;
     if (a.dek) sr_secure_wipe(a.dek, SR_TDE_KEY_BYTES), sr_secure_free(a.dek);
     close(fd);

@@ -63,6 +63,9 @@ sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint3
                                sr_tde_header_t *out);
 /* DEK rotation: a new key version becomes active for every page written from now on. */
 sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
+/* The same under another cipher: the tablespace's cipher from now on (the
+ * older versions' pages stay readable under theirs until rewritten). */
+sr_err_t sr_tde_file_add_key_cipher(const char *path, sr_keyprov_t *prov, sr_tde_cipher_t cipher, sr_tde_header_t *out);
 /* The header's state (tdectl rekey --rewrite marks REKEYING while it runs, so a re-run resumes). */
 sr_err_t sr_tde_file_set_state(const char *path, sr_keyprov_t *prov, sr_tde_state_t state, sr_tde_header_t *out);
 

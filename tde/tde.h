@@ -101,6 +101,8 @@ SR_API sr_err_t sr_tde_space_new(const sr_uuid_t *id, sr_tde_cipher_t cipher, sr
 SR_API sr_err_t sr_tde_space_add_key(sr_tde_space_t *space, uint32_t version, const uint8_t key[SR_TDE_KEY_BYTES],
                               uint64_t encryptions_reserved) SR_MUST_CHECK;
 SR_API sr_err_t sr_tde_space_set_active(sr_tde_space_t *space, uint32_t version) SR_MUST_CHECK;
+/* The cipher of one key version's pages (default: the space's). */
+SR_API sr_err_t sr_tde_space_set_key_cipher(sr_tde_space_t *space, uint32_t version, sr_tde_cipher_t cipher) SR_MUST_CHECK;
 SR_API uint32_t sr_tde_space_active(const sr_tde_space_t *space);
 SR_API const sr_uuid_t *sr_tde_space_id(const sr_tde_space_t *space);
 SR_API sr_tde_cipher_t sr_tde_space_cipher(const sr_tde_space_t *space);
@@ -172,9 +174,11 @@ typedef struct sr_tde_header_key {
     uint32_t version;
     uint64_t encryptions_reserved;
     sr_wrapped_key_t wrapped;
+    sr_tde_cipher_t cipher; /* its pages' cipher; 0: the header's (a cipher switch leaves older versions on theirs) */
 } sr_tde_header_key_t;
 
 #define SR_TDE_HEADER_FORMAT 2
+#define SR_TDE_HEADER_FORMAT_MIXED 3 /* some key version under another cipher than the header's (a switch under way) */
 #define SR_TDE_HEADER_HAS_PAGES 1u /* flags: SQLite pages were written (a file with none was cut) */
 typedef struct sr_tde_header {
     uint16_t format_version;

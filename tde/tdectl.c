@@ -842,25 +842,6 @@ static int cmd_encrypt(options_t *o)
     return 0;
 }
 
-/* rekey --cipher C: the database rebuilt under cipher C (a tablespace has one
- * cipher), in place, like encrypt --in-place. */
-static int switch_cipher(options_t *o)
-{
-    const char *db = o->argv[0];
-    sr_tde_header_t h;
-    sr_err_t rc = sr_tde_file_header_read(db, NULL, &h, NULL);
-    if (rc != SR_OK) return fail(db, rc);
-    if (h.cipher == o->cipher) return printf("%s: already %s\n", db, sr_tde_cipher_name(h.cipher)), 0;
-    char suri[16384];
-    if (!uri_for(suri, sizeof suri, db, o->keyfile, NULL)) return SR_EXIT_CANNOT;
-    int status = rebuild_in_place(o, db, suri, 0, "cipher switch");
-    audited("key.rekey", db, !status, status ? "cipher switch failed" : sr_tde_cipher_name(o->cipher));
-    if (!status)
-        printf("%s: every page re-encrypted from %s to %s under a new data key (verified before the swap)\n", db,
-               sr_tde_cipher_name(h.cipher), sr_tde_cipher_name(o->cipher));
-    return status;
-}
-
 static int cmd_decrypt(options_t *o)
 {
     if (o->argc != 2) return usage();
@@ -1118,29 +1099,39 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
     return status;
 }
 
+/* rekey [--rewrite] [--cipher C]: a new data key version (under cipher C,
+ * the tablespace's cipher from then on), and with --rewrite or --cipher
+ * every page re-encrypted under it online. */
 static int cmd_rekey(options_t *o)
 {
     if (o->argc != 1) return usage();
-    if (o->cipher) return o->keyfile ? switch_cipher(o) : ((void)open_provider(o, NULL), key_fail("rekey"));
     sr_keyprov_t *kp = NULL;
     sr_tde_header_t h;
     if (open_provider(o, &kp) != SR_OK) return key_fail("rekey");
     sr_err_t rc = sr_tde_file_header_read(o->argv[0], kp, &h, NULL);
-    int resume = rc == SR_OK && o->rewrite && h.state == SR_TDE_STATE_REKEYING;
-    if (resume) {
+    int rewrite = o->rewrite || o->cipher;
+    int resume = rc == SR_OK && rewrite && h.state == SR_TDE_STATE_REKEYING;
+    int switching = rc == SR_OK && o->cipher && h.cipher != o->cipher;
+    if (rc == SR_OK && o->cipher && !switching && !resume) {
+        printf("%s: already under %s\n", o->argv[0], sr_tde_cipher_name(o->cipher));
+        sr_keyprov_free(kp);
+        return 0;
+    }
+    if (resume && !switching) {
         printf("%s: resuming the rewrite to data key version %u\n", o->argv[0], h.active_version);
     } else {
-        if (rc == SR_OK) rc = sr_tde_file_add_key(o->argv[0], kp, &h);
-        if (rc == SR_OK && o->rewrite) rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_REKEYING, &h);
+        if (rc == SR_OK) rc = sr_tde_file_add_key_cipher(o->argv[0], kp, switching ? o->cipher : 0, &h);
+        if (rc == SR_OK && rewrite) rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_REKEYING, &h);
         if (rc != SR_OK) {
             sr_keyprov_free(kp);
             return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
         }
-        printf("%s: data key version %u is active for every page written from now on\n", o->argv[0], h.active_version);
-        audited("key.rekey", o->argv[0], 1, "new data key version");
+        printf("%s: data key version %u (%s) is active for every page written from now on\n", o->argv[0],
+               h.active_version, sr_tde_cipher_name(h.cipher));
+        audited("key.rekey", o->argv[0], 1, switching ? "new data key version under another cipher" : "new data key version");
     }
-    int status = o->rewrite ? rewrite_online(o, kp, &h) : 0;
-    if (o->rewrite && !status && (rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_ENCRYPTED, &h)) != SR_OK)
+    int status = rewrite ? rewrite_online(o, kp, &h) : 0;
+    if (rewrite && !status && (rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_ENCRYPTED, &h)) != SR_OK)
         status = fail(o->argv[0], rc);
     sr_keyprov_free(kp);
     return status;

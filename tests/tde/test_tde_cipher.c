@@ -267,6 +267,20 @@ static void test_header_round_trip_and_damage(void)
     /* another tablespace's header key does not verify an intact header either */
     SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region + SR_TDE_HEADER_SLOT));
     SR_CHECK_ERR(sr_tde_header_pick(region, auth_with, other, &back, &slot), SR_ERR_CORRUPT);
+    /* a cipher switch under way: one version under AES-256-GCM, the header (and the newer one) ChaCha: format 3,
+     * each key's cipher back as written; a format 3 that names no other cipher is refused */
+    h.keys[0].cipher = SR_TDE_CIPHER_AES_256_GCM;
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
+    SR_CHECK_EQ_INT(region[9], SR_TDE_HEADER_FORMAT_MIXED);
+    SR_CHECK_OK(sr_tde_header_decode(region, SR_TDE_HEADER_SLOT, &back));
+    SR_CHECK(back.keys[0].cipher == SR_TDE_CIPHER_AES_256_GCM && back.keys[1].cipher == SR_TDE_CIPHER_CHACHA20_POLY1305);
+    SR_CHECK_OK(sr_tde_header_verify(&back, hkey));
+    h.keys[0].cipher = 0;
+    SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
+    SR_CHECK_EQ_INT(region[9], SR_TDE_HEADER_FORMAT);
+    region[9] = SR_TDE_HEADER_FORMAT_MIXED;
+    SHA256(region, 2352, region + 2352);
+    SR_CHECK_ERR(sr_tde_header_decode(region, SR_TDE_HEADER_SLOT, &back), SR_ERR_CORRUPT);
     /* an unknown format version names both versions; format 1 says what to do */
     SR_CHECK_OK(sr_tde_header_encode(&h, hkey, region));
     region[9] = 7;

@@ -267,13 +267,14 @@ static int key_versions_in(const char *db)
     return versions;
 }
 
-/* rekey --rewrite while a writer and a reader of other processes keep going:
- * neither fails, every row is there, every page is on the new key and the
- * old one has left the header. */
-static void rewrite_beside_workers(const char *mode)
+/* rekey --rewrite (or a cipher switch there and back) while a writer and a
+ * reader of other processes keep going: neither fails, every row is there,
+ * every page is on the new key and the old one has left the header. */
+static void rewrite_beside_workers(const char *mode, int switch_cipher)
 {
-    char db[600], stop[700], out[16384], sql[200];
-    snprintf(db, sizeof db, "%s", sr_test_path(!strcmp(mode, "wal") ? "online-wal.db" : "online-delete.db"));
+    char db[600], stop[700], out[16384], sql[200], name[64];
+    snprintf(name, sizeof name, "online-%s%s.db", mode, switch_cipher ? "-cipher" : "");
+    snprintf(db, sizeof db, "%s", sr_test_path(name));
     snprintf(stop, sizeof stop, "%s.stop", db);
     sqlite3 *d = NULL;
     SR_CHECK_EQ_INT(sqlt_open(db, keyfile, NULL, &d), SQLITE_OK);
@@ -288,7 +289,15 @@ static void rewrite_beside_workers(const char *mode)
     close(wfd[1]), close(rfd[1]);
     usleep(300000);
     uint64_t t0 = sr_time_mono_ns();
-    int status = tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db);
+    int status = switch_cipher ? tdectl(out, sizeof out, "rekey --cipher chacha20-poly1305 --quiet --keyfile %s %s",
+                                        keyfile, db)
+                               : tdectl(out, sizeof out, "rekey --rewrite --quiet --keyfile %s %s", keyfile, db);
+    if (switch_cipher && status == 0) {
+        char st[16384];
+        SR_CHECK_EQ_INT(tdectl(st, sizeof st, "status --keyfile %s %s", keyfile, db), 0);
+        SR_CHECK_CONTAINS(st, "chacha20-poly1305");
+        status = tdectl(out, sizeof out, "rekey --cipher aes-256-gcm --quiet --keyfile %s %s", keyfile, db);
+    }
     double secs = (double)(sr_time_mono_ns() - t0) / 1e9;
     usleep(200000);
     SR_CHECK(sr_test_write_file(stop, "", 0) == 0);
@@ -297,8 +306,9 @@ static void rewrite_beside_workers(const char *mode)
     read_report(wfd[0], writer, &wops, &werr, &wlong);
     read_report(rfd[0], reader, &rops, &rerr, &rlong);
     SR_CHECK_MSG(status == 0 && strstr(out, "online"), "status %d: %s", status, out);
-    printf("  %s mode, %lld rows: rewrite %.2f s; meanwhile a writer committed %d rows (longest wait %.1f ms) and a "
-           "reader read %d times (longest %.1f ms), %d + %d errors\n", mode, (long long)before, secs, wops, wlong,
+    printf("  %s mode, %lld rows: %s %.2f s; meanwhile a writer committed %d rows (longest wait %.1f ms) and a "
+           "reader read %d times (longest %.1f ms), %d + %d errors\n", mode, (long long)before,
+           switch_cipher ? "cipher switch and back" : "rewrite", secs, wops, wlong,
            rops, rlong, werr, rerr);
     SR_CHECK_EQ_INT(werr, 0);
     SR_CHECK_EQ_INT(rerr, 0);
@@ -313,8 +323,9 @@ static void rewrite_beside_workers(const char *mode)
 
 static void test_online_rewrite_beside_a_writer_and_a_reader(void)
 {
-    rewrite_beside_workers("wal");
-    rewrite_beside_workers("delete");
+    rewrite_beside_workers("wal", 0);
+    rewrite_beside_workers("delete", 0);
+    rewrite_beside_workers("wal", 1);
 }
 
 /* A journal as a rewrite batch leaves it when power fails mid-batch: page N's
