@@ -442,6 +442,47 @@ static void test_encrypt_in_place_disk_full(void)
     SR_CHECK_MSG(access(tmp, F_OK) != 0, "a failed rebuild left %s", tmp);
 }
 
+/* A real full disk (ENOSPC): a small tmpfs, mounted by the test (root only;
+ * skipped where mounting is not allowed). encrypt --in-place and backup stop
+ * with "disk full" (exit 6), the original untouched, nothing left behind. */
+static void test_a_full_tmpfs(void)
+{
+    char dir[700], cmd[2048], out[16384], fp[65], now[65], db[800], dest[800];
+    snprintf(dir, sizeof dir, "%s/small-fs", sr_test_tmpdir());
+    const char *src = plain_db("full-src.db", 3000, fp);
+    struct stat st;
+    SR_CHECK(stat(src, &st) == 0);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && mount -t tmpfs -o size=%lldk tmpfs %s", dir,
+             (long long)st.st_size * 3 / 2 / 1024, dir);
+    if (geteuid() != 0 || sr_test_command(out, sizeof out, cmd) != 0) {
+        printf("  skipped: cannot mount a tmpfs here (%s)\n", geteuid() ? "not root" : "mount refused");
+        return;
+    }
+    snprintf(db, sizeof db, "%s/db.db", dir);
+    snprintf(cmd, sizeof cmd, "cp %s %s", src, db);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    int status = tdectl(out, sizeof out, "encrypt --in-place --quiet --keyfile %s %s", keyfile, db);
+    SR_CHECK_MSG(status == 6, "encrypt --in-place on a full disk: status %d: %s", status, out);
+    SR_CHECK_CONTAINS(out, "the original is untouched");
+    SR_CHECK_STR(fingerprint_of(db, NULL, now), fp);
+    snprintf(cmd, sizeof cmd, "ls %s | grep -v '^db.db$' | grep -c . ", dir);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) != 0, "left beside it: %s", out);
+    /* a backup into the full file system */
+    char enc[800];
+    snprintf(enc, sizeof enc, "%s", sr_test_path("full-enc.db"));
+    remove(enc);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "encrypt --quiet --keyfile %s %s %s", keyfile, src, enc), 0);
+    snprintf(dest, sizeof dest, "%s/backup.db", dir);
+    status = tdectl(out, sizeof out, "backup --quiet --keyfile %s %s %s", keyfile, enc, dest);
+    SR_CHECK_MSG(status == 6, "backup to a full disk: status %d: %s", status, out);
+    SR_CHECK_MSG(access(dest, F_OK) != 0, "a failed backup left %s", dest);
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --quiet --keyfile %s %s", keyfile, enc), 0);
+    printf("  a tmpfs of %lld KiB: encrypt --in-place and backup stopped with exit 6, nothing lost or left\n",
+           (long long)st.st_size * 3 / 2 / 1024);
+    snprintf(cmd, sizeof cmd, "umount %s", dir);
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+}
+
 int main(void)
 {
     sqlt_init();
@@ -452,6 +493,7 @@ int main(void)
     SR_RUN(test_encrypt_in_place_and_cipher_switch);
     SR_RUN(test_encrypt_in_place_survives_sigkill);
     SR_RUN(test_encrypt_in_place_disk_full);
+    SR_RUN(test_a_full_tmpfs);
     SR_RUN(test_backup_and_cipher_switch_survive_sigkill);
     SR_RUN(test_online_rewrite_beside_a_writer_and_a_reader);
     SR_RUN(test_rewrite_journal_finishes_a_torn_page);
