@@ -494,7 +494,11 @@ static void sweep(int64_t grace_s)
     expired_t ex = {0}, old = {0};
     kms_store_lock(server.store);
     sr_err_t rc = kms_store_begin(server.store);
-    if (rc == SR_OK) rc = kms_instance_seen(server.store, instance_id, now);
+    static int64_t recorded; /* kmsd instances sharing a store: this one is alive (once a second) */
+    if (rc == SR_OK && kms_store_shared(server.store) && now != recorded) {
+        rc = kms_instance_seen(server.store, instance_id, now);
+        recorded = now;
+    }
     if (rc == SR_OK) rc = kms_node_each(server.store, "active", now - grace_s, collect_node, &ex);
     for (size_t i = 0; rc == SR_OK && i < ex.n; i++)
         rc = kms_node_end(server.store, &ex.v[i], "expired", "the lease expired: no heartbeat");
