@@ -148,11 +148,9 @@ static void audited(const char *event, const char *object, int ok, const char *d
 static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
 
 /* SQLite's error, said; its exit status. */
-static int sqlite_status(sqlite3 *db, const char *what)
+static int status_of(int code)
 {
-    int code = db ? sqlite3_errcode(db) : SQLITE_NOMEM;
-    fprintf(stderr, "tdectl: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
-    switch (code) {
+    switch (code & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED: return SR_EXIT_BUSY;
     case SQLITE_FULL: return SR_EXIT_DISK_FULL;
@@ -161,6 +159,12 @@ static int sqlite_status(sqlite3 *db, const char *what)
     case SQLITE_NOTADB: return SR_EXIT_FAILED;
     default: return SR_EXIT_CANNOT;
     }
+}
+
+static int sqlite_status(sqlite3 *db, const char *what)
+{
+    fprintf(stderr, "tdectl: %s: %s\n", what, db ? sqlite3_errmsg(db) : "out of memory");
+    return status_of(db ? sqlite3_errcode(db) : SQLITE_NOMEM);
 }
 
 /* The same, and the connection closed. */
@@ -1053,7 +1057,7 @@ static int rewrite_step(sqlite3 *db, int wal, sr_rewrite_batch_t *b)
         if (rc == SQLITE_OK) rc = sqlite3_file_control(db, "main", SR_FCNTL_REWRITE_PAGES, b);
         int end = exec(db, rc == SQLITE_OK ? "COMMIT" : "ROLLBACK");
         if (rc == SQLITE_OK) rc = end;
-        if (rc != SQLITE_BUSY || tries == 200) return rc;
+        if (rc != SQLITE_BUSY || tries == 3000) return rc; /* a minute of checkpoints in the way */
         usleep(20000);
     }
 }
@@ -1106,7 +1110,13 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
                "held the lock %.1f ms)\n", path, (unsigned long long)rewritten, (long long)b.pages, h->active_version,
                per_batch, (double)longest_ns / 1e6);
     }
-    int status = rc == SQLITE_OK ? drop_unused_versions(db, path, kp, h->page_size) : sqlite_status(db, path);
+    /* the file control's own code: it does not set the connection's error (a busy checkpoint lock left it "not an
+     * error", and tdectl exited 3 without saying why) */
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "tdectl: %s: %s%s\n", path, sqlite3_errstr(rc),
+                (rc & 0xff) == SQLITE_BUSY ? " (the write lock or a checkpoint stayed busy for a minute): run it again"
+                                           : "");
+    int status = rc == SQLITE_OK ? drop_unused_versions(db, path, kp, h->page_size) : status_of(rc);
     sqlite3_close(db);
     return status;
 }
