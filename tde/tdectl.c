@@ -1076,12 +1076,16 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
     sqlite3 *db = NULL;
     if (!uri_for(uri, sizeof uri, path, o->keyfile, NULL)) return SR_EXIT_CANNOT;
     if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
-        sqlite3_busy_handler(db, rewrite_busy, NULL) != SQLITE_OK)
+        sqlite3_busy_timeout(db, 30000) != SQLITE_OK)
         return sqlite_fail(db, path);
     sqlite3_stmt *st = NULL;
     int wal = sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK &&
               sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
+    /* In WAL mode the write lock is a plain mutex: try for it often. Not with a rollback journal, where each try
+     * takes the shared lock for an instant, and tries that frequent kept a writer from its exclusive lock (a
+     * writer and a reader stalled 20 s, one run in three) */
+    if (wal && sqlite3_busy_handler(db, rewrite_busy, NULL) != SQLITE_OK) return sqlite_fail(db, path);
     sr_rewrite_batch_t b = {.wal = wal, .repair = 1};
     int rc = rewrite_step(db, wal, &b); /* a batch a crash cut short */
     if (rc == SQLITE_OK && b.rewritten) printf("%s: finished a rewrite batch cut short (%d pages)\n", path, b.rewritten);
