@@ -147,22 +147,31 @@ static void test_tablespace_under_a_kms_master_key(void)
     SR_CHECK(sr_test_file_contains(log, "is Deactivated: only an Active key is used", 42));
 }
 
+/* A KMIP client as `cert` of the PKI in `pki`, on port, and a new Active
+ * AES-256 key named `name` that it owns (uid out). The caller frees *c. */
+static void client_with_own_key(const char *pki, const char *cert, uint16_t on, const char *name,
+                                sr_kmip_client_t **c, char uid[SR_KMIP_UID_MAX])
+{
+    char ca[700], crt[700], key[700];
+    snprintf(ca, sizeof ca, "%s/ca.pem", pki), snprintf(crt, sizeof crt, "%s/%s.pem", pki, cert);
+    snprintf(key, sizeof key, "%s/%s.key", pki, cert);
+    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = on, .verify_name = "localhost", .ca_file = ca,
+                                  .cert_file = crt, .key_file = key};
+    *c = NULL;
+    SR_CHECK_OK(sr_kmip_client_new(&o, c));
+    sr_kmip_key_template_t t = {.name = name, .bits = 256, .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT};
+    if (*c) SR_CHECK_OK(sr_kmip_create_aes_key(*c, &t, uid));
+    if (*c) SR_CHECK_OK(sr_kmip_activate(*c, uid));
+}
+
 /* wrap = get against kmsd: an application reads the master key it owns (a
  * key only granted to it is not its to read); revoked, the key is refused. */
 static void test_wrap_here_with_a_key_read_by_get(void)
 {
-    char ca[700], crt[700], key[700], uid[SR_KMIP_UID_MAX], granted[128], args[300], out[4096];
+    char uid[SR_KMIP_UID_MAX], granted[128], args[300], out[4096];
     char conf[700], conf2[700], db[700], db2[700], servers[64], row[64], cmd[2048];
-    snprintf(ca, sizeof ca, "%s/ca.pem", dir), snprintf(crt, sizeof crt, "%s/app.pem", dir);
-    snprintf(key, sizeof key, "%s/app.key", dir);
-    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
-                                  .cert_file = crt, .key_file = key};
     sr_kmip_client_t *c = NULL;
-    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
-    sr_kmip_key_template_t t = {.name = "app-master", .bits = 256,
-                                .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT};
-    SR_CHECK_OK(sr_kmip_create_aes_key(c, &t, uid));
-    SR_CHECK_OK(sr_kmip_activate(c, uid));
+    client_with_own_key(dir, "app", port, "app-master", &c, uid);
     snprintf(servers, sizeof servers, "127.0.0.1:%u", port);
     snprintf(conf, sizeof conf, "%s/tde-get.conf", dir);
     snprintf(db, sizeof db, "%s/get.db", sr_test_tmpdir());
@@ -194,17 +203,9 @@ static void test_provider_against_pykmip_server(void)
     uint16_t pyport = 0;
     snprintf(pki, sizeof pki, "%s/pykmip", sr_test_tmpdir());
     SR_CHECK(pykmip_start(pki, sr_test_source_path("tests/pki/make-test-pki"), &pyport) == 0);
-    char ca[700], crt[700], key[700], uid[SR_KMIP_UID_MAX];
-    snprintf(ca, sizeof ca, "%s/ca.pem", pki), snprintf(crt, sizeof crt, "%s/client.pem", pki);
-    snprintf(key, sizeof key, "%s/client.key", pki);
-    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = pyport, .verify_name = "localhost", .ca_file = ca,
-                                  .cert_file = crt, .key_file = key};
+    char uid[SR_KMIP_UID_MAX];
     sr_kmip_client_t *c = NULL;
-    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
-    sr_kmip_key_template_t t = {.name = "tablespaces", .bits = 256,
-                                .usage_mask = SR_KMIP_USAGE_ENCRYPT | SR_KMIP_USAGE_DECRYPT};
-    SR_CHECK_OK(sr_kmip_create_aes_key(c, &t, uid));
-    SR_CHECK_OK(sr_kmip_activate(c, uid));
+    client_with_own_key(pki, "client", pyport, "tablespaces", &c, uid);
     snprintf(servers, sizeof servers, "127.0.0.1:%u", pyport);
     snprintf(conf, sizeof conf, "%s/tde-pykmip.conf", pki);
     snprintf(db, sizeof db, "%s/pykmip.db", sr_test_tmpdir());
