@@ -236,7 +236,7 @@ static void limits_now(limits_t *l)
 }
 
 /* The request, whole: the principal's standing now, the handler, the answer. */
-static void run_request(conn_t *c)
+static void run_request(conn_t *c, const limits_t *l)
 {
     static const uint8_t garbage[8] = {0};
     c->state = C_WORKING;
@@ -251,10 +251,8 @@ static void run_request(conn_t *c)
                             : kms_handle(server.store, &c->p, c->msg, c->need, &c->resp);
     if (c->msg) sr_secure_wipe(c->msg, c->need), free(c->msg), c->msg = NULL;
     if (rc != SR_OK) c->resp.len = 0, c->refuse = 1;
-    limits_t l;
-    limits_now(&l);
     c->sent = 0;
-    c->deadline = sr_time_mono_ms() + l.message_ms;
+    c->deadline = sr_time_mono_ms() + l->message_ms;
     c->state = C_WRITING;
 }
 
@@ -322,14 +320,14 @@ static int step(conn_t *c, const limits_t *l)
             sr_log_warn("%s (%s): %s; closing", c->p.name, c->p.source,
                         len > l->max_message - 8 ? "request over max_message" : "not a KMIP request message");
             c->refuse = 1;
-            run_request(c);
+            run_request(c, l);
             return 1;
         }
         c->need = (size_t)len + 8;
         if (!(c->msg = malloc(c->need))) return conn_close(c), 0;
         memcpy(c->msg, c->head, 8);
     }
-    if (c->msg && c->have == c->need) run_request(c);
+    if (c->msg && c->have == c->need) run_request(c, l);
     return 1;
 }
 
