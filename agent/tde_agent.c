@@ -589,7 +589,7 @@ static void record_policy_version(int64_t version, const char *digest)
 }
 
 /* The pushed version in force and its digest, from the state directory (0: none). */
-static int64_t installed_policy_version(char *digest, size_t cap)
+static int64_t installed_policy_version(char digest[32])
 {
     char path[4200];
     long long v = 0;
@@ -598,7 +598,6 @@ static int64_t installed_policy_version(char *digest, size_t cap)
     digest[0] = '\0';
     if (f && fscanf(f, "%lld %31s", &v, digest) != 2) v = 0, digest[0] = '\0';
     if (f) fclose(f);
-    (void)cap;
     return v;
 }
 
@@ -650,7 +649,7 @@ static void follow_policy(int64_t newest)
     snprintf(object, sizeof object, "policy v%lld", (long long)version);
     if (rc == SR_OK) {
         char digest[32], detail[300];
-        installed_policy_version(digest, sizeof digest);
+        installed_policy_version(digest);
         snprintf(detail, sizeof detail, "%s at %.200s", digest, sr_config_get(agent.cfg, "agent", "policy"));
         agent.policy_version = version;
         sr_log_notice("access policy v%lld (%s) in force", (long long)version, digest);
@@ -1076,7 +1075,7 @@ static sr_err_t start_services(void)
     if (rc == SR_OK && agent.policy_push && !policy)
         rc = sr_err_set(SR_ERR_CONFIG, "[agent] policy_push needs policy = PATH (where the pushed policy is installed)");
     char digest[32];
-    if (rc == SR_OK && agent.policy_push) agent.policy_version = installed_policy_version(digest, sizeof digest);
+    if (rc == SR_OK && agent.policy_push) agent.policy_version = installed_policy_version(digest);
     /* with policy_push and nothing received yet, keys are refused until the first policy arrives */
     if (rc == SR_OK && policy && !(agent.policy_push && access(policy, F_OK) != 0)) rc = sr_acl_open(policy, &agent.policy);
     if (rc == SR_OK) rc = disk_cache_start();
@@ -1170,7 +1169,7 @@ static int cmd_status(const char *config, int json)
     /* the policy in force: the file's digest as the key service and the PAM module compile it */
     const char *policy_path = sr_config_get(agent.cfg, "agent", "policy");
     char digest[32] = "", pushed_digest[32];
-    int64_t pushed = installed_policy_version(pushed_digest, sizeof pushed_digest);
+    int64_t pushed = installed_policy_version(pushed_digest);
     sr_acl_policy_t *p = NULL;
     if (policy_path && sr_acl_compile_file(policy_path, &p) == SR_OK)
         snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
