@@ -1314,6 +1314,18 @@ static int main_rewrite(sr_file_t *f, sr_rewrite_batch_t *b)
     return rc;
 }
 
+static int main_drop_unused_keys(sr_file_t *f, sr_unused_keys_t *d)
+{
+    if (f->lock < (d->wal ? SQLITE_LOCK_SHARED : SQLITE_LOCK_RESERVED)) {
+        sr_err_set(SR_ERR_STATE, "dropping key versions needs the database's write lock (BEGIN IMMEDIATE)");
+        return log_failure(SQLITE_MISUSE, f, "key version drop refused");
+    }
+    char wal[4200];
+    snprintf(wal, sizeof wal, "%s-wal", f->name);
+    if (sr_tde_ts_drop_unused_keys(f->ts, d->wal ? wal : NULL, &d->before, &d->after) == SR_OK) return SQLITE_OK;
+    return log_failure(SQLITE_IOERR, f, "cannot drop unused key versions");
+}
+
 static int begin_write(sr_file_t *f)
 {
     if (f->role != ROLE_MAIN || sr_tde_ts_check_fresh(f->ts) == SR_OK) return SQLITE_OK;
@@ -1363,6 +1375,7 @@ static int x_file_control(sqlite3_file *file, int op, void *arg)
     }
     if (op == SQLITE_FCNTL_SIZE_HINT && f->role == ROLE_TEMP) return SQLITE_OK;
     if (op == SR_FCNTL_REWRITE_PAGES) return f->role == ROLE_MAIN ? main_rewrite(f, arg) : SQLITE_NOTFOUND;
+    if (op == SR_FCNTL_DROP_UNUSED_KEYS) return f->role == ROLE_MAIN ? main_drop_unused_keys(f, arg) : SQLITE_NOTFOUND;
     return f->lower->pMethods->xFileControl(f->lower, op, arg);
 }
 

@@ -713,20 +713,47 @@ sr_err_t sr_tde_file_set_state(const char *path, sr_keyprov_t *prov, sr_tde_stat
     return rc;
 }
 
+/* ---- key versions in use -------------------------------------------------------- */
+
+void sr_tde_count_version(sr_tde_version_count_t *vc, uint32_t v)
+{
+    if (v == 0) return; /* a page SQLite never wrote (the lock-byte page): no key version */
+    int i = 0;
+    while (i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i] && vc->versions[i] != v) i++;
+    if (i < SR_TDE_MAX_KEY_VERSIONS) vc->versions[i] = v, vc->count[i]++;
+    else vc->other++;
+    vc->pages++;
+}
+
+sr_err_t sr_tde_count_versions_fd(int fd, off_t first, size_t skip, size_t stride, uint32_t page_size,
+                                  sr_tde_version_count_t *vc)
+{
+    uint8_t *page = malloc(page_size);
+    if (!page) return sr_err_set(SR_ERR_NOMEM, "cannot allocate a page");
+    ssize_t got = 0;
+    for (off_t off = first; (got = pread(fd, page, page_size, off + (off_t)skip)) == (ssize_t)page_size;
+         off += (off_t)stride)
+        sr_tde_count_version(vc, sr_tde_page_key_version(page, page_size));
+    free(page);
+    return got < 0 ? sr_err_set_errno(SR_ERR_IO, errno, "cannot read the pages") : SR_OK;
+}
+
 typedef struct drop_arg {
-    const uint32_t *in_use;
-    size_t n;
+    const sr_tde_version_count_t *in_use;
+    uint32_t before, after;
 } drop_arg_t;
 
 static sr_err_t edit_drop_keys(sr_tde_header_t *hdr, void *arg, int *dirty)
 {
-    const drop_arg_t *a = arg;
+    drop_arg_t *a = arg;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < hdr->n_keys; i++) {
         int used = hdr->keys[i].version == hdr->active_version;
-        for (size_t j = 0; j < a->n && !used; j++) used = a->in_use[j] == hdr->keys[i].version;
+        for (size_t j = 0; j < SR_TDE_MAX_KEY_VERSIONS && !used; j++)
+            used = a->in_use->versions[j] == hdr->keys[i].version;
         if (used) hdr->keys[kept++] = hdr->keys[i];
     }
+    a->before = hdr->n_keys, a->after = kept;
     if (kept != hdr->n_keys) {
         memset(&hdr->keys[kept], 0, (hdr->n_keys - kept) * sizeof hdr->keys[0]);
         hdr->n_keys = kept, *dirty = 1;
@@ -734,14 +761,28 @@ static sr_err_t edit_drop_keys(sr_tde_header_t *hdr, void *arg, int *dirty)
     return SR_OK;
 }
 
-sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint32_t *in_use, size_t n_in_use,
-                               sr_tde_header_t *out)
+/* The database's pages are read through the tablespace's own descriptor:
+ * opening and closing another one would drop every POSIX lock SQLite holds
+ * on the file, the caller's write lock included (rekey --rewrite did, and a
+ * writer of another process took the lock it still thought it held: both
+ * then waited for each other until their busy timeouts). SQLite locks no
+ * byte of a WAL, so the WAL gets a descriptor of its own. */
+sr_err_t sr_tde_ts_drop_unused_keys(sr_tde_ts_t *ts, const char *wal_path, uint32_t *before, uint32_t *after)
 {
-    int fd;
-    sr_err_t rc = path_open(path, 1, 0, &fd);
-    if (rc != SR_OK) return rc;
-    drop_arg_t a = {in_use, n_in_use};
-    rc = header_modify(fd, path, &(header_keys_t){NULL, prov, NULL}, edit_drop_keys, &a, 1, out);
-    close(fd);
+    sr_tde_version_count_t vc = {0};
+    uint32_t ps = ts->page_size;
+    sr_err_t rc = sr_tde_count_versions_fd(ts->fd, SR_TDE_HEADER_REGION, 0, ps, ps, &vc);
+    int wal = rc == SR_OK && wal_path ? open(wal_path, O_RDONLY | O_CLOEXEC) : -1;
+    if (rc == SR_OK && wal_path && wal < 0 && errno != ENOENT)
+        rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", wal_path);
+    if (wal >= 0) {
+        rc = sr_tde_count_versions_fd(wal, 32, 24, 24 + (size_t)ps, ps, &vc); /* WAL header, then frames */
+        close(wal);
+    }
+    if (rc == SR_OK && vc.other) /* more versions on pages than a header holds: a trailer is damaged */
+        rc = sr_err_set(SR_ERR_CORRUPT, "%s: pages carry more key versions than the header can hold", ts->path);
+    drop_arg_t a = {.in_use = &vc};
+    if (rc == SR_OK) rc = ts_modify(ts, edit_drop_keys, &a);
+    if (rc == SR_OK) *before = a.before, *after = a.after;
     return rc;
 }

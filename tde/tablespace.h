@@ -48,6 +48,23 @@ sr_err_t sr_tde_ts_check_fresh(sr_tde_ts_t *ts);
 sr_err_t sr_tde_ts_set_has_pages(sr_tde_ts_t *ts, int has_pages);
 int sr_tde_ts_has_pages(sr_tde_ts_t *ts);
 
+/* Pages per key version, straight from the trailers (no key needed). */
+typedef struct sr_tde_version_count {
+    uint32_t versions[SR_TDE_MAX_KEY_VERSIONS];
+    uint64_t count[SR_TDE_MAX_KEY_VERSIONS];
+    uint64_t pages, other; /* other: versions past the table's room */
+} sr_tde_version_count_t;
+void sr_tde_count_version(sr_tde_version_count_t *vc, uint32_t version);
+/* Page images of fd from `first`, each `stride` bytes apart, page_size bytes at +skip, up to the end of the file. */
+sr_err_t sr_tde_count_versions_fd(int fd, off_t first, size_t skip, size_t stride, uint32_t page_size,
+                                  sr_tde_version_count_t *vc);
+/* Drops from the header every key version that is neither active nor
+ * carried by a page of the database or of its WAL (wal_path, NULL for none);
+ * *before and *after: the versions the header held. The caller holds the
+ * database's write lock, so no page can be written under a dropped version
+ * meanwhile (SR_FCNTL_DROP_UNUSED_KEYS). */
+sr_err_t sr_tde_ts_drop_unused_keys(sr_tde_ts_t *ts, const char *wal_path, uint32_t *before, uint32_t *after);
+
 /* ---- on a path, for tdectl (opens and closes its own descriptor) ---- */
 /* prov NULL: the header is read without authenticating it (status without a key). */
 sr_err_t sr_tde_file_header_read(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out, int *slot_out);
@@ -56,11 +73,6 @@ sr_err_t sr_tde_file_create(const char *path, sr_keyprov_t *prov, const sr_tde_t
                             sr_tde_header_t *out);
 /* Master-key rotation: every DEK re-wrapped under the provider's newest master key. */
 sr_err_t sr_tde_file_rewrap(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
-/* Drops from the header every key version that is neither active nor in
- * `in_use` (the versions some page still carries). The caller holds the
- * database's write lock, so no page can be written under a dropped version. */
-sr_err_t sr_tde_file_drop_keys(const char *path, sr_keyprov_t *prov, const uint32_t *in_use, size_t n_in_use,
-                               sr_tde_header_t *out);
 /* DEK rotation: a new key version becomes active for every page written from now on. */
 sr_err_t sr_tde_file_add_key(const char *path, sr_keyprov_t *prov, sr_tde_header_t *out);
 /* The same under another cipher: the tablespace's cipher from now on (the

@@ -265,6 +265,19 @@ typedef struct sr_rewrite_batch {
 } sr_rewrite_batch_t;
 #define SR_REWRITE_JOURNAL_SUFFIX "-srrewrite"
 
+/* sqlite3_file_control(db, "main", SR_FCNTL_DROP_UNUSED_KEYS, &d): the key
+ * versions no page of the database or of its WAL carries (and that are not
+ * active) leave the key header, after a rewrite. The caller holds the write
+ * lock (BEGIN IMMEDIATE; in WAL mode after a checkpoint), so no page is
+ * written under a dropped version meanwhile. Done through the VFS because it
+ * must read the file through a descriptor SQLite's locks survive. */
+#define SR_FCNTL_DROP_UNUSED_KEYS 0x53520002
+typedef struct sr_unused_keys {
+    int wal;         /* the database is in WAL mode */
+    uint32_t before; /* out: key versions in the header before */
+    uint32_t after;  /* out: and after */
+} sr_unused_keys_t;
+
 #ifdef __cplusplus
 }
 #endif

@@ -227,38 +227,19 @@ static void print_header(const char *path, const sr_tde_header_t *h, int slot)
     }
 }
 
-/* Pages per key version, straight from the trailers (no key needed). */
-typedef struct version_count {
-    uint32_t versions[SR_TDE_MAX_KEY_VERSIONS];
-    uint64_t count[SR_TDE_MAX_KEY_VERSIONS];
-    uint64_t pages, other;
-} version_count_t;
-
-static void count_version(version_count_t *vc, uint32_t v)
-{
-    if (v == 0) return; /* a page SQLite never wrote (the lock-byte page): no key version */
-    int i = 0;
-    while (i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i] && vc->versions[i] != v) i++;
-    if (i < SR_TDE_MAX_KEY_VERSIONS) vc->versions[i] = v, vc->count[i]++;
-    else vc->other++;
-    vc->pages++;
-}
-
-/* Page images from `first`, each `stride` bytes apart, of page_size bytes at +skip. */
+/* The key versions of a file's pages (status: no connection is open, so
+ * closing the descriptor drops no lock of ours). */
 static int count_versions(const char *path, off_t first, size_t skip, size_t stride, uint32_t page_size,
-                          version_count_t *vc)
+                          sr_tde_version_count_t *vc)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno == ENOENT ? 0 : 1;
-    uint8_t *page = malloc(page_size);
-    for (off_t off = first; page && pread(fd, page, page_size, off + (off_t)skip) == (ssize_t)page_size; off += (off_t)stride)
-        count_version(vc, sr_tde_page_key_version(page, page_size));
-    free(page);
+    sr_err_t rc = sr_tde_count_versions_fd(fd, first, skip, stride, page_size, vc);
     close(fd);
-    return 0;
+    return rc != SR_OK;
 }
 
-static void print_page_histogram(const version_count_t *vc)
+static void print_page_histogram(const sr_tde_version_count_t *vc)
 {
     printf("  pages        %llu", (unsigned long long)vc->pages);
     for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i]; i++)
@@ -268,7 +249,7 @@ static void print_page_histogram(const version_count_t *vc)
 }
 
 /* {"1": 120, "2": 7}: pages per key version */
-static void json_versions(const version_count_t *vc)
+static void json_versions(const sr_tde_version_count_t *vc)
 {
     printf("{");
     for (int i = 0; i < SR_TDE_MAX_KEY_VERSIONS && vc->versions[i]; i++)
@@ -285,7 +266,7 @@ static void json_time(const char *name, int64_t us)
 
 /* One database of `tdectl status --json` (docs: README, tdectl). */
 static void status_json(const char *path, const sr_tde_header_t *h, int slot, int mac_verified,
-                        const version_count_t *vc)
+                        const sr_tde_version_count_t *vc)
 {
     char uuid[SR_UUID_STR_LEN + 1];
     sr_uuid_format(&h->tablespace, uuid);
@@ -355,7 +336,7 @@ static int cmd_status(options_t *o)
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
         int slot = 0;
-        version_count_t vc = {0};
+        sr_tde_version_count_t vc = {0};
         sr_err_t rc = sr_tde_file_header_read(o->argv[i], kp, &h, &slot);
         if (rc == SR_OK && count_versions(o->argv[i], SR_TDE_HEADER_REGION, 0, h.page_size, h.page_size, &vc))
             rc = sr_err_set_errno(SR_ERR_IO, errno, "%s: cannot read its pages", o->argv[i]);
@@ -451,7 +432,7 @@ static int backup_steps(const options_t *o, sqlite3 *in, sqlite3 *out, const cha
 typedef struct verify_result {
     int status;                 /* SR_EXIT_* */
     uint64_t pages;             /* pages read */
-    version_count_t authentic;  /* pages that authenticated, per key version */
+    sr_tde_version_count_t authentic;  /* pages that authenticated, per key version */
     uint64_t bad;               /* pages that did not */
     uint64_t bad_page[VERIFY_BAD_LISTED];
     char error[1024];           /* why it could not be checked, or the first failure */
@@ -522,7 +503,7 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o,
             snprintf(detail, sizeof detail, "%s", sr_err_detail());
             why = detail;
         } else {
-            count_version(&r->authentic, sr_tde_page_key_version(page, ps));
+            sr_tde_count_version(&r->authentic, sr_tde_page_key_version(page, ps));
         }
         if (why) {
             if (r->bad < VERIFY_BAD_LISTED) r->bad_page[r->bad] = pgno;
@@ -1023,27 +1004,19 @@ static int cmd_restore(options_t *o)
 /* ---- key rotation ------------------------------------------------------------------------ */
 
 /* After a rewrite, the key versions no page carries any more leave the
- * header (so the key-version limit is never reached by rekeying). Done under
- * the database's write lock, so no connection writes a page under a version
- * being dropped; the pages of the database and of the WAL are counted. */
-static int drop_unused_versions(sqlite3 *db, const char *path, sr_keyprov_t *kp, uint32_t page_size)
+ * header (so the key-version limit is never reached by rekeying), under the
+ * database's write lock; the VFS counts the pages of the database and of
+ * the WAL through descriptors SQLite's locks survive. */
+static int drop_unused_versions(sqlite3 *db, const char *path, int wal)
 {
     if (exec(db, "PRAGMA wal_checkpoint(TRUNCATE)") != SQLITE_OK || exec(db, "BEGIN IMMEDIATE") != SQLITE_OK)
         return sqlite_status(db, path);
-    version_count_t vc = {0};
-    char wal[8192];
-    snprintf(wal, sizeof wal, "%s-wal", path);
-    int bad = count_versions(path, SR_TDE_HEADER_REGION, 0, page_size, page_size, &vc) ||
-              count_versions(wal, 32, 24, 24 + (size_t)page_size, page_size, &vc);
-    sr_tde_header_t h, before;
-    sr_err_t rc = bad ? sr_err_set(SR_ERR_IO, "cannot read the pages of %s", path)
-                      : sr_tde_file_header_read(path, kp, &before, NULL);
-    if (rc == SR_OK) rc = sr_tde_file_drop_keys(path, kp, vc.versions, SR_TDE_MAX_KEY_VERSIONS, &h);
+    sr_unused_keys_t d = {.wal = wal};
+    int rc = sqlite3_file_control(db, "main", SR_FCNTL_DROP_UNUSED_KEYS, &d);
     exec(db, "COMMIT");
-    if (rc != SR_OK) return fail(path, rc);
-    if (h.n_keys < before.n_keys) {
-        printf("%s: %u key version(s) no page uses any more dropped; %u left\n", path, before.n_keys - h.n_keys,
-               h.n_keys);
+    if (rc != SQLITE_OK) return fail(path, sr_err_last());
+    if (d.after < d.before) {
+        printf("%s: %u key version(s) no page uses any more dropped; %u left\n", path, d.before - d.after, d.after);
         audited("key.versions_dropped", path, 1, "key versions no page uses removed from the header");
     }
     return 0;
@@ -1082,7 +1055,7 @@ static int rewrite_step(sqlite3 *db, int wal, sr_rewrite_batch_t *b)
  * The header says REKEYING meanwhile: a re-run after a crash resumes (no new
  * version) and first finishes the journal of a batch cut short. Then the
  * versions no page carries leave the header. */
-static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t *h)
+static int rewrite_online(options_t *o, const sr_tde_header_t *h)
 {
     const char *path = o->argv[0];
     char uri[16384];
@@ -1095,9 +1068,8 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
     int wal = sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK &&
               sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
-    /* In WAL mode the write lock is a plain mutex: try for it often. Not with a rollback journal, where each try
-     * takes the shared lock for an instant, and tries that frequent kept a writer from its exclusive lock (a
-     * writer and a reader stalled 20 s, one run in three) */
+    /* In WAL mode the write lock is a plain mutex: try for it often. With a rollback journal each try takes the
+     * shared lock for an instant, which holds off a writer waiting for its exclusive lock: SQLite's backoff */
     if (wal && sqlite3_busy_handler(db, rewrite_busy, NULL) != SQLITE_OK) return sqlite_fail(db, path);
     sr_rewrite_batch_t b = {.wal = wal, .repair = 1};
     int rc = rewrite_step(db, wal, &b); /* a batch a crash cut short */
@@ -1133,7 +1105,7 @@ static int rewrite_online(options_t *o, sr_keyprov_t *kp, const sr_tde_header_t 
         fprintf(stderr, "tdectl: %s: %s%s\n", path, sqlite3_errstr(rc),
                 (rc & 0xff) == SQLITE_BUSY ? " (the write lock or a checkpoint stayed busy for a minute): run it again"
                                            : "");
-    int status = rc == SQLITE_OK ? drop_unused_versions(db, path, kp, h->page_size) : status_of(rc);
+    int status = rc == SQLITE_OK ? drop_unused_versions(db, path, wal) : status_of(rc);
     sqlite3_close(db);
     return status;
 }
@@ -1169,7 +1141,7 @@ static int cmd_rekey(options_t *o)
                h.active_version, sr_tde_cipher_name(h.cipher));
         audited("key.rekey", o->argv[0], 1, switching ? "new data key version under another cipher" : "new data key version");
     }
-    int status = rewrite ? rewrite_online(o, kp, &h) : 0;
+    int status = rewrite ? rewrite_online(o, &h) : 0;
     if (rewrite && !status && (rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_ENCRYPTED, &h)) != SR_OK)
         status = fail(o->argv[0], rc);
     sr_keyprov_free(kp);
