@@ -112,7 +112,10 @@ typedef struct sr_file {
     uint8_t *scratch;        /* one frame (header + page) or two temp units */
     uint8_t *merge;          /* MAIN, WAL: a page being assembled from a partial write (allocated on first use) */
     const char *name;        /* for messages; NULL for anonymous temp files */
-    struct sr_file *next_main; /* MAIN: in the list of open main databases */
+    struct sr_file *next_main; /* main databases, plaintext ones too: in the list of open ones */
+    int listed;                /* in that list */
+    dev_t dev;                 /* listed: the file's identity */
+    ino_t ino;
 } sr_file_t;
 
 typedef struct provider_entry {
@@ -126,7 +129,7 @@ typedef struct provider_entry {
 
 static pthread_mutex_t vfs_lock = PTHREAD_MUTEX_INITIALIZER;
 static provider_entry_t *providers;
-static sr_file_t *open_mains; /* under vfs_lock: for WAL/journal opens through a VFS stacked above */
+static sr_file_t *open_mains; /* under vfs_lock: whose WAL or journal is being opened */
 static sr_keyprov_t *default_provider;
 static sqlite3_vfs vfs_main, vfs_pass;
 static int registered_main;
@@ -1045,6 +1048,15 @@ static int temp_truncate(sr_file_t *f, sqlite3_int64 size)
 
 /* ---- io methods ------------------------------------------------------------------------ */
 
+static void open_mains_add(sr_file_t *f)
+{
+    struct stat st;
+    if (stat(f->name, &st) == 0) f->dev = st.st_dev, f->ino = st.st_ino;
+    pthread_mutex_lock(&vfs_lock);
+    f->next_main = open_mains, open_mains = f, f->listed = 1;
+    pthread_mutex_unlock(&vfs_lock);
+}
+
 static void open_mains_remove(sr_file_t *f)
 {
     pthread_mutex_lock(&vfs_lock);
@@ -1059,7 +1071,7 @@ static void open_mains_remove(sr_file_t *f)
 static int x_close(sqlite3_file *file)
 {
     sr_file_t *f = (sr_file_t *)file;
-    if (f->role == ROLE_MAIN) open_mains_remove(f);
+    if (f->listed) open_mains_remove(f);
     int rc = f->lower_open ? f->lower->pMethods->xClose(f->lower) : SQLITE_OK;
     sr_tde_pagectx_free(f->pc);
     sr_tde_ts_release(f->ts);
@@ -1495,6 +1507,7 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
         return log_failure(SQLITE_MISUSE, f, "invalid URI parameter");
     if (plaintext) {
         f->role = ROLE_PASS;
+        open_mains_add(f);
         return SQLITE_OK;
     }
     sr_keyprov_t *prov = NULL;
@@ -1514,9 +1527,7 @@ static int open_main(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int flag
     f->role = ROLE_MAIN;
     if (audit_open(f, zName, prov) != SR_OK) return log_failure(SQLITE_CANTOPEN, f, "audit log unavailable");
     if (sr_tde_pagectx_new(sr_tde_ts_space(f->ts), &f->pc) != SR_OK) return SQLITE_NOMEM;
-    pthread_mutex_lock(&vfs_lock);
-    f->next_main = open_mains, open_mains = f;
-    pthread_mutex_unlock(&vfs_lock);
+    open_mains_add(f);
     return SQLITE_OK;
 }
 
@@ -1537,24 +1548,34 @@ static size_t companion_base(const char *zName, int flags, int *chunk)
     return 0;
 }
 
-/* The main database a WAL or journal belongs to, found by name among the
- * open encrypted databases. Not through sqlite3_database_file_object(): a
- * VFS stacked above strongroom (multiplex, quota, tracing shims) hands us
- * names it made itself, and that function is only defined on SQLite's. */
-static sr_tde_ts_t *companion_tablespace(const char *zName, size_t base)
+/* The main database a WAL or journal belongs to, among the open ones (encrypted or plaintext): by name, else
+ * by the file's identity. Not through sqlite3_database_file_object(): a VFS stacked above strongroom
+ * (multiplex, quota, tracing shims) hands us names it made itself, and that function is only defined on
+ * SQLite's. Returns the main's role (ROLE_MAIN: *ts retained), or -1 if none of ours is open. */
+static int companion_main(const char *zName, size_t base, sr_tde_ts_t **ts)
 {
-    sr_tde_ts_t *ts = NULL;
+    char path[4096];
+    struct stat st;
+    int known = base && base < sizeof path;
+    if (known) memcpy(path, zName, base), path[base] = '\0';
+    known = known && stat(path, &st) == 0;
+    sr_file_t *found = NULL;
     pthread_mutex_lock(&vfs_lock);
-    for (sr_file_t *m = open_mains; m && !ts; m = m->next_main)
-        if (strlen(m->name) == base && strncmp(m->name, zName, base) == 0) ts = sr_tde_ts_retain(m->ts);
+    for (sr_file_t *m = open_mains; m && !found; m = m->next_main)
+        if (base && strlen(m->name) == base && strncmp(m->name, zName, base) == 0) found = m;
+    for (sr_file_t *m = open_mains; m && !found && known; m = m->next_main)
+        if (m->dev == st.st_dev && m->ino == st.st_ino) found = m;
+    int role = found ? (int)found->role : -1;
+    *ts = found && found->role == ROLE_MAIN ? sr_tde_ts_retain(found->ts) : NULL;
     pthread_mutex_unlock(&vfs_lock);
-    return ts;
+    return role;
 }
 
-/* No open encrypted database of that name: the companion of a plaintext one
- * (plaintext=1, or a plain database opened through a stacked VFS) passes
- * through; one whose database file has a key header is refused, never
- * written in plaintext. */
+/* No open database of ours is that file: the companion of a plaintext one
+ * opened elsewhere passes through; one whose database file has a key header
+ * is refused, never written in plaintext. (Reading the file here is safe
+ * only because this process has no connection of ours on it: closing any
+ * descriptor on a file drops every POSIX lock of the process on it.) */
 static int companion_is_plaintext(const char *zName, size_t base)
 {
     if (base == 0 || base >= 4096) return 0;
@@ -1576,9 +1597,14 @@ static int open_companion(sqlite3_vfs *vfs, sr_file_t *f, const char *zName, int
     }
     int chunk = 0;
     size_t base = companion_base(zName, flags, &chunk);
-    f->ts = base && !chunk ? companion_tablespace(zName, base) : NULL;
+    int main_role = companion_main(zName, base, &f->ts);
+    if (main_role == ROLE_PASS) {
+        f->role = ROLE_PASS;
+        return SQLITE_OK;
+    }
+    if (chunk && f->ts) sr_tde_ts_release(f->ts), f->ts = NULL; /* its records could not be located */
     if (!f->ts) {
-        if (companion_is_plaintext(zName, base)) {
+        if (main_role < 0 && companion_is_plaintext(zName, base)) {
             f->role = ROLE_PASS;
             return SQLITE_OK;
         }

@@ -24,5 +24,9 @@ void flip(const char *path, long off);
 void copy_range(const char *from, long from_off, const char *to, long to_off, size_t n);
 /* A child runs sql in journal mode `mode` (cache of 5 pages) and dies without closing. */
 void crash_mid_write(const char *path, const char *mode, const char *sql);
+/* What another process sees of SQLite's lock bytes (PENDING, RESERVED and
+ * the SHARED range at 1 GiB): 1 if some process holds a lock there, 0 if
+ * none does (asked from a child: F_GETLK ignores the asker's own locks). */
+int lock_bytes_held(const char *db);
 
 #endif

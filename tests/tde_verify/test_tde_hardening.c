@@ -476,6 +476,30 @@ static void test_vfs_stacked_above_strongroom(void)
     }
 }
 
+/* A database that passes through strongroom in plaintext (plaintext=1)
+ * keeps its write lock while SQLite opens its journal or WAL: the VFS used to
+ * tell a plaintext database's journal by reading the database file through
+ * a descriptor of its own, and closing it dropped every POSIX lock of the
+ * process on the file, so another process could write at the same time. */
+static void test_plaintext_database_keeps_its_locks(void)
+{
+    static const char *modes[] = {"DELETE", "WAL"};
+    for (int m = 0; m < 2; m++) {
+        char path[600], uri[1400], sql[64];
+        snprintf(path, sizeof path, "%s", sr_test_path(m ? "locks-plain-wal.db" : "locks-plain.db"));
+        snprintf(uri, sizeof uri, "file:%s?vfs=strongroom&plaintext=1", path);
+        snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", modes[m]);
+        sqlite3 *db = NULL;
+        SR_CHECK_EQ_INT(sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL),
+                        SQLITE_OK);
+        SR_CHECK_EQ_INT(sqlt_exec(db, sql), SQLITE_OK);
+        SR_CHECK_EQ_INT(sqlt_exec(db, "CREATE TABLE t(x); BEGIN IMMEDIATE; INSERT INTO t VALUES(1)"), SQLITE_OK);
+        SR_CHECK_MSG(lock_bytes_held(path) == 1, "%s: the write transaction's lock is gone", modes[m]);
+        SR_CHECK_EQ_INT(sqlt_exec(db, "COMMIT"), SQLITE_OK);
+        sqlite3_close(db);
+    }
+}
+
 /* 6b: a commit over two databases cut after the main database's pages were
  * written, its super-journal then deleted: the main journal is not hot and
  * the commit stands (SQLite's crash8-4.10). The path's length moves the
@@ -885,6 +909,7 @@ int main(void)
     SR_RUN(test_fork_never_repeats_a_nonce);
     SR_RUN(test_tdectl_encrypt_writes_no_plaintext_and_is_hardened);
     SR_RUN(test_vfs_stacked_above_strongroom);
+    SR_RUN(test_plaintext_database_keeps_its_locks);
     SR_RUN(test_super_journal_deleted_commit_stands);
     SR_RUN(test_page_size_changes_refused_database_intact);
     SR_RUN(test_new_database_page_size_and_auto_vacuum);

@@ -331,22 +331,6 @@ static void test_online_rewrite_beside_a_writer_and_a_reader(void)
     rewrite_beside_workers("delete", 0);
 }
 
-/* What another process sees of SQLite's lock bytes (PENDING, RESERVED and
- * the SHARED range at 1 GiB): 1 if some process holds a lock there, 0 if
- * none does. Asked from a child, since F_GETLK ignores the asker's own locks. */
-static int lock_bytes_held(const char *db)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(db, O_RDONLY);
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0x40000000, .l_len = 2 + 510};
-        _exit(fd >= 0 && fcntl(fd, F_GETLK, &fl) == 0 ? fl.l_type != F_UNLCK : 2);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 3;
-}
-
 /* Dropping unused key versions leaves the caller's locks where they were.
  * tdectl used to read the pages through a descriptor of its own and close
  * it, which drops every POSIX lock of the process on the file: a writer of
