@@ -82,6 +82,8 @@ static struct {
     int revoked;
     char revoked_why[256];
     int64_t last_heartbeat_ok, lease_s;
+    sr_kmip_client_t *node_client; /* the node's connection to the KMS, kept between calls: one thread at a time
+                                      uses it (at start, then the heartbeat thread, then leaving after it ended) */
 } agent = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static volatile sig_atomic_t stop_requested;
@@ -125,9 +127,19 @@ typedef sr_err_t (*kms_fn)(sr_kmip_client_t *c, void *arg);
 
 /* Runs fn with a client of the server that answered last, as the node
  * (cert) or anonymously (NULL), moving on through [kms] servers while one
- * cannot be reached: kmsd instances sharing a store are interchangeable. */
-static sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg)
+ * cannot be reached: kmsd instances sharing a store are interchangeable.
+ * keep: a client kept between calls (its TLS connection with it: a
+ * heartbeat costs a request, not a handshake), tried first; a kept
+ * connection the server has since closed (kmsd restarted, idle_timeout) is
+ * replaced, and fn runs again on the new one, so fn must be safe to repeat
+ * (heartbeat, policy, leave, get). */
+static sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg, sr_kmip_client_t **keep)
 {
+    if (keep && *keep) {
+        sr_err_t rc = fn(*keep, arg);
+        if (!kms_unreachable(rc)) return rc;
+        sr_kmip_client_free(*keep), *keep = NULL;
+    }
     static _Atomic int current; /* the heartbeat thread and the main thread (leave) both call */
     int n = 0;
     char host[256];
@@ -146,11 +158,13 @@ static sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, 
         sr_kmip_client_t *c = NULL;
         rc = sr_kmip_client_new(&o, &c);
         if (rc == SR_OK) rc = fn(c, arg);
-        sr_kmip_client_free(c);
         if (!kms_unreachable(rc)) {
             current = i;
+            if (keep) *keep = c;
+            else sr_kmip_client_free(c);
             return rc;
         }
+        sr_kmip_client_free(c);
         if (tried + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
     }
     return rc;
@@ -172,10 +186,10 @@ static sr_err_t call_once(sr_kmip_client_t *c, void *arg)
 
 /* One request, answered by the first kmsd that can be reached. */
 static sr_err_t kms_call(const char *cert, const char *key, const sr_kmip_enc_t *e, uint32_t op,
-                         sr_kmip_response_t *r)
+                         sr_kmip_response_t *r, sr_kmip_client_t **keep)
 {
     call_arg_t a = {.e = e, .op = op, .r = r};
-    return kms_with_failover(cert, key, call_once, &a);
+    return kms_with_failover(cert, key, call_once, &a, keep);
 }
 
 static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
@@ -188,7 +202,7 @@ static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
     sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
     sr_kmip_request_end(&e);
     sr_err_t rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_call(cert, key, &e, op, r);
+    if (rc == SR_OK) rc = kms_call(cert, key, &e, op, r, &agent.node_client);
     sr_kmip_enc_free(&e);
     return rc;
 }
@@ -316,7 +330,7 @@ static sr_err_t enrol(void)
     sr_kmip_response_t r;
     memset(&r, 0, sizeof r);
     if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_call(NULL, NULL, &e, SR_KMIP_OP_ENROL, &r);
+    if (rc == SR_OK) rc = kms_call(NULL, NULL, &e, SR_KMIP_OP_ENROL, &r, NULL); /* never repeated: a token's use */
     if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
     sr_kmip_response_free(&r);
     sr_kmip_enc_free(&e);
@@ -540,7 +554,7 @@ static sr_err_t disk_cache_start(void)
         state_path(path, sizeof path, "nk.key");
         state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
         if (have != SR_OK || len != SR_KEYMGR_KEY_BYTES) {
-            rc = kms_with_failover(cert, key, get_nk, &f);
+            rc = kms_with_failover(cert, key, get_nk, &f, &agent.node_client);
             if (rc != SR_OK) return sr_err_set(rc, "the disk cache needs the node key: %s", sr_err_detail());
             rc = write_file(path, disk.nk, SR_KEYMGR_KEY_BYTES, 0600);
         }
@@ -666,8 +680,13 @@ static void follow_policy(int64_t newest)
 
 static void *heartbeat_main(void *arg)
 {
-    (void)arg;
+    /* just enrolled: the lease is new, so the first heartbeat waits an interval (200 nodes joining at once
+     * would otherwise each make a second TLS handshake in the same second), unless a pushed policy is awaited */
+    int skip = *(const int *)arg && !(agent.policy_push && !agent.policy);
     while (!stop_requested && !agent.revoked) {
+        for (uint64_t slept = 0; skip && slept < agent.heartbeat_ms && !stop_requested; slept += 100) usleep(100000);
+        skip = 1;
+        if (stop_requested) break;
         sr_kmip_response_t r;
         sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
         int32_t newest = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER) : -1;
@@ -683,7 +702,6 @@ static void *heartbeat_main(void *arg)
         } else {
             sr_log_warn("heartbeat: %s (the KMS is unreachable: cached keys stay usable)", sr_err_detail());
         }
-        for (uint64_t slept = 0; slept < agent.heartbeat_ms && !stop_requested; slept += 100) usleep(100000);
     }
     return NULL;
 }
@@ -1095,7 +1113,8 @@ static int cmd_run(const char *config)
         sealer_finish();
         return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(rc)), SR_EXIT_CANNOT;
     }
-    if (!load_enrolment()) {
+    int just_enrolled = !load_enrolment();
+    if (just_enrolled) {
         rc = enrol();
         if (rc != SR_OK) {
             fprintf(stderr, "tde-agent: enrolment refused or failed: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
@@ -1106,6 +1125,7 @@ static int cmd_run(const char *config)
         printf("tde-agent: enrolled as node %s (node key %s, lease %llds)\n", agent.node_uuid, agent.nk,
                (long long)agent.lease_s);
         event("node.enrol", agent.node_uuid, agent.nk, "success", "enrolled");
+        agent.last_heartbeat_ok = sr_time_now_us() / 1000000; /* the enrolment renewed the lease */
     } else {
         printf("tde-agent: node %s (enrolled before; state in %s)\n", agent.node_uuid, agent.state);
     }
@@ -1120,7 +1140,7 @@ static int cmd_run(const char *config)
         return SR_EXIT_CANNOT;
     }
     pthread_t hb;
-    pthread_create(&hb, NULL, heartbeat_main, NULL);
+    pthread_create(&hb, NULL, heartbeat_main, &just_enrolled);
     while (!stop_requested) usleep(100000); /* the workers serve; SIGTERM may land on any thread */
     workers_stop();
     close(lfd);
@@ -1140,6 +1160,7 @@ static int cmd_run(const char *config)
     }
     sr_keycache_free(agent.cache);
     sr_keyprov_free(agent.kms);
+    sr_kmip_client_free(agent.node_client);
     sr_acl_close(agent.policy);
     sealer_finish();
     sr_config_free(agent.cfg);

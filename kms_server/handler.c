@@ -992,8 +992,8 @@ static int op_enrol(req_t *r, int32_t payload)
     uint8_t *cert = NULL;
     size_t cert_len = 0;
     kms_cert_info_t info;
-    rc = kms_pki_sign_csr(enrolment.ca_cert, enrolment.ca_key, item(r, csr)->v.ptr, item(r, csr)->len, n.uuid,
-                          (int)enrolment.cert_days, &cert, &cert_len, &info);
+    rc = kms_pki_sign_csr(enrolment.ca, item(r, csr)->v.ptr, item(r, csr)->len, n.uuid, (int)enrolment.cert_days, &cert,
+                          &cert_len, &info);
     if (rc == SR_ERR_PARSE || rc == SR_ERR_AUTH) return fail(r, REASON_INVALID_FIELD, "%s", sr_err_detail());
     if (rc != SR_OK) return store_failed(r, rc);
     /* the node key: Active, owned by the node, tagged with its UUID */

@@ -167,10 +167,15 @@ sr_err_t kms_pki_make_ca(const char *dir, int days) SR_MUST_CHECK;
  * (clientAuth; the CN is the principal). */
 sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn, int server, const char *dns_name,
                        int days, kms_cert_info_t *info) SR_MUST_CHECK;
+/* The CA that signs node certificates, read once (kmsd's start): reading
+ * and decoding its PEM key was a third of kmsd's work per enrolment. */
+typedef struct kms_pki_ca kms_pki_ca_t;
+sr_err_t kms_pki_ca_load(const char *cert_path, const char *key_path, kms_pki_ca_t **out) SR_MUST_CHECK;
+void kms_pki_ca_free(kms_pki_ca_t *ca);
 /* Signs a node's certificate request (DER; its own signature checked) as a
  * clientAuth certificate for CN=cn; the certificate (DER, malloc'd) out. */
-sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t *csr, size_t csr_len, const char *cn,
-                          int days, uint8_t **cert, size_t *cert_len, kms_cert_info_t *info) SR_MUST_CHECK;
+sr_err_t kms_pki_sign_csr(const kms_pki_ca_t *ca, const uint8_t *csr, size_t csr_len, const char *cn, int days,
+                          uint8_t **cert, size_t *cert_len, kms_cert_info_t *info) SR_MUST_CHECK;
 
 /* ---- join tokens and nodes (enrolment, leases) ------------------------------------------------ */
 /* A one-time (or `uses`-time) join token for nodes of `group`; only its
@@ -217,7 +222,7 @@ int kms_instances_alive(kms_store_t *s, const char *except_id, int64_t since);
 
 /* Enrolment settings (kmsd's [enrolment]); without them Enrol is refused. */
 typedef struct kms_enrolment {
-    const char *ca_cert, *ca_key; /* signs node certificates */
+    const kms_pki_ca_t *ca; /* signs node certificates */
     int64_t lease_s, grace_s, cert_days;
 } kms_enrolment_t;
 void kms_enrolment_configure(const kms_enrolment_t *e);

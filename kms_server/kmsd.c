@@ -555,7 +555,7 @@ static void start_leases(void)
 
 static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
 {
-    static char ca_cert[4096], ca_key[4096];
+    static kms_pki_ca_t *ca; /* for the process's life */
     int on = 0;
     *on_out = 0;
     uint64_t lease = 0, grace = 0, retention = 0;
@@ -569,9 +569,9 @@ static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
     if (rc == SR_OK) rc = sr_config_get_duration_ms(cfg, "enrolment", "retention", &retention);
     if (rc == SR_OK) rc = sr_config_get_int(cfg, "enrolment", "cert_days", &days);
     if (rc == SR_OK && (lease < 1000 || days < 1)) rc = sr_err_set(SR_ERR_CONFIG, "[enrolment] lease >= 1s, cert_days >= 1");
+    if (rc == SR_OK && !ca) rc = kms_pki_ca_load(cert, key, &ca);
     if (rc != SR_OK) return rc;
-    snprintf(ca_cert, sizeof ca_cert, "%s", cert), snprintf(ca_key, sizeof ca_key, "%s", key);
-    kms_enrolment_t e = {.ca_cert = ca_cert, .ca_key = ca_key, .lease_s = (int64_t)(lease / 1000),
+    kms_enrolment_t e = {.ca = ca, .lease_s = (int64_t)(lease / 1000),
                          .grace_s = (int64_t)(grace / 1000), .cert_days = days};
     kms_enrolment_configure(&e);
     grace_s = e.grace_s, lease_s = e.lease_s, retention_s = (int64_t)(retention / 1000);

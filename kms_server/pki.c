@@ -72,20 +72,24 @@ static sr_err_t make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY 
     return rc;
 }
 
-static sr_err_t load_ca(const char *dir, X509 **ca, EVP_PKEY **ca_key)
+static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca, EVP_PKEY **key)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/ca.pem", dir);
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(cert_path, "r");
     *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
-    snprintf(path, sizeof path, "%s/ca.key", dir);
-    f = fopen(path, "r");
-    *ca_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    f = fopen(key_path, "r");
+    *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
-    if (*ca && *ca_key) return SR_OK;
-    X509_free(*ca), EVP_PKEY_free(*ca_key);
-    return sr_err_set(SR_ERR_NOT_FOUND, "cannot read the CA (ca.pem, ca.key) in %s", dir);
+    if (*ca && *key) return SR_OK;
+    X509_free(*ca), EVP_PKEY_free(*key);
+    return sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
+}
+
+static sr_err_t load_ca(const char *dir, X509 **ca, EVP_PKEY **ca_key)
+{
+    char cert[4200], key[4200];
+    snprintf(cert, sizeof cert, "%s/ca.pem", dir), snprintf(key, sizeof key, "%s/ca.key", dir);
+    return load_pem(cert, key, ca, ca_key);
 }
 
 static void describe(X509 *x, kms_cert_info_t *info)
@@ -148,21 +152,30 @@ sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn,
     return rc;
 }
 
-static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca, EVP_PKEY **key)
+struct kms_pki_ca {
+    X509 *cert;
+    EVP_PKEY *key;
+};
+
+sr_err_t kms_pki_ca_load(const char *cert_path, const char *key_path, kms_pki_ca_t **out)
 {
-    FILE *f = fopen(cert_path, "r");
-    *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-    if (f) fclose(f);
-    f = fopen(key_path, "r");
-    *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
-    if (f) fclose(f);
-    if (*ca && *key) return SR_OK;
-    X509_free(*ca), EVP_PKEY_free(*key);
-    return sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
+    kms_pki_ca_t *ca = calloc(1, sizeof *ca);
+    if (!ca) return sr_err_set(SR_ERR_NOMEM, "cannot allocate the CA");
+    sr_err_t rc = load_pem(cert_path, key_path, &ca->cert, &ca->key);
+    if (rc != SR_OK) free(ca), ca = NULL;
+    *out = ca;
+    return rc;
 }
 
-sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t *csr, size_t csr_len, const char *cn,
-                          int days, uint8_t **cert, size_t *cert_len, kms_cert_info_t *info)
+void kms_pki_ca_free(kms_pki_ca_t *ca)
+{
+    if (!ca) return;
+    X509_free(ca->cert), EVP_PKEY_free(ca->key);
+    free(ca);
+}
+
+sr_err_t kms_pki_sign_csr(const kms_pki_ca_t *ca, const uint8_t *csr, size_t csr_len, const char *cn, int days,
+                          uint8_t **cert, size_t *cert_len, kms_cert_info_t *info)
 {
     const unsigned char *p = csr;
     X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)csr_len);
@@ -174,13 +187,11 @@ sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t
     sr_err_t rc = pub && X509_REQ_verify(req, pub) == 1 ? SR_OK
                                                           : sr_err_set(SR_ERR_AUTH, "the certificate request's signature "
                                                                                     "does not verify");
-    X509 *ca = NULL, *x = NULL;
-    EVP_PKEY *key = NULL;
-    if (rc == SR_OK) rc = load_pem(ca_cert, ca_key, &ca, &key);
+    X509 *x = NULL;
     static const char *const exts[] = {"critical,CA:FALSE", "critical,digitalSignature,keyEncipherment", "clientAuth",
                                        "keyid,issuer", NULL};
     static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage, NID_authority_key_identifier};
-    if (rc == SR_OK) rc = make_cert(pub, cn, ca, key, days, exts, nids, &x);
+    if (rc == SR_OK) rc = make_cert(pub, cn, ca->cert, ca->key, days, exts, nids, &x);
     unsigned char *der = NULL;
     int len = rc == SR_OK ? i2d_X509(x, &der) : -1;
     if (rc == SR_OK && len <= 0) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the certificate");
@@ -191,7 +202,7 @@ sr_err_t kms_pki_sign_csr(const char *ca_cert, const char *ca_key, const uint8_t
         else rc = SR_ERR_NOMEM;
     }
     OPENSSL_free(der);
-    X509_free(x), X509_free(ca), X509_REQ_free(req);
-    EVP_PKEY_free(key), EVP_PKEY_free(pub);
+    X509_free(x), X509_REQ_free(req);
+    EVP_PKEY_free(pub);
     return rc;
 }
