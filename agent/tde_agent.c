@@ -741,12 +741,10 @@ static void user_name(uid_t uid, char *out, size_t cap)
     pthread_mutex_unlock(&lock);
 }
 
-static void describe_peer(int fd, peer_t *p)
+static void describe_peer(const struct ucred *c, peer_t *p)
 {
-    struct ucred cred = {0};
-    socklen_t len = sizeof cred;
+    struct ucred cred = *c;
     memset(p, 0, sizeof *p);
-    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
     p->uid = cred.uid, p->pid = cred.pid;
     user_name(cred.uid, p->user, sizeof p->user);
     char link[64];
@@ -832,13 +830,13 @@ static int read_some_by(int fd, uint8_t *buf, size_t cap, size_t need, uint64_t 
 #define WORKERS 64      /* connections served at once; more wait in the listen backlog */
 #define REPLY_BYTES (SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX)
 
-static void handle(int fd, uint8_t *reply)
+static void handle(int fd, const struct ucred *cred, uint8_t *reply)
 {
     peer_t p;
-    describe_peer(fd, &p);
-    uint8_t head[4], req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
-    struct timeval tv = {.tv_sec = 5}; /* for the answer */
+    describe_peer(cred, &p);
+    struct timeval tv = {.tv_sec = 5}; /* for the answer (not inherited from the listening socket) */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    uint8_t head[4], req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
     uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
     uint8_t msg[4 + sizeof req];
     size_t got = 0;
@@ -920,12 +918,12 @@ static int worker_add(void);
 /* A user with PER_UID connections served already is answered at once that
  * it has too many: one user's stalled or flooding processes can hold up
  * that user, never another. 1 if the connection is to be served. */
-static int admit(int fd, uid_t *uid)
+static int admit(int fd, struct ucred *peer)
 {
     struct ucred cred = {0};
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return 0;
-    *uid = cred.uid;
+    *peer = cred;
     pthread_mutex_lock(&pool.lock);
     int mine = user_count(cred.uid, +1);
     if (mine < 0 || mine > PER_UID) {
@@ -952,12 +950,12 @@ static void *worker_main(void *arg)
             if (errno == EMFILE || errno == ENFILE) usleep(50000); /* out of descriptors: do not spin */
             continue;
         }
-        uid_t uid = 0;
-        if (admit(fd, &uid)) {
-            handle(fd, reply);
+        struct ucred peer = {0};
+        if (admit(fd, &peer)) {
+            handle(fd, &peer, reply);
             pthread_mutex_lock(&pool.lock);
             pool.busy--;
-            user_count(uid, -1);
+            user_count(peer.uid, -1);
             pthread_mutex_unlock(&pool.lock);
         }
         close(fd);

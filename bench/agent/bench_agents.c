@@ -10,7 +10,8 @@
  *   scale-in:  50 agents stopped (SIGTERM: they leave, kmsd revokes at once)
  *              and 50 killed (SIGKILL: kmsd revokes when the lease runs out),
  *              the time until kmsd lists them all left / expired.
- * SR_BENCH_AGENTS=N for another count (at most 250); SR_BENCH_QUICK=1: 20.
+ * SR_BENCH_AGENTS=N for another count (at most 250); SR_BENCH_QUICK=1: 20;
+ * SR_BENCH_OPENS=N opens each way (500).
  */
 #include "kmsd_server.h"
 #include <sqlite3.h>
@@ -165,7 +166,8 @@ int main(void)
     if (sr_secure_init() != SR_OK || sr_sqlite_register(NULL, 0) != SQLITE_OK || sr_keyfile_create(key) != SR_OK ||
         create_table(uri) != SQLITE_OK || create_table(kuri) != SQLITE_OK)
         return fprintf(stderr, "cannot make the tablespaces: %s\n", sr_err_detail()), 1;
-    int opens = getenv("SR_BENCH_QUICK") ? 50 : 500;
+    int opens = getenv("SR_BENCH_OPENS") ? atoi(getenv("SR_BENCH_OPENS")) : getenv("SR_BENCH_QUICK") ? 50 : 500;
+    if (opens < 1) opens = 500;
     double agent_us = open_us(uri, opens), file_us = open_us(kuri, opens);
     /* scale-in */
     int q = n / 4;
