@@ -75,6 +75,17 @@ void sr_acl_decide(const sr_acl_policy_t *p, const sr_acl_request_t *r, sr_acl_d
 void sr_acl_explain(const sr_acl_policy_t *p, const char *account, const char *source,
                     void (*fn)(void *ctx, int rule, const char *file, int line, const char *text), void *ctx);
 
+/* What tells a policy file's contents apart without reading them: device,
+ * inode, size and modification time (tde-acl install renames a new file in:
+ * a new inode; an edit changes the size or the time). Included files and
+ * groups files are not part of it. */
+typedef struct sr_acl_file_id {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns;
+} sr_acl_file_id_t;
+sr_err_t sr_acl_file_id(const char *path, sr_acl_file_id_t *id) SR_MUST_CHECK;
+int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b);
+
 /* ---- a reloadable policy ----------------------------------------------------------- */
 typedef struct sr_acl sr_acl_t;
 sr_err_t sr_acl_open(const char *path, sr_acl_t **out) SR_MUST_CHECK;
@@ -83,6 +94,10 @@ sr_err_t sr_acl_open(const char *path, sr_acl_t **out) SR_MUST_CHECK;
  * policy, never a mix. */
 sr_err_t sr_acl_reload(sr_acl_t *a) SR_MUST_CHECK;
 void sr_acl_evaluate(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d);
+/* The same with the file as it is now: changed since it was compiled, it is
+ * compiled again first (if that fails, the policy in force decides and the
+ * error is logged). *id: the file the deciding policy was compiled from. */
+void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d, sr_acl_file_id_t *id);
 void sr_acl_close(sr_acl_t *a);
 
 #ifdef __cplusplus

@@ -7,6 +7,8 @@
  * checked for server, source, service and time window.
  */
 #include "acl_internal.h"
+#include <errno.h>
+#include <sys/stat.h>
 
 #include <pthread.h>
 #include <stdio.h>
@@ -182,7 +184,35 @@ struct sr_acl {
     char *path;
     pthread_rwlock_t lock;
     sr_acl_policy_t *policy;
+    sr_acl_file_id_t id; /* the file `policy` was compiled from (zero: not known) */
 };
+
+sr_err_t sr_acl_file_id(const char *path, sr_acl_file_id_t *id)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (stat(path, &st) != 0) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
+    *id = (sr_acl_file_id_t){.dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino, .size = (uint64_t)st.st_size,
+                             .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+    return SR_OK;
+}
+
+int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns && a->ino;
+}
+
+/* Compiles the file and says which file it compiled: the same before and
+ * after, else unknown (it changed meanwhile: compiled again next time). */
+static sr_err_t compile_identified(const char *path, sr_acl_policy_t **out, sr_acl_file_id_t *id)
+{
+    sr_acl_file_id_t after;
+    sr_err_t rc = sr_acl_file_id(path, id);
+    if (rc == SR_OK) rc = sr_acl_compile_file(path, out);
+    if (rc == SR_OK && (sr_acl_file_id(path, &after) != SR_OK || !sr_acl_file_id_equal(id, &after)))
+        memset(id, 0, sizeof *id);
+    return rc;
+}
 
 sr_err_t sr_acl_open(const char *path, sr_acl_t **out)
 {
@@ -194,7 +224,7 @@ sr_err_t sr_acl_open(const char *path, sr_acl_t **out)
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&a->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
-    sr_err_t rc = sr_acl_compile_file(path, &a->policy);
+    sr_err_t rc = compile_identified(path, &a->policy, &a->id);
     if (rc != SR_OK) {
         sr_acl_close(a);
         return rc;
@@ -206,11 +236,12 @@ sr_err_t sr_acl_open(const char *path, sr_acl_t **out)
 sr_err_t sr_acl_reload(sr_acl_t *a)
 {
     sr_acl_policy_t *fresh = NULL;
-    sr_err_t rc = sr_acl_compile_file(a->path, &fresh);
+    sr_acl_file_id_t id;
+    sr_err_t rc = compile_identified(a->path, &fresh, &id);
     if (rc != SR_OK) return rc; /* the policy in force stays */
     pthread_rwlock_wrlock(&a->lock);
     sr_acl_policy_t *old = a->policy;
-    a->policy = fresh;
+    a->policy = fresh, a->id = id;
     pthread_rwlock_unlock(&a->lock);
     sr_acl_policy_free(old);
     return SR_OK;
@@ -220,6 +251,21 @@ void sr_acl_evaluate(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *
 {
     pthread_rwlock_rdlock(&a->lock);
     sr_acl_decide(a->policy, r, d);
+    pthread_rwlock_unlock(&a->lock);
+}
+
+void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d, sr_acl_file_id_t *id)
+{
+    sr_acl_file_id_t now;
+    int current = sr_acl_file_id(a->path, &now) == SR_OK;
+    pthread_rwlock_rdlock(&a->lock);
+    current = current && sr_acl_file_id_equal(&a->id, &now);
+    pthread_rwlock_unlock(&a->lock);
+    if (!current && sr_acl_reload(a) != SR_OK)
+        sr_log(SR_LOG_WARN, "access policy %s: %s (the policy in force stays)", a->path, sr_err_detail());
+    pthread_rwlock_rdlock(&a->lock);
+    sr_acl_decide(a->policy, r, d);
+    *id = a->id;
     pthread_rwlock_unlock(&a->lock);
 }
 

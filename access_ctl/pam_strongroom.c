@@ -2,6 +2,7 @@
  * pam_strongroom.so — the access policy as a PAM gate.
  *
  *   auth     requisite  pam_strongroom.so policy=/etc/strongroom/acl.conf [server=NAME] [audit_socket=PATH]
+ *                                         [agent_socket=PATH]
  *   account  required   pam_strongroom.so policy=/etc/strongroom/acl.conf
  *
  * Stacked `requisite` before the password check, a refused client is
@@ -10,7 +11,13 @@
  * login; a name is untrusted and matches only `*`) and PAM_SERVICE. No DNS
  * lookups. The compiled policy is kept while its file is unchanged; a
  * replaced file is compiled at the next decision, and a half-written one is
- * refused as a whole. Fails closed: a
+ * refused as a whole. Every PostgreSQL login is a new process, so with
+ * agent_socket= the host's tde-agent, whose policy is the same file, decides
+ * instead (it holds the policy compiled; its answer names the file it
+ * compiled, which must be the file as it is now): a login then compiles
+ * nothing, whatever the policy's size. An agent that does not answer, holds
+ * another file or an older version of it leaves the decision here. Fails
+ * closed: a
  * policy that cannot be read or parsed, or a decision that cannot be
  * audited, is a refusal. One audit record per decision: component "pam",
  * event "login", to the host's sealer (audit_socket= or
@@ -23,6 +30,7 @@
 
 #include "access_ctl.h"
 #include "audit.h"
+#include "keymgr.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -32,7 +40,7 @@
 #include <sys/stat.h>
 
 typedef struct args {
-    const char *policy, *server, *audit_socket;
+    const char *policy, *server, *audit_socket, *agent_socket;
 } args_t;
 
 static int parse_args(int argc, const char **argv, args_t *a)
@@ -42,6 +50,7 @@ static int parse_args(int argc, const char **argv, args_t *a)
         if (!strncmp(argv[i], "policy=", 7)) a->policy = argv[i] + 7;
         else if (!strncmp(argv[i], "server=", 7)) a->server = argv[i] + 7;
         else if (!strncmp(argv[i], "audit_socket=", 13)) a->audit_socket = argv[i] + 13;
+        else if (!strncmp(argv[i], "agent_socket=", 13)) a->agent_socket = argv[i] + 13;
         else return -1;
     }
     return a->policy ? 0 : -1;
@@ -85,17 +94,22 @@ static int same_file(const struct stat *a, const struct stat *b)
            a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
+static sr_err_t usable_policy_file(const char *path, struct stat *st)
+{
+    if (stat(path, st) != 0) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
+    if (st->st_mode & 022) /* whoever may write it may let themselves in */
+        return sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", path,
+                          (unsigned)(st->st_mode & 0777));
+    return SR_OK;
+}
+
 /* Decides with the cached or freshly compiled policy (under the lock). */
 static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req, sr_acl_decision_t *d, char *version,
                                    size_t cap)
 {
     struct stat st;
-    sr_err_t rc = SR_OK;
     pthread_mutex_lock(&cache.lock);
-    if (stat(path, &st) != 0) rc = sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
-    else if (st.st_mode & 022) /* whoever may write it may let themselves in */
-        rc = sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", path,
-                        (unsigned)(st.st_mode & 0777));
+    sr_err_t rc = usable_policy_file(path, &st);
     if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && same_file(&cache.st, &st))) {
         sr_acl_policy_t *fresh = NULL;
         rc = sr_acl_compile_file(path, &fresh);
@@ -113,6 +127,44 @@ static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req
     return rc;
 }
 
+/* The agent's decision, if it decided with this very file (see above). */
+static sr_err_t decide_by_agent(const args_t *a, const sr_acl_request_t *req, sr_acl_decision_t *d, char *version,
+                                size_t cap)
+{
+    struct stat st;
+    sr_acl_file_id_t mine;
+    sr_err_t rc = usable_policy_file(a->policy, &st);
+    if (rc == SR_OK) rc = sr_acl_file_id(a->policy, &mine);
+    if (rc != SR_OK) return rc;
+    const char *field[5] = {a->policy, req->server ? req->server : "", req->account ? req->account : "",
+                            req->source ? req->source : "", req->service ? req->service : ""};
+    uint8_t msg[SR_AGENT_REQUEST_MAX], ans[1024];
+    size_t n = 0, got = 0;
+    msg[n++] = 'D';
+    for (int i = 0; i < 5; i++) {
+        size_t len = strlen(field[i]) + 1;
+        if (n + len > sizeof msg) return sr_err_set(SR_ERR_LIMIT, "decision request too long");
+        memcpy(msg + n, field[i], len), n += len;
+    }
+    rc = sr_agent_request(a->agent_socket, msg, n, ans, sizeof ans, &got);
+    if (rc != SR_OK) return rc;
+    /* 'K' | allow | identity (32) | why NUL | digest NUL */
+    const uint8_t *why_end = got > 34 ? memchr(ans + 34, '\0', got - 34) : NULL;
+    const uint8_t *digest = why_end ? why_end + 1 : NULL;
+    if (!digest || digest >= ans + got || !memchr(digest, '\0', got - (size_t)(digest - ans)) ||
+        (size_t)(why_end - (ans + 34)) >= sizeof d->why)
+        return sr_err_set(SR_ERR_PROTOCOL, "the agent's decision is malformed");
+    sr_acl_file_id_t theirs = {sr_get_be64(ans + 2), sr_get_be64(ans + 10), sr_get_be64(ans + 18),
+                               (int64_t)sr_get_be64(ans + 26)};
+    if (!sr_acl_file_id_equal(&mine, &theirs))
+        return sr_err_set(SR_ERR_STATE, "the agent decided with another version of %s", a->policy);
+    memset(d, 0, sizeof *d);
+    d->allow = ans[1] == 1;
+    memcpy(d->why, ans + 34, (size_t)(why_end - (ans + 34)) + 1);
+    snprintf(version, cap, "%.*s", (int)cap - 1, (const char *)digest);
+    return SR_OK;
+}
+
 static int decide(pam_handle_t *pamh, int argc, const char **argv, int refused)
 {
     args_t a;
@@ -125,12 +177,13 @@ static int decide(pam_handle_t *pamh, int argc, const char **argv, int refused)
     sr_acl_request_t req = {.server = a.server, .account = user, .source = rhost, .service = service};
     sr_acl_decision_t d;
     char version[40];
-    if (decide_with_policy(a.policy, &req, &d, version, sizeof version) != SR_OK) {
+    int by_agent = a.agent_socket && decide_by_agent(&a, &req, &d, version, sizeof version) == SR_OK;
+    if (!by_agent && decide_with_policy(a.policy, &req, &d, version, sizeof version) != SR_OK) {
         snprintf(detail, sizeof detail, "policy unavailable, refused (fail closed): %s", sr_err_detail());
         (void)record(&a, user, rhost, service, "failure", detail);
         return refused;
     }
-    snprintf(detail, sizeof detail, "%s; policy %s", d.why, version);
+    snprintf(detail, sizeof detail, "%s; policy %s%s", d.why, version, by_agent ? " (decided by tde-agent)" : "");
     if (record(&a, user, rhost, service, d.allow ? "success" : "denied", detail) != SR_OK) return refused;
     return d.allow ? PAM_SUCCESS : refused;
 }

@@ -788,9 +788,50 @@ static int permitted(const peer_t *p, char *why, size_t cap)
     if (!policy) return 1;
     sr_acl_request_t req = {.account = p->user, .source = "local", .service = "tde-key"};
     sr_acl_decision_t d;
-    sr_acl_evaluate(policy, &req, &d);
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(policy, &req, &d, &id); /* a file replaced since (tde-acl install) is compiled again */
     snprintf(why, cap, "%s; policy %s", d.why, d.policy);
     return d.allow;
+}
+
+/* D: the policy's decision for a login, asked by the PAM module (which
+ * records it): the module compiles nothing when this agent's policy is its
+ * policy file as it is now (it compares the file identity sent back). The
+ * request: NUL-terminated policy path, server, account, source, service;
+ * the answer: allow (1) | file identity (4 x u64 BE) | why NUL | digest NUL.
+ * The policy file is world-readable, so answering any local process tells
+ * it nothing new. */
+static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
+{
+    const char *f[5];
+    size_t at = 0;
+    for (int i = 0; i < 5; i++) {
+        const uint8_t *end = at < len ? memchr(body + at, '\0', len - at) : NULL;
+        if (!end) return refuse(fd, p, NULL, "malformed decision request");
+        f[i] = (const char *)body + at, at = (size_t)(end - body) + 1;
+    }
+    const char *mine = sr_config_get(agent.cfg, "agent", "policy");
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    struct stat a, b; /* the same file, however each names it */
+    if (!policy || !mine || stat(mine, &a) != 0 || stat(f[0], &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+        const char *why = "this agent does not hold that policy file";
+        return answer(fd, 'E', (const uint8_t *)why, strlen(why));
+    }
+    sr_acl_request_t req = {.server = *f[1] ? f[1] : NULL, .account = f[2], .source = *f[3] ? f[3] : NULL,
+                            .service = *f[4] ? f[4] : NULL};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(policy, &req, &d, &id);
+    uint8_t out[1 + 32 + sizeof d.why + sizeof d.policy];
+    out[0] = (uint8_t)(d.allow != 0);
+    sr_put_be64(out + 1, id.dev), sr_put_be64(out + 9, id.ino), sr_put_be64(out + 17, id.size);
+    sr_put_be64(out + 25, (uint64_t)id.mtime_ns);
+    size_t n = 33;
+    n += (size_t)snprintf((char *)out + n, sizeof d.why, "%s", d.why) + 1;
+    n += (size_t)snprintf((char *)out + n, sizeof d.policy, "%s", d.policy) + 1;
+    answer(fd, 'K', out, n);
 }
 
 /* U: the DEK (cache, else the KMS); C: a new DEK wrapped by the KMS; R: re-wrapped. */
@@ -836,15 +877,16 @@ static void handle(int fd, const struct ucred *cred, uint8_t *reply)
     describe_peer(cred, &p);
     struct timeval tv = {.tv_sec = 5}; /* for the answer (not inherited from the listening socket) */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    uint8_t head[4], req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
+    uint8_t req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
     uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
-    uint8_t msg[4 + sizeof req];
+    uint8_t msg[4 + SR_AGENT_REQUEST_MAX];
     size_t got = 0;
     if (read_some_by(fd, msg, sizeof msg, 4, deadline, &got) != 0) return;
     uint32_t n = sr_get_be32(msg);
-    memcpy(head, msg, 4);
-    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
+    if (n < 1 || n > SR_AGENT_REQUEST_MAX || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
         return refuse(fd, &p, NULL, "malformed or incomplete request");
+    if (msg[4] == 'D') return decide_for(fd, &p, msg + 5, n - 1);
+    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req) return refuse(fd, &p, NULL, "malformed request");
     memcpy(req, msg + 4, n);
     sr_uuid_t ts;
     memcpy(ts.bytes, req + 1, SR_UUID_BYTES);

@@ -119,6 +119,13 @@ SR_API sr_err_t sr_keyprov_kmip_open(const char *config_path, sr_keyprov_t **out
 /* Agent provider: asks the host's tde-agent over its Unix socket (the wire
  * format is in keyprov_agent.c); the agent checks the caller and asks kmsd. */
 SR_API sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **out) SR_MUST_CHECK;
+/* One request to the agent and its answer (u32 BE length, then the bytes,
+ * each way; the answer starts 'K', or 'E' and a message: SR_ERR_PERMISSION
+ * with that message). The key requests above and the PAM module's policy
+ * decisions ('D', agent/tde_agent.c) go through it. */
+#define SR_AGENT_REQUEST_MAX 8192
+SR_API sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t len, uint8_t *answer, size_t cap,
+                                 size_t *answer_len) SR_MUST_CHECK;
 
 /* ---- key cache (locked memory, TTL, explicit purge) ------------------------ */
 typedef struct sr_keycache sr_keycache_t;

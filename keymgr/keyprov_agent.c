@@ -22,40 +22,38 @@
 #include <unistd.h>
 
 #define ANSWER_MAX 4096
-#define REQUEST_MAX (1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX)
 
 typedef struct agent_provider {
     char path[108];
 } agent_provider_t;
 
-static sr_err_t ask(const agent_provider_t *a, const uint8_t *req, size_t len, uint8_t *answer, size_t *answer_len)
+sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t len, uint8_t *answer, size_t cap,
+                          size_t *answer_len)
 {
+    uint8_t head[4], msg[4 + SR_AGENT_REQUEST_MAX];
+    if (len > SR_AGENT_REQUEST_MAX || cap < 2)
+        return sr_err_set(SR_ERR_INVALID_ARG, "key agent request of %zu bytes, answer room %zu", len, cap);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", a->path);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", socket_path);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         int e = errno;
         if (fd >= 0) close(fd);
-        return sr_err_set_errno(SR_ERR_NETWORK, e, "the key agent at %s is not running", a->path);
+        return sr_err_set_errno(SR_ERR_NETWORK, e, "the key agent at %s is not running", socket_path);
     }
     struct timeval tv = {.tv_sec = 30};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    uint8_t head[4], msg[4 + REQUEST_MAX];
-    if (len > REQUEST_MAX) {
-        close(fd);
-        return sr_err_set(SR_ERR_INTERNAL, "key agent request of %zu bytes", len);
-    }
     sr_put_be32(msg, (uint32_t)len);
     memcpy(msg + 4, req, len);
     sr_err_t rc = sr_fd_write_all(fd, msg, 4 + len); /* one write: one wake-up of the agent */
     if (rc == SR_OK) rc = sr_fd_read_exact(fd, head, 4);
     uint32_t n = rc == SR_OK ? sr_get_be32(head) : 0;
-    if (rc == SR_OK && (n < 1 || n > ANSWER_MAX)) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent answered %u bytes", n);
+    if (rc == SR_OK && (n < 1 || n > cap)) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent answered %u bytes", n);
     if (rc == SR_OK) rc = sr_fd_read_exact(fd, answer, n);
     close(fd);
-    if (rc != SR_OK) return sr_err_set(rc, "key agent %s: %s", a->path, sr_err_detail());
+    if (rc != SR_OK) return sr_err_set(rc, "key agent %s: %s", socket_path, sr_err_detail());
     if (answer[0] == 'E') {
-        answer[n < ANSWER_MAX ? n : ANSWER_MAX - 1] = '\0';
+        answer[n < cap ? n : cap - 1] = '\0';
         return sr_err_set(SR_ERR_PERMISSION, "the key agent refused: %s", (const char *)answer + 1);
     }
     if (answer[0] != 'K') return sr_err_set(SR_ERR_PROTOCOL, "the key agent answered '%c'", answer[0]);
@@ -97,7 +95,8 @@ static sr_err_t call(void *impl, char op, const sr_uuid_t *ts, uint32_t version,
     uint8_t *answer = answer_buffer();
     if (!answer) return sr_err_set(SR_ERR_NOMEM, "no locked memory for the key agent's answer");
     size_t len = request(req, op, ts, version, in), n = 0;
-    sr_err_t rc = len ? ask(impl, req, len, answer, &n) : sr_err_set(SR_ERR_INVALID_ARG, "wrapped key too large");
+    sr_err_t rc = len ? sr_agent_request(((const agent_provider_t *)impl)->path, req, len, answer, ANSWER_MAX, &n)
+                      : sr_err_set(SR_ERR_INVALID_ARG, "wrapped key too large");
     size_t at = 1;
     if (rc == SR_OK && dek_out) {
         if (n < at + SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent sent no key");

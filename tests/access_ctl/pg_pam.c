@@ -48,11 +48,13 @@ int pgpam_init(const char *dir, const char *users)
     return sh(NULL, 0, "chown postgres %s", dir) == 0 ? 0 : -1;
 }
 
-int pgpam_service(const char *dir, const char *name, const char *policy, const char *audit_socket)
+int pgpam_service(const char *dir, const char *name, const char *policy, const char *audit_socket,
+                  const char *agent_socket)
 {
-    char path[700], gate[2048] = "", account[2048] = "", text[8192], sock[800] = "";
+    char path[700], gate[2048] = "", account[2048] = "", text[8192], sock[1600] = "";
     const char *module = sr_test_build_path("access_ctl/pam_strongroom.so");
     if (audit_socket) snprintf(sock, sizeof sock, " audit_socket=%s", audit_socket);
+    if (agent_socket) snprintf(sock + strlen(sock), sizeof sock - strlen(sock), " agent_socket=%s", agent_socket);
     if (policy) {
         snprintf(gate, sizeof gate, "auth     requisite  %s policy=%s server=db1%s\n", module, policy, sock);
         snprintf(account, sizeof account, "account  required   %s policy=%s server=db1%s\n", module, policy, sock);

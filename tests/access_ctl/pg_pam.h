@@ -20,9 +20,10 @@ int pgpam_available(void);
 /* dir (created, handed to postgres) with pam.d/ and passdb for `users`
  * (comma-separated). 0 or -1. */
 int pgpam_init(const char *dir, const char *users);
-/* A PAM service: our gate (when policy is given; with audit_socket when
- * given), then the password, then our account check. */
-int pgpam_service(const char *dir, const char *name, const char *policy, const char *audit_socket);
+/* A PAM service: our gate (when policy is given; with audit_socket and
+ * agent_socket when given), then the password, then our account check. */
+int pgpam_service(const char *dir, const char *name, const char *policy, const char *audit_socket,
+                  const char *agent_socket);
 /* initdb, pg_hba.conf = hba, listen on 127.0.0.1 and ::1 at a free port,
  * start under pam_wrapper. 0 or -1 (the reason in out). */
 int pgpam_start(const char *dir, const char *hba, uint16_t *port, char *out, size_t cap);

@@ -44,7 +44,7 @@ static void write_text(const char *path, const char *text)
     chmod(path, 0644);
 }
 
-static void write_service(const char *name, const char *policy) { SR_CHECK(pgpam_service(dir, name, policy, sock) == 0); }
+static void write_service(const char *name, const char *policy) { SR_CHECK(pgpam_service(dir, name, policy, sock, NULL) == 0); }
 
 static int pamtester(const char *service, const char *user, const char *rhost, const char *password)
 {

@@ -288,6 +288,70 @@ static void test_policy_refuses_a_local_process(void)
     waitpid(p, NULL, 0);
 }
 
+/* pam_strongroom.so with agent_socket=: the agent, which holds the same
+ * policy file compiled, decides each login (a PostgreSQL login is a new
+ * process, which would compile the policy every time); a file replaced
+ * since is compiled again by the agent before it decides; with the agent
+ * stopped, or asked about a file it does not hold, the module decides
+ * itself. Through pamtester under pam_wrapper. */
+static void test_pam_module_asks_the_agent(void)
+{
+#ifdef SR_SANITIZED
+    printf("  skipped in the sanitizer build: pam_wrapper cannot host a sanitized module\n");
+    return;
+#endif
+    if (sr_test_command(out, sizeof out, "command -v pamtester && ls /usr/lib/*/libpam_wrapper.so") != 0) {
+        printf("  skipped: pamtester and libpam-wrapper are not installed\n");
+        return;
+    }
+    int i = n_agents + 30;
+    char policy[700], other[700], extra[800], pamd[700], service[2400], cmd[4096], sock[700];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    snprintf(policy, sizeof policy, "%s/acl.conf", agent_dir(i));
+    snprintf(other, sizeof other, "%s/other.conf", agent_dir(i));
+    const char *v1 = "allow * alice ::1 srtest-agent-pam\n";
+    SR_CHECK(sr_test_write_file(policy, v1, strlen(v1)) == 0 && chmod(policy, 0644) == 0);
+    const char *v1_other = "allow * alice ::1 srtest-agent-pam-other\n";
+    SR_CHECK(sr_test_write_file(other, v1_other, strlen(v1_other)) == 0 && chmod(other, 0644) == 0);
+    snprintf(extra, sizeof extra, "policy = acl.conf"); /* relative: the agent runs in its directory */
+    write_agent_config(i, extra);
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    snprintf(pamd, sizeof pamd, "%s/pam.d", agent_dir(i));
+    SR_CHECK(mkdir(pamd, 0755) == 0);
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    const char *module = sr_test_build_path("access_ctl/pam_strongroom.so");
+    for (int k = 0; k < 2; k++) {
+        snprintf(service, sizeof service, "auth requisite %s policy=%s agent_socket=%s\naccount required %s policy=%s "
+                 "agent_socket=%s\n", module, k ? other : policy, sock, module, k ? other : policy, sock);
+        snprintf(cmd, sizeof cmd, "%s/%s", pamd, k ? "srtest-agent-pam-other" : "srtest-agent-pam");
+        SR_CHECK(sr_test_write_file(cmd, service, strlen(service)) == 0);
+    }
+#define PAMTESTER(svc, user) \
+    (snprintf(cmd, sizeof cmd, "LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR=%s pamtester -I " \
+              "rhost=::1 %s %s acct_mgmt 2>&1", pamd, svc, user), sr_test_command(out, sizeof out, cmd))
+    SR_CHECK_MSG(PAMTESTER("srtest-agent-pam", "alice") == 0, "%s", out);
+    SR_CHECK_CONTAINS(out, "decided by tde-agent");
+    SR_CHECK(PAMTESTER("srtest-agent-pam", "mallory") != 0);
+    SR_CHECK_CONTAINS(out, "decided by tde-agent");
+    /* tde-acl install's way: a new file renamed over the old; the agent compiles it before it decides */
+    const char *v2 = "deny * alice ::1 srtest-agent-pam\n";
+    snprintf(extra, sizeof extra, "%s.new", policy);
+    SR_CHECK(sr_test_write_file(extra, v2, strlen(v2)) == 0 && chmod(extra, 0644) == 0 && rename(extra, policy) == 0);
+    SR_CHECK(PAMTESTER("srtest-agent-pam", "alice") != 0);
+    SR_CHECK_CONTAINS(out, "decided by tde-agent");
+    /* a file the agent does not hold: the module decides */
+    SR_CHECK_MSG(PAMTESTER("srtest-agent-pam-other", "alice") == 0, "%s", out);
+    SR_CHECK(strstr(out, "decided by tde-agent") == NULL);
+    /* the agent stopped: the module decides, with the file as it is */
+    kill(p, SIGTERM);
+    waitpid(p, NULL, 0);
+    SR_CHECK(PAMTESTER("srtest-agent-pam", "alice") != 0);
+    SR_CHECK(strstr(out, "decided by tde-agent") == NULL && strstr(out, "deny by") != NULL);
+#undef PAMTESTER
+}
+
 /* How many nodes named node-NNN kmsd lists in each state. */
 static void count_states(int i, int *active, int *left, int *expired)
 {
@@ -664,6 +728,7 @@ int main(void)
     SR_RUN(test_kms_outage);
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_policy_refuses_a_local_process);
+    SR_RUN(test_pam_module_asks_the_agent);
     SR_RUN(test_policy_pushed_from_the_kms);
     SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
     SR_RUN(test_agent_is_the_hosts_sealer);
