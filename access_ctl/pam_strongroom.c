@@ -127,9 +127,10 @@ static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req
     return rc;
 }
 
-/* The agent's decision, if it decided with this very file (see above). */
+/* The agent's decision, if it decided with this very file (see above);
+ * *recorded: the agent recorded it durably itself. */
 static sr_err_t decide_by_agent(const args_t *a, const sr_acl_request_t *req, sr_acl_decision_t *d, char *version,
-                                size_t cap)
+                                size_t cap, int *recorded)
 {
     struct stat st;
     sr_acl_file_id_t mine;
@@ -148,19 +149,22 @@ static sr_err_t decide_by_agent(const args_t *a, const sr_acl_request_t *req, sr
     }
     rc = sr_agent_request(a->agent_socket, msg, n, ans, sizeof ans, &got);
     if (rc != SR_OK) return rc;
-    /* 'K' | allow | identity (32) | why NUL | digest NUL */
-    const uint8_t *why_end = got > 34 ? memchr(ans + 34, '\0', got - 34) : NULL;
+    /* 'K' | allow | recorded | identity (32) | why NUL | digest NUL */
+    enum { WHY = 35 };
+    const uint8_t *why_end = got > WHY ? memchr(ans + WHY, '\0', got - WHY) : NULL;
     const uint8_t *digest = why_end ? why_end + 1 : NULL;
     if (!digest || digest >= ans + got || !memchr(digest, '\0', got - (size_t)(digest - ans)) ||
-        (size_t)(why_end - (ans + 34)) >= sizeof d->why)
+        (size_t)(why_end - (ans + WHY)) >= sizeof d->why)
         return sr_err_set(SR_ERR_PROTOCOL, "the agent's decision is malformed");
-    sr_acl_file_id_t theirs = {sr_get_be64(ans + 2), sr_get_be64(ans + 10), sr_get_be64(ans + 18),
-                               (int64_t)sr_get_be64(ans + 26)};
+    sr_acl_file_id_t theirs = {sr_get_be64(ans + 3), sr_get_be64(ans + 11), sr_get_be64(ans + 19),
+                               (int64_t)sr_get_be64(ans + 27)};
+    /* recorded or not, a decision made with another version of the file is not this login's */
     if (!sr_acl_file_id_equal(&mine, &theirs))
         return sr_err_set(SR_ERR_STATE, "the agent decided with another version of %s", a->policy);
     memset(d, 0, sizeof *d);
     d->allow = ans[1] == 1;
-    memcpy(d->why, ans + 34, (size_t)(why_end - (ans + 34)) + 1);
+    *recorded = ans[2] == 1;
+    memcpy(d->why, ans + WHY, (size_t)(why_end - (ans + WHY)) + 1);
     snprintf(version, cap, "%.*s", (int)cap - 1, (const char *)digest);
     return SR_OK;
 }
@@ -177,14 +181,14 @@ static int decide(pam_handle_t *pamh, int argc, const char **argv, int refused)
     sr_acl_request_t req = {.server = a.server, .account = user, .source = rhost, .service = service};
     sr_acl_decision_t d;
     char version[40];
-    int by_agent = a.agent_socket && decide_by_agent(&a, &req, &d, version, sizeof version) == SR_OK;
+    int recorded = 0, by_agent = a.agent_socket && decide_by_agent(&a, &req, &d, version, sizeof version, &recorded) == SR_OK;
     if (!by_agent && decide_with_policy(a.policy, &req, &d, version, sizeof version) != SR_OK) {
         snprintf(detail, sizeof detail, "policy unavailable, refused (fail closed): %s", sr_err_detail());
         (void)record(&a, user, rhost, service, "failure", detail);
         return refused;
     }
     snprintf(detail, sizeof detail, "%s; policy %s%s", d.why, version, by_agent ? " (decided by tde-agent)" : "");
-    if (record(&a, user, rhost, service, d.allow ? "success" : "denied", detail) != SR_OK) return refused;
+    if (!recorded && record(&a, user, rhost, service, d.allow ? "success" : "denied", detail) != SR_OK) return refused;
     return d.allow ? PAM_SUCCESS : refused;
 }
 

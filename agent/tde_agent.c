@@ -794,13 +794,16 @@ static int permitted(const peer_t *p, char *why, size_t cap)
     return d.allow;
 }
 
-/* D: the policy's decision for a login, asked by the PAM module (which
- * records it): the module compiles nothing when this agent's policy is its
- * policy file as it is now (it compares the file identity sent back). The
- * request: NUL-terminated policy path, server, account, source, service;
- * the answer: allow (1) | file identity (4 x u64 BE) | why NUL | digest NUL.
- * The policy file is world-readable, so answering any local process tells
- * it nothing new. */
+/* D: the policy's decision for a login, asked by the PAM module: the module
+ * compiles nothing when this agent's policy is its policy file as it is now
+ * (it compares the file identity sent back). When the agent's events are
+ * recorded (its embedded sealer, or a sealer it sends to), it records the
+ * decision itself, durably, before it answers, naming the asking process as
+ * the kernel sees it: the login then costs one round trip, not two (the
+ * module records it otherwise). The request: NUL-terminated policy path,
+ * server, account, source, service; the answer: allow (1) | recorded (1) |
+ * file identity (4 x u64 BE) | why NUL | digest NUL. The policy file is
+ * world-readable, so answering any local process tells it nothing new. */
 static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
 {
     const char *f[5];
@@ -824,11 +827,20 @@ static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
     sr_acl_decision_t d;
     sr_acl_file_id_t id;
     sr_acl_evaluate_current(policy, &req, &d, &id);
-    uint8_t out[1 + 32 + sizeof d.why + sizeof d.policy];
-    out[0] = (uint8_t)(d.allow != 0);
-    sr_put_be64(out + 1, id.dev), sr_put_be64(out + 9, id.ino), sr_put_be64(out + 17, id.size);
-    sr_put_be64(out + 25, (uint64_t)id.mtime_ns);
-    size_t n = 33;
+    int recorded = 0;
+    if (sr_event_has_sink()) {
+        char detail[700];
+        snprintf(detail, sizeof detail, "account %.64s: %s; policy %s (decided and recorded by tde-agent)", f[2], d.why,
+                 d.policy);
+        sr_event_t ev = {.component = "pam", .event = "login", .subject = p->subject, .object = *f[4] ? f[4] : NULL,
+                         .outcome = d.allow ? "success" : "denied", .detail = detail, .source = *f[3] ? f[3] : "local"};
+        recorded = sr_event_emit(&ev) == SR_OK;
+    }
+    uint8_t out[2 + 32 + sizeof d.why + sizeof d.policy];
+    out[0] = (uint8_t)(d.allow != 0), out[1] = (uint8_t)recorded;
+    sr_put_be64(out + 2, id.dev), sr_put_be64(out + 10, id.ino), sr_put_be64(out + 18, id.size);
+    sr_put_be64(out + 26, (uint64_t)id.mtime_ns);
+    size_t n = 34;
     n += (size_t)snprintf((char *)out + n, sizeof d.why, "%s", d.why) + 1;
     n += (size_t)snprintf((char *)out + n, sizeof d.policy, "%s", d.policy) + 1;
     answer(fd, 'K', out, n);

@@ -22,6 +22,14 @@ void sr_event_set_sink(sr_event_sink_fn sink, void *ctx)
     pthread_rwlock_unlock(&sink_lock);
 }
 
+int sr_event_has_sink(void)
+{
+    pthread_rwlock_rdlock(&sink_lock);
+    int has = sink_fn != NULL;
+    pthread_rwlock_unlock(&sink_lock);
+    return has;
+}
+
 static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
 
 /* Subjects and objects, said the same way everywhere. */

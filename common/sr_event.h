@@ -34,6 +34,9 @@ typedef sr_err_t (*sr_event_sink_fn)(void *sink_ctx, const sr_event_t *event);
 
 /* Installs the process-wide sink (NULL restores the log fallback). */
 SR_API void sr_event_set_sink(sr_event_sink_fn sink, void *sink_ctx);
+/* Whether a sink is installed: events are recorded (an audit log or the
+ * host's sealer), not only logged. */
+SR_API int sr_event_has_sink(void);
 /* Delivers an event to the sink. A sink failure is returned: callers that
  * must fail closed (the architecture says which) act on it. An event that
  * is not in the vocabulary below is refused (SR_ERR_INVALID_ARG): a name

@@ -5,7 +5,7 @@
  * rules, the matching one last, each decision sealed by the host's audit
  * sealer, as in production), deciding itself or asking the host's tde-agent
  * (agent_socket=; a kmsd and one enrolled agent holding the same policy
- * file). pgbench reports a mean, so each configuration is also measured
+ * file; the agent is the host's sealer and records what it decides). pgbench reports a mean, so each configuration is also measured
  * login by login through libpq (connect, SELECT 1, close): p50 and p99.
  * Needs root (PostgreSQL runs as postgres).
  */
@@ -97,10 +97,14 @@ static pid_t start_agent(const char *dir, const char *policy, char *agent_sock, 
         if (strcspn(l, "\n") == 64) snprintf(token, sizeof token, "%.64s", l);
     snprintf(cmd, sizeof cmd, "%s/agent.conf", adir);
     char conf[4096];
+    /* the host's sealer, as in production: it records the decisions it makes */
     int len = snprintf(conf, sizeof conf, "[agent]\nstate_dir = state\nsocket = agent.sock\nname = bench\n"
-                       "token_file = token\nmaster_key = %s\npolicy = %s\n[kms]\nservers = 127.0.0.1:%u\n"
-                       "ca = %s/ca.pem\n", mk, policy, kport, kdir);
+                       "token_file = token\nmaster_key = %s\npolicy = %s\n[audit]\nsocket = audit.sock\n"
+                       "log = audit.log\nsign_key = audit.sign\n[kms]\nservers = 127.0.0.1:%u\nca = %s/ca.pem\n",
+                       mk, policy, kport, kdir);
     if (!mk[0] || !token[0] || mkdir(adir, 0755) != 0 || sr_test_write_file(cmd, conf, (size_t)len) != 0) return -1;
+    snprintf(cmd, sizeof cmd, "%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), adir);
+    if (sr_test_command(out, sizeof out, cmd) != 0) return -1;
     snprintf(cmd, sizeof cmd, "%s/token", adir);
     if (sr_test_write_file(cmd, token, strlen(token)) != 0) return -1;
     snprintf(agent_sock, cap, "%s/agent.sock", adir);

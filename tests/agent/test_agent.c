@@ -349,6 +349,26 @@ static void test_pam_module_asks_the_agent(void)
     waitpid(p, NULL, 0);
     SR_CHECK(PAMTESTER("srtest-agent-pam", "alice") != 0);
     SR_CHECK(strstr(out, "decided by tde-agent") == NULL && strstr(out, "deny by") != NULL);
+    /* an agent that is the host's sealer records the decision itself, durably, before it answers: the module
+     * records nothing of its own (one round trip per login) */
+    snprintf(cmd, sizeof cmd, "%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
+    SR_CHECK(sr_test_write_file(policy, v1, strlen(v1)) == 0);
+    write_agent_config(i, "policy = acl.conf\n[audit]\nsocket = audit.sock\nlog = audit.log\nsign_key = audit.sign");
+    p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_MSG(PAMTESTER("srtest-agent-pam", "alice") == 0, "%s", out);
+    SR_CHECK_MSG(strstr(out, "pam.login") == NULL, "the module recorded the login too: %s", out);
+    SR_CHECK(PAMTESTER("srtest-agent-pam", "mallory") != 0);
+    kill(p, SIGTERM), waitpid(p, NULL, 0);
+    char log[700];
+    snprintf(log, sizeof log, "%s/audit.log", agent_dir(i));
+    snprintf(cmd, sizeof cmd, "%s verify %s --key %s/audit.pub --strict && grep -c 'decided and recorded by tde-agent' %s",
+             sr_test_build_path("audit/tde-audit"), log, agent_dir(i), log);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && strstr(out, "\n2\n"), "%s", out);
+    static const char *const wanted[] = {"account alice: allow by", "account mallory: deny", "exe=/usr/bin/pamtester"};
+    for (size_t k = 0; k < sizeof wanted / sizeof wanted[0]; k++)
+        SR_CHECK_MSG(sr_test_file_contains(log, wanted[k], strlen(wanted[k])), "no %s in the log", wanted[k]);
 #undef PAMTESTER
 }
 
