@@ -371,25 +371,16 @@ static int being_compiled(const compiler_t *c, const char *path);
 
 static sr_err_t read_all(const char *path, char **out)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open policy file %s", path);
-    char *buf = malloc(MAX_FILE_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_FILE_BYTES + 1, f) : 0;
-    int err = ferror(f);
-    fclose(f);
-    if (!buf) return SR_ERR_NOMEM;
-    if (err || n > MAX_FILE_BYTES) {
-        free(buf);
-        return sr_err_set(err ? SR_ERR_IO : SR_ERR_LIMIT, "cannot read policy file %s%s", path,
-                          err ? "" : " (over 16 MiB)");
-    }
-    buf[n] = '\0';
+    char *buf = NULL;
+    size_t n = 0;
+    sr_err_t rc = sr_file_read_all(path, MAX_FILE_BYTES, &buf, &n);
+    if (rc == SR_ERR_LIMIT) return sr_err_set(rc, "cannot read policy file %s (over 16 MiB)", path);
+    if (rc != SR_OK) return sr_err_set(rc, "policy file: %s", sr_err_detail());
     if (memchr(buf, '\0', n)) {
         free(buf);
         return sr_err_set(SR_ERR_PARSE, "%s: a NUL byte: not a text file", path);
     }
-    char *fit = realloc(buf, n + 1);
-    *out = fit ? fit : buf;
+    *out = buf;
     return SR_OK;
 }
 

@@ -108,23 +108,17 @@ static int cmd_install(int argc, char **argv)
     sr_acl_policy_t *p = NULL;
     int st = load(argv[0], &p);
     if (st) return st;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.new.%ld", argv[1], (long)getpid());
     size_t len = 0;
-    FILE *in = fopen(argv[0], "r"), *out = fopen(tmp, "w");
-    char buf[65536];
-    int ok = in && out;
-    while (ok && (len = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, len, out) == len;
-    ok = ok && !ferror(in) && fflush(out) == 0 && fsync(fileno(out)) == 0;
-    if (in) fclose(in);
-    if (out && fclose(out) != 0) ok = 0;
-    if (ok && chmod(tmp, 0644) == 0 && rename(tmp, argv[1]) == 0) {
+    char *text = NULL; /* the text just compiled, replacing the target whole */
+    sr_err_t rc = sr_file_read_all(argv[0], 16u << 20, &text, &len);
+    if (rc == SR_OK) rc = sr_file_write_atomic(argv[1], text, len, 0644, 0);
+    free(text);
+    if (rc == SR_OK) {
         printf("%s: installed (%zu rules, policy %s)\n", argv[1], sr_acl_policy_rules(p), sr_acl_policy_version(p));
         sr_acl_policy_free(p);
         return 0;
     }
-    fprintf(stderr, "tde-acl: cannot install %s: %s\n", argv[1], strerror(errno));
-    unlink(tmp);
+    fprintf(stderr, "tde-acl: cannot install %s: %s\n", argv[1], sr_err_detail());
     sr_acl_policy_free(p);
     return SR_EXIT_CANNOT;
 }

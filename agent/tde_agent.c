@@ -209,19 +209,6 @@ static sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
 
 /* ---- enrolment -------------------------------------------------------------------------------------- */
 
-static sr_err_t write_file(const char *path, const void *data, size_t len, mode_t mode)
-{
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", tmp);
-    sr_err_t rc = sr_fd_write_all(fd, data, len);
-    if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot sync %s", tmp);
-    close(fd);
-    if (rc == SR_OK && rename(tmp, path) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot install %s", path);
-    return rc;
-}
-
 /* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
 static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
 {
@@ -291,18 +278,18 @@ static sr_err_t save_enrolment(const sr_kmip_response_t *r, const char *key_pem,
     char path[4200], text[8192];
     sr_err_t rc = pem_len > 0 ? SR_OK : sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate does not decode");
     state_path(path, sizeof path, "node.key");
-    if (rc == SR_OK) rc = write_file(path, key_pem, key_len, 0600);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, key_pem, key_len, 0600, SR_WRITE_NO_DIR_SYNC);
     state_path(path, sizeof path, "node.pem");
-    if (rc == SR_OK) rc = write_file(path, pem, (size_t)pem_len, 0644);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, pem, (size_t)pem_len, 0644, SR_WRITE_NO_DIR_SYNC);
     int n = snprintf(text, sizeof text, "[kms]\nservers = %s\nserver_name = %s\nca = %s\ncert = node.pem\nkey = node.key\n"
                      "master_key = %s\ntimeout = 5s\n", sr_config_get(agent.cfg, "kms", "servers"),
                      sr_config_get(agent.cfg, "kms", "server_name"), sr_config_get(agent.cfg, "kms", "ca"),
                      sr_config_get(agent.cfg, "agent", "master_key"));
     state_path(path, sizeof path, "kms.conf");
-    if (rc == SR_OK) rc = write_file(path, text, (size_t)n, 0600);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, SR_WRITE_NO_DIR_SYNC);
     n = snprintf(text, sizeof text, "%s %s %d\n", agent.node_uuid, agent.nk, t->items[lease].v.i32);
-    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled */
-    if (rc == SR_OK) rc = write_file(path, text, (size_t)n, 0600);
+    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled (one directory sync for all four) */
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, 0);
     agent.lease_s = t->items[lease].v.i32;
     BIO_free(bio);
     X509_free(x);
@@ -438,7 +425,7 @@ static sr_err_t disk_write(void)
     disk.n = kept;
     char path[4200];
     state_path(path, sizeof path, "keycache");
-    sr_err_t rc = write_file(path, buf, at, 0600);
+    sr_err_t rc = sr_file_write_atomic(path, buf, at, 0600, 0);
     free(buf);
     return rc;
 }
@@ -556,7 +543,7 @@ static sr_err_t disk_cache_start(void)
         if (have != SR_OK || len != SR_KEYMGR_KEY_BYTES) {
             rc = kms_with_failover(cert, key, get_nk, &f, &agent.node_client);
             if (rc != SR_OK) return sr_err_set(rc, "the disk cache needs the node key: %s", sr_err_detail());
-            rc = write_file(path, disk.nk, SR_KEYMGR_KEY_BYTES, 0600);
+            rc = sr_file_write_atomic(path, disk.nk, SR_KEYMGR_KEY_BYTES, 0600, 0);
         }
         pthread_mutex_lock(&disk.lock);
         disk.n = 0;
@@ -599,7 +586,7 @@ static void record_policy_version(int64_t version, const char *digest)
     char path[4200], text[96];
     state_path(path, sizeof path, "policy.version");
     int n = snprintf(text, sizeof text, "%lld %s\n", (long long)version, digest);
-    if (write_file(path, text, (size_t)n, 0600) != SR_OK) sr_log_warn("policy: %s", sr_err_detail());
+    if (sr_file_write_atomic(path, text, (size_t)n, 0600, 0) != SR_OK) sr_log_warn("policy: %s", sr_err_detail());
 }
 
 /* The pushed version in force and its digest, from the state directory (0: none). */
@@ -635,7 +622,7 @@ static sr_err_t install_policy(const sr_kmip_response_t *r, int64_t *version)
                                                      : sr_err_set(SR_ERR_PARSE, "%s: a NUL byte: not a text file", path);
     char digest[32] = "";
     if (rc == SR_OK) snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
-    if (rc == SR_OK) rc = write_file(path, text, t->items[body].len, 0644);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, t->items[body].len, 0644, 0);
     free(text);
     pthread_mutex_lock(&agent.lock);
     sr_acl_t *policy = agent.policy;

@@ -555,21 +555,12 @@ static int cmd_collect(opts_t *o)
  * file or the new one, never half of it. */
 static sr_err_t copy_small_file(const char *src, const char *dst)
 {
-    char text[4096], tmp[4300];
-    FILE *in = fopen(src, "r");
-    if (!in) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", src);
-    size_t n = fread(text, 1, sizeof text, in);
-    fclose(in);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
-    FILE *out = fopen(tmp, "w");
-    int ok = out && fwrite(text, 1, n, out) == n && fflush(out) == 0 && fsync(fileno(out)) == 0;
-    if (out && fclose(out) != 0) ok = 0;
-    if (!ok || rename(tmp, dst) != 0) {
-        sr_err_t rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", dst);
-        unlink(tmp);
-        return rc;
-    }
-    return SR_OK;
+    char *text = NULL;
+    size_t n = 0;
+    sr_err_t rc = sr_file_read_all(src, 4096, &text, &n);
+    if (rc == SR_OK) rc = sr_file_write_atomic(dst, text, n, 0644, 0);
+    free(text);
+    return rc;
 }
 
 /* A source's own verify key, registered in the collector's store under the

@@ -8,7 +8,7 @@
  *
  * One header per module (libsodium's layout): sr_api.h, sr_error.h, sr_log.h,
  * sr_config.h, sr_secmem.h, sr_uuid.h, sr_time.h, sr_event.h, sr_tls.h,
- * sr_bytes.h; this one includes them all.
+ * sr_file.h, sr_bytes.h; this one includes them all.
  *
  * Conventions (see CONTRIBUTING.md):
  *  - Functions return sr_err_t (SR_OK == 0). On failure nothing is written to
@@ -28,6 +28,7 @@
 #include "sr_uuid.h"
 #include "sr_time.h"
 #include "sr_event.h"
+#include "sr_file.h"
 #include "sr_tls.h"
 #include "sr_bytes.h"
 

@@ -284,20 +284,13 @@ sr_err_t sr_config_parse(const char *name, const char *text, size_t text_len, co
 
 sr_err_t sr_config_load(const char *path, const sr_config_key_t *schema, size_t schema_len, sr_config_t **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sr_err_set_errno(SR_ERR_CONFIG, errno, "cannot open configuration file %s", path);
-    char *text = malloc(SR_CONFIG_FILE_MAX + 1);
-    size_t len = text ? fread(text, 1, SR_CONFIG_FILE_MAX + 1, f) : 0;
-    int read_error = ferror(f);
-    fclose(f);
-    if (!text) return sr_err_set(SR_ERR_NOMEM, "out of memory reading %s", path);
-    sr_err_t rc;
-    if (read_error)
-        rc = sr_err_set(SR_ERR_IO, "cannot read configuration file %s", path);
-    else if (len > SR_CONFIG_FILE_MAX)
-        rc = sr_err_set(SR_ERR_CONFIG, "%s: larger than %u bytes", path, SR_CONFIG_FILE_MAX);
-    else
-        rc = sr_config_parse(path, text, len, schema, schema_len, out);
+    char *text = NULL;
+    size_t len = 0;
+    sr_err_t rc = sr_file_read_all(path, SR_CONFIG_FILE_MAX, &text, &len);
+    if (rc == SR_ERR_LIMIT) return sr_err_set(SR_ERR_CONFIG, "%s: larger than %u bytes", path, SR_CONFIG_FILE_MAX);
+    if (rc == SR_ERR_NOMEM) return rc;
+    if (rc != SR_OK) return sr_err_set(SR_ERR_CONFIG, "configuration file: %s", sr_err_detail());
+    rc = sr_config_parse(path, text, len, schema, schema_len, out);
     free(text);
     return rc;
 }

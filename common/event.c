@@ -103,7 +103,8 @@ static const sr_event_spec_t vocabulary[] = {
      "or denied by policy"},
     /* pam: pam_strongroom.so */
     {"pam", "login", "the account", "the PAM service", "a login decision (success or denied; detail: the rule and "
-     "the policy digest; source: the client address)"},
+     "the policy digest; source: the client address). When the agent decided and recorded it (the module's "
+     "agent_socket=): subject " PEER_PROCESS ", detail `account NAME: ...`"},
 };
 
 const sr_event_spec_t *sr_event_vocabulary(size_t *count)

@@ -1,8 +1,13 @@
 /* fdio.c — whole reads and writes on a descriptor, through EINTR and short
- * transfers (sockets, pipes). */
+ * transfers (sockets, pipes); files replaced atomically. */
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len)
@@ -28,5 +33,75 @@ sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len)
         if (n == 0) return got ? sr_err_set(SR_ERR_TRUNCATED, "the peer closed part-way") : SR_ERR_CLOSED;
         got += (size_t)n;
     }
+    return SR_OK;
+}
+
+sr_err_t sr_fsync_parent_dir(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 1;
+    if (n >= sizeof dir) return sr_err_set(SR_ERR_INVALID_ARG, "path too long: %s", path);
+    memcpy(dir, slash ? path : ".", n);
+    dir[n] = '\0';
+    if (slash == path) snprintf(dir, sizeof dir, "/");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open directory %s", dir);
+    int r = fsync(fd), e = errno;
+    close(fd);
+    return r == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, e, "cannot sync directory %s", dir);
+}
+
+sr_err_t sr_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, int flags)
+{
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
+        return sr_err_set(SR_ERR_INVALID_ARG, "path too long: %s", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot create a file beside %s", path);
+    sr_err_t rc = fchmod(fd, mode) == 0 ? sr_fd_write_all(fd, data, len)
+                                        : sr_err_set_errno(SR_ERR_IO, errno, "cannot set the mode of %s", tmp);
+    if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", tmp);
+    if (close(fd) != 0 && rc == SR_OK) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", tmp);
+    if (rc == SR_OK && ((flags & SR_WRITE_NO_REPLACE) ? link(tmp, path) : rename(tmp, path)) != 0)
+        rc = errno == EEXIST ? sr_err_set(SR_ERR_EXISTS, "%s already exists; refusing to overwrite it", path)
+                             : sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot put %s in place", path);
+    if (rc != SR_OK || (flags & SR_WRITE_NO_REPLACE)) unlink(tmp); /* after a rename it is gone already */
+    if (rc == SR_OK && !(flags & SR_WRITE_NO_DIR_SYNC)) rc = sr_fsync_parent_dir(path);
+    return rc;
+}
+
+sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open %s", path);
+    struct stat st;
+    /* room for what fstat says, and one byte more to see the end */
+    size_t cap = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= max ? (size_t)st.st_size + 1 : 4096;
+    char *buf = malloc(cap + 1);
+    size_t n = 0;
+    sr_err_t rc = buf ? SR_OK : sr_err_set(SR_ERR_NOMEM, "cannot read %s: out of memory", path);
+    while (rc == SR_OK) {
+        if (n == cap) {
+            char *more = cap <= max ? realloc(buf, (cap = cap * 2 > max + 1 ? max + 1 : cap * 2) + 1) : NULL;
+            if (!more) {
+                rc = n > max ? sr_err_set(SR_ERR_LIMIT, "%s holds more than %zu bytes", path, max)
+                             : sr_err_set(SR_ERR_NOMEM, "cannot read %s: out of memory", path);
+                break;
+            }
+            buf = more;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", path);
+        if (r <= 0) break;
+        n += (size_t)r;
+        if (n > max) rc = sr_err_set(SR_ERR_LIMIT, "%s holds more than %zu bytes", path, max);
+    }
+    close(fd);
+    if (rc != SR_OK) return free(buf), rc;
+    buf[n] = '\0';
+    *out = buf;
+    if (len) *len = n;
     return SR_OK;
 }

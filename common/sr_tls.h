@@ -70,10 +70,7 @@ SR_API sr_err_t sr_tls_read_exact(sr_tls_conn_t *conn, void *buf, size_t len) SR
 /* The same with an overall deadline (sr_time_mono_ms() scale; 0: none): a peer
  * that sends slowly is cut off at the deadline, not per read. */
 SR_API sr_err_t sr_tls_read_exact_by(sr_tls_conn_t *conn, void *buf, size_t len, uint64_t deadline_ms) SR_MUST_CHECK;
-/* The same on a plain descriptor (common/fdio.c), through EINTR and short
- * transfers; a receive timeout is SR_ERR_TIMEOUT. */
-SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
-SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
+/* The same on a plain descriptor: sr_file.h. */
 SR_API void sr_tls_set_timeout(sr_tls_conn_t *conn, int timeout_ms);
 /* Peer certificate subject CN (NULL if none); valid while the connection lives. */
 SR_API const char *sr_tls_peer_cn(const sr_tls_conn_t *conn);

@@ -210,22 +210,7 @@ static sr_err_t keyfile_load(const char *path, keyfile_t **out)
     return SR_OK;
 }
 
-static sr_err_t fsync_parent_dir(const char *path)
-{
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    size_t n = slash ? (size_t)(slash - path) : 0;
-    if (n >= sizeof dir) return sr_err_set(SR_ERR_INVALID_ARG, "path too long: %s", path);
-    memcpy(dir, slash ? path : ".", slash ? n : 1);
-    dir[slash ? (n ? n : 1) : 1] = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot open directory %s", dir);
-    int r = fsync(fd);
-    close(fd);
-    return r == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot fsync directory %s", dir);
-}
-
-/* Writes kf to path atomically (temp file 0600, fsync, rename or link). */
+/* Writes kf to path atomically (mode 0600; replacing it, or refusing an existing one). */
 static sr_err_t keyfile_store(const char *path, const keyfile_t *kf, int replace)
 {
     size_t cap = 256 + (size_t)kf->n * 128;
@@ -242,27 +227,11 @@ static sr_err_t keyfile_store(const char *path, const keyfile_t *kf, int replace
         len += (size_t)snprintf(text + len, cap - len, "mk %s %u %s\n", uuid, kf->v[i].version, hex);
     }
     sr_secure_wipe(hex, sizeof hex);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    sr_err_t rc = SR_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot create %s", tmp);
-    if (rc == SR_OK) {
-        ssize_t w = write(fd, text, len);
-        if (w != (ssize_t)len || fsync(fd) != 0)
-            rc = sr_err_set_errno(SR_ERR_IO, errno ? errno : EIO, "cannot write key file %s", tmp);
-        close(fd);
-    }
+    sr_err_t rc = sr_file_write_atomic(path, text, len, 0600, replace ? 0 : SR_WRITE_NO_REPLACE);
+    if (rc == SR_ERR_EXISTS) rc = sr_err_set(SR_ERR_EXISTS, "key file %s already exists; refusing to overwrite", path);
     sr_secure_wipe(text, cap);
     sr_secure_free(text);
-    if (rc == SR_OK) {
-        int r = replace ? rename(tmp, path) : link(tmp, path);
-        if (r != 0)
-            rc = errno == EEXIST ? sr_err_set(SR_ERR_EXISTS, "key file %s already exists; refusing to overwrite", path)
-                                 : sr_err_set_errno(SR_ERR_IO, errno, "cannot install key file %s", path);
-    }
-    if (fd >= 0) unlink(tmp); /* after link(); after rename() it is gone already */
-    return rc == SR_OK ? fsync_parent_dir(path) : rc;
+    return rc;
 }
 
 sr_err_t sr_keyfile_create(const char *path)

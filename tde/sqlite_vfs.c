@@ -1163,20 +1163,6 @@ static int rewrite_journal_exists(const sr_file_t *f)
     return f->name && access(path, F_OK) == 0;
 }
 
-/* The directory entry made or removed durable. */
-static sr_err_t sync_dir_of(const char *path)
-{
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
-    else snprintf(dir, sizeof dir, ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    sr_err_t rc = fd >= 0 && fsync(fd) == 0 ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot sync directory %s", dir);
-    if (fd >= 0) close(fd);
-    return rc;
-}
-
 /* journal: magic (8) | page size (u32) | count (u32) | count x (page number u64 | page) | SHA-256 of all before */
 static sr_err_t rewrite_journal_write(const char *path, const uint8_t *body, size_t len)
 {
@@ -1188,14 +1174,14 @@ static sr_err_t rewrite_journal_write(const char *path, const uint8_t *body, siz
     if (rc == SR_OK) rc = sr_fd_write_all(fd, md, sizeof md);
     if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", path);
     if (fd >= 0) close(fd);
-    if (rc == SR_OK) rc = sync_dir_of(path);
+    if (rc == SR_OK) rc = sr_fsync_parent_dir(path);
     return rc;
 }
 
 static sr_err_t rewrite_journal_remove(const char *path)
 {
     if (unlink(path) != 0 && errno != ENOENT) return sr_err_set_errno(SR_ERR_IO, errno, "cannot remove %s", path);
-    return sync_dir_of(path);
+    return sr_fsync_parent_dir(path);
 }
 
 static int rewrite_fail(sr_file_t *f, int sqlite_rc, const char *what)

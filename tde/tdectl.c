@@ -732,16 +732,11 @@ static int refuse_if_open(const char *path)
 /* Makes path and its directory entry durable. */
 static int sync_file_and_dir(const char *path)
 {
-    char dir[8192];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC), dfd = open(slash ? (dir[0] ? dir : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int ok = fd >= 0 && fsync(fd) == 0 && dfd >= 0 && fsync(dfd) == 0;
-    int err = errno;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int ok = fd >= 0 && fsync(fd) == 0, err = errno;
     if (fd >= 0) close(fd);
-    if (dfd >= 0) close(dfd);
-    return ok ? 0 : fail(path, sr_err_set_errno(sr_err_from_errno(err), err, "cannot sync %s", path));
+    sr_err_t rc = ok ? sr_fsync_parent_dir(path) : sr_err_set_errno(sr_err_from_errno(err), err, "cannot sync %s", path);
+    return rc == SR_OK ? 0 : fail(path, rc);
 }
 
 /* Rebuilds db through VACUUM INTO from src_uri into db.strongroom-rebuild,

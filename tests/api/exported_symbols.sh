@@ -12,7 +12,7 @@
 set -euo pipefail
 src=$1 cc=$2 lib=$3 ext=$4 pam=${5:-}
 headers=(common/common.h common/sr_api.h common/sr_error.h common/sr_log.h common/sr_config.h common/sr_secmem.h
-         common/sr_uuid.h common/sr_time.h common/sr_event.h common/sr_tls.h common/sr_bytes.h
+         common/sr_uuid.h common/sr_time.h common/sr_event.h common/sr_tls.h common/sr_file.h common/sr_bytes.h
          keymgr/keymgr.h keymgr/kmip.h tde/tde.h audit/audit.h)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,0 +1,38 @@
+/*
+ * sr_file.h — whole reads and writes on a descriptor, and files replaced
+ * atomically (common/fdio.c): the one way every component writes a file a
+ * crash must leave whole (key files, enrolment state, policies, keys).
+ */
+#ifndef STRONGROOM_SR_FILE_H
+#define STRONGROOM_SR_FILE_H
+
+#include "sr_api.h"
+#include "sr_error.h"
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Through EINTR and short transfers (sockets, pipes); a receive timeout is SR_ERR_TIMEOUT. */
+SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
+SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
+
+/* The whole file, NUL-terminated (malloc'd; *len without the NUL, len may
+ * be NULL); SR_ERR_LIMIT if it holds more than max bytes. */
+SR_API sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len) SR_MUST_CHECK;
+
+/* Makes path's directory entry durable (an fsync of the directory it is in):
+ * after a rename or an unlink, so a crash does not bring the old name back. */
+SR_API sr_err_t sr_fsync_parent_dir(const char *path) SR_MUST_CHECK;
+
+enum {
+    SR_WRITE_NO_REPLACE = 1, /* refuse (SR_ERR_EXISTS) if path exists, instead of replacing it */
+    SR_WRITE_NO_DIR_SYNC = 2 /* the caller syncs the directory once after several writes */
+};
+/* len bytes to path: a temporary file beside it (mode, written, fsynced),
+ * renamed over path (or linked, with SR_WRITE_NO_REPLACE), then the
+ * directory fsynced. A reader, or a crash, sees the old file or the new one,
+ * never part of either; nothing is left behind on failure. */
+SR_API sr_err_t sr_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, int flags)
+    SR_MUST_CHECK;
+
+#endif
