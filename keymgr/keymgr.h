@@ -122,7 +122,7 @@ SR_API sr_err_t sr_keyprov_agent_open(const char *socket_path, sr_keyprov_t **ou
 /* One request to the agent and its answer (u32 BE length, then the bytes,
  * each way; the answer starts 'K', or 'E' and a message: SR_ERR_PERMISSION
  * with that message). The key requests above and the PAM module's policy
- * decisions ('D', agent/tde_agent.c) go through it. */
+ * decisions ('D', agent/key_service.c) go through it. */
 #define SR_AGENT_REQUEST_MAX 8192
 SR_API sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t len, uint8_t *answer, size_t cap,
                                  size_t *answer_len) SR_MUST_CHECK;

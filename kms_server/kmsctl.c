@@ -27,6 +27,7 @@
 #include "db.h"
 #include "kms.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -730,25 +731,38 @@ static int cmd_status(int argc, char **argv)
     return 0;
 }
 
+static const char usage_text[] =
+    "usage: kmsctl init --dir DIR [--port N] [--listen ADDR] [--server-name NAME] [--passphrase-file F]\n"
+    "                   [--store-url postgresql://...]\n"
+    "       kmsctl [--config FILE] status [--json]\n"
+    "       kmsctl [--config FILE] key create NAME [--group G] [--bits 128|192|256] [--activate] [--json]\n"
+    "       kmsctl [--config FILE] key list [--name N] [--group G] [--json]\n"
+    "       kmsctl [--config FILE] key show UID [--json] | activate UID | rotate UID\n"
+    "       kmsctl [--config FILE] key revoke UID [--compromise] [--yes] | destroy UID [--yes]\n"
+    "       kmsctl [--config FILE] key grant UID PRINCIPAL\n"
+    "       kmsctl [--config FILE] cert issue NAME --role admin|application|node|auditor [--days N]\n"
+    "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
+    "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"
+    "       kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]\n"
+    "       kmsctl [--config FILE] store backup FILE | store restore FILE [--yes]\n"
+    "       kmsctl [--config FILE] policy push FILE [--json] | policy show [--json]\n"
+    "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
+    "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n";
+
 static int usage(FILE *f, int status)
 {
-    fprintf(f, "usage: kmsctl init --dir DIR [--port N] [--listen ADDR] [--server-name NAME] [--passphrase-file F]\n"
-               "                   [--store-url postgresql://...]\n"
-               "       kmsctl [--config FILE] status [--json]\n"
-               "       kmsctl [--config FILE] key create NAME [--group G] [--bits 128|192|256] [--activate] [--json]\n"
-               "       kmsctl [--config FILE] key list [--name N] [--group G] [--json]\n"
-               "       kmsctl [--config FILE] key show UID [--json] | activate UID | rotate UID\n"
-               "       kmsctl [--config FILE] key revoke UID [--compromise] [--yes] | destroy UID [--yes]\n"
-               "       kmsctl [--config FILE] key grant UID PRINCIPAL\n"
-               "       kmsctl [--config FILE] cert issue NAME --role admin|application|node|auditor [--days N]\n"
-               "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
-               "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"
-               "       kmsctl [--config FILE] node list [--json] | node show UUID [--json] | node revoke UUID [--yes]\n"
-               "       kmsctl [--config FILE] store backup FILE | store restore FILE [--yes]\n"
-               "       kmsctl [--config FILE] policy push FILE [--json] | policy show [--json]\n"
-               "The configuration is --config, $KMSCTL_CONFIG or ./kmsctl.conf (kmsctl init writes one).\n"
-               "Exit status: 0 ok, 1 refused by the server or a check failed, 2 usage, 3 could not run.\n");
+    fputs(usage_text, f);
     return status;
+}
+
+/* An option some command takes is one the usage text names: the help and
+ * the check cannot disagree. */
+static int known_option(const char *opt)
+{
+    size_t n = strlen(opt);
+    for (const char *p = strstr(usage_text, opt); p; p = strstr(p + 1, opt))
+        if ((p[-1] == ' ' || p[-1] == '[') && !isalnum((unsigned char)p[n]) && p[n] != '-') return 1;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -764,14 +778,9 @@ int main(int argc, char **argv)
     if (sr_audit_open_from_env(&w) != SR_OK) return fail_with(SR_EXIT_CANNOT, "audit log");
     const char *cmd = argv[i];
     /* usage before configuration: --help anywhere, or an option no command has */
-    static const char *const known[] = {"--group", "--bits", "--activate", "--json", "--name", "--compromise",
-                                        "--yes", "--role", "--days", "--ttl", "--uses", "--dir", "--port", "--listen",
-                                        "--server-name", "--passphrase-file", "--store-url", NULL};
     for (int a = i + 1; a < argc; a++) {
         if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return usage(stdout, 0);
-        int ok = strncmp(argv[a], "--", 2) != 0;
-        for (int k = 0; !ok && known[k]; k++) ok = !strcmp(argv[a], known[k]);
-        if (!ok) return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", cmd, argv[a]), SR_EXIT_USAGE;
+        if (!strncmp(argv[a], "--", 2) && !known_option(argv[a])) return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", cmd, argv[a]), SR_EXIT_USAGE;
     }
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {

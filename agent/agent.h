@@ -1,0 +1,65 @@
+/*
+ * agent.h — (internal to agent/) what one tde-agent keeps, and what each of
+ * its files serves the others: membership.c (kmsd: enrolment, heartbeats,
+ * the policy the KMS pushes), disk_cache.c (keys for a restart during an
+ * outage), key_service.c (the Unix socket the engines and the PAM module
+ * ask); tde_agent.c reads the configuration, embeds the audit sealer and
+ * runs them.
+ */
+#ifndef STRONGROOM_AGENT_H
+#define STRONGROOM_AGENT_H
+
+#include "access_ctl.h"
+#include "audit.h"
+#include "keymgr.h"
+#include "kmip.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+
+typedef struct agent_state {
+    sr_config_t *cfg;
+    char state[4096], node_uuid[64], nk[128];
+    sr_keyprov_t *kms;
+    sr_keycache_t *cache;
+    uint64_t cache_ttl_ms, heartbeat_ms;
+    sr_acl_t *policy;            /* NULL: none configured (or, with policy_push, none received yet) */
+    int policy_push;             /* install what `kmsctl policy push` stored in the KMS at the policy path */
+    int64_t policy_version;      /* the pushed version in force (0: a local file) */
+    int64_t policy_rejected;     /* the last pushed version that did not compile here */
+    pthread_mutex_t lock;
+    int revoked;
+    char revoked_why[256];
+    int64_t last_heartbeat_ok, lease_s;
+    sr_kmip_client_t *node_client; /* the node's connection to the KMS, kept between calls: one thread at a time
+                                      uses it (at start, then the heartbeat thread, then leaving after it ended) */
+} agent_state_t;
+extern agent_state_t agent;
+extern volatile sig_atomic_t stop_requested;
+
+/* tde_agent.c */
+void event(const char *name, const char *subject, const char *object, const char *outcome, const char *detail);
+void state_path(char *out, size_t cap, const char *name);
+
+/* membership.c */
+typedef sr_err_t (*kms_fn)(sr_kmip_client_t *c, void *arg);
+int kms_unreachable(sr_err_t rc);
+sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg, sr_kmip_client_t **keep);
+sr_err_t node_call(uint32_t op, sr_kmip_response_t *r);
+sr_err_t enrol(void);
+int load_enrolment(void);
+void *heartbeat_main(void *arg);
+int64_t installed_policy_version(char digest[32]);
+
+/* disk_cache.c */
+void disk_cache_add(const sr_uuid_t *ts, uint32_t version, const uint8_t *dek);
+void disk_cache_purge(const char *why);
+sr_err_t disk_cache_start(void);
+
+/* key_service.c */
+sr_err_t listen_socket(const char *path, int *fd_out);
+sr_err_t workers_start(int lfd);
+void workers_stop(void);
+
+#endif

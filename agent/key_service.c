@@ -1,0 +1,385 @@
+/*
+ * key_service.c — the Unix socket the local engines (data keys) and the PAM
+ * module (login decisions) ask: who asks (SO_PEERCRED), what the policy
+ * says, the answer, an audit event for each.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* ---- the key service ----------------------------------------------------------------------------------- */
+
+typedef struct peer {
+    uid_t uid;
+    pid_t pid;
+    char user[64], exe[256], subject[400];
+} peer_t;
+
+/* uid -> user name, remembered for a minute (a lookup reads /etc/passwd or
+ * asks NSS: tens of microseconds on every open otherwise). */
+static void user_name(uid_t uid, char *out, size_t cap)
+{
+    static struct {
+        uid_t uid;
+        int64_t until;
+        char name[64];
+    } memo[64];
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    int64_t now = sr_time_mono_ms();
+    size_t i = (size_t)uid % (sizeof memo / sizeof memo[0]);
+    pthread_mutex_lock(&lock);
+    int hit = memo[i].until > now && memo[i].uid == uid;
+    if (hit) snprintf(out, cap, "%s", memo[i].name);
+    pthread_mutex_unlock(&lock);
+    if (hit) return;
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res) snprintf(out, cap, "%s", pw.pw_name);
+    else snprintf(out, cap, "uid%u", (unsigned)uid);
+    pthread_mutex_lock(&lock);
+    memo[i].uid = uid, memo[i].until = now + 60000;
+    snprintf(memo[i].name, sizeof memo[i].name, "%s", out);
+    pthread_mutex_unlock(&lock);
+}
+
+static void describe_peer(const struct ucred *c, peer_t *p)
+{
+    struct ucred cred = *c;
+    memset(p, 0, sizeof *p);
+    p->uid = cred.uid, p->pid = cred.pid;
+    user_name(cred.uid, p->user, sizeof p->user);
+    char link[64];
+    snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
+    ssize_t n = readlink(link, p->exe, sizeof p->exe - 1);
+    p->exe[n > 0 ? n : 0] = '\0';
+    snprintf(p->subject, sizeof p->subject, "uid=%u (%s) pid=%d exe=%s", (unsigned)cred.uid, p->user, (int)cred.pid,
+             p->exe[0] ? p->exe : "?");
+}
+
+static void answer(int fd, char status, const uint8_t *data, size_t len)
+{
+    uint8_t head[5];
+    sr_put_be32(head, (uint32_t)(len + 1));
+    head[4] = (uint8_t)status;
+    struct iovec iov[2] = {{head, 5}, {(void *)data, len}}; /* one write: one wake-up of the engine */
+    ssize_t n = writev(fd, iov, len ? 2 : 1);
+    if (n >= 0 && (size_t)n < 5 + len) { /* a short write (a full socket buffer): the rest in order */
+        size_t done = (size_t)n;
+        if (done < 5 && sr_fd_write_all(fd, head + done, 5 - done) == SR_OK) done = 5;
+        if (done >= 5 && len) (void)!sr_fd_write_all(fd, data + (done - 5), len - (done - 5));
+    }
+}
+
+static void refuse(int fd, const peer_t *p, const char *object, const char *why)
+{
+    event("key.request", p->subject, object, "denied", why);
+    answer(fd, 'E', (const uint8_t *)why, strlen(why));
+}
+
+/* The policy's word on this peer; 1 allowed. `why` names the rule and the
+ * policy's digest (empty when no policy is configured: every peer allowed). */
+static int permitted(const peer_t *p, char *why, size_t cap)
+{
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    why[0] = '\0';
+    if (!policy && agent.policy_push) /* fail closed until the KMS's policy is here */
+        return snprintf(why, cap, "deny: no access policy received from the KMS yet (policy_push)"), 0;
+    if (!policy) return 1;
+    sr_acl_request_t req = {.account = p->user, .source = "local", .service = "tde-key"};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(policy, &req, &d, &id); /* a file replaced since (tde-acl install) is compiled again */
+    snprintf(why, cap, "%s; policy %s", d.why, d.policy);
+    return d.allow;
+}
+
+/* D: the policy's decision for a login, asked by the PAM module: the module
+ * compiles nothing when this agent's policy is its policy file as it is now
+ * (it compares the file identity sent back). When the agent's events are
+ * recorded (its embedded sealer, or a sealer it sends to), it records the
+ * decision itself, durably, before it answers, naming the asking process as
+ * the kernel sees it: the login then costs one round trip, not two (the
+ * module records it otherwise). The request: NUL-terminated policy path,
+ * server, account, source, service; the answer: allow (1) | recorded (1) |
+ * file identity (4 x u64 BE) | why NUL | digest NUL. The policy file is
+ * world-readable, so answering any local process tells it nothing new. */
+static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
+{
+    const char *f[5];
+    size_t at = 0;
+    for (int i = 0; i < 5; i++) {
+        const uint8_t *end = at < len ? memchr(body + at, '\0', len - at) : NULL;
+        if (!end) return refuse(fd, p, NULL, "malformed decision request");
+        f[i] = (const char *)body + at, at = (size_t)(end - body) + 1;
+    }
+    const char *mine = sr_config_get(agent.cfg, "agent", "policy");
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    struct stat a, b; /* the same file, however each names it */
+    if (!policy || !mine || stat(mine, &a) != 0 || stat(f[0], &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+        const char *why = "this agent does not hold that policy file";
+        return answer(fd, 'E', (const uint8_t *)why, strlen(why));
+    }
+    sr_acl_request_t req = {.server = *f[1] ? f[1] : NULL, .account = f[2], .source = *f[3] ? f[3] : NULL,
+                            .service = *f[4] ? f[4] : NULL};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(policy, &req, &d, &id);
+    int recorded = 0;
+    if (sr_event_has_sink()) {
+        char detail[700];
+        snprintf(detail, sizeof detail, "account %.64s: %s; policy %s (decided and recorded by tde-agent)", f[2], d.why,
+                 d.policy);
+        sr_event_t ev = {.component = "pam", .event = "login", .subject = p->subject, .object = *f[4] ? f[4] : NULL,
+                         .outcome = d.allow ? "success" : "denied", .detail = detail, .source = *f[3] ? f[3] : "local"};
+        recorded = sr_event_emit(&ev) == SR_OK;
+    }
+    uint8_t out[2 + 32 + sizeof d.why + sizeof d.policy];
+    out[0] = (uint8_t)(d.allow != 0), out[1] = (uint8_t)recorded;
+    sr_put_be64(out + 2, id.dev), sr_put_be64(out + 10, id.ino), sr_put_be64(out + 18, id.size);
+    sr_put_be64(out + 26, (uint64_t)id.mtime_ns);
+    size_t n = 34;
+    n += (size_t)snprintf((char *)out + n, sizeof d.why, "%s", d.why) + 1;
+    n += (size_t)snprintf((char *)out + n, sizeof d.policy, "%s", d.policy) + 1;
+    answer(fd, 'K', out, n);
+}
+
+/* U: the DEK (cache, else the KMS); C: a new DEK wrapped by the KMS; R: re-wrapped. */
+static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *in, uint8_t *dek,
+                          sr_wrapped_key_t *out, int *cached)
+{
+    size_t len = 0;
+    *cached = 0;
+    if (op == 'U' && sr_keycache_get(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, &len) == SR_OK)
+        return *cached = 1, SR_OK;
+    sr_err_t rc = op == 'C' ? sr_keyprov_dek_create(agent.kms, ts, version, dek, out)
+                  : op == 'U' ? sr_keyprov_dek_unwrap(agent.kms, ts, version, in, dek)
+                              : sr_keyprov_dek_rewrap(agent.kms, ts, version, in, out);
+    if (rc == SR_OK && op != 'R') rc = sr_keycache_put(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, agent.cache_ttl_ms);
+    if (rc == SR_OK && op != 'R') disk_cache_add(ts, version, dek);
+    return rc;
+}
+
+/* At least `need` bytes (up to cap) before the deadline; *got counts across calls. */
+static int read_some_by(int fd, uint8_t *buf, size_t cap, size_t need, uint64_t deadline_ms, size_t *got)
+{
+    while (*got < need) {
+        uint64_t now = sr_time_mono_ms();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        ssize_t r = recv(fd, buf + *got, cap - *got, MSG_DONTWAIT); /* what is there: usually the whole request */
+        if (r > 0) {
+            *got += (size_t)r;
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
+        if (now >= deadline_ms || poll(&pfd, 1, (int)(deadline_ms - now)) <= 0) return -1;
+    }
+    return 0;
+}
+
+#define REQUEST_MS 2000 /* a whole request, from the connection: local processes send ~100 bytes at once */
+#define WORKERS 64      /* connections served at once; more wait in the listen backlog */
+#define REPLY_BYTES (SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX)
+
+static void handle(int fd, const struct ucred *cred, uint8_t *reply)
+{
+    peer_t p;
+    describe_peer(cred, &p);
+    struct timeval tv = {.tv_sec = 5}; /* for the answer (not inherited from the listening socket) */
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    uint8_t req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
+    uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
+    uint8_t msg[4 + SR_AGENT_REQUEST_MAX];
+    size_t got = 0;
+    if (read_some_by(fd, msg, sizeof msg, 4, deadline, &got) != 0) return;
+    uint32_t n = sr_get_be32(msg);
+    if (n < 1 || n > SR_AGENT_REQUEST_MAX || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
+        return refuse(fd, &p, NULL, "malformed or incomplete request");
+    if (msg[4] == 'D') return decide_for(fd, &p, msg + 5, n - 1);
+    if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req) return refuse(fd, &p, NULL, "malformed request");
+    memcpy(req, msg + 4, n);
+    sr_uuid_t ts;
+    memcpy(ts.bytes, req + 1, SR_UUID_BYTES);
+    uint32_t version = sr_get_be32(req + 1 + SR_UUID_BYTES);
+    char object[64], why[300];
+    sr_uuid_format(&ts, object);
+    char op = (char)req[0];
+    sr_wrapped_key_t in, out;
+    size_t at = 1 + SR_UUID_BYTES + 4;
+    if (op != 'C' && op != 'U' && op != 'R') return refuse(fd, &p, object, "unknown request");
+    if (op != 'C' && sr_wrapped_key_decode(req + at, n - at, &in) != SR_OK) return refuse(fd, &p, object, "bad wrapped key");
+    pthread_mutex_lock(&agent.lock);
+    int revoked = agent.revoked;
+    snprintf(why, sizeof why, "this node's membership ended: %s", agent.revoked_why);
+    pthread_mutex_unlock(&agent.lock);
+    if (revoked) return refuse(fd, &p, object, why);
+    if (!permitted(&p, why, sizeof why)) return refuse(fd, &p, object, why);
+    char allowed_by[300];
+    snprintf(allowed_by, sizeof allowed_by, "%s", why);
+    int cached = 0;
+    size_t len = 0, enc = 0;
+    sr_err_t rc = serve_key(op, &ts, version, &in, reply, &out, &cached);
+    if (rc == SR_OK && op != 'R') len = SR_KEYMGR_KEY_BYTES;
+    if (rc == SR_OK && op != 'U')
+        rc = sr_wrapped_key_encode(&out, reply + len, SR_WRAPPED_KEY_ENCODED_MAX, &enc), len += enc;
+    if (rc == SR_OK) {
+        snprintf(why, sizeof why, "%s data key v%u%s%s%.200s", op == 'C' ? "created" : op == 'U' ? "unwrapped" : "re-wrapped",
+                 version, cached ? " (cached)" : "", allowed_by[0] ? "; " : "", allowed_by);
+        event("key.request", p.subject, object, "success", why);
+        answer(fd, 'K', reply, len);
+    } else {
+        refuse(fd, &p, object, sr_err_detail());
+    }
+    sr_secure_wipe(reply, REPLY_BYTES);
+}
+
+/* A pool of workers, each with its own locked reply buffer, each accepting
+ * connections itself (the kernel hands a connection to one waiting accept:
+ * no queue, no second wake-up per open). Two to begin with; one more when
+ * the last idle one takes a connection, up to WORKERS (they stay: a node
+ * with 200 agents does not pay 64 threads each). One slow or silent local
+ * process holds one worker for at most REQUEST_MS, never the service; a
+ * request costs no thread creation and no mmap (both showed in the cached
+ * open's cost). */
+#define PER_UID 8 /* connections one user may have served at once */
+
+static struct {
+    pthread_mutex_t lock;
+    int lfd, busy, started;
+    _Atomic int stopping;
+    struct { uid_t uid; int n; } users[WORKERS]; /* connections per user (n > 0) */
+    pthread_t thread[WORKERS];
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1};
+
+/* Adds delta to uid's connections (under pool.lock); its count after, or
+ * -1 if the table is full (it cannot be: at most WORKERS connections). */
+static int user_count(uid_t uid, int delta)
+{
+    int free_slot = -1;
+    for (int i = 0; i < WORKERS; i++) {
+        if (pool.users[i].n > 0 && pool.users[i].uid == uid) return pool.users[i].n += delta;
+        if (pool.users[i].n <= 0 && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0 || delta <= 0) return -1;
+    pool.users[free_slot].uid = uid;
+    return pool.users[free_slot].n = delta;
+}
+
+static int worker_add(void);
+
+/* A user with PER_UID connections served already is answered at once that
+ * it has too many: one user's stalled or flooding processes can hold up
+ * that user, never another. 1 if the connection is to be served. */
+static int admit(int fd, struct ucred *peer)
+{
+    struct ucred cred = {0};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return 0;
+    *peer = cred;
+    pthread_mutex_lock(&pool.lock);
+    int mine = user_count(cred.uid, +1);
+    if (mine < 0 || mine > PER_UID) {
+        if (mine > 0) user_count(cred.uid, -1);
+        pthread_mutex_unlock(&pool.lock);
+        char why[96];
+        snprintf(why, sizeof why, "uid %u has %d connections to the key service already: try again", (unsigned)cred.uid,
+                 PER_UID);
+        answer(fd, 'E', (const uint8_t *)why, strlen(why));
+        return 0;
+    }
+    if (++pool.busy == pool.started && pool.started < WORKERS && worker_add() != 0) /* none left waiting */
+        sr_log(SR_LOG_WARN, "key service: cannot add a worker (%d serve)", pool.started);
+    pthread_mutex_unlock(&pool.lock);
+    return 1;
+}
+
+static void *worker_main(void *arg)
+{
+    uint8_t *reply = arg;
+    while (!pool.stopping) {
+        int fd = accept4(pool.lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) usleep(50000); /* out of descriptors: do not spin */
+            continue;
+        }
+        struct ucred peer = {0};
+        if (admit(fd, &peer)) {
+            handle(fd, &peer, reply);
+            pthread_mutex_lock(&pool.lock);
+            pool.busy--;
+            user_count(peer.uid, -1);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        close(fd);
+    }
+    sr_secure_free(reply);
+    return NULL;
+}
+
+/* One more worker (under pool.lock); 0 or -1. */
+static int worker_add(void)
+{
+    uint8_t *reply = sr_secure_alloc(REPLY_BYTES);
+    if (!reply || pthread_create(&pool.thread[pool.started], NULL, worker_main, reply) != 0) {
+        sr_secure_free(reply);
+        return -1;
+    }
+    pool.started++;
+    return 0;
+}
+
+sr_err_t workers_start(int lfd)
+{
+    pool.lfd = lfd;
+    pthread_mutex_lock(&pool.lock);
+    int ok = worker_add() == 0 && worker_add() == 0;
+    pthread_mutex_unlock(&pool.lock);
+    return ok ? SR_OK : sr_err_set(SR_ERR_NOMEM, "cannot start the key service's workers");
+}
+
+/* At shutdown: the listener shut (waiting accepts return), running requests
+ * finish (each within REQUEST_MS and its KMS call), then the workers end. */
+void workers_stop(void)
+{
+    pool.stopping = 1;
+    shutdown(pool.lfd, SHUT_RDWR);
+    pthread_mutex_lock(&pool.lock);
+    int started = pool.started;
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < started; i++) pthread_join(pool.thread[i], NULL);
+}
+
+sr_err_t listen_socket(const char *path, int *fd_out)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return sr_err_set(SR_ERR_CONFIG, "socket path too long: %s", path);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    unlink(path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(path, 0666) != 0 || listen(fd, 64) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return sr_err_set_errno(SR_ERR_IO, e, "cannot listen on %s", path);
+    }
+    *fd_out = fd;
+    return SR_OK;
+}

@@ -1,0 +1,395 @@
+/*
+ * membership.c — the node and kmsd: requests through [kms] servers (failing
+ * over while one cannot be reached), the enrolment, the heartbeats that keep
+ * the lease, and the access policy the KMS pushes.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* ---- talking to kmsd ----------------------------------------------------------------------------- */
+
+/* Server i of [kms] servers ("host:port, host:port"); 0, or -1 past the end. */
+static int kms_server_at(int i, char *host, size_t cap, uint16_t *port)
+{
+    const char *p = sr_config_get(agent.cfg, "kms", "servers");
+    for (int k = 0; *p; k++) {
+        p += strspn(p, ", ");
+        size_t n = strcspn(p, ", ");
+        char one[256];
+        snprintf(one, sizeof one, "%.*s", (int)n, p);
+        if (k == i) return n && sr_kmip_server_parse(one, host, cap, port) == SR_OK ? 0 : -1;
+        p += n;
+    }
+    return -1;
+}
+
+/* Whether another server may answer: this one could not be reached (a
+ * certificate refused as revoked is an answer, the same from every kmsd). */
+int kms_unreachable(sr_err_t rc)
+{
+    if (rc == SR_ERR_TLS) return !strstr(sr_err_detail(), "revoked");
+    return rc == SR_ERR_NETWORK || rc == SR_ERR_CLOSED || rc == SR_ERR_TIMEOUT || rc == SR_ERR_IO;
+}
+
+/* Runs fn with a client of the server that answered last, as the node
+ * (cert) or anonymously (NULL), moving on through [kms] servers while one
+ * cannot be reached: kmsd instances sharing a store are interchangeable.
+ * keep: a client kept between calls (its TLS connection with it: a
+ * heartbeat costs a request, not a handshake), tried first; a kept
+ * connection the server has since closed (kmsd restarted, idle_timeout) is
+ * replaced, and fn runs again on the new one, so fn must be safe to repeat
+ * (heartbeat, policy, leave, get). */
+sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg, sr_kmip_client_t **keep)
+{
+    if (keep && *keep) {
+        sr_err_t rc = fn(*keep, arg);
+        if (!kms_unreachable(rc)) return rc;
+        sr_kmip_client_free(*keep), *keep = NULL;
+    }
+    static _Atomic int current; /* the heartbeat thread and the main thread (leave) both call */
+    int n = 0;
+    char host[256];
+    uint16_t port = 0;
+    while (kms_server_at(n, host, sizeof host, &port) == 0) n++;
+    if (!n) return sr_err_set(SR_ERR_CONFIG, "[kms] servers: no host:port");
+    sr_err_t rc = SR_ERR_NETWORK;
+    for (int tried = 0; tried < n; tried++) {
+        int i = (current + tried) % n;
+        if (kms_server_at(i, host, sizeof host, &port) != 0)
+            return sr_err_set(SR_ERR_CONFIG, "[kms] servers: entry %d is not host:port", i + 1);
+        sr_kmip_client_options_t o = {.host = host, .port = port,
+                                      .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
+                                      .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert,
+                                      .key_file = key, .timeout_ms = 5000, .version = {1, 4}};
+        sr_kmip_client_t *c = NULL;
+        rc = sr_kmip_client_new(&o, &c);
+        if (rc == SR_OK) rc = fn(c, arg);
+        if (!kms_unreachable(rc)) {
+            current = i;
+            if (keep) *keep = c;
+            else sr_kmip_client_free(c);
+            return rc;
+        }
+        sr_kmip_client_free(c);
+        if (tried + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
+    }
+    return rc;
+}
+
+typedef struct call_arg {
+    const sr_kmip_enc_t *e;
+    uint32_t op;
+    sr_kmip_response_t *r;
+} call_arg_t;
+
+static sr_err_t call_once(sr_kmip_client_t *c, void *arg)
+{
+    call_arg_t *a = arg;
+    sr_kmip_response_free(a->r);
+    memset(a->r, 0, sizeof *a->r);
+    return sr_kmip_client_call(c, a->e, a->op, a->r);
+}
+
+/* One request, answered by the first kmsd that can be reached. */
+static sr_err_t kms_call(const char *cert, const char *key, const sr_kmip_enc_t *e, uint32_t op,
+                         sr_kmip_response_t *r, sr_kmip_client_t **keep)
+{
+    call_arg_t a = {.e = e, .op = op, .r = r};
+    return kms_with_failover(cert, key, call_once, &a, keep);
+}
+
+sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
+{
+    char cert[4200], key[4200];
+    state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
+    sr_kmip_enc_t e;
+    memset(r, 0, sizeof *r); /* the caller frees it, whatever the outcome */
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
+    sr_kmip_request_end(&e);
+    sr_err_t rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = kms_call(cert, key, &e, op, r, &agent.node_client);
+    sr_kmip_enc_free(&e);
+    return rc;
+}
+
+/* ---- enrolment -------------------------------------------------------------------------------------- */
+
+/* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
+static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509_REQ *req = X509_REQ_new();
+    BIO *bio = BIO_new(BIO_s_mem());
+    sr_err_t rc = key && req && bio ? SR_OK : sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the node key");
+    if (rc == SR_OK &&
+        (!X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8, (const unsigned char *)name,
+                                     -1, -1, 0) ||
+         !X509_REQ_set_pubkey(req, key) || !X509_REQ_sign(req, key, EVP_sha256()) ||
+         !PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the certificate request");
+    unsigned char *der = NULL;
+    int n = rc == SR_OK ? i2d_X509_REQ(req, &der) : -1;
+    char *pem = NULL;
+    long pem_len = rc == SR_OK ? BIO_get_mem_data(bio, &pem) : 0;
+    if (rc == SR_OK && (n <= 0 || pem_len <= 0)) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the request");
+    if (rc == SR_OK) {
+        *key_pem = sr_secure_alloc((size_t)pem_len);
+        *csr = malloc((size_t)n);
+        if (!*key_pem || !*csr) rc = SR_ERR_NOMEM;
+        else memcpy(*key_pem, pem, (size_t)pem_len), *key_len = (size_t)pem_len, memcpy(*csr, der, (size_t)n),
+             *csr_len = (size_t)n;
+    }
+    OPENSSL_free(der);
+    BIO_free(bio);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+static sr_err_t read_token(char *token, size_t cap)
+{
+    const char *file = sr_config_get(agent.cfg, "agent", "token_file"), *env = getenv("STRONGROOM_JOIN_TOKEN");
+    if (file) {
+        FILE *f = fopen(file, "r");
+        if (!f) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot read the join token %s", file);
+        if (!fgets(token, (int)cap, f)) token[0] = '\0';
+        fclose(f);
+    } else if (env) {
+        snprintf(token, cap, "%s", env);
+    } else {
+        return sr_err_set(SR_ERR_CONFIG, "not enrolled and no join token: set token_file or STRONGROOM_JOIN_TOKEN "
+                          "(kmsctl token create)");
+    }
+    token[strcspn(token, "\r\n")] = '\0';
+    return token[0] ? SR_OK : sr_err_set(SR_ERR_CONFIG, "the join token is empty");
+}
+
+static sr_err_t save_enrolment(const sr_kmip_response_t *r, const char *key_pem, size_t key_len)
+{
+    const sr_kmip_tree_t *t = &r->tree;
+    int32_t uuid = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_NODE_UUID, SR_KMIP_TEXT_STRING);
+    int32_t nk = sr_kmip_child(t, r->payload, SR_KMIP_TAG_UNIQUE_IDENTIFIER, SR_KMIP_TEXT_STRING);
+    int32_t cert = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_NODE_CERTIFICATE, SR_KMIP_BYTE_STRING);
+    int32_t lease = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_LEASE_SECONDS, SR_KMIP_INTEGER);
+    if (uuid < 0 || nk < 0 || cert < 0 || lease < 0 || t->items[uuid].len >= 64 || t->items[nk].len >= 128)
+        return sr_err_set(SR_ERR_KMIP_DECODE, "the Enrol response lacks the node UUID, key or certificate");
+    snprintf(agent.node_uuid, sizeof agent.node_uuid, "%.*s", (int)t->items[uuid].len, t->items[uuid].v.ptr);
+    snprintf(agent.nk, sizeof agent.nk, "%.*s", (int)t->items[nk].len, t->items[nk].v.ptr);
+    const unsigned char *p = t->items[cert].v.ptr;
+    X509 *x = d2i_X509(NULL, &p, (long)t->items[cert].len);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long pem_len = x && bio && PEM_write_bio_X509(bio, x) ? BIO_get_mem_data(bio, &pem) : 0;
+    char path[4200], text[8192];
+    sr_err_t rc = pem_len > 0 ? SR_OK : sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate does not decode");
+    state_path(path, sizeof path, "node.key");
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, key_pem, key_len, 0600, SR_WRITE_NO_DIR_SYNC);
+    state_path(path, sizeof path, "node.pem");
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, pem, (size_t)pem_len, 0644, SR_WRITE_NO_DIR_SYNC);
+    int n = snprintf(text, sizeof text, "[kms]\nservers = %s\nserver_name = %s\nca = %s\ncert = node.pem\nkey = node.key\n"
+                     "master_key = %s\ntimeout = 5s\n", sr_config_get(agent.cfg, "kms", "servers"),
+                     sr_config_get(agent.cfg, "kms", "server_name"), sr_config_get(agent.cfg, "kms", "ca"),
+                     sr_config_get(agent.cfg, "agent", "master_key"));
+    state_path(path, sizeof path, "kms.conf");
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, SR_WRITE_NO_DIR_SYNC);
+    n = snprintf(text, sizeof text, "%s %s %d\n", agent.node_uuid, agent.nk, t->items[lease].v.i32);
+    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled (one directory sync for all four) */
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, 0);
+    agent.lease_s = t->items[lease].v.i32;
+    BIO_free(bio);
+    X509_free(x);
+    return rc;
+}
+
+sr_err_t enrol(void)
+{
+    char token[256], name[256] = "", *key_pem = NULL;
+    uint8_t *csr = NULL;
+    size_t key_len = 0, csr_len = 0;
+    const char *cfg_name = sr_config_get(agent.cfg, "agent", "name");
+    if (cfg_name) snprintf(name, sizeof name, "%s", cfg_name);
+    else gethostname(name, sizeof name - 1);
+    sr_err_t rc = read_token(token, sizeof token);
+    if (rc == SR_OK) rc = make_request(name, &key_pem, &key_len, &csr, &csr_len);
+    sr_kmip_enc_t e;
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, SR_KMIP_OP_ENROL);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_JOIN_TOKEN, token);
+    sr_kmip_put_bytes(&e, SR_KMIP_TAG_X_CSR, csr ? csr : (const uint8_t *)"", csr_len);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_NODE_NAME, name);
+    sr_kmip_request_end(&e);
+    sr_secure_wipe(token, sizeof token);
+    sr_kmip_response_t r;
+    memset(&r, 0, sizeof r);
+    if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = kms_call(NULL, NULL, &e, SR_KMIP_OP_ENROL, &r, NULL); /* never repeated: a token's use */
+    if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
+    sr_kmip_response_free(&r);
+    sr_kmip_enc_free(&e);
+    free(csr);
+    if (key_pem) sr_secure_wipe(key_pem, key_len), sr_secure_free(key_pem);
+    return rc;
+}
+
+int load_enrolment(void)
+{
+    char path[4200];
+    state_path(path, sizeof path, "node.conf");
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    long lease = 0;
+    int ok = fscanf(f, "%63s %127s %ld", agent.node_uuid, agent.nk, &lease) == 3;
+    fclose(f);
+    agent.lease_s = lease;
+    return ok;
+}
+
+/* ---- heartbeats ---------------------------------------------------------------------------------------- */
+
+static void end_membership(const char *why)
+{
+    pthread_mutex_lock(&agent.lock);
+    int was = agent.revoked;
+    agent.revoked = 1;
+    snprintf(agent.revoked_why, sizeof agent.revoked_why, "%s", why);
+    sr_keycache_purge(agent.cache, NULL);
+    pthread_mutex_unlock(&agent.lock);
+    disk_cache_purge("the membership ended");
+    if (!was) {
+        sr_log_error("node %s: %s; cached keys purged, new requests refused (enrol again with a new token)",
+                     agent.node_uuid, why);
+        event("node.membership_ended", agent.node_uuid, agent.nk, "failure", why);
+    }
+}
+
+/* ---- the access policy pushed by the KMS ------------------------------------------------------------- */
+
+static void record_policy_version(int64_t version, const char *digest)
+{
+    char path[4200], text[96];
+    state_path(path, sizeof path, "policy.version");
+    int n = snprintf(text, sizeof text, "%lld %s\n", (long long)version, digest);
+    if (sr_file_write_atomic(path, text, (size_t)n, 0600, 0) != SR_OK) sr_log_warn("policy: %s", sr_err_detail());
+}
+
+/* The pushed version in force and its digest, from the state directory (0: none). */
+int64_t installed_policy_version(char digest[32])
+{
+    char path[4200];
+    long long v = 0;
+    state_path(path, sizeof path, "policy.version");
+    FILE *f = fopen(path, "r");
+    digest[0] = '\0';
+    if (f && fscanf(f, "%lld %31s", &v, digest) != 2) v = 0, digest[0] = '\0';
+    if (f) fclose(f);
+    return v;
+}
+
+/* Puts the policy a response carries in force: compiled here first (a bad
+ * one never replaces a good one), written beside the old one and renamed
+ * over it (the PAM module sees the old file or the new, never half), then
+ * the key service's handle reloaded. */
+static sr_err_t install_policy(const sr_kmip_response_t *r, int64_t *version)
+{
+    const sr_kmip_tree_t *t = &r->tree;
+    int32_t v = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER);
+    int32_t body = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_POLICY_TEXT, SR_KMIP_BYTE_STRING);
+    if (v < 0 || body < 0) return sr_err_set(SR_ERR_KMIP_DECODE, "the Get Policy response lacks the version or text");
+    *version = t->items[v].v.i32;
+    const char *path = sr_config_get(agent.cfg, "agent", "policy");
+    char *text = malloc(t->items[body].len + 1);
+    if (!text) return SR_ERR_NOMEM;
+    memcpy(text, t->items[body].v.ptr, t->items[body].len), text[t->items[body].len] = '\0';
+    sr_acl_policy_t *p = NULL;
+    sr_err_t rc = strlen(text) == t->items[body].len ? sr_acl_compile_standalone(path, text, &p)
+                                                     : sr_err_set(SR_ERR_PARSE, "%s: a NUL byte: not a text file", path);
+    char digest[32] = "";
+    if (rc == SR_OK) snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, t->items[body].len, 0644, 0);
+    free(text);
+    pthread_mutex_lock(&agent.lock);
+    sr_acl_t *policy = agent.policy;
+    pthread_mutex_unlock(&agent.lock);
+    if (rc == SR_OK && policy) rc = sr_acl_reload(policy);
+    else if (rc == SR_OK && (rc = sr_acl_open(path, &policy)) == SR_OK) {
+        pthread_mutex_lock(&agent.lock);
+        agent.policy = policy;
+        pthread_mutex_unlock(&agent.lock);
+    }
+    if (rc == SR_OK) record_policy_version(*version, digest);
+    return rc;
+}
+
+/* A heartbeat said the KMS holds policy `newest`: fetch and install it. */
+static void follow_policy(int64_t newest)
+{
+    if (!agent.policy_push || newest <= agent.policy_version || newest == agent.policy_rejected) return;
+    sr_kmip_response_t r;
+    int64_t version = newest;
+    char object[40];
+    sr_err_t rc = node_call(SR_KMIP_OP_GET_POLICY, &r);
+    if (rc == SR_OK) rc = install_policy(&r, &version);
+    sr_kmip_response_free(&r);
+    snprintf(object, sizeof object, "policy v%lld", (long long)version);
+    if (rc == SR_OK) {
+        char digest[32], detail[300];
+        installed_policy_version(digest);
+        snprintf(detail, sizeof detail, "%s at %.200s", digest, sr_config_get(agent.cfg, "agent", "policy"));
+        agent.policy_version = version;
+        sr_log_notice("access policy v%lld (%s) in force", (long long)version, digest);
+        event("policy.installed", agent.node_uuid, object, "success", detail);
+    } else if (rc == SR_ERR_PARSE || rc == SR_ERR_LIMIT) {
+        agent.policy_rejected = version;
+        sr_log_error("access policy v%lld refused, v%lld stays in force: %s", (long long)version,
+                     (long long)agent.policy_version, sr_err_detail());
+        event("policy.rejected", agent.node_uuid, object, "failure", sr_err_detail());
+    } else {
+        sr_log_warn("access policy v%lld: %s (tried again at the next heartbeat)", (long long)version, sr_err_detail());
+    }
+}
+
+void *heartbeat_main(void *arg)
+{
+    /* just enrolled: the lease is new, so the first heartbeat waits an interval (200 nodes joining at once
+     * would otherwise each make a second TLS handshake in the same second), unless a pushed policy is awaited */
+    int skip = *(const int *)arg && !(agent.policy_push && !agent.policy);
+    while (!stop_requested && !agent.revoked) {
+        for (uint64_t slept = 0; skip && slept < agent.heartbeat_ms && !stop_requested; slept += 100) usleep(100000);
+        skip = 1;
+        if (stop_requested) break;
+        sr_kmip_response_t r;
+        sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
+        int32_t newest = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER) : -1;
+        int64_t newest_version = newest >= 0 ? r.tree.items[newest].v.i32 : 0;
+        sr_kmip_response_free(&r);
+        if (rc == SR_OK) follow_policy(newest_version);
+        if (rc == SR_OK) {
+            pthread_mutex_lock(&agent.lock);
+            agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
+            pthread_mutex_unlock(&agent.lock);
+        } else if (rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"))) {
+            end_membership(sr_err_detail()); /* the KMS ended it: lease expired, revoked */
+        } else {
+            sr_log_warn("heartbeat: %s (the KMS is unreachable: cached keys stay usable)", sr_err_detail());
+        }
+    }
+    return NULL;
+}
