@@ -6,7 +6,12 @@
 #include "keymgr.h"
 #include "sr_test.h"
 
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void hex(const char *h, uint8_t *out, size_t len) { SR_CHECK_OK(sr_hex_decode(h, out, len)); }
@@ -170,6 +175,51 @@ static void test_keycache(void)
     sr_keycache_free(kc);
 }
 
+/* A process of another user on the agent's socket path (the agent down, its
+ * directory writable) is not taken for the agent: it would hand out a data
+ * key it chose for every new tablespace. Run as root (the impostor runs as
+ * nobody). */
+static void test_agent_impostor_refused(void)
+{
+    if (geteuid() != 0) {
+        printf("  skipped: needs root (the impostor runs as another user)\n");
+        return;
+    }
+    char dir[600], path[700];
+    snprintf(dir, sizeof dir, "%s", sr_test_path("open-dir"));
+    SR_CHECK(mkdir(dir, 0777) == 0 && chmod(dir, 0777) == 0);
+    chmod(sr_test_tmpdir(), 0755);
+    snprintf(path, sizeof path, "%s/agent.sock", dir);
+    pid_t impostor = fork();
+    if (impostor == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+        int l = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof sa.sun_path) _exit(5);
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(l, 4) != 0) _exit(3);
+        for (;;) { /* answers every request with the same "data key" */
+            int c = accept(l, NULL, NULL);
+            uint8_t buf[4096], answer[4 + 1 + 32] = {0, 0, 0, 33, 'K'};
+            if (c >= 0 && read(c, buf, sizeof buf) > 0 && write(c, answer, sizeof answer) < 0) _exit(4);
+            if (c >= 0) close(c);
+        }
+    }
+    for (int i = 0; i < 100 && access(path, F_OK) != 0; i++) usleep(20000);
+    sr_keyprov_t *kp = NULL;
+    SR_CHECK_OK(sr_keyprov_agent_open(path, &kp));
+    sr_uuid_t ts;
+    sr_uuid_generate(&ts);
+    uint8_t *dek = sr_secure_alloc(SR_KEYMGR_KEY_BYTES);
+    sr_wrapped_key_t wk;
+    SR_CHECK_ERR(sr_keyprov_dek_create(kp, &ts, 1, dek, &wk), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "not the key agent");
+    sr_secure_free(dek);
+    sr_keyprov_free(kp);
+    kill(impostor, SIGKILL);
+    waitpid(impostor, NULL, 0);
+}
+
 int main(void)
 {
     SR_RUN(test_kwp_rfc5649_vectors);
@@ -178,5 +228,6 @@ int main(void)
     SR_RUN(test_keyfile_provider);
     SR_RUN(test_keyfile_parse_errors_name_the_line);
     SR_RUN(test_keycache);
+    SR_RUN(test_agent_impostor_refused);
     return sr_test_finish();
 }
