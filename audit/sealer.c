@@ -398,6 +398,12 @@ static sr_err_t client_connect(sr_audit_client_t *c)
         c->fd = -1;
         return rc;
     }
+    /* root or this user: another user's process on the path would acknowledge events and record nothing */
+    sr_err_t trusted = sr_unix_peer_trusted(c->fd, c->path, "the audit sealer");
+    if (trusted != SR_OK) {
+        close(c->fd), c->fd = -1;
+        return trusted;
+    }
     struct timeval tv = {10, 0}; /* a sealer that hangs fails the event, never the caller forever */
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);

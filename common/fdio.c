@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -104,4 +105,15 @@ sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len)
     *out = buf;
     if (len) *len = n;
     return SR_OK;
+}
+
+sr_err_t sr_unix_peer_trusted(int fd, const char *path, const char *what)
+{
+    struct ucred peer = {0};
+    socklen_t len = sizeof peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0)
+        return sr_err_set_errno(SR_ERR_PERMISSION, errno, "cannot tell who listens at %s", path);
+    if (peer.uid == 0 || peer.uid == geteuid()) return SR_OK;
+    return sr_err_set(SR_ERR_PERMISSION, "the process at %s (pid %d) runs as uid %u, neither root nor this user: not %s",
+                      path, (int)peer.pid, (unsigned)peer.uid, what);
 }

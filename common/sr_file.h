@@ -16,6 +16,12 @@
 SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
 SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
 
+/* The process at the other end of a connected Unix socket runs as root or
+ * as this process's user: a service of the host (the key agent, the audit
+ * sealer) and not another user's process that took its socket's path. Else
+ * SR_ERR_PERMISSION naming the peer (`what`: "the key agent", ...). */
+SR_API sr_err_t sr_unix_peer_trusted(int fd, const char *path, const char *what) SR_MUST_CHECK;
+
 /* The whole file, NUL-terminated (malloc'd; *len without the NUL, len may
  * be NULL); SR_ERR_LIMIT if it holds more than max bytes. */
 SR_API sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len) SR_MUST_CHECK;

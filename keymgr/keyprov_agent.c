@@ -41,15 +41,10 @@ sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t le
         if (fd >= 0) close(fd);
         return sr_err_set_errno(SR_ERR_NETWORK, e, "the key agent at %s is not running", socket_path);
     }
-    /* the agent runs as root or as this very user: a process of another user that took the socket's path (the
-     * agent down, its directory writable) would hand out keys it chose, or say "allow" */
-    struct ucred peer = {0};
-    socklen_t plen = sizeof peer;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &plen) != 0 || (peer.uid != 0 && peer.uid != geteuid())) {
-        close(fd);
-        return sr_err_set(SR_ERR_PERMISSION, "the process at %s (pid %d) runs as uid %u, neither root nor this user: "
-                          "not the key agent", socket_path, (int)peer.pid, (unsigned)peer.uid);
-    }
+    /* root or this user: another user's process on the path (the agent down, its directory writable) would hand
+     * out keys it chose, or say "allow" */
+    sr_err_t trusted = sr_unix_peer_trusted(fd, socket_path, "the key agent");
+    if (trusted != SR_OK) return close(fd), trusted;
     struct timeval tv = {.tv_sec = 30};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sr_put_be32(msg, (uint32_t)len);

@@ -44,6 +44,11 @@ int sr_test_wait_port(uint16_t port, int timeout_ms);
 /* Runs a shell command line, stdout and stderr into out (NUL-terminated,
  * cut at cap); returns its exit status (-1 if it did not exit). */
 int sr_test_command(char *out, size_t cap, const char *command);
+/* Needs root: a process running as nobody listening on a Unix socket
+ * `name` in a world-writable directory of the test's, answering every
+ * connection's first message with `answer` (an impostor of a host service);
+ * its path into path_out; its pid, or -1. The caller kills it. */
+pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, char *path_out, size_t cap);
 /* 1 if `needle` occurs anywhere in the file. */
 int sr_test_file_contains(const char *path, const void *needle, size_t needle_len);
 

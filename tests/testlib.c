@@ -6,6 +6,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <errno.h>
@@ -172,4 +174,31 @@ int sr_test_command(char *out, size_t cap, const char *command)
     out[n] = '\0';
     int st = p ? pclose(p) : -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, char *path_out, size_t cap)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", sr_test_path("open-dir"));
+    if ((mkdir(dir, 0777) != 0 && errno != EEXIST) || chmod(dir, 0777) != 0 || chmod(sr_test_tmpdir(), 0755) != 0)
+        return -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if ((size_t)snprintf(path_out, cap, "%s/%s", dir, name) >= (cap < sizeof sa.sun_path ? cap : sizeof sa.sun_path))
+        return -1;
+    memcpy(sa.sun_path, path_out, strlen(path_out) + 1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int l = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (setgid(65534) != 0 || setuid(65534) != 0 || l < 0 || bind(l, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+            listen(l, 4) != 0)
+            _exit(2);
+        for (;;) {
+            int c = accept(l, NULL, NULL);
+            char buf[4096];
+            if (c >= 0 && read(c, buf, sizeof buf) > 0 && write(c, answer, len) < 0) _exit(3);
+            if (c >= 0) close(c);
+        }
+    }
+    for (int i = 0; pid > 0 && i < 100 && access(path_out, F_OK) != 0; i++) usleep(20000);
+    return pid;
 }

@@ -156,8 +156,30 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     rmdir(dir);
 }
 
+/* Another user's process on the sealer's socket path (the sealer down, its
+ * directory writable) would acknowledge every event and record none: the
+ * client refuses it (needs root: the impostor runs as nobody). */
+static void test_impostor_sealer_refused(void)
+{
+    if (geteuid() != 0) {
+        printf("  skipped: needs root (the impostor runs as another user)\n");
+        return;
+    }
+    static const uint8_t ack[] = {'A'};
+    char path[700];
+    pid_t impostor = sr_test_impostor_server("sealer.sock", ack, sizeof ack, path, sizeof path);
+    SR_CHECK(impostor > 0);
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_ERR(sr_audit_client_open(path, &c), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "not the audit sealer");
+    sr_audit_client_close(c);
+    kill(impostor, SIGKILL);
+    waitpid(impostor, NULL, 0);
+}
+
 int main(void)
 {
     SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
+    SR_RUN(test_impostor_sealer_refused);
     return sr_test_finish();
 }

@@ -185,27 +185,10 @@ static void test_agent_impostor_refused(void)
         printf("  skipped: needs root (the impostor runs as another user)\n");
         return;
     }
-    char dir[600], path[700];
-    snprintf(dir, sizeof dir, "%s", sr_test_path("open-dir"));
-    SR_CHECK(mkdir(dir, 0777) == 0 && chmod(dir, 0777) == 0);
-    chmod(sr_test_tmpdir(), 0755);
-    snprintf(path, sizeof path, "%s/agent.sock", dir);
-    pid_t impostor = fork();
-    if (impostor == 0) {
-        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
-        int l = socket(AF_UNIX, SOCK_STREAM, 0);
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(path) >= sizeof sa.sun_path) _exit(5);
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(l, 4) != 0) _exit(3);
-        for (;;) { /* answers every request with the same "data key" */
-            int c = accept(l, NULL, NULL);
-            uint8_t buf[4096], answer[4 + 1 + 32] = {0, 0, 0, 33, 'K'};
-            if (c >= 0 && read(c, buf, sizeof buf) > 0 && write(c, answer, sizeof answer) < 0) _exit(4);
-            if (c >= 0) close(c);
-        }
-    }
-    for (int i = 0; i < 100 && access(path, F_OK) != 0; i++) usleep(20000);
+    static const uint8_t answer[4 + 1 + 32] = {0, 0, 0, 33, 'K'}; /* the same "data key" for everyone */
+    char path[700];
+    pid_t impostor = sr_test_impostor_server("agent.sock", answer, sizeof answer, path, sizeof path);
+    SR_CHECK(impostor > 0);
     sr_keyprov_t *kp = NULL;
     SR_CHECK_OK(sr_keyprov_agent_open(path, &kp));
     sr_uuid_t ts;
