@@ -185,6 +185,7 @@ struct sr_acl {
     pthread_rwlock_t lock;
     sr_acl_policy_t *policy;
     sr_acl_file_id_t id; /* the file `policy` was compiled from (zero: not known) */
+    _Atomic int64_t warned_ms; /* when a failed recompile was last logged (once in 10 s, not per decision) */
 };
 
 sr_err_t sr_acl_file_id(const char *path, sr_acl_file_id_t *id)
@@ -261,8 +262,13 @@ void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_deci
     pthread_rwlock_rdlock(&a->lock);
     current = current && sr_acl_file_id_equal(&a->id, &now);
     pthread_rwlock_unlock(&a->lock);
-    if (!current && sr_acl_reload(a) != SR_OK)
-        sr_log(SR_LOG_WARN, "access policy %s: %s (the policy in force stays)", a->path, sr_err_detail());
+    if (!current && sr_acl_reload(a) != SR_OK) {
+        int64_t at = (int64_t)sr_time_mono_ms(), last = a->warned_ms;
+        if (!last || at - last >= 10000) {
+            a->warned_ms = at;
+            sr_log(SR_LOG_WARN, "access policy %s: %s (the policy in force stays)", a->path, sr_err_detail());
+        }
+    }
     pthread_rwlock_rdlock(&a->lock);
     sr_acl_decide(a->policy, r, d);
     *id = a->id;

@@ -220,6 +220,39 @@ static void test_reload_is_atomic(void)
     sr_acl_close(shared);
 }
 
+/* sr_acl_evaluate_current follows the file: one replaced by rename (tde-acl
+ * install) or edited is compiled again before the decision, and the file
+ * identity returned is the one decided with; a broken replacement leaves
+ * the policy in force deciding, under its own (older) identity. */
+static void test_evaluate_current_follows_the_file(void)
+{
+    char path[600], tmp[700];
+    snprintf(path, sizeof path, "%s", sr_test_path("current.conf"));
+    snprintf(tmp, sizeof tmp, "%s.new", path);
+    const char *allow = "allow * alice * *\n", *deny = "deny * alice * *   # now\n", *bad = "allow *\n";
+    SR_CHECK(sr_test_write_file(path, allow, strlen(allow)) == 0);
+    sr_acl_t *a = NULL;
+    SR_CHECK_OK(sr_acl_open(path, &a));
+    if (!a) return;
+    sr_acl_request_t r = {.server = "db1", .account = "alice", .source = "10.0.0.1"};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t first, now, id;
+    SR_CHECK_OK(sr_acl_file_id(path, &first));
+    sr_acl_evaluate_current(a, &r, &d, &id);
+    SR_CHECK(d.allow && sr_acl_file_id_equal(&id, &first));
+    SR_CHECK(sr_test_write_file(tmp, deny, strlen(deny)) == 0 && rename(tmp, path) == 0);
+    SR_CHECK_OK(sr_acl_file_id(path, &now));
+    sr_acl_evaluate_current(a, &r, &d, &id);
+    SR_CHECK(!d.allow && sr_acl_file_id_equal(&id, &now) && !sr_acl_file_id_equal(&id, &first));
+    SR_CHECK_CONTAINS(d.why, "(now)");
+    SR_CHECK(sr_test_write_file(tmp, bad, strlen(bad)) == 0 && rename(tmp, path) == 0);
+    sr_acl_file_id_t broken;
+    SR_CHECK_OK(sr_acl_file_id(path, &broken));
+    sr_acl_evaluate_current(a, &r, &d, &id);
+    SR_CHECK(!d.allow && sr_acl_file_id_equal(&id, &now) && !sr_acl_file_id_equal(&id, &broken));
+    sr_acl_close(a);
+}
+
 int main(void)
 {
     SR_RUN(test_errors_name_file_and_line);
@@ -228,5 +261,6 @@ int main(void)
     SR_RUN(test_groups_file_and_includes);
     SR_RUN(test_ten_thousand_rules);
     SR_RUN(test_reload_is_atomic);
+    SR_RUN(test_evaluate_current_follows_the_file);
     return sr_test_finish();
 }
