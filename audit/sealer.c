@@ -33,7 +33,7 @@
 
 /* ---- framing ---------------------------------------------------------------------- */
 
-#define sock_write sr_fd_write_all
+#define sock_write sr_fd_send_all /* no SIGPIPE in the client's process when the sealer has gone */
 #define sock_read sr_fd_read_exact
 
 /* ---- sealer ------------------------------------------------------------------------- *
@@ -381,10 +381,30 @@ sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop)
 
 /* ---- client: the event sink of every other process ---------------------------------- */
 
+/* One connection per client, shared by its threads and pipelined: a thread
+ * sends its event and takes a ticket; acknowledgements come back in the
+ * order the events were sent, and one waiting thread at a time reads them
+ * and hands each to its sender. So a process whose threads emit together
+ * (kmsd, the agent) has several events in one round of the sealer, and one
+ * wake-up of the process can carry several answers. */
+#define IN_FLIGHT 64
+
+typedef struct waiter {
+    sr_err_t rc;
+    char why[1100];
+    int done;
+} waiter_t;
+
 struct sr_audit_client {
     char path[108];
     int fd;
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;    /* everything below, and writes to fd */
+    pthread_cond_t cv;
+    uint64_t sent, answered; /* tickets on the current connection */
+    int reading;             /* a thread is reading an answer, on fd as it was */
+    uint64_t generation;     /* of the connection: a new one after each failure */
+    int stale_fd;            /* a failed connection the reader still reads: it closes it (-1: none) */
+    waiter_t *waiting[IN_FLIGHT]; /* the sender of ticket t, at t % IN_FLIGHT, until answered */
 };
 
 static sr_err_t client_connect(sr_audit_client_t *c)
@@ -420,8 +440,11 @@ sr_err_t sr_audit_client_open(const char *socket_path, sr_audit_client_t **out)
     }
     snprintf(c->path, sizeof c->path, "%s", socket_path);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->stale_fd = -1;
     sr_err_t rc = client_connect(c);
     if (rc != SR_OK) {
+        pthread_cond_destroy(&c->cv);
         pthread_mutex_destroy(&c->lock);
         free(c);
         return rc;
@@ -430,27 +453,83 @@ sr_err_t sr_audit_client_open(const char *socket_path, sr_audit_client_t **out)
     return SR_OK;
 }
 
+/* The connection failed: every event still waiting on it fails with rc (under the lock). */
+static void client_broken(sr_audit_client_t *c, sr_err_t rc)
+{
+    for (; c->answered < c->sent; c->answered++) {
+        waiter_t *w = c->waiting[c->answered % IN_FLIGHT];
+        c->waiting[c->answered % IN_FLIGHT] = NULL;
+        w->rc = rc, w->done = 1;
+        snprintf(w->why, sizeof w->why, "%s", sr_err_detail());
+    }
+    /* a reader may be inside read() on it: shut it down (its read returns) and let the reader close it, so the
+     * descriptor's number is not reused under it */
+    if (c->fd >= 0 && c->reading) shutdown(c->fd, SHUT_RDWR), c->stale_fd = c->fd;
+    else if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    c->sent = c->answered = 0;
+    c->generation++;
+    pthread_cond_broadcast(&c->cv);
+}
+
+/* One answer, read without the lock (called with it, returns with it). */
+static void read_answer(sr_audit_client_t *c)
+{
+    int fd = c->fd;
+    uint64_t generation = c->generation;
+    c->reading = 1;
+    pthread_mutex_unlock(&c->lock);
+    uint8_t status = 0, head[4];
+    char why[1024] = "";
+    sr_err_t rc = sock_read(fd, &status, 1);
+    if (rc == SR_OK && status == 'E' && (rc = sock_read(fd, head, 4)) == SR_OK) {
+        uint32_t n = sr_get_be32(head);
+        rc = n < sizeof why ? sock_read(fd, why, n) : sr_err_set(SR_ERR_PROTOCOL, "an answer of %u bytes", n);
+        if (rc == SR_OK) why[n] = '\0';
+    }
+    if (rc == SR_OK && status != 'A' && status != 'E') rc = sr_err_set(SR_ERR_PROTOCOL, "the audit sealer answered '%c'", status);
+    pthread_mutex_lock(&c->lock);
+    c->reading = 0;
+    if (generation != c->generation) { /* the connection failed meanwhile: its waiters have their error */
+        if (c->stale_fd == fd) close(fd), c->stale_fd = -1;
+        pthread_cond_broadcast(&c->cv);
+        return;
+    }
+    if (rc != SR_OK) {
+        client_broken(c, rc);
+        return;
+    }
+    waiter_t *w = c->waiting[c->answered % IN_FLIGHT];
+    c->waiting[c->answered % IN_FLIGHT] = NULL;
+    c->answered++;
+    w->done = 1;
+    w->rc = status == 'A' ? SR_OK : SR_ERR_IO;
+    if (status == 'E') snprintf(w->why, sizeof w->why, "the audit sealer did not record the event: %s", why);
+    pthread_cond_broadcast(&c->cv);
+}
+
+/* Sends one frame and waits for its answer (under the lock). */
 static sr_err_t client_send_once(sr_audit_client_t *c, const uint8_t *frame, size_t len)
 {
     if (c->fd < 0) {
         sr_err_t rc = client_connect(c);
         if (rc != SR_OK) return rc;
     }
-    uint8_t status = 0;
-    sr_err_t rc = sock_write(c->fd, frame, len);
-    if (rc == SR_OK) rc = sock_read(c->fd, &status, 1);
-    if (rc == SR_OK && status == 'A') return SR_OK;
-    if (rc == SR_OK && status == 'E') {
-        uint8_t head[4];
-        char why[1024] = "";
-        if (sock_read(c->fd, head, 4) == SR_OK) {
-            uint32_t n = sr_get_be32(head);
-            if (n < sizeof why && sock_read(c->fd, why, n) == SR_OK) why[n] = '\0';
-        }
-        return sr_err_set(SR_ERR_IO, "the audit sealer did not record the event: %s", why);
+    while (c->fd >= 0 && c->sent - c->answered >= IN_FLIGHT) pthread_cond_wait(&c->cv, &c->lock);
+    if (c->fd < 0) return sr_err_set(SR_ERR_IO, "the connection to the audit sealer at %s was lost", c->path);
+    waiter_t me = {.rc = SR_OK};
+    sr_err_t rc = sock_write(c->fd, frame, len); /* under the lock: frames whole and in ticket order */
+    if (rc != SR_OK) {
+        client_broken(c, rc);
+        return rc;
     }
-    close(c->fd), c->fd = -1;
-    return rc == SR_OK ? sr_err_set(SR_ERR_PROTOCOL, "the audit sealer answered '%c'", status) : rc;
+    c->waiting[c->sent % IN_FLIGHT] = &me;
+    c->sent++;
+    while (!me.done) {
+        if (!c->reading) read_answer(c);
+        else pthread_cond_wait(&c->cv, &c->lock);
+    }
+    return me.rc == SR_OK ? SR_OK : sr_err_set(me.rc, "%s", me.why);
 }
 
 sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *e)
@@ -482,6 +561,8 @@ void sr_audit_client_close(sr_audit_client_t *c)
 {
     if (!c) return;
     if (c->fd >= 0) close(c->fd);
+    if (c->stale_fd >= 0) close(c->stale_fd);
+    pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }

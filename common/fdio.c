@@ -23,6 +23,19 @@ sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len)
     return SR_OK;
 }
 
+sr_err_t sr_fd_send_all(int fd, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) return sr_err_set(SR_ERR_CLOSED, "the peer has gone");
+        if (n <= 0) return sr_err_set_errno(sr_err_from_errno(n < 0 ? errno : EPIPE), n < 0 ? errno : EPIPE, "send failed");
+        p += n, len -= (size_t)n;
+    }
+    return SR_OK;
+}
+
 sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len)
 {
     unsigned char *p = buf;

@@ -15,6 +15,9 @@
 /* Through EINTR and short transfers (sockets, pipes); a receive timeout is SR_ERR_TIMEOUT. */
 SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
 SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
+/* sr_fd_write_all on a socket, without SIGPIPE when the peer has gone (SR_ERR_CLOSED): library code runs in
+ * processes that keep SIGPIPE's default, which would kill them. */
+SR_API sr_err_t sr_fd_send_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
 
 /* The process at the other end of a connected Unix socket runs as root or
  * as this process's user: a service of the host (the key agent, the audit

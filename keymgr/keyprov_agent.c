@@ -49,7 +49,7 @@ sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t le
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sr_put_be32(msg, (uint32_t)len);
     memcpy(msg + 4, req, len);
-    sr_err_t rc = sr_fd_write_all(fd, msg, 4 + len); /* one write: one wake-up of the agent */
+    sr_err_t rc = sr_fd_send_all(fd, msg, 4 + len); /* one write: one wake-up of the agent; no SIGPIPE */
     if (rc == SR_OK) rc = sr_fd_read_exact(fd, head, 4);
     uint32_t n = rc == SR_OK ? sr_get_be32(head) : 0;
     if (rc == SR_OK && (n < 1 || n > cap)) rc = sr_err_set(SR_ERR_PROTOCOL, "the key agent answered %u bytes", n);

@@ -11,6 +11,7 @@
 #include "audit.h"
 #include "sr_test.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -22,6 +23,18 @@
 #define CLIENTS 64
 #define EVENTS 20
 #define BASE_UID 30000
+
+static pid_t start_sealer(const char *sock, const char *log, const char *sign)
+{
+    pid_t sealer = fork();
+    if (sealer == 0) {
+        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log, "--sign-key",
+              sign, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
+    return sealer;
+}
 
 static int unix_connect(const char *path)
 {
@@ -45,13 +58,7 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     /* the socket where every uid can reach it (the test directory is 0700) */
     SR_CHECK(mkdtemp(dir) != NULL && chmod(dir, 0711) == 0);
     snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
-    pid_t sealer = fork();
-    if (sealer == 0) {
-        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log, "--sign-key",
-              sign, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
+    pid_t sealer = start_sealer(sock, log, sign);
     /* hostile neighbours first: 10 that send half an event and stall (they
      * must not hold up anyone), one malformed event (refused with a reason,
      * the connection kept), one too long (refused, then closed) */
@@ -156,6 +163,96 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     rmdir(dir);
 }
 
+
+/* The threads of one process share its connection, events pipelined: each
+ * thread's send returns when its own event is durable, none is lost or
+ * recorded twice; and when the sealer dies under them, every thread gets
+ * an error (none waits forever). */
+enum { THREADS = 8, PER_THREAD = 150 };
+typedef struct sharer {
+    sr_audit_client_t *c;
+    int id, failed, sent;
+    pthread_t t;
+} sharer_t;
+
+static void *share_loop(void *arg)
+{
+    sharer_t *s = arg;
+    for (int e = 0; e < PER_THREAD; e++) {
+        char detail[64];
+        snprintf(detail, sizeof detail, "thread %d event %d", s->id, e);
+        if (sr_audit_client_send(s->c, &(sr_event_t){.component = "test", .event = "sealer.event", .object = "db",
+                                                     .outcome = "success", .detail = detail}) != SR_OK)
+            s->failed++;
+        else s->sent++;
+    }
+    return NULL;
+}
+
+static void run_sharers(sr_audit_client_t *c, sharer_t *sh)
+{
+    for (int t = 0; t < THREADS; t++) sh[t] = (sharer_t){.c = c, .id = t}, pthread_create(&sh[t].t, NULL, share_loop, &sh[t]);
+    for (int t = 0; t < THREADS; t++) pthread_join(sh[t].t, NULL);
+}
+
+static void test_threads_share_one_connection(void)
+{
+    char prefix[600], sign[700], log[600], dir[] = "/tmp/srsealer.XXXXXX", sock[700];
+    snprintf(prefix, sizeof prefix, "%s", sr_test_path("shared"));
+    snprintf(sign, sizeof sign, "%s.sign", prefix);
+    snprintf(log, sizeof log, "%s", sr_test_path("shared.log"));
+    SR_CHECK_OK(sr_audit_keygen(prefix));
+    SR_CHECK(mkdtemp(dir) != NULL);
+    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
+    pid_t sealer = start_sealer(sock, log, sign);
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_OK(sr_audit_client_open(sock, &c));
+    if (!c) return;
+    sharer_t sh[THREADS];
+    run_sharers(c, sh);
+    int failed = 0;
+    for (int t = 0; t < THREADS; t++) failed += sh[t].failed;
+    SR_CHECK_EQ_INT(failed, 0);
+    kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
+    static int seen[THREADS][PER_THREAD];
+    FILE *f = fopen(log, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int records = 0, dup_or_lost = 0;
+    while (f && (n = getline(&line, &cap, f)) > 0) {
+        int t = -1, e = -1;
+        const char *at = strstr(line, "thread ");
+        if (at && sscanf(at, "thread %d event %d", &t, &e) == 2 && t >= 0 && t < THREADS && e >= 0 && e < PER_THREAD)
+            seen[t][e]++, records++;
+    }
+    free(line);
+    if (f) fclose(f);
+    for (int t = 0; t < THREADS; t++)
+        for (int e = 0; e < PER_THREAD; e++) dup_or_lost += seen[t][e] != 1;
+    SR_CHECK_EQ_INT(records, THREADS * PER_THREAD);
+    SR_CHECK_EQ_INT(dup_or_lost, 0);
+    /* the sealer killed while the threads send: each send fails, none hangs */
+    sealer = start_sealer(sock, log, sign);
+    pid_t killer = fork();
+    if (killer == 0) {
+        usleep(30000);
+        kill(sealer, SIGKILL);
+        _exit(0);
+    }
+    uint64_t t0 = sr_time_mono_ms();
+    run_sharers(c, sh);
+    uint64_t took = sr_time_mono_ms() - t0;
+    waitpid(killer, NULL, 0), waitpid(sealer, NULL, 0);
+    failed = 0;
+    for (int t = 0; t < THREADS; t++) failed += sh[t].failed;
+    printf("  %d threads x %d events on one connection: all recorded once; the sealer killed under them: %d sends "
+           "failed, back in %llu ms\n", THREADS, PER_THREAD, failed, (unsigned long long)took);
+    SR_CHECK(failed > 0 && took < 15000);
+    sr_audit_client_close(c);
+    unlink(sock), rmdir(dir);
+}
+
 /* Another user's process on the sealer's socket path (the sealer down, its
  * directory writable) would acknowledge every event and record none: the
  * client refuses it (needs root: the impostor runs as nobody). */
@@ -180,6 +277,7 @@ static void test_impostor_sealer_refused(void)
 int main(void)
 {
     SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
+    SR_RUN(test_threads_share_one_connection);
     SR_RUN(test_impostor_sealer_refused);
     return sr_test_finish();
 }
