@@ -404,6 +404,7 @@ struct sr_audit_client {
     int reading;             /* a thread is reading an answer, on fd as it was */
     uint64_t generation;     /* of the connection: a new one after each failure */
     int stale_fd;            /* a failed connection the reader still reads: it closes it (-1: none) */
+    pid_t pid;               /* the process that connected: a child after fork() connects anew */
     waiter_t *waiting[IN_FLIGHT]; /* the sender of ticket t, at t % IN_FLIGHT, until answered */
 };
 
@@ -427,6 +428,7 @@ static sr_err_t client_connect(sr_audit_client_t *c)
     struct timeval tv = {10, 0}; /* a sealer that hangs fails the event, never the caller forever */
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    c->pid = getpid();
     return SR_OK;
 }
 
@@ -511,6 +513,13 @@ static void read_answer(sr_audit_client_t *c)
 /* Sends one frame and waits for its answer (under the lock). */
 static sr_err_t client_send_once(sr_audit_client_t *c, const uint8_t *frame, size_t len)
 {
+    if (c->fd >= 0 && c->pid != getpid()) {
+        /* a child of the process that connected: the connection is the parent's (its answers, and the sealer's
+         * record of who sends — SO_PEERCRED is the connecting process); the child's copy goes, it connects anew */
+        close(c->fd);
+        c->fd = -1, c->sent = c->answered = 0, c->reading = 0, c->stale_fd = -1;
+        memset(c->waiting, 0, sizeof c->waiting);
+    }
     if (c->fd < 0) {
         sr_err_t rc = client_connect(c);
         if (rc != SR_OK) return rc;

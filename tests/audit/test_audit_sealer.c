@@ -253,6 +253,50 @@ static void test_threads_share_one_connection(void)
     unlink(sock), rmdir(dir);
 }
 
+/* A process that forks with its client connected: the child's events go
+ * over a connection of its own (the parent's would mix their answers, and
+ * the sealer would record the parent as their sender). */
+static void test_a_child_connects_anew(void)
+{
+    char prefix[600], sign[700], log[600], dir[] = "/tmp/srsealer.XXXXXX", sock[700];
+    snprintf(prefix, sizeof prefix, "%s", sr_test_path("forked"));
+    snprintf(sign, sizeof sign, "%s.sign", prefix);
+    snprintf(log, sizeof log, "%s", sr_test_path("forked.log"));
+    SR_CHECK_OK(sr_audit_keygen(prefix));
+    SR_CHECK(mkdtemp(dir) != NULL);
+    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
+    pid_t sealer = start_sealer(sock, log, sign);
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_OK(sr_audit_client_open(sock, &c));
+    if (!c) return;
+    sr_event_t ev = {.component = "test", .event = "sealer.event", .object = "db", .outcome = "success",
+                     .detail = "from the parent"};
+    SR_CHECK_OK(sr_audit_client_send(c, &ev));
+    pid_t child = fork();
+    if (child == 0) {
+        sr_event_t mine = ev;
+        mine.detail = "from the child";
+        for (int i = 0; i < 50; i++)
+            if (sr_audit_client_send(c, &mine) != SR_OK) _exit(1);
+        _exit(0);
+    }
+    int failed = 0;
+    for (int i = 0; i < 50; i++) failed += sr_audit_client_send(c, &ev) != SR_OK;
+    int st = 0;
+    waitpid(child, &st, 0);
+    SR_CHECK_EQ_INT(failed, 0);
+    SR_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    sr_audit_client_close(c);
+    kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
+    char want[64], cmd[1400];
+    snprintf(want, sizeof want, "pid=%d ", (int)child);
+    snprintf(cmd, sizeof cmd, "grep 'from the child' %s | grep -c '%s'", log, want);
+    char out[64] = "";
+    SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
+    SR_CHECK_MSG(atoi(out) == 50, "the child's records naming its own pid: %s", out);
+    unlink(sock), rmdir(dir);
+}
+
 /* Another user's process on the sealer's socket path (the sealer down, its
  * directory writable) would acknowledge every event and record none: the
  * client refuses it (needs root: the impostor runs as nobody). */
@@ -278,6 +322,7 @@ int main(void)
 {
     SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
     SR_RUN(test_threads_share_one_connection);
+    SR_RUN(test_a_child_connects_anew);
     SR_RUN(test_impostor_sealer_refused);
     return sr_test_finish();
 }
