@@ -36,6 +36,28 @@ static pid_t start_sealer(const char *sock, const char *log, const char *sign)
     return sealer;
 }
 
+/* A sealer of its own for one test (name: its key and log) and a client of it. */
+typedef struct sealer_env {
+    char sign[700], log[700], dir[32], sock[700];
+    pid_t pid;
+} sealer_env_t;
+
+static sr_audit_client_t *sealer_env_start(sealer_env_t *e, const char *name)
+{
+    char prefix[600];
+    snprintf(prefix, sizeof prefix, "%s", sr_test_path(name));
+    snprintf(e->sign, sizeof e->sign, "%s.sign", prefix);
+    snprintf(e->log, sizeof e->log, "%s.log", prefix);
+    snprintf(e->dir, sizeof e->dir, "/tmp/srsealer.XXXXXX");
+    SR_CHECK_OK(sr_audit_keygen(prefix));
+    SR_CHECK(mkdtemp(e->dir) != NULL);
+    snprintf(e->sock, sizeof e->sock, "%s/sealer.sock", e->dir);
+    e->pid = start_sealer(e->sock, e->log, e->sign);
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_OK(sr_audit_client_open(e->sock, &c));
+    return c;
+}
+
 static int unix_connect(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -197,17 +219,11 @@ static void run_sharers(sr_audit_client_t *c, sharer_t *sh)
 
 static void test_threads_share_one_connection(void)
 {
-    char prefix[600], sign[700], log[600], dir[] = "/tmp/srsealer.XXXXXX", sock[700];
-    snprintf(prefix, sizeof prefix, "%s", sr_test_path("shared"));
-    snprintf(sign, sizeof sign, "%s.sign", prefix);
-    snprintf(log, sizeof log, "%s", sr_test_path("shared.log"));
-    SR_CHECK_OK(sr_audit_keygen(prefix));
-    SR_CHECK(mkdtemp(dir) != NULL);
-    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
-    pid_t sealer = start_sealer(sock, log, sign);
-    sr_audit_client_t *c = NULL;
-    SR_CHECK_OK(sr_audit_client_open(sock, &c));
+    sealer_env_t env;
+    sr_audit_client_t *c = sealer_env_start(&env, "shared");
     if (!c) return;
+    char *log = env.log, *sock = env.sock, *dir = env.dir, *sign = env.sign;
+    pid_t sealer = env.pid;
     sharer_t sh[THREADS];
     run_sharers(c, sh);
     int failed = 0;
@@ -258,17 +274,11 @@ static void test_threads_share_one_connection(void)
  * the sealer would record the parent as their sender). */
 static void test_a_child_connects_anew(void)
 {
-    char prefix[600], sign[700], log[600], dir[] = "/tmp/srsealer.XXXXXX", sock[700];
-    snprintf(prefix, sizeof prefix, "%s", sr_test_path("forked"));
-    snprintf(sign, sizeof sign, "%s.sign", prefix);
-    snprintf(log, sizeof log, "%s", sr_test_path("forked.log"));
-    SR_CHECK_OK(sr_audit_keygen(prefix));
-    SR_CHECK(mkdtemp(dir) != NULL);
-    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
-    pid_t sealer = start_sealer(sock, log, sign);
-    sr_audit_client_t *c = NULL;
-    SR_CHECK_OK(sr_audit_client_open(sock, &c));
+    sealer_env_t env;
+    sr_audit_client_t *c = sealer_env_start(&env, "forked");
     if (!c) return;
+    char *log = env.log, *sock = env.sock, *dir = env.dir;
+    pid_t sealer = env.pid;
     sr_event_t ev = {.component = "test", .event = "sealer.event", .object = "db", .outcome = "success",
                      .detail = "from the parent"};
     SR_CHECK_OK(sr_audit_client_send(c, &ev));
