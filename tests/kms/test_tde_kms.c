@@ -71,6 +71,18 @@ static int run_sql(const char *path, const char *conf, const char *sql, char *ou
     return rc;
 }
 
+/* A table holding `marker` written through the KMS provider and read back
+ * (a new connection each way); the marker is nowhere in the file. */
+static void marker_round_trip(const char *db, const char *conf, const char *marker)
+{
+    char sql[200], row[64];
+    snprintf(sql, sizeof sql, "CREATE TABLE t(x); INSERT INTO t VALUES('%s');", marker);
+    SR_CHECK_EQ_INT(run_sql(db, conf, sql, NULL, 0), SQLITE_OK);
+    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
+    SR_CHECK_STR(row, marker);
+    SR_CHECK(!sr_test_file_contains(db, marker, strlen(marker)));
+}
+
 /* Decrypt requests kmsd has answered (its log, --foreground: every request is an event line). */
 static int count_unwraps(void)
 {
@@ -97,10 +109,7 @@ static void test_tablespace_under_a_kms_master_key(void)
     snprintf(conf, sizeof conf, "%s/tde-kms.conf", dir);
     snprintf(db, sizeof db, "%s/shop.db", sr_test_tmpdir());
     write_config(conf, servers, dir, "app", mk);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "CREATE TABLE t(x); INSERT INTO t VALUES('KMS-SECRET-ROW');", NULL, 0), SQLITE_OK);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
-    SR_CHECK_STR(row, "KMS-SECRET-ROW");
-    SR_CHECK(!sr_test_file_contains(db, "KMS-SECRET-ROW", 14));
+    marker_round_trip(db, conf, "KMS-SECRET-ROW");
     /* one open, one unwrap: the header's authentication and the key load share it */
     int before = count_unwraps(), after;
     SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
@@ -169,17 +178,14 @@ static void client_with_own_key(const char *pki, const char *cert, uint16_t on, 
 static void test_wrap_here_with_a_key_read_by_get(void)
 {
     char uid[SR_KMIP_UID_MAX], granted[128], args[300], out[4096];
-    char conf[700], conf2[700], db[700], db2[700], servers[64], row[64], cmd[2048];
+    char conf[700], conf2[700], db[700], db2[700], servers[64], cmd[2048];
     sr_kmip_client_t *c = NULL;
     client_with_own_key(dir, "app", port, "app-master", &c, uid);
     snprintf(servers, sizeof servers, "127.0.0.1:%u", port);
     snprintf(conf, sizeof conf, "%s/tde-get.conf", dir);
     snprintf(db, sizeof db, "%s/get.db", sr_test_tmpdir());
     write_get_config(conf, servers, dir, "app", uid);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "CREATE TABLE t(x); INSERT INTO t VALUES('GET-ROW');", NULL, 0), SQLITE_OK);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
-    SR_CHECK_STR(row, "GET-ROW");
-    SR_CHECK(!sr_test_file_contains(db, "GET-ROW", 7));
+    marker_round_trip(db, conf, "GET-ROW");
     snprintf(cmd, sizeof cmd, "%s status --json --kms %s %s", sr_test_build_path("tde/tdectl"), conf, db);
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && strstr(out, "kmip-get-aes-gcm"), "%s", out);
     /* a key the admin made and only granted to the application: Get is not the application's */
@@ -199,7 +205,7 @@ static void test_wrap_here_with_a_key_read_by_get(void)
 /* The same provider against another KMIP server: Debian's PyKMIP server. */
 static void test_provider_against_pykmip_server(void)
 {
-    char pki[600], conf[700], db[600], servers[64], row[64];
+    char pki[600], conf[700], db[600], servers[64];
     uint16_t pyport = 0;
     snprintf(pki, sizeof pki, "%s/pykmip", sr_test_tmpdir());
     SR_CHECK(pykmip_start(pki, sr_test_source_path("tests/pki/make-test-pki"), &pyport) == 0);
@@ -210,18 +216,13 @@ static void test_provider_against_pykmip_server(void)
     snprintf(conf, sizeof conf, "%s/tde-pykmip.conf", pki);
     snprintf(db, sizeof db, "%s/pykmip.db", sr_test_tmpdir());
     write_config(conf, servers, pki, "client", uid);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "CREATE TABLE t(x); INSERT INTO t VALUES('PYKMIP-ROW');", NULL, 0), SQLITE_OK);
-    SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
-    SR_CHECK_STR(row, "PYKMIP-ROW");
+    marker_round_trip(db, conf, "PYKMIP-ROW");
     /* wrap = get: PyKMIP's Get, wrapped here */
     char getconf[700], getdb[700];
     snprintf(getconf, sizeof getconf, "%s/tde-pykmip-get.conf", pki);
     snprintf(getdb, sizeof getdb, "%s/pykmip-get.db", sr_test_tmpdir());
     write_get_config(getconf, servers, pki, "client", uid);
-    SR_CHECK_EQ_INT(run_sql(getdb, getconf, "CREATE TABLE t(x); INSERT INTO t VALUES('PYKMIP-GET');", NULL, 0),
-                    SQLITE_OK);
-    SR_CHECK_EQ_INT(run_sql(getdb, getconf, "SELECT x FROM t", row, sizeof row), SQLITE_OK);
-    SR_CHECK_STR(row, "PYKMIP-GET");
+    marker_round_trip(getdb, getconf, "PYKMIP-GET");
     SR_CHECK_OK(sr_kmip_revoke(c, uid, SR_KMIP_REVOKE_CESSATION, "test"));
     SR_CHECK_EQ_INT(run_sql(db, conf, "SELECT x FROM t", NULL, 0), SQLITE_AUTH);
     SR_CHECK_EQ_INT(run_sql(getdb, getconf, "SELECT x FROM t", NULL, 0), SQLITE_AUTH);
