@@ -90,11 +90,9 @@ static pid_t start_agent(const char *dir, const char *policy, char *agent_sock, 
     if (kmsd_init(kdir, NULL, &kport) != 0 || kmsd_start(kdir, kport) != 0 ||
         kmsctl_run(kdir, out, sizeof out, "key create tablespaces --activate") != 0)
         return -1;
-    for (char *l = out; l && *l && !mk[0]; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (strcspn(l, "\n") == 36) snprintf(mk, sizeof mk, "%.36s", l);
+    (void)kmsctl_answer(out, 36, mk, sizeof mk);
     if (kmsctl_run(kdir, out, sizeof out, "token create --uses 1") != 0) return -1;
-    for (char *l = out; l && *l && !token[0]; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (strcspn(l, "\n") == 64) snprintf(token, sizeof token, "%.64s", l);
+    (void)kmsctl_answer(out, 64, token, sizeof token);
     snprintf(cmd, sizeof cmd, "%s/agent.conf", adir);
     char conf[4096];
     /* the host's sealer, as in production: it records the decisions it makes */

@@ -38,17 +38,6 @@ static const char *agent_dir(int i)
     return path;
 }
 
-/* The line of out that is exactly len characters of [0-9a-f-]. */
-static void answer_line(size_t len, char *dst, size_t cap)
-{
-    dst[0] = '\0';
-    for (char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (strcspn(l, "\n") == len && strspn(l, "0123456789abcdef-") == len) {
-            snprintf(dst, cap, "%.*s", (int)len, l);
-            return;
-        }
-}
-
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -126,12 +115,12 @@ int main(void)
     snprintf(cmd, sizeof cmd, "sed -i 's/^lease = 30s/lease = 3s/; s/^grace = 5s/grace = 1s/' %s/kmsd.conf", kdir);
     if (sr_test_command(out, sizeof out, cmd) != 0 || kmsd_start(kdir, port) != 0) return 1;
     if (kmsctl_run(kdir, out, sizeof out, "key create tablespaces --activate") != 0) return 1;
-    answer_line(36, mk, sizeof mk);
+    kmsctl_answer(out, 36, mk, sizeof mk);
     snprintf(cmd, sizeof cmd, "key grant %s @web", mk);
     if (kmsctl_run(kdir, out, sizeof out, cmd) != 0) return 1;
     snprintf(cmd, sizeof cmd, "token create --group web --uses %d --ttl 1h", n);
     if (kmsctl_run(kdir, out, sizeof out, cmd) != 0) return 1;
-    answer_line(64, token, sizeof token);
+    kmsctl_answer(out, 64, token, sizeof token);
     for (int i = 0; i < n; i++) {
         char path[800], text[2048];
         if (mkdir(agent_dir(i), 0700) != 0) return 1;

@@ -45,24 +45,10 @@ static const char *agent_dir(int i)
 
 static int kmsctl(const char *args) { return kmsctl_run(dir, out, sizeof out, args); }
 
-/* The line of out that is exactly `len` characters of [0-9a-f-] (kmsctl's
- * answer among log lines). */
-static void answer_line(size_t len, char *dst, size_t cap)
-{
-    dst[0] = '\0';
-    for (char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-        size_t n = strcspn(l, "\n");
-        if (n == len && strspn(l, "0123456789abcdef-") == len) {
-            snprintf(dst, cap, "%.*s", (int)n, l);
-            return;
-        }
-    }
-}
-
 static void new_token(const char *args, char token[80])
 {
     SR_CHECK_MSG(kmsctl(args) == 0, "%s", out);
-    answer_line(64, token, 80);
+    kmsctl_answer(out, 64, token, 80);
     SR_CHECK(token[0] != '\0');
 }
 
@@ -739,7 +725,7 @@ int main(void)
     snprintf(cmd, sizeof cmd, "sed -i 's/^lease = 30s/lease = 3s/; s/^grace = 5s/grace = 1s/' %s/kmsd.conf", dir);
     if (sr_test_command(out, sizeof out, cmd) != 0 || kmsd_start(dir, port) != 0) return 1;
     if (kmsctl("key create tablespaces --activate") != 0) return fprintf(stderr, "%s\n", out), 1;
-    answer_line(36, mk, sizeof mk);
+    kmsctl_answer(out, 36, mk, sizeof mk);
     snprintf(cmd, sizeof cmd, "key grant %s @web", mk);
     if (kmsctl(cmd) != 0) return fprintf(stderr, "%s\n", out), 1;
     if (sr_secure_init() != SR_OK || sr_sqlite_register(NULL, 0) != SQLITE_OK) return 1;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,4 +94,13 @@ int kmsd_stop(int sig)
     waitpid(server_pid, &status, 0);
     server_pid = 0;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int kmsctl_answer(const char *out, size_t len, char *dst, size_t cap)
+{
+    dst[0] = '\0';
+    for (const char *l = out; *l; l += strcspn(l, "\n") + (l[strcspn(l, "\n")] != '\0'))
+        if (strcspn(l, "\n") == len && strspn(l, "0123456789abcdef-") == len)
+            return snprintf(dst, cap, "%.*s", (int)len, l), 0;
+    return -1;
 }

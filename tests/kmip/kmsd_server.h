@@ -6,6 +6,7 @@
 #ifndef STRONGROOM_TESTS_KMSD_SERVER_H
 #define STRONGROOM_TESTS_KMSD_SERVER_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -25,5 +26,9 @@ pid_t kmsd_pid(void);
 pid_t kmsd_spawn(const char *conf, const char *log, uint16_t port);
 /* Runs kmsctl with KMSCTL_CONFIG=dir/kmsctl.conf; its exit status, output in out. */
 int kmsctl_run(const char *dir, char *out, size_t cap, const char *args);
+/* kmsctl's answer among its log lines: the first line of out made of exactly
+ * `len` characters of [0-9a-f-] (a UUID: 36, a join token: 64) into dst; 0,
+ * or -1 (dst empty) if there is none. */
+int kmsctl_answer(const char *out, size_t len, char *dst, size_t cap);
 
 #endif

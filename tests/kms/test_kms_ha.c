@@ -38,16 +38,6 @@ static int kmsctl_on(char which, const char *args)
     return sr_test_command(out, sizeof out, cmd);
 }
 
-/* The first line of out made of exactly `len` characters of [0-9a-f-]. */
-static int answer(size_t len, char *dst, size_t cap)
-{
-    for (char *l = out; *l; l += strcspn(l, "\n") + (l[strcspn(l, "\n")] != '\0')) {
-        size_t n = strcspn(l, "\n");
-        if (n == len && strspn(l, "0123456789abcdef-") == len) return snprintf(dst, cap, "%.*s", (int)n, l), 0;
-    }
-    return -1;
-}
-
 static int count_in(const char *file, const char *needle)
 {
     char cmd[1200], text[64];
@@ -70,7 +60,8 @@ static pid_t start_agent(int i)
 {
     char path[4200], text[8192], token[80] = "";
     SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
-    SR_CHECK_MSG(kmsctl_on('a', "token create --group web") == 0 && answer(64, token, sizeof token) == 0, "%s", out);
+    SR_CHECK_MSG(kmsctl_on('a', "token create --group web") == 0 && kmsctl_answer(out, 64, token, sizeof token) == 0,
+                 "%s", out);
     snprintf(path, sizeof path, "%s/token", agent_dir(i));
     SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
     int n = snprintf(text, sizeof text,
@@ -300,7 +291,7 @@ int main(void)
     if (sr_test_command(out, sizeof out, cmd) != 0) return fprintf(stderr, "%s\n", out), 1;
     snprintf(cmd, sizeof cmd, "%s/kmsd-b.conf", dir);
     if (kmsd_start(dir, port_a) != 0 || (kmsd_b = kmsd_spawn(cmd, sr_test_path("kmsd-b.log"), port_b)) <= 0) return 1;
-    if (kmsctl_on('a', "key create tablespaces --activate") != 0 || answer(36, mk, sizeof mk) != 0)
+    if (kmsctl_on('a', "key create tablespaces --activate") != 0 || kmsctl_answer(out, 36, mk, sizeof mk) != 0)
         return fprintf(stderr, "%s\n", out), 1;
     snprintf(cmd, sizeof cmd, "key grant %s @web", mk);
     if (kmsctl_on('a', cmd) != 0) return fprintf(stderr, "%s\n", out), 1;
