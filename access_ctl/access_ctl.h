@@ -84,6 +84,8 @@ typedef struct sr_acl_file_id {
     int64_t mtime_ns;
 } sr_acl_file_id_t;
 sr_err_t sr_acl_file_id(const char *path, sr_acl_file_id_t *id) SR_MUST_CHECK;
+struct stat;
+void sr_acl_file_id_of(const struct stat *st, sr_acl_file_id_t *id); /* the same from a stat() already made */
 int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b);
 
 /* ---- a reloadable policy ----------------------------------------------------------- */

@@ -193,9 +193,14 @@ sr_err_t sr_acl_file_id(const char *path, sr_acl_file_id_t *id)
     struct stat st;
     memset(id, 0, sizeof *id);
     if (stat(path, &st) != 0) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot open policy file %s", path);
-    *id = (sr_acl_file_id_t){.dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino, .size = (uint64_t)st.st_size,
-                             .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+    sr_acl_file_id_of(&st, id);
     return SR_OK;
+}
+
+void sr_acl_file_id_of(const struct stat *st, sr_acl_file_id_t *id)
+{
+    *id = (sr_acl_file_id_t){.dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino, .size = (uint64_t)st->st_size,
+                             .mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec};
 }
 
 int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b)

@@ -135,8 +135,8 @@ static sr_err_t decide_by_agent(const args_t *a, const sr_acl_request_t *req, sr
     struct stat st;
     sr_acl_file_id_t mine;
     sr_err_t rc = usable_policy_file(a->policy, &st);
-    if (rc == SR_OK) rc = sr_acl_file_id(a->policy, &mine);
     if (rc != SR_OK) return rc;
+    sr_acl_file_id_of(&st, &mine);
     const char *field[5] = {a->policy, req->server ? req->server : "", req->account ? req->account : "",
                             req->source ? req->source : "", req->service ? req->service : ""};
     uint8_t msg[SR_AGENT_REQUEST_MAX], ans[1024];

@@ -130,20 +130,19 @@ static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
         if (!end) return refuse(fd, p, NULL, "malformed decision request");
         f[i] = (const char *)body + at, at = (size_t)(end - body) + 1;
     }
-    const char *mine = sr_config_get(agent.cfg, "agent", "policy");
     pthread_mutex_lock(&agent.lock);
     sr_acl_t *policy = agent.policy;
     pthread_mutex_unlock(&agent.lock);
-    struct stat a, b; /* the same file, however each names it */
-    if (!policy || !mine || stat(mine, &a) != 0 || stat(f[0], &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
-        const char *why = "this agent does not hold that policy file";
-        return answer(fd, 'E', (const uint8_t *)why, strlen(why));
-    }
     sr_acl_request_t req = {.server = *f[1] ? f[1] : NULL, .account = f[2], .source = *f[3] ? f[3] : NULL,
                             .service = *f[4] ? f[4] : NULL};
     sr_acl_decision_t d;
-    sr_acl_file_id_t id;
-    sr_acl_evaluate_current(policy, &req, &d, &id);
+    sr_acl_file_id_t id, asked;
+    if (policy) sr_acl_evaluate_current(policy, &req, &d, &id);
+    /* the file decided with is the file asked about, however each names it */
+    if (!policy || sr_acl_file_id(f[0], &asked) != SR_OK || asked.dev != id.dev || asked.ino != id.ino) {
+        const char *why = "this agent does not hold that policy file";
+        return answer(fd, 'E', (const uint8_t *)why, strlen(why));
+    }
     int recorded = 0;
     if (sr_event_has_sink()) {
         char detail[700];
