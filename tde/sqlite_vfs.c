@@ -1538,19 +1538,30 @@ static size_t companion_base(const char *zName, int flags, int *chunk)
  * by the file's identity. Not through sqlite3_database_file_object(): a VFS stacked above strongroom
  * (multiplex, quota, tracing shims) hands us names it made itself, and that function is only defined on
  * SQLite's. Returns the main's role (ROLE_MAIN: *ts retained), or -1 if none of ours is open. */
+/* Under vfs_lock: the open main database named zName[0, base), or with st, the one that is that file. */
+static sr_file_t *open_main_of(const char *zName, size_t base, const struct stat *st)
+{
+    for (sr_file_t *m = open_mains; m; m = m->next_main)
+        if (st ? m->dev == st->st_dev && m->ino == st->st_ino
+               : strlen(m->name) == base && strncmp(m->name, zName, base) == 0)
+            return m;
+    return NULL;
+}
+
 static int companion_main(const char *zName, size_t base, sr_tde_ts_t **ts)
 {
     char path[4096];
     struct stat st;
-    int known = base && base < sizeof path;
-    if (known) memcpy(path, zName, base), path[base] = '\0';
-    known = known && stat(path, &st) == 0;
-    sr_file_t *found = NULL;
     pthread_mutex_lock(&vfs_lock);
-    for (sr_file_t *m = open_mains; m && !found; m = m->next_main)
-        if (base && strlen(m->name) == base && strncmp(m->name, zName, base) == 0) found = m;
-    for (sr_file_t *m = open_mains; m && !found && known; m = m->next_main)
-        if (m->dev == st.st_dev && m->ino == st.st_ino) found = m;
+    sr_file_t *found = base ? open_main_of(zName, base, NULL) : NULL;
+    if (!found && base && base < sizeof path) { /* a name another VFS made: the file itself (a journal opens with
+                                                   every write transaction: no stat() when the name is known) */
+        pthread_mutex_unlock(&vfs_lock);
+        memcpy(path, zName, base), path[base] = '\0';
+        int known = stat(path, &st) == 0;
+        pthread_mutex_lock(&vfs_lock);
+        if (known) found = open_main_of(zName, base, &st);
+    }
     int role = found ? (int)found->role : -1;
     *ts = found && found->role == ROLE_MAIN ? sr_tde_ts_retain(found->ts) : NULL;
     pthread_mutex_unlock(&vfs_lock);
