@@ -35,8 +35,8 @@ typedef struct agent_provider {
  * up to three times the recent answer time (an average kept per process):
  * when answers come fast (an idle host, the agent's cache) they are taken
  * without a wake-up; when they come slowly (a loaded host, the agent asking
- * the KMS) three times the average passes SPIN_MAX_US and the caller sleeps at once,
- * leaving the CPU to the agent. Never on one CPU. */
+ * the KMS) three times the average passes SPIN_MAX_US and the caller sleeps
+ * at once, leaving the CPU to the agent. Never on one CPU. */
 #define SPIN_MAX_US 500
 static _Atomic uint32_t recent_answer_us = 100;
 
