@@ -388,6 +388,7 @@ sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop)
  * (kmsd, the agent) has several events in one round of the sealer, and one
  * wake-up of the process can carry several answers. */
 #define IN_FLIGHT 64
+#define ANSWER_TIMEOUT_S 10
 
 typedef struct waiter {
     sr_err_t rc;
@@ -425,7 +426,7 @@ static sr_err_t client_connect(sr_audit_client_t *c)
         close(c->fd), c->fd = -1;
         return trusted;
     }
-    struct timeval tv = {10, 0}; /* a sealer that hangs fails the event, never the caller forever */
+    struct timeval tv = {ANSWER_TIMEOUT_S, 0}; /* a sealer that hangs fails the event, never the caller forever */
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     c->pid = getpid();
@@ -464,7 +465,7 @@ static void client_broken(sr_audit_client_t *c, sr_err_t rc)
         w->rc = rc, w->done = 1;
         snprintf(w->why, sizeof w->why, "%s", sr_err_detail());
     }
-    /* a reader may be inside read() on it: shut it down (its read returns) and let the reader close it, so the
+    /* a reader may be waiting on it: shut it down (its poll and read return) and let the reader close it, so the
      * descriptor's number is not reused under it */
     if (c->fd >= 0 && c->reading) shutdown(c->fd, SHUT_RDWR), c->stale_fd = c->fd;
     else if (c->fd >= 0) close(c->fd);
@@ -483,7 +484,8 @@ static void read_answer(sr_audit_client_t *c)
     pthread_mutex_unlock(&c->lock);
     uint8_t status = 0, head[4];
     char why[1024] = "";
-    sr_err_t rc = sock_read(fd, &status, 1);
+    sr_err_t rc = sr_fd_wait_readable(fd, ANSWER_TIMEOUT_S * 1000);
+    if (rc == SR_OK) rc = sock_read(fd, &status, 1);
     if (rc == SR_OK && status == 'E' && (rc = sock_read(fd, head, 4)) == SR_OK) {
         uint32_t n = sr_get_be32(head);
         rc = n < sizeof why ? sock_read(fd, why, n) : sr_err_set(SR_ERR_PROTOCOL, "an answer of %u bytes", n);

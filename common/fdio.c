@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,16 @@ sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len)
         if (n <= 0) return sr_err_set_errno(sr_err_from_errno(n < 0 ? errno : EPIPE), n < 0 ? errno : EPIPE, "write failed");
         p += n, len -= (size_t)n;
     }
+    return SR_OK;
+}
+
+sr_err_t sr_fd_wait_readable(int fd, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int n;
+    while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {}
+    if (n == 0) return sr_err_set(SR_ERR_TIMEOUT, "no answer in %d ms", timeout_ms);
+    if (n < 0) return sr_err_set_errno(SR_ERR_IO, errno, "poll failed");
     return SR_OK;
 }
 

@@ -15,6 +15,12 @@
 /* Through EINTR and short transfers (sockets, pipes); a receive timeout is SR_ERR_TIMEOUT. */
 SR_API sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
 SR_API sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len) SR_MUST_CHECK;
+/* Waits until fd has input (or its peer has closed) for up to timeout_ms;
+ * else SR_ERR_TIMEOUT. A caller that expects an answer sleeps here before it
+ * reads, not in read(): a process asleep in read() on a Unix socket is woken
+ * each time its peer takes what it sent (the kernel tells every sleeper on
+ * the socket there is room to write), and poll() sleeps for input only. */
+SR_API sr_err_t sr_fd_wait_readable(int fd, int timeout_ms) SR_MUST_CHECK;
 /* sr_fd_write_all on a socket, without SIGPIPE when the peer has gone (SR_ERR_CLOSED): library code runs in
  * processes that keep SIGPIPE's default, which would kill them. */
 SR_API sr_err_t sr_fd_send_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;

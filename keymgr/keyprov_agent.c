@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #define ANSWER_MAX 4096
+#define ANSWER_TIMEOUT_S 30
 
 typedef struct agent_provider {
     char path[108];
@@ -31,7 +32,7 @@ typedef struct agent_provider {
 /* The agent answers from its cache in tens of microseconds: less than a
  * sleeping process takes to be woken on a virtual machine (a bare Unix-socket
  * round trip measured 17 µs in a tight loop here, 54 µs between opens). So
- * the caller waits on the CPU for the answer before it sleeps in read(), for
+ * the caller waits on the CPU for the answer before it sleeps in poll(), for
  * up to three times the recent answer time (an average kept per process):
  * when answers come fast (an idle host, the agent's cache) they are taken
  * without a wake-up; when they come slowly (a loaded host, the agent asking
@@ -76,13 +77,14 @@ sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t le
      * out keys it chose, or say "allow" */
     sr_err_t trusted = sr_unix_peer_trusted(fd, socket_path, "the key agent");
     if (trusted != SR_OK) return close(fd), trusted;
-    struct timeval tv = {.tv_sec = 30};
+    struct timeval tv = {.tv_sec = ANSWER_TIMEOUT_S};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sr_put_be32(msg, (uint32_t)len);
     memcpy(msg + 4, req, len);
     uint64_t sent = sr_time_mono_ns();
     sr_err_t rc = sr_fd_send_all(fd, msg, 4 + len); /* one write: one wake-up of the agent; no SIGPIPE */
     if (rc == SR_OK) await_answer(fd, sent);
+    if (rc == SR_OK) rc = sr_fd_wait_readable(fd, ANSWER_TIMEOUT_S * 1000);
     if (rc == SR_OK) rc = sr_fd_read_exact(fd, head, 4);
     if (rc == SR_OK) answer_took(sent);
     uint32_t n = rc == SR_OK ? sr_get_be32(head) : 0;

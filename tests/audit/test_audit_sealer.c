@@ -6,7 +6,7 @@
  * is lost or recorded twice, and the log verifies with the sealer's key,
  * while ten neighbours hold half-sent events and one sends garbage, and one
  * user's flood of 130 connections is capped at 128. A
- * client whose sealer is gone gets an error (it fails closed).
+ * client whose sealer is gone, or hangs, gets an error (it fails closed).
  */
 #include "audit.h"
 #include "sr_test.h"
@@ -328,11 +328,36 @@ static void test_impostor_sealer_refused(void)
     waitpid(impostor, NULL, 0);
 }
 
+/* A sealer that takes events and never answers (hung) fails the event within
+ * its answer timeout (10 s, and once more on a new connection), never holds
+ * the caller for ever: the client waits in poll() for the answer, not in a
+ * read() with a receive timeout. */
+static void test_a_hung_sealer_fails_the_event(void)
+{
+    char dir[] = "/tmp/srsealer.XXXXXX", sock[80];
+    SR_CHECK(mkdtemp(dir) != NULL);
+    snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    SR_CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 8) == 0);
+    sr_audit_client_t *c = NULL;
+    SR_CHECK_OK(sr_audit_client_open(sock, &c)); /* in the backlog: connected, never accepted nor answered */
+    uint64_t t0 = sr_time_mono_ms();
+    sr_event_t e = {.component = "test", .event = "hung", .outcome = "success"};
+    SR_CHECK_ERR(sr_audit_client_send(c, &e), SR_ERR_TIMEOUT);
+    uint64_t took = sr_time_mono_ms() - t0;
+    SR_CHECK_MSG(took >= 19000 && took < 25000, "the event failed after %llu ms", (unsigned long long)took);
+    sr_audit_client_close(c);
+    close(lfd), unlink(sock), rmdir(dir);
+}
+
 int main(void)
 {
     SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
     SR_RUN(test_threads_share_one_connection);
     SR_RUN(test_a_child_connects_anew);
     SR_RUN(test_impostor_sealer_refused);
+    SR_RUN(test_a_hung_sealer_fails_the_event);
     return sr_test_finish();
 }
