@@ -32,8 +32,6 @@ typedef struct agent_state {
     int revoked;
     char revoked_why[256];
     int64_t last_heartbeat_ok, lease_s;
-    sr_kmip_client_t *node_client; /* the node's connection to the KMS, kept between calls: one thread at a time
-                                      uses it (at start, then the heartbeat thread, then leaving after it ended) */
 } agent_state_t;
 extern agent_state_t agent;
 extern volatile sig_atomic_t stop_requested;
@@ -43,9 +41,8 @@ void event(const char *name, const char *subject, const char *object, const char
 void state_path(char *out, size_t cap, const char *name);
 
 /* membership.c */
-typedef sr_err_t (*kms_fn)(sr_kmip_client_t *c, void *arg);
 int kms_unreachable(sr_err_t rc);
-sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg, sr_kmip_client_t **keep);
+/* A request of the node's (agent.kms must be open), its response in r (the caller frees it). */
 sr_err_t node_call(uint32_t op, sr_kmip_response_t *r);
 sr_err_t enrol(void);
 int load_enrolment(void);
@@ -58,7 +55,6 @@ void disk_cache_purge(const char *why);
 sr_err_t disk_cache_start(void);
 
 /* key_service.c */
-sr_err_t listen_socket(const char *path, int *fd_out);
 sr_err_t workers_start(int lfd);
 void workers_stop(void);
 

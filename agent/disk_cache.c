@@ -219,11 +219,10 @@ sr_err_t disk_cache_start(void)
     sr_err_t have = read_small("nk.key", disk.nk, SR_KEYMGR_KEY_BYTES, &len);
     if (rc == SR_OK) { /* reachable: fresh keys from the KMS; the old entries go */
         nk_fetch_t f = {.key = disk.nk};
-        char path[4200], cert[4200], key[4200];
+        char path[4200];
         state_path(path, sizeof path, "nk.key");
-        state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
         if (have != SR_OK || len != SR_KEYMGR_KEY_BYTES) {
-            rc = kms_with_failover(cert, key, get_nk, &f, &agent.node_client);
+            rc = sr_keyprov_kmip_call(agent.kms, get_nk, &f);
             if (rc != SR_OK) return sr_err_set(rc, "the disk cache needs the node key: %s", sr_err_detail());
             rc = sr_file_write_atomic(path, disk.nk, SR_KEYMGR_KEY_BYTES, 0600, 0);
         }

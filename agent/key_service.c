@@ -367,18 +367,3 @@ void workers_stop(void)
     for (int i = 0; i < started; i++) pthread_join(pool.thread[i], NULL);
 }
 
-sr_err_t listen_socket(const char *path, int *fd_out)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) return sr_err_set(SR_ERR_CONFIG, "socket path too long: %s", path);
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-    unlink(path);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(path, 0666) != 0 || listen(fd, 64) != 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return sr_err_set_errno(SR_ERR_IO, e, "cannot listen on %s", path);
-    }
-    *fd_out = fd;
-    return SR_OK;
-}

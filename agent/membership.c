@@ -48,47 +48,31 @@ int kms_unreachable(sr_err_t rc)
     return rc == SR_ERR_NETWORK || rc == SR_ERR_CLOSED || rc == SR_ERR_TIMEOUT || rc == SR_ERR_IO;
 }
 
-/* Runs fn with a client of the server that answered last, as the node
- * (cert) or anonymously (NULL), moving on through [kms] servers while one
- * cannot be reached: kmsd instances sharing a store are interchangeable.
- * keep: a client kept between calls (its TLS connection with it: a
- * heartbeat costs a request, not a handshake), tried first; a kept
- * connection the server has since closed (kmsd restarted, idle_timeout) is
- * replaced, and fn runs again on the new one, so fn must be safe to repeat
- * (heartbeat, policy, leave, get). */
-sr_err_t kms_with_failover(const char *cert, const char *key, kms_fn fn, void *arg, sr_kmip_client_t **keep)
+/* The enrolment's request, to the first of [kms] servers that can be
+ * reached, as an anonymous client (the node has no certificate yet): never
+ * repeated on one server, since a join token's use is spent. The node's own
+ * requests go through its KMS key provider's connection (node_call). */
+static sr_err_t kms_anonymous(sr_kmip_call_fn fn, void *arg)
 {
-    if (keep && *keep) {
-        sr_err_t rc = fn(*keep, arg);
-        if (!kms_unreachable(rc)) return rc;
-        sr_kmip_client_free(*keep), *keep = NULL;
-    }
-    static _Atomic int current; /* the heartbeat thread and the main thread (leave) both call */
     int n = 0;
     char host[256];
     uint16_t port = 0;
     while (kms_server_at(n, host, sizeof host, &port) == 0) n++;
     if (!n) return sr_err_set(SR_ERR_CONFIG, "[kms] servers: no host:port");
     sr_err_t rc = SR_ERR_NETWORK;
-    for (int tried = 0; tried < n; tried++) {
-        int i = (current + tried) % n;
+    for (int i = 0; i < n; i++) {
         if (kms_server_at(i, host, sizeof host, &port) != 0)
             return sr_err_set(SR_ERR_CONFIG, "[kms] servers: entry %d is not host:port", i + 1);
         sr_kmip_client_options_t o = {.host = host, .port = port,
                                       .verify_name = sr_config_get(agent.cfg, "kms", "server_name"),
-                                      .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .cert_file = cert,
-                                      .key_file = key, .timeout_ms = 5000, .version = {1, 4}};
+                                      .ca_file = sr_config_get(agent.cfg, "kms", "ca"), .timeout_ms = 5000,
+                                      .version = {1, 4}};
         sr_kmip_client_t *c = NULL;
         rc = sr_kmip_client_new(&o, &c);
         if (rc == SR_OK) rc = fn(c, arg);
-        if (!kms_unreachable(rc)) {
-            current = i;
-            if (keep) *keep = c;
-            else sr_kmip_client_free(c);
-            return rc;
-        }
         sr_kmip_client_free(c);
-        if (tried + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
+        if (!kms_unreachable(rc)) return rc;
+        if (i + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
     }
     return rc;
 }
@@ -107,25 +91,29 @@ static sr_err_t call_once(sr_kmip_client_t *c, void *arg)
     return sr_kmip_client_call(c, a->e, a->op, a->r);
 }
 
-/* One request, answered by the first kmsd that can be reached. */
-static sr_err_t kms_call(const char *cert, const char *key, const sr_kmip_enc_t *e, uint32_t op,
-                         sr_kmip_response_t *r, sr_kmip_client_t **keep)
+/* The node's requests (heartbeat, policy, leave) are safe to repeat: one
+ * sent on a kept connection kmsd has since closed (a restart, idle_timeout)
+ * fails and drops it, and goes once more on a new one. */
+static sr_err_t call_repeatable(sr_kmip_client_t *c, void *arg)
 {
-    call_arg_t a = {.e = e, .op = op, .r = r};
-    return kms_with_failover(cert, key, call_once, &a, keep);
+    int kept = sr_kmip_client_connected(c);
+    sr_err_t rc = call_once(c, arg);
+    return kept && kms_unreachable(rc) ? call_once(c, arg) : rc;
 }
 
+/* A request of the node's, on the connection of its KMS key provider (the
+ * one its tablespace keys are unwrapped on: one TLS handshake per node, and
+ * none per heartbeat), failing over through [kms] servers as it does. */
 sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
 {
-    char cert[4200], key[4200];
-    state_path(cert, sizeof cert, "node.pem"), state_path(key, sizeof key, "node.key");
     sr_kmip_enc_t e;
     memset(r, 0, sizeof *r); /* the caller frees it, whatever the outcome */
     sr_kmip_enc_init(&e);
     sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
     sr_kmip_request_end(&e);
     sr_err_t rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_call(cert, key, &e, op, r, &agent.node_client);
+    call_arg_t a = {.e = &e, .op = op, .r = r};
+    if (rc == SR_OK) rc = sr_keyprov_kmip_call(agent.kms, call_repeatable, &a);
     sr_kmip_enc_free(&e);
     return rc;
 }
@@ -240,7 +228,8 @@ sr_err_t enrol(void)
     sr_kmip_response_t r;
     memset(&r, 0, sizeof r);
     if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
-    if (rc == SR_OK) rc = kms_call(NULL, NULL, &e, SR_KMIP_OP_ENROL, &r, NULL); /* never repeated: a token's use */
+    call_arg_t a = {.e = &e, .op = SR_KMIP_OP_ENROL, .r = &r};
+    if (rc == SR_OK) rc = kms_anonymous(call_once, &a);
     if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
     sr_kmip_response_free(&r);
     sr_kmip_enc_free(&e);

@@ -187,7 +187,7 @@ static int cmd_run(const char *config)
     fflush(stdout);
     int lfd = -1;
     if (rc == SR_OK) rc = start_services();
-    if (rc == SR_OK) rc = listen_socket(sr_config_get(agent.cfg, "agent", "socket"), &lfd);
+    if (rc == SR_OK) rc = sr_unix_listen(sr_config_get(agent.cfg, "agent", "socket"), 512, 0, &lfd);
     if (rc == SR_OK) rc = workers_start(lfd);
     if (rc != SR_OK) {
         fprintf(stderr, "tde-agent: %s\n", sr_err_detail());
@@ -215,7 +215,6 @@ static int cmd_run(const char *config)
     }
     sr_keycache_free(agent.cache);
     sr_keyprov_free(agent.kms);
-    sr_kmip_client_free(agent.node_client);
     sr_acl_close(agent.policy);
     sealer_finish();
     sr_config_free(agent.cfg);
@@ -237,10 +236,13 @@ static int cmd_status(const char *config, int json)
     int member = 0;
     char why[256] = "";
     if (enrolled) {
-        sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r); /* also renews the lease */
+        char path[4200];
+        state_path(path, sizeof path, "kms.conf");
+        sr_err_t rc = sr_keyprov_kmip_open(path, &agent.kms);
+        if (rc == SR_OK) rc = node_call(SR_KMIP_OP_HEARTBEAT, &r), sr_kmip_response_free(&r); /* also renews the lease */
         member = rc == SR_OK;
         if (!member) snprintf(why, sizeof why, "%s", sr_err_detail());
-        sr_kmip_response_free(&r);
+        sr_keyprov_free(agent.kms), agent.kms = NULL;
     }
     /* the policy in force: the file's digest as the key service and the PAM module compile it */
     const char *policy_path = sr_config_get(agent.cfg, "agent", "policy");

@@ -259,23 +259,6 @@ static void seal_round(worker_t *s)
     s->n_items = 0;
 }
 
-static sr_err_t listen_unix(const char *path, int *out)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) return sr_err_set(SR_ERR_INVALID_ARG, "socket path %s is too long", path);
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return sr_err_set_errno(SR_ERR_IO, errno, "cannot create a Unix socket");
-    unlink(path); /* a socket left by a sealer that died */
-    /* Every local process may send events: who it is comes from the kernel. */
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(path, 0666) != 0 || listen(fd, 512) != 0) {
-        sr_err_t rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot listen on %s", path);
-        close(fd);
-        return rc;
-    }
-    *out = fd;
-    return SR_OK;
-}
 
 /* Reads the clients epoll names ready, within `timeout_ns` (-1: 500 ms). */
 static int gather(worker_t *wk, long long timeout_ns)
@@ -345,7 +328,7 @@ sr_err_t sr_audit_serve(const sr_audit_sealer_options_t *o, volatile int *stop)
     s->max_clients = o->max_clients > 0 ? o->max_clients : 1024;
     pthread_mutex_init(&s->lock, NULL);
     sr_err_t rc = sr_audit_open(&o->log, &s->w);
-    if (rc == SR_OK) rc = listen_unix(o->socket_path, &s->lfd);
+    if (rc == SR_OK) rc = sr_unix_listen(o->socket_path, 512, SOCK_NONBLOCK, &s->lfd);
     if (rc == SR_OK && workers_start(s) != 0) rc = sr_err_last();
     if (rc != SR_OK) {
         if (s->w) (void)sr_audit_close(s->w);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 sr_err_t sr_fd_write_all(int fd, const void *buf, size_t len)
@@ -128,6 +129,25 @@ sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len)
     buf[n] = '\0';
     *out = buf;
     if (len) *len = n;
+    return SR_OK;
+}
+
+sr_err_t sr_unix_listen(const char *path, int backlog, int sock_flags, int *fd_out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char tmp[sizeof sa.sun_path];
+    if (snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return sr_err_set(SR_ERR_CONFIG, "socket path too long: %s", path);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", tmp);
+    unlink(tmp);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | sock_flags, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(tmp, 0666) != 0 || listen(fd, backlog) != 0 ||
+        rename(tmp, path) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd), unlink(tmp);
+        return sr_err_set_errno(SR_ERR_IO, e, "cannot listen on %s", path);
+    }
+    *fd_out = fd;
     return SR_OK;
 }
 

@@ -25,6 +25,15 @@ SR_API sr_err_t sr_fd_wait_readable(int fd, int timeout_ms) SR_MUST_CHECK;
  * processes that keep SIGPIPE's default, which would kill them. */
 SR_API sr_err_t sr_fd_send_all(int fd, const void *buf, size_t len) SR_MUST_CHECK;
 
+/* A listening Unix stream socket at path (every local user may connect:
+ * mode 0666; who connects is the kernel's to tell, SO_PEERCRED), made under
+ * a temporary name and renamed over path once it listens: a client that
+ * sees the path can connect (bound at path itself, it would be refused
+ * between bind and listen), and a stale socket of a dead server is
+ * replaced. sock_flags: SOCK_NONBLOCK or 0 (SOCK_CLOEXEC always). The
+ * temporary name, path + "." + pid, must fit a socket address (107 bytes). */
+SR_API sr_err_t sr_unix_listen(const char *path, int backlog, int sock_flags, int *fd_out) SR_MUST_CHECK;
+
 /* The process at the other end of a connected Unix socket runs as root or
  * as this process's user: a service of the host (the key agent, the audit
  * sealer) and not another user's process that took its socket's path. Else

@@ -90,6 +90,8 @@ SR_API sr_err_t sr_keyprov_dek_unwrap(sr_keyprov_t *kp, const sr_uuid_t *tablesp
                                const sr_wrapped_key_t *wrapped, uint8_t *dek_out) SR_MUST_CHECK;
 SR_API sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, uint32_t dek_version,
                                const sr_wrapped_key_t *old_wrapped, sr_wrapped_key_t *new_wrapped) SR_MUST_CHECK;
+/* The implementation kp wraps if it was made with ops, else NULL: a provider's own calls (kmip.h). */
+SR_API void *sr_keyprov_impl(const sr_keyprov_t *kp, const sr_keyprov_ops_t *ops);
 /* "keyfile:/etc/strongroom/master.key" — for messages; never secret. */
 SR_API const char *sr_keyprov_description(const sr_keyprov_t *kp);
 SR_API void sr_keyprov_free(sr_keyprov_t *kp);

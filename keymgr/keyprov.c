@@ -69,6 +69,8 @@ sr_err_t sr_keyprov_dek_rewrap(sr_keyprov_t *kp, const sr_uuid_t *tablespace, ui
 
 const char *sr_keyprov_description(const sr_keyprov_t *kp) { return kp->description; }
 
+void *sr_keyprov_impl(const sr_keyprov_t *kp, const sr_keyprov_ops_t *ops) { return kp && kp->ops == ops ? kp->impl : NULL; }
+
 void sr_keyprov_free(sr_keyprov_t *kp)
 {
     if (!kp) return;

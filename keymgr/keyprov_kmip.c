@@ -76,10 +76,8 @@ static int unreachable(sr_err_t rc)
     return rc == SR_ERR_NETWORK || rc == SR_ERR_TLS || rc == SR_ERR_CLOSED || rc == SR_ERR_TIMEOUT || rc == SR_ERR_IO;
 }
 
-typedef sr_err_t (*kmip_call_fn)(sr_kmip_client_t *c, void *arg);
-
 /* Runs fn on the current server, moving on to the next while one cannot be reached. */
-static sr_err_t with_failover(kmip_provider_t *p, kmip_call_fn fn, void *arg)
+static sr_err_t with_failover(kmip_provider_t *p, sr_kmip_call_fn fn, void *arg)
 {
     pthread_mutex_lock(&p->lock);
     sr_err_t rc = SR_ERR_NETWORK;
@@ -273,6 +271,13 @@ static const sr_keyprov_ops_t kmip_ops = {
     .dek_rewrap = kmip_dek_rewrap,
     .destroy = kmip_destroy,
 };
+
+sr_err_t sr_keyprov_kmip_call(sr_keyprov_t *kp, sr_kmip_call_fn fn, void *arg)
+{
+    kmip_provider_t *p = sr_keyprov_impl(kp, &kmip_ops);
+    if (!p) return sr_err_set(SR_ERR_INVALID_ARG, "%s is not a KMS key provider", kp ? sr_keyprov_description(kp) : "(none)");
+    return with_failover(p, fn, arg);
+}
 
 /* ---- configuration ------------------------------------------------------------------------------ */
 

@@ -187,12 +187,25 @@ SR_API sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_cl
  * SR_ERR_CONFIG naming the text otherwise. */
 SR_API sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port) SR_MUST_CHECK;
 SR_API void sr_kmip_client_free(sr_kmip_client_t *c);
+/* Whether the client holds a connection (kept from its last call). */
+SR_API int sr_kmip_client_connected(const sr_kmip_client_t *c);
 /* One request, one response, on the kept connection. Idempotent operations
  * (Get, Locate, Query, Discover Versions, Get Attributes, Encrypt, Decrypt)
  * are retried once on a fresh connection after a network failure; others
  * are not: their error says the outcome is unknown. */
 SR_API sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *request, uint32_t operation,
                              sr_kmip_response_t *out) SR_MUST_CHECK;
+
+/* Runs fn with a client of a KMS key provider (sr_keyprov_kmip_open): its
+ * kept connection to the server that answered last, moving on through its
+ * servers while one cannot be reached, one call at a time. A process that
+ * talks to the KMS beyond the key operations, as the same client (tde-agent:
+ * heartbeats, policy, leave), shares the provider's one connection and TLS
+ * context instead of making its own. SR_ERR_INVALID_ARG if kp is another
+ * kind of provider. */
+typedef struct sr_keyprov sr_keyprov_t; /* keymgr.h */
+typedef sr_err_t (*sr_kmip_call_fn)(sr_kmip_client_t *c, void *arg);
+SR_API sr_err_t sr_keyprov_kmip_call(sr_keyprov_t *kp, sr_kmip_call_fn fn, void *arg) SR_MUST_CHECK;
 
 /* The operations database TDE uses. Unique identifiers are NUL-terminated. */
 #define SR_KMIP_UID_MAX 128

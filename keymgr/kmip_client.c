@@ -68,6 +68,8 @@ void sr_kmip_client_free(sr_kmip_client_t *c)
     free(c);
 }
 
+int sr_kmip_client_connected(const sr_kmip_client_t *c) { return c && c->conn; }
+
 static int idempotent(uint32_t op)
 {
     return op == SR_KMIP_OP_GET || op == SR_KMIP_OP_LOCATE || op == SR_KMIP_OP_QUERY ||

@@ -344,6 +344,10 @@ static void accept_all(const limits_t *l)
             break;
         }
         conn_t *c = calloc(1, sizeof *c);
+        if (c) { /* whole before the timer can see it in the slots: a deadline of 0 would cut it at once */
+            c->fd = fd, c->state = C_HANDSHAKE;
+            c->deadline = sr_time_mono_ms() + l->handshake_ms;
+        }
         pthread_mutex_lock(&loop.lock);
         int slot = 1;
         while (slot < MAX_CONNS && loop.slots[slot]) slot++;
@@ -368,8 +372,7 @@ static void accept_all(const limits_t *l)
             close(fd);
             continue;
         }
-        c->fd = fd, c->slot = slot, c->state = C_HANDSHAKE;
-        c->deadline = sr_time_mono_ms() + l->handshake_ms;
+        c->slot = slot;
         sr_kmip_enc_init(&c->resp);
         struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.ptr = c};
         epoll_ctl(loop.ep, EPOLL_CTL_ADD, fd, &ev); /* armed: the ClientHello wakes one thread */
@@ -627,7 +630,7 @@ static int start(const char *config_path, int foreground)
     pthread_t sweeper;
     int enrolling = 0, sweeping = 0;
     if (rc == SR_OK) rc = configure_enrolment(cfg, &enrolling);
-    if (rc == SR_OK) rc = sr_tls_listen(sr_config_get(cfg, "server", "listen"), (uint16_t)port, 128, &lfd);
+    if (rc == SR_OK) rc = sr_tls_listen(sr_config_get(cfg, "server", "listen"), (uint16_t)port, SOMAXCONN, &lfd); /* a fleet scaling out connects at once: a short queue drops SYNs, each a 1 s retransmit */
     if (rc != SR_OK) {
         fprintf(stderr, "kmsd: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
         sr_config_free(cfg);

@@ -49,6 +49,10 @@ struct sr_tde_ts {
     uint8_t *mac_key;    /* secure memory: the header key of mac_version (cache) */
     uint32_t mac_version;
     pthread_mutex_t hdr_lock; /* header I/O and the fields above; never held while taking the space's lock */
+    /* One open at a time loads the tablespace or proves its caller's key: a key service's round trip (a KMS,
+     * the agent; seconds when it is down) holds this tablespace's opens, never the registry, so the other
+     * tablespaces of the process open meanwhile. Taken before hdr_lock. */
+    pthread_mutex_t open_lock;
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -399,6 +403,7 @@ static void ts_destroy(sr_tde_ts_t *ts)
     if (ts->fd >= 0) close(ts->fd);
     if (ts->mac_key) sr_secure_wipe(ts->mac_key, SR_TDE_HEADER_KEY_BYTES), sr_secure_free(ts->mac_key);
     pthread_mutex_destroy(&ts->hdr_lock);
+    pthread_mutex_destroy(&ts->open_lock);
     free(ts->path);
     free(ts);
 }
@@ -412,6 +417,7 @@ static sr_err_t ts_new(const char *path, sr_tde_ts_t **out)
         return sr_err_set(SR_ERR_NOMEM, "cannot allocate a tablespace");
     }
     pthread_mutex_init(&ts->hdr_lock, NULL);
+    pthread_mutex_init(&ts->open_lock, NULL);
     ts->writable = 1;
     ts->fd = open(path, O_RDWR | O_CLOEXEC);
     if (ts->fd < 0 && (errno == EACCES || errno == EROFS)) ts->writable = 0, ts->fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -456,37 +462,61 @@ static sr_err_t ts_load(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_opt
     return rc;
 }
 
-sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts, sr_tde_ts_t **out)
+/* The registry's entry for path's file, with a reference for the caller: found, or made (not loaded yet). */
+static sr_err_t registry_take(const char *path, sr_tde_ts_t **out)
 {
     struct stat st;
     if (stat(path, &st) != 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot stat %s", path);
     pthread_mutex_lock(&registry_lock);
     sr_tde_ts_t *ts = registry_find(st.st_dev, st.st_ino);
-    int fresh = ts == NULL;
-    sr_err_t rc = fresh ? ts_new(path, &ts) : SR_OK;
+    sr_err_t rc = ts ? SR_OK : ts_new(path, &ts);
+    if (rc == SR_OK && ts->refs++ == 0) ts->next = registry, registry = ts;
+    pthread_mutex_unlock(&registry_lock);
+    *out = rc == SR_OK ? ts : NULL;
+    return rc;
+}
+
+/* Under ts->open_lock: the header read (or created), the space made if this is its first open, and every key
+ * of the header unwrapped with this caller's provider. */
+static sr_err_t ts_open_locked(sr_tde_ts_t *ts, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts)
+{
     sr_tde_header_t hdr;
     dek_memo_t memo = {.dek = sr_secure_alloc(SR_TDE_KEY_BYTES)};
-    if (rc == SR_OK && !memo.dek) rc = SR_ERR_NOMEM;
-    if (rc == SR_OK) rc = ts_load(ts, prov, opts, &hdr, &memo);
+    sr_err_t rc = memo.dek ? ts_load(ts, prov, opts, &hdr, &memo) : SR_ERR_NOMEM;
+    int fresh = !ts->space;
     if (rc == SR_OK && fresh) rc = sr_tde_space_new(&hdr.tablespace, hdr.cipher, &ts->space);
+    if (rc == SR_OK && fresh)
+        sr_tde_space_set_hooks(ts->space, &(sr_tde_space_hooks_t){.reserve = ts_reserve, .roll = ts_roll, .ctx = ts});
     if (rc == SR_OK) rc = space_load_keys(ts->space, prov, &hdr, 1, &memo); /* proves this caller's key, every time */
     if (memo.dek) sr_secure_wipe(memo.dek, SR_TDE_KEY_BYTES), sr_secure_free(memo.dek);
     if (rc == SR_OK) {
+        pthread_mutex_lock(&ts->hdr_lock);
         ts->prov = prov;
         ts->page_size = hdr.page_size;
         ts->flags = hdr.flags;
         ts->generation = hdr.generation;
-        ts->refs++;
-        if (fresh) {
-            sr_tde_space_set_hooks(ts->space, &(sr_tde_space_hooks_t){.reserve = ts_reserve, .roll = ts_roll, .ctx = ts});
-            ts->next = registry, registry = ts;
-        }
-        *out = ts;
-    } else if (fresh) {
-        ts_destroy(ts);
+        pthread_mutex_unlock(&ts->hdr_lock);
     }
-    pthread_mutex_unlock(&registry_lock);
     return rc;
+}
+
+sr_err_t sr_tde_ts_open(const char *path, sr_keyprov_t *prov, const sr_tde_ts_options_t *opts, sr_tde_ts_t **out)
+{
+    sr_tde_ts_t *ts = NULL;
+    sr_err_t rc = registry_take(path, &ts);
+    if (rc != SR_OK) return rc;
+    pthread_mutex_lock(&ts->open_lock);
+    rc = ts_open_locked(ts, prov, opts);
+    pthread_mutex_unlock(&ts->open_lock);
+    if (rc != SR_OK) {
+        sr_err_t why = rc; /* the release below must not change what the caller is told */
+        char detail[1024];
+        snprintf(detail, sizeof detail, "%s", sr_err_detail());
+        sr_tde_ts_release(ts);
+        return sr_err_set(why, "%s", detail);
+    }
+    *out = ts;
+    return SR_OK;
 }
 
 sr_tde_ts_t *sr_tde_ts_retain(sr_tde_ts_t *ts)

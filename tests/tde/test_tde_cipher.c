@@ -4,7 +4,8 @@
  * bit of a page, moved pages, foreign pages, other file kinds), the nonce
  * rule (no repeat across many writes and a crash/restart; the 2^32 budget
  * persisted ahead of use and the automatic key roll, with a small injected
- * limit, through the real key-header code on a real file).
+ * limit, through the real key-header code on a real file); a slow key
+ * service holds only its own tablespace's opens.
  */
 #include "sr_test.h"
 
@@ -12,7 +13,9 @@
 #include "tablespace.h"
 #include "tde.h"
 
+#include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static const sr_tde_cipher_t ciphers[] = {SR_TDE_CIPHER_AES_256_GCM, SR_TDE_CIPHER_CHACHA20_POLY1305};
 
@@ -317,6 +320,90 @@ static void test_xts_temp_cipher(void)
     sr_tde_xts_free(x), sr_tde_xts_free(y);
 }
 
+/* A key service that answers after SLOW_MS (a KMS far away, or down and
+ * timing out), in front of a key file. */
+#define SLOW_MS 1000
+static sr_err_t slow_unwrap(void *impl, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *w, uint8_t *dek)
+{
+    usleep(SLOW_MS * 1000);
+    return sr_keyprov_dek_unwrap(impl, ts, version, w, dek);
+}
+static sr_err_t slow_create(void *impl, const sr_uuid_t *ts, uint32_t version, uint8_t *dek, sr_wrapped_key_t *w)
+{
+    return sr_keyprov_dek_create(impl, ts, version, dek, w);
+}
+static void slow_destroy(void *impl) { sr_keyprov_free(impl); }
+static const sr_keyprov_ops_t slow_ops = {.kind = "slow", .dek_create = slow_create, .dek_unwrap = slow_unwrap,
+                                          .destroy = slow_destroy};
+
+typedef struct opener {
+    const char *db;
+    sr_keyprov_t *kp;
+    sr_err_t rc;
+    sr_tde_ts_t *ts;
+} opener_t;
+
+static void *open_in_thread(void *arg)
+{
+    opener_t *o = arg;
+    o->rc = sr_tde_ts_open(o->db, o->kp, NULL, &o->ts);
+    return NULL;
+}
+
+static void make_tablespace(const char *db, sr_keyprov_t *kp)
+{
+    FILE *f = fopen(db, "w");
+    SR_CHECK(f != NULL);
+    fclose(f);
+    sr_tde_ts_t *ts = NULL;
+    SR_CHECK_OK(sr_tde_ts_open(db, kp, &(sr_tde_ts_options_t){.may_create = 1}, &ts));
+    sr_tde_ts_release(ts);
+}
+
+/* A tablespace whose key service is slow holds its own opens, not those of
+ * the process's other tablespaces (the registry was locked over the key
+ * service's round trip: every open in the process waited for the slowest
+ * KMS answer, and for a KMS that was down, its timeout). Two threads opening
+ * the slow one both get it. */
+static void test_a_slow_key_service_holds_only_its_tablespace(void)
+{
+    const char *kpath = sr_test_path("slow.key"), *slow_db = sr_test_path("slow.db"), *fast_db = sr_test_path("fast.db");
+    SR_CHECK_OK(sr_keyfile_create(kpath));
+    sr_keyprov_t *kp = NULL, *inner = NULL, *slow = NULL;
+    SR_CHECK_OK(sr_keyprov_keyfile_open(kpath, &kp));
+    SR_CHECK_OK(sr_keyprov_keyfile_open(kpath, &inner));
+    SR_CHECK_OK(sr_keyprov_new(&slow_ops, inner, "slow", &slow));
+    make_tablespace(slow_db, kp);
+    make_tablespace(fast_db, kp);
+    opener_t a = {.db = slow_db, .kp = slow}, b = {.db = slow_db, .kp = slow};
+    pthread_t ta, tb;
+    uint64_t t0 = sr_time_mono_ms();
+    SR_CHECK(pthread_create(&ta, NULL, open_in_thread, &a) == 0);
+    SR_CHECK(pthread_create(&tb, NULL, open_in_thread, &b) == 0);
+    usleep(100000); /* both are in the slow open */
+    sr_tde_ts_t *fast = NULL;
+    uint64_t t1 = sr_time_mono_ms();
+    SR_CHECK_OK(sr_tde_ts_open(fast_db, kp, NULL, &fast));
+    uint64_t took = sr_time_mono_ms() - t1;
+    SR_CHECK_MSG(took < SLOW_MS / 2, "the other tablespace's open took %llu ms", (unsigned long long)took);
+    pthread_join(ta, NULL), pthread_join(tb, NULL);
+    SR_CHECK_OK(a.rc);
+    SR_CHECK_OK(b.rc);
+    SR_CHECK(a.ts == b.ts); /* one entry, two references */
+    SR_CHECK(sr_time_mono_ms() - t0 >= 2 * SLOW_MS); /* each open proved its caller's key */
+    sr_tde_ts_release(a.ts), sr_tde_ts_release(b.ts), sr_tde_ts_release(fast);
+    /* a failed open leaves nothing behind: the next one, with a good key, works */
+    const char *other = sr_test_path("other.key");
+    sr_keyprov_t *wrong = NULL;
+    SR_CHECK_OK(sr_keyfile_create(other));
+    SR_CHECK_OK(sr_keyprov_keyfile_open(other, &wrong));
+    sr_tde_ts_t *ts = NULL;
+    SR_CHECK(sr_tde_ts_open(fast_db, wrong, NULL, &ts) != SR_OK);
+    SR_CHECK_OK(sr_tde_ts_open(fast_db, kp, NULL, &ts));
+    sr_tde_ts_release(ts);
+    sr_keyprov_free(wrong), sr_keyprov_free(slow), sr_keyprov_free(kp);
+}
+
 int main(void)
 {
     SR_RUN(test_round_trip_every_cipher_and_page_size);
@@ -326,5 +413,6 @@ int main(void)
     SR_RUN(test_budget_persisted_and_key_rolled_in_header);
     SR_RUN(test_header_round_trip_and_damage);
     SR_RUN(test_xts_temp_cipher);
+    SR_RUN(test_a_slow_key_service_holds_only_its_tablespace);
     return sr_test_finish();
 }
