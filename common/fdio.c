@@ -141,8 +141,9 @@ sr_err_t sr_unix_listen(const char *path, int backlog, int sock_flags, int *fd_o
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", tmp);
     unlink(tmp);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | sock_flags, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(tmp, 0666) != 0 || listen(fd, backlog) != 0 ||
-        rename(tmp, path) != 0) {
+    /* the mode set on the name without following it: a link put there in a writable directory is not chmod'ed */
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        fchmodat(AT_FDCWD, tmp, 0666, AT_SYMLINK_NOFOLLOW) != 0 || listen(fd, backlog) != 0 || rename(tmp, path) != 0) {
         int e = errno;
         if (fd >= 0) close(fd), unlink(tmp);
         return sr_err_set_errno(SR_ERR_IO, e, "cannot listen on %s", path);
