@@ -92,6 +92,19 @@ static void refuse(int fd, const peer_t *p, const char *object, const char *why)
     answer(fd, 'E', (const uint8_t *)why, strlen(why));
 }
 
+/* The key could not be had (the KMS unreachable, ...): a failure, recorded
+ * and answered as one with its error class, never as a refusal — a DBA and
+ * an auditor must tell an outage from a denial. */
+static void fail(int fd, const peer_t *p, const char *object, sr_err_t rc, const char *why)
+{
+    event("key.request", p->subject, object, "failure", why);
+    uint8_t msg[4 + 1024];
+    size_t n = strnlen(why, sizeof msg - 4);
+    sr_put_be32(msg, (uint32_t)rc);
+    memcpy(msg + 4, why, n);
+    answer(fd, 'F', msg, 4 + n);
+}
+
 /* The policy's word on this peer; 1 allowed. `why` names the rule and the
  * policy's digest (empty when no policy is configured: every peer allowed). */
 static int permitted(const peer_t *p, char *why, size_t cap)
@@ -245,8 +258,10 @@ static void handle(int fd, const struct ucred *cred, uint8_t *reply)
                  version, cached ? " (cached)" : "", allowed_by[0] ? "; " : "", allowed_by);
         event("key.request", p.subject, object, "success", why);
         answer(fd, 'K', reply, len);
-    } else {
+    } else if (rc == SR_ERR_PERMISSION) { /* the KMS's word: a revoked or ungranted master key */
         refuse(fd, &p, object, sr_err_detail());
+    } else {
+        fail(fd, &p, object, rc, sr_err_detail());
     }
     sr_secure_wipe(reply, REPLY_BYTES);
 }

@@ -8,7 +8,10 @@
  *   op (1: 'C' create, 'U' unwrap, 'R' rewrap) | tablespace UUID (16) |
  *   DEK version (u32 BE) | wrapped key, sr_wrapped_key_encode'd (U, R)
  * and the answer: u32 BE length, then 'K' | DEK (32; C, U) | wrapped (C, R),
- * or 'E' | a message.
+ * 'E' | a message (refused: the policy, the node's membership, the KMS), or
+ * 'F' | error code (u32 BE, sr_err_t) | a message (the agent could not get
+ * the key: the KMS unreachable, ...; the engine reports it as that class of
+ * error, not as a refusal).
  */
 #include "keymgr.h"
 
@@ -95,6 +98,13 @@ sr_err_t sr_agent_request(const char *socket_path, const uint8_t *req, size_t le
     if (answer[0] == 'E') {
         answer[n < cap ? n : cap - 1] = '\0';
         return sr_err_set(SR_ERR_PERMISSION, "the key agent refused: %s", (const char *)answer + 1);
+    }
+    if (answer[0] == 'F' && n >= 5) {
+        sr_err_t code = (sr_err_t)sr_get_be32(answer + 1);
+        answer[n < cap ? n : cap - 1] = '\0';
+        if (code == SR_OK || !strcmp(sr_err_name(code), "SR_ERR_UNKNOWN") || code == SR_ERR_PERMISSION)
+            return sr_err_set(SR_ERR_PROTOCOL, "the key agent failed with code %d: %s", (int)code, (const char *)answer + 5);
+        return sr_err_set(code, "the key agent could not get the key: %s", (const char *)answer + 5);
     }
     if (answer[0] != 'K') return sr_err_set(SR_ERR_PROTOCOL, "the key agent answered '%c'", answer[0]);
     *answer_len = n;

@@ -186,8 +186,11 @@ static sr_err_t wrap_dek(kmip_provider_t *p, const sr_uuid_t *ts, uint32_t versi
     crypt_call_t a = {.uid = p->master, .iv = out->blob, .aad = aad, .in = dek, .in_len = SR_KEYMGR_KEY_BYTES,
                       .out = out->blob + IV_LEN, .cap = sizeof out->blob - IV_LEN};
     if (rc == SR_OK) rc = with_failover(p, call_encrypt, &a);
-    if (rc != SR_OK) return sr_err_set(rc, "the KMS cannot wrap a data key under master key %s: %s", p->master,
-                                       sr_err_detail());
+    if (rc != SR_OK)
+        return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
+                          unreachable(rc) ? "no KMS could be reached to wrap a data key under master key %s: %s"
+                                          : "the KMS cannot wrap a data key under master key %s: %s",
+                          p->master, sr_err_detail());
     out->blob_len = (uint32_t)(IV_LEN + a.out_len);
     return SR_OK;
 }
@@ -218,7 +221,10 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
         if (rc != SR_OK) {
             sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
             return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                              "the KMS refused master key %s for data key version %u: %s", uid, version, sr_err_detail());
+                              rc == SR_ERR_KMIP_RESULT ? "the KMS refused master key %s for data key version %u: %s"
+                              : unreachable(rc) ? "no KMS could be reached for master key %s (data key version %u): %s"
+                                                : "master key %s could not be used for data key version %u: %s",
+                              uid, version, sr_err_detail());
         }
         return SR_OK;
     }
@@ -237,8 +243,10 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
     if (rc != SR_OK) {
         sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
         return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                          "the KMS refused to unwrap data key version %u with master key %s: %s", version, uid,
-                          sr_err_detail());
+                          rc == SR_ERR_KMIP_RESULT ? "the KMS refused to unwrap data key version %u with master key %s: %s"
+                          : unreachable(rc) ? "no KMS could be reached to unwrap data key version %u (master key %s): %s"
+                                            : "the KMS could not unwrap data key version %u (master key %s): %s",
+                          version, uid, sr_err_detail());
     }
     return SR_OK;
 }
