@@ -32,6 +32,16 @@ static inline uint16_t sr_get_be16(const uint8_t *p) { return (uint16_t)(p[0] <<
 static inline uint32_t sr_get_be32(const uint8_t *p) { return (uint32_t)sr_get_be16(p) << 16 | sr_get_be16(p + 2); }
 static inline uint64_t sr_get_be64(const uint8_t *p) { return (uint64_t)sr_get_be32(p) << 32 | sr_get_be32(p + 4); }
 
+/* Whether all n bytes are zero (a page or record never written, a header
+ * zeroed in place); reads every byte whatever it finds. */
+static inline int sr_bytes_all_zero(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint8_t acc = 0;
+    for (size_t i = 0; i < n; i++) acc |= b[i];
+    return acc == 0;
+}
+
 #ifdef __cplusplus
 }
 #endif

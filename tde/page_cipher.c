@@ -504,13 +504,6 @@ uint32_t sr_tde_page_key_version(const uint8_t *page, size_t page_size)
     return sr_get_be32(page + page_size - SR_TDE_PAGE_TRAILER + SR_TDE_NONCE_BYTES);
 }
 
-static int all_zero(const uint8_t *p, size_t n)
-{
-    uint8_t acc = 0;
-    for (size_t i = 0; i < n; i++) acc |= p[i];
-    return acc == 0;
-}
-
 static sr_err_t auth_failure(const sr_tde_place_t *p, uint32_t version, const char *reason)
 {
     const char *what = p->kind == SR_TDE_FILE_DB ? "page" : p->kind == SR_TDE_FILE_WAL ? "frame" : "at offset";
@@ -533,7 +526,7 @@ static sr_err_t decrypt_body(sr_tde_pagectx_t *c, const sr_tde_place_t *p, const
         c->dec_version = 0;
         rc = ctx_key(c, c->dec, 0, version);
         if (rc == SR_ERR_TDE_KEY_VERSION) {
-            int zero = all_zero(trailer, SR_TDE_PAGE_TRAILER) && (!body || all_zero(in, body));
+            int zero = sr_bytes_all_zero(trailer, SR_TDE_PAGE_TRAILER) && (!body || sr_bytes_all_zero(in, body));
             return auth_failure(p, version, zero ? "all zeros (never written)" : "unknown key version");
         }
         if (rc != SR_OK) return rc;

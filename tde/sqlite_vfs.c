@@ -909,14 +909,6 @@ static int journal_read(sr_file_t *f, uint8_t *buf, int amt, sqlite3_int64 off)
     return decrypt_page(f, &place, buf, (size_t)amt);
 }
 
-/* PERSIST mode zeroes a header in place: zeros reveal nothing. */
-static int all_zero(const uint8_t *p, int n)
-{
-    uint8_t acc = 0;
-    for (int i = 0; i < n; i++) acc |= p[i];
-    return acc == 0;
-}
-
 /* The super-journal name SQLite appends to a journal: a file name (no NUL
  * byte) right after the 4-byte record number written before it (the
  * locking page's, which no page image has; its value moves with the
@@ -940,7 +932,9 @@ static int journal_write(sr_file_t *f, const uint8_t *buf, int amt, sqlite3_int6
     }
     if (journal_is_header(buf, amt, off)) return journal_write_header(f, buf, amt, off);
     if (amt == 12 && off % 8 == 0 && memcmp(buf, journal_magic, 8) == 0) return journal_update_header(f, buf, amt, off);
-    if (amt > 12 && !journal_is_header(buf, amt, 0) && !journal_super_name(f, buf, amt, off) && !all_zero(buf, amt)) {
+    /* (PERSIST mode zeroes a header in place: zeros reveal nothing) */
+    if (amt > 12 && !journal_is_header(buf, amt, 0) && !journal_super_name(f, buf, amt, off) &&
+        !sr_bytes_all_zero(buf, (size_t)amt)) {
         /* Not a shape SQLite writes (a VFS stacked above merging writes):
          * it could hold part of a page image, which must not reach the
          * disk in plaintext. */
@@ -1223,7 +1217,7 @@ static int rewrite_batch(sr_file_t *f, sr_rewrite_batch_t *b)
         if (v == target) continue;
         /* all zeros: never written. A WAL checkpoint that could not backfill every frame (a reader held an
          * older snapshot) still grows the file to the database's size; those pages live in the WAL for now */
-        if (v == 0 && all_zero(e + 8, (int)ps)) continue;
+        if (v == 0 && sr_bytes_all_zero(e + 8, ps)) continue;
         (void)ensure_key_loaded(f, e + 8, ps);
         sr_tde_place_t place = {.kind = SR_TDE_FILE_DB, .location = (uint64_t)pgno};
         if (sr_tde_page_decrypt_to(f->pc, &place, e + 8, plain, ps) != SR_OK)

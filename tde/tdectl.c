@@ -456,10 +456,7 @@ static void verify_note(verify_result_t *r, const char *fmt, ...)
  * page): in a larger database it is a hole of zeros, not a damaged page. */
 static int lock_byte_hole(uint64_t pgno, const uint8_t *page, uint32_t ps)
 {
-    if (pgno != (uint64_t)0x40000000 / ps + 1) return 0;
-    for (uint32_t i = 0; i < ps; i++)
-        if (page[i]) return 0;
-    return 1;
+    return pgno == (uint64_t)0x40000000 / ps + 1 && sr_bytes_all_zero(page, ps);
 }
 
 static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o, verify_result_t *r)
