@@ -32,6 +32,7 @@ typedef struct agent_state {
     int revoked;
     char revoked_why[256];
     int64_t last_heartbeat_ok, lease_s;
+    char kms_error[300];         /* why the last heartbeat did not reach the KMS ("": it did) */
 } agent_state_t;
 extern agent_state_t agent;
 extern volatile sig_atomic_t stop_requested;

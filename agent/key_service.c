@@ -175,6 +175,27 @@ static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
     answer(fd, 'K', out, n);
 }
 
+/* S: the running agent's state, for `tde-agent status` (root or the agent's
+ * own user only): revoked (1) | lease (i64 BE, s) | last heartbeat the KMS
+ * took (i64 BE, Unix s) | keys cached (u32 BE) | pushed policy version (i64
+ * BE) | why the last heartbeat failed, NUL ("" : it reached the KMS) | why
+ * the membership ended, NUL. Identifiers and counts, never a key. */
+static void report_status(int fd, const peer_t *p)
+{
+    if (p->uid != 0 && p->uid != geteuid()) return refuse(fd, p, NULL, "status is for root or the agent's user");
+    uint8_t out[1 + 8 + 8 + 4 + 8 + sizeof agent.kms_error + sizeof agent.revoked_why];
+    pthread_mutex_lock(&agent.lock);
+    out[0] = (uint8_t)(agent.revoked != 0);
+    sr_put_be64(out + 1, (uint64_t)agent.lease_s), sr_put_be64(out + 9, (uint64_t)agent.last_heartbeat_ok);
+    sr_put_be32(out + 17, (uint32_t)sr_keycache_count(agent.cache));
+    sr_put_be64(out + 21, (uint64_t)agent.policy_version);
+    size_t n = 29;
+    n += (size_t)snprintf((char *)out + n, sizeof agent.kms_error, "%s", agent.kms_error) + 1;
+    n += (size_t)snprintf((char *)out + n, sizeof agent.revoked_why, "%s", agent.revoked ? agent.revoked_why : "") + 1;
+    pthread_mutex_unlock(&agent.lock);
+    answer(fd, 'K', out, n);
+}
+
 /* U: the DEK (cache, else the KMS); C: a new DEK wrapped by the KMS; R: re-wrapped. */
 static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *in, uint8_t *dek,
                           sr_wrapped_key_t *out, int *cached)
@@ -227,6 +248,7 @@ static void handle(int fd, const struct ucred *cred, uint8_t *reply)
     if (n < 1 || n > SR_AGENT_REQUEST_MAX || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
         return refuse(fd, &p, NULL, "malformed or incomplete request");
     if (msg[4] == 'D') return decide_for(fd, &p, msg + 5, n - 1);
+    if (msg[4] == 'S') return report_status(fd, &p);
     if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req) return refuse(fd, &p, NULL, "malformed request");
     memcpy(req, msg + 4, n);
     sr_uuid_t ts;

@@ -370,15 +370,13 @@ void *heartbeat_main(void *arg)
         int64_t newest_version = newest >= 0 ? r.tree.items[newest].v.i32 : 0;
         sr_kmip_response_free(&r);
         if (rc == SR_OK) follow_policy(newest_version);
-        if (rc == SR_OK) {
-            pthread_mutex_lock(&agent.lock);
-            agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
-            pthread_mutex_unlock(&agent.lock);
-        } else if (rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"))) {
-            end_membership(sr_err_detail()); /* the KMS ended it: lease expired, revoked */
-        } else {
-            sr_log_warn("heartbeat: %s (the KMS is unreachable: cached keys stay usable)", sr_err_detail());
-        }
+        int ended = rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"));
+        pthread_mutex_lock(&agent.lock);
+        if (rc == SR_OK) agent.last_heartbeat_ok = sr_time_now_us() / 1000000;
+        snprintf(agent.kms_error, sizeof agent.kms_error, "%s", rc == SR_OK || ended ? "" : sr_err_detail());
+        pthread_mutex_unlock(&agent.lock);
+        if (ended) end_membership(sr_err_detail()); /* the KMS ended it: lease expired, revoked */
+        else if (rc != SR_OK) sr_log_warn("heartbeat: %s (the KMS is unreachable: cached keys stay usable)", sr_err_detail());
     }
     return NULL;
 }

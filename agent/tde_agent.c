@@ -221,6 +221,50 @@ static int cmd_run(const char *config)
     return 0;
 }
 
+/* What `tde-agent status` reports about the node. */
+typedef struct node_status {
+    int running;              /* the agent answered on its socket (else: asked the KMS itself) */
+    int member;               /* the KMS still accepts the node */
+    int kms_reachable;
+    int64_t lease_left_s;     /* of the lease the KMS last renewed */
+    uint32_t keys_cached;
+    char why[300];            /* why not a member, or why the KMS was not reached */
+} node_status_t;
+
+/* From the running agent: its own view (no second connection to the KMS). */
+static int status_from_agent(const char *sock, node_status_t *st)
+{
+    uint8_t a[1 + 29 + 300 + 256 + 2];
+    size_t n = 0;
+    if (sr_agent_request(sock, (const uint8_t *)"S", 1, a, sizeof a - 1, &n) != SR_OK || n < 32) return -1;
+    a[n] = '\0';
+    const char *kms_error = (const char *)a + 30, *ended = kms_error + strlen(kms_error) + 1;
+    if (ended >= (const char *)a + n) ended = "";
+    int64_t lease = (int64_t)sr_get_be64(a + 2), last_ok = (int64_t)sr_get_be64(a + 10);
+    st->running = 1;
+    st->member = !a[1];
+    st->kms_reachable = !kms_error[0] && st->member;
+    st->lease_left_s = st->member && last_ok + lease > sr_time_now_us() / 1000000 ? last_ok + lease - sr_time_now_us() / 1000000 : 0;
+    st->keys_cached = sr_get_be32(a + 18);
+    snprintf(st->why, sizeof st->why, "%s", !st->member ? ended : kms_error);
+    return 0;
+}
+
+/* The agent not running: a heartbeat of our own, as the node (it renews the lease). */
+static void status_from_kms(node_status_t *st)
+{
+    char path[4200];
+    state_path(path, sizeof path, "kms.conf");
+    sr_kmip_response_t r;
+    sr_err_t rc = sr_keyprov_kmip_open(path, &agent.kms);
+    if (rc == SR_OK) rc = node_call(SR_KMIP_OP_HEARTBEAT, &r), sr_kmip_response_free(&r);
+    st->member = rc == SR_OK;
+    st->kms_reachable = !kms_unreachable(rc);
+    st->lease_left_s = st->member ? agent.lease_s : 0;
+    if (rc != SR_OK) snprintf(st->why, sizeof st->why, "%s", sr_err_detail());
+    sr_keyprov_free(agent.kms), agent.kms = NULL;
+}
+
 static int cmd_status(const char *config, int json)
 {
     if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
@@ -228,22 +272,8 @@ static int cmd_status(const char *config, int json)
     snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     int enrolled = load_enrolment();
     const char *sock = sr_config_get(agent.cfg, "agent", "socket");
-    int serving = 0, fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); /* a live agent accepts */
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
-    if (fd >= 0) serving = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, close(fd);
-    sr_kmip_response_t r;
-    int member = 0;
-    char why[256] = "";
-    if (enrolled) {
-        char path[4200];
-        state_path(path, sizeof path, "kms.conf");
-        sr_err_t rc = sr_keyprov_kmip_open(path, &agent.kms);
-        if (rc == SR_OK) rc = node_call(SR_KMIP_OP_HEARTBEAT, &r), sr_kmip_response_free(&r); /* also renews the lease */
-        member = rc == SR_OK;
-        if (!member) snprintf(why, sizeof why, "%s", sr_err_detail());
-        sr_keyprov_free(agent.kms), agent.kms = NULL;
-    }
+    node_status_t st = {0};
+    if (enrolled && status_from_agent(sock, &st) != 0) status_from_kms(&st);
     /* the policy in force: the file's digest as the key service and the PAM module compile it */
     const char *policy_path = sr_config_get(agent.cfg, "agent", "policy");
     char digest[32] = "", pushed_digest[32];
@@ -256,20 +286,30 @@ static int cmd_status(const char *config, int json)
     else if (!digest[0]) snprintf(policy, sizeof policy, "policy %.200s: none in force (keys refused)", policy_path);
     else if (pushed && !strcmp(digest, pushed_digest)) snprintf(policy, sizeof policy, "policy v%lld %s", (long long)pushed, digest);
     else snprintf(policy, sizeof policy, "policy %.200s %s", policy_path, digest);
-    if (json)
-        printf("{\"enrolled\": %s, \"node\": \"%s\", \"node_key\": \"%s\", \"lease_seconds\": %lld, \"kms_accepts_node\": "
-               "%s, \"serving\": %s, \"socket\": \"%s\", \"policy_version\": %lld, \"policy_digest\": \"%s\"}\n",
-               enrolled ? "true" : "false", agent.node_uuid, agent.nk, (long long)agent.lease_s, member ? "true" : "false",
-               serving ? "true" : "false", sock, digest[0] && !strcmp(digest, pushed_digest) ? (long long)pushed : 0LL,
-               digest);
-    else if (!enrolled)
+    if (json) {
+        printf("{\"enrolled\": %s, \"node\": \"%s\", \"node_key\": \"%s\", \"lease_seconds\": %lld, "
+               "\"lease_remaining_seconds\": %lld, \"kms_accepts_node\": %s, \"kms_reachable\": %s, \"kms_error\": ",
+               enrolled ? "true" : "false", agent.node_uuid, agent.nk, (long long)agent.lease_s,
+               (long long)st.lease_left_s, st.member ? "true" : "false", st.kms_reachable ? "true" : "false");
+        sr_json_string(stdout, st.why);
+        printf(", \"serving\": %s, \"keys_cached\": %u, \"socket\": ", st.running ? "true" : "false",
+               (unsigned)st.keys_cached);
+        sr_json_string(stdout, sock);
+        printf(", \"policy_version\": %lld, \"policy_digest\": \"%s\"}\n",
+               digest[0] && !strcmp(digest, pushed_digest) ? (long long)pushed : 0LL, digest);
+    } else if (!enrolled) {
         printf("not enrolled (state %s)\n", agent.state);
-    else
-        printf("node %s, node key %s, lease %llds; KMS %s; key service %s (%s); %s\n", agent.node_uuid, agent.nk,
-               (long long)agent.lease_s, member ? "accepts this node" : why, serving ? "listening" : "not running", sock,
-               policy);
+    } else {
+        char kms[400];
+        if (!st.member) snprintf(kms, sizeof kms, "%s", st.why);
+        else if (!st.kms_reachable) snprintf(kms, sizeof kms, "unreachable (%s); cached keys stay usable", st.why);
+        else snprintf(kms, sizeof kms, "accepts this node");
+        printf("node %s, node key %s, lease %llds (%llds left); KMS %s; key service %s (%s), %u keys cached; %s\n",
+               agent.node_uuid, agent.nk, (long long)agent.lease_s, (long long)st.lease_left_s, kms,
+               st.running ? "listening" : "not running", sock, (unsigned)st.keys_cached, policy);
+    }
     sr_config_free(agent.cfg);
-    return enrolled && member ? 0 : SR_EXIT_FAILED;
+    return enrolled && st.member ? 0 : SR_EXIT_FAILED;
 }
 
 static int usage(FILE *f, int status)

@@ -123,6 +123,16 @@ void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id)
     pthread_mutex_unlock(&kc->lock);
 }
 
+size_t sr_keycache_count(sr_keycache_t *kc)
+{
+    size_t n = 0;
+    uint64_t now = sr_time_mono_ms();
+    pthread_mutex_lock(&kc->lock);
+    for (size_t i = 0; i < kc->cap; i++) n += kc->entries[i].used && now < kc->entries[i].expires_ms;
+    pthread_mutex_unlock(&kc->lock);
+    return n;
+}
+
 void sr_keycache_free(sr_keycache_t *kc)
 {
     if (!kc) return;

@@ -139,6 +139,8 @@ SR_API sr_err_t sr_keycache_get(sr_keycache_t *kc, const sr_uuid_t *id, uint32_t
                          size_t key_cap, size_t *key_len) SR_MUST_CHECK;
 /* Wipes one key (all versions), or every key when id is NULL. */
 SR_API void sr_keycache_purge(sr_keycache_t *kc, const sr_uuid_t *id);
+/* How many keys it holds unexpired (for status: never which, never the keys). */
+SR_API size_t sr_keycache_count(sr_keycache_t *kc);
 SR_API void sr_keycache_free(sr_keycache_t *kc);
 
 /* The KMIP codec, messages and client are declared in kmip.h. */

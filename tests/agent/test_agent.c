@@ -121,6 +121,23 @@ static void node_state(int i, char state[16])
     if (!strncmp(at, "\"state\": \"", 10)) sscanf(at + 10, "%15[a-z]", state);
 }
 
+/* `tde-agent status --json` of agent i into out; its exit status. */
+static int agent_status(int i)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "cd %s && %s status --config agent.conf --json", agent_dir(i),
+             sr_test_build_path("agent/tde-agent"));
+    return sr_test_command(out, sizeof out, cmd);
+}
+
+static long long status_number(const char *field)
+{
+    char key[64];
+    snprintf(key, sizeof key, "\"%s\": ", field);
+    const char *at = strstr(out, key);
+    return at ? atoll(at + strlen(key)) : -1;
+}
+
 static void test_scale_out(void)
 {
     for (int i = 0; i < n_agents; i++) {
@@ -142,6 +159,12 @@ static void test_scale_out(void)
             SR_CHECK_MSG(!strcmp(state, "active"), "node %d: %s", i, state);
         }
     }
+    /* status from the running agent: its lease, the KMS reached, the key it holds (never the key) */
+    SR_CHECK_EQ_INT(agent_status(0), 0);
+    SR_CHECK_MSG(strstr(out, "\"serving\": true") && strstr(out, "\"kms_reachable\": true") &&
+                     status_number("keys_cached") >= 1 && status_number("lease_remaining_seconds") >= 0 &&
+                     status_number("lease_remaining_seconds") <= 3,
+                 "status: %s", out);
 }
 
 static void test_scale_in(void)
@@ -217,7 +240,12 @@ static void test_kms_outage(void)
     snprintf(cmd, sizeof cmd, "grep 'agent.key.request outcome=denied' %s/agent.log | grep -c 'reached' || true",
              agent_dir(i));
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) == 0);
-    sleep(5); /* longer than lease + grace */
+    usleep(1500000); /* a heartbeat that cannot reach the KMS */
+    SR_CHECK_EQ_INT(agent_status(i), 0); /* still a member: an outage ends nothing */
+    SR_CHECK_MSG(strstr(out, "\"kms_reachable\": false") && !strstr(out, "\"kms_error\": \"\"") &&
+                     status_number("keys_cached") >= 1 && strstr(out, "\"serving\": true"),
+                 "status in the outage: %s", out);
+    sleep(4); /* longer than lease + grace, with the above */
     SR_CHECK(kmsd_start(dir, port) == 0);
     usleep(1500000); /* a sweep and a heartbeat */
     node_state(i, state);
