@@ -51,6 +51,11 @@ static const sr_config_key_t schema[] = {
     {"audit", "socket", SR_CONFIG_PATH, NULL, 0},
     {"audit", "log", SR_CONFIG_PATH, NULL, 0},
     {"audit", "sign_key", SR_CONFIG_PATH, NULL, 0},
+    {"audit", "collector", SR_CONFIG_STRING, NULL, 0},      /* HOST:PORT of tde-audit collect: the log forwarded */
+    {"audit", "collector_name", SR_CONFIG_STRING, NULL, 0}, /* its certificate's name (default: [kms] server_name) */
+    {"audit", "collector_ca", SR_CONFIG_PATH, NULL, 0},     /* verifies it (default: [kms] ca) */
+    {"audit", "collector_cert", SR_CONFIG_PATH, NULL, 0},   /* our identity to it (default: the node's certificate) */
+    {"audit", "collector_key", SR_CONFIG_PATH, NULL, 0},
     {"kms", "servers", SR_CONFIG_STRING, NULL, 1},
     {"kms", "server_name", SR_CONFIG_STRING, "localhost", 0},
     {"kms", "ca", SR_CONFIG_PATH, NULL, 1},
@@ -131,6 +136,70 @@ static void sealer_finish(void)
     if (sealer.rc != SR_OK) fprintf(stderr, "tde-agent: audit sealer: %s\n", sr_err_detail());
 }
 
+/* ---- the host's log, forwarded to the collector ---------------------------------------------------------------- *
+ * With [audit] collector, a thread follows the log the embedded sealer
+ * writes and sends the collector (tde-audit collect) what it lacks, as
+ * `tde-audit forward` does: store-and-forward, so a collector that is down
+ * gets everything when it is back (the forwarder retries with backoff). Its
+ * identity is the node's certificate by default — the collector stores the
+ * host's log under it — and at shutdown one last pass sends the leave and
+ * the final seal before the node is gone. */
+static struct {
+    pthread_t thread;
+    int running;
+    volatile int stop;
+    char host[256], cert[4200], key[4200];
+    sr_audit_forwarder_options_t o;
+} forwarder;
+
+static void *forwarder_main(void *arg)
+{
+    (void)arg;
+    if (sr_audit_forward(&forwarder.o, &forwarder.stop) != SR_OK) sr_log_error("audit forwarder: %s", sr_err_detail());
+    return NULL;
+}
+
+/* After the enrolment: the node's certificate exists then. */
+static sr_err_t forwarder_start(void)
+{
+    const char *to = sr_config_get(agent.cfg, "audit", "collector");
+    if (!to) return SR_OK;
+    if (!sealer.running)
+        return sr_err_set(SR_ERR_CONFIG, "[audit] collector: the agent forwards the log of its embedded sealer "
+                          "(set [audit] socket, log and sign_key)");
+    uint16_t port = 0;
+    sr_err_t rc = sr_kmip_server_parse(to, forwarder.host, sizeof forwarder.host, &port);
+    if (rc != SR_OK) return sr_err_set(SR_ERR_CONFIG, "[audit] collector: %s", sr_err_detail());
+    const char *cert = sr_config_get(agent.cfg, "audit", "collector_cert"), *key = sr_config_get(agent.cfg, "audit", "collector_key");
+    if (!cert != !key) return sr_err_set(SR_ERR_CONFIG, "[audit] collector_cert and collector_key go together");
+    if (cert) snprintf(forwarder.cert, sizeof forwarder.cert, "%s", cert), snprintf(forwarder.key, sizeof forwarder.key, "%s", key);
+    else state_path(forwarder.cert, sizeof forwarder.cert, "node.pem"), state_path(forwarder.key, sizeof forwarder.key, "node.key");
+    const char *ca = sr_config_get(agent.cfg, "audit", "collector_ca"), *name = sr_config_get(agent.cfg, "audit", "collector_name");
+    forwarder.o = (sr_audit_forwarder_options_t){
+        .log = sealer.o.log.path, .host = forwarder.host, .port = port,
+        .verify_name = name ? name : sr_config_get(agent.cfg, "kms", "server_name"),
+        .tls = {.ca_file = ca ? ca : sr_config_get(agent.cfg, "kms", "ca"), .cert_file = forwarder.cert, .key_file = forwarder.key}};
+    if (pthread_create(&forwarder.thread, NULL, forwarder_main, NULL) != 0)
+        return sr_err_set(SR_ERR_INTERNAL, "cannot start the audit forwarder");
+    forwarder.running = 1;
+    return SR_OK;
+}
+
+/* After the sealer's last record: one more pass, so the collector has the node's last words. */
+static void forwarder_finish(void)
+{
+    if (!forwarder.running) return;
+    forwarder.stop = 1;
+    pthread_join(forwarder.thread, NULL);
+    forwarder.running = 0;
+    sr_audit_forwarder_options_t last = forwarder.o;
+    last.once = 1;
+    volatile int go_on = 0;
+    if (sr_audit_forward(&last, &go_on) != SR_OK)
+        fprintf(stderr, "tde-agent: the log's last records were not forwarded (%s): the collector lacks them\n",
+                sr_err_detail());
+}
+
 /* ---- run ----------------------------------------------------------------------------------------------------- */
 
 static sr_err_t start_services(void)
@@ -186,12 +255,14 @@ static int cmd_run(const char *config)
     }
     fflush(stdout);
     int lfd = -1;
+    if (rc == SR_OK) rc = forwarder_start();
     if (rc == SR_OK) rc = start_services();
     if (rc == SR_OK) rc = sr_unix_listen(sr_config_get(agent.cfg, "agent", "socket"), 512, 0, &lfd);
     if (rc == SR_OK) rc = workers_start(lfd);
     if (rc != SR_OK) {
         fprintf(stderr, "tde-agent: %s\n", sr_err_detail());
         sealer_finish();
+        forwarder_finish();
         return SR_EXIT_CANNOT;
     }
     pthread_t hb;
@@ -217,6 +288,7 @@ static int cmd_run(const char *config)
     sr_keyprov_free(agent.kms);
     sr_acl_close(agent.policy);
     sealer_finish();
+    forwarder_finish(); /* after the seal: the leave and the final checkpoint go too */
     sr_config_free(agent.cfg);
     return 0;
 }

@@ -705,15 +705,44 @@ static void test_disk_cache_serves_a_restart_in_an_outage(void)
 /* [audit] in the agent's configuration: the agent is the host's sealer; its
  * own events and another local process's are in one log, each subject the
  * kernel's view of its sender, sealed when the agent leaves. */
+/* The real collector (tde-audit collect), trusting the KMS's CA for its
+ * clients and serving with kmsd's certificate: nodes forward with their own. */
+static pid_t start_collector(uint16_t cport, const char *store, const char *pub)
+{
+    char listen[64], ca[700], cert[700], key[700];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", cport);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir), snprintf(cert, sizeof cert, "%s/server.pem", dir);
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(126);
+        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "collect", "--listen", listen, "--dir", store, "--tls-ca",
+              ca, "--tls-cert", cert, "--tls-key", key, "--key", pub, (char *)NULL);
+        _exit(127);
+    }
+    SR_CHECK_MSG(sr_test_wait_port(cport, 10000), "the collector did not start");
+    return pid;
+}
+
+/* The agent as the host's sealer, forwarding the host's log to the
+ * collector under the node's certificate: the collector's copy is the log,
+ * byte for byte, the leave and the final seal included. */
 static void test_agent_is_the_hosts_sealer(void)
 {
     int i = n_agents + 18;
-    char cmd[2400], sock[700], log[700];
+    char cmd[2400], sock[700], log[700], store[700], pub[700], conf[800];
     SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
     give_token(i, "token create --group web");
     snprintf(cmd, sizeof cmd, "%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), agent_dir(i));
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "%s", out);
-    write_agent_config(i, "[audit]\nsocket = audit.sock\nlog = audit.log\nsign_key = audit.sign");
+    snprintf(store, sizeof store, "%s/collected", agent_dir(i));
+    snprintf(pub, sizeof pub, "%s/audit.pub", agent_dir(i));
+    SR_CHECK(mkdir(store, 0700) == 0);
+    uint16_t cport = sr_test_free_port();
+    pid_t collector = start_collector(cport, store, pub);
+    snprintf(conf, sizeof conf, "[audit]\nsocket = audit.sock\nlog = audit.log\nsign_key = audit.sign\n"
+             "collector = 127.0.0.1:%u", cport);
+    write_agent_config(i, conf);
     pid_t p = start_agent(i);
     SR_CHECK(wait_for_socket(i, 30000) == 0);
     SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x)"), SQLITE_OK);
@@ -736,6 +765,11 @@ static void test_agent_is_the_hosts_sealer(void)
     for (size_t k = 0; k < sizeof wanted / sizeof wanted[0]; k++)
         SR_CHECK_MSG(sr_test_file_contains(log, wanted[k], strlen(wanted[k])), "no %s in the log", wanted[k]);
     SR_CHECK_MSG(sr_test_file_contains(log, pid_subject, strlen(pid_subject)), "the test's record is not its own pid");
+    /* the collector's copy, stored under the node's UUID (its certificate's CN), is the log itself */
+    snprintf(cmd, sizeof cmd, "u=$(cut -d' ' -f1 %s/state/node.conf) && f=$(awk -F'\t' -v u=\"$u\" '$2==u {print $3}' "
+             "%s/sources.tsv) && [ -n \"$f\" ] && cmp %s/$f %s && echo same", agent_dir(i), store, store, log);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && strstr(out, "same"), "the collector's copy: %s", out);
+    kill(collector, SIGTERM), waitpid(collector, NULL, 0);
 }
 
 static void test_each_step_audited(void)
