@@ -78,6 +78,13 @@ static void put_string(out_t *o, const char *s, size_t limit)
     const unsigned char *p = (const unsigned char *)s;
     size_t used = 0;
     while (*p && used < limit) {
+        size_t run = 0; /* plain characters, copied at once (the sealer formats every record: this was its hot loop) */
+        while (run < limit - used && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\') run++;
+        if (run) {
+            put(o, (const char *)p, run);
+            p += run, used += run;
+            continue;
+        }
         size_t n = utf8_len(p);
         char esc[8];
         if (*p == '"' || *p == '\\') esc[0] = '\\', esc[1] = (char)*p, put(o, esc, 2), p++;

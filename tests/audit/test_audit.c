@@ -719,6 +719,33 @@ static void test_event_sink(void)
 }
 
 /* Each durable record also reaches a syslog collector, in RFC 5424 form. */
+/* The exact bytes a record's strings become (the chain hashes them, so they
+ * never change): quotes and backslashes escaped, control characters, DEL and
+ * bytes that are not UTF-8 as \u00XX, valid UTF-8 kept, a field over its
+ * limit cut with " [cut]"; and the record parses back. */
+static void test_record_strings_escaped_exactly(void)
+{
+    static char detail[5000];
+    memset(detail, 'd', sizeof detail - 1);
+    sr_event_t e = {.component = "tde", .event = "tablespace.open", .subject = "a\"b\\c\x01\x7f\xc3\xa9\xff end",
+                    .object = "/db/\xe2\x82\xac.db", .outcome = "success", .source = "local", .detail = detail};
+    uint8_t prev[32] = {0}, hash[32];
+    char line[SR_AUDIT_LINE_MAX + 512];
+    size_t n = audit_format(line, sizeof line, 7, 0, "host", &e, prev, NULL, hash);
+    SR_CHECK(n > 0 && n < sizeof line);
+    line[n] = '\0';
+    SR_CHECK_CONTAINS(line, "\"subject\":\"a\\\"b\\\\c\\u0001\\u007f\xc3\xa9\\u00ff end\"");
+    SR_CHECK_CONTAINS(line, "\"object\":\"/db/\xe2\x82\xac.db\"");
+    char cut[4200];
+    memset(cut, 'd', 4096);
+    snprintf(cut + 4096, sizeof cut - 4096, " [cut]\"");
+    SR_CHECK_CONTAINS(line, cut);
+    SR_CHECK_MSG(!strstr(line, "ddddd [cut]d"), "more than 4096 bytes of the detail kept");
+    sr_audit_record_t r;
+    SR_CHECK_OK(sr_audit_record_parse(line, n - 1, &r)); /* without its newline */
+    SR_CHECK(strcmp(r.object, "/db/\xe2\x82\xac.db") == 0);
+}
+
 static void test_syslog_copy(void)
 {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -772,5 +799,6 @@ int main(void)
     SR_RUN(test_group_commit_failure_keeps_its_reason);
     SR_RUN(test_event_sink);
     SR_RUN(test_syslog_copy);
+    SR_RUN(test_record_strings_escaped_exactly);
     return sr_test_finish();
 }
