@@ -10,7 +10,8 @@
  *              its agent's socket;
  *   cached open: an open of an encrypted tablespace (and a read) through an
  *              agent whose key is cached, beside the same with a local key
- *              file, in one run;
+ *              file, in one run; and through an agent that is its host's
+ *              audit sealer (each key request a durable record);
  *   scale-in:  50 agents stopped (SIGTERM: they leave, kmsd revokes at once)
  *              and 50 killed (SIGKILL: kmsd revokes when the lease runs out),
  *              the time until kmsd lists them all left / expired.
@@ -231,6 +232,12 @@ int main(void)
                            "[agent]\nstate_dir = state\nsocket = agent.sock\nname = node-%03d\nheartbeat = 1s\n"
                            "token_file = token\nmaster_key = %s\n[kms]\nservers = 127.0.0.1:%u\nca = %s/ca.pem\n",
                            i, mk, port, kdir);
+        if (i == n - 2) { /* this one is its host's audit sealer: each key request a durable record */
+            snprintf(cmd, sizeof cmd, "%s keygen --out %s/audit", sr_test_build_path("audit/tde-audit"), agent_dir(i));
+            if (sr_test_command(out, sizeof out, cmd) != 0) return 1;
+            len += snprintf(text + len, sizeof text - (size_t)len,
+                            "[audit]\nsocket = audit.sock\nlog = audit.log\nsign_key = audit.sign\n");
+        }
         snprintf(path, sizeof path, "%s/agent.conf", agent_dir(i));
         if (sr_test_write_file(path, text, (size_t)len) != 0) return 1;
     }
@@ -286,8 +293,11 @@ int main(void)
         return abandon(sr_err_detail());
     int opens = getenv("SR_BENCH_OPENS") ? atoi(getenv("SR_BENCH_OPENS")) : getenv("SR_BENCH_QUICK") ? 50 : 500;
     if (opens < 1) opens = 500;
-    double agent_us = 0, file_us = 0;
+    double agent_us = 0, file_us = 0, sealer_us = 0, file2_us = 0;
     if (open_us(uri, kuri, opens, &agent_us, &file_us) != 0) return abandon("an open failed");
+    char suri[1200];
+    snprintf(suri, sizeof suri, "file:%s/data.db?vfs=strongroom&agent=%s/agent.sock", agent_dir(n - 2), agent_dir(n - 2));
+    if (open_us(suri, kuri, opens, &sealer_us, &file2_us) != 0) return abandon("an open failed");
     /* scale-in */
     int q = n / 4;
     uint64_t t0 = sr_time_mono_ms();
@@ -310,6 +320,8 @@ int main(void)
     printf("| open + read through the agent (key cached) | %.0f µs |\n", agent_us);
     printf("| open + read with a local key file | %.0f µs |\n", file_us);
     printf("| the agent's cost per open | %.0f µs (%.2fx) |\n", agent_us - file_us, agent_us / file_us);
+    printf("| the same, the agent its host's audit sealer (each key request durable before the key leaves) | "
+           "%.0f µs (%.2fx) |\n", sealer_us - file2_us, sealer_us / file2_us);
     printf("| %d agents stopped (leave): all listed left | %lld ms after SIGTERM |\n", q, left_ms);
     printf("| %d agents killed: all listed expired | %lld ms after SIGKILL (lease + grace: 4,000 ms) |\n", q,
            expired_ms);
