@@ -22,6 +22,7 @@
 #include "kmip.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,25 @@ static sr_err_t call_decrypt(sr_kmip_client_t *c, void *arg)
                                 a->cap, &a->out_len);
 }
 
+/* A KMS call that failed, as the caller should see it: the KMS's refusal
+ * (a revoked, ungranted or inactive master key) is SR_ERR_PERMISSION, a KMS
+ * that could not be reached is said to be one (an outage, not a refusal),
+ * anything else keeps its class. The format says what was asked: "unwrap
+ * data key version 3 with master key M". */
+static sr_err_t kms_failed(sr_err_t rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static sr_err_t kms_failed(sr_err_t rc, const char *fmt, ...)
+{
+    char what[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    const char *how = rc == SR_ERR_KMIP_RESULT ? "the KMS refused to"
+                      : unreachable(rc)        ? "no KMS could be reached to"
+                                               : "the KMS failed to";
+    return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc, "%s %s: %s", how, what, sr_err_detail());
+}
+
 typedef struct get_call {
     const char *uid;
     uint8_t *key;
@@ -145,6 +165,7 @@ static sr_err_t get_master(kmip_provider_t *p, const char *uid, uint8_t **key)
 {
     get_call_t a = {.uid = uid, .key = sr_secure_alloc(SR_KEYMGR_KEY_BYTES)};
     sr_err_t rc = a.key ? with_failover(p, call_get, &a) : SR_ERR_NOMEM;
+    if (rc != SR_OK && rc != SR_ERR_NOMEM) rc = kms_failed(rc, "hand out master key %s", uid);
     if (rc == SR_OK && a.len != SR_KEYMGR_KEY_BYTES)
         rc = sr_err_set(SR_ERR_UNSUPPORTED, "master key %s is AES-%zu: wrap = get needs AES-256", uid, a.len * 8);
     if (rc != SR_OK && a.key) sr_secure_wipe(a.key, SR_KEYMGR_KEY_BYTES), sr_secure_free(a.key), a.key = NULL;
@@ -174,23 +195,16 @@ static sr_err_t wrap_dek(kmip_provider_t *p, const sr_uuid_t *ts, uint32_t versi
             rc = sr_keymgr_wrap(SR_WRAP_KMIP_GET_GCM, mk, SR_KEYMGR_KEY_BYTES, &id.kek_id, id.kek_version, aad,
                                 sizeof aad, dek, SR_KEYMGR_KEY_BYTES, out);
         forget_master(mk);
-        if (rc != SR_OK)
-            return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                              "cannot wrap a data key under master key %s (read from the KMS): %s", p->master,
-                              sr_err_detail());
-        return SR_OK;
+        return rc;
     }
     out->alg = SR_WRAP_KMIP_AES_GCM;
     sr_err_t rc = uid_to_blob(p->master, out);
     if (rc == SR_OK) rc = sr_random_bytes(out->blob, IV_LEN);
+    if (rc != SR_OK) return rc;
     crypt_call_t a = {.uid = p->master, .iv = out->blob, .aad = aad, .in = dek, .in_len = SR_KEYMGR_KEY_BYTES,
                       .out = out->blob + IV_LEN, .cap = sizeof out->blob - IV_LEN};
-    if (rc == SR_OK) rc = with_failover(p, call_encrypt, &a);
-    if (rc != SR_OK)
-        return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                          unreachable(rc) ? "no KMS could be reached to wrap a data key under master key %s: %s"
-                                          : "the KMS cannot wrap a data key under master key %s: %s",
-                          p->master, sr_err_detail());
+    rc = with_failover(p, call_encrypt, &a);
+    if (rc != SR_OK) return kms_failed(rc, "wrap a data key under master key %s", p->master);
     out->blob_len = (uint32_t)(IV_LEN + a.out_len);
     return SR_OK;
 }
@@ -214,19 +228,12 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
         size_t len = 0;
         uid_from_blob(wk, uid);
         sr_keymgr_dek_aad(ts, version, aad);
-        sr_err_t rc = get_master(p, uid, &mk);
+        sr_err_t rc = get_master(p, uid, &mk); /* its failure says whether the KMS refused or was not reached */
         if (rc == SR_OK) rc = sr_keymgr_unwrap(mk, SR_KEYMGR_KEY_BYTES, wk, aad, sizeof aad, dek_out, SR_KEYMGR_KEY_BYTES, &len);
         forget_master(mk);
         if (rc == SR_OK && len != SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_CORRUPT, "unwrapped DEK of %zu bytes", len);
-        if (rc != SR_OK) {
-            sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
-            return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                              rc == SR_ERR_KMIP_RESULT ? "the KMS refused master key %s for data key version %u: %s"
-                              : unreachable(rc) ? "no KMS could be reached for master key %s (data key version %u): %s"
-                                                : "master key %s could not be used for data key version %u: %s",
-                              uid, version, sr_err_detail());
-        }
-        return SR_OK;
+        if (rc != SR_OK) sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
+        return rc;
     }
     if (wk->alg != SR_WRAP_KMIP_AES_GCM)
         return sr_err_set(SR_ERR_WRONG_KEY, "this data key was wrapped by a local key file, not by a KMS");
@@ -239,16 +246,10 @@ static sr_err_t kmip_dek_unwrap(void *impl, const sr_uuid_t *ts, uint32_t versio
     crypt_call_t a = {.uid = uid, .iv = wk->blob, .aad = aad, .in = wk->blob + IV_LEN,
                       .in_len = wk->blob_len - IV_LEN, .out = dek_out, .cap = SR_KEYMGR_KEY_BYTES};
     sr_err_t rc = with_failover(p, call_decrypt, &a);
-    if (rc == SR_OK && a.out_len != SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_CORRUPT, "unwrapped DEK of %zu bytes", a.out_len);
-    if (rc != SR_OK) {
-        sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
-        return sr_err_set(rc == SR_ERR_KMIP_RESULT ? SR_ERR_PERMISSION : rc,
-                          rc == SR_ERR_KMIP_RESULT ? "the KMS refused to unwrap data key version %u with master key %s: %s"
-                          : unreachable(rc) ? "no KMS could be reached to unwrap data key version %u (master key %s): %s"
-                                            : "the KMS could not unwrap data key version %u (master key %s): %s",
-                          version, uid, sr_err_detail());
-    }
-    return SR_OK;
+    if (rc != SR_OK) rc = kms_failed(rc, "unwrap data key version %u with master key %s", version, uid);
+    else if (a.out_len != SR_KEYMGR_KEY_BYTES) rc = sr_err_set(SR_ERR_CORRUPT, "unwrapped DEK of %zu bytes", a.out_len);
+    if (rc != SR_OK) sr_secure_wipe(dek_out, SR_KEYMGR_KEY_BYTES);
+    return rc;
 }
 
 static sr_err_t kmip_dek_rewrap(void *impl, const sr_uuid_t *ts, uint32_t version, const sr_wrapped_key_t *old,
