@@ -170,15 +170,23 @@ static sr_err_t forwarder_start(void)
     uint16_t port = 0;
     sr_err_t rc = sr_kmip_server_parse(to, forwarder.host, sizeof forwarder.host, &port);
     if (rc != SR_OK) return sr_err_set(SR_ERR_CONFIG, "[audit] collector: %s", sr_err_detail());
-    const char *cert = sr_config_get(agent.cfg, "audit", "collector_cert"), *key = sr_config_get(agent.cfg, "audit", "collector_key");
+    const char *cert = sr_config_get(agent.cfg, "audit", "collector_cert");
+    const char *key = sr_config_get(agent.cfg, "audit", "collector_key");
     if (!cert != !key) return sr_err_set(SR_ERR_CONFIG, "[audit] collector_cert and collector_key go together");
-    if (cert) snprintf(forwarder.cert, sizeof forwarder.cert, "%s", cert), snprintf(forwarder.key, sizeof forwarder.key, "%s", key);
-    else state_path(forwarder.cert, sizeof forwarder.cert, "node.pem"), state_path(forwarder.key, sizeof forwarder.key, "node.key");
-    const char *ca = sr_config_get(agent.cfg, "audit", "collector_ca"), *name = sr_config_get(agent.cfg, "audit", "collector_name");
+    if (cert) {
+        snprintf(forwarder.cert, sizeof forwarder.cert, "%s", cert);
+        snprintf(forwarder.key, sizeof forwarder.key, "%s", key);
+    } else { /* the node's own identity */
+        state_path(forwarder.cert, sizeof forwarder.cert, "node.pem");
+        state_path(forwarder.key, sizeof forwarder.key, "node.key");
+    }
+    const char *ca = sr_config_get(agent.cfg, "audit", "collector_ca");
+    const char *name = sr_config_get(agent.cfg, "audit", "collector_name");
     forwarder.o = (sr_audit_forwarder_options_t){
         .log = sealer.o.log.path, .host = forwarder.host, .port = port,
         .verify_name = name ? name : sr_config_get(agent.cfg, "kms", "server_name"),
-        .tls = {.ca_file = ca ? ca : sr_config_get(agent.cfg, "kms", "ca"), .cert_file = forwarder.cert, .key_file = forwarder.key}};
+        .tls = {.ca_file = ca ? ca : sr_config_get(agent.cfg, "kms", "ca"), .cert_file = forwarder.cert,
+                .key_file = forwarder.key}};
     if (pthread_create(&forwarder.thread, NULL, forwarder_main, NULL) != 0)
         return sr_err_set(SR_ERR_INTERNAL, "cannot start the audit forwarder");
     forwarder.running = 1;
@@ -312,11 +320,11 @@ static int status_from_agent(const char *sock, node_status_t *st)
     a[n] = '\0';
     const char *kms_error = (const char *)a + 30, *ended = kms_error + strlen(kms_error) + 1;
     if (ended >= (const char *)a + n) ended = "";
-    int64_t lease = (int64_t)sr_get_be64(a + 2), last_ok = (int64_t)sr_get_be64(a + 10);
+    int64_t lease_end = (int64_t)sr_get_be64(a + 10) + (int64_t)sr_get_be64(a + 2), now = sr_time_now_us() / 1000000;
     st->running = 1;
     st->member = !a[1];
     st->kms_reachable = !kms_error[0] && st->member;
-    st->lease_left_s = st->member && last_ok + lease > sr_time_now_us() / 1000000 ? last_ok + lease - sr_time_now_us() / 1000000 : 0;
+    st->lease_left_s = st->member && lease_end > now ? lease_end - now : 0;
     st->keys_cached = sr_get_be32(a + 18);
     snprintf(st->why, sizeof st->why, "%s", !st->member ? ended : kms_error);
     return 0;
