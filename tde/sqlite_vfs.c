@@ -1528,10 +1528,6 @@ static size_t companion_base(const char *zName, int flags, int *chunk)
     return 0;
 }
 
-/* The main database a WAL or journal belongs to, among the open ones (encrypted or plaintext): by name, else
- * by the file's identity. Not through sqlite3_database_file_object(): a VFS stacked above strongroom
- * (multiplex, quota, tracing shims) hands us names it made itself, and that function is only defined on
- * SQLite's. Returns the main's role (ROLE_MAIN: *ts retained), or -1 if none of ours is open. */
 /* Under vfs_lock: the open main database named zName[0, base), or with st, the one that is that file. */
 static sr_file_t *open_main_of(const char *zName, size_t base, const struct stat *st)
 {
@@ -1542,6 +1538,10 @@ static sr_file_t *open_main_of(const char *zName, size_t base, const struct stat
     return NULL;
 }
 
+/* The main database a WAL or journal belongs to, among the open ones (encrypted or plaintext): by name, else
+ * by the file's identity. Not through sqlite3_database_file_object(): a VFS stacked above strongroom
+ * (multiplex, quota, tracing shims) hands us names it made itself, and that function is only defined on
+ * SQLite's. Returns the main's role (ROLE_MAIN: *ts retained), or -1 if none of ours is open. */
 static int companion_main(const char *zName, size_t base, sr_tde_ts_t **ts)
 {
     char path[4096];
