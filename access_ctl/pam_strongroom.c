@@ -84,15 +84,9 @@ static sr_err_t record(const args_t *a, const char *user, const char *rhost, con
 static struct {
     pthread_mutex_t lock;
     char path[4096];
-    struct stat st;
+    sr_acl_file_id_t id;
     sr_acl_policy_t *p;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static int same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
-}
 
 static sr_err_t usable_policy_file(const char *path, struct stat *st)
 {
@@ -108,14 +102,16 @@ static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req
                                    size_t cap)
 {
     struct stat st;
+    sr_acl_file_id_t id;
     pthread_mutex_lock(&cache.lock);
     sr_err_t rc = usable_policy_file(path, &st);
-    if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && same_file(&cache.st, &st))) {
+    if (rc == SR_OK) sr_acl_file_id_of(&st, &id);
+    if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && sr_acl_file_id_equal(&cache.id, &id))) {
         sr_acl_policy_t *fresh = NULL;
         rc = sr_acl_compile_file(path, &fresh);
         if (rc == SR_OK) {
             sr_acl_policy_free(cache.p);
-            cache.p = fresh, cache.st = st;
+            cache.p = fresh, cache.id = id;
             snprintf(cache.path, sizeof cache.path, "%s", path);
         }
     }
