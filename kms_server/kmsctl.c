@@ -780,7 +780,8 @@ int main(int argc, char **argv)
     /* usage before configuration: --help anywhere, or an option no command has */
     for (int a = i + 1; a < argc; a++) {
         if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return usage(stdout, 0);
-        if (!strncmp(argv[a], "--", 2) && !known_option(argv[a])) return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", cmd, argv[a]), SR_EXIT_USAGE;
+        if (!strncmp(argv[a], "--", 2) && !known_option(argv[a]))
+            return fprintf(stderr, "kmsctl: %s: option %s does not apply (see --help)\n", cmd, argv[a]), SR_EXIT_USAGE;
     }
     if (!strcmp(cmd, "init")) return cmd_init(argc - i - 1, argv + i + 1);
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {

@@ -630,7 +630,8 @@ static int start(const char *config_path, int foreground)
     pthread_t sweeper;
     int enrolling = 0, sweeping = 0;
     if (rc == SR_OK) rc = configure_enrolment(cfg, &enrolling);
-    if (rc == SR_OK) rc = sr_tls_listen(sr_config_get(cfg, "server", "listen"), (uint16_t)port, SOMAXCONN, &lfd); /* a fleet scaling out connects at once: a short queue drops SYNs, each a 1 s retransmit */
+    /* the system's longest listen queue: a fleet scaling out connects at once, and a dropped SYN waits 1 s */
+    if (rc == SR_OK) rc = sr_tls_listen(sr_config_get(cfg, "server", "listen"), (uint16_t)port, SOMAXCONN, &lfd);
     if (rc != SR_OK) {
         fprintf(stderr, "kmsd: %s (%s)\n", sr_err_detail(), sr_err_name(rc));
         sr_config_free(cfg);
