@@ -591,12 +591,8 @@ static void test_silent_local_clients_do_not_block_the_key_service(void)
 /* `tde-agent status --json`: the pushed policy version in force (0: none). */
 static long long policy_in_force(int i)
 {
-    char cmd[1400];
-    snprintf(cmd, sizeof cmd, "cd %s && %s status --config agent.conf --json", agent_dir(i),
-             sr_test_build_path("agent/tde-agent"));
-    (void)sr_test_command(out, sizeof out, cmd);
-    const char *at = strstr(out, "\"policy_version\": ");
-    return at ? atoll(at + 18) : -1;
+    (void)agent_status(i);
+    return status_number("policy_version");
 }
 
 static int wait_policy(int i, long long version)
