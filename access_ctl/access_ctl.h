@@ -35,6 +35,11 @@ typedef struct sr_acl_policy sr_acl_policy_t;
 /* Parses and compiles a policy file (and what it includes); SR_ERR_PARSE
  * with "file:line: what is wrong" on the first error. */
 sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out) SR_MUST_CHECK;
+/* The same for an enforcement point (the PAM module, the agent): refused
+ * (SR_ERR_PERMISSION) when the file, a file it includes, a groups file or a
+ * directory an include pattern searches is writable by group or others
+ * (whoever may write one may let themselves in). */
+sr_err_t sr_acl_compile_trusted(const char *path, sr_acl_policy_t **out) SR_MUST_CHECK;
 /* The same from text in memory (`name` stands for the file in messages). */
 sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out) SR_MUST_CHECK;
 /* A policy that must mean the same on every host it is sent to (kmsctl
@@ -48,6 +53,11 @@ void sr_acl_policy_free(sr_acl_policy_t *p);
 size_t sr_acl_policy_rules(const sr_acl_policy_t *p);
 /* A digest of the compiled rules ("sha256:..." first 16 hex digits), for audit records. */
 const char *sr_acl_policy_version(const sr_acl_policy_t *p);
+/* Whether every file the policy was compiled from (the file, the files it
+ * includes, its groups files, the directories its include patterns search)
+ * is as it was when read: same device, inode, size and modification time,
+ * or still absent. A policy compiled from text in memory has none. */
+int sr_acl_policy_unchanged(const sr_acl_policy_t *p);
 
 typedef struct sr_acl_request {
     const char *server;  /* NULL: gethostname() */
@@ -77,8 +87,8 @@ void sr_acl_explain(const sr_acl_policy_t *p, const char *account, const char *s
 
 /* What tells a policy file's contents apart without reading them: device,
  * inode, size and modification time (tde-acl install renames a new file in:
- * a new inode; an edit changes the size or the time). Included files and
- * groups files are not part of it. */
+ * a new inode; an edit changes the size or the time). The files it includes
+ * are followed by sr_acl_policy_unchanged. */
 typedef struct sr_acl_file_id {
     uint64_t dev, ino, size;
     int64_t mtime_ns;
@@ -91,13 +101,13 @@ int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b);
 /* ---- a reloadable policy ----------------------------------------------------------- */
 typedef struct sr_acl sr_acl_t;
 sr_err_t sr_acl_open(const char *path, sr_acl_t **out) SR_MUST_CHECK;
-/* Compiles the file again; on any error the policy in force stays, and the
- * error (file:line) is returned. Concurrent decisions see the old or the new
+/* Compiles the file again; on any error (or a file it reads writable by
+ * group or others) the policy in force stays, and the error is returned. Concurrent decisions see the old or the new
  * policy, never a mix. */
 sr_err_t sr_acl_reload(sr_acl_t *a) SR_MUST_CHECK;
 void sr_acl_evaluate(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d);
-/* The same with the file as it is now: changed since it was compiled, it is
- * compiled again first (if that fails, the policy in force decides and the
+/* The same with the file as it is now: it or a file it includes changed
+ * since it was compiled, it is compiled again first (if that fails, the policy in force decides and the
  * error is logged). *id: the file the deciding policy was compiled from. */
 void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d, sr_acl_file_id_t *id);
 void sr_acl_close(sr_acl_t *a);

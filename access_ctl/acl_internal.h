@@ -61,6 +61,14 @@ typedef struct acl_trie {
     size_t n, cap;
 } acl_trie_t;
 
+/* A file (or a directory an include pattern searches) as it was just
+ * before the compiler read it; ino 0: it did not exist. */
+typedef struct acl_source {
+    char *path;
+    sr_acl_file_id_t id;
+    unsigned mode;
+} acl_source_t;
+
 struct sr_acl_policy {
     acl_rule_t *rules;
     size_t n_rules, cap_rules;
@@ -73,6 +81,8 @@ struct sr_acl_policy {
     int *any_any;       /* ... of those, the ones whose sources are not only CIDR prefixes */
     size_t n_any_any, cap_any_any;
     acl_trie_t *trie[2]; /* ... and the others, by prefix: [0] IPv4, [1] IPv6 */
+    acl_source_t *sources; /* every file and searched directory it was compiled from */
+    size_t n_sources;
     char version[32];
 };
 

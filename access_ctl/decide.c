@@ -214,7 +214,7 @@ static sr_err_t compile_identified(const char *path, sr_acl_policy_t **out, sr_a
 {
     sr_acl_file_id_t after;
     sr_err_t rc = sr_acl_file_id(path, id);
-    if (rc == SR_OK) rc = sr_acl_compile_file(path, out);
+    if (rc == SR_OK) rc = sr_acl_compile_trusted(path, out);
     if (rc == SR_OK && (sr_acl_file_id(path, &after) != SR_OK || !sr_acl_file_id_equal(id, &after)))
         memset(id, 0, sizeof *id);
     return rc;
@@ -265,7 +265,7 @@ void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_deci
     sr_acl_file_id_t now;
     int current = sr_acl_file_id(a->path, &now) == SR_OK;
     pthread_rwlock_rdlock(&a->lock);
-    current = current && sr_acl_file_id_equal(&a->id, &now);
+    current = current && sr_acl_file_id_equal(&a->id, &now) && sr_acl_policy_unchanged(a->policy);
     pthread_rwlock_unlock(&a->lock);
     if (!current && sr_acl_reload(a) != SR_OK) {
         int64_t at = (int64_t)sr_time_mono_ms(), last = a->warned_ms;

@@ -77,8 +77,8 @@ static sr_err_t record(const args_t *a, const char *user, const char *rhost, con
     return rc;
 }
 
-/* The compiled policy, kept while its file is unchanged (same inode, size and
- * modification time): a login's auth and account stages, and every login of
+/* The compiled policy, kept while its files are unchanged (same inode, size
+ * and modification time; sr_acl_policy_unchanged): a login's auth and account stages, and every login of
  * a long-running service, compile it once. A replaced file (tde-acl install
  * renames) has a new inode, so it is compiled again at the next decision. */
 static struct {
@@ -106,9 +106,10 @@ static sr_err_t decide_with_policy(const char *path, const sr_acl_request_t *req
     pthread_mutex_lock(&cache.lock);
     sr_err_t rc = usable_policy_file(path, &st);
     if (rc == SR_OK) sr_acl_file_id_of(&st, &id);
-    if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && sr_acl_file_id_equal(&cache.id, &id))) {
+    if (rc == SR_OK && !(cache.p && !strcmp(cache.path, path) && sr_acl_file_id_equal(&cache.id, &id) &&
+                         sr_acl_policy_unchanged(cache.p))) {
         sr_acl_policy_t *fresh = NULL;
-        rc = sr_acl_compile_file(path, &fresh);
+        rc = sr_acl_compile_trusted(path, &fresh);
         if (rc == SR_OK) {
             sr_acl_policy_free(cache.p);
             cache.p = fresh, cache.id = id;

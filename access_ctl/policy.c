@@ -369,6 +369,27 @@ static sr_err_t add_group_members(compiler_t *c, const char *file, int line, con
 static sr_err_t compile_file(compiler_t *c, const char *path, int depth);
 static int being_compiled(const compiler_t *c, const char *path);
 
+/* Remembers a file or directory as it is before it is read (a change made
+ * while it is read then shows at the next check, not never). Modification
+ * times tick in the kernel's coarse clock (milliseconds), so a file changed
+ * less than a second before it was read is remembered as not known: checked,
+ * it reads as changed and is compiled again, until its time is settled. */
+static sr_err_t note_source(compiler_t *c, const char *path)
+{
+    struct stat st;
+    acl_source_t *v = realloc(c->p->sources, (c->p->n_sources + 1) * sizeof *v);
+    if (!v) return SR_ERR_NOMEM;
+    c->p->sources = v;
+    acl_source_t *f = &v[c->p->n_sources];
+    memset(f, 0, sizeof *f);
+    if (!(f->path = strdup(path))) return SR_ERR_NOMEM;
+    c->p->n_sources++;
+    if (stat(path, &st) != 0) return SR_OK;
+    sr_acl_file_id_of(&st, &f->id), f->mode = (unsigned)st.st_mode;
+    if (sr_time_now_us() * 1000 - f->id.mtime_ns < 1000000000) f->id.mtime_ns = -1;
+    return SR_OK;
+}
+
 static sr_err_t read_all(const char *path, char **out)
 {
     char *buf = NULL;
@@ -388,7 +409,8 @@ static sr_err_t read_all(const char *path, char **out)
 static sr_err_t load_groups(compiler_t *c, const char *path)
 {
     char *text = NULL;
-    sr_err_t rc = read_all(path, &text);
+    sr_err_t rc = note_source(c, path);
+    if (rc == SR_OK) rc = read_all(path, &text);
     int line = 0;
     for (char *save = NULL, *l = text ? strtok_r(text, "\n", &save) : NULL; rc == SR_OK && l;
          l = strtok_r(NULL, "\n", &save)) {
@@ -424,6 +446,13 @@ static sr_err_t include(compiler_t *c, const char *file, int line, const char *p
     if (depth >= MAX_INCLUDE_DEPTH) return at(file, line, "includes nested deeper than %d (a cycle?)", MAX_INCLUDE_DEPTH);
     char path[4096];
     resolve(path, sizeof path, file, pattern);
+    const char *slash = strrchr(path, '/');
+    char dir[4096]; /* a file added to or removed from it changes what the pattern takes */
+    snprintf(dir, sizeof dir, "%.*s", !slash ? 1 : slash == path ? 1 : (int)(slash - path), slash ? path : ".");
+    if (strpbrk(slash ? slash : path, "*?[") && !strpbrk(dir, "*?[")) {
+        sr_err_t noted = note_source(c, dir);
+        if (noted != SR_OK) return noted;
+    }
     glob_t g;
     int rc = glob(path, GLOB_ERR, NULL, &g);
     if (rc == GLOB_NOMATCH && !strpbrk(pattern, "*?[")) return at(file, line, "include: %s does not exist", path);
@@ -493,7 +522,8 @@ static sr_err_t compile_text(compiler_t *c, const char *name, char *text, int de
 static sr_err_t compile_file(compiler_t *c, const char *path, int depth)
 {
     char *text = NULL, *real = realpath(path, NULL);
-    sr_err_t rc = read_all(path, &text);
+    sr_err_t rc = note_source(c, path);
+    if (rc == SR_OK) rc = read_all(path, &text);
     int pushed = rc == SR_OK && real && c->n_open <= MAX_INCLUDE_DEPTH;
     if (pushed) c->open_files[c->n_open++] = real;
     if (rc == SR_OK) rc = compile_text(c, path, text, depth);
@@ -648,6 +678,20 @@ sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out)
     return rc != SR_OK ? rc : finish(&c, compile_file(&c, path, 0), out);
 }
 
+sr_err_t sr_acl_compile_trusted(const char *path, sr_acl_policy_t **out)
+{
+    sr_err_t rc = sr_acl_compile_file(path, out);
+    for (size_t i = 0; rc == SR_OK && i < (*out)->n_sources; i++) {
+        const acl_source_t *f = &(*out)->sources[i];
+        if (f->id.ino && (f->mode & 022)) {
+            rc = sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", f->path,
+                            f->mode & 0777);
+            sr_acl_policy_free(*out), *out = NULL;
+        }
+    }
+    return rc;
+}
+
 static sr_err_t compile_memory(const char *name, const char *text, int standalone, sr_acl_policy_t **out)
 {
     compiler_t c;
@@ -690,10 +734,28 @@ void sr_acl_policy_free(sr_acl_policy_t *p)
     }
     for (size_t i = 0; i < p->index_size; i++) free(p->index[i].name), free(p->index[i].rules);
     for (size_t i = 0; i < p->n_files; i++) free(p->files[i]);
+    for (size_t i = 0; i < p->n_sources; i++) free(p->sources[i].path);
     acl_trie_free(p->trie[0]), acl_trie_free(p->trie[1]);
-    free(p->index), free(p->any_rules), free(p->any_any), free(p->files), free(p->rules);
+    free(p->index), free(p->any_rules), free(p->any_any), free(p->files), free(p->rules), free(p->sources);
     free(p);
 }
 
 size_t sr_acl_policy_rules(const sr_acl_policy_t *p) { return p->n_rules; }
 const char *sr_acl_policy_version(const sr_acl_policy_t *p) { return p->version; }
+
+int sr_acl_policy_unchanged(const sr_acl_policy_t *p)
+{
+    for (size_t i = 0; i < p->n_sources; i++) {
+        const acl_source_t *f = &p->sources[i];
+        struct stat st;
+        sr_acl_file_id_t now;
+        if (stat(f->path, &st) != 0) {
+            if (f->id.ino) return 0;
+            continue;
+        }
+        sr_acl_file_id_of(&st, &now);
+        if (!sr_acl_file_id_equal(&f->id, &now)) return 0;
+    }
+    return 1;
+}
+

@@ -359,7 +359,7 @@ static int cmd_status(const char *config, int json)
     char digest[32] = "", pushed_digest[32];
     int64_t pushed = installed_policy_version(pushed_digest);
     sr_acl_policy_t *p = NULL;
-    if (policy_path && sr_acl_compile_file(policy_path, &p) == SR_OK)
+    if (policy_path && sr_acl_compile_trusted(policy_path, &p) == SR_OK)
         snprintf(digest, sizeof digest, "%s", sr_acl_policy_version(p)), sr_acl_policy_free(p);
     char policy[300];
     if (!policy_path) snprintf(policy, sizeof policy, "no policy (every local process gets keys)");

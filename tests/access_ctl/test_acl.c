@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 static sr_acl_policy_t *compile(const char *text)
 {
@@ -253,9 +256,88 @@ static void test_evaluate_current_follows_the_file(void)
     sr_acl_close(a);
 }
 
+/* Gives a file a modification time of its own, an hour ago (a second more
+ * each call): a policy reads it as settled, so only what the file identity
+ * tells apart makes it stale (see note_source). */
+static void settle(const char *path)
+{
+    static int64_t next;
+    if (!next) next = sr_time_now_us() / 1000000 - 3600;
+    struct timespec t[2] = {{.tv_sec = (time_t)next}, {.tv_sec = (time_t)next}};
+    next++;
+    SR_CHECK(utimensat(AT_FDCWD, path, t, 0) == 0);
+}
+
+static void write_settled(const char *path, const char *text, const char *dir)
+{
+    SR_CHECK(sr_test_write_file(path, text, strlen(text)) == 0);
+    settle(path);
+    if (dir) settle(dir);
+}
+
+/* A policy follows what it includes: an edited groups file, an edited
+ * included file, a file added to or removed from an included directory are
+ * each compiled in at the next decision, while untouched files are not read
+ * again; a group-writable included file is refused and the policy in force
+ * keeps deciding. */
+static void test_evaluate_current_follows_included_files(void)
+{
+    char path[600], dir[600], groups[600], inc[700], added[700];
+    snprintf(path, sizeof path, "%s", sr_test_path("follow.conf"));
+    snprintf(dir, sizeof dir, "%s", sr_test_path("follow.d"));
+    snprintf(groups, sizeof groups, "%s", sr_test_path("follow.groups"));
+    snprintf(inc, sizeof inc, "%s/10-ops.conf", dir);
+    snprintf(added, sizeof added, "%s/05-first.conf", dir);
+    SR_CHECK(mkdir(dir, 0700) == 0);
+    write_settled(path, "groups follow.groups\ninclude follow.d/*.conf\n", NULL);
+    write_settled(groups, "ops: ann\n", NULL);
+    write_settled(inc, "allow * @ops * *   # one\n", dir);
+    sr_acl_t *a = NULL;
+    SR_CHECK_OK(sr_acl_open(path, &a));
+    if (!a) return;
+    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"}, ben = ann;
+    ben.account = "ben";
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "one"));
+    sr_acl_evaluate_current(a, &ben, &d, &id);
+    SR_CHECK(!d.allow);
+    /* the same size and time: not read again (the policy in force decides) */
+    struct stat before;
+    SR_CHECK(stat(inc, &before) == 0);
+    SR_CHECK(sr_test_write_file(inc, "allow * @ops * *   # two\n", 25) == 0);
+    struct timespec same[2] = {before.st_atim, before.st_mtim};
+    SR_CHECK(utimensat(AT_FDCWD, inc, same, 0) == 0);
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "one"));
+    write_settled(groups, "ops: ann, ben\n", NULL); /* the groups file */
+    sr_acl_evaluate_current(a, &ben, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "two"));
+    write_settled(inc, "allow * @ops * *   # three\n", NULL); /* an included file */
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "three"));
+    write_settled(added, "deny * ann * *   # added\n", dir); /* a file the pattern now takes */
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(!d.allow && strstr(d.why, "added"));
+    /* a group-writable included file: refused, the policy in force decides */
+    write_settled(added, "allow * ann * *   # sneaked in\n", NULL);
+    SR_CHECK(chmod(added, 0664) == 0);
+    SR_CHECK_ERR(sr_acl_reload(a), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "05-first.conf is writable by group or others");
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(!d.allow && strstr(d.why, "added"));
+    SR_CHECK(unlink(added) == 0); /* removed: the pattern takes one file again */
+    settle(dir);
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "three"));
+    sr_acl_close(a);
+}
+
 int main(void)
 {
     SR_RUN(test_errors_name_file_and_line);
+    SR_RUN(test_evaluate_current_follows_included_files);
     SR_RUN(test_first_match_and_addresses);
     SR_RUN(test_time_windows);
     SR_RUN(test_groups_file_and_includes);

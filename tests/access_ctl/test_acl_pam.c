@@ -71,6 +71,17 @@ static void test_pamtester(void)
     chmod(policy, 0666);
     SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") != 0);
     chmod(policy, 0644);
+    /* ... and so does one that includes a file anyone may write */
+    char included[700], including[700];
+    snprintf(included, sizeof included, "%s/acl-included.conf", dir);
+    snprintf(including, sizeof including, "%s/acl-including.conf", dir);
+    write_text(included, "allow * alice * srtest-incl\n");
+    write_text(including, "include acl-included.conf\n");
+    write_service("srtest-incl", including);
+    SR_CHECK_MSG(pamtester("srtest-incl", "alice", "10.1.2.3", "secret") == 0, "%s", out);
+    chmod(included, 0666);
+    SR_CHECK(pamtester("srtest-incl", "alice", "10.1.2.3", "secret") != 0); /* the record says why: test_audit_records */
+    chmod(included, 0644);
     /* fail closed: a policy that does not parse refuses everyone */
     write_text(policy, "allow * alice 10.0.0.0/8 srtest-pam\nallow *\n");
     SR_CHECK(pamtester("srtest-pam", "alice", "10.1.2.3", "secret") != 0);
@@ -193,10 +204,12 @@ static void test_audit_records(void)
     }
     printf("  pam records: %d allowed, %d denied, %d failed (fail closed)\n", allowed, denied, failed);
     /* allowed: one record per login (the account stage reuses the auth stage's decision): 3 pamtester
-     * logins + 1 wrong password, the same for psql; denied: 172.16.0.1, mallory, a host name; bob over
-     * ::1, mallory; failed: the world-writable policy, the unparsable policy */
-    SR_CHECK(allowed == 8 && denied == 5 && failed == 2);
+     * logins + 1 wrong password + 1 through an include, the same for psql; denied: 172.16.0.1, mallory, a
+     * host name; bob over ::1, mallory; failed: the world-writable policy, the world-writable include, the
+     * unparsable policy */
+    SR_CHECK(allowed == 9 && denied == 5 && failed == 3);
     free(text);
+    SR_CHECK(sh("grep -c 'acl-included.conf is writable by group or others' %s", log_path) == 0);
     SR_CHECK(sh("grep -c 'by %s/pg-acl.conf:3 (never)' %s", dir, log_path) == 0);
     SR_CHECK(sh("grep -c 'no rule matched' %s", log_path) == 0);
     SR_CHECK(sh("%s verify --key %s/audit.pub --strict %s", sr_test_build_path("audit/tde-audit"), dir, log_path) == 0);
