@@ -26,7 +26,7 @@ static int kms_server_at(int i, char *host, size_t cap, uint16_t *port)
         size_t n = strcspn(p, ", ");
         char one[256];
         snprintf(one, sizeof one, "%.*s", (int)n, p);
-        if (k == i) return n && sr_kmip_server_parse(one, host, cap, port) == SR_OK ? 0 : -1;
+        if (k == i) return n && sr_parse_host_port(one, host, cap, port) == SR_OK ? 0 : -1;
         p += n;
     }
     return -1;

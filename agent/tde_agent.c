@@ -168,7 +168,7 @@ static sr_err_t forwarder_start(void)
         return sr_err_set(SR_ERR_CONFIG, "[audit] collector: the agent forwards the log of its embedded sealer "
                           "(set [audit] socket, log and sign_key)");
     uint16_t port = 0;
-    sr_err_t rc = sr_kmip_server_parse(to, forwarder.host, sizeof forwarder.host, &port);
+    sr_err_t rc = sr_parse_host_port(to, forwarder.host, sizeof forwarder.host, &port);
     if (rc != SR_OK) return sr_err_set(SR_ERR_CONFIG, "[audit] collector: %s", sr_err_detail());
     const char *cert = sr_config_get(agent.cfg, "audit", "collector_cert");
     const char *key = sr_config_get(agent.cfg, "audit", "collector_key");

@@ -515,16 +515,6 @@ static volatile int stop_requested;
 static void request_stop(int sig) { (void)sig, stop_requested = 1; }
 
 /* "host:port" (the last colon: IPv6 literals keep theirs) */
-static int split_host_port(const char *s, char *host, size_t cap, uint16_t *port)
-{
-    const char *colon = s ? strrchr(s, ':') : NULL;
-    int64_t p = 0;
-    if (!colon || (size_t)(colon - s) >= cap || sr_parse_int64(colon + 1, &p) != SR_OK || p < 0 || p > 65535) return 0;
-    snprintf(host, cap, "%.*s", (int)(colon - s), s);
-    *port = (uint16_t)p;
-    return 1;
-}
-
 static void on_signals(void)
 {
     struct sigaction sa = {.sa_handler = request_stop};
@@ -540,8 +530,8 @@ static int cmd_collect(opts_t *o)
     uint8_t pk[SR_AUDIT_SIGN_PUBLIC_BYTES];
     if (!o->listen || !o->dir || !o->tls_ca || !o->tls_cert || !o->tls_key)
         return missing("collect", "--listen, --dir, --tls-ca, --tls-cert and --tls-key");
-    if (!split_host_port(o->listen, host, sizeof host, &port))
-        return fprintf(stderr, "tde-audit: collect: --listen %s: HOST:PORT\n", o->listen), SR_EXIT_USAGE;
+    if (sr_parse_host_port(o->listen, host, sizeof host, &port) != SR_OK)
+        return fprintf(stderr, "tde-audit: collect: --listen: %s\n", sr_err_detail()), SR_EXIT_USAGE;
     if (o->key && sr_audit_verify_key_load(o->key, pk) != SR_OK) return cannot("--key");
     sr_log_set_level(SR_LOG_NOTICE);
     on_signals();
@@ -599,8 +589,8 @@ static int cmd_forward(opts_t *o)
     uint16_t port = 0;
     if (!o->log || !o->to || !o->tls_ca || !o->tls_cert || !o->tls_key)
         return missing("forward", "--log, --to, --tls-ca, --tls-cert and --tls-key");
-    if (!split_host_port(o->to, host, sizeof host, &port))
-        return fprintf(stderr, "tde-audit: forward: --to %s: HOST:PORT\n", o->to), SR_EXIT_USAGE;
+    if (sr_parse_host_port(o->to, host, sizeof host, &port) != SR_OK)
+        return fprintf(stderr, "tde-audit: forward: --to: %s\n", sr_err_detail()), SR_EXIT_USAGE;
     on_signals();
     sr_audit_forwarder_options_t fo = {.log = o->log, .host = host, .port = port, .verify_name = o->verify_name,
                                        .tls = {.ca_file = o->tls_ca, .cert_file = o->tls_cert, .key_file = o->tls_key}, .once = o->once};

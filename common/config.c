@@ -12,6 +12,7 @@
  */
 #include "common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -56,6 +57,21 @@ sr_err_t sr_parse_int64(const char *text, int64_t *out)
     if (end == text || *end != '\0' || errno == ERANGE)
         return sr_err_set(SR_ERR_PARSE, "'%s' is not a whole number", text);
     *out = v;
+    return SR_OK;
+}
+
+sr_err_t sr_parse_host_port(const char *text, char *host, size_t cap, uint16_t *port)
+{
+    const char *colon = strrchr(text, ':'), *name = text;
+    size_t len = colon ? (size_t)(colon - text) : 0;
+    if (len >= 2 && text[0] == '[' && text[len - 1] == ']') name++, len -= 2; /* [IPv6]:port */
+    int64_t n = 0;
+    if (!colon || !len || len >= cap || memchr(name, '[', len) || memchr(name, ']', len) ||
+        !isdigit((unsigned char)colon[1]) || sr_parse_int64(colon + 1, &n) != SR_OK || n < 1 || n > 65535)
+        return sr_err_set(SR_ERR_PARSE, "'%s' is not HOST:PORT (a port from 1 to 65535; [an IPv6 address]:PORT)",
+                          text);
+    memcpy(host, name, len), host[len] = '\0';
+    *port = (uint16_t)n;
     return SR_OK;
 }
 

@@ -66,6 +66,9 @@ SR_API sr_err_t sr_parse_bool(const char *text, int *out);
 SR_API sr_err_t sr_parse_int64(const char *text, int64_t *out);
 SR_API sr_err_t sr_parse_duration_ms(const char *text, uint64_t *out);
 SR_API sr_err_t sr_parse_size(const char *text, uint64_t *out);
+/* "host:port" (the last colon separates them; "[v6 address]:port") into
+ * host and port; the host is not empty, the port 1 to 65535. */
+SR_API sr_err_t sr_parse_host_port(const char *text, char *host, size_t cap, uint16_t *port);
 
 #ifdef __cplusplus
 }

@@ -296,7 +296,7 @@ static sr_err_t parse_servers(const char *path, const char *list, kmip_provider_
     snprintf(buf, sizeof buf, "%s", list);
     for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
         char host[256];
-        if (sr_kmip_server_parse(tok, host, sizeof host, &p->ports[p->n]) != SR_OK)
+        if (sr_parse_host_port(tok, host, sizeof host, &p->ports[p->n]) != SR_OK)
             return sr_err_set(SR_ERR_CONFIG, "%s: servers: %s", path, sr_err_detail());
         if (p->n == MAX_SERVERS) return sr_err_set(SR_ERR_CONFIG, "%s: more than %d servers", path, MAX_SERVERS);
         if (!(p->hosts[p->n++] = strdup(host))) return SR_ERR_NOMEM;

@@ -183,9 +183,6 @@ typedef struct sr_kmip_client_options {
 typedef struct sr_kmip_client sr_kmip_client_t;
 
 SR_API sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
-/* "host:port" (the last colon separates them) into host and port;
- * SR_ERR_CONFIG naming the text otherwise. */
-SR_API sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port) SR_MUST_CHECK;
 SR_API void sr_kmip_client_free(sr_kmip_client_t *c);
 /* Whether the client holds a connection (kept from its last call). */
 SR_API int sr_kmip_client_connected(const sr_kmip_client_t *c);

@@ -46,19 +46,6 @@ sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t 
     return SR_OK;
 }
 
-sr_err_t sr_kmip_server_parse(const char *text, char *host, size_t cap, uint16_t *port)
-{
-    const char *colon = strrchr(text, ':');
-    int64_t n = 0;
-    if (!colon || colon == text || (size_t)(colon - text) >= cap || sr_parse_int64(colon + 1, &n) != SR_OK || n < 1 ||
-        n > 65535)
-        return sr_err_set(SR_ERR_CONFIG, "'%s' is not host:port", text);
-    memcpy(host, text, (size_t)(colon - text));
-    host[colon - text] = '\0';
-    *port = (uint16_t)n;
-    return SR_OK;
-}
-
 void sr_kmip_client_free(sr_kmip_client_t *c)
 {
     if (!c) return;

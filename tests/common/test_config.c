@@ -97,11 +97,30 @@ static void test_value_parsers(void)
     SR_CHECK_EQ_INT(b, 0);
 }
 
+static void test_host_port(void)
+{
+    char host[16];
+    uint16_t port = 0;
+    SR_CHECK_OK(sr_parse_host_port("kms1.example:5696", host, sizeof host, &port));
+    SR_CHECK(!strcmp(host, "kms1.example") && port == 5696);
+    SR_CHECK_OK(sr_parse_host_port("[::1]:1", host, sizeof host, &port));
+    SR_CHECK(!strcmp(host, "::1") && port == 1);
+    SR_CHECK_OK(sr_parse_host_port("::1:65535", host, sizeof host, &port)); /* the last colon */
+    SR_CHECK(!strcmp(host, "::1") && port == 65535);
+    const char *bad[] = {"host", ":5696", "[]:5696", "host:0", "host:65536", "host:", "host:-1", "host: 80",
+                         "host:80x", "[::1:80", "a[b]:80", "a-very-long-host-name:80"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        SR_CHECK_ERR(sr_parse_host_port(bad[i], host, sizeof host, &port), SR_ERR_PARSE);
+        SR_CHECK_CONTAINS(sr_err_detail(), "is not HOST:PORT");
+    }
+}
+
 int main(void)
 {
     SR_RUN(test_valid_file);
     SR_RUN(test_errors_name_file_and_line);
     SR_RUN(test_load_from_file);
     SR_RUN(test_value_parsers);
+    SR_RUN(test_host_port);
     return sr_test_finish();
 }
