@@ -40,6 +40,8 @@ sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out) SR_MUST_CH
  * directory an include pattern searches is writable by group or others
  * (whoever may write one may let themselves in). */
 sr_err_t sr_acl_compile_trusted(const char *path, sr_acl_policy_t **out) SR_MUST_CHECK;
+/* That check alone, on a compiled policy (SR_OK or SR_ERR_PERMISSION). */
+sr_err_t sr_acl_policy_trusted(const sr_acl_policy_t *p) SR_MUST_CHECK;
 /* The same from text in memory (`name` stands for the file in messages). */
 sr_err_t sr_acl_compile_text(const char *name, const char *text, sr_acl_policy_t **out) SR_MUST_CHECK;
 /* A policy that must mean the same on every host it is sent to (kmsctl

@@ -678,17 +678,21 @@ sr_err_t sr_acl_compile_file(const char *path, sr_acl_policy_t **out)
     return rc != SR_OK ? rc : finish(&c, compile_file(&c, path, 0), out);
 }
 
+sr_err_t sr_acl_policy_trusted(const sr_acl_policy_t *p)
+{
+    for (size_t i = 0; i < p->n_sources; i++) {
+        const acl_source_t *f = &p->sources[i];
+        if (f->id.ino && (f->mode & 022))
+            return sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", f->path,
+                              f->mode & 0777);
+    }
+    return SR_OK;
+}
+
 sr_err_t sr_acl_compile_trusted(const char *path, sr_acl_policy_t **out)
 {
     sr_err_t rc = sr_acl_compile_file(path, out);
-    for (size_t i = 0; rc == SR_OK && i < (*out)->n_sources; i++) {
-        const acl_source_t *f = &(*out)->sources[i];
-        if (f->id.ino && (f->mode & 022)) {
-            rc = sr_err_set(SR_ERR_PERMISSION, "policy file %s is writable by group or others (mode %03o)", f->path,
-                            f->mode & 0777);
-            sr_acl_policy_free(*out), *out = NULL;
-        }
-    }
+    if (rc == SR_OK && (rc = sr_acl_policy_trusted(*out)) != SR_OK) sr_acl_policy_free(*out), *out = NULL;
     return rc;
 }
 

@@ -67,7 +67,7 @@ static int parse(const char *cmd, int argc, char **argv, const char *allowed, op
 
 static int load(const char *path, sr_acl_policy_t **p)
 {
-    if (sr_acl_compile_file(path, p) == SR_OK) return 0;
+    if (sr_acl_compile_trusted(path, p) == SR_OK) return 0; /* what the PAM module and the agent accept */
     fprintf(stderr, "tde-acl: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last()));
     return sr_err_last() == SR_ERR_PARSE ? SR_EXIT_FAILED : SR_EXIT_CANNOT;
 }
@@ -101,17 +101,27 @@ static int cmd_check(int argc, char **argv)
 }
 
 /* A policy that compiles replaces TARGET by rename: a login reading the
- * file meanwhile sees the old policy or the new, never half of one. */
+ * file meanwhile sees the old policy or the new, never half of one. It is
+ * compiled as it will be read there: its includes and groups files are
+ * those beside TARGET, not beside FILE. */
 static int cmd_install(int argc, char **argv)
 {
     if (argc != 2) return fprintf(stderr, "tde-acl: install FILE TARGET\n"), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
-    int st = load(argv[0], &p);
+    int st = load(argv[0], &p); /* errors name FILE's lines */
+    sr_acl_policy_free(p), p = NULL;
     if (st) return st;
     size_t len = 0;
-    char *text = NULL; /* the text just compiled, replacing the target whole */
+    char *text = NULL; /* the text compiled, replacing the target whole */
     sr_err_t rc = sr_file_read_all(argv[0], 16u << 20, &text, &len);
-    if (rc == SR_OK) rc = sr_file_write_atomic(argv[1], text, len, 0644, 0);
+    if (rc == SR_OK) rc = sr_acl_compile_text(argv[1], text, &p);
+    if (rc == SR_OK) rc = sr_acl_policy_trusted(p);
+    if (rc != SR_OK) {
+        fprintf(stderr, "tde-acl: %s as %s would read it: %s (%s)\n", argv[0], argv[1], sr_err_detail(), sr_err_name(rc));
+        sr_acl_policy_free(p), free(text);
+        return rc == SR_ERR_PARSE ? SR_EXIT_FAILED : SR_EXIT_CANNOT;
+    }
+    rc = sr_file_write_atomic(argv[1], text, len, 0644, 0);
     free(text);
     if (rc == SR_OK) {
         printf("%s: installed (%zu rules, policy %s)\n", argv[1], sr_acl_policy_rules(p), sr_acl_policy_version(p));
@@ -129,7 +139,7 @@ static int cmd_lint(int argc, char **argv)
     if (parse("lint", argc, argv, " json ", &o)) return SR_EXIT_USAGE;
     if (!o.file) return fprintf(stderr, "tde-acl: lint FILE\n"), SR_EXIT_USAGE;
     sr_acl_policy_t *p = NULL;
-    sr_err_t rc = sr_acl_compile_file(o.file, &p);
+    sr_err_t rc = sr_acl_compile_trusted(o.file, &p);
     if (o.json) {
         printf("{\"valid\": %s, ", rc == SR_OK ? "true" : "false");
         if (rc == SR_OK) printf("\"rules\": %zu, \"policy\": \"%s\"}\n", sr_acl_policy_rules(p), sr_acl_policy_version(p));

@@ -139,6 +139,36 @@ static void test_reload_while_logins_run(void)
     SR_CHECK(total >= 60 && from_a_or_b == total && failures == 0);
 }
 
+/* tde-acl lint refuses what the enforcement points refuse (an included file
+ * anyone in the group may write); install compiles the policy as it will be
+ * read at the target, whose includes are the target's neighbours. */
+static void test_tde_acl_install_reads_as_the_target(void)
+{
+    const char *tde_acl = sr_test_build_path("access_ctl/tde-acl");
+    SR_CHECK(sh("mkdir -p %s/src/acl.d %s/etc/acl.d", dir, dir) == 0);
+    char src[700], inc[700], target[700], target_inc[700];
+    snprintf(src, sizeof src, "%s/src/acl.conf", dir);
+    snprintf(inc, sizeof inc, "%s/src/acl.d/a.conf", dir);
+    snprintf(target, sizeof target, "%s/etc/acl.conf", dir);
+    snprintf(target_inc, sizeof target_inc, "%s/etc/acl.d/b.conf", dir);
+    write_text(src, "include acl.d/*.conf\n");
+    write_text(inc, "allow * alice * *\n");
+    write_text(target_inc, "allow * bob *\n"); /* broken: the target would not compile */
+    SR_CHECK(sh("%s lint %s", tde_acl, src) == 0);
+    SR_CHECK(sh("%s install %s %s", tde_acl, src, target) == SR_EXIT_FAILED);
+    SR_CHECK_CONTAINS(out, "as ");
+    SR_CHECK_CONTAINS(out, "etc/acl.d/b.conf:1:");
+    SR_CHECK(access(target, F_OK) != 0); /* nothing installed */
+    write_text(target_inc, "allow * bob * *\n");
+    SR_CHECK(sh("%s install %s %s", tde_acl, src, target) == 0);
+    SR_CHECK(sh("%s check --policy %s --user bob", tde_acl, target) == 0); /* the target's include decides */
+    SR_CHECK_CONTAINS(out, "etc/acl.d/b.conf:1");
+    chmod(inc, 0664);
+    SR_CHECK(sh("%s lint %s", tde_acl, src) != 0);
+    SR_CHECK_CONTAINS(out, "a.conf is writable by group or others");
+    chmod(inc, 0644);
+}
+
 /* ---- PostgreSQL ------------------------------------------------------------------------------ */
 
 static uint16_t pg_port;
@@ -244,6 +274,7 @@ int main(void)
     for (int i = 0; i < 100 && access(sock, F_OK) != 0; i++) usleep(50000);
     SR_RUN(test_pamtester);
     SR_RUN(test_reload_while_logins_run);
+    SR_RUN(test_tde_acl_install_reads_as_the_target);
     SR_RUN(test_postgresql_logins);
     stop_postgres();
     SR_RUN(test_audit_records);
