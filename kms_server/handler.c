@@ -987,7 +987,7 @@ static int op_enrol(req_t *r, int32_t payload)
     snprintf(n.name, sizeof n.name, "%s", name[0] ? name : n.uuid);
     snprintf(n.group, sizeof n.group, "%s", group);
     snprintf(n.state, sizeof n.state, "active");
-    n.lease_expires = n.joined + enrolment.lease_s;
+    n.lease_expires_ms = sr_time_now_us() / 1000 + enrolment.lease_ms;
     snprintf(r->object, sizeof r->object, "%s", n.uuid);
     uint8_t *cert = NULL;
     size_t cert_len = 0;
@@ -1027,7 +1027,7 @@ static int op_enrol(req_t *r, int32_t payload)
         sr_kmip_put_text(r->e, KMS_TAG_NODE_UUID, n.uuid);
         put_uid(r, nk.uid);
         sr_kmip_put_bytes(r->e, KMS_TAG_NODE_CERTIFICATE, cert, cert_len);
-        sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)enrolment.lease_s);
+        sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)(enrolment.lease_ms / 1000));
     }
     free(cert);
     return ret;
@@ -1052,10 +1052,10 @@ static int op_heartbeat(req_t *r, int32_t payload)
     (void)payload;
     kms_node_t n;
     if (own_node(r, &n)) return -1;
-    n.lease_expires = now_s() + enrolment.lease_s;
+    n.lease_expires_ms = sr_time_now_us() / 1000 + enrolment.lease_ms;
     sr_err_t rc = kms_node_save(r->s, &n);
     if (rc != SR_OK) return store_failed(r, rc);
-    sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)enrolment.lease_s);
+    sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)(enrolment.lease_ms / 1000));
     sr_kmip_put_int(r->e, SR_KMIP_TAG_X_POLICY_VERSION, (int32_t)kms_policy_newest(r->s)); /* the agent fetches a newer one */
     return 0;
 }

@@ -188,17 +188,18 @@ sr_err_t kms_principal_set_group(kms_store_t *s, const char *name, const char *g
 typedef struct kms_node {
     char uuid[KMS_UID_MAX], name[KMS_TEXT_MAX], group[KMS_TEXT_MAX];
     char state[16];         /* active, left, expired, revoked */
-    int64_t lease_expires, joined, left;
+    int64_t lease_expires_ms; /* milliseconds since the epoch: leases are a few seconds */
+    int64_t joined, left;     /* seconds since the epoch */
     char nk[KMS_UID_MAX];   /* the node key's UID */
     char reason[KMS_TEXT_MAX];
 } kms_node_t;
 sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n) SR_MUST_CHECK;
 sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n) SR_MUST_CHECK;
-/* Every active lease ending before `until` now ends then (kmsd's start: nodes
- * could not renew while it was down). */
-sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until) SR_MUST_CHECK;
-/* Nodes in a state (NULL: any) whose lease ends before `lease_before` (0: any). */
-sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before,
+/* Every active lease ending before `until_ms` now ends then (kmsd's start:
+ * nodes could not renew while it was down). */
+sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until_ms) SR_MUST_CHECK;
+/* Nodes in a state (NULL: any) whose lease ends before `lease_before_ms` (0: any). */
+sr_err_t kms_node_each(kms_store_t *s, const char *state, int64_t lease_before_ms,
                        void (*fn)(void *, const kms_node_t *), void *ctx) SR_MUST_CHECK;
 /* Access policies (kmsctl policy push; agents fetch the newest): versions
  * count up from 1, the text is kept as pushed (validated by the pusher and
@@ -223,7 +224,7 @@ int kms_instances_alive(kms_store_t *s, const char *except_id, int64_t since);
 /* Enrolment settings (kmsd's [enrolment]); without them Enrol is refused. */
 typedef struct kms_enrolment {
     const kms_pki_ca_t *ca; /* signs node certificates */
-    int64_t lease_s, grace_s, cert_days;
+    int64_t lease_ms, grace_ms, cert_days;
 } kms_enrolment_t;
 void kms_enrolment_configure(const kms_enrolment_t *e);
 /* Ends a node's membership: its node key revoked (Cessation of Operation),

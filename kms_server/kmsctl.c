@@ -527,7 +527,7 @@ static void print_node(void *ctx, const kms_node_t *n)
 {
     int *first = ctx;
     char joined[SR_TIME_RFC3339_MAX], lease[SR_TIME_RFC3339_MAX], left[SR_TIME_RFC3339_MAX];
-    date_text(n->joined, joined), date_text(n->lease_expires, lease), date_text(n->left, left);
+    date_text(n->joined, joined), date_text(n->lease_expires_ms / 1000, lease), date_text(n->left, left);
     if (*first < 0) {
         printf("%-36s  %-8s  %-16.16s  %-10.10s  %-20s  %-20s  %s\n", n->uuid, n->state, n->name,
                n->group[0] ? n->group : "-", joined, !strcmp(n->state, "active") ? lease : left, n->nk);

@@ -489,9 +489,9 @@ static char instance_id[SR_UUID_STR_LEN + 1]; /* this kmsd among those sharing a
  * and destroys node keys past the retention period. One write transaction:
  * kmsd instances sharing a PostgreSQL store sweep one at a time, each seeing
  * what the last one ended, so no node is ended twice. */
-static void sweep(int64_t grace_s)
+static void sweep(int64_t grace_ms)
 {
-    int64_t now = sr_time_now_us() / 1000000;
+    int64_t now_ms = sr_time_now_us() / 1000, now = now_ms / 1000;
     expired_t ex = {0}, old = {0};
     kms_store_lock(server.store);
     sr_err_t rc = kms_store_begin(server.store);
@@ -500,7 +500,7 @@ static void sweep(int64_t grace_s)
         rc = kms_instance_seen(server.store, instance_id, now);
         recorded = now;
     }
-    if (rc == SR_OK) rc = kms_node_each(server.store, "active", now - grace_s, collect_node, &ex);
+    if (rc == SR_OK) rc = kms_node_each(server.store, "active", now_ms - grace_ms, collect_node, &ex);
     for (size_t i = 0; rc == SR_OK && i < ex.n; i++)
         rc = kms_node_end(server.store, &ex.v[i], "expired", "the lease expired: no heartbeat");
     if (rc == SR_OK) rc = kms_node_each(server.store, NULL, 0, collect_node, &old);
@@ -526,15 +526,15 @@ static void sweep(int64_t grace_s)
 
 static void *sweeper_main(void *arg)
 {
-    int64_t grace_s = *(int64_t *)arg;
+    int64_t grace_ms = *(int64_t *)arg;
     while (!stop_requested) {
-        sweep(grace_s);
-        usleep(200000); /* a vanished node is revoked at most 0.2 s after its lease and grace */
+        sweep(grace_ms);
+        usleep(100000); /* a vanished node is revoked at most 0.1 s after its lease and grace */
     }
     return NULL;
 }
 
-static int64_t grace_s, lease_s;
+static int64_t grace_ms, lease_ms;
 
 /* Nodes could not renew while the KMS was down: a full lease from now before
  * any expiry — unless another kmsd sharing the store served them meanwhile
@@ -544,11 +544,11 @@ static void start_leases(void)
     sr_uuid_t id;
     sr_uuid_generate(&id);
     sr_uuid_format(&id, instance_id);
-    int64_t now = sr_time_now_us() / 1000000;
+    int64_t now_ms = sr_time_now_us() / 1000, now = now_ms / 1000;
     kms_store_lock(server.store);
     sr_err_t rc = kms_store_begin(server.store);
     int others = rc == SR_OK && kms_store_shared(server.store) ? kms_instances_alive(server.store, instance_id, now - 2) : 0;
-    if (rc == SR_OK && !others) rc = kms_node_extend_leases(server.store, now + lease_s);
+    if (rc == SR_OK && !others) rc = kms_node_extend_leases(server.store, now_ms + lease_ms);
     if (rc == SR_OK) rc = kms_instance_seen(server.store, instance_id, now);
     if (rc == SR_OK) rc = kms_store_commit(server.store);
     if (rc != SR_OK) kms_store_rollback(server.store), sr_log_error("cannot start the leases: %s", sr_err_detail());
@@ -574,10 +574,9 @@ static sr_err_t configure_enrolment(const sr_config_t *cfg, int *on_out)
     if (rc == SR_OK && (lease < 1000 || days < 1)) rc = sr_err_set(SR_ERR_CONFIG, "[enrolment] lease >= 1s, cert_days >= 1");
     if (rc == SR_OK && !ca) rc = kms_pki_ca_load(cert, key, &ca);
     if (rc != SR_OK) return rc;
-    kms_enrolment_t e = {.ca = ca, .lease_s = (int64_t)(lease / 1000),
-                         .grace_s = (int64_t)(grace / 1000), .cert_days = days};
+    kms_enrolment_t e = {.ca = ca, .lease_ms = (int64_t)lease, .grace_ms = (int64_t)grace, .cert_days = days};
     kms_enrolment_configure(&e);
-    grace_s = e.grace_s, lease_s = e.lease_s, retention_s = (int64_t)(retention / 1000);
+    grace_ms = e.grace_ms, lease_ms = e.lease_ms, retention_s = (int64_t)(retention / 1000);
     *on_out = 1;
     return SR_OK;
 }
@@ -647,7 +646,7 @@ static int start(const char *config_path, int foreground)
     sr_log_notice("started%s", enrolling ? " (enrolment on: lease sweeper running)" : "");
     if (enrolling) start_leases();
     /* after daemon(): threads do not survive a fork */
-    sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_s) == 0;
+    sweeping = enrolling && pthread_create(&sweeper, NULL, sweeper_main, &grace_ms) == 0;
     if (enrolling && !sweeping) sr_log_error("cannot start the lease sweeper: leases will not expire");
     if (loop_start(lfd) != SR_OK) {
         sr_log_error("%s", sr_err_detail());

@@ -43,7 +43,7 @@ struct kms_store {
     "CREATE TABLE IF NOT EXISTS tokens(hash TEXT PRIMARY KEY, grp TEXT, uses " INT " NOT NULL,"                  \
     " expires " INT " NOT NULL, created " INT " NOT NULL);"                                                     \
     "CREATE TABLE IF NOT EXISTS nodes(uuid TEXT PRIMARY KEY, name TEXT, grp TEXT, state TEXT NOT NULL,"         \
-    " lease_expires " INT ", joined " INT ", left_at " INT ", nk TEXT, reason TEXT);"                          \
+    " lease_expires_ms " INT ", joined " INT ", left_at " INT ", nk TEXT, reason TEXT);"                          \
     "CREATE TABLE IF NOT EXISTS certs(" ROWID "fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, serial TEXT,"  \
     " not_after " INT ", revoked " INT " NOT NULL DEFAULT 0);"                                                  \
     "CREATE TABLE IF NOT EXISTS servers(id TEXT PRIMARY KEY, seen " INT " NOT NULL);"                          \
@@ -134,6 +134,26 @@ static sr_err_t swk_load(kms_store_t *s, sr_keyprov_t *kp)
     return rc;
 }
 
+/* Stores made when leases were kept to the second (nodes.lease_expires):
+ * the column renamed and its values made milliseconds, in the transaction
+ * that opens the store. A store without that column has nothing to do. */
+static sr_err_t migrate_leases_to_ms(kms_store_t *s, int pg)
+{
+    if (pg)
+        return kms_db_exec(s->db,
+                           "DO $$ BEGIN"
+                           " ALTER TABLE nodes RENAME COLUMN lease_expires TO lease_expires_ms;"
+                           " UPDATE nodes SET lease_expires_ms = lease_expires_ms * 1000;"
+                           " RAISE NOTICE 'key store: node leases now kept in milliseconds';"
+                           " EXCEPTION WHEN undefined_column THEN NULL; END $$;",
+                           "migrate leases");
+    /* an error here means the column is not there: SQLite undoes the statement alone */
+    if (kms_db_exec(s->db, "ALTER TABLE nodes RENAME COLUMN lease_expires TO lease_expires_ms", "migrate") != SR_OK)
+        return SR_OK;
+    sr_log_notice("key store: node leases now kept in milliseconds");
+    return kms_db_exec(s->db, "UPDATE nodes SET lease_expires_ms = lease_expires_ms * 1000", "migrate leases");
+}
+
 /* The schema and the store wrapping key in one write transaction: kmsd
  * instances starting together over one PostgreSQL make one SWK, not two. */
 static sr_err_t store_init(kms_store_t *s, sr_keyprov_t *provider)
@@ -144,6 +164,7 @@ static sr_err_t store_init(kms_store_t *s, sr_keyprov_t *provider)
     /* SQLite stores made before node groups: add the column (an error here means it is there) */
     if (rc == SR_OK && !pg && kms_db_exec(s->db, "ALTER TABLE principals ADD COLUMN grp TEXT", "migrate") == SR_OK)
         sr_log_notice("key store: principals now have groups");
+    if (rc == SR_OK) rc = migrate_leases_to_ms(s, pg);
     if (rc == SR_OK) rc = swk_load(s, provider);
     if (rc == SR_OK) rc = kms_db_commit(s->db);
     if (rc != SR_OK) kms_db_rollback(s->db);
@@ -653,7 +674,7 @@ sr_err_t kms_principal_set_group(kms_store_t *s, const char *name, const char *g
     return run(st, "set group");
 }
 
-#define NODE_COLUMNS "uuid, name, grp, state, lease_expires, joined, left_at, nk, reason"
+#define NODE_COLUMNS "uuid, name, grp, state, lease_expires_ms, joined, left_at, nk, reason"
 
 static void read_node(kms_stmt_t *st, kms_node_t *n)
 {
@@ -662,7 +683,7 @@ static void read_node(kms_stmt_t *st, kms_node_t *n)
     column_text(st, 1, n->name, sizeof n->name);
     column_text(st, 2, n->group, sizeof n->group);
     column_text(st, 3, n->state, sizeof n->state);
-    n->lease_expires = kms_column_int(st, 4);
+    n->lease_expires_ms = kms_column_int(st, 4);
     n->joined = kms_column_int(st, 5);
     n->left = kms_column_int(st, 6);
     column_text(st, 7, n->nk, sizeof n->nk);
@@ -673,23 +694,23 @@ sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n)
 {
     kms_stmt_t *st;
     sr_err_t rc = kms_db_prepare(s->db, "INSERT INTO nodes(" NODE_COLUMNS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"
-                                        " ON CONFLICT(uuid) DO UPDATE SET name=?2, grp=?3, state=?4, lease_expires=?5,"
+                                        " ON CONFLICT(uuid) DO UPDATE SET name=?2, grp=?3, state=?4, lease_expires_ms=?5,"
                                         " joined=?6, left_at=?7, nk=?8, reason=?9", &st);
     if (rc != SR_OK) return rc;
     kms_bind_text(st, 1, n->uuid), kms_bind_text(st, 2, n->name), kms_bind_text(st, 3, n->group);
     kms_bind_text(st, 4, n->state);
-    kms_bind_int(st, 5, n->lease_expires), kms_bind_int(st, 6, n->joined), kms_bind_int(st, 7, n->left);
+    kms_bind_int(st, 5, n->lease_expires_ms), kms_bind_int(st, 6, n->joined), kms_bind_int(st, 7, n->left);
     kms_bind_text(st, 8, n->nk), kms_bind_text(st, 9, n->reason);
     return run(st, "save node");
 }
 
-sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until)
+sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until_ms)
 {
     kms_stmt_t *st;
-    sr_err_t rc = kms_db_prepare(s->db, "UPDATE nodes SET lease_expires = ?1 WHERE state = 'active' AND lease_expires < ?1",
+    sr_err_t rc = kms_db_prepare(s->db, "UPDATE nodes SET lease_expires_ms = ?1 WHERE state = 'active' AND lease_expires_ms < ?1",
                                  &st);
     if (rc != SR_OK) return rc;
-    kms_bind_int(st, 1, until);
+    kms_bind_int(st, 1, until_ms);
     return run(st, "extend leases");
 }
 
@@ -700,15 +721,15 @@ sr_err_t kms_node_load(kms_store_t *s, const char *uuid, kms_node_t *n)
     return load_row(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE uuid = ?1", uuid, read_node_row, n, "read node");
 }
 
-sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_before,
+sr_err_t kms_node_each(kms_store_t *s, const char *where_state, int64_t lease_before_ms,
                        void (*fn)(void *, const kms_node_t *), void *ctx)
 {
     kms_stmt_t *st;
     sr_err_t rc = kms_db_prepare(s->db, "SELECT " NODE_COLUMNS " FROM nodes WHERE (?1 IS NULL OR state = ?1)"
-                                        " AND (?2 = 0 OR lease_expires < ?2) ORDER BY joined", &st);
+                                        " AND (?2 = 0 OR lease_expires_ms < ?2) ORDER BY joined", &st);
     if (rc != SR_OK) return rc;
     kms_bind_text(st, 1, where_state);
-    kms_bind_int(st, 2, lease_before);
+    kms_bind_int(st, 2, lease_before_ms);
     int row = 0;
     kms_node_t n;
     while ((rc = kms_step(st, "list nodes", &row)) == SR_OK && row) read_node(st, &n), fn(ctx, &n);

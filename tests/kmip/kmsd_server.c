@@ -26,8 +26,7 @@ const char *kmsd_postgres(void)
     return url && *url ? url : NULL;
 }
 
-/* A new, empty database on the test's PostgreSQL; its URI in url. */
-static int new_database(char *url, size_t cap)
+int kmsd_new_database(char *url, size_t cap)
 {
     static int made;
     char name[64], cmd[1024], out[4096];
@@ -44,7 +43,7 @@ int kmsd_init(const char *dir, const char *const *certs, uint16_t *port)
     *port = sr_test_free_port();
     if (kmsd_postgres()) {
         char url[600];
-        if (new_database(url, sizeof url) != 0) return -1;
+        if (kmsd_new_database(url, sizeof url) != 0) return -1;
         snprintf(store, sizeof store, " --store-url %s", url);
     }
     snprintf(cmd, sizeof cmd, "%s init --dir %s --port %u%s", sr_test_build_path("kms_server/kmsctl"), dir, *port,

@@ -17,6 +17,8 @@
 int kmsd_init(const char *dir, const char *const *certs, uint16_t *port);
 /* The PostgreSQL the stores are made on, or NULL (SQLite stores). */
 const char *kmsd_postgres(void);
+/* A new, empty database on the test's PostgreSQL; its URI in url. */
+int kmsd_new_database(char *url, size_t cap);
 /* Starts kmsd on dir/kmsd.conf and waits for its port; 0 or -1. */
 int kmsd_start(const char *dir, uint16_t port);
 /* Sends sig (SIGTERM: waits for a clean exit, returns its status; SIGKILL: reaps). */

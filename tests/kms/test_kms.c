@@ -8,7 +8,9 @@
  * keeps working; SIGKILL during a burst of creates; a wrong root key or
  * passphrase; every request an audit record.
  */
+#include "db.h"
 #include "kmip.h"
+#include "kms.h"
 #include "kmsd_server.h"
 #include "sr_test.h"
 
@@ -602,6 +604,52 @@ static void test_every_request_audited(void)
     SR_CHECK(kmsd_start(dir, port) == 0);
 }
 
+/* In a child (opening an SQLite store registers the VFS with its root key):
+ * a store (SQLite, or a new PostgreSQL database under with-postgres) whose
+ * node leases are kept to the second, as stores were before leases were
+ * kept in milliseconds; kmsd's store opening converts it once. */
+static int old_store_converted(const char *store, const char *root)
+{
+    sr_keyprov_t *kp = NULL;
+    kms_store_t *s = NULL;
+    kms_db_t *db = NULL;
+    kms_node_t n = {.uuid = "00000000-0000-4000-8000-000000000001", .name = "old", .state = "active",
+                    .lease_expires_ms = 1900000123456, .joined = 1700000000};
+    char uri[1200];
+    snprintf(uri, sizeof uri, kms_db_is_postgres(store) ? "%s" : "file:%s?vfs=strongroom", store);
+    if (kms_root_provider(store, root, NULL, 1, &kp) != SR_OK || kms_store_open_encrypted(store, kp, &s) != SR_OK ||
+        kms_store_begin(s) != SR_OK || kms_node_save(s, &n) != SR_OK || kms_store_commit(s) != SR_OK)
+        return fprintf(stderr, "make the store: %s\n", sr_err_detail()), 1;
+    kms_store_close(s);
+    if (kms_db_open(uri, &db) != SR_OK ||
+        kms_db_exec(db, "ALTER TABLE nodes RENAME COLUMN lease_expires_ms TO lease_expires;"
+                        "UPDATE nodes SET lease_expires = lease_expires / 1000", "make it old") != SR_OK)
+        return fprintf(stderr, "make it old: %s\n", sr_err_detail()), 1;
+    kms_db_close(db);
+    for (int open = 0; open < 2; open++) { /* converted once: a second opening changes nothing */
+        kms_node_t got;
+        if (kms_store_open_encrypted(store, kp, &s) != SR_OK || kms_node_load(s, n.uuid, &got) != SR_OK)
+            return fprintf(stderr, "open the old store: %s\n", sr_err_detail()), 1;
+        kms_store_close(s);
+        if (got.lease_expires_ms != 1900000123000) return fprintf(stderr, "lease %lld\n", (long long)got.lease_expires_ms), 1;
+    }
+    sr_keyprov_free(kp);
+    return 0;
+}
+
+static void test_store_with_leases_to_the_second_is_converted(void)
+{
+    char store[700], root[700];
+    snprintf(store, sizeof store, "%s/old-leases.db", dir);
+    SR_CHECK(!kmsd_postgres() || kmsd_new_database(store, sizeof store) == 0);
+    snprintf(root, sizeof root, "%s/old-leases.key", dir);
+    pid_t pid = fork();
+    if (pid == 0) _exit(old_store_converted(store, root));
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void)
 {
     static const char *const certs[] = {"client:application", "client2:application", "node1:node",
@@ -627,6 +675,7 @@ int main(void)
     struct rlimit rl; /* the hostile test opens over a thousand sockets; kmsd inherits the limit */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) rl.rlim_cur = rl.rlim_max, setrlimit(RLIMIT_NOFILE, &rl);
     if (kmsd_start(dir, port) != 0) return 1;
+    SR_RUN(test_store_with_leases_to_the_second_is_converted);
     SR_RUN(test_state_transitions);
     SR_RUN(test_ownership_and_roles);
     SR_RUN(test_batch_and_versions);
