@@ -42,6 +42,12 @@ sr_err_t audit_cut_torn_tail(int fd, const char *path, off_t *size, off_t *cut);
  * for everything its clients sent in one round. */
 sr_err_t audit_append_many(sr_audit_writer_t *w, const sr_event_t *events, size_t n);
 
+/* A sealer frame's payload (len bytes, then a NUL): component, event,
+ * subject, object, outcome, source, detail, NUL-separated, into f. NULL, or
+ * why the frame is malformed. */
+#define AUDIT_FRAME_FIELDS 7
+const char *audit_frame_fields(const char *payload, size_t len, const char *f[AUDIT_FRAME_FIELDS]);
+
 /* RFC 5424 copies of records (syslog.c). */
 typedef struct sr_audit_syslog sr_audit_syslog_t;
 sr_err_t sr_audit_syslog_open(const char *target, sr_audit_syslog_t **out);

@@ -58,16 +58,24 @@ static void put(out_t *o, const char *s, size_t n)
 
 static void puts_lit(out_t *o, const char *s) { put(o, s, strlen(s)); }
 
-/* Length of a valid UTF-8 sequence at s (1..4), or 0 if invalid. */
+/* Length of a valid UTF-8 sequence at s (1..4), or 0 if invalid: no
+ * overlong form, no surrogate, nothing past U+10FFFF (RFC 3629). */
 static size_t utf8_len(const unsigned char *s)
 {
     if (s[0] < 0x80) return 1;
-    size_t n = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
-    for (size_t i = 1; i < n; i++)
+    size_t n = s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3 : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    unsigned lo = s[0] == 0xe0 ? 0xa0 : s[0] == 0xf0 ? 0x90 : 0x80; /* the second byte's range */
+    unsigned hi = s[0] == 0xed ? 0x9f : s[0] == 0xf4 ? 0x8f : 0xbf;
+    if (n && (s[1] < lo || s[1] > hi)) return 0;
+    for (size_t i = 2; i < n; i++)
         if ((s[i] & 0xc0) != 0x80) return 0;
     return n;
 }
 
+/* A JSON string of at most `limit` bytes between its quotes, escapes
+ * counted (a field of control characters is six bytes each), then " [cut]"
+ * if the text did not fit: every record fits SR_AUDIT_LINE_MAX, whatever a
+ * client sends (one that did not would fail the whole group commit). */
 static void put_string(out_t *o, const char *s, size_t limit)
 {
     if (!s) {
@@ -77,20 +85,22 @@ static void put_string(out_t *o, const char *s, size_t limit)
     put(o, "\"", 1);
     const unsigned char *p = (const unsigned char *)s;
     size_t used = 0;
-    while (*p && used < limit) {
+    while (*p) {
         size_t run = 0; /* plain characters, copied at once (the sealer formats every record: this was its hot loop) */
-        while (run < limit - used && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\') run++;
+        while (used + run < limit && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\') run++;
         if (run) {
             put(o, (const char *)p, run);
             p += run, used += run;
             continue;
         }
-        size_t n = utf8_len(p);
+        size_t n = utf8_len(p), in = 1, len; /* bytes taken, bytes written */
         char esc[8];
-        if (*p == '"' || *p == '\\') esc[0] = '\\', esc[1] = (char)*p, put(o, esc, 2), p++;
-        else if (*p < 0x20 || *p == 0x7f || n == 0) snprintf(esc, sizeof esc, "\\u%04x", *p), put(o, esc, 6), p++;
-        else put(o, (const char *)p, n), p += n;
-        used = (size_t)((const char *)p - s);
+        if (*p == '"' || *p == '\\') len = 2, esc[0] = '\\', esc[1] = (char)*p;
+        else if (*p < 0x20 || *p == 0x7f || n == 0) len = 6, snprintf(esc, sizeof esc, "\\u%04x", *p);
+        else len = in = n, memcpy(esc, p, n);
+        if (used + len > limit) break;
+        put(o, esc, len);
+        p += in, used += len;
     }
     if (*p) puts_lit(o, " [cut]");
     put(o, "\"", 1);

@@ -29,7 +29,6 @@
 #include <unistd.h>
 
 #define EVENT_MAX 16384
-#define FIELDS 7
 
 /* ---- framing ---------------------------------------------------------------------- */
 
@@ -124,6 +123,17 @@ static void reply(client_t *c, const char *error)
     if (!c->dead && send(c->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len) c->dead = 1;
 }
 
+const char *audit_frame_fields(const char *payload, size_t len, const char *f[AUDIT_FRAME_FIELDS])
+{
+    size_t at = 0;
+    for (int i = 0; i < AUDIT_FRAME_FIELDS; i++) {
+        if (at > len) return "malformed audit event: fields missing";
+        f[i] = payload + at;
+        at += strnlen(payload + at, len - at) + 1;
+    }
+    return at == len + 1 ? NULL : "malformed audit event: bytes after its last field";
+}
+
 /* One complete frame of c: its fields checked, the kernel's subject put in. */
 static void take_frame(worker_t *s, client_t *c, const uint8_t *frame, size_t len)
 {
@@ -135,20 +145,8 @@ static void take_frame(worker_t *s, client_t *c, const uint8_t *frame, size_t le
     }
     memcpy(it->payload, frame, len);
     it->payload[len] = '\0';
-    const char *f[FIELDS];
-    size_t at = 0;
-    for (int i = 0; i < FIELDS; i++) {
-        if (at > len) {
-            it->error = "malformed audit event: fields missing";
-            return;
-        }
-        f[i] = it->payload + at;
-        at += strnlen(it->payload + at, len - at) + 1;
-    }
-    if (at != len + 1) {
-        it->error = "malformed audit event: bytes after its last field";
-        return;
-    }
+    const char *f[AUDIT_FRAME_FIELDS];
+    if ((it->error = audit_frame_fields(it->payload, len, f))) return;
     const char *detail = f[6];
     if (*f[2]) { /* what the client claims about itself, beside the truth */
         size_t n = strlen(f[2]) + strlen(f[6]) + 32;
@@ -528,11 +526,11 @@ static sr_err_t client_send_once(sr_audit_client_t *c, const uint8_t *frame, siz
 
 sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *e)
 {
-    const char *f[FIELDS] = {e->component, e->event, e->subject, e->object, e->outcome, e->source, e->detail};
+    const char *f[AUDIT_FRAME_FIELDS] = {e->component, e->event, e->subject, e->object, e->outcome, e->source, e->detail};
     uint8_t *frame = malloc(4 + EVENT_MAX);
     if (!frame) return sr_err_set(SR_ERR_NOMEM, "audit event");
     size_t len = 0;
-    for (int i = 0; i < FIELDS; i++) {
+    for (int i = 0; i < AUDIT_FRAME_FIELDS; i++) {
         size_t n = f[i] ? strlen(f[i]) : 0;
         if (len + n + 1 > EVENT_MAX) {
             free(frame);

@@ -728,7 +728,8 @@ static void test_record_strings_escaped_exactly(void)
     static char detail[5000];
     memset(detail, 'd', sizeof detail - 1);
     sr_event_t e = {.component = "tde", .event = "tablespace.open", .subject = "a\"b\\c\x01\x7f\xc3\xa9\xff end",
-                    .object = "/db/\xe2\x82\xac.db", .outcome = "success", .source = "local", .detail = detail};
+                    .object = "/db/\xe2\x82\xac.db", .outcome = "success", .source = "\xed\xa0\x80\xe0\x80\xaf\xf5\x80\x80\x80",
+                    .detail = detail};
     uint8_t prev[32] = {0}, hash[32];
     char line[SR_AUDIT_LINE_MAX + 512];
     size_t n = audit_format(line, sizeof line, 7, 0, "host", &e, prev, NULL, hash);
@@ -736,6 +737,8 @@ static void test_record_strings_escaped_exactly(void)
     line[n] = '\0';
     SR_CHECK_CONTAINS(line, "\"subject\":\"a\\\"b\\\\c\\u0001\\u007f\xc3\xa9\\u00ff end\"");
     SR_CHECK_CONTAINS(line, "\"object\":\"/db/\xe2\x82\xac.db\"");
+    /* a surrogate, an overlong '/', a lead byte past U+10FFFF: not UTF-8, escaped byte by byte */
+    SR_CHECK_CONTAINS(line, "\"source\":\"\\u00ed\\u00a0\\u0080\\u00e0\\u0080\\u00af\\u00f5\\u0080\\u0080\\u0080\"");
     char cut[4200];
     memset(cut, 'd', 4096);
     snprintf(cut + 4096, sizeof cut - 4096, " [cut]\"");
@@ -744,6 +747,36 @@ static void test_record_strings_escaped_exactly(void)
     sr_audit_record_t r;
     SR_CHECK_OK(sr_audit_record_parse(line, n - 1, &r)); /* without its newline */
     SR_CHECK(strcmp(r.object, "/db/\xe2\x82\xac.db") == 0);
+}
+
+/* The worst a client can send — every field at its length, every byte one
+ * that is escaped six bytes long — is still a record that fits its line,
+ * is cut where it says so, and verifies: such an event once failed the
+ * whole group commit it was in, every other client's event with it. */
+static void test_record_of_escapes_fits_its_line(void)
+{
+    static char field[6][600], detail[16000];
+    for (int i = 0; i < 6; i++) memset(field[i], i % 2 ? '\x01' : '"', sizeof field[i] - 1);
+    memset(detail, '\xff', sizeof detail - 1);
+    const char *path = sr_test_path("escapes.log");
+    sr_audit_writer_t *w = open_log(path, 1000, 0);
+    SR_CHECK_OK(sr_audit_append(w, &(sr_event_t){.component = field[0], .event = field[1], .subject = field[2],
+                                                .object = field[3], .outcome = field[4], .source = field[5],
+                                                .detail = detail}));
+    SR_CHECK_OK(sr_audit_close(w));
+    size_t len = 0;
+    char *text = (char *)sr_test_read_file(path, &len);
+    SR_CHECK(text != NULL);
+    if (!text) return;
+    char *line = strstr(text, "\n") + 1, *end = strchr(line, '\n'); /* after audit.started */
+    SR_CHECK_MSG((size_t)(end - line) <= SR_AUDIT_LINE_MAX, "%zu bytes", (size_t)(end - line));
+    sr_audit_record_t r;
+    SR_CHECK_OK(sr_audit_record_parse(line, (size_t)(end - line), &r));
+    SR_CHECK(strlen(r.detail) == 4096 / 6 + strlen(" [cut]") && strstr(r.detail, " [cut]"));
+    SR_CHECK(strlen(r.component) == 512 / 2 + strlen(" [cut]") && strlen(r.event) == 512 / 6 + strlen(" [cut]"));
+    free(text);
+    sr_audit_verify_result_t v;
+    SR_CHECK_OK(verify1(path, &v));
 }
 
 static void test_syslog_copy(void)
@@ -800,5 +833,6 @@ int main(void)
     SR_RUN(test_event_sink);
     SR_RUN(test_syslog_copy);
     SR_RUN(test_record_strings_escaped_exactly);
+    SR_RUN(test_record_of_escapes_fits_its_line);
     return sr_test_finish();
 }
