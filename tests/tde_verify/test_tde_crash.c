@@ -75,6 +75,10 @@ static void crash_loop(const char *mode, int iterations)
         SR_CHECK_EQ_INT(sqlt_open(db_path, keyfile, NULL, &db), SQLITE_OK);
         const char *ok = sqlt_integrity(db);
         SR_CHECK_MSG(strcmp(ok, "ok") == 0, "%s iteration %d: %s (log: %s)", mode, i, ok, sqlt_last_log());
+        if (!committed && sqlt_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 't'") == 0) {
+            sqlite3_close(db); /* killed before its table was made (a loaded machine): nothing to lose yet */
+            continue;
+        }
         int64_t rows = sqlt_int(db, "SELECT count(*) FROM t"), max = sqlt_int(db, "SELECT max(id) FROM t");
         SR_CHECK_MSG(rows == max, "%s iteration %d: %lld rows but max id %lld (a lost transaction)", mode, i,
                      (long long)rows, (long long)max);
