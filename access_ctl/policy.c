@@ -371,9 +371,9 @@ static int being_compiled(const compiler_t *c, const char *path);
 
 /* Remembers a file or directory as it is before it is read (a change made
  * while it is read then shows at the next check, not never). Modification
- * times tick in the kernel's coarse clock (milliseconds), so a file changed
- * less than a second before it was read is remembered as not known: checked,
- * it reads as changed and is compiled again, until its time is settled. */
+ * times tick in the kernel's coarse clock (milliseconds), so a file whose
+ * time is within a second of now is remembered as not known: checked, it
+ * reads as changed and is compiled again, until its time is settled. */
 static sr_err_t note_source(compiler_t *c, const char *path)
 {
     struct stat st;
@@ -386,7 +386,8 @@ static sr_err_t note_source(compiler_t *c, const char *path)
     c->p->n_sources++;
     if (stat(path, &st) != 0) return SR_OK;
     sr_acl_file_id_of(&st, &f->id), f->mode = (unsigned)st.st_mode;
-    if (sr_time_now_us() * 1000 - f->id.mtime_ns < 1000000000) f->id.mtime_ns = -1;
+    int64_t age_ns = sr_time_now_us() * 1000 - f->id.mtime_ns; /* a time in the future is settled: a write changes it */
+    if (age_ns < 1000000000 && age_ns > -1000000000) f->id.mtime_ns = -1;
     return SR_OK;
 }
 

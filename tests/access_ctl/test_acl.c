@@ -334,10 +334,37 @@ static void test_evaluate_current_follows_included_files(void)
     sr_acl_close(a);
 }
 
+/* A file dated in the future (a clock set back, `touch -d`) is settled: it
+ * is not compiled again at every decision — and a write still shows. */
+static void test_a_file_from_the_future_is_not_compiled_each_time(void)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s", sr_test_path("future.conf"));
+    SR_CHECK(sr_test_write_file(path, "allow * ann * *   # one\n", 24) == 0);
+    struct timespec later[2] = {{.tv_sec = (time_t)(sr_time_now_us() / 1000000 + 3600)}};
+    later[1] = later[0];
+    SR_CHECK(utimensat(AT_FDCWD, path, later, 0) == 0);
+    sr_acl_t *a = NULL;
+    SR_CHECK_OK(sr_acl_open(path, &a));
+    if (!a) return;
+    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    SR_CHECK(sr_test_write_file(path, "allow * ann * *   # two\n", 24) == 0); /* same size, time put back */
+    SR_CHECK(utimensat(AT_FDCWD, path, later, 0) == 0);
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "one"));
+    SR_CHECK(sr_test_write_file(path, "allow * ann * *   # new\n", 24) == 0); /* a write: now */
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "new"));
+    sr_acl_close(a);
+}
+
 int main(void)
 {
     SR_RUN(test_errors_name_file_and_line);
     SR_RUN(test_evaluate_current_follows_included_files);
+    SR_RUN(test_a_file_from_the_future_is_not_compiled_each_time);
     SR_RUN(test_first_match_and_addresses);
     SR_RUN(test_time_windows);
     SR_RUN(test_groups_file_and_includes);
