@@ -75,10 +75,13 @@ static int valid_name(const char *s, size_t len)
 }
 
 /* Calls fn for each comma-separated item of a list token. */
+/* Calls fn on each comma-separated item; a /regex/ item runs to its closing
+ * slash, so `/a{1,8}/` is one item. */
 static sr_err_t each_item(const char *list, sr_err_t (*fn)(void *, const char *, size_t), void *ctx)
 {
     for (const char *p = list; *p;) {
-        const char *end = strchr(p, ',');
+        const char *close = *p == '/' ? strstr(p + 1, "/,") : NULL;
+        const char *end = strchr(close ? close + 1 : *p == '/' ? p + strlen(p) : p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
         sr_err_t rc = fn(ctx, p, len);
         if (rc != SR_OK) return rc;
@@ -152,11 +155,63 @@ static const group_t *find_group(const compiler_t *c, const char *name, size_t l
     return NULL;
 }
 
+#define REGEX_NODES_MAX 4096
+
+/* The size of the automaton glibc's regcomp builds, roughly: each repeat
+ * copies what it repeats (`{m,n}` n times, `+` and `?` twice), so nested or
+ * stacked repeats multiply — `a++++…` or `((a{9}){9}){9}` would take
+ * gigabytes (a policy fuzzer found the first). 1 if over REGEX_NODES_MAX. */
+static int regex_too_big(const char *p, size_t len)
+{
+    size_t outer[16], cur = 0, last = 0; /* the group being read so far; what a repeat would copy */
+    int depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = p[i];
+        if (ch == '(') {
+            if (depth == 16) return 1;
+            outer[depth++] = cur, cur = last = 0;
+            continue;
+        }
+        if (ch == ')' && depth) {
+            last = cur, cur = outer[--depth] + last;
+        } else if (ch == '*' || ch == '+' || ch == '?' || ch == '{') {
+            size_t times = 2;
+            if (ch == '{') { /* {m}, {m,}, {m,n}: n copies (m + 1 when unbounded) */
+                unsigned long m = strtoul(p + i + 1, NULL, 10), n = m + 1;
+                const char *comma = memchr(p + i, ',', len - i), *close = memchr(p + i, '}', len - i);
+                if (!close) return 0; /* regcomp says what is wrong */
+                if (comma && comma < close && comma[1] != '}') n = strtoul(comma + 1, NULL, 10);
+                else if (!comma || comma > close) n = m;
+                times = n > 1 ? n : 1;
+                i = (size_t)(close - p);
+            }
+            if (times > REGEX_NODES_MAX || last > REGEX_NODES_MAX / times) return 1;
+            cur += last * (times - 1), last *= times;
+        } else if (ch == '|') {
+            last = 0;
+        } else {
+            if (ch == '\\' && i + 1 < len) i++;
+            else if (ch == '[') { /* a bracket expression is one atom: "[]a]" and "[^]a]" hold a ']' */
+                size_t j = i + 1 + (i + 1 < len && p[i + 1] == '^');
+                j += j < len && p[j] == ']';
+                while (j < len && p[j] != ']') j++;
+                i = j;
+            }
+            cur++, last = 1;
+        }
+        if (cur > REGEX_NODES_MAX) return 1;
+    }
+    return 0;
+}
+
 static sr_err_t add_regex(field_ctx_t *f, const char *s, size_t len)
 {
     if (len < 3 || s[len - 1] != '/') return at(f->file, f->line, "accounts: a regular expression is /.../");
     char pattern[1100];
     if (len > 1000) return at(f->file, f->line, "accounts: regular expression too long");
+    if (regex_too_big(s + 1, len - 2))
+        return at(f->file, f->line, "accounts: regular expression %.*s repeats too much (nested or stacked repeats "
+                  "multiply; at most %d states)", (int)(len > 60 ? 60 : len), s, REGEX_NODES_MAX);
     snprintf(pattern, sizeof pattern, "^(%.*s)$", (int)len - 2, s + 1);
     regex_t *v = realloc(f->r->regexes, (f->r->n_regexes + 1) * sizeof *v);
     if (!v) return SR_ERR_NOMEM;

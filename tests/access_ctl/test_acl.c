@@ -40,6 +40,12 @@ static void test_errors_name_file_and_line(void)
     expect_error("allow * alice ::1/129 *\n", "acl.conf:1: sources");
     expect_error("allow * @nobody * *\n", "acl.conf:1: accounts: no group 'nobody'");
     expect_error("allow * /a(/ * *\n", "acl.conf:1: accounts: bad regular expression");
+    /* repeats that multiply (glibc would build gigabytes: found by fuzz_acl_policy), refused before regcomp */
+    expect_error("allow * /tmp_++++++++++++++++++++++++++++++[a-z]+/ * *\n", "acl.conf:1: accounts: regular expression "
+                 "/tmp_++++++++++++++++++++++++++++++[a-z]+/ repeats too much");
+    expect_error("allow * /((a{20}){20}){20}/ * *\n", "repeats too much");
+    expect_error("allow * /(x{1,99999})/ * *\n", "repeats too much");
+    sr_acl_policy_free(compile("allow * /app_[a-z0-9]{1,32}/,/(dba|ops)_[0-9]{2,4}/,/[[:alpha:]]+(_ro)?/ * *\n"));
     expect_error("allow * al;ce * *\n", "acl.conf:1: accounts: 'al;ce' is not a name");
     expect_error("allow * alice,,bob * *\n", "acl.conf:1: accounts: '' is not a name");
     expect_error("permit * alice * *\n", "acl.conf:1: unknown directive 'permit'");
