@@ -160,7 +160,9 @@ static const group_t *find_group(const compiler_t *c, const char *name, size_t l
 /* The size of the automaton glibc's regcomp builds, roughly: each repeat
  * copies what it repeats (`{m,n}` n times, `+` and `?` twice), so nested or
  * stacked repeats multiply — `a++++…` or `((a{9}){9}){9}` would take
- * gigabytes (a policy fuzzer found the first). 1 if over REGEX_NODES_MAX. */
+ * gigabytes (a policy fuzzer found the first). 1 if over REGEX_NODES_MAX;
+ * 2 for a back-reference (\1: glibc then matches by backtracking, and the
+ * account name matched is the client's choice). */
 static int regex_too_big(const char *p, size_t len)
 {
     size_t outer[16], cur = 0, last = 0; /* the group being read so far; what a repeat would copy */
@@ -190,6 +192,7 @@ static int regex_too_big(const char *p, size_t len)
         } else if (ch == '|') {
             last = 0;
         } else {
+            if (ch == '\\' && i + 1 < len && p[i + 1] >= '1' && p[i + 1] <= '9') return 2;
             if (ch == '\\' && i + 1 < len) i++;
             else if (ch == '[') { /* a bracket expression is one atom: "[]a]" and "[^]a]" hold a ']' */
                 size_t j = i + 1 + (i + 1 < len && p[i + 1] == '^');
@@ -209,9 +212,13 @@ static sr_err_t add_regex(field_ctx_t *f, const char *s, size_t len)
     if (len < 3 || s[len - 1] != '/') return at(f->file, f->line, "accounts: a regular expression is /.../");
     char pattern[1100];
     if (len > 1000) return at(f->file, f->line, "accounts: regular expression too long");
-    if (regex_too_big(s + 1, len - 2))
+    int hard = regex_too_big(s + 1, len - 2);
+    if (hard == 1)
         return at(f->file, f->line, "accounts: regular expression %.*s repeats too much (nested or stacked repeats "
                   "multiply; at most %d states)", (int)(len > 60 ? 60 : len), s, REGEX_NODES_MAX);
+    if (hard == 2)
+        return at(f->file, f->line, "accounts: regular expression %.*s: back-references (\\1...\\9) are not allowed",
+                  (int)(len > 60 ? 60 : len), s);
     snprintf(pattern, sizeof pattern, "^(%.*s)$", (int)len - 2, s + 1);
     regex_t *v = realloc(f->r->regexes, (f->r->n_regexes + 1) * sizeof *v);
     if (!v) return SR_ERR_NOMEM;

@@ -45,6 +45,7 @@ static void test_errors_name_file_and_line(void)
                  "/tmp_++++++++++++++++++++++++++++++[a-z]+/ repeats too much");
     expect_error("allow * /((a{20}){20}){20}/ * *\n", "repeats too much");
     expect_error("allow * /(x{1,99999})/ * *\n", "repeats too much");
+    expect_error("allow * /(a*)*b\\1/ * *\n", "back-references");
     sr_acl_policy_free(compile("allow * /app_[a-z0-9]{1,32}/,/(dba|ops)_[0-9]{2,4}/,/[[:alpha:]]+(_ro)?/ * *\n"));
     expect_error("allow * al;ce * *\n", "acl.conf:1: accounts: 'al;ce' is not a name");
     expect_error("allow * alice,,bob * *\n", "acl.conf:1: accounts: '' is not a name");
