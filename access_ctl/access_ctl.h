@@ -100,6 +100,11 @@ struct stat;
 void sr_acl_file_id_of(const struct stat *st, sr_acl_file_id_t *id); /* the same from a stat() already made */
 int sr_acl_file_id_equal(const sr_acl_file_id_t *a, const sr_acl_file_id_t *b);
 
+/* Rules with a time window switch TZ to compute the local time in their
+ * zone; a program with threads sets TZ (to this, if unset) before starting
+ * them, so it is never added to the environment while another thread reads it. */
+#define SR_ACL_SYSTEM_TZ ":/etc/localtime"
+
 /* ---- a reloadable policy ----------------------------------------------------------- */
 typedef struct sr_acl sr_acl_t;
 sr_err_t sr_acl_open(const char *path, sr_acl_t **out) SR_MUST_CHECK;

@@ -58,19 +58,23 @@ static int source_matches(const acl_rule_t *r, const source_t *s)
 }
 
 /* localtime in another zone: glibc has no per-call zone, so TZ is switched
- * under a lock (only rules with a time window pay for it). */
+ * under a lock (only rules with a time window pay for it). TZ is replaced,
+ * never removed: replacing a variable swaps one pointer in `environ` (glibc
+ * keeps the old strings), while adding or removing one moves the array
+ * under any other thread's getenv (the agent's threads read STRONGROOM_*).
+ * Unset, it becomes ":/etc/localtime", the system's zone said explicitly;
+ * the agent sets that before its threads start. */
 static pthread_mutex_t tz_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void local_time(const char *tz, int64_t at, struct tm *out)
 {
     time_t t = (time_t)at;
     pthread_mutex_lock(&tz_lock);
-    char *old = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
+    char *old = strdup(getenv("TZ") ? getenv("TZ") : SR_ACL_SYSTEM_TZ);
     setenv("TZ", tz, 1);
     tzset();
     localtime_r(&t, out);
-    if (old) setenv("TZ", old, 1);
-    else unsetenv("TZ");
+    setenv("TZ", old ? old : SR_ACL_SYSTEM_TZ, 1);
     tzset();
     free(old);
     pthread_mutex_unlock(&tz_lock);

@@ -419,6 +419,7 @@ int main(int argc, char **argv)
     }
     if (!config) return fprintf(stderr, "tde-agent: %s: --config FILE is required\n", argv[1]), SR_EXIT_USAGE;
     if (sr_secure_init() != SR_OK) return SR_EXIT_CANNOT;
+    setenv("TZ", SR_ACL_SYSTEM_TZ, 0); /* present before any thread: time-window rules switch it (access_ctl.h) */
     sr_audit_writer_t *w = NULL;
     if (sr_audit_open_from_env(&w) != SR_OK) return fprintf(stderr, "tde-agent: %s\n", sr_err_detail()), SR_EXIT_CANNOT;
     if (!strcmp(argv[1], "status")) return cmd_status(config, json);

@@ -129,6 +129,15 @@ static void test_time_windows(void)
     SR_CHECK(!decide(p, "office", NULL, NULL, AT("2026-10-23T16:00:00Z"), NULL));     /* 18:00 CEST */
     SR_CHECK(decide(p, "utc", NULL, NULL, AT("2026-11-29T23:59:59Z"), NULL));         /* Sunday */
     SR_CHECK(!decide(p, "utc", NULL, NULL, AT("2026-11-30T00:00:00Z"), NULL));        /* Monday */
+    /* TZ is put back, never removed (removing moves environ under other threads' getenv): unset, it stays the
+     * system's zone said explicitly; set, it keeps its value */
+    unsetenv("TZ");
+    SR_CHECK(decide(p, "utc", NULL, NULL, AT("2026-11-29T23:59:59Z"), NULL));
+    SR_CHECK(getenv("TZ") && !strcmp(getenv("TZ"), SR_ACL_SYSTEM_TZ));
+    setenv("TZ", "America/New_York", 1);
+    SR_CHECK(decide(p, "night", NULL, NULL, AT("2026-11-30T23:30:00+01:00"), NULL));
+    SR_CHECK(getenv("TZ") && !strcmp(getenv("TZ"), "America/New_York"));
+    unsetenv("TZ"); /* this test's own change, undone while it has one thread */
 #undef AT
     sr_acl_policy_free(p);
 }
