@@ -504,26 +504,35 @@ static void resolve(char *out, size_t cap, const char *from_file, const char *pa
     snprintf(out, cap, "%.*s%s", slash ? (int)(slash - from_file + 1) : 0, from_file, path);
 }
 
+/* The directory holding the first `len` bytes of path (up to its last
+ * slash): a file added to or removed from it changes what a pattern takes. */
+static sr_err_t note_directory_of(compiler_t *c, const char *path, size_t len)
+{
+    const char *slash = memrchr(path, '/', len);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", !slash ? 1 : slash == path ? 1 : (int)(slash - path), slash ? path : ".");
+    return note_source(c, dir);
+}
+
 static sr_err_t include(compiler_t *c, const char *file, int line, const char *pattern, int depth)
 {
     if (depth >= MAX_INCLUDE_DEPTH) return at(file, line, "includes nested deeper than %d (a cycle?)", MAX_INCLUDE_DEPTH);
     char path[4096];
     resolve(path, sizeof path, file, pattern);
-    const char *slash = strrchr(path, '/');
-    char dir[4096]; /* a file added to or removed from it changes what the pattern takes */
-    snprintf(dir, sizeof dir, "%.*s", !slash ? 1 : slash == path ? 1 : (int)(slash - path), slash ? path : ".");
-    if (strpbrk(slash ? slash : path, "*?[") && !strpbrk(dir, "*?[")) {
-        sr_err_t noted = note_source(c, dir);
-        if (noted != SR_OK) return noted;
-    }
+    const char *wild = strpbrk(path, "*?[");
+    sr_err_t err = wild ? note_directory_of(c, path, (size_t)(wild - path)) : SR_OK; /* the wildcard-free part */
+    if (err != SR_OK) return err;
     glob_t g;
     int rc = glob(path, GLOB_ERR, NULL, &g);
-    if (rc == GLOB_NOMATCH && !strpbrk(pattern, "*?[")) return at(file, line, "include: %s does not exist", path);
+    if (rc == GLOB_NOMATCH && !wild) return at(file, line, "include: %s does not exist", path);
     if (rc != 0 && rc != GLOB_NOMATCH) return at(file, line, "include: cannot read %s", path);
-    sr_err_t err = SR_OK;
-    for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++)
-        err = being_compiled(c, g.gl_pathv[i]) ? at(file, line, "include cycle: %s is already being read", g.gl_pathv[i])
-                                               : compile_file(c, g.gl_pathv[i], depth + 1);
+    for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++) {
+        const char *m = g.gl_pathv[i]; /* a wildcard in a directory: the directories matched hold what it takes */
+        if (wild && strchr(wild, '/')) err = note_directory_of(c, m, strlen(m));
+        if (err == SR_OK)
+            err = being_compiled(c, m) ? at(file, line, "include cycle: %s is already being read", m)
+                                       : compile_file(c, m, depth + 1);
+    }
     if (rc == 0) globfree(&g);
     return err;
 }

@@ -350,6 +350,34 @@ static void test_evaluate_current_follows_included_files(void)
     sr_acl_close(a);
 }
 
+/* A wildcard in a directory of the pattern: a file added to a directory it
+ * matched is taken at the next decision. */
+static void test_a_wildcard_directory_is_followed(void)
+{
+    char path[600], top[600], da[700], ten[800], five[800];
+    snprintf(path, sizeof path, "%s", sr_test_path("wild.conf"));
+    snprintf(top, sizeof top, "%s", sr_test_path("wild"));
+    snprintf(da, sizeof da, "%s/d.a", top);
+    snprintf(ten, sizeof ten, "%s/10.conf", da);
+    snprintf(five, sizeof five, "%s/05.conf", da);
+    SR_CHECK(mkdir(top, 0700) == 0 && mkdir(da, 0700) == 0);
+    write_settled(path, "include wild/d.*/*.conf\n", NULL);
+    write_settled(ten, "allow * ann * *   # ten\n", da);
+    settle(top);
+    sr_acl_t *a = NULL;
+    SR_CHECK_OK(sr_acl_open(path, &a));
+    if (!a) return;
+    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(d.allow && strstr(d.why, "ten"));
+    write_settled(five, "deny * ann * *   # five\n", da);
+    sr_acl_evaluate_current(a, &ann, &d, &id);
+    SR_CHECK(!d.allow && strstr(d.why, "five"));
+    sr_acl_close(a);
+}
+
 /* A file dated in the future (a clock set back, `touch -d`) is settled: it
  * is not compiled again at every decision — and a write still shows. */
 static void test_a_file_from_the_future_is_not_compiled_each_time(void)
@@ -381,6 +409,7 @@ int main(void)
     SR_RUN(test_errors_name_file_and_line);
     SR_RUN(test_evaluate_current_follows_included_files);
     SR_RUN(test_a_file_from_the_future_is_not_compiled_each_time);
+    SR_RUN(test_a_wildcard_directory_is_followed);
     SR_RUN(test_first_match_and_addresses);
     SR_RUN(test_time_windows);
     SR_RUN(test_groups_file_and_includes);
