@@ -291,6 +291,16 @@ static void write_settled(const char *path, const char *text, const char *dir)
     if (dir) settle(dir);
 }
 
+/* The decision for `account` (from 10.0.0.1 on db1) with the file as it is now. */
+static sr_acl_decision_t decide_now(sr_acl_t *a, const char *account)
+{
+    sr_acl_request_t r = {.server = "db1", .account = account, .source = "10.0.0.1"};
+    sr_acl_decision_t d;
+    sr_acl_file_id_t id;
+    sr_acl_evaluate_current(a, &r, &d, &id);
+    return d;
+}
+
 /* A policy follows what it includes: an edited groups file, an edited
  * included file, a file added to or removed from an included directory are
  * each compiled in at the next decision, while untouched files are not read
@@ -311,13 +321,10 @@ static void test_evaluate_current_follows_included_files(void)
     sr_acl_t *a = NULL;
     SR_CHECK_OK(sr_acl_open(path, &a));
     if (!a) return;
-    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"}, ben = ann;
-    ben.account = "ben";
     sr_acl_decision_t d;
-    sr_acl_file_id_t id;
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "one"));
-    sr_acl_evaluate_current(a, &ben, &d, &id);
+    d = decide_now(a, "ben");
     SR_CHECK(!d.allow);
     /* the same size and time: not read again (the policy in force decides) */
     struct stat before;
@@ -325,27 +332,27 @@ static void test_evaluate_current_follows_included_files(void)
     SR_CHECK(sr_test_write_file(inc, "allow * @ops * *   # two\n", 25) == 0);
     struct timespec same[2] = {before.st_atim, before.st_mtim};
     SR_CHECK(utimensat(AT_FDCWD, inc, same, 0) == 0);
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "one"));
     write_settled(groups, "ops: ann, ben\n", NULL); /* the groups file */
-    sr_acl_evaluate_current(a, &ben, &d, &id);
+    d = decide_now(a, "ben");
     SR_CHECK(d.allow && strstr(d.why, "two"));
     write_settled(inc, "allow * @ops * *   # three\n", NULL); /* an included file */
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "three"));
     write_settled(added, "deny * ann * *   # added\n", dir); /* a file the pattern now takes */
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(!d.allow && strstr(d.why, "added"));
     /* a group-writable included file: refused, the policy in force decides */
     write_settled(added, "allow * ann * *   # sneaked in\n", NULL);
     SR_CHECK(chmod(added, 0664) == 0);
     SR_CHECK_ERR(sr_acl_reload(a), SR_ERR_PERMISSION);
     SR_CHECK_CONTAINS(sr_err_detail(), "05-first.conf is writable by group or others");
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(!d.allow && strstr(d.why, "added"));
     SR_CHECK(unlink(added) == 0); /* removed: the pattern takes one file again */
     settle(dir);
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "three"));
     sr_acl_close(a);
 }
@@ -367,13 +374,11 @@ static void test_a_wildcard_directory_is_followed(void)
     sr_acl_t *a = NULL;
     SR_CHECK_OK(sr_acl_open(path, &a));
     if (!a) return;
-    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"};
     sr_acl_decision_t d;
-    sr_acl_file_id_t id;
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "ten"));
     write_settled(five, "deny * ann * *   # five\n", da);
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(!d.allow && strstr(d.why, "five"));
     sr_acl_close(a);
 }
@@ -391,15 +396,13 @@ static void test_a_file_from_the_future_is_not_compiled_each_time(void)
     sr_acl_t *a = NULL;
     SR_CHECK_OK(sr_acl_open(path, &a));
     if (!a) return;
-    sr_acl_request_t ann = {.server = "db1", .account = "ann", .source = "10.0.0.1"};
     sr_acl_decision_t d;
-    sr_acl_file_id_t id;
     SR_CHECK(sr_test_write_file(path, "allow * ann * *   # two\n", 24) == 0); /* same size, time put back */
     SR_CHECK(utimensat(AT_FDCWD, path, later, 0) == 0);
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "one"));
     SR_CHECK(sr_test_write_file(path, "allow * ann * *   # new\n", 24) == 0); /* a write: now */
-    sr_acl_evaluate_current(a, &ann, &d, &id);
+    d = decide_now(a, "ann");
     SR_CHECK(d.allow && strstr(d.why, "new"));
     sr_acl_close(a);
 }
