@@ -67,6 +67,7 @@ typedef struct acl_source {
     char *path;
     sr_acl_file_id_t id;
     unsigned mode;
+    int64_t recheck_ns; /* read within a second of its mtime: compiled again once this time is passed (0: settled) */
 } acl_source_t;
 
 struct sr_acl_policy {

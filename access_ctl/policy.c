@@ -433,9 +433,13 @@ static int being_compiled(const compiler_t *c, const char *path);
 
 /* Remembers a file or directory as it is before it is read (a change made
  * while it is read then shows at the next check, not never). Modification
- * times tick in the kernel's coarse clock (milliseconds), so a file whose
- * time is within a second of now is remembered as not known: checked, it
- * reads as changed and is compiled again, until its time is settled. */
+ * times tick in the kernel's coarse clock (milliseconds): a write in the
+ * same tick as the read, of the same size, would look unchanged. So a file
+ * whose time is within a second of now is read once more when that second
+ * has passed (once: compiling at every decision meanwhile would cost a big
+ * policy's compile per key request just after every push). */
+#define SETTLE_NS 1000000000LL
+
 static sr_err_t note_source(compiler_t *c, const char *path)
 {
     struct stat st;
@@ -449,7 +453,7 @@ static sr_err_t note_source(compiler_t *c, const char *path)
     if (stat(path, &st) != 0) return SR_OK;
     sr_acl_file_id_of(&st, &f->id), f->mode = (unsigned)st.st_mode;
     int64_t age_ns = sr_time_now_us() * 1000 - f->id.mtime_ns; /* a time in the future is settled: a write changes it */
-    if (age_ns < 1000000000 && age_ns > -1000000000) f->id.mtime_ns = -1;
+    if (age_ns < SETTLE_NS && age_ns > -SETTLE_NS) f->recheck_ns = f->id.mtime_ns + SETTLE_NS;
     return SR_OK;
 }
 
@@ -831,6 +835,7 @@ int sr_acl_policy_unchanged(const sr_acl_policy_t *p)
         }
         sr_acl_file_id_of(&st, &now);
         if (!sr_acl_file_id_equal(&f->id, &now)) return 0;
+        if (f->recheck_ns && sr_time_now_us() * 1000 >= f->recheck_ns) return 0; /* read too soon: once more */
     }
     return 1;
 }
