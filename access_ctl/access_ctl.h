@@ -61,6 +61,10 @@ const char *sr_acl_policy_version(const sr_acl_policy_t *p);
  * or still absent. A policy compiled from text in memory has none. */
 int sr_acl_policy_unchanged(const sr_acl_policy_t *p);
 
+/* A longer account name is denied before any rule (LOGIN_NAME_MAX; the
+ * client chooses it, and matching a regex takes time with its length). */
+#define SR_ACL_ACCOUNT_MAX 256
+
 typedef struct sr_acl_request {
     const char *server;  /* NULL: gethostname() */
     const char *account; /* PAM_USER, the database role */

@@ -140,6 +140,10 @@ void sr_acl_decide(const sr_acl_policy_t *p, const sr_acl_request_t *req, sr_acl
         snprintf(d->why, sizeof d->why, "deny: no account given");
         return;
     }
+    if (strnlen(req->account, SR_ACL_ACCOUNT_MAX + 1) > SR_ACL_ACCOUNT_MAX) { /* a regex's time grows with it */
+        snprintf(d->why, sizeof d->why, "deny: an account name over %d bytes", SR_ACL_ACCOUNT_MAX);
+        return;
+    }
     source_t src;
     parse_source(req->source, &src);
     int64_t at = req->at ? req->at : (int64_t)time(NULL);

@@ -42,11 +42,13 @@ static void test_errors_name_file_and_line(void)
     expect_error("allow * /a(/ * *\n", "acl.conf:1: accounts: bad regular expression");
     /* repeats that multiply (glibc would build gigabytes: found by fuzz_acl_policy), refused before regcomp */
     expect_error("allow * /tmp_++++++++++++++++++++++++++++++[a-z]+/ * *\n", "acl.conf:1: accounts: regular expression "
-                 "/tmp_++++++++++++++++++++++++++++++[a-z]+/ repeats too much");
+                 "/tmp_++++++++++++++++++++++++++++++[a-z]+/: a repeat right after a repeat");
+    expect_error("allow * /t*++++++++++#++/ * *\n", "a repeat right after a repeat");
+    expect_error("allow * /a{2}{3}/ * *\n", "a repeat right after a repeat");
     expect_error("allow * /((a{20}){20}){20}/ * *\n", "repeats too much");
     expect_error("allow * /(x{1,99999})/ * *\n", "repeats too much");
     expect_error("allow * /(a*)*b\\1/ * *\n", "back-references");
-    sr_acl_policy_free(compile("allow * /app_[a-z0-9]{1,32}/,/(dba|ops)_[0-9]{2,4}/,/[[:alpha:]]+(_ro)?/ * *\n"));
+
     expect_error("allow * al;ce * *\n", "acl.conf:1: accounts: 'al;ce' is not a name");
     expect_error("allow * alice,,bob * *\n", "acl.conf:1: accounts: '' is not a name");
     expect_error("permit * alice * *\n", "acl.conf:1: unknown directive 'permit'");
@@ -68,6 +70,21 @@ static int decide(const sr_acl_policy_t *p, const char *user, const char *from, 
     sr_acl_decide(p, &r, &d);
     if (line) *line = d.line;
     return d.allow;
+}
+
+/* Regexes with commas of their own; an account name over 256 bytes is
+ * denied before any rule (the client chooses it; a regex's time grows with it). */
+static void test_regex_accounts(void)
+{
+    sr_acl_policy_t *p = compile("allow * /app_[a-z0-9]{1,32}/,/(dba|ops)_[0-9]{2,4}/,/[[:alpha:]]+(_ro)?/ * *\n");
+    static char long_name[SR_ACL_ACCOUNT_MAX + 2];
+    memset(long_name, 'a', sizeof long_name - 1);
+    SR_CHECK(!decide(p, long_name, NULL, NULL, 0, NULL));
+    long_name[SR_ACL_ACCOUNT_MAX] = '\0';
+    SR_CHECK(decide(p, long_name, NULL, NULL, 0, NULL));
+    SR_CHECK(decide(p, "app_x1", NULL, NULL, 0, NULL) && decide(p, "ops_123", NULL, NULL, 0, NULL));
+    SR_CHECK(!decide(p, "ops_1", NULL, NULL, 0, NULL) && !decide(p, "app_", NULL, NULL, 0, NULL));
+    sr_acl_policy_free(p);
 }
 
 static void test_first_match_and_addresses(void)
@@ -441,6 +458,7 @@ int main(void)
     SR_RUN(test_a_wildcard_directory_is_followed);
     SR_RUN(test_a_fresh_file_is_read_once_more_when_settled);
     SR_RUN(test_first_match_and_addresses);
+    SR_RUN(test_regex_accounts);
     SR_RUN(test_time_windows);
     SR_RUN(test_groups_file_and_includes);
     SR_RUN(test_ten_thousand_rules);
