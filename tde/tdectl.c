@@ -490,6 +490,7 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o,
     while (fd >= 0 && page && (got = pread(fd, page, ps, SR_TDE_HEADER_REGION + (off_t)(pgno - 1) * ps)) > 0) {
         const char *why = NULL;
         char detail[600];
+        uint32_t version = got == (ssize_t)ps ? sr_tde_page_key_version(page, ps) : 0; /* decrypting wipes it */
         if (got != (ssize_t)ps) {
             snprintf(detail, sizeof detail, "page %llu: cut short at %zd of %u bytes (truncated file)",
                      (unsigned long long)pgno, got, ps);
@@ -500,7 +501,7 @@ static void verify_pages(const char *path, sr_keyprov_t *kp, const options_t *o,
             snprintf(detail, sizeof detail, "%s", sr_err_detail());
             why = detail;
         } else {
-            sr_tde_count_version(&r->authentic, sr_tde_page_key_version(page, ps));
+            sr_tde_count_version(&r->authentic, version);
         }
         if (why) {
             if (r->bad < VERIFY_BAD_LISTED) r->bad_page[r->bad] = pgno;

@@ -202,6 +202,15 @@ static void test_tdectl_end_to_end(void)
     SR_CHECK(chmod(old_key, 0600) == 0);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "rotate-master --keyfile %s %s", key, enc), 0);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 0);
+    /* every page counted as authenticated, under its key version (all were counted 0: read after decrypting) */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --json --keyfile %s %s 2>/dev/null | cat", key, enc), 0);
+    unsigned long long pages = 0, authentic = 0, v2 = 0;
+    const char *at = strstr(out, "\"pages\": "), *au = strstr(out, "\"pages_authenticated\": "),
+               *per = strstr(out, "\"pages_per_key_version\": {\"2\": ");
+    if (at) pages = strtoull(at + 9, NULL, 10);
+    if (au) authentic = strtoull(au + 23, NULL, 10);
+    if (per) v2 = strtoull(per + 31, NULL, 10);
+    SR_CHECK_MSG(pages > 10 && authentic == pages && v2 == pages, "%s", out);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", old_key, enc), 4); /* the wrong key */
     SR_CHECK_MSG(strstr(out, "does not hold") != NULL, "%s", out);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", key, enc, back), 0);
@@ -212,6 +221,9 @@ static void test_tdectl_end_to_end(void)
     flip(enc, HDR + 3 * PS + 5);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --keyfile %s %s", key, enc), 1);
     SR_CHECK_MSG(strstr(out, "database page 4 ") != NULL && strstr(out, "FAILED") != NULL, "%s", out);
+    char one_bad[64];
+    snprintf(one_bad, sizeof one_bad, "FAILED (%llu of %llu pages authenticated)", pages - 1, pages);
+    SR_CHECK_CONTAINS(out, one_bad);
     flip(enc, HDR + 6 * PS + 9);
     SR_CHECK_EQ_INT(tdectl(out, sizeof out, "verify --json --keyfile %s %s 2>/dev/null | cat", key, enc), 0);
     SR_CHECK_MSG(strstr(out, "\"result\": \"failed\", \"exit_status\": 1") &&
