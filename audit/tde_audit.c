@@ -345,6 +345,24 @@ typedef struct search_ctx {
     uint64_t shown;
 } search_ctx_t;
 
+/* text in a table column of `width`: cut ones end with '~' (never silently). */
+static const char *cell(const char *text, int width, char *out, size_t cap)
+{
+    if ((int)strlen(text) <= width) return text;
+    snprintf(out, cap, "%.*s~", width - 1, text);
+    return out;
+}
+
+/* The kernel's view of a process ("uid=U gid=G pid=P exe=PATH") as "uid=U pid=P" for a table (the
+ * rest is in the json and csv forms); another subject as it is. */
+static const char *table_subject(const char *subject, char *out, size_t cap)
+{
+    const char *pid = strstr(subject, " pid=");
+    if (strncmp(subject, "uid=", 4) != 0 || !pid) return subject;
+    snprintf(out, cap, "%.*s%.*s", (int)strcspn(subject, " "), subject, (int)strcspn(pid + 1, " ") + 1, pid);
+    return out;
+}
+
 static int search_one(void *ctx, const sr_audit_record_t *r, const char *raw)
 {
     search_ctx_t *s = ctx;
@@ -359,8 +377,11 @@ static int search_one(void *ctx, const sr_audit_record_t *r, const char *raw)
         const char *f[] = {ts, r->host, r->component, r->event, r->subject, r->object, r->outcome, r->source, r->detail};
         for (int i = 0; i < 9; i++) csv_field(f[i], i == 8);
     } else {
-        printf("%-7llu %-20s %-10s %-22s %-16.16s %-38.38s %-8s %-15s %.60s\n", (unsigned long long)r->seq, ts,
-               r->component, r->event, r->subject, r->object, r->outcome, r->source, r->detail);
+        char subject[256], subject_cell[32], object_cell[40], source_cell[24], detail_cell[64];
+        printf("%-7llu %-20s %-10s %-22s %-20s %-38s %-8s %-15s %s\n", (unsigned long long)r->seq, ts, r->component,
+               r->event, cell(table_subject(r->subject, subject, sizeof subject), 20, subject_cell, sizeof subject_cell),
+               cell(r->object, 38, object_cell, sizeof object_cell), r->outcome,
+               cell(r->source, 15, source_cell, sizeof source_cell), cell(r->detail, 60, detail_cell, sizeof detail_cell));
     }
     return 0;
 }
@@ -374,7 +395,7 @@ static int cmd_search(opts_t *o)
         return fprintf(stderr, "tde-audit: search: --format %s: table, json or csv\n", fmt), SR_EXIT_USAGE;
     if (s.mode == 2) puts("seq,ts,host,component,event,subject,object,outcome,source,detail");
     if (s.mode == 0)
-        printf("%-7s %-20s %-10s %-22s %-16s %-38s %-8s %-15s %s\n", "SEQ", "TIME", "COMPONENT", "EVENT", "SUBJECT",
+        printf("%-7s %-20s %-10s %-22s %-20s %-38s %-8s %-15s %s\n", "SEQ", "TIME", "COMPONENT", "EVENT", "SUBJECT",
                "OBJECT", "OUTCOME", "SOURCE", "DETAIL");
     uint64_t bad = 0;
     int status = each_record(o, search_one, &s, &bad);

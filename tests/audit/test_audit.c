@@ -534,6 +534,25 @@ static void test_event_vocabulary_documented(void)
 /* --source: IPv4 and IPv6 prefixes and "local" select the right records; an
  * address or prefix that cannot be is a usage error, not "nothing found"
  * (audit hardening issue). */
+/* The table shows a kernel subject as uid and pid, and marks what it cuts. */
+static void test_search_table_cells(void)
+{
+    const char *path = sr_test_path("table.log");
+    sr_audit_writer_t *w = open_log(path, 1000, 0);
+    char detail[200];
+    memset(detail, 'd', sizeof detail - 1), detail[sizeof detail - 1] = '\0';
+    SR_CHECK_OK(sr_audit_append(w, &(sr_event_t){.component = "tde", .event = "tablespace.open",
+                                                .subject = "uid=1000 gid=1000 pid=4242 exe=/usr/bin/sqlite3",
+                                                .object = "shop.db", .outcome = "success", .source = "local",
+                                                .detail = detail}));
+    SR_CHECK_OK(sr_audit_close(w));
+    char args[700], out[8192];
+    snprintf(args, sizeof args, "search --event tablespace.open %s", path);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    SR_CHECK_CONTAINS(out, " uid=1000 pid=4242 ");
+    SR_CHECK_MSG(strstr(out, "ddd~\n") && !strstr(out, "exe="), "%s", out);
+}
+
 static void test_search_source_filter(void)
 {
     char path[512], args[1024], out[65536];
@@ -824,6 +843,7 @@ int main(void)
     SR_RUN(test_sigkill_loses_no_acknowledged_record);
     SR_RUN(test_torn_tail_cut_and_recorded);
     SR_RUN(test_search_source_filter);
+    SR_RUN(test_search_table_cells);
     SR_RUN(test_cli_convention);
     SR_RUN(test_event_vocabulary_documented);
     SR_RUN(test_cut_at_checkpoint_caught_against_copy);
