@@ -109,18 +109,29 @@ static int peer_subject(int fd, char *out, size_t cap, uid_t *uid)
 
 /* Answers are small and clients wait for each before sending the next: one
  * that does not take its answers (its socket buffer is full) is dropped. */
+#define ANSWER_MAX (5 + 1024)
+
+/* One answer into msg: 'A', or 'E' | length | reason. Its length. */
+static size_t answer(uint8_t *msg, const char *error)
+{
+    if (!error) return msg[0] = 'A', 1;
+    size_t n = strnlen(error, 1024);
+    msg[0] = 'E';
+    sr_put_be32(msg + 1, (uint32_t)n);
+    memcpy(msg + 5, error, n);
+    return 5 + n;
+}
+
+/* Answers sent whole or the client is dropped (one that does not read its answers). */
+static void send_answers(client_t *c, const uint8_t *msg, size_t len)
+{
+    if (len && !c->dead && send(c->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len) c->dead = 1;
+}
+
 static void reply(client_t *c, const char *error)
 {
-    uint8_t msg[5 + 1024] = {'A'};
-    size_t len = 1;
-    if (error) {
-        size_t n = strnlen(error, 1024);
-        msg[0] = 'E';
-        sr_put_be32(msg + 1, (uint32_t)n);
-        memcpy(msg + 5, error, n);
-        len = 5 + n;
-    }
-    if (!c->dead && send(c->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len) c->dead = 1;
+    uint8_t msg[ANSWER_MAX];
+    send_answers(c, msg, answer(msg, error));
 }
 
 const char *audit_frame_fields(const char *payload, size_t len, const char *f[AUDIT_FRAME_FIELDS])
@@ -249,9 +260,14 @@ static void seal_round(worker_t *s)
     sr_err_t rc = n ? audit_append_many(s->s->w, s->events, n) : SR_OK;
     char why[600] = "";
     if (rc != SR_OK) snprintf(why, sizeof why, "%s", sr_err_detail());
+    /* a client's events of this round, read together, are answered in one send: one wake-up of it, not one each */
+    uint8_t out[8 * ANSWER_MAX];
+    size_t used = 0;
     for (size_t i = 0; i < s->n_items; i++) {
         item_t *it = &s->items[i];
-        reply(it->c, it->error ? it->error : rc == SR_OK ? NULL : why);
+        used += answer(out + used, it->error ? it->error : rc == SR_OK ? NULL : why);
+        if (i + 1 == s->n_items || s->items[i + 1].c != it->c || used + ANSWER_MAX > sizeof out)
+            send_answers(it->c, out, used), used = 0;
         free(it->payload), free(it->detail);
     }
     s->n_items = 0;
@@ -456,17 +472,32 @@ static void client_broken(sr_audit_client_t *c, sr_err_t rc)
     pthread_cond_broadcast(&c->cv);
 }
 
-/* One answer, read without the lock (called with it, returns with it). */
+/* Leading 'A' answers already here, up to `most`, taken at once (the sealer
+ * sends a round's answers to one process together): how many, 0 if the
+ * first is not one. */
+static size_t take_acknowledgements(int fd, size_t most)
+{
+    uint8_t buf[IN_FLIGHT];
+    ssize_t got = most > 1 ? recv(fd, buf, most, MSG_PEEK | MSG_DONTWAIT) : 0;
+    size_t n = 0;
+    while (got > 0 && n < (size_t)got && buf[n] == 'A') n++;
+    return n > 1 && recv(fd, buf, n, MSG_DONTWAIT) == (ssize_t)n ? n : 0;
+}
+
+/* One answer or more, read without the lock (called with it, returns with it). */
 static void read_answer(sr_audit_client_t *c)
 {
     int fd = c->fd;
     uint64_t generation = c->generation;
+    size_t outstanding = (size_t)(c->sent - c->answered);
     c->reading = 1;
     pthread_mutex_unlock(&c->lock);
     uint8_t status = 0, head[4];
     char why[1024] = "";
+    size_t acks = 0;
     sr_err_t rc = sr_fd_wait_readable(fd, ANSWER_TIMEOUT_S * 1000);
-    if (rc == SR_OK) rc = sock_read(fd, &status, 1);
+    if (rc == SR_OK && (acks = take_acknowledgements(fd, outstanding)) > 0) status = 'A';
+    else if (rc == SR_OK) rc = sock_read(fd, &status, 1), acks = 1;
     if (rc == SR_OK && status == 'E' && (rc = sock_read(fd, head, 4)) == SR_OK) {
         uint32_t n = sr_get_be32(head);
         rc = n < sizeof why ? sock_read(fd, why, n) : sr_err_set(SR_ERR_PROTOCOL, "an answer of %u bytes", n);
@@ -484,12 +515,14 @@ static void read_answer(sr_audit_client_t *c)
         client_broken(c, rc);
         return;
     }
-    waiter_t *w = c->waiting[c->answered % IN_FLIGHT];
-    c->waiting[c->answered % IN_FLIGHT] = NULL;
-    c->answered++;
-    w->done = 1;
-    w->rc = status == 'A' ? SR_OK : SR_ERR_IO;
-    if (status == 'E') snprintf(w->why, sizeof w->why, "the audit sealer did not record the event: %s", why);
+    for (size_t i = 0; i < acks; i++) {
+        waiter_t *w = c->waiting[c->answered % IN_FLIGHT];
+        c->waiting[c->answered % IN_FLIGHT] = NULL;
+        c->answered++;
+        w->done = 1;
+        w->rc = status == 'A' ? SR_OK : SR_ERR_IO;
+        if (status == 'E') snprintf(w->why, sizeof w->why, "the audit sealer did not record the event: %s", why);
+    }
     pthread_cond_broadcast(&c->cv);
 }
 
