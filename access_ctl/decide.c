@@ -270,10 +270,10 @@ void sr_acl_evaluate(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *
 
 void sr_acl_evaluate_current(sr_acl_t *a, const sr_acl_request_t *r, sr_acl_decision_t *d, sr_acl_file_id_t *id)
 {
-    sr_acl_file_id_t now;
-    int current = sr_acl_file_id(a->path, &now) == SR_OK;
+    /* the policy's own record of its files covers a->path (one stat each); a->id is zero when the file changed
+     * while it was compiled, which makes it compiled again */
     pthread_rwlock_rdlock(&a->lock);
-    current = current && sr_acl_file_id_equal(&a->id, &now) && sr_acl_policy_unchanged(a->policy);
+    int current = a->id.ino && sr_acl_policy_unchanged(a->policy);
     pthread_rwlock_unlock(&a->lock);
     if (!current && sr_acl_reload(a) != SR_OK) {
         int64_t at = (int64_t)sr_time_mono_ms(), last = a->warned_ms;

@@ -74,7 +74,6 @@ static int valid_name(const char *s, size_t len)
     return 1;
 }
 
-/* Calls fn for each comma-separated item of a list token. */
 /* Calls fn on each comma-separated item; a /regex/ item runs to its closing
  * slash, so `/a{1,8}/` is one item. */
 static sr_err_t each_item(const char *list, sr_err_t (*fn)(void *, const char *, size_t), void *ctx)
@@ -156,16 +155,29 @@ static const group_t *find_group(const compiler_t *c, const char *name, size_t l
 }
 
 #define REGEX_NODES_MAX 4096
+#define TEXT_OF(n) TEXT_OF_(n)
+#define TEXT_OF_(n) #n
 
-/* The size of the automaton glibc's regcomp builds, roughly: each repeat
- * copies what it repeats (`{m,n}` n times, `+` and `?` twice), so nested
- * repeats multiply: `((a{99}){99}){99}` would take gigabytes. 1 if over
- * REGEX_NODES_MAX;
- * 2 for a back-reference (\1: glibc then matches by backtracking, and the
- * account name matched is the client's choice); 3 for a repeat right after
- * a repeat (`a*+`, `a{2}{3}`: glibc copies the tree for each, 2 GB for 30
- * of them, and its closure over 13 took 15 s — both found by the fuzzer). */
-static int regex_too_big(const char *p, size_t len)
+/* What makes a regex too costly for glibc's regcomp or regexec, each found
+ * by the policy fuzzer or the reason beside it. */
+typedef enum {
+    REGEX_FINE,
+    REGEX_TOO_BIG,  /* each repeat copies what it repeats (`{m,n}` n times, `+` and `?` twice), so nested repeats
+                     * multiply: `((a{99}){99}){99}` would take gigabytes */
+    REGEX_BACKREF,  /* \1: glibc then matches by backtracking, over an account name the client chooses */
+    REGEX_STACKED,  /* a repeat right after a repeat (`a*+`, `a{2}{3}`): a tree copy each, 2 GB for 30 of them,
+                     * and the closure over 13 took 15 s */
+} regex_cost_t;
+
+static const char *const regex_refusal[] = {
+    [REGEX_TOO_BIG] = "repeats too much (nested or stacked repeats multiply; at most " TEXT_OF(REGEX_NODES_MAX)
+                      " states)",
+    [REGEX_BACKREF] = "back-references (\\1...\\9) are not allowed",
+    [REGEX_STACKED] = "a repeat right after a repeat (*+, ++, {2}{3}) is not allowed",
+};
+
+/* The automaton's size is estimated as the pattern is read, up to REGEX_NODES_MAX. */
+static regex_cost_t regex_cost(const char *p, size_t len)
 {
     size_t outer[16], cur = 0, last = 0; /* the group being read so far; what a repeat would copy */
     int depth = 0, repeated = 0;         /* repeated: the last thing read was a repeat */
@@ -174,31 +186,31 @@ static int regex_too_big(const char *p, size_t len)
         int was_repeated = repeated;
         repeated = 0;
         if (ch == '(') {
-            if (depth == 16) return 1;
+            if (depth == 16) return REGEX_TOO_BIG;
             outer[depth++] = cur, cur = last = 0;
             continue;
         }
         if (ch == ')' && depth) {
             last = cur, cur = outer[--depth] + last;
         } else if (ch == '*' || ch == '+' || ch == '?' || ch == '{') {
-            if (was_repeated) return 3; /* undefined in POSIX; glibc's closure over them is exponential in time */
+            if (was_repeated) return REGEX_STACKED; /* undefined in POSIX */
             repeated = 1;
             size_t times = 2;
             if (ch == '{') { /* {m}, {m,}, {m,n}: n copies (m + 1 when unbounded) */
                 unsigned long m = strtoul(p + i + 1, NULL, 10), n = m + 1;
                 const char *comma = memchr(p + i, ',', len - i), *close = memchr(p + i, '}', len - i);
-                if (!close) return 0; /* regcomp says what is wrong */
+                if (!close) return REGEX_FINE; /* regcomp says what is wrong */
                 if (comma && comma < close && comma[1] != '}') n = strtoul(comma + 1, NULL, 10);
                 else if (!comma || comma > close) n = m;
                 times = n > 1 ? n : 1;
                 i = (size_t)(close - p);
             }
-            if (times > REGEX_NODES_MAX || last > REGEX_NODES_MAX / times) return 1;
+            if (times > REGEX_NODES_MAX || last > REGEX_NODES_MAX / times) return REGEX_TOO_BIG;
             cur += last * (times - 1), last *= times;
         } else if (ch == '|') {
             last = 0;
         } else {
-            if (ch == '\\' && i + 1 < len && p[i + 1] >= '1' && p[i + 1] <= '9') return 2;
+            if (ch == '\\' && i + 1 < len && p[i + 1] >= '1' && p[i + 1] <= '9') return REGEX_BACKREF;
             if (ch == '\\' && i + 1 < len) i++;
             else if (ch == '[') { /* a bracket expression is one atom: "[]a]" and "[^]a]" hold a ']' */
                 size_t j = i + 1 + (i + 1 < len && p[i + 1] == '^');
@@ -208,9 +220,9 @@ static int regex_too_big(const char *p, size_t len)
             }
             cur++, last = 1;
         }
-        if (cur > REGEX_NODES_MAX) return 1;
+        if (cur > REGEX_NODES_MAX) return REGEX_TOO_BIG;
     }
-    return 0;
+    return REGEX_FINE;
 }
 
 static sr_err_t add_regex(field_ctx_t *f, const char *s, size_t len)
@@ -218,16 +230,10 @@ static sr_err_t add_regex(field_ctx_t *f, const char *s, size_t len)
     if (len < 3 || s[len - 1] != '/') return at(f->file, f->line, "accounts: a regular expression is /.../");
     char pattern[1100];
     if (len > 1000) return at(f->file, f->line, "accounts: regular expression too long");
-    int hard = regex_too_big(s + 1, len - 2);
-    if (hard == 1)
-        return at(f->file, f->line, "accounts: regular expression %.*s repeats too much (nested or stacked repeats "
-                  "multiply; at most %d states)", (int)(len > 60 ? 60 : len), s, REGEX_NODES_MAX);
-    if (hard == 3)
-        return at(f->file, f->line, "accounts: regular expression %.*s: a repeat right after a repeat (*+, ++, {2}{3}) "
-                  "is not allowed", (int)(len > 60 ? 60 : len), s);
-    if (hard == 2)
-        return at(f->file, f->line, "accounts: regular expression %.*s: back-references (\\1...\\9) are not allowed",
-                  (int)(len > 60 ? 60 : len), s);
+    regex_cost_t cost = regex_cost(s + 1, len - 2);
+    if (cost != REGEX_FINE)
+        return at(f->file, f->line, "accounts: regular expression %.*s%s %s", (int)(len > 60 ? 60 : len), s,
+                  cost == REGEX_TOO_BIG ? "" : ":", regex_refusal[cost]);
     snprintf(pattern, sizeof pattern, "^(%.*s)$", (int)len - 2, s + 1);
     regex_t *v = realloc(f->r->regexes, (f->r->n_regexes + 1) * sizeof *v);
     if (!v) return SR_ERR_NOMEM;
