@@ -117,7 +117,8 @@ static int cmd_install(int argc, char **argv)
     if (rc == SR_OK) rc = sr_acl_compile_text(argv[1], text, &p);
     if (rc == SR_OK) rc = sr_acl_policy_trusted(p);
     if (rc != SR_OK) {
-        fprintf(stderr, "tde-acl: %s as %s would read it: %s (%s)\n", argv[0], argv[1], sr_err_detail(), sr_err_name(rc));
+        fprintf(stderr, "tde-acl: %s as %s would read it: %s (%s)\n", argv[0], argv[1], sr_err_detail(),
+                sr_err_name(rc));
         sr_acl_policy_free(p), free(text);
         return rc == SR_ERR_PARSE ? SR_EXIT_FAILED : SR_EXIT_CANNOT;
     }

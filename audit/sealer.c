@@ -559,7 +559,8 @@ static sr_err_t client_send_once(sr_audit_client_t *c, const uint8_t *frame, siz
 
 sr_err_t sr_audit_client_send(sr_audit_client_t *c, const sr_event_t *e)
 {
-    const char *f[AUDIT_FRAME_FIELDS] = {e->component, e->event, e->subject, e->object, e->outcome, e->source, e->detail};
+    const char *f[AUDIT_FRAME_FIELDS] = {e->component, e->event,  e->subject, e->object,
+                                         e->outcome,   e->source, e->detail};
     uint8_t *frame = malloc(4 + EVENT_MAX);
     if (!frame) return sr_err_set(SR_ERR_NOMEM, "audit event");
     size_t len = 0;

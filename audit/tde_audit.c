@@ -378,10 +378,12 @@ static int search_one(void *ctx, const sr_audit_record_t *r, const char *raw)
         for (int i = 0; i < 9; i++) csv_field(f[i], i == 8);
     } else {
         char subject[256], subject_cell[32], object_cell[40], source_cell[24], detail_cell[64];
+        const char *who = table_subject(r->subject, subject, sizeof subject);
         printf("%-7llu %-20s %-10s %-22s %-20s %-38s %-8s %-15s %s\n", (unsigned long long)r->seq, ts, r->component,
-               r->event, cell(table_subject(r->subject, subject, sizeof subject), 20, subject_cell, sizeof subject_cell),
+               r->event, cell(who, 20, subject_cell, sizeof subject_cell),
                cell(r->object, 38, object_cell, sizeof object_cell), r->outcome,
-               cell(r->source, 15, source_cell, sizeof source_cell), cell(r->detail, 60, detail_cell, sizeof detail_cell));
+               cell(r->source, 15, source_cell, sizeof source_cell),
+               cell(r->detail, 60, detail_cell, sizeof detail_cell));
     }
     return 0;
 }

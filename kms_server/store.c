@@ -694,8 +694,8 @@ sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n)
 {
     kms_stmt_t *st;
     sr_err_t rc = kms_db_prepare(s->db, "INSERT INTO nodes(" NODE_COLUMNS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"
-                                        " ON CONFLICT(uuid) DO UPDATE SET name=?2, grp=?3, state=?4, lease_expires_ms=?5,"
-                                        " joined=?6, left_at=?7, nk=?8, reason=?9", &st);
+                                        " ON CONFLICT(uuid) DO UPDATE SET name=?2, grp=?3, state=?4,"
+                                        " lease_expires_ms=?5, joined=?6, left_at=?7, nk=?8, reason=?9", &st);
     if (rc != SR_OK) return rc;
     kms_bind_text(st, 1, n->uuid), kms_bind_text(st, 2, n->name), kms_bind_text(st, 3, n->group);
     kms_bind_text(st, 4, n->state);
@@ -707,8 +707,8 @@ sr_err_t kms_node_save(kms_store_t *s, const kms_node_t *n)
 sr_err_t kms_node_extend_leases(kms_store_t *s, int64_t until_ms)
 {
     kms_stmt_t *st;
-    sr_err_t rc = kms_db_prepare(s->db, "UPDATE nodes SET lease_expires_ms = ?1 WHERE state = 'active' AND lease_expires_ms < ?1",
-                                 &st);
+    sr_err_t rc = kms_db_prepare(s->db, "UPDATE nodes SET lease_expires_ms = ?1"
+                                        " WHERE state = 'active' AND lease_expires_ms < ?1", &st);
     if (rc != SR_OK) return rc;
     kms_bind_int(st, 1, until_ms);
     return run(st, "extend leases");

@@ -80,7 +80,8 @@ static void test_pamtester(void)
     write_service("srtest-incl", including);
     SR_CHECK_MSG(pamtester("srtest-incl", "alice", "10.1.2.3", "secret") == 0, "%s", out);
     chmod(included, 0666);
-    SR_CHECK(pamtester("srtest-incl", "alice", "10.1.2.3", "secret") != 0); /* the record says why: test_audit_records */
+    /* refused; the record says why (test_audit_records) */
+    SR_CHECK(pamtester("srtest-incl", "alice", "10.1.2.3", "secret") != 0);
     chmod(included, 0644);
     /* fail closed: a policy that does not parse refuses everyone */
     write_text(policy, "allow * alice 10.0.0.0/8 srtest-pam\nallow *\n");

@@ -747,8 +747,8 @@ static void test_record_strings_escaped_exactly(void)
     static char detail[5000];
     memset(detail, 'd', sizeof detail - 1);
     sr_event_t e = {.component = "tde", .event = "tablespace.open", .subject = "a\"b\\c\x01\x7f\xc3\xa9\xff end",
-                    .object = "/db/\xe2\x82\xac.db", .outcome = "success", .source = "\xed\xa0\x80\xe0\x80\xaf\xf5\x80\x80\x80",
-                    .detail = detail};
+                    .object = "/db/\xe2\x82\xac.db", .outcome = "success",
+                    .source = "\xed\xa0\x80\xe0\x80\xaf\xf5\x80\x80\x80", .detail = detail};
     uint8_t prev[32] = {0}, hash[32];
     char line[SR_AUDIT_LINE_MAX + 512];
     size_t n = audit_format(line, sizeof line, 7, 0, "host", &e, prev, NULL, hash);

@@ -631,7 +631,8 @@ static int old_store_converted(const char *store, const char *root)
         if (kms_store_open_encrypted(store, kp, &s) != SR_OK || kms_node_load(s, n.uuid, &got) != SR_OK)
             return fprintf(stderr, "open the old store: %s\n", sr_err_detail()), 1;
         kms_store_close(s);
-        if (got.lease_expires_ms != 1900000123000) return fprintf(stderr, "lease %lld\n", (long long)got.lease_expires_ms), 1;
+        if (got.lease_expires_ms != 1900000123000)
+            return fprintf(stderr, "lease %lld\n", (long long)got.lease_expires_ms), 1;
     }
     sr_keyprov_free(kp);
     return 0;
