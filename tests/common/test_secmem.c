@@ -154,11 +154,13 @@ static void test_slot_overrun_aborts(void)
 static void *slot_churn(void *arg)
 {
     uint8_t mark = (uint8_t)(uintptr_t)arg, *held[16];
+    size_t len[16];
+    for (int i = 0; i < 16; i++) len[i] = 1 + (size_t)(i * 7) % 112; /* 1 to 106 bytes */
     for (int round = 0; round < 2000; round++) {
         for (int i = 0; i < 16; i++)
-            if ((held[i] = sr_secure_alloc(1 + (size_t)(i * 7) % 112))) memset(held[i], mark, 1 + (size_t)(i * 7) % 112);
+            if ((held[i] = sr_secure_alloc(len[i]))) memset(held[i], mark, len[i]);
         for (int i = 0; i < 16; i++) {
-            for (size_t k = 0; held[i] && k < 1 + (size_t)(i * 7) % 112; k++)
+            for (size_t k = 0; held[i] && k < len[i]; k++)
                 if (held[i][k] != mark) return (void *)1;
             sr_secure_free(held[i]);
         }
