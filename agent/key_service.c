@@ -53,16 +53,23 @@ static void user_name(uid_t uid, char *out, size_t cap)
 
 static void describe_peer(const struct ucred *c, peer_t *p)
 {
-    struct ucred cred = *c;
     memset(p, 0, sizeof *p);
-    p->uid = cred.uid, p->pid = cred.pid;
-    user_name(cred.uid, p->user, sizeof p->user);
+    p->uid = c->uid, p->pid = c->pid;
+    user_name(c->uid, p->user, sizeof p->user);
+}
+
+/* The peer as its events name it; its executable read on first use (a
+ * readlink of /proc: after the answer, when the event is only a log line). */
+static const char *subject_of(peer_t *p)
+{
+    if (p->subject[0]) return p->subject;
     char link[64];
-    snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
+    snprintf(link, sizeof link, "/proc/%d/exe", (int)p->pid);
     ssize_t n = readlink(link, p->exe, sizeof p->exe - 1);
     p->exe[n > 0 ? n : 0] = '\0';
-    snprintf(p->subject, sizeof p->subject, "uid=%u (%s) pid=%d exe=%s", (unsigned)cred.uid, p->user, (int)cred.pid,
+    snprintf(p->subject, sizeof p->subject, "uid=%u (%s) pid=%d exe=%s", (unsigned)p->uid, p->user, (int)p->pid,
              p->exe[0] ? p->exe : "?");
+    return p->subject;
 }
 
 static void answer(int fd, char status, const uint8_t *data, size_t len)
@@ -79,18 +86,18 @@ static void answer(int fd, char status, const uint8_t *data, size_t len)
     }
 }
 
-static void refuse(int fd, const peer_t *p, const char *object, const char *why)
+static void refuse(int fd, peer_t *p, const char *object, const char *why)
 {
-    event("key.request", p->subject, object, "denied", why);
+    event("key.request", subject_of(p), object, "denied", why);
     answer(fd, 'E', (const uint8_t *)why, strlen(why));
 }
 
 /* The key could not be had (the KMS unreachable, ...): a failure, recorded
  * and answered as one with its error class, never as a refusal — a DBA and
  * an auditor must tell an outage from a denial. */
-static void fail(int fd, const peer_t *p, const char *object, sr_err_t rc, const char *why)
+static void fail(int fd, peer_t *p, const char *object, sr_err_t rc, const char *why)
 {
-    event("key.request", p->subject, object, "failure", why);
+    event("key.request", subject_of(p), object, "failure", why);
     uint8_t msg[4 + 1024];
     size_t n = strnlen(why, sizeof msg - 4);
     sr_put_be32(msg, (uint32_t)rc);
@@ -127,7 +134,7 @@ static int permitted(const peer_t *p, char *why, size_t cap)
  * server, account, source, service; the answer: allow (1) | recorded (1) |
  * file identity (4 x u64 BE) | why NUL | digest NUL. The policy file is
  * world-readable, so answering any local process tells it nothing new. */
-static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
+static void decide_for(int fd, peer_t *p, const uint8_t *body, size_t len)
 {
     const char *f[5];
     size_t at = 0;
@@ -154,7 +161,7 @@ static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
         char detail[700];
         snprintf(detail, sizeof detail, "account %.64s: %s; policy %s (decided and recorded by tde-agent)", f[2], d.why,
                  d.policy);
-        sr_event_t ev = {.component = "pam", .event = "login", .subject = p->subject, .object = *f[4] ? f[4] : NULL,
+        sr_event_t ev = {.component = "pam", .event = "login", .subject = subject_of(p), .object = *f[4] ? f[4] : NULL,
                          .outcome = d.allow ? "success" : "denied", .detail = detail, .source = *f[3] ? f[3] : "local"};
         recorded = sr_event_emit(&ev) == SR_OK;
     }
@@ -173,7 +180,7 @@ static void decide_for(int fd, const peer_t *p, const uint8_t *body, size_t len)
  * took (i64 BE, Unix s) | keys cached (u32 BE) | pushed policy version (i64
  * BE) | why the last heartbeat failed, NUL ("" : it reached the KMS) | why
  * the membership ended, NUL. Identifiers and counts, never a key. */
-static void report_status(int fd, const peer_t *p)
+static void report_status(int fd, peer_t *p)
 {
     if (p->uid != 0 && p->uid != geteuid()) return refuse(fd, p, NULL, "status is for root or the agent's user");
     uint8_t out[1 + 8 + 8 + 4 + 8 + sizeof agent.kms_error + sizeof agent.revoked_why];
@@ -271,8 +278,12 @@ static void handle(int fd, const struct ucred *cred, uint8_t *reply)
     if (rc == SR_OK) {
         snprintf(why, sizeof why, "%s data key v%u%s%s%.200s", op == 'C' ? "created" : op == 'U' ? "unwrapped" : "re-wrapped",
                  version, cached ? " (cached)" : "", allowed_by[0] ? "; " : "", allowed_by);
-        event("key.request", p.subject, object, "success", why);
+        /* recorded before the key leaves when events are recorded; a log
+         * line only (no sink) follows the answer, off the engine's open */
+        int durable = sr_event_has_sink();
+        if (durable) event("key.request", subject_of(&p), object, "success", why);
         answer(fd, 'K', reply, len);
+        if (!durable) event("key.request", subject_of(&p), object, "success", why);
     } else if (rc == SR_ERR_PERMISSION) { /* the KMS's word: a revoked or ungranted master key */
         refuse(fd, &p, object, sr_err_detail());
     } else {

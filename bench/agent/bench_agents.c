@@ -23,6 +23,7 @@
 #include "sr_test.h"
 #include "tde.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -164,6 +165,25 @@ static void *first_open(void *arg)
     return NULL;
 }
 
+/* CPU time a process's threads have run so far, ms (the kernel's schedstat, ns). */
+static double cpu_ms(pid_t pid)
+{
+    char path[64];
+    unsigned long long total = 0;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *tasks = opendir(path);
+    for (struct dirent *t; tasks && (t = readdir(tasks));) {
+        char stat_path[300];
+        unsigned long long ns = 0;
+        snprintf(stat_path, sizeof stat_path, "/proc/%d/task/%s/schedstat", (int)pid, t->d_name);
+        FILE *f = t->d_name[0] == '.' ? NULL : fopen(stat_path, "r");
+        if (f && fscanf(f, "%llu", &ns) == 1) total += ns;
+        if (f) fclose(f);
+    }
+    if (tasks) closedir(tasks);
+    return (double)total / 1e6;
+}
+
 static int create_table(const char *uri)
 {
     sqlite3 *db = NULL;
@@ -269,6 +289,7 @@ int main(void)
     }
     if (pthread_create(&watcher, NULL, watch_sockets, NULL) != 0) return abandon("cannot start the watcher");
     uint64_t wave = sr_time_mono_ms(), all = 0;
+    double kmsd_before = cpu_ms(kmsd_pid()), agents_cpu = 0;
     for (int i = 0; i < n; i++) {
         nodes[i].started = sr_time_mono_ms();
         if ((pids[i] = start_agent(i)) < 0) return abandon("cannot start a node");
@@ -280,6 +301,8 @@ int main(void)
         serving[i] = nodes[i].serving - nodes[i].started, opened[i] = nodes[i].opened - nodes[i].started;
         all = nodes[i].opened - wave > all ? nodes[i].opened - wave : all;
     }
+    double kmsd_cpu = cpu_ms(kmsd_pid()) - kmsd_before;
+    for (int i = 0; i < n; i++) agents_cpu += cpu_ms(pids[i]);
     close(inotify_fd); /* the watcher is done, or stuck on a node that never served: its read ends */
     if (failed) return abandon("nodes could not open their tablespace in 120 s (their agent.log says why)");
     pthread_join(watcher, NULL);
@@ -317,6 +340,8 @@ int main(void)
     printf("| enrolment to first tablespace open, p99 | %llu ms |\n", (unsigned long long)opened[n * 99 / 100]);
     printf("| all %d enrolled, each with its tablespace open | %llu ms after the first start |\n", n,
            (unsigned long long)all);
+    printf("| CPU per node during the wave: its agent / kmsd's share | %.1f / %.1f ms |\n", agents_cpu / n,
+           kmsd_cpu / n);
     printf("| open + read through the agent (key cached) | %.0f µs |\n", agent_us);
     printf("| open + read with a local key file | %.0f µs |\n", file_us);
     printf("| the agent's cost per open | %.0f µs (%.2fx) |\n", agent_us - file_us, agent_us / file_us);
