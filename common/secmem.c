@@ -21,7 +21,16 @@
 static pthread_once_t sodium_once = PTHREAD_ONCE_INIT;
 static int sodium_status = -1;
 
-static void sodium_init_once(void) { sodium_status = sodium_init(); }
+/* A fork while another thread holds the slots' lock would leave the child's
+ * copy locked for ever: the lock is taken around every fork. */
+static void slots_lock(void);
+static void slots_unlock(void);
+
+static void sodium_init_once(void)
+{
+    sodium_status = sodium_init();
+    pthread_atfork(slots_lock, slots_unlock, slots_unlock);
+}
 
 sr_err_t sr_secure_init(void)
 {
@@ -65,6 +74,9 @@ static struct {
     } chunk[MAX_CHUNKS];
     uint8_t canary[SLOT_BYTES - 1];
 } slots = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void slots_lock(void) { pthread_mutex_lock(&slots.lock); }
+static void slots_unlock(void) { pthread_mutex_unlock(&slots.lock); }
 
 static void canary_mark(uint8_t *p, size_t len)
 {
@@ -126,9 +138,9 @@ void *sr_secure_alloc(size_t len)
     if (sr_secure_init() != SR_OK) return NULL;
     void *p = NULL;
     if (len <= SLOT_MAX) {
-        pthread_mutex_lock(&slots.lock);
+        slots_lock();
         p = slot_take(len ? len : 1);
-        pthread_mutex_unlock(&slots.lock);
+        slots_unlock();
     }
     if (!p) p = sodium_malloc(len ? len : 1);
     if (!p)
@@ -140,7 +152,7 @@ void *sr_secure_alloc(size_t len)
 void sr_secure_free(void *ptr)
 {
     if (!ptr) return;
-    pthread_mutex_lock(&slots.lock);
+    slots_lock();
     int c = slot_chunk(ptr);
     if (c >= 0) {
         size_t i = (size_t)((uint8_t *)ptr - slots.chunk[c].base) / SLOT_BYTES;
@@ -156,15 +168,15 @@ void sr_secure_free(void *ptr)
 #endif
         slots.chunk[c].used[i / 64] &= ~(1ull << (i % 64));
     }
-    pthread_mutex_unlock(&slots.lock);
+    slots_unlock();
     if (c < 0) sodium_free(ptr);
 }
 
 int sr_secure_is_slot(const void *ptr)
 {
-    pthread_mutex_lock(&slots.lock);
+    slots_lock();
     int c = slot_chunk(ptr);
-    pthread_mutex_unlock(&slots.lock);
+    slots_unlock();
     return c >= 0;
 }
 

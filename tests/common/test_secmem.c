@@ -168,6 +168,39 @@ static void *slot_churn(void *arg)
     return NULL;
 }
 
+/* A fork while another thread takes and frees slots: the child can still
+ * allocate (a child that forked with the slots' lock held would hang; the
+ * alarm ends it). */
+static _Atomic int churning;
+static void *churn_until_told(void *arg)
+{
+    (void)arg;
+    while (churning) sr_secure_free(sr_secure_alloc(32));
+    return NULL;
+}
+
+static void test_fork_while_slots_are_busy(void)
+{
+    pthread_t t;
+    churning = 1;
+    SR_CHECK(pthread_create(&t, NULL, churn_until_told, NULL) == 0);
+    int hung = 0;
+    for (int i = 0; i < 100; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(1);
+            sr_secure_free(sr_secure_alloc(32));
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        hung += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    churning = 0;
+    pthread_join(t, NULL);
+    SR_CHECK_MSG(hung == 0, "%d of 100 children forked beside a busy thread could not allocate", hung);
+}
+
 static void test_slots_from_many_threads(void)
 {
     pthread_t t[8];
@@ -232,6 +265,7 @@ int main(void)
     SR_RUN(test_slots_are_locked);
     SR_RUN(test_slot_overrun_aborts);
     SR_RUN(test_slots_from_many_threads);
+    SR_RUN(test_fork_while_slots_are_busy);
     SR_RUN(test_equal_and_random);
     SR_RUN(test_hex);
     SR_RUN(test_harden);
