@@ -533,6 +533,24 @@ static sr_err_t note_directory_of(compiler_t *c, const char *path, size_t len)
     return note_source(c, dir);
 }
 
+/* A wildcard in a directory of the pattern (conf.d/site-? /x.conf, without
+ * the space): every directory each such level matches, whether or not it
+ * holds a match yet — a file added later to one that was empty changes what
+ * the pattern takes. */
+static sr_err_t note_wildcard_directories(compiler_t *c, const char *path, const char *wild)
+{
+    sr_err_t err = SR_OK;
+    for (const char *slash = strchr(wild, '/'); err == SR_OK && slash; slash = strchr(slash + 1, '/')) {
+        char level[4096];
+        snprintf(level, sizeof level, "%.*s", (int)(slash - path), path);
+        glob_t g;
+        int rc = glob(level, GLOB_ERR | GLOB_ONLYDIR, NULL, &g);
+        for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++) err = note_source(c, g.gl_pathv[i]);
+        if (rc == 0) globfree(&g);
+    }
+    return err;
+}
+
 static sr_err_t include(compiler_t *c, const char *file, int line, const char *pattern, int depth)
 {
     if (depth >= MAX_INCLUDE_DEPTH) return at(file, line, "includes nested deeper than %d (a cycle?)", MAX_INCLUDE_DEPTH);
@@ -540,17 +558,16 @@ static sr_err_t include(compiler_t *c, const char *file, int line, const char *p
     resolve(path, sizeof path, file, pattern);
     const char *wild = strpbrk(path, "*?[");
     sr_err_t err = wild ? note_directory_of(c, path, (size_t)(wild - path)) : SR_OK; /* the wildcard-free part */
+    if (err == SR_OK && wild) err = note_wildcard_directories(c, path, wild);
     if (err != SR_OK) return err;
     glob_t g;
     int rc = glob(path, GLOB_ERR, NULL, &g);
     if (rc == GLOB_NOMATCH && !wild) return at(file, line, "include: %s does not exist", path);
     if (rc != 0 && rc != GLOB_NOMATCH) return at(file, line, "include: cannot read %s", path);
     for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++) {
-        const char *m = g.gl_pathv[i]; /* a wildcard in a directory: the directories matched hold what it takes */
-        if (wild && strchr(wild, '/')) err = note_directory_of(c, m, strlen(m));
-        if (err == SR_OK)
-            err = being_compiled(c, m) ? at(file, line, "include cycle: %s is already being read", m)
-                                       : compile_file(c, m, depth + 1);
+        const char *m = g.gl_pathv[i];
+        err = being_compiled(c, m) ? at(file, line, "include cycle: %s is already being read", m)
+                                   : compile_file(c, m, depth + 1);
     }
     if (rc == 0) globfree(&g);
     return err;

@@ -375,10 +375,11 @@ static void test_evaluate_current_follows_included_files(void)
 }
 
 /* A wildcard in a directory of the pattern: a file added to a directory it
- * matched is taken at the next decision. */
+ * matched is taken at the next decision, and so is one added to a directory
+ * it matched while empty. */
 static void test_a_wildcard_directory_is_followed(void)
 {
-    char path[600], top[600], da[700], ten[800], five[800];
+    char path[600], top[600], da[700], db[700], ten[800], five[800], bee[800];
     snprintf(path, sizeof path, "%s", sr_test_path("wild.conf"));
     snprintf(top, sizeof top, "%s", sr_test_path("wild"));
     snprintf(da, sizeof da, "%s/d.a", top);
@@ -397,6 +398,15 @@ static void test_a_wildcard_directory_is_followed(void)
     write_settled(five, "deny * ann * *   # five\n", da);
     d = decide_now(a, "ann");
     SR_CHECK(!d.allow && strstr(d.why, "five"));
+    snprintf(db, sizeof db, "%s/d.b", top);
+    snprintf(bee, sizeof bee, "%s/01.conf", db);
+    SR_CHECK(mkdir(db, 0700) == 0); /* matched, empty: compiled in with nothing */
+    settle(db), settle(top);
+    d = decide_now(a, "bob");
+    SR_CHECK(!d.allow);
+    write_settled(bee, "allow * bob * *   # bee\n", db); /* then a file in it */
+    d = decide_now(a, "bob");
+    SR_CHECK_MSG(d.allow && strstr(d.why, "bee"), "a file added to a matched directory made empty: %s", d.why);
     sr_acl_close(a);
 }
 
