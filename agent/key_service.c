@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -212,41 +213,46 @@ static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const 
     return rc;
 }
 
-/* At least `need` bytes (up to cap) before the deadline; *got counts across calls. */
-static int read_some_by(int fd, uint8_t *buf, size_t cap, size_t need, uint64_t deadline_ms, size_t *got)
+/* Reads what the request still lacks, waiting for it until the deadline:
+ * 1 whole, 0 not yet, -1 the peer closed or failed, or a length out of range. */
+static int read_request(int fd, uint8_t *msg, size_t cap, size_t *got, uint64_t deadline_ms)
 {
-    while (*got < need) {
-        uint64_t now = sr_time_mono_ms();
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        ssize_t r = recv(fd, buf + *got, cap - *got, MSG_DONTWAIT); /* what is there: usually the whole request */
+    for (;;) {
+        uint32_t n = *got >= 4 ? sr_get_be32(msg) : 0;
+        if (*got >= 4 && (n < 1 || n > SR_AGENT_REQUEST_MAX)) return -1;
+        if (*got >= 4 && *got >= 4 + (size_t)n) return 1;
+        ssize_t r = recv(fd, msg + *got, cap - *got, MSG_DONTWAIT); /* what is there: usually the whole request */
         if (r > 0) {
             *got += (size_t)r;
             continue;
         }
         if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
-        if (now >= deadline_ms || poll(&pfd, 1, (int)(deadline_ms - now)) <= 0) return -1;
+        uint64_t now = sr_time_mono_ms();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (now >= deadline_ms) return 0;
+        if (poll(&pfd, 1, (int)(deadline_ms - now)) < 0 && errno != EINTR) return -1;
     }
-    return 0;
 }
 
-#define REQUEST_MS 2000 /* a whole request, from the connection: local processes send ~100 bytes at once */
+#define REQUEST_MS 2000 /* a whole request, from the connection, however slow the sender */
+#define FAST_MS 20      /* a worker waits this long for it (sent at once: ~100 bytes), then parks it */
 #define WORKERS 64      /* connections served at once; more wait in the listen backlog */
 #define REPLY_BYTES (SR_KEYMGR_KEY_BYTES + SR_WRAPPED_KEY_ENCODED_MAX)
+#define REQUEST_BYTES (4 + SR_AGENT_REQUEST_MAX)
 
-static void handle(int fd, const struct ucred *cred, uint8_t *reply)
+/* A request read (whole: 1; the peer closed or sent a bad length: -1; not
+ * whole in time: 0): served, or refused as malformed or incomplete — or
+ * closed without a word if not even its length came. */
+static void conclude(int fd, const struct ucred *cred, const uint8_t *msg, size_t got, int whole, uint8_t *reply)
 {
     peer_t p;
+    if (whole != 1 && got < 4) return;
     describe_peer(cred, &p);
     struct timeval tv = {.tv_sec = 5}; /* for the answer (not inherited from the listening socket) */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (whole != 1) return refuse(fd, &p, NULL, "malformed or incomplete request");
     uint8_t req[1 + SR_UUID_BYTES + 4 + SR_WRAPPED_KEY_ENCODED_MAX];
-    uint64_t deadline = sr_time_mono_ms() + REQUEST_MS;
-    uint8_t msg[4 + SR_AGENT_REQUEST_MAX];
-    size_t got = 0;
-    if (read_some_by(fd, msg, sizeof msg, 4, deadline, &got) != 0) return;
     uint32_t n = sr_get_be32(msg);
-    if (n < 1 || n > SR_AGENT_REQUEST_MAX || read_some_by(fd, msg, 4 + n, 4 + n, deadline, &got) != 0)
-        return refuse(fd, &p, NULL, "malformed or incomplete request");
     if (msg[4] == 'D') return decide_for(fd, &p, msg + 5, n - 1);
     if (msg[4] == 'S') return report_status(fd, &p);
     if (n < 1 + SR_UUID_BYTES + 4 || n > sizeof req) return refuse(fd, &p, NULL, "malformed request");
@@ -296,26 +302,53 @@ static void handle(int fd, const struct ucred *cred, uint8_t *reply)
  * connections itself (the kernel hands a connection to one waiting accept:
  * no queue, no second wake-up per open). Two to begin with; one more when
  * the last idle one takes a connection, up to WORKERS (they stay: a node
- * with 200 agents does not pay 64 threads each). One slow or silent local
- * process holds one worker for at most REQUEST_MS, never the service; a
- * request costs no thread creation and no mmap (both showed in the cached
- * open's cost). */
-#define PER_UID 8 /* connections one user may have served at once */
+ * with 200 agents does not pay 64 threads each). A request costs no thread
+ * creation and no mmap (both showed in the cached open's cost).
+ *
+ * A connection whose request has not come whole within FAST_MS is parked:
+ * one thread waits for the rest of every parked connection (epoll), serves
+ * each that completes, and refuses each not whole REQUEST_MS after it was
+ * accepted. Silent or slow local processes then hold a descriptor each,
+ * never a worker: one user may have PER_UID connections at once (served or
+ * parked; more are refused at once), and MAX_PARKED are parked at most
+ * (more are refused as incomplete), so stalled processes of many users
+ * cannot hold up an engine's open either. */
+#define PER_UID 8       /* connections one user may have at once */
+#define MAX_PARKED 256  /* connections waiting for the rest of their request */
+
+typedef struct parked {
+    int fd;
+    struct ucred cred;
+    uint64_t deadline;
+    size_t got;
+    struct parked *prev, *next;
+    uint8_t msg[REQUEST_BYTES];
+} parked_t;
 
 static struct {
     pthread_mutex_t lock;
     int lfd, busy, started;
     _Atomic int stopping;
-    struct { uid_t uid; int n; } users[WORKERS]; /* connections per user (n > 0) */
+    struct { uid_t uid; int n; } users[WORKERS + MAX_PARKED]; /* connections per user (n > 0) */
     pthread_t thread[WORKERS];
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1};
 
+static struct {
+    pthread_mutex_t lock;
+    int epfd, count, running;
+    _Atomic int stop;
+    parked_t *head;
+    pthread_t thread;
+} parking = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1};
+
+#define USERS ((int)(sizeof pool.users / sizeof pool.users[0]))
+
 /* Adds delta to uid's connections (under pool.lock); its count after, or
- * -1 if the table is full (it cannot be: at most WORKERS connections). */
+ * -1 if the table is full (it cannot be: at most WORKERS + MAX_PARKED connections). */
 static int user_count(uid_t uid, int delta)
 {
     int free_slot = -1;
-    for (int i = 0; i < WORKERS; i++) {
+    for (int i = 0; i < USERS; i++) {
         if (pool.users[i].n > 0 && pool.users[i].uid == uid) return pool.users[i].n += delta;
         if (pool.users[i].n <= 0 && free_slot < 0) free_slot = i;
     }
@@ -324,11 +357,18 @@ static int user_count(uid_t uid, int delta)
     return pool.users[free_slot].n = delta;
 }
 
+static void user_done(uid_t uid)
+{
+    pthread_mutex_lock(&pool.lock);
+    user_count(uid, -1);
+    pthread_mutex_unlock(&pool.lock);
+}
+
 static int worker_add(void);
 
-/* A user with PER_UID connections served already is answered at once that
- * it has too many: one user's stalled or flooding processes can hold up
- * that user, never another. 1 if the connection is to be served. */
+/* A user with PER_UID connections already is answered at once that it has
+ * too many: one user's stalled or flooding processes can hold up that user,
+ * never another. 1 if the connection is to be served. */
 static int admit(int fd, struct ucred *peer)
 {
     struct ucred cred = {0};
@@ -352,6 +392,85 @@ static int admit(int fd, struct ucred *peer)
     return 1;
 }
 
+/* Hands a connection whose request is not whole yet to the parking thread;
+ * 0 if MAX_PARKED wait already (the caller refuses it as incomplete). */
+static int park(int fd, const struct ucred *cred, const uint8_t *msg, size_t got, uint64_t deadline)
+{
+    parked_t *c = calloc(1, sizeof *c);
+    if (!c) return 0;
+    c->fd = fd, c->cred = *cred, c->deadline = deadline, c->got = got;
+    memcpy(c->msg, msg, got);
+    pthread_mutex_lock(&parking.lock);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+    int ok = parking.count < MAX_PARKED && epoll_ctl(parking.epfd, EPOLL_CTL_ADD, fd, &ev) == 0;
+    if (ok) {
+        c->next = parking.head;
+        if (parking.head) parking.head->prev = c;
+        parking.head = c, parking.count++;
+    }
+    pthread_mutex_unlock(&parking.lock);
+    if (!ok) free(c);
+    return ok;
+}
+
+/* Takes a parked connection out, concludes it (whole: 1 served; else
+ * refused or closed) and closes it (the parking thread only). */
+static void unpark(parked_t *c, int whole, uint8_t *reply)
+{
+    pthread_mutex_lock(&parking.lock);
+    epoll_ctl(parking.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->prev) c->prev->next = c->next;
+    else parking.head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    parking.count--;
+    pthread_mutex_unlock(&parking.lock);
+    conclude(c->fd, &c->cred, c->msg, c->got, whole, reply);
+    close(c->fd);
+    user_done(c->cred.uid);
+    free(c);
+}
+
+/* The first parked connection past its deadline (all of them once told to stop), or NULL. */
+static parked_t *first_late(uint64_t now, int stop)
+{
+    pthread_mutex_lock(&parking.lock);
+    parked_t *late = parking.head;
+    while (late && late->deadline > now && !stop) late = late->next;
+    pthread_mutex_unlock(&parking.lock);
+    return late;
+}
+
+static void *parking_main(void *arg)
+{
+    uint8_t *reply = arg;
+    struct epoll_event ev[64];
+    for (int stop = 0; !stop;) {
+        stop = parking.stop; /* set once no worker is left to park a connection */
+        int n = epoll_wait(parking.epfd, ev, 64, stop ? 0 : 100); /* and every 0.1 s: the deadlines */
+        for (int k = 0; k < n; k++) {
+            parked_t *c = ev[k].data.ptr;
+            int whole = read_request(c->fd, c->msg, sizeof c->msg, &c->got, 0);
+            if (whole != 0) unpark(c, whole, reply);
+        }
+        for (parked_t *late; (late = first_late(sr_time_mono_ms(), stop));) unpark(late, 0, reply);
+    }
+    sr_secure_free(reply);
+    return NULL;
+}
+
+/* Accepted, admitted: served by this worker if the request comes whole
+ * within FAST_MS, else parked (0: the connection is the parking thread's). */
+static int handle(int fd, const struct ucred *cred, uint8_t *reply)
+{
+    uint8_t msg[REQUEST_BYTES];
+    size_t got = 0;
+    uint64_t accepted = sr_time_mono_ms();
+    int whole = read_request(fd, msg, sizeof msg, &got, accepted + FAST_MS);
+    if (whole == 0 && park(fd, cred, msg, got, accepted + REQUEST_MS)) return 0;
+    conclude(fd, cred, msg, got, whole, reply);
+    return 1;
+}
+
 static void *worker_main(void *arg)
 {
     uint8_t *reply = arg;
@@ -362,14 +481,15 @@ static void *worker_main(void *arg)
             continue;
         }
         struct ucred peer = {0};
+        int mine = 1; /* the connection is still this worker's */
         if (admit(fd, &peer)) {
-            handle(fd, &peer, reply);
+            mine = handle(fd, &peer, reply);
             pthread_mutex_lock(&pool.lock);
             pool.busy--;
-            user_count(peer.uid, -1);
+            if (mine) user_count(peer.uid, -1);
             pthread_mutex_unlock(&pool.lock);
         }
-        close(fd);
+        if (mine) close(fd);
     }
     sr_secure_free(reply);
     return NULL;
@@ -390,6 +510,13 @@ static int worker_add(void)
 sr_err_t workers_start(int lfd)
 {
     pool.lfd = lfd;
+    uint8_t *reply = sr_secure_alloc(REPLY_BYTES);
+    parking.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!reply || parking.epfd < 0 || pthread_create(&parking.thread, NULL, parking_main, reply) != 0) {
+        sr_secure_free(reply);
+        return sr_err_set(SR_ERR_NOMEM, "cannot start the key service's parking thread");
+    }
+    parking.running = 1;
     pthread_mutex_lock(&pool.lock);
     int ok = worker_add() == 0 && worker_add() == 0;
     pthread_mutex_unlock(&pool.lock);
@@ -397,7 +524,8 @@ sr_err_t workers_start(int lfd)
 }
 
 /* At shutdown: the listener shut (waiting accepts return), running requests
- * finish (each within REQUEST_MS and its KMS call), then the workers end. */
+ * finish (each within its KMS call), the workers end; then the parking
+ * thread refuses what is still parked and ends. */
 void workers_stop(void)
 {
     pool.stopping = 1;
@@ -406,5 +534,7 @@ void workers_stop(void)
     int started = pool.started;
     pthread_mutex_unlock(&pool.lock);
     for (int i = 0; i < started; i++) pthread_join(pool.thread[i], NULL);
+    parking.stop = 1;
+    if (parking.running) pthread_join(parking.thread, NULL), parking.running = 0;
+    if (parking.epfd >= 0) close(parking.epfd), parking.epfd = -1;
 }
-
