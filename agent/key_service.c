@@ -467,6 +467,12 @@ static int handle(int fd, const struct ucred *cred, uint8_t *reply)
     uint64_t accepted = sr_time_mono_ms();
     int whole = read_request(fd, msg, sizeof msg, &got, accepted + FAST_MS);
     if (whole == 0 && park(fd, cred, msg, got, accepted + REQUEST_MS)) return 0;
+    if (whole == 0) { /* a slow sender, with MAX_PARKED waiting already */
+        peer_t p;
+        describe_peer(cred, &p);
+        refuse(fd, &p, NULL, "the key service has too many incomplete requests waiting: send the request whole");
+        return 1;
+    }
     conclude(fd, cred, msg, got, whole, reply);
     return 1;
 }
