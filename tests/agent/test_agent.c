@@ -603,6 +603,52 @@ static void test_silent_local_clients_do_not_block_the_key_service(void)
     if (as_root) chmod(agent_dir(i), 0700), chmod(sr_test_tmpdir(), 0700);
 }
 
+/* 256 connections at most wait for the rest of their request: 32 users
+ * holding 8 each fill them; a 33rd user's slow request is then refused at
+ * once, saying why, while a request sent whole is still served. */
+static void test_parked_connections_are_bounded(void)
+{
+    if (geteuid() != 0) {
+        printf("     (skipped: needs root, to hold connections as 33 users)\n");
+        return;
+    }
+    int i = n_agents - 1, report[2];
+    pid_t holder[32];
+    char sock[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", agent_dir(i));
+    SR_CHECK(pipe(report) == 0);
+    SR_CHECK(chmod(sr_test_tmpdir(), 0711) == 0 && chmod(agent_dir(i), 0711) == 0);
+    for (int u = 0; u < 32; u++) holder[u] = hold_silent_connections(sock, u, (uid_t)(30101 + u), 8, report[1]);
+    for (int u = 0; u < 32; u++) {
+        int said[2];
+        SR_CHECK(read(report[0], said, sizeof said) == sizeof said && said[1] == 0);
+    }
+    pid_t late = fork();
+    if (late == 0) { /* a 33rd user, slow: answered at once that too many wait */
+        if (setgid(30200) != 0 || setuid(30200) != 0) _exit(2);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || write(fd, "\0", 1) != 1) _exit(3);
+        char buf[200] = "";
+        struct timeval tv = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t got = read(fd, buf, sizeof buf - 1);
+        _exit(got > 5 && buf[4] == 'E' && strstr(buf + 5, "too many incomplete requests") ? 0 : 4);
+    }
+    int status = -1;
+    waitpid(late, &status, 0);
+    SR_CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a slow request beside 256 parked ones: status %d",
+                 status);
+    uint64_t t0 = sr_time_mono_ms();
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES ('beside 256 parked')"), SQLITE_OK);
+    printf("  256 parked connections of 32 users: a 33rd user's slow request refused at once, an open served in "
+           "%llu ms\n", (unsigned long long)(sr_time_mono_ms() - t0));
+    for (int u = 0; u < 32; u++) kill(holder[u], SIGKILL), waitpid(holder[u], NULL, 0);
+    close(report[0]), close(report[1]);
+    chmod(agent_dir(i), 0700), chmod(sr_test_tmpdir(), 0700);
+}
+
 /* `tde-agent status --json`: the pushed policy version in force (0: none). */
 static long long policy_in_force(int i)
 {
@@ -875,6 +921,7 @@ int main(void)
     SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
     SR_RUN(test_agent_is_the_hosts_sealer);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
+    SR_RUN(test_parked_connections_are_bounded);
     SR_RUN(test_killed_mid_enrolment);
     SR_RUN(test_kmsd_killed_mid_enrolment);
     SR_RUN(test_each_step_audited);
