@@ -393,7 +393,7 @@ static int admit(int fd, struct ucred *peer)
 }
 
 /* Hands a connection whose request is not whole yet to the parking thread;
- * 0 if MAX_PARKED wait already (the caller refuses it as incomplete). */
+ * 0 if MAX_PARKED wait already (the caller refuses it, saying so). */
 static int park(int fd, const struct ucred *cred, const uint8_t *msg, size_t got, uint64_t deadline)
 {
     parked_t *c = calloc(1, sizeof *c);
