@@ -306,13 +306,13 @@ static void conclude(int fd, const struct ucred *cred, const uint8_t *msg, size_
  * creation and no mmap (both showed in the cached open's cost).
  *
  * A connection whose request has not come whole within FAST_MS is parked:
- * one thread waits for the rest of every parked connection (epoll), serves
- * each that completes, and refuses each not whole REQUEST_MS after it was
- * accepted. Silent or slow local processes then hold a descriptor each,
- * never a worker: one user may have PER_UID connections at once (served or
- * parked; more are refused at once), and MAX_PARKED are parked at most
- * (more are refused as incomplete), so stalled processes of many users
- * cannot hold up an engine's open either. */
+ * one thread (started the first time) waits for the rest of every parked
+ * connection (epoll), serves each that completes, and refuses each not
+ * whole REQUEST_MS after it was accepted. Silent or slow local processes
+ * then hold a descriptor each, never a worker: one user may have PER_UID
+ * connections at once (served or parked; more are refused at once), and
+ * MAX_PARKED are parked at most (a slow request beyond is refused, saying
+ * so), so stalled processes of many users cannot hold up an engine's open. */
 #define PER_UID 8       /* connections one user may have at once */
 #define MAX_PARKED 256  /* connections waiting for the rest of their request */
 
@@ -392,6 +392,25 @@ static int admit(int fd, struct ucred *peer)
     return 1;
 }
 
+static void *parking_main(void *arg);
+
+/* The parking thread, started when the first connection is parked (a host
+ * whose engines send their requests at once never has one); 0 or -1. Under
+ * parking.lock. */
+static int parking_start(void)
+{
+    if (parking.running) return 0;
+    uint8_t *reply = sr_secure_alloc(REPLY_BYTES);
+    if (parking.epfd < 0) parking.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!reply || parking.epfd < 0 || pthread_create(&parking.thread, NULL, parking_main, reply) != 0) {
+        sr_secure_free(reply);
+        sr_log(SR_LOG_WARN, "key service: cannot start the thread that waits for slow requests");
+        return -1;
+    }
+    parking.running = 1;
+    return 0;
+}
+
 /* Hands a connection whose request is not whole yet to the parking thread;
  * 0 if MAX_PARKED wait already (the caller refuses it, saying so). */
 static int park(int fd, const struct ucred *cred, const uint8_t *msg, size_t got, uint64_t deadline)
@@ -402,7 +421,8 @@ static int park(int fd, const struct ucred *cred, const uint8_t *msg, size_t got
     memcpy(c->msg, msg, got);
     pthread_mutex_lock(&parking.lock);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
-    int ok = parking.count < MAX_PARKED && epoll_ctl(parking.epfd, EPOLL_CTL_ADD, fd, &ev) == 0;
+    int ok = parking.count < MAX_PARKED && parking_start() == 0 &&
+             epoll_ctl(parking.epfd, EPOLL_CTL_ADD, fd, &ev) == 0;
     if (ok) {
         c->next = parking.head;
         if (parking.head) parking.head->prev = c;
@@ -516,13 +536,6 @@ static int worker_add(void)
 sr_err_t workers_start(int lfd)
 {
     pool.lfd = lfd;
-    uint8_t *reply = sr_secure_alloc(REPLY_BYTES);
-    parking.epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (!reply || parking.epfd < 0 || pthread_create(&parking.thread, NULL, parking_main, reply) != 0) {
-        sr_secure_free(reply);
-        return sr_err_set(SR_ERR_NOMEM, "cannot start the key service's parking thread");
-    }
-    parking.running = 1;
     pthread_mutex_lock(&pool.lock);
     int ok = worker_add() == 0 && worker_add() == 0;
     pthread_mutex_unlock(&pool.lock);
@@ -540,7 +553,7 @@ void workers_stop(void)
     int started = pool.started;
     pthread_mutex_unlock(&pool.lock);
     for (int i = 0; i < started; i++) pthread_join(pool.thread[i], NULL);
-    parking.stop = 1;
+    parking.stop = 1; /* no worker is left to start it or park a connection */
     if (parking.running) pthread_join(parking.thread, NULL), parking.running = 0;
     if (parking.epfd >= 0) close(parking.epfd), parking.epfd = -1;
 }
