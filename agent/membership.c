@@ -6,7 +6,9 @@
 #include "agent.h"
 
 #include <errno.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <pthread.h>
@@ -113,6 +115,22 @@ sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
 /* ---- enrolment -------------------------------------------------------------------------------------- */
 
 /* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
+/* The request's SubjectPublicKeyInfo: the P-256 point under its OIDs, set
+ * as they are (X509_REQ_set_pubkey encodes the key and decodes it back
+ * through OpenSSL 3.0's decoders: 0.55 ms of an enrolment's CPU). */
+static int set_request_key(X509_REQ *req, EVP_PKEY *key)
+{
+    unsigned char point[65];
+    size_t n = 0;
+    if (!EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point, &n)) return 0;
+    unsigned char *copy = OPENSSL_memdup(point, n);
+    if (copy && X509_PUBKEY_set0_param(X509_REQ_get_X509_PUBKEY(req), OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
+                                       V_ASN1_OBJECT, OBJ_nid2obj(NID_X9_62_prime256v1), copy, (int)n))
+        return 1;
+    OPENSSL_free(copy);
+    return 0;
+}
+
 static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");
@@ -122,7 +140,7 @@ static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, 
     if (rc == SR_OK &&
         (!X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8, (const unsigned char *)name,
                                      -1, -1, 0) ||
-         !X509_REQ_set_pubkey(req, key) || !X509_REQ_sign(req, key, EVP_sha256()) ||
+         !set_request_key(req, key) || !X509_REQ_sign(req, key, EVP_sha256()) ||
          !PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)))
         rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the certificate request");
     unsigned char *der = NULL;

@@ -49,8 +49,34 @@ static sr_err_t set_name(X509_NAME *name, const char *cn)
 }
 
 /* A new certificate for `key`, signed by (issuer, issuer_key), or self-signed. */
-static sr_err_t make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, int days,
-                          const char *const *exts, const int *nids, X509 **out)
+/* The request's SubjectPublicKeyInfo into the certificate as it is (the
+ * request's key was decoded to verify it; X509_set_pubkey would encode it
+ * and decode it again through OpenSSL 3.0's decoders: 0.2-0.5 ms per
+ * enrolment). Parameters: a named curve, NULL or none. */
+static int copy_key_info(X509 *x, X509_PUBKEY *from)
+{
+    ASN1_OBJECT *alg_oid = NULL;
+    const unsigned char *bits = NULL;
+    int len = 0, ptype = 0;
+    X509_ALGOR *alg = NULL;
+    const ASN1_OBJECT *aobj = NULL;
+    const void *pval = NULL;
+    if (!X509_PUBKEY_get0_param(&alg_oid, &bits, &len, &alg, from) || !alg) return 0;
+    X509_ALGOR_get0(&aobj, &ptype, &pval, alg);
+    if (ptype != V_ASN1_OBJECT && ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF) return 0;
+    ASN1_OBJECT *key_oid = OBJ_dup(aobj), *param = ptype == V_ASN1_OBJECT ? OBJ_dup(pval) : NULL;
+    unsigned char *copy = OPENSSL_memdup(bits, (size_t)len);
+    if (key_oid && (ptype != V_ASN1_OBJECT || param) && copy &&
+        X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), key_oid, ptype, param, copy, len))
+        return 1;
+    ASN1_OBJECT_free(key_oid), ASN1_OBJECT_free(param), OPENSSL_free(copy);
+    return 0;
+}
+
+/* A certificate for key (or, given, the key info of a request) signed by
+ * issuer, or self-signed. */
+static sr_err_t make_cert(EVP_PKEY *key, X509_PUBKEY *key_info, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
+                          int days, const char *const *exts, const int *nids, X509 **out)
 {
     X509 *x = X509_new();
     BIGNUM *bn = BN_new();
@@ -58,7 +84,8 @@ static sr_err_t make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY 
     if (rc == SR_OK && (!BN_rand(bn, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) ||
                         !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) || !X509_set_version(x, 2) ||
                         !X509_gmtime_adj(X509_getm_notBefore(x), -300) ||
-                        !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) || !X509_set_pubkey(x, key)))
+                        !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) ||
+                        !(key_info ? copy_key_info(x, key_info) : X509_set_pubkey(x, key))))
         rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot build a certificate for %s", cn);
     if (rc == SR_OK) rc = set_name(X509_get_subject_name(x), cn);
     if (rc == SR_OK && !X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x)))
@@ -115,7 +142,7 @@ sr_err_t kms_pki_make_ca(const char *dir, int days)
     static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_subject_key_identifier};
     X509 *ca = NULL;
     char path[4200];
-    sr_err_t rc = make_cert(key, "strongroom KMS CA", NULL, NULL, days, exts, nids, &ca);
+    sr_err_t rc = make_cert(key, NULL, "strongroom KMS CA", NULL, NULL, days, exts, nids, &ca);
     snprintf(path, sizeof path, "%s/ca.key", dir);
     if (rc == SR_OK) rc = pem_write(path, 0600, 1, key);
     snprintf(path, sizeof path, "%s/ca.pem", dir);
@@ -140,7 +167,7 @@ sr_err_t kms_pki_issue(const char *dir, const char *file_prefix, const char *cn,
                                NID_subject_alt_name};
     key = EVP_EC_gen("P-256");
     if (!key) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot generate a key for %s", cn);
-    if (rc == SR_OK) rc = make_cert(key, cn, ca, ca_key, days, exts, nids, &x);
+    if (rc == SR_OK) rc = make_cert(key, NULL, cn, ca, ca_key, days, exts, nids, &x);
     char path[4200];
     snprintf(path, sizeof path, "%s.key", file_prefix);
     if (rc == SR_OK) rc = pem_write(path, 0600, 1, key);
@@ -191,7 +218,7 @@ sr_err_t kms_pki_sign_csr(const kms_pki_ca_t *ca, const uint8_t *csr, size_t csr
     static const char *const exts[] = {"critical,CA:FALSE", "critical,digitalSignature,keyEncipherment", "clientAuth",
                                        "keyid,issuer", NULL};
     static const int nids[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage, NID_authority_key_identifier};
-    if (rc == SR_OK) rc = make_cert(pub, cn, ca->cert, ca->key, days, exts, nids, &x);
+    if (rc == SR_OK) rc = make_cert(pub, X509_REQ_get_X509_PUBKEY(req), cn, ca->cert, ca->key, days, exts, nids, &x);
     unsigned char *der = NULL;
     int len = rc == SR_OK ? i2d_X509(x, &der) : -1;
     if (rc == SR_OK && len <= 0) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the certificate");

@@ -14,6 +14,10 @@
 #include "kmsd_server.h"
 #include "sr_test.h"
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -355,6 +359,65 @@ static void test_certificates(void)
                                                                               "\"application\", \"status\": \"revoked\""));
 }
 
+/* A request of `type` ("EC" P-256, "RSA" 2048, "ED25519"), DER, signed by
+ * its key (or, bad_signature, with a byte of its signature flipped). */
+static uint8_t *make_csr(const char *type, int bad_signature, EVP_PKEY **key, size_t *len)
+{
+    *key = !strcmp(type, "EC") ? EVP_EC_gen("P-256") : !strcmp(type, "RSA") ? EVP_RSA_gen(2048)
+                                                                             : EVP_PKEY_Q_keygen(NULL, NULL, type);
+    X509_REQ *req = X509_REQ_new();
+    unsigned char *der = NULL;
+    int n = -1;
+    if (*key && req && X509_REQ_set_pubkey(req, *key) &&
+        X509_REQ_sign(req, *key, !strcmp(type, "ED25519") ? NULL : EVP_sha256()) > 0)
+        n = i2d_X509_REQ(req, &der);
+    X509_REQ_free(req);
+    if (n <= 0) return NULL;
+    if (bad_signature) der[n - 3] ^= 0x01; /* inside the signature, the last field */
+    uint8_t *out = malloc((size_t)n);
+    if (out) memcpy(out, der, (size_t)n), *len = (size_t)n;
+    OPENSSL_free(der);
+    return out;
+}
+
+/* kmsd signs a node's request: the certificate carries the request's key
+ * exactly (copied as encoded: an EC key with its named curve, an RSA key
+ * with NULL parameters, an Ed25519 key with none), is signed by the CA, and
+ * a request whose signature does not verify gets nothing. */
+static void test_requests_are_signed_with_their_own_key(void)
+{
+    char ca_cert[700], ca_key[700];
+    snprintf(ca_cert, sizeof ca_cert, "%s/ca.pem", dir), snprintf(ca_key, sizeof ca_key, "%s/ca.key", dir);
+    kms_pki_ca_t *ca = NULL;
+    SR_CHECK_OK(kms_pki_ca_load(ca_cert, ca_key, &ca));
+    FILE *f = fopen(ca_cert, "r");
+    X509 *ca_x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    SR_CHECK(ca && ca_x);
+    static const char *const types[] = {"EC", "RSA", "ED25519"};
+    for (int t = 0; ca && ca_x && t < 3; t++) {
+        EVP_PKEY *key = NULL;
+        size_t len = 0, cert_len = 0;
+        uint8_t *csr = make_csr(types[t], 0, &key, &len), *cert = NULL;
+        kms_cert_info_t info;
+        SR_CHECK(csr != NULL);
+        SR_CHECK_OK(kms_pki_sign_csr(ca, csr, len, "node-x", 1, &cert, &cert_len, &info));
+        const unsigned char *p = cert;
+        X509 *x = cert ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+        SR_CHECK_MSG(x && EVP_PKEY_eq(X509_get0_pubkey(x), key) == 1, "%s: the certificate's key is not the request's",
+                     types[t]);
+        SR_CHECK_MSG(x && X509_verify(x, X509_get0_pubkey(ca_x)) == 1, "%s: not signed by the CA", types[t]);
+        X509_free(x), free(cert), free(csr), EVP_PKEY_free(key);
+        cert = NULL;
+        csr = make_csr(types[t], 1, &key, &len);
+        SR_CHECK_ERR(kms_pki_sign_csr(ca, csr, len, "node-x", 1, &cert, &cert_len, &info), SR_ERR_AUTH);
+        SR_CHECK(cert == NULL);
+        free(csr), EVP_PKEY_free(key);
+    }
+    X509_free(ca_x);
+    kms_pki_ca_free(ca);
+}
+
 /* ---- hostile load ------------------------------------------------------------------------------------ */
 
 static int tcp_connect(void)
@@ -681,6 +744,7 @@ int main(void)
     SR_RUN(test_ownership_and_roles);
     SR_RUN(test_batch_and_versions);
     SR_RUN(test_certificates);
+    SR_RUN(test_requests_are_signed_with_their_own_key);
     SR_RUN(test_hostile_clients_do_not_starve_others);
     SR_RUN(test_sigkill_loses_no_acknowledged_key);
     SR_RUN(test_sighup_reload_keeps_a_good_config);
