@@ -114,7 +114,6 @@ sr_err_t node_call(uint32_t op, sr_kmip_response_t *r)
 
 /* ---- enrolment -------------------------------------------------------------------------------------- */
 
-/* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
 /* The request's SubjectPublicKeyInfo: the P-256 point under its OIDs, set
  * as they are (X509_REQ_set_pubkey encodes the key and decodes it back
  * through OpenSSL 3.0's decoders: 0.55 ms of an enrolment's CPU). */
@@ -131,6 +130,7 @@ static int set_request_key(X509_REQ *req, EVP_PKEY *key)
     return 0;
 }
 
+/* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
 static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");

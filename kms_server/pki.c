@@ -48,7 +48,6 @@ static sr_err_t set_name(X509_NAME *name, const char *cn)
     return ok ? SR_OK : sr_err_set_openssl(SR_ERR_INVALID_ARG, "certificate subject CN=%s", cn);
 }
 
-/* A new certificate for `key`, signed by (issuer, issuer_key), or self-signed. */
 /* The request's SubjectPublicKeyInfo into the certificate as it is (the
  * request's key was decoded to verify it; X509_set_pubkey would encode it
  * and decode it again through OpenSSL 3.0's decoders: 0.2-0.5 ms per
@@ -73,8 +72,8 @@ static int copy_key_info(X509 *x, X509_PUBKEY *from)
     return 0;
 }
 
-/* A certificate for key (or, given, the key info of a request) signed by
- * issuer, or self-signed. */
+/* A new certificate for `key` (or, given, a request's key info), signed by
+ * (issuer, issuer_key), or self-signed. */
 static sr_err_t make_cert(EVP_PKEY *key, X509_PUBKEY *key_info, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
                           int days, const char *const *exts, const int *nids, X509 **out)
 {
