@@ -46,7 +46,11 @@ int kms_unreachable(sr_err_t rc);
 /* A request of the node's (agent.kms must be open), its response in r (the caller frees it). */
 sr_err_t node_call(uint32_t op, sr_kmip_response_t *r);
 sr_err_t enrol(void);
+/* After the enrolment, once agent.kms is open: its connection, bound to the node by kmsd, becomes agent.kms's
+ * (without agent.kms, it is closed). */
+void hand_on_enrolment_connection(void);
 int load_enrolment(void);
+sr_err_t write_kms_conf(void);
 void *heartbeat_main(void *arg);
 int64_t installed_policy_version(char digest[32]);
 

@@ -42,10 +42,20 @@ int kms_unreachable(sr_err_t rc)
     return rc == SR_ERR_NETWORK || rc == SR_ERR_CLOSED || rc == SR_ERR_TIMEOUT || rc == SR_ERR_IO;
 }
 
+/* The enrolment's connection, kept when kmsd bound it to the node it
+ * enrolled: the node's KMS key provider goes on with it (no second TLS
+ * handshake for the node's first requests, on either side). */
+static struct {
+    sr_kmip_client_t *client;
+    char host[256];
+    uint16_t port;
+} enrolment_link;
+
 /* The enrolment's request, to the first of [kms] servers that can be
  * reached, as an anonymous client (the node has no certificate yet): never
- * repeated on one server, since a join token's use is spent. The node's own
- * requests go through its KMS key provider's connection (node_call). */
+ * repeated on one server, since a join token's use is spent. Its client is
+ * kept in enrolment_link. The node's own requests go through its KMS key
+ * provider's connection (node_call). */
 static sr_err_t kms_anonymous(sr_kmip_call_fn fn, void *arg)
 {
     int n = 0;
@@ -64,6 +74,11 @@ static sr_err_t kms_anonymous(sr_kmip_call_fn fn, void *arg)
         sr_kmip_client_t *c = NULL;
         rc = sr_kmip_client_new(&o, &c);
         if (rc == SR_OK) rc = fn(c, arg);
+        if (rc == SR_OK) {
+            enrolment_link.client = c, enrolment_link.port = port;
+            snprintf(enrolment_link.host, sizeof enrolment_link.host, "%s", host);
+            return rc;
+        }
         sr_kmip_client_free(c);
         if (!kms_unreachable(rc)) return rc;
         if (i + 1 < n) sr_log_warn("KMS %s:%u: %s; trying the next server", host, port, sr_err_detail());
@@ -130,8 +145,24 @@ static int set_request_key(X509_REQ *req, EVP_PKEY *key)
     return 0;
 }
 
-/* A fresh key (PEM, for node.key) and a certificate request for it (DER). */
-static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, uint8_t **csr, size_t *csr_len)
+/* What the node sends kmsd to enrol, and keeps. */
+typedef struct node_request {
+    char *key_pem;     /* the fresh key, for node.key (locked memory) */
+    size_t key_len;
+    uint8_t *csr;      /* the certificate request for it, DER */
+    size_t csr_len;
+    uint8_t spki[128]; /* its SubjectPublicKeyInfo, DER: the certificate must carry exactly this */
+    size_t spki_len;
+} node_request_t;
+
+static void node_request_free(node_request_t *q)
+{
+    free(q->csr);
+    if (q->key_pem) sr_secure_wipe(q->key_pem, q->key_len), sr_secure_free(q->key_pem);
+}
+
+/* A fresh key and a certificate request for it. */
+static sr_err_t make_request(const char *name, node_request_t *q)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");
     X509_REQ *req = X509_REQ_new();
@@ -143,17 +174,20 @@ static sr_err_t make_request(const char *name, char **key_pem, size_t *key_len, 
          !set_request_key(req, key) || !X509_REQ_sign(req, key, EVP_sha256()) ||
          !PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)))
         rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot make the certificate request");
-    unsigned char *der = NULL;
+    unsigned char *der = NULL, *spki = q->spki;
     int n = rc == SR_OK ? i2d_X509_REQ(req, &der) : -1;
+    int spki_len = rc == SR_OK ? i2d_X509_PUBKEY(X509_REQ_get_X509_PUBKEY(req), NULL) : -1;
     char *pem = NULL;
     long pem_len = rc == SR_OK ? BIO_get_mem_data(bio, &pem) : 0;
-    if (rc == SR_OK && (n <= 0 || pem_len <= 0)) rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the request");
+    if (rc == SR_OK && (n <= 0 || pem_len <= 0 || spki_len <= 0 || spki_len > (int)sizeof q->spki ||
+                        i2d_X509_PUBKEY(X509_REQ_get_X509_PUBKEY(req), &spki) != spki_len))
+        rc = sr_err_set_openssl(SR_ERR_CRYPTO, "cannot encode the request");
     if (rc == SR_OK) {
-        *key_pem = sr_secure_alloc((size_t)pem_len);
-        *csr = malloc((size_t)n);
-        if (!*key_pem || !*csr) rc = SR_ERR_NOMEM;
-        else memcpy(*key_pem, pem, (size_t)pem_len), *key_len = (size_t)pem_len, memcpy(*csr, der, (size_t)n),
-             *csr_len = (size_t)n;
+        q->key_pem = sr_secure_alloc((size_t)pem_len);
+        q->csr = malloc((size_t)n);
+        if (!q->key_pem || !q->csr) rc = SR_ERR_NOMEM;
+        else memcpy(q->key_pem, pem, (size_t)pem_len), q->key_len = (size_t)pem_len, memcpy(q->csr, der, (size_t)n),
+             q->csr_len = (size_t)n, q->spki_len = (size_t)spki_len;
     }
     OPENSSL_free(der);
     BIO_free(bio);
@@ -180,7 +214,26 @@ static sr_err_t read_token(char *token, size_t cap)
     return token[0] ? SR_OK : sr_err_set(SR_ERR_CONFIG, "the join token is empty");
 }
 
-static sr_err_t save_enrolment(const sr_kmip_response_t *r, const char *key_pem, size_t key_len)
+/* The node certificate, as PEM: one DER structure that carries the request's
+ * key exactly (kmsd copies it). It is not decoded here (OpenSSL 3.0 decodes
+ * a certificate's key through its decoders, 0.14 ms): the TLS library reads
+ * it when the node connects anew. */
+static sr_err_t certificate_pem(const sr_kmip_item_t *cert, const node_request_t *q, BIO *bio, char **pem, long *len)
+{
+    const unsigned char *p = cert->v.ptr;
+    long body = 0;
+    int tag = 0, cls = 0;
+    int ret = ASN1_get_object(&p, &body, &tag, &cls, (long)cert->len);
+    if (ret != V_ASN1_CONSTRUCTED || tag != V_ASN1_SEQUENCE || p + body != cert->v.ptr + cert->len)
+        return sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate is not one DER structure");
+    if (!memmem(cert->v.ptr, cert->len, q->spki, q->spki_len))
+        return sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate does not carry the node's key");
+    int written = bio && PEM_write_bio(bio, "CERTIFICATE", "", cert->v.ptr, (long)cert->len) > 0;
+    *len = written ? BIO_get_mem_data(bio, pem) : 0;
+    return *len > 0 ? SR_OK : sr_err_set_openssl(SR_ERR_NOMEM, "cannot encode the node certificate");
+}
+
+static sr_err_t save_enrolment(const sr_kmip_response_t *r, const node_request_t *q)
 {
     const sr_kmip_tree_t *t = &r->tree;
     int32_t uuid = sr_kmip_child(t, r->payload, SR_KMIP_TAG_X_NODE_UUID, SR_KMIP_TEXT_STRING);
@@ -191,47 +244,36 @@ static sr_err_t save_enrolment(const sr_kmip_response_t *r, const char *key_pem,
         return sr_err_set(SR_ERR_KMIP_DECODE, "the Enrol response lacks the node UUID, key or certificate");
     snprintf(agent.node_uuid, sizeof agent.node_uuid, "%.*s", (int)t->items[uuid].len, t->items[uuid].v.ptr);
     snprintf(agent.nk, sizeof agent.nk, "%.*s", (int)t->items[nk].len, t->items[nk].v.ptr);
-    const unsigned char *p = t->items[cert].v.ptr;
-    X509 *x = d2i_X509(NULL, &p, (long)t->items[cert].len);
     BIO *bio = BIO_new(BIO_s_mem());
-    char *pem = NULL;
-    long pem_len = x && bio && PEM_write_bio_X509(bio, x) ? BIO_get_mem_data(bio, &pem) : 0;
-    char path[4200], text[8192];
-    sr_err_t rc = pem_len > 0 ? SR_OK : sr_err_set(SR_ERR_KMIP_DECODE, "the node certificate does not decode");
+    char *pem = NULL, path[4200], text[8192];
+    long pem_len = 0;
+    sr_err_t rc = certificate_pem(&t->items[cert], q, bio, &pem, &pem_len);
     state_path(path, sizeof path, "node.key");
-    if (rc == SR_OK) rc = sr_file_write_atomic(path, key_pem, key_len, 0600, SR_WRITE_NO_DIR_SYNC);
+    if (rc == SR_OK) rc = sr_file_write_atomic(path, q->key_pem, q->key_len, 0600, SR_WRITE_NO_DIR_SYNC);
     state_path(path, sizeof path, "node.pem");
     if (rc == SR_OK) rc = sr_file_write_atomic(path, pem, (size_t)pem_len, 0644, SR_WRITE_NO_DIR_SYNC);
-    int n = snprintf(text, sizeof text, "[kms]\nservers = %s\nserver_name = %s\nca = %s\ncert = node.pem\nkey = node.key\n"
-                     "master_key = %s\ntimeout = 5s\n", sr_config_get(agent.cfg, "kms", "servers"),
-                     sr_config_get(agent.cfg, "kms", "server_name"), sr_config_get(agent.cfg, "kms", "ca"),
-                     sr_config_get(agent.cfg, "agent", "master_key"));
-    state_path(path, sizeof path, "kms.conf");
-    if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, SR_WRITE_NO_DIR_SYNC);
-    n = snprintf(text, sizeof text, "%s %s %d\n", agent.node_uuid, agent.nk, t->items[lease].v.i32);
-    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled (one directory sync for all four) */
+    int n = snprintf(text, sizeof text, "%s %s %d\n", agent.node_uuid, agent.nk, t->items[lease].v.i32);
+    state_path(path, sizeof path, "node.conf"); /* last: its presence means enrolled (one directory sync for the 3) */
     if (rc == SR_OK) rc = sr_file_write_atomic(path, text, (size_t)n, 0600, 0);
     agent.lease_s = t->items[lease].v.i32;
     BIO_free(bio);
-    X509_free(x);
     return rc;
 }
 
 sr_err_t enrol(void)
 {
-    char token[256], name[256] = "", *key_pem = NULL;
-    uint8_t *csr = NULL;
-    size_t key_len = 0, csr_len = 0;
+    char token[256], name[256] = "";
+    node_request_t q = {0};
     const char *cfg_name = sr_config_get(agent.cfg, "agent", "name");
     if (cfg_name) snprintf(name, sizeof name, "%s", cfg_name);
     else gethostname(name, sizeof name - 1);
     sr_err_t rc = read_token(token, sizeof token);
-    if (rc == SR_OK) rc = make_request(name, &key_pem, &key_len, &csr, &csr_len);
+    if (rc == SR_OK) rc = make_request(name, &q);
     sr_kmip_enc_t e;
     sr_kmip_enc_init(&e);
     sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, SR_KMIP_OP_ENROL);
     sr_kmip_put_text(&e, SR_KMIP_TAG_X_JOIN_TOKEN, token);
-    sr_kmip_put_bytes(&e, SR_KMIP_TAG_X_CSR, csr ? csr : (const uint8_t *)"", csr_len);
+    sr_kmip_put_bytes(&e, SR_KMIP_TAG_X_CSR, q.csr ? q.csr : (const uint8_t *)"", q.csr_len);
     sr_kmip_put_text(&e, SR_KMIP_TAG_X_NODE_NAME, name);
     sr_kmip_request_end(&e);
     sr_secure_wipe(token, sizeof token);
@@ -240,12 +282,41 @@ sr_err_t enrol(void)
     if (rc == SR_OK) rc = sr_kmip_enc_finish(&e);
     call_arg_t a = {.e = &e, .op = SR_KMIP_OP_ENROL, .r = &r};
     if (rc == SR_OK) rc = kms_anonymous(call_once, &a);
-    if (rc == SR_OK) rc = save_enrolment(&r, key_pem, key_len);
+    if (rc == SR_OK) rc = save_enrolment(&r, &q);
+    int32_t bound = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_CONNECTION_BOUND, SR_KMIP_BOOLEAN)
+                                : -1;
+    if (bound < 0 || !r.tree.items[bound].v.boolean) /* failed, or a kmsd that does not bind it */
+        sr_kmip_client_free(enrolment_link.client), enrolment_link.client = NULL;
     sr_kmip_response_free(&r);
     sr_kmip_enc_free(&e);
-    free(csr);
-    if (key_pem) sr_secure_wipe(key_pem, key_len), sr_secure_free(key_pem);
+    node_request_free(&q);
     return rc;
+}
+
+void hand_on_enrolment_connection(void)
+{
+    if (!enrolment_link.client) return;
+    if (agent.kms &&
+        sr_keyprov_kmip_adopt(agent.kms, enrolment_link.host, enrolment_link.port, enrolment_link.client) != SR_OK)
+        sr_log_info("the enrolment's connection is not carried on (%s): the node connects anew", sr_err_detail());
+    sr_kmip_client_free(enrolment_link.client);
+    enrolment_link.client = NULL;
+}
+
+/* kms.conf, the node's KMS key provider: derived from agent.conf at each
+ * start (so [kms] servers edited there apply at the next start) and never
+ * synced (a crash that loses it loses nothing: the next start writes it). */
+sr_err_t write_kms_conf(void)
+{
+    char path[4200], text[8192];
+    int n = snprintf(text, sizeof text,
+                     "[kms]\nservers = %s\nserver_name = %s\nca = %s\ncert = node.pem\nkey = node.key\n"
+                     "master_key = %s\ntimeout = 5s\n", sr_config_get(agent.cfg, "kms", "servers"),
+                     sr_config_get(agent.cfg, "kms", "server_name"), sr_config_get(agent.cfg, "kms", "ca"),
+                     sr_config_get(agent.cfg, "agent", "master_key"));
+    if (n < 0 || (size_t)n >= sizeof text) return sr_err_set(SR_ERR_CONFIG, "[kms]: settings too long");
+    state_path(path, sizeof path, "kms.conf");
+    return sr_file_write_atomic(path, text, (size_t)n, 0600, SR_WRITE_NO_SYNC);
 }
 
 int load_enrolment(void)

@@ -263,8 +263,10 @@ static int cmd_run(const char *config)
     }
     fflush(stdout);
     int lfd = -1;
+    if (rc == SR_OK) rc = write_kms_conf();
     if (rc == SR_OK) rc = forwarder_start();
     if (rc == SR_OK) rc = start_services();
+    hand_on_enrolment_connection();
     if (rc == SR_OK) rc = sr_unix_listen(sr_config_get(agent.cfg, "agent", "socket"), 512, 0, &lfd);
     if (rc == SR_OK) rc = workers_start(lfd);
     if (rc != SR_OK) {
@@ -353,7 +355,10 @@ static int cmd_status(const char *config, int json)
     int enrolled = load_enrolment();
     const char *sock = sr_config_get(agent.cfg, "agent", "socket");
     node_status_t st = {0};
-    if (enrolled && status_from_agent(sock, &st) != 0) status_from_kms(&st);
+    if (enrolled && status_from_agent(sock, &st) != 0) {
+        if (write_kms_conf() != SR_OK) sr_log_info("kms.conf: %s (the one there is used)", sr_err_detail());
+        status_from_kms(&st);
+    }
     /* the policy in force: the file's digest as the key service and the PAM module compile it */
     const char *policy_path = sr_config_get(agent.cfg, "agent", "policy");
     char digest[32] = "", pushed_digest[32];

@@ -87,13 +87,14 @@ sr_err_t sr_file_write_atomic(const char *path, const void *data, size_t len, mo
     if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot create a file beside %s", path);
     sr_err_t rc = fchmod(fd, mode) == 0 ? sr_fd_write_all(fd, data, len)
                                         : sr_err_set_errno(SR_ERR_IO, errno, "cannot set the mode of %s", tmp);
-    if (rc == SR_OK && fsync(fd) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", tmp);
+    if (rc == SR_OK && !(flags & SR_WRITE_NO_SYNC) && fsync(fd) != 0)
+        rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", tmp);
     if (close(fd) != 0 && rc == SR_OK) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", tmp);
     if (rc == SR_OK && ((flags & SR_WRITE_NO_REPLACE) ? link(tmp, path) : rename(tmp, path)) != 0)
         rc = errno == EEXIST ? sr_err_set(SR_ERR_EXISTS, "%s already exists; refusing to overwrite it", path)
                              : sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot put %s in place", path);
     if (rc != SR_OK || (flags & SR_WRITE_NO_REPLACE)) unlink(tmp); /* after a rename it is gone already */
-    if (rc == SR_OK && !(flags & SR_WRITE_NO_DIR_SYNC)) rc = sr_fsync_parent_dir(path);
+    if (rc == SR_OK && !(flags & (SR_WRITE_NO_DIR_SYNC | SR_WRITE_NO_SYNC))) rc = sr_fsync_parent_dir(path);
     return rc;
 }
 

@@ -50,7 +50,8 @@ SR_API sr_err_t sr_fsync_parent_dir(const char *path) SR_MUST_CHECK;
 
 enum {
     SR_WRITE_NO_REPLACE = 1, /* refuse (SR_ERR_EXISTS) if path exists, instead of replacing it */
-    SR_WRITE_NO_DIR_SYNC = 2 /* the caller syncs the directory once after several writes */
+    SR_WRITE_NO_DIR_SYNC = 2, /* the caller syncs the directory once after several writes */
+    SR_WRITE_NO_SYNC = 4      /* neither the file nor its directory: a file derived anew at each start */
 };
 /* len bytes to path: a temporary file beside it (mode, written, fsynced),
  * renamed over path (or linked, with SR_WRITE_NO_REPLACE), then the

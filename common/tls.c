@@ -108,6 +108,13 @@ sr_err_t sr_tls_server_ctx_new(const sr_tls_options_t *o, sr_ssl_ctx_t **out)
                        NULL);
     STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->ca_file);
     if (names) SSL_CTX_set_client_CA_list(ctx, names);
+    /* No resumption: our clients keep one connection and never resume, and
+     * each TLS 1.3 handshake would otherwise end with two session tickets,
+     * the session encrypted twice here and parsed twice by the client. Every
+     * connection is a full handshake with the certificate chain verified. */
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     *out = ctx;
     return SR_OK;
 }

@@ -281,11 +281,35 @@ static const sr_keyprov_ops_t kmip_ops = {
     .destroy = kmip_destroy,
 };
 
+static sr_err_t not_kms(sr_keyprov_t *kp)
+{
+    return sr_err_set(SR_ERR_INVALID_ARG, "%s is not a KMS key provider", kp ? sr_keyprov_description(kp) : "(none)");
+}
+
 sr_err_t sr_keyprov_kmip_call(sr_keyprov_t *kp, sr_kmip_call_fn fn, void *arg)
 {
     kmip_provider_t *p = sr_keyprov_impl(kp, &kmip_ops);
-    if (!p) return sr_err_set(SR_ERR_INVALID_ARG, "%s is not a KMS key provider", kp ? sr_keyprov_description(kp) : "(none)");
+    if (!p) return not_kms(kp);
     return with_failover(p, fn, arg);
+}
+
+sr_err_t sr_keyprov_kmip_adopt(sr_keyprov_t *kp, const char *host, uint16_t port, sr_kmip_client_t *from)
+{
+    kmip_provider_t *p = sr_keyprov_impl(kp, &kmip_ops);
+    if (!p) return not_kms(kp);
+    int i = 0;
+    while (i < p->n && (p->ports[i] != port || strcmp(p->hosts[i], host) != 0)) i++;
+    if (i == p->n) return sr_err_set(SR_ERR_INVALID_ARG, "%s:%u is not one of the provider's servers", host, port);
+    sr_kmip_client_options_t o = p->base;
+    o.host = p->hosts[i], o.port = p->ports[i];
+    sr_kmip_client_t *c = NULL;
+    sr_err_t rc = sr_kmip_client_carry_on(&o, from, &c);
+    if (rc != SR_OK) return rc;
+    pthread_mutex_lock(&p->lock);
+    sr_kmip_client_free(p->clients[i]);
+    p->clients[i] = c, p->current = i;
+    pthread_mutex_unlock(&p->lock);
+    return SR_OK;
 }
 
 /* ---- configuration ------------------------------------------------------------------------------ */

@@ -137,7 +137,9 @@ enum { SR_KMIP_TAG_X_JOIN_TOKEN = 0x540001, SR_KMIP_TAG_X_CSR = 0x540002, SR_KMI
        SR_KMIP_TAG_X_LEASE_SECONDS = 0x540006,
        /* the access policy pushed to agents: its version (Integer, in every Heartbeat response), text, digest */
        SR_KMIP_TAG_X_POLICY_VERSION = 0x540007, SR_KMIP_TAG_X_POLICY_TEXT = 0x540008,
-       SR_KMIP_TAG_X_POLICY_DIGEST = 0x540009 };
+       SR_KMIP_TAG_X_POLICY_DIGEST = 0x540009,
+       /* in an Enrol response (Boolean): kmsd binds the connection to the node it enrolled */
+       SR_KMIP_TAG_X_CONNECTION_BOUND = 0x54000A };
 
 /* ---- messages ------------------------------------------------------------------- */
 
@@ -183,6 +185,12 @@ typedef struct sr_kmip_client_options {
 typedef struct sr_kmip_client sr_kmip_client_t;
 
 SR_API sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out) SR_MUST_CHECK;
+/* A client with o's settings that goes on with the connection `from` holds
+ * (`from` is left without one): the enrolment's connection, which kmsd
+ * binds to the node it enrolled, becomes the node's. Its own TLS context
+ * (o's certificate) is made only when it must connect anew. */
+SR_API sr_err_t sr_kmip_client_carry_on(const sr_kmip_client_options_t *o, sr_kmip_client_t *from,
+                                        sr_kmip_client_t **out) SR_MUST_CHECK;
 SR_API void sr_kmip_client_free(sr_kmip_client_t *c);
 /* Whether the client holds a connection (kept from its last call). */
 SR_API int sr_kmip_client_connected(const sr_kmip_client_t *c);
@@ -203,6 +211,13 @@ SR_API sr_err_t sr_kmip_client_call(sr_kmip_client_t *c, const sr_kmip_enc_t *re
 typedef struct sr_keyprov sr_keyprov_t; /* keymgr.h */
 typedef sr_err_t (*sr_kmip_call_fn)(sr_kmip_client_t *c, void *arg);
 SR_API sr_err_t sr_keyprov_kmip_call(sr_keyprov_t *kp, sr_kmip_call_fn fn, void *arg) SR_MUST_CHECK;
+/* The provider goes on with the connection `from` holds to host:port, one
+ * of its servers, as its own (sr_kmip_client_carry_on; `from` is left
+ * without it): tde-agent's enrolment connection, which kmsd binds to the
+ * node, spares the node a second TLS handshake (and the loading of its
+ * certificate and key until a reconnection needs them). */
+SR_API sr_err_t sr_keyprov_kmip_adopt(sr_keyprov_t *kp, const char *host, uint16_t port,
+                                      sr_kmip_client_t *from) SR_MUST_CHECK;
 
 /* The operations database TDE uses. Unique identifiers are NUL-terminated. */
 #define SR_KMIP_UID_MAX 128

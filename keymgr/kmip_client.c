@@ -18,30 +18,66 @@
 #include <string.h>
 
 struct sr_kmip_client {
-    sr_kmip_client_options_t o;
-    char *host, *verify_name;
-    sr_ssl_ctx_t *ctx;
+    sr_kmip_client_options_t o; /* its strings are the copies below */
+    char *host, *verify_name, *ca_file, *cert_file, *key_file;
+    sr_ssl_ctx_t *ctx;          /* NULL until needed by a client that carried on another's connection */
     sr_tls_conn_t *conn;
 };
 
-sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out)
+static char *copy(const char *s, int *ok)
+{
+    char *c = s ? strdup(s) : NULL;
+    if (s && !c) *ok = 0;
+    return c;
+}
+
+/* A client with o's settings (its own copies), without a TLS context yet. */
+static sr_err_t client_alloc(const sr_kmip_client_options_t *o, sr_kmip_client_t **out)
 {
     if (!o || !o->host || !o->port || !o->ca_file)
         return sr_err_set(SR_ERR_INVALID_ARG, "a KMIP client needs a host, a port and a CA file");
     sr_kmip_client_t *c = calloc(1, sizeof *c);
     if (!c) return sr_err_set(SR_ERR_NOMEM, "KMIP client");
+    int ok = 1;
     c->o = *o;
-    c->host = strdup(o->host);
-    c->verify_name = strdup(o->verify_name ? o->verify_name : o->host);
+    c->o.host = c->host = copy(o->host, &ok);
+    c->o.verify_name = c->verify_name = copy(o->verify_name ? o->verify_name : o->host, &ok);
+    c->o.ca_file = c->ca_file = copy(o->ca_file, &ok);
+    c->o.cert_file = c->cert_file = copy(o->cert_file, &ok);
+    c->o.key_file = c->key_file = copy(o->key_file, &ok);
     if (!c->o.timeout_ms) c->o.timeout_ms = 10000;
     if (!c->o.version.major) c->o.version = (sr_kmip_version_t){1, 4};
-    sr_tls_options_t tls = {.ca_file = o->ca_file, .cert_file = o->cert_file, .key_file = o->key_file};
-    sr_err_t rc = c->host && c->verify_name ? sr_tls_client_ctx_new(&tls, &c->ctx) : SR_ERR_NOMEM;
-    if (rc != SR_OK) {
+    if (!ok) {
         sr_kmip_client_free(c);
-        return rc;
+        return sr_err_set(SR_ERR_NOMEM, "KMIP client");
     }
-    c->o.host = c->host, c->o.verify_name = c->verify_name;
+    *out = c;
+    return SR_OK;
+}
+
+static sr_err_t client_ctx(sr_kmip_client_t *c)
+{
+    sr_tls_options_t tls = {.ca_file = c->o.ca_file, .cert_file = c->o.cert_file, .key_file = c->o.key_file};
+    return c->ctx ? SR_OK : sr_tls_client_ctx_new(&tls, &c->ctx);
+}
+
+sr_err_t sr_kmip_client_new(const sr_kmip_client_options_t *o, sr_kmip_client_t **out)
+{
+    sr_kmip_client_t *c = NULL;
+    sr_err_t rc = client_alloc(o, &c);
+    if (rc == SR_OK && (rc = client_ctx(c)) != SR_OK) sr_kmip_client_free(c); /* a bad CA, certificate or key: now */
+    if (rc == SR_OK) *out = c;
+    return rc;
+}
+
+sr_err_t sr_kmip_client_carry_on(const sr_kmip_client_options_t *o, sr_kmip_client_t *from, sr_kmip_client_t **out)
+{
+    if (!from || !from->conn) return sr_err_set(SR_ERR_INVALID_ARG, "no connection to carry on");
+    sr_kmip_client_t *c = NULL;
+    sr_err_t rc = client_alloc(o, &c);
+    if (rc != SR_OK) return rc;
+    c->conn = from->conn, from->conn = NULL;
+    sr_tls_set_timeout(c->conn, c->o.timeout_ms);
     *out = c;
     return SR_OK;
 }
@@ -51,7 +87,7 @@ void sr_kmip_client_free(sr_kmip_client_t *c)
     if (!c) return;
     sr_tls_close(c->conn);
     sr_tls_ctx_free(c->ctx);
-    free(c->host), free(c->verify_name);
+    free(c->host), free(c->verify_name), free(c->ca_file), free(c->cert_file), free(c->key_file);
     free(c);
 }
 
@@ -76,7 +112,8 @@ static sr_err_t exchange(sr_kmip_client_t *c, const sr_kmip_enc_t *req, uint8_t 
     /* One deadline for the whole response: a server that dribbles bytes
      * cannot stretch a call past the timeout. */
     uint64_t deadline = sr_time_mono_ms() + (uint64_t)c->o.timeout_ms;
-    if (!c->conn) rc = sr_tls_connect(c->ctx, c->host, c->o.port, c->verify_name, c->o.timeout_ms, &c->conn);
+    if (!c->conn && (rc = client_ctx(c)) == SR_OK)
+        rc = sr_tls_connect(c->ctx, c->host, c->o.port, c->verify_name, c->o.timeout_ms, &c->conn);
     if (rc == SR_OK) rc = sr_tls_write_all(c->conn, req->buf, req->len);
     uint8_t head[8];
     if (rc == SR_OK) rc = sr_tls_read_exact_by(c->conn, head, sizeof head, deadline);

@@ -36,7 +36,7 @@ typedef enum use { USE_ATTRS, USE_CRYPT, USE_EXPORT, USE_MANAGE } use_t;
 
 typedef struct req {
     kms_store_t *s;
-    const kms_principal_t *p;
+    kms_principal_t *p;
     const sr_kmip_tree_t *t;
     sr_kmip_version_t v;
     sr_kmip_enc_t *e;
@@ -44,6 +44,7 @@ typedef struct req {
     char object[KMS_UID_MAX];   /* for the audit record */
     uint32_t reason;
     char message[200];
+    kms_principal_t enrolled; /* an Enrol on a connection without a certificate: the node it now acts for */
 } req_t;
 
 /* ---- small helpers --------------------------------------------------------------------- */
@@ -1028,6 +1029,12 @@ static int op_enrol(req_t *r, int32_t payload)
         put_uid(r, nk.uid);
         sr_kmip_put_bytes(r->e, KMS_TAG_NODE_CERTIFICATE, cert, cert_len);
         sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)(enrolment.lease_ms / 1000));
+        if (!r->p->name[0] && !r->p->fingerprint[0]) { /* the enrolment's connection goes on as the node's */
+            r->enrolled = (kms_principal_t){.role = KMS_ROLE_NODE};
+            snprintf(r->enrolled.name, sizeof r->enrolled.name, "%s", n.uuid);
+            snprintf(r->enrolled.fingerprint, sizeof r->enrolled.fingerprint, "%s", info.fingerprint);
+            sr_kmip_put_bool(r->e, KMS_TAG_CONNECTION_BOUND, 1);
+        }
     }
     free(cert);
     return ret;
@@ -1210,6 +1217,19 @@ static sr_err_t audit(const req_t *r, const char *op, const char *outcome)
     return sr_event_emit(&ev);
 }
 
+/* The node an Enrol made, now this connection's principal (committed: the
+ * node exists): its certificate is the one the request was for, the
+ * connection the one it came on, so the node's first requests need no
+ * second TLS handshake. Its certificate's revocation is checked on each
+ * request, as for a connection that presented it. */
+static void bind_to_node(req_t *r)
+{
+    snprintf(r->p->name, sizeof r->p->name, "%s", r->enrolled.name);
+    snprintf(r->p->fingerprint, sizeof r->p->fingerprint, "%s", r->enrolled.fingerprint);
+    r->p->role = r->enrolled.role;
+    r->enrolled.name[0] = '\0';
+}
+
 /* Runs one batch item: its result and payload, or its failure, into r->e. */
 static int run_item(req_t *r, int32_t bi)
 {
@@ -1247,6 +1267,7 @@ static int run_item(req_t *r, int32_t bi)
             ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
         if (!ret && kms_store_commit(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store commit failed");
         if (ret) kms_store_rollback(r->s);
+        else if (r->enrolled.name[0]) bind_to_node(r);
         kms_store_unlock(r->s);
         if (!ret && !o->changes && audit(r, o->name, "success") != SR_OK)
             ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
@@ -1305,7 +1326,7 @@ static sr_err_t answer_invalid(req_t *r, const char *why)
     return sr_kmip_enc_finish(r->e);
 }
 
-sr_err_t kms_handle(kms_store_t *s, const kms_principal_t *p, const uint8_t *buf, size_t len, sr_kmip_enc_t *resp)
+sr_err_t kms_handle(kms_store_t *s, kms_principal_t *p, const uint8_t *buf, size_t len, sr_kmip_enc_t *resp)
 {
     sr_kmip_tree_t tree = {0};
     req_t r = {.s = s, .p = p, .t = &tree, .v = {1, 4}, .e = resp};

@@ -31,7 +31,8 @@ const char *kms_role_name(kms_role_t role);
 sr_err_t kms_role_parse(const char *text, kms_role_t *out);
 
 typedef struct kms_principal {
-    char name[256];       /* certificate subject CN */
+    char name[256];       /* certificate subject CN ("": a connection without a certificate) */
+    char fingerprint[65]; /* SHA-256 of that certificate, hex ("": none), checked for revocation per request */
     kms_role_t role;
     char source[80];      /* peer address, for audit records */
     char refused[200];    /* non-empty: every request is refused with this (a revoked certificate) */
@@ -235,13 +236,14 @@ sr_err_t kms_node_end(kms_store_t *s, kms_node_t *n, const char *state, const ch
 enum { KMS_OP_ENROL = SR_KMIP_OP_ENROL, KMS_OP_HEARTBEAT = SR_KMIP_OP_HEARTBEAT, KMS_OP_LEAVE = SR_KMIP_OP_LEAVE };
 enum { KMS_TAG_JOIN_TOKEN = SR_KMIP_TAG_X_JOIN_TOKEN, KMS_TAG_CSR = SR_KMIP_TAG_X_CSR,
        KMS_TAG_NODE_NAME = SR_KMIP_TAG_X_NODE_NAME, KMS_TAG_NODE_UUID = SR_KMIP_TAG_X_NODE_UUID,
-       KMS_TAG_NODE_CERTIFICATE = SR_KMIP_TAG_X_NODE_CERTIFICATE, KMS_TAG_LEASE_SECONDS = SR_KMIP_TAG_X_LEASE_SECONDS };
+       KMS_TAG_NODE_CERTIFICATE = SR_KMIP_TAG_X_NODE_CERTIFICATE, KMS_TAG_LEASE_SECONDS = SR_KMIP_TAG_X_LEASE_SECONDS,
+       KMS_TAG_CONNECTION_BOUND = SR_KMIP_TAG_X_CONNECTION_BOUND };
 
 /* ---- the request handler ------------------------------------------------------------- */
 /* Answers one KMIP request message (any bytes: malformed input is answered
  * with Invalid Message). The response is in `resp` (sr_kmip_enc_init'd by
  * the caller). Each batch item is one audit event (component "kms"). */
-sr_err_t kms_handle(kms_store_t *s, const kms_principal_t *p, const uint8_t *req, size_t len,
+sr_err_t kms_handle(kms_store_t *s, kms_principal_t *p, const uint8_t *req, size_t len,
                     sr_kmip_enc_t *resp) SR_MUST_CHECK;
 
 #endif

@@ -141,10 +141,10 @@ static void audit_connection(const char *who, const char *source, const char *ou
 
 /* Per request, under one lock: the principal's role now, and whether its
  * certificate was revoked since it connected. */
-static int refresh(kms_principal_t *p, const char *fingerprint)
+static int refresh(kms_principal_t *p)
 {
     kms_store_lock(server.store);
-    int revoked = fingerprint && kms_cert_revoked(server.store, fingerprint);
+    int revoked = p->fingerprint[0] && kms_cert_revoked(server.store, p->fingerprint);
     p->role = kms_principal_role(server.store, p->name);
     kms_store_unlock(server.store);
     return revoked;
@@ -193,7 +193,6 @@ typedef struct conn {
     sr_kmip_enc_t resp;        /* the answer, written as the peer takes it */
     size_t sent;
     kms_principal_t p;
-    char fingerprint[65];
 } conn_t;
 
 #define MAX_CONNS 4096
@@ -241,7 +240,7 @@ static void run_request(conn_t *c, const limits_t *l)
     static const uint8_t garbage[8] = {0};
     c->state = C_WORKING;
     c->deadline = NEVER;
-    if (!c->refuse && refresh(&c->p, c->fingerprint[0] ? c->fingerprint : NULL) && !c->p.refused[0]) {
+    if (!c->refuse && refresh(&c->p) && !c->p.refused[0]) {
         audit_connection(c->p.name, c->p.source, "denied", "certificate revoked");
         refusal(&c->p); /* refused from now on: answered with the reason, nothing else */
     }
@@ -277,7 +276,7 @@ static int step(conn_t *c, const limits_t *l)
         const char *cn = sr_tls_peer_cn(c->tls), *fp = sr_tls_peer_fingerprint(c->tls);
         snprintf(c->p.name, sizeof c->p.name, "%s", cn ? cn : "");
         snprintf(c->p.source, sizeof c->p.source, "%s", sr_tls_peer_addr(c->tls));
-        snprintf(c->fingerprint, sizeof c->fingerprint, "%s", fp ? fp : "");
+        snprintf(c->p.fingerprint, sizeof c->p.fingerprint, "%s", fp ? fp : "");
         set_idle(c, l);
         return 1;
     }

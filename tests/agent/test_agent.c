@@ -17,6 +17,8 @@
 #include "sr_test.h"
 #include "tde.h"
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -288,6 +290,124 @@ static void test_tokens_are_one_time_and_expire(void)
     SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1);
     snprintf(path, sizeof path, "grep -c 'expired' %s/agent.log", agent_dir(i));
     SR_CHECK_MSG(sr_test_command(out, sizeof out, path) == 0, "%s", out);
+}
+
+/* One request of the node's on c (no payload: Heartbeat, Leave). */
+static sr_err_t node_request(sr_kmip_client_t *c, uint32_t op)
+{
+    sr_kmip_enc_t e;
+    sr_kmip_response_t r = {0};
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, op);
+    sr_kmip_request_end(&e);
+    sr_err_t rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, op, &r);
+    sr_kmip_response_free(&r);
+    sr_kmip_enc_free(&e);
+    return rc;
+}
+
+/* An Enrol with `token` and a fresh P-256 request on c: its result; the node UUID, and whether kmsd bound c to it. */
+static sr_err_t enrol_on(sr_kmip_client_t *c, const char *token, char uuid[64], int *bound)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509_REQ *req = X509_REQ_new();
+    unsigned char *der = NULL;
+    int n = key && req && X509_REQ_set_pubkey(req, key) && X509_REQ_sign(req, key, EVP_sha256()) > 0
+                ? i2d_X509_REQ(req, &der) : -1;
+    X509_REQ_free(req), EVP_PKEY_free(key);
+    if (n <= 0) return SR_ERR_CRYPTO;
+    sr_kmip_enc_t e;
+    sr_kmip_response_t r = {0};
+    sr_kmip_enc_init(&e);
+    sr_kmip_request_begin(&e, (sr_kmip_version_t){1, 4}, SR_KMIP_OP_ENROL);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_JOIN_TOKEN, token);
+    sr_kmip_put_bytes(&e, SR_KMIP_TAG_X_CSR, der, (size_t)n);
+    sr_kmip_put_text(&e, SR_KMIP_TAG_X_NODE_NAME, "bound-node");
+    sr_kmip_request_end(&e);
+    OPENSSL_free(der);
+    sr_err_t rc = sr_kmip_enc_finish(&e);
+    if (rc == SR_OK) rc = sr_kmip_client_call(c, &e, SR_KMIP_OP_ENROL, &r);
+    int32_t id = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_NODE_UUID, SR_KMIP_TEXT_STRING) : -1;
+    int32_t b = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_CONNECTION_BOUND, SR_KMIP_BOOLEAN) : -1;
+    if (id >= 0) snprintf(uuid, 64, "%.*s", (int)r.tree.items[id].len, r.tree.items[id].v.ptr);
+    *bound = b >= 0 && r.tree.items[b].v.boolean;
+    sr_kmip_response_free(&r); /* a refusal's too */
+    sr_kmip_enc_free(&e);
+    return rc;
+}
+
+static sr_kmip_client_t *anonymous_client(void)
+{
+    char ca[600];
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
+                                  .timeout_ms = 5000};
+    sr_kmip_client_t *c = NULL;
+    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
+    return c;
+}
+
+/* kmsd binds the connection an Enrol succeeded on to the node it made (the
+ * node's first requests need no second handshake): the node's requests
+ * work on it, and stop working the moment the node is revoked. A
+ * connection whose Enrol was refused stays anonymous: it can do nothing
+ * but Enrol. */
+static void test_the_enrolment_connection_acts_for_the_node(void)
+{
+    char token[80], uuid[64] = "", other[64] = "", cmd[200];
+    int bound = 0;
+    new_token("token create --group web --ttl 10m", token);
+    sr_kmip_client_t *c = anonymous_client(), *refused = anonymous_client();
+    SR_CHECK_ERR(node_request(c, SR_KMIP_OP_HEARTBEAT), SR_ERR_KMIP_RESULT); /* anonymous: not a node yet */
+    SR_CHECK_OK(enrol_on(c, token, uuid, &bound));
+    SR_CHECK_MSG(bound && uuid[0], "Enrol answered without binding the connection (node '%s')", uuid);
+    SR_CHECK_MSG(node_request(c, SR_KMIP_OP_HEARTBEAT) == SR_OK, "the node's heartbeat on its enrolment connection: %s",
+                 sr_err_detail());
+    /* the used token again, on another anonymous connection: refused, and that connection is nobody's */
+    SR_CHECK_ERR(enrol_on(refused, token, other, &bound), SR_ERR_KMIP_RESULT);
+    SR_CHECK_ERR(node_request(refused, SR_KMIP_OP_HEARTBEAT), SR_ERR_KMIP_RESULT);
+    SR_CHECK(strstr(sr_err_detail(), "not registered") != NULL);
+    /* revoked: the same connection is refused from its next request on */
+    snprintf(cmd, sizeof cmd, "node revoke %s --yes", uuid);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    SR_CHECK_ERR(node_request(c, SR_KMIP_OP_HEARTBEAT), SR_ERR_KMIP_RESULT);
+    SR_CHECK_MSG(strstr(sr_err_detail(), "revoked") != NULL, "after the revocation: %s", sr_err_detail());
+    sr_kmip_client_free(c), sr_kmip_client_free(refused);
+}
+
+/* The agent goes on with its enrolment connection: its first tablespace
+ * open needs neither a second handshake nor its key file (made garbage
+ * here, after the enrolment: it is read only to connect anew). Restarted
+ * (killed, back within its lease) with a [kms] server added in front in
+ * agent.conf, it connects anew with its key, through the new list. */
+static void test_the_agent_carries_on_its_enrolment_connection(void)
+{
+    int i = n_agents + 19, status = 0;
+    char path[800], cmd[1600], state[16];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web --ttl 10m");
+    write_agent_config(i, NULL);
+    pid_t p = start_agent(i);
+    SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not start", i);
+    snprintf(cmd, sizeof cmd, "cd %s/state && cp node.key node.key.saved && printf 'not a key' > node.key",
+             agent_dir(i));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    SR_CHECK_MSG(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES(1)") == SQLITE_OK,
+                 "the first open through a just-enrolled agent: %s", sr_err_detail());
+    kill(p, SIGKILL), waitpid(p, NULL, 0);
+    snprintf(cmd, sizeof cmd, "cd %s && mv state/node.key.saved state/node.key && rm -f agent.sock && "
+             "sed -i 's/^servers = /servers = 127.0.0.1:1, /' agent.conf", agent_dir(i));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    p = start_agent(i);
+    SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not start again", i);
+    SR_CHECK_MSG(through_agent(i, "INSERT INTO t VALUES(2)") == SQLITE_OK, "after the restart: %s", sr_err_detail());
+    snprintf(path, sizeof path, "grep -c '^servers = 127.0.0.1:1, 127.0.0.1:' %s/state/kms.conf", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, path) == 0, "kms.conf keeps the old [kms] servers: %s", out);
+    kill(p, SIGTERM), waitpid(p, &status, 0); /* the leave goes on the same connection */
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    node_state(i, state);
+    SR_CHECK_MSG(!strcmp(state, "left"), "node %d after SIGTERM: '%s'", i, state);
 }
 
 static void test_policy_refuses_a_local_process(void)
@@ -915,6 +1035,8 @@ int main(void)
     SR_RUN(test_scale_in);
     SR_RUN(test_kms_outage);
     SR_RUN(test_tokens_are_one_time_and_expire);
+    SR_RUN(test_the_enrolment_connection_acts_for_the_node);
+    SR_RUN(test_the_agent_carries_on_its_enrolment_connection);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_pam_module_asks_the_agent);
     SR_RUN(test_policy_pushed_from_the_kms);

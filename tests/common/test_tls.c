@@ -73,6 +73,27 @@ static void test_mutual_tls_round_trip(void)
     sr_tls_ctx_free(ctx);
 }
 
+/* A server hands out no session tickets (no resumption: each connection a
+ * full handshake, its chain verified; they cost an encryption each on the
+ * server and a parse each on the client for clients that never resume):
+ * OpenSSL's own client sees none arrive before the echo. */
+static void test_no_session_tickets(void)
+{
+    accept_result_t r = {0};
+    pthread_t t;
+    pthread_create(&t, NULL, serve_one, &r);
+    char cmd[8192], out[16384];
+    snprintf(cmd, sizeof cmd,
+             "printf hello | timeout 10 openssl s_client -connect 127.0.0.1:%u -servername localhost -CAfile %s "
+             "-cert %s -key %s -ign_eof 2>&1",
+             port, pki_file("ca.pem"), pki_file("client.pem"), pki_file("client.key"));
+    int rc = sr_test_command(out, sizeof out, cmd);
+    pthread_join(t, NULL);
+    SR_CHECK_OK(r.handshake);
+    SR_CHECK_MSG(rc == 0 && strstr(out, "New, TLSv1.3") && strstr(out, "hello"), "s_client: %s", out);
+    SR_CHECK_MSG(!strstr(out, "New Session Ticket"), "the server sent a session ticket: %s", out);
+}
+
 /* The client connects with `cert` and expects the handshake to fail on one side. */
 static void expect_refused(const char *cert, const char *key, const char *verify_name, const char *client_msg)
 {
@@ -183,6 +204,7 @@ int main(void)
     port = sr_tls_listener_port(listen_fd);
     SR_CHECK(port != 0);
     SR_RUN(test_mutual_tls_round_trip);
+    SR_RUN(test_no_session_tickets);
     SR_RUN(test_wrong_server_name_refused);
     SR_RUN(test_rogue_client_refused);
     SR_RUN(test_client_without_certificate_refused);
