@@ -82,6 +82,12 @@ static sr_err_t ctx_new(const SSL_METHOD *method, const sr_tls_options_t *o, sr_
         SSL_CTX_free(ctx);
         return rc;
     }
+    /* Our certificate's chain, built once here without the root (the peer
+     * has it: it is what the peer trusts): otherwise OpenSSL builds it
+     * again at every handshake and sends the root too, which the peer then
+     * decodes for nothing. A chain that cannot be built from the CA file
+     * (a certificate from another CA) is left to OpenSSL as before. */
+    if (o->cert_file && SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT) != 1) ERR_clear_error();
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
     *out = ctx;
     return SR_OK;

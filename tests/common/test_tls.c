@@ -73,11 +73,13 @@ static void test_mutual_tls_round_trip(void)
     sr_tls_ctx_free(ctx);
 }
 
-/* A server hands out no session tickets (no resumption: each connection a
- * full handshake, its chain verified; they cost an encryption each on the
- * server and a parse each on the client for clients that never resume):
- * OpenSSL's own client sees none arrive before the echo. */
-static void test_no_session_tickets(void)
+/* A server sends its certificate without the root (the client holds it:
+ * it is what it trusts) and hands out no session tickets (no resumption:
+ * each connection a full handshake, its chain verified; they cost an
+ * encryption each on the server and a parse each on the client, for
+ * clients that never resume): OpenSSL's own client sees one certificate
+ * and no ticket before the echo. */
+static void test_handshake_sends_neither_root_nor_tickets(void)
 {
     accept_result_t r = {0};
     pthread_t t;
@@ -92,6 +94,7 @@ static void test_no_session_tickets(void)
     SR_CHECK_OK(r.handshake);
     SR_CHECK_MSG(rc == 0 && strstr(out, "New, TLSv1.3") && strstr(out, "hello"), "s_client: %s", out);
     SR_CHECK_MSG(!strstr(out, "New Session Ticket"), "the server sent a session ticket: %s", out);
+    SR_CHECK_MSG(strstr(out, " 0 s:") && !strstr(out, " 1 s:"), "the server sent more than its certificate: %s", out);
 }
 
 /* The client connects with `cert` and expects the handshake to fail on one side. */
@@ -204,7 +207,7 @@ int main(void)
     port = sr_tls_listener_port(listen_fd);
     SR_CHECK(port != 0);
     SR_RUN(test_mutual_tls_round_trip);
-    SR_RUN(test_no_session_tickets);
+    SR_RUN(test_handshake_sends_neither_root_nor_tickets);
     SR_RUN(test_wrong_server_name_refused);
     SR_RUN(test_rogue_client_refused);
     SR_RUN(test_client_without_certificate_refused);
