@@ -218,9 +218,11 @@ static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const 
 static int read_request(int fd, uint8_t *msg, size_t cap, size_t *got, uint64_t deadline_ms)
 {
     for (;;) {
-        uint32_t n = *got >= 4 ? sr_get_be32(msg) : 0;
-        if (*got >= 4 && (n < 1 || n > SR_AGENT_REQUEST_MAX)) return -1;
-        if (*got >= 4 && *got >= 4 + (size_t)n) return 1;
+        if (*got >= 4) {
+            uint32_t n = sr_get_be32(msg);
+            if (n < 1 || n > SR_AGENT_REQUEST_MAX) return -1;
+            if (*got >= 4 + (size_t)n) return 1;
+        }
         ssize_t r = recv(fd, msg + *got, cap - *got, MSG_DONTWAIT); /* what is there: usually the whole request */
         if (r > 0) {
             *got += (size_t)r;

@@ -190,32 +190,18 @@ int sr_secure_equal(const void *a, const void *b, size_t len)
     return CRYPTO_memcmp(a, b, len) == 0;
 }
 
-static sr_err_t not_protectable(void)
+/* Page protection of a region of its own (a slot shares its page with other keys: refused). */
+static sr_err_t protect(void *ptr, int (*mprotect_fn)(void *), const char *how)
 {
-    return sr_err_set(SR_ERR_INVALID_ARG, "page protection needs a region of more than %d bytes (smaller ones share "
-                                          "a locked page)", SLOT_MAX);
+    if (sr_secure_is_slot(ptr))
+        return sr_err_set(SR_ERR_INVALID_ARG, "page protection needs a region of more than %d bytes (smaller ones "
+                                              "share a locked page)", SLOT_MAX);
+    return mprotect_fn(ptr) == 0 ? SR_OK : sr_err_set_errno(SR_ERR_INTERNAL, errno, "mprotect(%s) failed", how);
 }
 
-sr_err_t sr_secure_protect_readonly(void *ptr)
-{
-    if (sr_secure_is_slot(ptr)) return not_protectable();
-    return sodium_mprotect_readonly(ptr) == 0 ? SR_OK
-                                              : sr_err_set_errno(SR_ERR_INTERNAL, errno, "mprotect(readonly) failed");
-}
-
-sr_err_t sr_secure_protect_readwrite(void *ptr)
-{
-    if (sr_secure_is_slot(ptr)) return not_protectable();
-    return sodium_mprotect_readwrite(ptr) == 0 ? SR_OK
-                                               : sr_err_set_errno(SR_ERR_INTERNAL, errno, "mprotect(readwrite) failed");
-}
-
-sr_err_t sr_secure_protect_noaccess(void *ptr)
-{
-    if (sr_secure_is_slot(ptr)) return not_protectable();
-    return sodium_mprotect_noaccess(ptr) == 0 ? SR_OK
-                                              : sr_err_set_errno(SR_ERR_INTERNAL, errno, "mprotect(noaccess) failed");
-}
+sr_err_t sr_secure_protect_readonly(void *ptr) { return protect(ptr, sodium_mprotect_readonly, "readonly"); }
+sr_err_t sr_secure_protect_readwrite(void *ptr) { return protect(ptr, sodium_mprotect_readwrite, "readwrite"); }
+sr_err_t sr_secure_protect_noaccess(void *ptr) { return protect(ptr, sodium_mprotect_noaccess, "noaccess"); }
 
 sr_err_t sr_random_bytes(void *buf, size_t len)
 {
