@@ -17,7 +17,9 @@
 #include "sr_test.h"
 #include "tde.h"
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -140,6 +142,31 @@ static long long status_number(const char *field)
     return at ? atoll(at + strlen(key)) : -1;
 }
 
+/* Node i's key (written from its values, not through OpenSSL's encoders) is
+ * the PKCS#8 PEM OpenSSL itself writes for that key, and the certificate's. */
+static void check_node_key(int i)
+{
+    char path[700];
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/state/node.key", agent_dir(i));
+    uint8_t *written = sr_test_read_file(path, &len);
+    snprintf(path, sizeof path, "%s/state/node.pem", agent_dir(i));
+    FILE *f = fopen(path, "r");
+    X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    BIO *in = written ? BIO_new_mem_buf(written, (int)len) : NULL, *pem = BIO_new(BIO_s_mem());
+    EVP_PKEY *key = in ? PEM_read_bio_PrivateKey(in, NULL, NULL, NULL) : NULL;
+    char *again = NULL;
+    int include_public = 1; /* OpenSSL's default, which a key read back keeps only if the file had it */
+    OSSL_PARAM params[] = {OSSL_PARAM_int(OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, &include_public), OSSL_PARAM_END};
+    long again_len = key && pem && EVP_PKEY_set_params(key, params) && PEM_write_bio_PrivateKey(pem, key, NULL, NULL, 0, NULL, NULL)
+                         ? BIO_get_mem_data(pem, &again) : 0;
+    SR_CHECK_MSG(key && (size_t)again_len == len && !memcmp(again, written, len), "node.key: %.*s", (int)len,
+                 written ? (char *)written : "(none)");
+    SR_CHECK(cert && key && X509_check_private_key(cert, key) == 1);
+    EVP_PKEY_free(key), X509_free(cert), BIO_free(in), BIO_free(pem), free(written);
+}
+
 static void test_scale_out(void)
 {
     for (int i = 0; i < n_agents; i++) {
@@ -151,6 +178,7 @@ static void test_scale_out(void)
     for (int i = 0; i < n_agents; i++) agents[i] = start_agent(i);
     for (int i = 0; i < n_agents; i++) SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not start", i);
     printf("  %d agents enrolled and serving in %llu ms\n", n_agents, (unsigned long long)(sr_time_mono_ms() - t0));
+    for (int i = 0; i < n_agents; i++) check_node_key(i); /* 2^-n_agents that a wrong bit-string count passes */
     for (int i = 0; i < n_agents; i++) {
         char state[16];
         SR_CHECK_MSG(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES('NODE-SECRET');") == SQLITE_OK,
