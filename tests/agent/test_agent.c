@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -436,6 +437,124 @@ static void test_the_agent_carries_on_its_enrolment_connection(void)
     SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     node_state(i, state);
     SR_CHECK_MSG(!strcmp(state, "left"), "node %d after SIGTERM: '%s'", i, state);
+}
+
+static int serves_or_exits(int i, pid_t p, int *status);
+
+/* ---- a KMS that hands out a bad certificate ---------------------------------------------------------- *
+ * A TLS relay holding kmsd's own certificate and key (a compromised or
+ * impostor KMS: the agent cannot tell it from kmsd) passes one connection
+ * through to the real kmsd and changes the node certificate in the Enrol
+ * response, in place (the message's lengths unchanged). */
+typedef struct relay {
+    int lfd;
+    void (*mangle)(uint8_t *cert, size_t len);
+    int mangled;
+    pthread_t thread;
+} relay_t;
+
+/* One TTLV message (header and value) from c into *msg; its length, 0 at the end. */
+static size_t relay_read(sr_tls_conn_t *c, uint8_t **msg)
+{
+    uint8_t head[8];
+    if (sr_tls_read_exact(c, head, sizeof head) != SR_OK) return 0;
+    size_t len = (size_t)head[4] << 24 | (size_t)head[5] << 16 | (size_t)head[6] << 8 | head[7];
+    *msg = len < (1u << 20) ? malloc(8 + len) : NULL;
+    if (!*msg) return 0;
+    memcpy(*msg, head, 8);
+    if (sr_tls_read_exact(c, *msg + 8, len) != SR_OK) return free(*msg), 0;
+    return 8 + len;
+}
+
+static void relay_mangle(relay_t *r, uint8_t *msg, size_t len)
+{
+    sr_kmip_tree_t t = {0};
+    if (sr_kmip_decode(msg, len, &t) != SR_OK) return;
+    for (size_t i = 0; i < t.n; i++)
+        if (t.items[i].tag == SR_KMIP_TAG_X_NODE_CERTIFICATE && t.items[i].type == SR_KMIP_BYTE_STRING)
+            r->mangle(msg + (t.items[i].v.ptr - msg), t.items[i].len), r->mangled++;
+    sr_kmip_tree_free(&t);
+}
+
+static void *relay_main(void *arg)
+{
+    relay_t *r = arg;
+    char ca[600], crt[600], key[600];
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir), snprintf(crt, sizeof crt, "%s/server.pem", dir);
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    sr_ssl_ctx_t *server = NULL, *client = NULL;
+    sr_tls_conn_t *node = NULL, *kms = NULL;
+    int fd = -1;
+    if (sr_tls_server_ctx_new(&(sr_tls_options_t){.ca_file = ca, .cert_file = crt, .key_file = key}, &server) ==
+            SR_OK &&
+        sr_tls_client_ctx_new(&(sr_tls_options_t){.ca_file = ca}, &client) == SR_OK &&
+        (fd = accept(r->lfd, NULL, NULL)) >= 0 && sr_tls_accept(server, fd, 10000, &node) == SR_OK &&
+        sr_tls_connect(client, "127.0.0.1", port, "localhost", 10000, &kms) == SR_OK) {
+        uint8_t *msg = NULL;
+        size_t n;
+        while ((n = relay_read(node, &msg)) > 0) { /* one request, its response */
+            sr_err_t rc = sr_tls_write_all(kms, msg, n);
+            free(msg);
+            if (rc != SR_OK || (n = relay_read(kms, &msg)) == 0) break;
+            relay_mangle(r, msg, n);
+            rc = sr_tls_write_all(node, msg, n);
+            free(msg);
+            if (rc != SR_OK) break;
+        }
+    }
+    if (node) sr_tls_close(node);
+    if (kms) sr_tls_close(kms);
+    sr_tls_ctx_free(server), sr_tls_ctx_free(client);
+    return NULL;
+}
+
+static void not_der(uint8_t *cert, size_t len) { (void)len, cert[0] = 0x31; /* a SET, not a SEQUENCE */ }
+
+/* Another key in the certificate: the last byte of its public point changed. */
+static void another_key(uint8_t *cert, size_t len)
+{
+    const unsigned char *p = cert;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    unsigned char *spki = NULL;
+    int n = x ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &spki) : -1;
+    uint8_t *at = n > 0 ? memmem(cert, len, spki, (size_t)n) : NULL;
+    if (at) at[n - 1] ^= 0x01;
+    OPENSSL_free(spki), X509_free(x);
+}
+
+/* An agent enrolling through the relay: refused, nothing saved, the refusal recorded. */
+static void enrol_through_bad_kms(int i, void (*mangle)(uint8_t *, size_t), const char *why)
+{
+    relay_t r = {.mangle = mangle};
+    SR_CHECK_OK(sr_tls_listen("127.0.0.1", 0, 4, &r.lfd));
+    SR_CHECK(pthread_create(&r.thread, NULL, relay_main, &r) == 0);
+    char path[800], cmd[1600];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web --ttl 10m");
+    write_agent_config(i, NULL);
+    snprintf(cmd, sizeof cmd, "sed -i 's/^servers = .*/servers = 127.0.0.1:%u/' %s/agent.conf",
+             sr_tls_listener_port(r.lfd), agent_dir(i));
+    SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
+    pid_t p = start_agent(i);
+    int status = -1; /* -1: it served on that certificate, or did not end in time */
+    if (serves_or_exits(i, p, &status) || status == -1) kill(p, SIGKILL), waitpid(p, NULL, 0), status = -1;
+    shutdown(r.lfd, SHUT_RDWR); /* a relay still waiting for the agent stops waiting */
+    pthread_join(r.thread, NULL);
+    close(r.lfd);
+    SR_CHECK_EQ_INT(r.mangled, 1);
+    SR_CHECK_MSG(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 1, "agent %d: exit status %d", i, status);
+    snprintf(cmd, sizeof cmd, "grep 'node.enrol outcome=failure' %s/agent.log | grep -c '%s'", agent_dir(i), why);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "agent.log lacks the refusal (%s): %s", why, out);
+    for (const char *const *f = (const char *const[]){"node.conf", "node.key", "node.pem", NULL}; *f; f++) {
+        snprintf(path, sizeof path, "%s/state/%s", agent_dir(i), *f);
+        SR_CHECK_MSG(access(path, F_OK) != 0, "%s saved from a refused enrolment", path);
+    }
+}
+
+static void test_a_bad_node_certificate_is_refused(void)
+{
+    enrol_through_bad_kms(n_agents + 20, not_der, "is not one DER structure");
+    enrol_through_bad_kms(n_agents + 21, another_key, "does not carry the node");
 }
 
 static void test_policy_refuses_a_local_process(void)
@@ -1065,6 +1184,7 @@ int main(void)
     SR_RUN(test_tokens_are_one_time_and_expire);
     SR_RUN(test_the_enrolment_connection_acts_for_the_node);
     SR_RUN(test_the_agent_carries_on_its_enrolment_connection);
+    SR_RUN(test_a_bad_node_certificate_is_refused);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_pam_module_asks_the_agent);
     SR_RUN(test_policy_pushed_from_the_kms);
