@@ -472,7 +472,7 @@ static void relay_mangle(relay_t *r, uint8_t *msg, size_t len)
     if (sr_kmip_decode(msg, len, &t) != SR_OK) return;
     for (size_t i = 0; i < t.n; i++)
         if (t.items[i].tag == SR_KMIP_TAG_X_NODE_CERTIFICATE && t.items[i].type == SR_KMIP_BYTE_STRING)
-            r->mangle(msg + (t.items[i].v.ptr - msg), t.items[i].len), r->mangled++;
+            r->mangle(msg + (t.items[i].v.ptr - msg), t.items[i].len), r->mangled++; /* its bytes in msg */
     sr_kmip_tree_free(&t);
 }
 
