@@ -232,14 +232,34 @@ static sr_err_t start_services(void)
     return rc;
 }
 
+/* agent.conf, and the state directory it names: made 0700 if missing (run),
+ * and refused unless it is a directory of the agent's own user — whoever
+ * owns it reads node.key and can swap node.pem (a directory another user
+ * made first, under /tmp say, would be theirs). */
+static sr_err_t load_config(const char *config, int create_state)
+{
+    if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK) return sr_err_last();
+    snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
+    if (create_state && mkdir(agent.state, 0700) != 0 && errno != EEXIST)
+        return sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", agent.state);
+    struct stat st;
+    if (stat(agent.state, &st) != 0) /* status: not enrolled yet */
+        return errno == ENOENT && !create_state ? SR_OK
+                                                : sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", agent.state);
+    if (!S_ISDIR(st.st_mode)) return sr_err_set(SR_ERR_CONFIG, "state_dir %s is not a directory", agent.state);
+    if (st.st_uid != geteuid())
+        return sr_err_set(SR_ERR_PERMISSION, "state_dir %s belongs to uid %u, not to the agent's user (uid %u): "
+                          "whoever owns it holds the node's identity", agent.state, (unsigned)st.st_uid,
+                          (unsigned)geteuid());
+    if ((st.st_mode & 077) && chmod(agent.state, 0700) != 0)
+        return sr_err_set_errno(SR_ERR_PERMISSION, errno, "cannot make %s private (chmod 700)", agent.state);
+    return SR_OK;
+}
+
 static int cmd_run(const char *config)
 {
-    if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
+    if (load_config(config, 1) != SR_OK)
         return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last())), SR_EXIT_CANNOT;
-    snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
-    if (mkdir(agent.state, 0700) != 0 && errno != EEXIST)
-        return fprintf(stderr, "tde-agent: cannot create %s: %s\n", agent.state, strerror(errno)), SR_EXIT_CANNOT;
-    chmod(agent.state, 0700);
     sr_err_t rc = sealer_start();
     if (rc != SR_OK) {
         sealer_finish();
@@ -349,9 +369,8 @@ static void status_from_kms(node_status_t *st)
 
 static int cmd_status(const char *config, int json)
 {
-    if (sr_config_load(config, schema, sizeof schema / sizeof schema[0], &agent.cfg) != SR_OK)
+    if (load_config(config, 0) != SR_OK)
         return fprintf(stderr, "tde-agent: %s (%s)\n", sr_err_detail(), sr_err_name(sr_err_last())), SR_EXIT_CANNOT;
-    snprintf(agent.state, sizeof agent.state, "%s", sr_config_get(agent.cfg, "agent", "state_dir"));
     int enrolled = load_enrolment();
     const char *sock = sr_config_get(agent.cfg, "agent", "socket");
     node_status_t st = {0};

@@ -557,6 +557,40 @@ static void test_a_bad_node_certificate_is_refused(void)
     enrol_through_bad_kms(n_agents + 21, another_key, "does not carry the node");
 }
 
+/* A state directory another user made (or owns) is refused before the
+ * enrolment (that user would read node.key): the token stays unused, and
+ * the agent enrols with it once the directory is its own. Needs root (chown). */
+static void test_a_state_dir_of_another_user_is_refused(void)
+{
+    if (geteuid() != 0) {
+        printf("  (skipped: chown needs root)\n");
+        return;
+    }
+    int i = n_agents + 22, status = 0;
+    char state[700], path[800], cmd[1600];
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web --ttl 10m");
+    write_agent_config(i, NULL);
+    snprintf(state, sizeof state, "%s/state", agent_dir(i));
+    SR_CHECK(mkdir(state, 0700) == 0 && chown(state, 65534, 65534) == 0);
+    pid_t p = start_agent(i);
+    status = -1; /* -1: it served from that directory, or did not end in time */
+    if (serves_or_exits(i, p, &status) || status == -1) kill(p, SIGKILL), waitpid(p, NULL, 0), status = -1;
+    SR_CHECK_MSG(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 3, "agent exit status %d", status);
+    snprintf(cmd, sizeof cmd, "grep -c 'state_dir state belongs to uid 65534' %s/agent.log", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "agent.log: %s", out);
+    snprintf(path, sizeof path, "%s/node.key", state);
+    SR_CHECK(access(path, F_OK) != 0);
+    SR_CHECK(agent_status(i) == 3 && strstr(out, "belongs to uid 65534"));
+    SR_CHECK(chown(state, 0, 0) == 0 && chmod(state, 0777) == 0); /* ours, open to all: made private */
+    p = start_agent(i);
+    SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not enrol with its unused token", i);
+    struct stat st;
+    SR_CHECK(stat(state, &st) == 0 && (st.st_mode & 0777) == 0700);
+    kill(p, SIGTERM), waitpid(p, &status, 0);
+    SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 static void test_policy_refuses_a_local_process(void)
 {
     int i = n_agents + 1;
@@ -1185,6 +1219,7 @@ int main(void)
     SR_RUN(test_the_enrolment_connection_acts_for_the_node);
     SR_RUN(test_the_agent_carries_on_its_enrolment_connection);
     SR_RUN(test_a_bad_node_certificate_is_refused);
+    SR_RUN(test_a_state_dir_of_another_user_is_refused);
     SR_RUN(test_policy_refuses_a_local_process);
     SR_RUN(test_pam_module_asks_the_agent);
     SR_RUN(test_policy_pushed_from_the_kms);
