@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- talking to kmsd ----------------------------------------------------------------------------- */
@@ -248,6 +249,11 @@ static sr_err_t read_token(char *token, size_t cap)
     if (file) {
         FILE *f = fopen(file, "r");
         if (!f) return sr_err_set_errno(SR_ERR_NOT_FOUND, errno, "cannot read the join token %s", file);
+        struct stat st;
+        if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+            sr_log_warn("the join token %s is readable by other users (mode %03o): whoever reads it first can enrol "
+                        "with it; give it mode 0600 and remove it once the node is enrolled", file,
+                        (unsigned)(st.st_mode & 0777));
         if (!fgets(token, (int)cap, f)) token[0] = '\0';
         fclose(f);
     } else if (env) {

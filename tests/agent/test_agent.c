@@ -175,11 +175,17 @@ static void test_scale_out(void)
         give_token(i, "token create --group web --ttl 10m");
         write_agent_config(i, NULL);
     }
+    char grep[1600]; /* node 0's token readable by all: its agent warns (the state-directory test's is 0600: none) */
+    snprintf(grep, sizeof grep, "%s/token", agent_dir(0));
+    SR_CHECK(chmod(grep, 0644) == 0);
     uint64_t t0 = sr_time_mono_ms();
     for (int i = 0; i < n_agents; i++) agents[i] = start_agent(i);
     for (int i = 0; i < n_agents; i++) SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not start", i);
     printf("  %d agents enrolled and serving in %llu ms\n", n_agents, (unsigned long long)(sr_time_mono_ms() - t0));
     for (int i = 0; i < n_agents; i++) check_node_key(i); /* 2^-n_agents that a wrong bit-string count passes */
+    snprintf(grep, sizeof grep, "grep -c 'join token token is readable by other users (mode 644)' %s/agent.log",
+             agent_dir(0));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, grep) == 0, "no warning of a readable token: %s", out);
     for (int i = 0; i < n_agents; i++) {
         char state[16];
         SR_CHECK_MSG(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES('NODE-SECRET');") == SQLITE_OK,
@@ -570,6 +576,8 @@ static void test_a_state_dir_of_another_user_is_refused(void)
     char state[700], path[800], cmd[1600];
     SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
     give_token(i, "token create --group web --ttl 10m");
+    snprintf(path, sizeof path, "%s/token", agent_dir(i));
+    SR_CHECK(chmod(path, 0600) == 0);
     write_agent_config(i, NULL);
     snprintf(state, sizeof state, "%s/state", agent_dir(i));
     SR_CHECK(mkdir(state, 0700) == 0 && chown(state, 65534, 65534) == 0);
@@ -587,6 +595,8 @@ static void test_a_state_dir_of_another_user_is_refused(void)
     SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not enrol with its unused token", i);
     struct stat st;
     SR_CHECK(stat(state, &st) == 0 && (st.st_mode & 0777) == 0700);
+    snprintf(cmd, sizeof cmd, "grep -c 'readable by other users' %s/agent.log", agent_dir(i));
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) != 0, "a 0600 token warned about: %s", out);
     kill(p, SIGTERM), waitpid(p, &status, 0);
     SR_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
