@@ -62,6 +62,18 @@ sr_err_t sr_fd_read_exact(int fd, void *buf, size_t len)
     return SR_OK;
 }
 
+sr_err_t sr_file_check_private(const struct stat *st, const char *path, const char *what)
+{
+    if (!S_ISREG(st->st_mode)) return sr_err_set(SR_ERR_INVALID_ARG, "%s %s is not a regular file", what, path);
+    if (st->st_mode & 077)
+        return sr_err_set(SR_ERR_PERMISSION, "%s %s is readable by group or others (mode %03o); run: chmod 600 %s",
+                          what, path, (unsigned)(st->st_mode & 0777), path);
+    if (st->st_uid != geteuid() && st->st_uid != 0)
+        return sr_err_set(SR_ERR_PERMISSION, "%s %s is owned by uid %ld, not by this user (uid %ld) or root; "
+                          "run: chown %ld %s", what, path, (long)st->st_uid, (long)geteuid(), (long)geteuid(), path);
+    return SR_OK;
+}
+
 sr_err_t sr_fsync_parent_dir(const char *path)
 {
     char dir[4096];

@@ -112,22 +112,13 @@ static sr_err_t keyfile_read(const char *path, char **text_out)
     if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open key file %s", path);
     struct stat st;
     sr_err_t rc = SR_OK;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, &st) != 0)
         rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot stat key file %s", path);
-    } else if (!S_ISREG(st.st_mode)) {
-        rc = sr_err_set(SR_ERR_INVALID_ARG, "key file %s is not a regular file", path);
-    } else if (st.st_mode & 077) {
-        rc = sr_err_set(SR_ERR_PERMISSION, "key file %s is readable by group or others (mode %03o); run: chmod 600 %s",
-                        path, (unsigned)(st.st_mode & 0777), path);
-    } else if (st.st_uid != geteuid() && st.st_uid != 0) {
-        /* Its owner can replace the master key (and so read every database
-         * re-keyed after that): only the caller or root may own it. */
-        rc = sr_err_set(SR_ERR_PERMISSION, "key file %s is owned by uid %ld, not by this user (uid %ld) or root; "
-                        "run: chown %ld %s", path, (long)st.st_uid, (long)geteuid(), (long)geteuid(), path);
-    } else if (st.st_size > KEYFILE_MAX_BYTES) {
+    else /* its owner could replace the master key, and so read every database re-keyed after that */
+        rc = sr_file_check_private(&st, path, "key file");
+    if (rc == SR_OK && st.st_size > KEYFILE_MAX_BYTES)
         rc = sr_err_set(SR_ERR_PARSE, "key file %s is %lld bytes, larger than a key file can be", path,
                         (long long)st.st_size);
-    }
     char *text = NULL;
     if (rc == SR_OK && !(text = sr_secure_alloc((size_t)st.st_size + 1))) rc = SR_ERR_NOMEM;
     size_t got = 0;

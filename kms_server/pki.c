@@ -104,11 +104,14 @@ static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca,
     *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
     f = fopen(key_path, "r");
-    *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    struct stat st;
+    sr_err_t rc = f && fstat(fileno(f), &st) == 0 ? sr_file_check_private(&st, key_path, "CA key") : SR_OK;
+    *key = f && rc == SR_OK ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
     if (*ca && *key) return SR_OK;
     X509_free(*ca), EVP_PKEY_free(*key);
-    return sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
+    return rc != SR_OK ? rc
+                       : sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
 }
 
 static sr_err_t load_ca(const char *dir, X509 **ca, EVP_PKEY **ca_key)

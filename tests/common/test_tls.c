@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sr_test.h"
@@ -189,6 +190,13 @@ static void test_connect_refused_and_bad_files(void)
     SR_CHECK_CONTAINS(sr_err_detail(), "missing.pem");
     SR_CHECK_ERR(client_ctx("client.pem", "client2.key", &ctx), SR_ERR_TLS);
     SR_CHECK_CONTAINS(sr_err_detail(), "does not match certificate");
+    /* a private key others can read is no secret: refused, saying what to run */
+    SR_CHECK(chmod(pki_file("client.key"), 0640) == 0);
+    SR_CHECK_ERR(client_ctx("client.pem", "client.key", &ctx), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "is readable by group or others (mode 640); run: chmod 600");
+    SR_CHECK(chmod(pki_file("client.key"), 0600) == 0);
+    SR_CHECK_OK(client_ctx("client.pem", "client.key", &ctx));
+    sr_tls_ctx_free(ctx);
 }
 
 int main(void)

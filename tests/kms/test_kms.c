@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char dir[512];
@@ -389,6 +390,10 @@ static void test_requests_are_signed_with_their_own_key(void)
     char ca_cert[700], ca_key[700];
     snprintf(ca_cert, sizeof ca_cert, "%s/ca.pem", dir), snprintf(ca_key, sizeof ca_key, "%s/ca.key", dir);
     kms_pki_ca_t *ca = NULL;
+    SR_CHECK(chmod(ca_key, 0644) == 0); /* a CA key others can read signs for them too: refused */
+    SR_CHECK_ERR(kms_pki_ca_load(ca_cert, ca_key, &ca), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "CA key");
+    SR_CHECK(chmod(ca_key, 0600) == 0);
     SR_CHECK_OK(kms_pki_ca_load(ca_cert, ca_key, &ca));
     FILE *f = fopen(ca_cert, "r");
     X509 *ca_x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
