@@ -126,10 +126,10 @@ static sr_err_t key_file_read(const char *path, uint8_t *out, size_t len, int se
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open key %s", path);
     struct stat st;
-    if (secret && fstat(fd, &st) == 0 && (st.st_mode & 077)) {
-        close(fd);
-        return sr_err_set(SR_ERR_PERMISSION, "signing key %s is readable by others; run: chmod 600 %s", path, path);
-    }
+    sr_err_t checked = !secret                ? SR_OK
+                       : fstat(fd, &st) != 0 ? sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", path)
+                                             : sr_file_check_private(&st, path, "signing key");
+    if (checked != SR_OK) return close(fd), checked;
     char *text = sr_secure_alloc(1024);
     if (!text) return close(fd), SR_ERR_NOMEM;
     ssize_t n = read(fd, text, 1023);

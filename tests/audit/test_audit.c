@@ -675,6 +675,13 @@ static void test_full_disk_and_unwritable_log_are_errors(void)
     SR_CHECK_ERR(sr_audit_open(&o, &w), SR_ERR_DISK_FULL);
     o.path = "/proc/version/audit.log";
     SR_CHECK(sr_audit_open(&o, &w) != SR_OK);
+    /* a signing key others can read is no longer the writer's alone: refused, saying what to run */
+    o.path = sr_test_path("loose-key.log");
+    SR_CHECK(chmod(sign_key, 0640) == 0);
+    SR_CHECK_ERR(sr_audit_open(&o, &w), SR_ERR_PERMISSION);
+    SR_CHECK_CONTAINS(sr_err_detail(), "signing key");
+    SR_CHECK_CONTAINS(sr_err_detail(), "run: chmod 600");
+    SR_CHECK(chmod(sign_key, 0600) == 0);
 }
 
 /* Every thread of a failed group commit gets the leader's reason, not a
