@@ -646,6 +646,13 @@ static void test_passphrase_store(void)
     snprintf(cmd, sizeof cmd, "KMSD_PASSPHRASE='correct horse battery staple' KMSCTL_CONFIG=%s/kmsctl.conf %s cert list",
              pdir, sr_test_build_path("kms_server/kmsctl"));
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && strstr(out, "admin"), "%s", out);
+    /* a passphrase file others can read is refused, saying what to run */
+    snprintf(cmd, sizeof cmd, "cd %s && printf 'correct horse battery staple\\n' > loose && chmod 644 loose && "
+             "%s init --dir %s/pass2 --port %u --passphrase-file loose", sr_test_tmpdir(),
+             sr_test_build_path("kms_server/kmsctl"), sr_test_tmpdir(), sr_test_free_port());
+    status = sr_test_command(out, sizeof out, cmd);
+    SR_CHECK_MSG(status != 0 && strstr(out, "passphrase file loose is readable by group or others (mode 644)"),
+                 "status %d: %s", status, out);
 }
 
 /* ---- audit ----------------------------------------------------------------------------------------------- */
