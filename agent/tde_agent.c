@@ -247,6 +247,11 @@ static sr_err_t load_config(const char *config, int create_state)
         return errno == ENOENT && !create_state ? SR_OK
                                                 : sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", agent.state);
     if (!S_ISDIR(st.st_mode)) return sr_err_set(SR_ERR_CONFIG, "state_dir %s is not a directory", agent.state);
+    /* root asking about an agent that runs as another user: as that user (its files, its key, its socket's answer) */
+    if (!create_state && st.st_uid != geteuid() && geteuid() == 0 &&
+        (setegid(st.st_gid) != 0 || seteuid(st.st_uid) != 0))
+        return sr_err_set_errno(SR_ERR_PERMISSION, errno, "cannot act as uid %u, the owner of %s", (unsigned)st.st_uid,
+                                agent.state);
     if (st.st_uid != geteuid())
         return sr_err_set(SR_ERR_PERMISSION, "state_dir %s belongs to uid %u, not to the agent's user (uid %u): "
                           "whoever owns it holds the node's identity", agent.state, (unsigned)st.st_uid,
