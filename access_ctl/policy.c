@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <glob.h>
 #include <openssl/evp.h>
@@ -35,6 +36,7 @@ typedef struct compiler {
     size_t n_groups;
     EVP_MD_CTX *digest;
     int standalone; /* no include, no groups FILE: the text alone is the policy */
+    long glob_left; /* directory entries the include patterns may still look at (bounded_glob) */
 } compiler_t;
 
 /* ---- small pieces --------------------------------------------------------------------- */
@@ -537,18 +539,43 @@ static sr_err_t note_directory_of(compiler_t *c, const char *path, size_t len)
  * the space): every directory each such level matches, whether or not it
  * holds a match yet — a file added later to one that was empty changes what
  * the pattern takes. */
-static sr_err_t note_wildcard_directories(compiler_t *c, const char *path, const char *wild)
+static int bounded_glob(compiler_t *c, const char *pattern, int flags, glob_t *g, int *over);
+
+static sr_err_t note_wildcard_directories(compiler_t *c, const char *path, const char *wild, int *over)
 {
     sr_err_t err = SR_OK;
-    for (const char *slash = strchr(wild, '/'); err == SR_OK && slash; slash = strchr(slash + 1, '/')) {
+    for (const char *slash = strchr(wild, '/'); err == SR_OK && !*over && slash; slash = strchr(slash + 1, '/')) {
         char level[4096];
         snprintf(level, sizeof level, "%.*s", (int)(slash - path), path);
         glob_t g;
-        int rc = glob(level, GLOB_ERR | GLOB_ONLYDIR, NULL, &g);
+        int rc = bounded_glob(c, level, GLOB_ERR | GLOB_ONLYDIR, &g, over);
         for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++) err = note_source(c, g.gl_pathv[i]);
         if (rc == 0) globfree(&g);
     }
     return err;
+}
+
+/* glob(3) that opens directories and reads their entries GLOB_BUDGET times
+ * at most in a whole compile: a pattern with wildcards near the root
+ * (include /x/x/x/y, each x a star) would walk the whole file system at
+ * every compile (the fuzzer found one taking minutes). *over: the budget
+ * ran out and the matches may be incomplete. */
+#define GLOB_BUDGET 4096
+static _Thread_local long *glob_left;
+
+static void *budget_opendir(const char *name) { return --*glob_left >= 0 ? opendir(name) : NULL; }
+static struct dirent *budget_readdir(void *dir) { return --*glob_left >= 0 ? readdir(dir) : NULL; }
+static void budget_closedir(void *dir) { closedir(dir); }
+
+static int bounded_glob(compiler_t *c, const char *pattern, int flags, glob_t *g, int *over)
+{
+    memset(g, 0, sizeof *g);
+    g->gl_opendir = budget_opendir, g->gl_readdir = budget_readdir, g->gl_closedir = budget_closedir;
+    g->gl_stat = stat, g->gl_lstat = lstat;
+    glob_left = &c->glob_left;
+    int rc = glob(pattern, flags | GLOB_ALTDIRFUNC, NULL, g);
+    *over = c->glob_left < 0;
+    return rc;
 }
 
 static sr_err_t include(compiler_t *c, const char *file, int line, const char *pattern, int depth)
@@ -557,11 +584,17 @@ static sr_err_t include(compiler_t *c, const char *file, int line, const char *p
     char path[4096];
     resolve(path, sizeof path, file, pattern);
     const char *wild = strpbrk(path, "*?[");
+    int over = 0;
     sr_err_t err = wild ? note_directory_of(c, path, (size_t)(wild - path)) : SR_OK; /* the wildcard-free part */
-    if (err == SR_OK && wild) err = note_wildcard_directories(c, path, wild);
+    if (err == SR_OK && wild) err = note_wildcard_directories(c, path, wild, &over);
     if (err != SR_OK) return err;
     glob_t g;
-    int rc = glob(path, GLOB_ERR, NULL, &g);
+    int rc = over ? GLOB_ABORTED : bounded_glob(c, path, GLOB_ERR, &g, &over);
+    if (over) {
+        if (rc == 0) globfree(&g);
+        return at(file, line, "include %s: the patterns of this policy would read over %d directories and entries "
+                  "(a wildcard too near the root?)", path, GLOB_BUDGET);
+    }
     if (rc == GLOB_NOMATCH && !wild) return at(file, line, "include: %s does not exist", path);
     if (rc != 0 && rc != GLOB_NOMATCH) return at(file, line, "include: cannot read %s", path);
     for (size_t i = 0; rc == 0 && err == SR_OK && i < g.gl_pathc; i++) {
@@ -770,6 +803,7 @@ static sr_err_t finish(compiler_t *c, sr_err_t rc, sr_acl_policy_t **out)
 static sr_err_t start(compiler_t *c)
 {
     memset(c, 0, sizeof *c);
+    c->glob_left = GLOB_BUDGET;
     c->p = calloc(1, sizeof *c->p);
     c->digest = EVP_MD_CTX_new();
     if (!c->p || !c->digest || EVP_DigestInit_ex(c->digest, EVP_sha256(), NULL) != 1) {

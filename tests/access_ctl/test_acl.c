@@ -60,6 +60,10 @@ static void test_errors_name_file_and_line(void)
     expect_error("group dba alice\n", "acl.conf:1: a group is");
     expect_error("group dba = alice\ngroup dba = bob\n", "acl.conf:2: group 'dba' is defined twice");
     expect_error("include /nonexistent/strongroom.conf\n", "acl.conf:1: include: /nonexistent/strongroom.conf does not exist");
+    /* wildcards near the root would walk the file system at each compile (found by fuzz_acl_policy: minutes) */
+    expect_error("include ///*//////*///////////////////////////////*/:\n",
+                 "the patterns of this policy would read over 4096 directories and entries");
+    expect_error("include /*/*/*/*/x.conf\n", "(a wildcard too near the root?)");
 }
 
 static int decide(const sr_acl_policy_t *p, const char *user, const char *from, const char *service, int64_t at,
