@@ -478,6 +478,9 @@ static sr_err_t read_all(const char *path, char **out)
 {
     char *buf = NULL;
     size_t n = 0;
+    struct stat st; /* a FIFO would block the open, a device the read: a login would wait for ever */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return sr_err_set(SR_ERR_PARSE, "policy file %s is not a regular file", path);
     sr_err_t rc = sr_file_read_all(path, MAX_FILE_BYTES, &buf, &n);
     if (rc == SR_ERR_LIMIT) return sr_err_set(rc, "cannot read policy file %s (over 16 MiB)", path);
     if (rc != SR_OK) return sr_err_set(rc, "policy file: %s", sr_err_detail());

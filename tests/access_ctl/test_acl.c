@@ -64,6 +64,8 @@ static void test_errors_name_file_and_line(void)
     expect_error("include ///*//////*///////////////////////////////*/:\n",
                  "the patterns of this policy would read over 4096 directories and entries");
     expect_error("include /*/*/*/*/x.conf\n", "(a wildcard too near the root?)");
+    expect_error("include /dev/null\n", "policy file /dev/null is not a regular file"); /* nor a FIFO: it would block */
+    expect_error("groups /dev/zero\n", "policy file /dev/zero is not a regular file");
 }
 
 static int decide(const sr_acl_policy_t *p, const char *user, const char *from, const char *service, int64_t at,
