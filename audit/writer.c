@@ -125,10 +125,7 @@ static sr_err_t key_file_read(const char *path, uint8_t *out, size_t len, int se
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open key %s", path);
-    struct stat st;
-    sr_err_t checked = !secret                ? SR_OK
-                       : fstat(fd, &st) != 0 ? sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", path)
-                                             : sr_file_check_private(&st, path, "signing key");
+    sr_err_t checked = secret ? sr_file_check_private(fd, path, "signing key", NULL) : SR_OK;
     if (checked != SR_OK) return close(fd), checked;
     char *text = sr_secure_alloc(1024);
     if (!text) return close(fd), SR_ERR_NOMEM;

@@ -53,10 +53,8 @@ static sr_err_t load_identity(SSL_CTX *ctx, const sr_tls_options_t *o)
 {
     if (o->cert_file && SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
         return sr_err_set_openssl(SR_ERR_TLS, "cannot load certificate chain %s", o->cert_file);
-    struct stat st;
-    if (o->key_file && stat(o->key_file, &st) != 0)
-        return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot read private key %s", o->key_file);
-    if (o->key_file && sr_file_check_private(&st, o->key_file, "private key") != SR_OK) return sr_err_last();
+    sr_err_t rc = o->key_file ? sr_file_check_private(-1, o->key_file, "private key", NULL) : SR_OK;
+    if (rc != SR_OK) return rc;
     /* OpenSSL checks the key against the certificate as it loads it. */
     if (o->key_file && (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1 ||
                         (o->cert_file && SSL_CTX_check_private_key(ctx) != 1)))

@@ -110,12 +110,8 @@ static sr_err_t keyfile_read(const char *path, char **text_out)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open key file %s", path);
-    struct stat st;
-    sr_err_t rc = SR_OK;
-    if (fstat(fd, &st) != 0)
-        rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot stat key file %s", path);
-    else /* its owner could replace the master key, and so read every database re-keyed after that */
-        rc = sr_file_check_private(&st, path, "key file");
+    struct stat st; /* its owner could replace the master key, and so read every database re-keyed after that */
+    sr_err_t rc = sr_file_check_private(fd, path, "key file", &st);
     if (rc == SR_OK && st.st_size > KEYFILE_MAX_BYTES)
         rc = sr_err_set(SR_ERR_PARSE, "key file %s is %lld bytes, larger than a key file can be", path,
                         (long long)st.st_size);

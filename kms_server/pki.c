@@ -104,8 +104,7 @@ static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca,
     *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
     f = fopen(key_path, "r");
-    struct stat st;
-    sr_err_t rc = f && fstat(fileno(f), &st) == 0 ? sr_file_check_private(&st, key_path, "CA key") : SR_OK;
+    sr_err_t rc = f ? sr_file_check_private(fileno(f), key_path, "CA key", NULL) : SR_OK;
     *key = f && rc == SR_OK ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
     if (*ca && *key) return SR_OK;

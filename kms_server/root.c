@@ -72,9 +72,7 @@ static sr_err_t read_passphrase(const char *file, char *out, size_t cap)
     } else {
         FILE *f = file ? fopen(file, "r") : NULL;
         if (!f) return sr_err_set(SR_ERR_CONFIG, "no passphrase: set passphrase_file or KMSD_PASSPHRASE");
-        struct stat st;
-        sr_err_t rc = fstat(fileno(f), &st) == 0 ? sr_file_check_private(&st, file, "passphrase file")
-                                                 : sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", file);
+        sr_err_t rc = sr_file_check_private(fileno(f), file, "passphrase file", NULL);
         if (rc != SR_OK) return fclose(f), rc;
         if (!fgets(out, (int)cap, f)) out[0] = '\0';
         fclose(f);
