@@ -447,6 +447,15 @@ static void test_the_agent_carries_on_its_enrolment_connection(void)
 
 static int serves_or_exits(int i, pid_t p, int *status);
 
+/* Agent i's exit status, for an agent that must refuse to start: -1 if it
+ * served instead, or did not end in time (then it is killed). */
+static int refused_start(int i, pid_t p)
+{
+    int status = -1;
+    if (serves_or_exits(i, p, &status) || status == -1) kill(p, SIGKILL), waitpid(p, NULL, 0), status = -1;
+    return status;
+}
+
 /* ---- a KMS that hands out a bad certificate ---------------------------------------------------------- *
  * A TLS relay holding kmsd's own certificate and key (a compromised or
  * impostor KMS: the agent cannot tell it from kmsd) passes one connection
@@ -541,9 +550,7 @@ static void enrol_through_bad_kms(int i, void (*mangle)(uint8_t *, size_t), cons
     snprintf(cmd, sizeof cmd, "sed -i 's/^servers = .*/servers = 127.0.0.1:%u/' %s/agent.conf",
              sr_tls_listener_port(r.lfd), agent_dir(i));
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0);
-    pid_t p = start_agent(i);
-    int status = -1; /* -1: it served on that certificate, or did not end in time */
-    if (serves_or_exits(i, p, &status) || status == -1) kill(p, SIGKILL), waitpid(p, NULL, 0), status = -1;
+    int status = refused_start(i, start_agent(i));
     shutdown(r.lfd, SHUT_RDWR); /* a relay still waiting for the agent stops waiting */
     pthread_join(r.thread, NULL);
     close(r.lfd);
@@ -581,9 +588,7 @@ static void test_a_state_dir_of_another_user_is_refused(void)
     write_agent_config(i, NULL);
     snprintf(state, sizeof state, "%s/state", agent_dir(i));
     SR_CHECK(mkdir(state, 0700) == 0 && chown(state, 65534, 65534) == 0);
-    pid_t p = start_agent(i);
-    status = -1; /* -1: it served from that directory, or did not end in time */
-    if (serves_or_exits(i, p, &status) || status == -1) kill(p, SIGKILL), waitpid(p, NULL, 0), status = -1;
+    status = refused_start(i, start_agent(i));
     SR_CHECK_MSG(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 3, "agent exit status %d", status);
     snprintf(cmd, sizeof cmd, "grep -c 'state_dir state belongs to uid 65534' %s/agent.log", agent_dir(i));
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "agent.log: %s", out);
@@ -595,7 +600,7 @@ static void test_a_state_dir_of_another_user_is_refused(void)
              sr_test_build_path("agent/tde-agent")); /* and another user's is refused, saying whose it is */
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 3 && strstr(out, "belongs to uid 65534"), "%s", out);
     SR_CHECK(chown(state, 0, 0) == 0 && chmod(state, 0777) == 0); /* ours, open to all: made private */
-    p = start_agent(i);
+    pid_t p = start_agent(i);
     SR_CHECK_MSG(wait_for_socket(i, 30000) == 0, "agent %d did not enrol with its unused token", i);
     struct stat st;
     SR_CHECK(stat(state, &st) == 0 && (st.st_mode & 0777) == 0700);
