@@ -112,7 +112,7 @@ static int run(const char *sock, int n, int threads, double seconds, double *rat
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     char dir[] = "/var/tmp/bench_sealer.XXXXXX", key[256], sign[300], log[256], sock[256];
     if (!mkdtemp(dir)) return 1;
@@ -133,12 +133,20 @@ int main(void)
     double seconds = getenv("SR_BENCH_QUICK") ? 0.5 : 3.0;
     /* client processes x threads in each (one event in flight per thread; a process's threads share one
      * connection, pipelined) */
-    static const int clients[][2] = {{1, 1}, {8, 1}, {64, 1}, {64, 2}, {64, 4}};
+    int clients[][2] = {{1, 1}, {8, 1}, {64, 1}, {64, 2}, {64, 4}};
+    size_t configs = sizeof clients / sizeof clients[0];
+    if (argc > 1) { /* one configuration, for a profiler: PROCESSESxTHREADS [SECONDS] */
+        if (sscanf(argv[1], "%dx%d", &clients[0][0], &clients[0][1]) != 2 || clients[0][0] < 1 ||
+            clients[0][0] > MAX_CLIENTS || clients[0][1] < 1 || clients[0][1] > 8)
+            return fprintf(stderr, "usage: bench_audit_sealer [PROCESSESxTHREADS [SECONDS]]\n"), 2;
+        configs = 1;
+        if (argc > 2) seconds = atof(argv[2]);
+    }
     printf("audit sealer (a Unix socket; every event durable before it is acknowledged)\n\n");
     printf("| client processes | threads each | durable events/s | p50 ack | p99 ack | targets |\n"
            "|---|---|---|---|---|---|\n");
     int status = 0;
-    for (size_t i = 0; i < sizeof clients / sizeof clients[0]; i++) {
+    for (size_t i = 0; i < configs; i++) {
         double rate = 0;
         uint32_t p50 = 0, p99 = 0;
         if (run(sock, clients[i][0], clients[i][1], seconds, &rate, &p50, &p99) != 0) {
