@@ -66,7 +66,7 @@ sr_err_t sr_file_check_private(int fd, const char *path, const char *what, struc
 {
     struct stat own;
     if (!st) st = &own;
-    if ((fd >= 0 ? fstat(fd, st) : stat(path, st)) != 0)
+    if (fstat(fd, st) != 0)
         return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot read %s %s", what, path);
     if (!S_ISREG(st->st_mode)) return sr_err_set(SR_ERR_INVALID_ARG, "%s %s is not a regular file", what, path);
     if (st->st_mode & 077)

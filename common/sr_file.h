@@ -45,10 +45,10 @@ SR_API sr_err_t sr_unix_peer_trusted(int fd, const char *path, const char *what)
  * be NULL); SR_ERR_LIMIT if it holds more than max bytes. */
 SR_API sr_err_t sr_file_read_all(const char *path, size_t max, char **out, size_t *len) SR_MUST_CHECK;
 
-/* A secret's file — fd, the file already opened (no race with what is read),
- * or -1: path itself — is a regular file, readable by its owner alone, owned
- * by this user or root: what group or others can read is no secret, and
- * whoever owns it can replace it. Else SR_ERR_PERMISSION (or
+/* A secret's file, already opened as fd (what is checked is what is read;
+ * path names it in errors), is a regular file, readable by its owner alone,
+ * owned by this user or root: what group or others can read is no secret,
+ * and whoever owns it can replace it. Else SR_ERR_PERMISSION (or
  * SR_ERR_INVALID_ARG) saying what to run; `what` names the file ("private
  * key", "key file"). Its stat in *st if st is not NULL. */
 SR_API sr_err_t sr_file_check_private(int fd, const char *path, const char *what, struct stat *st) SR_MUST_CHECK;

@@ -31,6 +31,14 @@ typedef struct sr_tls_options {
 } sr_tls_options_t;
 
 typedef struct sr_tls_conn sr_tls_conn_t;
+typedef struct evp_pkey_st sr_evp_pkey_t; /* OpenSSL's EVP_PKEY */
+
+/* A PEM private key, read from the file it was checked on (one open: the file
+ * cannot be swapped between the check and the read): a regular file, mode
+ * 0600, owned by this user or root (sr_file_check_private). Never asks for a
+ * passphrase: an encrypted key is refused, saying so. `what` names it in
+ * errors ("private key", "CA key"). The caller frees *out (EVP_PKEY_free). */
+SR_API sr_err_t sr_tls_private_key_load(const char *path, const char *what, sr_evp_pkey_t **out) SR_MUST_CHECK;
 
 SR_API sr_err_t sr_tls_client_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;
 SR_API sr_err_t sr_tls_server_ctx_new(const sr_tls_options_t *opts, sr_ssl_ctx_t **out) SR_MUST_CHECK;

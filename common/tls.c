@@ -49,17 +49,44 @@ static void ignore_sigpipe_once(void)
     if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
 }
 
+/* A daemon has no one to ask for a passphrase: asked for one, it notes that the key is encrypted. */
+static int no_passphrase(char *buf, int size, int rwflag, void *asked)
+{
+    (void)buf, (void)size, (void)rwflag;
+    *(int *)asked = 1;
+    return -1;
+}
+
+sr_err_t sr_tls_private_key_load(const char *path, const char *what, EVP_PKEY **out)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* a FIFO: refused below, not waited on */
+    if (fd < 0) return sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot open %s %s", what, path);
+    sr_err_t rc = sr_file_check_private(fd, path, what, NULL);
+    BIO *bio = rc == SR_OK ? BIO_new_fd(fd, BIO_NOCLOSE) : NULL;
+    int asked = 0;
+    if (rc == SR_OK && !bio) rc = sr_err_set_openssl(SR_ERR_NOMEM, "cannot read %s %s", what, path);
+    if (bio && !(*out = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, &asked)))
+        rc = asked ? sr_err_set(SR_ERR_CONFIG, "%s %s is encrypted: strongroom reads an unencrypted key kept at "
+                                "mode 0600; run: openssl pkey -in %s -out KEY (then chmod 600 KEY)", what, path, path)
+                   : sr_err_set_openssl(SR_ERR_TLS, "%s %s is not a PEM private key", what, path);
+    BIO_free(bio);
+    close(fd);
+    return rc;
+}
+
 static sr_err_t load_identity(SSL_CTX *ctx, const sr_tls_options_t *o)
 {
     if (o->cert_file && SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
         return sr_err_set_openssl(SR_ERR_TLS, "cannot load certificate chain %s", o->cert_file);
-    sr_err_t rc = o->key_file ? sr_file_check_private(-1, o->key_file, "private key", NULL) : SR_OK;
+    EVP_PKEY *key = NULL;
+    sr_err_t rc = o->key_file ? sr_tls_private_key_load(o->key_file, "private key", &key) : SR_OK;
     if (rc != SR_OK) return rc;
-    /* OpenSSL checks the key against the certificate as it loads it. */
-    if (o->key_file && (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1 ||
-                        (o->cert_file && SSL_CTX_check_private_key(ctx) != 1)))
-        return sr_err_set_openssl(SR_ERR_TLS, "private key %s cannot be loaded or does not match certificate %s",
-                                  o->key_file, o->cert_file ? o->cert_file : "(none)");
+    int used = !key || SSL_CTX_use_PrivateKey(ctx, key) == 1; /* checked against the certificate as it is used */
+    EVP_PKEY_free(key);
+    if (!used || (key && o->cert_file && SSL_CTX_check_private_key(ctx) != 1))
+        return sr_err_set_openssl(SR_ERR_TLS, "private key %s does not match certificate %s", o->key_file,
+                                  o->cert_file ? o->cert_file : "(none)");
     if (!o->ca_file) return sr_err_set(SR_ERR_CONFIG, "a CA file is required to verify the TLS peer");
     if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1)
         return sr_err_set_openssl(SR_ERR_TLS, "cannot load CA file %s", o->ca_file);

@@ -103,14 +103,10 @@ static sr_err_t load_pem(const char *cert_path, const char *key_path, X509 **ca,
     FILE *f = fopen(cert_path, "r");
     *ca = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f) fclose(f);
-    f = fopen(key_path, "r");
-    sr_err_t rc = f ? sr_file_check_private(fileno(f), key_path, "CA key", NULL) : SR_OK;
-    *key = f && rc == SR_OK ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
-    if (f) fclose(f);
-    if (*ca && *key) return SR_OK;
-    X509_free(*ca), EVP_PKEY_free(*key);
-    return rc != SR_OK ? rc
-                       : sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s and key %s", cert_path, key_path);
+    if (!*ca) return sr_err_set(SR_ERR_CONFIG, "cannot read the CA certificate %s", cert_path);
+    sr_err_t rc = sr_tls_private_key_load(key_path, "CA key", key);
+    if (rc != SR_OK) X509_free(*ca), *ca = NULL;
+    return rc;
 }
 
 static sr_err_t load_ca(const char *dir, X509 **ca, EVP_PKEY **ca_key)

@@ -1,4 +1,5 @@
 /* Mutual TLS on loopback with the test PKI: success and every refusal. */
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -199,6 +200,35 @@ static void test_connect_refused_and_bad_files(void)
     sr_tls_ctx_free(ctx);
 }
 
+/* The key is read from the descriptor its check was made on, and never
+ * prompted for: an encrypted key, a file that is no key and a FIFO (an open
+ * that would wait for a writer) are each refused, saying which. */
+static void test_private_key_refusals(void)
+{
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "openssl pkey -in %s -aes256 -passout pass:secret -out %s", pki_file("client.key"),
+             pki_file("encrypted.key"));
+    SR_CHECK(system(cmd) == 0);
+    SR_CHECK(chmod(pki_file("encrypted.key"), 0600) == 0);
+    sr_ssl_ctx_t *ctx = NULL;
+    SR_CHECK_ERR(client_ctx("client.pem", "encrypted.key", &ctx), SR_ERR_CONFIG);
+    SR_CHECK_CONTAINS(sr_err_detail(), "encrypted.key is encrypted: strongroom reads an unencrypted key");
+    SR_CHECK_ERR(client_ctx("client.pem", "client.pem", &ctx), SR_ERR_PERMISSION); /* 0644 */
+    SR_CHECK(chmod(pki_file("client.pem"), 0600) == 0);
+    SR_CHECK_ERR(client_ctx("client.pem", "client.pem", &ctx), SR_ERR_TLS);
+    SR_CHECK_CONTAINS(sr_err_detail(), "client.pem is not a PEM private key");
+    SR_CHECK(chmod(pki_file("client.pem"), 0644) == 0);
+    SR_CHECK(mkfifo(pki_file("fifo.key"), 0600) == 0);
+    SR_CHECK_ERR(client_ctx("client.pem", "fifo.key", &ctx), SR_ERR_INVALID_ARG);
+    SR_CHECK_CONTAINS(sr_err_detail(), "fifo.key is not a regular file");
+    SR_CHECK_ERR(client_ctx("client.pem", "absent.key", &ctx), SR_ERR_NOT_FOUND);
+    SR_CHECK_CONTAINS(sr_err_detail(), "cannot open private key");
+    EVP_PKEY *key = NULL;
+    SR_CHECK_OK(sr_tls_private_key_load(pki_file("client.key"), "private key", &key));
+    SR_CHECK(key != NULL);
+    EVP_PKEY_free(key);
+}
+
 int main(void)
 {
     snprintf(pki, sizeof pki, "%s/pki", sr_test_tmpdir());
@@ -222,6 +252,7 @@ int main(void)
     SR_RUN(test_untrusted_server_refused);
     SR_RUN(test_read_timeout);
     SR_RUN(test_connect_refused_and_bad_files);
+    SR_RUN(test_private_key_refusals);
     close(listen_fd);
     sr_tls_ctx_free(server_ctx);
     return sr_test_finish();
