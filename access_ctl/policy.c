@@ -346,8 +346,11 @@ static sr_err_t parse_when(const char *file, int line, const char *spec, acl_win
     char *dash = strchr(hours, '-');
     if (dash) *dash = '\0';
     if (parse_days(buf, &w->days) != 0) return at(file, line, "when=%s: days '%s' (mon-fri, sat+sun, *)", spec, buf);
-    if (!dash || parse_hhmm(hours, &w->start) != 0 || parse_hhmm(dash + 1, &w->end) != 0 || w->start == w->end)
+    if (!dash || parse_hhmm(hours, &w->start) != 0 || parse_hhmm(dash + 1, &w->end) != 0)
         return at(file, line, "when=%s: hours are HH:MM-HH:MM (an end before the start crosses midnight)", spec);
+    if (w->start == w->end) /* neither no time nor all day is obvious: say which to write */
+        return at(file, line, "when=%s: %s-%s is an empty span of hours; the whole day is 00:00-24:00", spec, hours,
+                  dash + 1);
     if (!known_zone(tz) || strlen(tz) >= sizeof w->tz)
         return at(file, line, "when=%s: '%s' is not a time zone of the tz database (e.g. UTC, Europe/Paris)", spec, tz);
     snprintf(w->tz, sizeof w->tz, "%s", tz);

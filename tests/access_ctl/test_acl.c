@@ -54,7 +54,8 @@ static void test_errors_name_file_and_line(void)
     expect_error("permit * alice * *\n", "acl.conf:1: unknown directive 'permit'");
     expect_error("allow * alice * * when=mon-fri/08:00-18:00/Mars/Olympus\n", "acl.conf:1: when=");
     expect_error("allow * alice * * when=mon-fry/08:00-18:00/UTC\n", "days 'mon-fry'");
-    expect_error("allow * alice * * when=*/08:00-08:00/UTC\n", "hours are HH:MM-HH:MM");
+    expect_error("allow * alice * * when=*/08:00-08:00/UTC\n",
+                 "08:00-08:00 is an empty span of hours; the whole day is");
     expect_error("allow * alice * * when=*/25:00-08:00/UTC\n", "hours are HH:MM-HH:MM");
     expect_error("allow * alice * * extra\n", "only when=");
     expect_error("group dba alice\n", "acl.conf:1: a group is");
