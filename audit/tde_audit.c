@@ -507,7 +507,7 @@ static int cmd_report(opts_t *o)
         printf("audit report: %llu records, %s .. %s\n", (unsigned long long)rep.records, rep.records ? a : "-",
                rep.records ? b : "-");
         if (intact)
-            printf("chain: intact (%llu checkpoints, %llu unsealed records; signatures: run verify --key)\n",
+            printf("chain: intact (%llu checkpoints, %llu unsealed records; signatures: run verify --verify-key PUB)\n",
                    (unsigned long long)r.checkpoints, (unsigned long long)r.unsealed);
         else
             printf("chain: BROKEN at %s: %s\n", r.where, r.reason);
