@@ -10,8 +10,10 @@
  * The record's subject is the kernel's view of the sending process —
  * "uid=U gid=G pid=P exe=PATH" from SO_PEERCRED and /proc/PID/exe — never
  * what the client claims; a claimed subject is kept in the detail as
- * "claimed subject: ...", so a lie is recorded next to the truth. Clients
- * need neither the signing key nor write access to the log.
+ * "claimed subject: ...", so a lie is recorded next to the truth (a claim
+ * of the kernel's own uid and pid, as tde's events make, adds nothing and is
+ * not repeated). Clients need neither the signing key nor write access to
+ * the log.
  */
 #include "audit_internal.h"
 
@@ -54,7 +56,9 @@ typedef struct client {
     int dead;              /* closed after this round's answers */
     int in_round;          /* read in the current round */
     char subject[1200];    /* the kernel's view of the peer, taken at accept */
+    char self[48];         /* "uid=U pid=P": how our own clients name themselves (tde, tdectl) */
     uid_t uid;
+    pid_t pid;
     uint8_t in[4 + EVENT_MAX + 1];
     size_t have;           /* bytes of `in` holding a frame not yet complete */
     struct client *prev, *next;
@@ -92,12 +96,12 @@ struct sealer {
 };
 
 /* "uid=U gid=G pid=P exe=PATH" of the process at the other end. */
-static int peer_subject(int fd, char *out, size_t cap, uid_t *uid)
+static int peer_subject(int fd, char *out, size_t cap, uid_t *uid, pid_t *pid)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-    *uid = cred.uid;
+    *uid = cred.uid, *pid = cred.pid;
     char link[64], exe[1024] = "?";
     snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
     ssize_t n = readlink(link, exe, sizeof exe - 1);
@@ -159,7 +163,7 @@ static void take_frame(worker_t *s, client_t *c, const uint8_t *frame, size_t le
     const char *f[AUDIT_FRAME_FIELDS];
     if ((it->error = audit_frame_fields(it->payload, len, f))) return;
     const char *detail = f[6];
-    if (*f[2]) { /* what the client claims about itself, beside the truth */
+    if (*f[2] && strcmp(f[2], c->self) != 0) { /* what the client claims about itself, beside the truth */
         size_t n = strlen(f[2]) + strlen(f[6]) + 32;
         if ((it->detail = malloc(n))) snprintf(it->detail, n, "claimed subject: %s%s%s", f[2], *f[6] ? "; " : "", f[6]);
         detail = it->detail ? it->detail : f[6];
@@ -211,11 +215,12 @@ static void accept_client(sealer_t *s, int *next_worker)
         return;
     }
     c->fd = fd;
-    if (peer_subject(fd, c->subject, sizeof c->subject, &c->uid) != 0) {
+    if (peer_subject(fd, c->subject, sizeof c->subject, &c->uid, &c->pid) != 0) {
         reply(c, "the sealer cannot tell who is sending (SO_PEERCRED)");
         close(fd), free(c);
         return;
     }
+    snprintf(c->self, sizeof c->self, "uid=%u pid=%d", (unsigned)c->uid, (int)c->pid);
     worker_t *wk = &s->workers[(*next_worker)++ % WORKERS];
     pthread_mutex_lock(&s->lock);
     int mine = 0; /* one user's connections: a flood from one user cannot take every slot */

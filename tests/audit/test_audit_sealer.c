@@ -323,6 +323,33 @@ static void test_a_child_connects_anew(void)
     unlink(sock), rmdir(dir);
 }
 
+/* A client that names itself as the kernel does ("uid=U pid=P", as tde's
+ * events do) is not repeated as a claim; one pid off, it is a claim kept. */
+static void test_a_true_claim_is_not_repeated(void)
+{
+    sealer_env_t env;
+    sr_audit_client_t *c = sealer_env_start(&env, "self");
+    if (!c) return;
+    char self[64], other[64];
+    snprintf(self, sizeof self, "uid=%ld pid=%ld", (long)geteuid(), (long)getpid());
+    snprintf(other, sizeof other, "uid=%ld pid=%ld", (long)geteuid(), (long)getpid() + 1);
+    sr_event_t ev = {.component = "test", .event = "sealer.event", .subject = self, .outcome = "success",
+                     .detail = "true"};
+    SR_CHECK_OK(sr_audit_client_send(c, &ev));
+    ev.subject = other, ev.detail = "false";
+    SR_CHECK_OK(sr_audit_client_send(c, &ev));
+    sr_audit_client_close(c);
+    kill(env.pid, SIGTERM), waitpid(env.pid, NULL, 0);
+    char cmd[1400], out[64] = "";
+    snprintf(cmd, sizeof cmd, "grep -c 'claimed subject' %s", env.log);
+    SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
+    SR_CHECK_MSG(atoi(out) == 1, "records with a claimed subject: %s (want 1: the false one)", out);
+    snprintf(cmd, sizeof cmd, "grep -c 'claimed subject: %s; false' %s", other, env.log);
+    SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
+    SR_CHECK_EQ_INT(atoi(out), 1);
+    unlink(env.sock), rmdir(env.dir);
+}
+
 /* Another user's process on the sealer's socket path (the sealer down, its
  * directory writable) would acknowledge every event and record none: the
  * client refuses it (needs root: the impostor runs as nobody). */
@@ -373,6 +400,7 @@ int main(void)
     SR_RUN(test_sixty_four_clients_get_the_kernels_identity);
     SR_RUN(test_threads_share_one_connection);
     SR_RUN(test_a_child_connects_anew);
+    SR_RUN(test_a_true_claim_is_not_repeated);
     SR_RUN(test_impostor_sealer_refused);
     SR_RUN(test_a_hung_sealer_fails_the_event);
     return sr_test_finish();
