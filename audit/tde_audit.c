@@ -461,18 +461,58 @@ typedef struct report {
 
 static int refused(const char *outcome) { return strcmp(outcome, "denied") == 0 || strcmp(outcome, "failure") == 0; }
 
+/* A process as its record names it, without what varies per process:
+ * "uid=U gid=G pid=P exe=PATH" (the sealer's) or "uid=U pid=P" (tde's, to
+ * the direct writer) is "uid=U PATH" or "uid=U"; anything else as it is. */
+static void process_of(const char *subject, size_t len, char *out, size_t cap)
+{
+    unsigned uid = 0;
+    int used = 0;
+    char head[32];
+    snprintf(head, sizeof head, "%.*s", (int)(len < sizeof head - 1 ? len : sizeof head - 1), subject);
+    if (sscanf(head, "uid=%u%n", &uid, &used) != 1 || (head[used] != ' ' && head[used] != '\0'))
+        return (void)snprintf(out, cap, "%.*s", (int)len, subject);
+    const char *exe = memmem(subject, len, " exe=", 5);
+    if (!exe) return (void)snprintf(out, cap, "uid=%u", uid);
+    exe += 5;
+    snprintf(out, cap, "uid=%u %.*s", uid, (int)(len - (size_t)(exe - subject)), exe);
+}
+
+/* Who a record is about, for the report's rows: the principal the component
+ * named (the account logging in, the KMIP client, the node, the process that
+ * asked the agent: a "claimed subject" once a sealer wrote the record) with
+ * the process that said so as the kernel saw it — "alice (uid=101
+ * /usr/lib/postgresql/15/bin/postgres)" — or that process alone. */
+static void who(const sr_audit_record_t *r, char *out, size_t cap)
+{
+    static const char claimed[] = "claimed subject: ";
+    char sender[700];
+    process_of(r->subject, strlen(r->subject), sender, sizeof sender);
+    if (strncmp(r->detail, claimed, sizeof claimed - 1) != 0)
+        return (void)snprintf(out, cap, "%s", sender[0] ? sender : r->component);
+    const char *claim = r->detail + sizeof claimed - 1, *end = strstr(claim, "; ");
+    char principal[700];
+    process_of(claim, end ? (size_t)(end - claim) : strlen(claim), principal, sizeof principal);
+    size_t n = strlen(principal);
+    if (!strncmp(sender, principal, n) && (sender[n] == ' ' || !sender[n])) /* the sender, less precisely */
+        return (void)snprintf(out, cap, "%s", sender);
+    snprintf(out, cap, "%s (%s)", principal, sender);
+}
+
 static int report_one(void *ctx, const sr_audit_record_t *r, const char *raw)
 {
     (void)raw;
     report_t *rep = ctx;
     if (!rep->records++) rep->first = r->ts_us;
     rep->last = r->ts_us;
+    char name[1500];
+    who(r, name, sizeof name);
     tally_add(&rep->events, r->component, r->event, r->outcome);
-    if (strncmp(r->event, "login", 5) == 0) tally_add(&rep->logins, r->subject, r->source, r->outcome);
+    if (strncmp(r->event, "login", 5) == 0) tally_add(&rep->logins, name, r->source, r->outcome);
     if (strncmp(r->event, "key.", 4) == 0 || strncmp(r->event, "tablespace.", 11) == 0)
-        tally_add(&rep->keys, r->event, r->subject[0] ? r->subject : r->component, r->outcome);
-    if (strncmp(r->event, "node.", 5) == 0) tally_add(&rep->nodes, r->event, r->subject, r->outcome);
-    if (refused(r->outcome)) tally_add(&rep->refused, r->source[0] ? r->source : "(local)", r->event, r->subject);
+        tally_add(&rep->keys, r->event, name, r->outcome);
+    if (strncmp(r->event, "node.", 5) == 0) tally_add(&rep->nodes, r->event, name, r->outcome);
+    if (refused(r->outcome)) tally_add(&rep->refused, r->source[0] ? r->source : "(local)", r->event, name);
     return 0;
 }
 

@@ -511,6 +511,38 @@ static void test_cli_convention(void)
     SR_CHECK_MSG(strstr(out, "{\"result\": \"fail\"") && strstr(out, "record altered"), "%s", out);
 }
 
+/* The report's rows name who a record is about: the principal a component
+ * claimed (the account logging in, the KMIP client) with the process that
+ * sent it, as the sealer wrote them; the process alone without its pid (two
+ * backends' logins of one account from one address are one row). */
+static void test_report_names_the_principal_and_its_process(void)
+{
+    const char *path = sr_test_path("who.log");
+    sr_audit_writer_t *w = open_log(path, 10, 0);
+    static const char pg[] = "uid=101 gid=104 pid=%d exe=/usr/lib/postgresql/15/bin/postgres";
+    char subject[3][128];
+    for (int i = 0; i < 3; i++) snprintf(subject[i], sizeof subject[i], pg, 4000 + i);
+    sr_event_t login = {.component = "pam", .event = "login", .subject = subject[0], .outcome = "success",
+                        .source = "10.1.2.3", .detail = "claimed subject: alice; allow by acl.conf:1"};
+    SR_CHECK_OK(sr_audit_append(w, &login));
+    login.subject = subject[1];
+    SR_CHECK_OK(sr_audit_append(w, &login));
+    login.subject = subject[2], login.outcome = "denied", login.detail = "claimed subject: mallory";
+    SR_CHECK_OK(sr_audit_append(w, &login));
+    sr_event_t open = {.component = "tde", .event = "tablespace.open", .subject = "uid=7 gid=7 pid=12 exe=/usr/bin/x",
+                       .object = "db", .outcome = "success", .detail = "claimed subject: uid=7 pid=12"};
+    SR_CHECK_OK(sr_audit_append(w, &open));
+    SR_CHECK_OK(sr_audit_close(w));
+    char args[1024], out[16384];
+    snprintf(args, sizeof args, "report --json %s", path);
+    SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+    SR_CHECK_CONTAINS(out, "{\"account\": \"alice (uid=101 /usr/lib/postgresql/15/bin/postgres)\", "
+                           "\"source\": \"10.1.2.3\", \"outcome\": \"success\", \"count\": 2}");
+    SR_CHECK_CONTAINS(out, "{\"source\": \"10.1.2.3\", \"event\": \"login\", "
+                           "\"subject\": \"mallory (uid=101 /usr/lib/postgresql/15/bin/postgres)\", \"count\": 1}");
+    SR_CHECK_CONTAINS(out, "{\"operation\": \"tablespace.open\", \"principal\": \"uid=7 /usr/bin/x\", ");
+}
+
 /* The event vocabulary in docs/audit.md is the code's (tde-audit events
  * prints the code's table), and an event outside it is refused. */
 static void test_event_vocabulary_documented(void)
@@ -852,6 +884,7 @@ int main(void)
     SR_RUN(test_search_source_filter);
     SR_RUN(test_search_table_cells);
     SR_RUN(test_cli_convention);
+    SR_RUN(test_report_names_the_principal_and_its_process);
     SR_RUN(test_event_vocabulary_documented);
     SR_RUN(test_cut_at_checkpoint_caught_against_copy);
     SR_RUN(test_rotation_keeps_one_chain);
