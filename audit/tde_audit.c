@@ -320,11 +320,35 @@ static int field_matches(const char *want, const char *have)
     return strcmp(want, have) == 0;
 }
 
+/* The principal a component named in a record the sealer wrote: the detail's
+ * "claimed subject: X; ..." (the sealer's own subject is the sending process).
+ * Its length (0: none), *claim at its start. */
+static size_t claim_of(const char *detail, const char **claim)
+{
+    static const char claimed[] = "claimed subject: ";
+    if (strncmp(detail, claimed, sizeof claimed - 1) != 0) return 0;
+    *claim = detail + sizeof claimed - 1;
+    const char *end = strstr(*claim, "; ");
+    return end ? (size_t)(end - *claim) : strlen(*claim);
+}
+
+/* --subject: the record's subject, or the principal its component claimed
+ * (search --subject alice finds alice's logins, which a sealer records as
+ * sent by the PostgreSQL backend). */
+static int subject_matches(const char *want, const sr_audit_record_t *r)
+{
+    const char *claim = NULL;
+    size_t n = claim_of(r->detail, &claim);
+    char named[1024];
+    snprintf(named, sizeof named, "%.*s", (int)n, claim ? claim : "");
+    return field_matches(want, r->subject) || (n && field_matches(want, named));
+}
+
 static int record_selected(const opts_t *o, const sr_audit_record_t *r)
 {
     return (!o->since || r->ts_us >= o->since) && (!o->until || r->ts_us <= o->until) &&
            field_matches(o->component, r->component) && field_matches(o->event, r->event) &&
-           field_matches(o->subject, r->subject) && field_matches(o->object, r->object) &&
+           subject_matches(o->subject, r) && field_matches(o->object, r->object) &&
            field_matches(o->outcome, r->outcome) && (!o->source || source_matches(&o->source_filter, o->source, r->source));
 }
 
@@ -485,14 +509,13 @@ static void process_of(const char *subject, size_t len, char *out, size_t cap)
  * /usr/lib/postgresql/15/bin/postgres)" — or that process alone. */
 static void who(const sr_audit_record_t *r, char *out, size_t cap)
 {
-    static const char claimed[] = "claimed subject: ";
     char sender[700];
     process_of(r->subject, strlen(r->subject), sender, sizeof sender);
-    if (strncmp(r->detail, claimed, sizeof claimed - 1) != 0)
-        return (void)snprintf(out, cap, "%s", sender[0] ? sender : r->component);
-    const char *claim = r->detail + sizeof claimed - 1, *end = strstr(claim, "; ");
+    const char *claim = NULL;
+    size_t len = claim_of(r->detail, &claim);
+    if (!len) return (void)snprintf(out, cap, "%s", sender[0] ? sender : r->component);
     char principal[700];
-    process_of(claim, end ? (size_t)(end - claim) : strlen(claim), principal, sizeof principal);
+    process_of(claim, len, principal, sizeof principal);
     size_t n = strlen(principal);
     if (!strncmp(sender, principal, n) && (sender[n] == ' ' || !sender[n])) /* the sender, less precisely */
         return (void)snprintf(out, cap, "%s", sender);
@@ -705,7 +728,8 @@ static const command_t commands[] = {
     {"search", cmd_search, "since until component event subject object source outcome format ",
      "search [--since T] [--until T] [--component C] [--event E] [--subject S] [--object O]\n"
      "       [--source IP|CIDR|local] [--outcome R] [--format table|json|csv] FILES...\n"
-     "    the records that match every filter (E, S, O, C ending in '*' match a prefix); table by default\n"},
+     "    the records that match every filter (E, S, O, C ending in '*' match a prefix; S: the sender or the\n"
+     "    principal its component claimed, e.g. the account logging in); table by default\n"},
     {"report", cmd_report, "json ", "report [--json] FILES...\n"
      "    logins, key operations, nodes, refusals and the chain's state\n"},
     {"append", cmd_append, "log sign-key component event subject object outcome source detail ",

@@ -541,6 +541,14 @@ static void test_report_names_the_principal_and_its_process(void)
     SR_CHECK_CONTAINS(out, "{\"source\": \"10.1.2.3\", \"event\": \"login\", "
                            "\"subject\": \"mallory (uid=101 /usr/lib/postgresql/15/bin/postgres)\", \"count\": 1}");
     SR_CHECK_CONTAINS(out, "{\"operation\": \"tablespace.open\", \"principal\": \"uid=7 /usr/bin/x\", ");
+    /* search --subject finds a claimed principal too, as well as the sender */
+    static const struct { const char *subject; int records; } finds[] = {
+        {"alice", 2}, {"mall*", 1}, {"uid=101*", 3}, {"uid=7 pid=12", 1}, {"bob", 0}};
+    for (size_t i = 0; i < sizeof finds / sizeof finds[0]; i++) {
+        snprintf(args, sizeof args, "search --format csv --subject '%s' %s | wc -l", finds[i].subject, path);
+        SR_CHECK_EQ_INT(tde_audit_stream(out, sizeof out, 0, args), 0);
+        SR_CHECK_MSG(atoi(out) == 1 + finds[i].records, "--subject %s: %d lines", finds[i].subject, atoi(out));
+    }
 }
 
 /* The event vocabulary in docs/audit.md is the code's (tde-audit events
