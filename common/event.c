@@ -81,6 +81,7 @@ static const sr_event_spec_t vocabulary[] = {
     {"kms", "tls.connection", "the peer address or CN", "-", "a TLS connection refused (handshake failure, revoked "
      "certificate)"},
     {"kms", "key.grant", "kmsctl", "the key UUID", "kmsctl key grant (detail: to whom)"},
+    {"kms", "key.ungrant", "kmsctl", "the key UUID", "kmsctl key ungrant: a grant taken back (detail: from whom)"},
     {"kms", "token.created", "kmsctl", "the node group", "kmsctl token create (never the token itself)"},
     {"kms", "node.revoked", "kmsctl", "the node UUID", "kmsctl node revoke"},
     {"kms", "node.lease_expired", "the node UUID", "the node key UUID", "a node's lease ran out: its key revoked"},

@@ -121,6 +121,10 @@ sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID
 
 /* Grants: a node or application may use another principal's key. */
 sr_err_t kms_grant(kms_store_t *s, const char *uid, const char *principal) SR_MUST_CHECK;
+/* The grant taken back; SR_ERR_NOT_FOUND if there was none. */
+sr_err_t kms_ungrant(kms_store_t *s, const char *uid, const char *principal) SR_MUST_CHECK;
+/* Each principal (or "@group") granted uid, in name order. */
+sr_err_t kms_grant_each(kms_store_t *s, const char *uid, void (*fn)(void *, const char *), void *ctx) SR_MUST_CHECK;
 int kms_granted(kms_store_t *s, const char *uid, const char *principal);
 
 /* Principals and certificates (kmsctl writes, kmsd reads at every request). */

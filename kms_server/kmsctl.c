@@ -8,7 +8,7 @@
  *   kmsctl [--config FILE] key show|activate|rotate UID [--json]
  *   kmsctl [--config FILE] key revoke UID [--compromise] [--yes]
  *   kmsctl [--config FILE] key destroy UID [--yes]
- *   kmsctl [--config FILE] key grant UID PRINCIPAL
+ *   kmsctl [--config FILE] key grant UID PRINCIPAL | ungrant UID PRINCIPAL | grants UID [--json]
  *   kmsctl [--config FILE] cert issue NAME --role ROLE [--days N]
  *   kmsctl [--config FILE] cert revoke NAME [--yes]
  *   kmsctl [--config FILE] cert list [--json]
@@ -367,24 +367,46 @@ static int key_one(sr_kmip_client_t *c, const char *verb, const opts_t *o)
     return rc == SR_OK ? 0 : fail_with(status_for(rc), what);
 }
 
-static int key_grant(const opts_t *o)
+static void print_grantee(void *ctx, const char *principal)
 {
-    if (o->n_args != 2) return fprintf(stderr, "kmsctl: key grant UID PRINCIPAL\n"), SR_EXIT_USAGE;
+    int *first = ctx;
+    if (*first < 0) return (void)printf("%s\n", principal);
+    printf("%s", *first ? "" : ", ");
+    sr_json_string(stdout, principal);
+    *first = 0;
+}
+
+/* grant, ungrant (take a grant back) and grants (who holds one) of a key,
+ * in the store directly; a change is recorded as key.grant / key.ungrant. */
+static int key_grants(const char *verb, const opts_t *o)
+{
+    int listing = !strcmp(verb, "grants"), removing = !strcmp(verb, "ungrant");
+    if (o->n_args != (listing ? 1 : 2))
+        return fprintf(stderr, "kmsctl: key %s UID%s\n", verb, listing ? " [--json]" : " PRINCIPAL"), SR_EXIT_USAGE;
     kms_store_t *s = NULL;
     kms_object_t obj;
     if (open_store(&s)) return SR_EXIT_CANNOT;
-    sr_err_t rc = kms_store_begin(s);
+    sr_err_t rc = listing ? kms_store_begin_read(s) : kms_store_begin(s);
     if (rc == SR_OK) rc = kms_object_load(s, o->args[0], &obj);
     if (rc == SR_ERR_NOT_FOUND) rc = sr_err_set(rc, "no key %s", o->args[0]);
-    if (rc == SR_OK) rc = kms_grant(s, o->args[0], o->args[1]);
+    int first = o->json ? 1 : -1;
+    if (rc == SR_OK && listing && o->json) printf("{\"key\": \"%s\", \"granted_to\": [", o->args[0]);
+    if (rc == SR_OK && listing) rc = kms_grant_each(s, o->args[0], print_grantee, &first);
+    if (rc == SR_OK && listing && o->json) printf("]}\n");
+    if (rc == SR_OK && !listing)
+        rc = removing ? kms_ungrant(s, o->args[0], o->args[1]) : kms_grant(s, o->args[0], o->args[1]);
     if (rc == SR_OK) rc = kms_store_commit(s);
     if (rc != SR_OK) kms_store_rollback(s);
     kms_store_close(s);
-    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "key grant");
-    sr_event_t ev = {.component = "kms", .event = "key.grant", .subject = "kmsctl", .object = o->args[0],
-                     .outcome = "success", .detail = o->args[1], .source = "local"};
+    char what[32];
+    snprintf(what, sizeof what, "key %s", verb);
+    if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, what);
+    if (listing) return 0;
+    sr_event_t ev = {.component = "kms", .event = removing ? "key.ungrant" : "key.grant", .subject = "kmsctl",
+                     .object = o->args[0], .outcome = "success", .detail = o->args[1], .source = "local"};
     (void)sr_event_emit(&ev);
-    printf("kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
+    printf(removing ? "kmsctl: %s may no longer use key %s (data keys unwrapped with it before stay where they are "
+                      "cached until they expire)\n" : "kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
     return 0;
 }
 
@@ -401,15 +423,17 @@ static int cmd_key(int argc, char **argv)
     };
     static const struct { const char *verb; int options, args; } verbs[] = {
         {"create", 0, 1}, {"list", 1, 0}, {"show", 2, 1}, {"activate", 5, 1}, {"rotate", 5, 1},
-        {"revoke", 3, 1}, {"destroy", 4, 1}, {"grant", 5, 2}};
-    if (argc < 1) return fprintf(stderr, "kmsctl: key create|list|show|activate|revoke|destroy|rotate|grant\n"), SR_EXIT_USAGE;
+        {"revoke", 3, 1}, {"destroy", 4, 1}, {"grant", 5, 2}, {"ungrant", 5, 2}, {"grants", 2, 1}};
+    if (argc < 1)
+        return fprintf(stderr, "kmsctl: key create|list|show|activate|revoke|destroy|rotate|grant|ungrant|grants\n"),
+               SR_EXIT_USAGE;
     for (size_t v = 0; v < sizeof verbs / sizeof verbs[0]; v++) {
         if (strcmp(argv[0], verbs[v].verb) != 0) continue;
         opts_t o = {0};
         char cmd[32];
         snprintf(cmd, sizeof cmd, "key %s", verbs[v].verb);
         if (parse(cmd, argc - 1, argv + 1, allowed_by_verb[verbs[v].options], verbs[v].args, &o)) return SR_EXIT_USAGE;
-        if (!strcmp(argv[0], "grant")) return key_grant(&o);
+        if (!strncmp(argv[0], "grant", 5) || !strcmp(argv[0], "ungrant")) return key_grants(argv[0], &o);
         sr_kmip_client_t *c = NULL;
         if (connect_kms(&c)) return SR_EXIT_CANNOT;
         int status = !strcmp(argv[0], "create") ? key_create(c, &o)
@@ -739,7 +763,7 @@ static const char usage_text[] =
     "       kmsctl [--config FILE] key list [--name N] [--group G] [--json]\n"
     "       kmsctl [--config FILE] key show UID [--json] | activate UID | rotate UID\n"
     "       kmsctl [--config FILE] key revoke UID [--compromise] [--yes] | destroy UID [--yes]\n"
-    "       kmsctl [--config FILE] key grant UID PRINCIPAL\n"
+    "       kmsctl [--config FILE] key grant UID PRINCIPAL | ungrant UID PRINCIPAL | grants UID [--json]\n"
     "       kmsctl [--config FILE] cert issue NAME --role admin|application|node|auditor [--days N]\n"
     "       kmsctl [--config FILE] cert revoke NAME [--yes] | cert list [--json]\n"
     "       kmsctl [--config FILE] token create [--group G] [--ttl 1h] [--uses 1]\n"

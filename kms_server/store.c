@@ -542,6 +542,26 @@ sr_err_t kms_grant(kms_store_t *s, const char *uid, const char *principal)
                      "grant");
 }
 
+sr_err_t kms_ungrant(kms_store_t *s, const char *uid, const char *principal)
+{
+    sr_err_t rc = run_texts(s, "DELETE FROM grants WHERE uid = ?1 AND principal = ?2", uid, principal, "ungrant");
+    if (rc == SR_OK && kms_db_changes(s->db) == 0)
+        rc = sr_err_set(SR_ERR_NOT_FOUND, "key %s is not granted to %s", uid, principal);
+    return rc;
+}
+
+sr_err_t kms_grant_each(kms_store_t *s, const char *uid, void (*fn)(void *, const char *), void *ctx)
+{
+    kms_stmt_t *st;
+    sr_err_t rc = kms_db_prepare(s->db, "SELECT principal FROM grants WHERE uid = ?1 ORDER BY principal", &st);
+    if (rc != SR_OK) return rc;
+    kms_bind_text(st, 1, uid);
+    int row = 0;
+    while ((rc = kms_step(st, "list grants", &row)) == SR_OK && row) fn(ctx, kms_column_text(st, 0));
+    kms_done(st);
+    return rc;
+}
+
 /* A grant to the principal, or to its group ("@group", for nodes enrolled with a group's token). */
 int kms_granted(kms_store_t *s, const char *uid, const char *principal)
 {

@@ -178,6 +178,16 @@ static void test_ownership_and_roles(void)
     char other_uid[SR_KMIP_UID_MAX];
     SR_CHECK_ERR(sr_kmip_create_aes_key(node, &usage_all, other_uid), SR_ERR_KMIP_RESULT);
     SR_CHECK_EQ_INT(last_reason(), 0x0C);
+    /* the grant listed, taken back (the next request refused, as before the grant), and not taken twice */
+    snprintf(args, sizeof args, "key grants --json %s", uid);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, args) == 0 && strstr(out, "\"granted_to\": [\"node1\"]"), "%s", out);
+    snprintf(args, sizeof args, "key ungrant %s node1", uid);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, args) == 0 && strstr(out, "node1 may no longer use key"), "%s", out);
+    SR_CHECK_ERR(sr_kmip_decrypt(node, uid, iv, 12, ct, len, buf, sizeof buf, &n), SR_ERR_KMIP_RESULT);
+    SR_CHECK_EQ_INT(last_reason(), NOT_FOUND);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, args) == 1 && strstr(out, "is not granted to node1"), "%s", out);
+    snprintf(args, sizeof args, "key grants --json %s", uid);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, args) == 0 && strstr(out, "\"granted_to\": []"), "%s", out);
     /* an auditor: sees every key's attributes, never material, changes nothing */
     sr_kmip_key_attributes_t a;
     SR_CHECK_OK(sr_kmip_get_attributes(aud, uid, &a));
