@@ -83,6 +83,10 @@ static const sr_event_spec_t vocabulary[] = {
     {"kms", "key.grant", "kmsctl", "the key UUID", "kmsctl key grant (detail: to whom)"},
     {"kms", "key.ungrant", "kmsctl", "the key UUID", "kmsctl key ungrant: a grant taken back (detail: from whom)"},
     {"kms", "token.created", "kmsctl", "the node group", "kmsctl token create (never the token itself)"},
+    {"kms", "cert.issued", "kmsctl", "the certificate's CN", "kmsctl cert issue: a client certificate and its role "
+     "(detail: role, days, fingerprint)"},
+    {"kms", "cert.revoked", "kmsctl", "the certificate's CN", "kmsctl cert revoke: every certificate of the name "
+     "refused (detail: how many)"},
     {"kms", "node.revoked", "kmsctl", "the node UUID", "kmsctl node revoke"},
     {"kms", "node.lease_expired", "the node UUID", "the node key UUID", "a node's lease ran out: its key revoked"},
     {"kms", "node.key_destroyed", "the node UUID", "the node key UUID", "a revoked node key destroyed after its "

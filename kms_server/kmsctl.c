@@ -186,16 +186,43 @@ static sr_err_t write_text(const char *path, const char *text)
     return ok ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", path);
 }
 
+/* A change to the store (rc: how it went so far) is recorded, then committed:
+ * none is kept unrecorded, as in kmsd. A record whose commit then fails is
+ * followed by one saying so. Rolled back unless committed. */
+static sr_err_t commit_recorded(kms_store_t *s, sr_err_t rc, const sr_event_t *ev)
+{
+    char why[600];
+    if (rc == SR_OK && sr_event_emit(ev) != SR_OK) {
+        snprintf(why, sizeof why, "%s", sr_err_detail());
+        rc = sr_err_set(SR_ERR_IO, "the audit log cannot record this change, so it is not made: %s", why);
+    }
+    if (rc == SR_OK && (rc = kms_store_commit(s)) != SR_OK) {
+        snprintf(why, sizeof why, "%s", sr_err_detail());
+        sr_event_t failed = *ev;
+        failed.outcome = "failure", failed.detail = why;
+        (void)sr_event_emit(&failed);
+        sr_err_set(rc, "%s", why);
+    }
+    if (rc != SR_OK) kms_store_rollback(s);
+    return rc;
+}
+
 static sr_err_t issue_client(kms_store_t *s, const char *dir, const char *name, kms_role_t role, int days,
                              const char *prefix)
 {
     kms_cert_info_t info;
     sr_err_t rc = kms_pki_issue(dir, prefix, name, 0, NULL, days, &info);
-    if (rc == SR_OK) rc = kms_store_begin(s);
+    if (rc != SR_OK) return rc;
+    rc = kms_store_begin(s);
     if (rc == SR_OK) rc = kms_principal_set(s, name, role);
     if (rc == SR_OK) rc = kms_cert_record(s, info.fingerprint, name, info.serial, info.not_after);
-    if (rc == SR_OK) rc = kms_store_commit(s);
-    if (rc != SR_OK) kms_store_rollback(s);
+    char detail[200], path[4400];
+    snprintf(detail, sizeof detail, "role %s, %d days, fingerprint %s", kms_role_name(role), days, info.fingerprint);
+    sr_event_t ev = {.component = "kms", .event = "cert.issued", .subject = "kmsctl", .object = name,
+                     .outcome = "success", .source = "local", .detail = detail};
+    rc = commit_recorded(s, rc, &ev);
+    for (int i = 0; rc != SR_OK && i < 2; i++) /* a certificate the store does not know is not left lying about */
+        snprintf(path, sizeof path, "%s.%s", prefix, i ? "key" : "pem"), unlink(path);
     return rc;
 }
 
@@ -395,16 +422,15 @@ static int key_grants(const char *verb, const opts_t *o)
     if (rc == SR_OK && listing && o->json) printf("]}\n");
     if (rc == SR_OK && !listing)
         rc = removing ? kms_ungrant(s, o->args[0], o->args[1]) : kms_grant(s, o->args[0], o->args[1]);
-    if (rc == SR_OK) rc = kms_store_commit(s);
-    if (rc != SR_OK) kms_store_rollback(s);
+    sr_event_t ev = {.component = "kms", .event = removing ? "key.ungrant" : "key.grant", .subject = "kmsctl",
+                     .object = o->args[0], .outcome = "success", .detail = o->args[1], .source = "local"};
+    if (!listing) rc = commit_recorded(s, rc, &ev);
+    else if (rc != SR_OK || (rc = kms_store_commit(s)) != SR_OK) kms_store_rollback(s);
     kms_store_close(s);
     char what[32];
     snprintf(what, sizeof what, "key %s", verb);
     if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, what);
     if (listing) return 0;
-    sr_event_t ev = {.component = "kms", .event = removing ? "key.ungrant" : "key.grant", .subject = "kmsctl",
-                     .object = o->args[0], .outcome = "success", .detail = o->args[1], .source = "local"};
-    (void)sr_event_emit(&ev);
     printf(removing ? "kmsctl: %s may no longer use key %s (data keys unwrapped with it before stay where they are "
                       "cached until they expire)\n" : "kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
     return 0;
@@ -505,9 +531,12 @@ static int cmd_cert(int argc, char **argv)
         int n = 0;
         rc = kms_store_begin(s);
         if (rc == SR_OK) rc = kms_cert_revoke(s, o.args[0], &n);
-        if (rc == SR_OK) rc = kms_store_commit(s);
-        if (rc != SR_OK) kms_store_rollback(s);
         if (rc == SR_OK && n == 0) rc = sr_err_set(SR_ERR_NOT_FOUND, "no valid certificate issued to %s", o.args[0]);
+        char detail[64];
+        snprintf(detail, sizeof detail, "%d certificate(s)", n);
+        sr_event_t ev = {.component = "kms", .event = "cert.revoked", .subject = "kmsctl", .object = o.args[0],
+                         .outcome = "success", .source = "local", .detail = detail};
+        rc = commit_recorded(s, rc, &ev);
         if (rc == SR_OK) printf("kmsctl: revoked %d certificate(s) of %s; kmsd refuses them from the next request\n", n,
                                 o.args[0]);
     }
@@ -535,13 +564,11 @@ static int cmd_token(int argc, char **argv)
     if (open_store(&s)) return SR_EXIT_CANNOT;
     sr_err_t rc = kms_store_begin(s);
     if (rc == SR_OK) rc = kms_token_create(s, o.group, uses, (int64_t)(ttl_ms / 1000), token);
-    if (rc == SR_OK) rc = kms_store_commit(s);
-    if (rc != SR_OK) kms_store_rollback(s);
-    kms_store_close(s);
-    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "token create");
     sr_event_t ev = {.component = "kms", .event = "token.created", .subject = "kmsctl", .object = o.group,
                      .outcome = "success", .source = "local", .detail = "a join token (only its hash is stored)"};
-    (void)sr_event_emit(&ev);
+    rc = commit_recorded(s, rc, &ev);
+    kms_store_close(s);
+    if (rc != SR_OK) return sr_secure_wipe(token, sizeof token), fail_with(SR_EXIT_CANNOT, "token create");
     printf("%s\n", token);
     sr_secure_wipe(token, sizeof token);
     return 0;
@@ -603,12 +630,11 @@ static int cmd_node(int argc, char **argv)
     } else if (rc == SR_OK) {
         rc = kms_store_begin(s);
         if (rc == SR_OK) rc = kms_node_end(s, &n, "revoked", "revoked by an administrator (kmsctl)");
-        if (rc == SR_OK) rc = kms_store_commit(s);
-        if (rc != SR_OK) kms_store_rollback(s);
-        if (rc == SR_OK) printf("kmsctl: node %s revoked: its node key %s and its certificate are refused\n", n.uuid, n.nk);
         sr_event_t ev = {.component = "kms", .event = "node.revoked", .subject = "kmsctl", .object = n.uuid,
-                         .outcome = rc == SR_OK ? "success" : "failure", .source = "local", .detail = n.nk};
-        (void)sr_event_emit(&ev);
+                         .outcome = "success", .source = "local", .detail = n.nk};
+        rc = commit_recorded(s, rc, &ev);
+        if (rc == SR_OK)
+            printf("kmsctl: node %s revoked: its node key %s and its certificate are refused\n", n.uuid, n.nk);
     }
     kms_store_close(s);
     return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_NOT_FOUND || rc == SR_ERR_STATE ? SR_EXIT_FAILED : SR_EXIT_CANNOT, verb);
@@ -678,17 +704,15 @@ static int policy_push(const opts_t *o)
     int64_t version = 0;
     sr_err_t rc = open_store(&s) ? SR_ERR_IO : kms_store_begin(s);
     if (rc == SR_OK) rc = kms_policy_push(s, text, digest, "kmsctl", &version);
-    if (rc == SR_OK) rc = kms_store_commit(s);
-    if (rc != SR_OK && s) kms_store_rollback(s);
-    kms_store_close(s);
-    free(text);
-    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "policy push");
     char object[40], detail[160];
     snprintf(object, sizeof object, "policy v%lld", (long long)version);
     snprintf(detail, sizeof detail, "%s, %zu rules, from %.100s", digest, rules, o->args[1]);
     sr_event_t ev = {.component = "kms", .event = "policy.pushed", .subject = "kmsctl", .object = object,
                      .outcome = "success", .source = "local", .detail = detail};
-    (void)sr_event_emit(&ev);
+    if (s) rc = commit_recorded(s, rc, &ev);
+    kms_store_close(s);
+    free(text);
+    if (rc != SR_OK) return fail_with(SR_EXIT_CANNOT, "policy push");
     if (o->json) printf("{\"version\": %lld, \"digest\": \"%s\", \"rules\": %zu}\n", (long long)version, digest, rules);
     else printf("kmsctl: policy v%lld (%s, %zu rules) stored; agents with policy_push install it at their next "
                 "heartbeat\n", (long long)version, digest, rules);

@@ -49,6 +49,9 @@ int sr_test_command(char *out, size_t cap, const char *command);
  * connection's first message with `answer` (an impostor of a host service);
  * its path into path_out; its pid, or -1. The caller kills it. */
 pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, char *path_out, size_t cap);
+/* A real `tde-audit serve` on sock, writing log with the signing key sign;
+ * returns once its socket is there (its pid: the caller stops it). */
+pid_t sr_test_start_sealer(const char *sock, const char *log, const char *sign);
 /* 1 if `needle` occurs anywhere in the file. */
 int sr_test_file_contains(const char *path, const void *needle, size_t needle_len);
 

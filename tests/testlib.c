@@ -176,6 +176,18 @@ int sr_test_command(char *out, size_t cap, const char *command)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+pid_t sr_test_start_sealer(const char *sock, const char *log, const char *sign)
+{
+    pid_t sealer = fork();
+    if (sealer == 0) {
+        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log, "--sign-key",
+              sign, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; sealer > 0 && i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
+    return sealer;
+}
+
 pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, char *path_out, size_t cap)
 {
     char dir[600];

@@ -24,18 +24,6 @@
 #define EVENTS 20
 #define BASE_UID 30000
 
-static pid_t start_sealer(const char *sock, const char *log, const char *sign)
-{
-    pid_t sealer = fork();
-    if (sealer == 0) {
-        execl(sr_test_build_path("audit/tde-audit"), "tde-audit", "serve", "--socket", sock, "--log", log, "--sign-key",
-              sign, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
-    return sealer;
-}
-
 /* A sealer of its own for one test (name: its key and log) and a client of it. */
 typedef struct sealer_env {
     char sign[700], log[700], dir[32], sock[700];
@@ -52,7 +40,7 @@ static sr_audit_client_t *sealer_env_start(sealer_env_t *e, const char *name)
     SR_CHECK_OK(sr_audit_keygen(prefix));
     SR_CHECK(mkdtemp(e->dir) != NULL);
     snprintf(e->sock, sizeof e->sock, "%s/sealer.sock", e->dir);
-    e->pid = start_sealer(e->sock, e->log, e->sign);
+    e->pid = sr_test_start_sealer(e->sock, e->log, e->sign);
     sr_audit_client_t *c = NULL;
     SR_CHECK_OK(sr_audit_client_open(e->sock, &c));
     return c;
@@ -80,7 +68,7 @@ static void test_sixty_four_clients_get_the_kernels_identity(void)
     /* the socket where every uid can reach it (the test directory is 0700) */
     SR_CHECK(mkdtemp(dir) != NULL && chmod(dir, 0711) == 0);
     snprintf(sock, sizeof sock, "%s/sealer.sock", dir);
-    pid_t sealer = start_sealer(sock, log, sign);
+    pid_t sealer = sr_test_start_sealer(sock, log, sign);
     /* hostile neighbours first: 10 that send half an event and stall (they
      * must not hold up anyone), one malformed event (refused with a reason,
      * the connection kept), one too long (refused, then closed) */
@@ -265,7 +253,7 @@ static void test_threads_share_one_connection(void)
     SR_CHECK_EQ_INT(records, THREADS * PER_THREAD);
     SR_CHECK_EQ_INT(dup_or_lost, 0);
     /* the sealer killed while the threads send: each send fails, none hangs */
-    sealer = start_sealer(sock, log, sign);
+    sealer = sr_test_start_sealer(sock, log, sign);
     pid_t killer = fork();
     if (killer == 0) {
         usleep(30000);

@@ -689,6 +689,46 @@ static void test_every_request_audited(void)
     SR_CHECK(kmsd_start(dir, port) == 0);
 }
 
+/* kmsctl's changes to the store are recorded before they are committed: with
+ * the host's sealer, a certificate issued and revoked and a grant are in its
+ * log; a grant whose record the sealer cannot take (a principal name past
+ * the 16 KiB event limit) is not made. */
+static void test_kmsctl_records_before_it_commits(void)
+{
+    char sock[700], log[700], sign[700], cmd[4096], out[8192], uid[128] = "";
+    snprintf(sock, sizeof sock, "%s/sealer.sock", sr_test_tmpdir());
+    snprintf(log, sizeof log, "%s/kmsctl-audit.log", sr_test_tmpdir());
+    snprintf(sign, sizeof sign, "%s/kmsctl-audit", sr_test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s keygen %s >/dev/null", sr_test_build_path("audit/tde-audit"), sign);
+    SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
+    strcat(sign, ".sign");
+    pid_t sealer = sr_test_start_sealer(sock, log, sign);
+    setenv("STRONGROOM_AUDIT_SOCKET", sock, 1);
+    SR_CHECK_MSG(kmsctl_run(dir, uid, sizeof uid, "key create recorded-grants 2>/dev/null") == 0, "%s", uid);
+    uid[strcspn(uid, "\n")] = '\0';
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "cert issue recorded1 --role application") == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "key grant %s recorded1", uid);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "key grant %s \"$(head -c 17000 /dev/zero | tr '\\0' x)\"", uid);
+    SR_CHECK_EQ_INT(kmsctl_run(dir, out, sizeof out, cmd), 3);
+    SR_CHECK_CONTAINS(out, "the audit log cannot record this change, so it is not made");
+    snprintf(cmd, sizeof cmd, "key grants --json %s", uid);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0 && strstr(out, "[\"recorded1\"]"), "%s", out);
+    SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "cert revoke recorded1 --yes") == 0, "%s", out);
+    unsetenv("STRONGROOM_AUDIT_SOCKET");
+    kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
+    static const char *const recorded[] = {"\"event\":\"cert.issued\"", "\"event\":\"key.grant\"",
+                                           "\"event\":\"cert.revoked\""};
+    for (size_t i = 0; i < sizeof recorded / sizeof recorded[0]; i++) {
+        snprintf(cmd, sizeof cmd, "grep -c '%s' %s", recorded[i], log);
+        SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
+        SR_CHECK_MSG(atoi(out) == 1, "%s: %s", recorded[i], out);
+    }
+    snprintf(cmd, sizeof cmd, "grep -c xxxxxxxx %s", log);
+    sr_test_command(out, sizeof out, cmd);
+    SR_CHECK_MSG(atoi(out) == 0, "the refused grant recorded: %s", out);
+}
+
 /* In a child (opening an SQLite store registers the VFS with its root key):
  * a store (SQLite, or a new PostgreSQL database under with-postgres) whose
  * node leases are kept to the second, as stores were before leases were
@@ -773,6 +813,7 @@ int main(void)
     SR_RUN(test_store_backup_and_restore);
     SR_RUN(test_wrong_root_key_refused);
     SR_RUN(test_passphrase_store);
+    SR_RUN(test_kmsctl_records_before_it_commits);
     SR_RUN(test_every_request_audited);
     kmsd_stop(SIGTERM);
     return sr_test_finish();
