@@ -58,7 +58,6 @@ typedef struct client {
     char subject[1200];    /* the kernel's view of the peer, taken at accept */
     char self[48];         /* "uid=U pid=P": how our own clients name themselves (tde, tdectl) */
     uid_t uid;
-    pid_t pid;
     uint8_t in[4 + EVENT_MAX + 1];
     size_t have;           /* bytes of `in` holding a frame not yet complete */
     struct client *prev, *next;
@@ -95,13 +94,14 @@ struct sealer {
     worker_t workers[WORKERS];
 };
 
-/* "uid=U gid=G pid=P exe=PATH" of the process at the other end. */
-static int peer_subject(int fd, char *out, size_t cap, uid_t *uid, pid_t *pid)
+/* "uid=U gid=G pid=P exe=PATH" of the process at the other end, and "uid=U pid=P". */
+static int peer_subject(int fd, char *out, size_t cap, uid_t *uid, char *self, size_t self_cap)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-    *uid = cred.uid, *pid = cred.pid;
+    *uid = cred.uid;
+    snprintf(self, self_cap, "uid=%u pid=%d", (unsigned)cred.uid, (int)cred.pid);
     char link[64], exe[1024] = "?";
     snprintf(link, sizeof link, "/proc/%d/exe", (int)cred.pid);
     ssize_t n = readlink(link, exe, sizeof exe - 1);
@@ -215,12 +215,11 @@ static void accept_client(sealer_t *s, int *next_worker)
         return;
     }
     c->fd = fd;
-    if (peer_subject(fd, c->subject, sizeof c->subject, &c->uid, &c->pid) != 0) {
+    if (peer_subject(fd, c->subject, sizeof c->subject, &c->uid, c->self, sizeof c->self) != 0) {
         reply(c, "the sealer cannot tell who is sending (SO_PEERCRED)");
         close(fd), free(c);
         return;
     }
-    snprintf(c->self, sizeof c->self, "uid=%u pid=%d", (unsigned)c->uid, (int)c->pid);
     worker_t *wk = &s->workers[(*next_worker)++ % WORKERS];
     pthread_mutex_lock(&s->lock);
     int mine = 0; /* one user's connections: a flood from one user cannot take every slot */

@@ -337,11 +337,12 @@ static size_t claim_of(const char *detail, const char **claim)
  * sent by the PostgreSQL backend). */
 static int subject_matches(const char *want, const sr_audit_record_t *r)
 {
+    if (field_matches(want, r->subject)) return 1; /* no --subject: every record, nothing more to read */
     const char *claim = NULL;
     size_t n = claim_of(r->detail, &claim);
     char named[1024];
-    snprintf(named, sizeof named, "%.*s", (int)n, claim ? claim : "");
-    return field_matches(want, r->subject) || (n && field_matches(want, named));
+    snprintf(named, sizeof named, "%.*s", (int)n, n ? claim : "");
+    return n && field_matches(want, named);
 }
 
 static int record_selected(const opts_t *o, const sr_audit_record_t *r)
@@ -528,14 +529,16 @@ static int report_one(void *ctx, const sr_audit_record_t *r, const char *raw)
     report_t *rep = ctx;
     if (!rep->records++) rep->first = r->ts_us;
     rep->last = r->ts_us;
+    tally_add(&rep->events, r->component, r->event, r->outcome);
+    int login = strncmp(r->event, "login", 5) == 0, node = strncmp(r->event, "node.", 5) == 0;
+    int key = strncmp(r->event, "key.", 4) == 0 || strncmp(r->event, "tablespace.", 11) == 0, bad = refused(r->outcome);
+    if (!login && !node && !bad && !key) return 0; /* counted among the events only: no one to name */
     char name[1500];
     who(r, name, sizeof name);
-    tally_add(&rep->events, r->component, r->event, r->outcome);
-    if (strncmp(r->event, "login", 5) == 0) tally_add(&rep->logins, name, r->source, r->outcome);
-    if (strncmp(r->event, "key.", 4) == 0 || strncmp(r->event, "tablespace.", 11) == 0)
-        tally_add(&rep->keys, r->event, name, r->outcome);
-    if (strncmp(r->event, "node.", 5) == 0) tally_add(&rep->nodes, r->event, name, r->outcome);
-    if (refused(r->outcome)) tally_add(&rep->refused, r->source[0] ? r->source : "(local)", r->event, name);
+    if (login) tally_add(&rep->logins, name, r->source, r->outcome);
+    if (key) tally_add(&rep->keys, r->event, name, r->outcome);
+    if (node) tally_add(&rep->nodes, r->event, name, r->outcome);
+    if (bad) tally_add(&rep->refused, r->source[0] ? r->source : "(local)", r->event, name);
     return 0;
 }
 

@@ -84,7 +84,7 @@ static sr_err_t load_identity(SSL_CTX *ctx, const sr_tls_options_t *o)
     if (rc != SR_OK) return rc;
     int used = !key || SSL_CTX_use_PrivateKey(ctx, key) == 1; /* checked against the certificate as it is used */
     EVP_PKEY_free(key);
-    if (!used || (key && o->cert_file && SSL_CTX_check_private_key(ctx) != 1))
+    if (!used || (o->key_file && o->cert_file && SSL_CTX_check_private_key(ctx) != 1))
         return sr_err_set_openssl(SR_ERR_TLS, "private key %s does not match certificate %s", o->key_file,
                                   o->cert_file ? o->cert_file : "(none)");
     if (!o->ca_file) return sr_err_set(SR_ERR_CONFIG, "a CA file is required to verify the TLS peer");

@@ -724,9 +724,9 @@ static void test_kmsctl_records_before_it_commits(void)
         SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);
         SR_CHECK_MSG(atoi(out) == 1, "%s: %s", recorded[i], out);
     }
-    snprintf(cmd, sizeof cmd, "grep -c xxxxxxxx %s", log);
-    sr_test_command(out, sizeof out, cmd);
-    SR_CHECK_MSG(atoi(out) == 0, "the refused grant recorded: %s", out);
+    char refused_name[65]; /* a run of the refused grant's principal name */
+    memset(refused_name, 'x', 64), refused_name[64] = '\0';
+    SR_CHECK_MSG(!sr_test_file_contains(log, refused_name, 64), "the refused grant was recorded");
 }
 
 /* In a child (opening an SQLite store registers the VFS with its root key):
