@@ -158,6 +158,9 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
  * root key (`kmsctl store backup|restore`; the VFS must be registered with
  * the root provider: kms_store_open_encrypted does it). */
 sr_err_t kms_store_copy(const char *from, const char *to, int overwrite) SR_MUST_CHECK;
+/* SR_OK if kms_store_copy may start (neither side in PostgreSQL, `to` new unless overwriting): checked before the
+ * copy is recorded. */
+sr_err_t kms_store_copy_allowed(const char *from, const char *to, int overwrite) SR_MUST_CHECK;
 
 /* ---- the private CA (pki.c) ------------------------------------------------------------- */
 typedef struct kms_cert_info {

@@ -664,28 +664,38 @@ static int cmd_store(int argc, char **argv)
     kms_store_t *s = NULL;
     if (open_store(&s)) return SR_EXIT_CANNOT; /* proves the root key, registers the VFS with it */
     const char *store = store_location();
-    sr_err_t rc = SR_OK;
-    if (backup) {
-        rc = kms_store_copy(store, o.args[0], 0);
-        if (rc == SR_OK) printf("kmsctl: %s: a consistent copy of the key store, encrypted under the same root key\n",
-                                o.args[0]);
-    } else if (kms_is_up()) {
+    sr_err_t rc = backup ? kms_store_copy_allowed(store, o.args[0], 0) : kms_store_copy_allowed(o.args[0], store, 1);
+    if (rc == SR_OK && restore && kms_is_up())
         rc = sr_err_set(SR_ERR_STATE, "kmsd is running: stop it before restoring its store");
-    } else if (!confirmed(&o, "replace the key store with the backup")) {
+    if (rc == SR_OK && restore && !confirmed(&o, "replace the key store with the backup")) {
         kms_store_close(s);
         return SR_EXIT_USAGE;
-    } else {
+    }
+    if (rc == SR_OK && restore) {
         kms_store_t *probe = NULL; /* the backup must open under this root key */
         rc = kms_store_open_encrypted(o.args[0], store_root, &probe);
         kms_store_close(probe);
-        if (rc == SR_OK) rc = kms_store_copy(o.args[0], store, 1);
-        if (rc == SR_OK) printf("kmsctl: key store restored from %s; start kmsd\n", o.args[0]);
     }
-    kms_store_close(s);
+    /* recorded before the copy is made, and not made if it cannot be recorded; a failure after is recorded too */
     sr_event_t ev = {.component = "kms", .event = backup ? "store.backup" : "store.restore", .subject = "kmsctl",
-                     .object = o.args[0], .outcome = rc == SR_OK ? "success" : "failure", .source = "local",
-                     .detail = rc == SR_OK ? NULL : sr_err_detail()};
-    (void)sr_event_emit(&ev);
+                     .object = o.args[0], .outcome = "success", .source = "local"};
+    int refused = rc == SR_OK && sr_event_emit(&ev) != SR_OK;
+    char why[600];
+    if (refused) {
+        snprintf(why, sizeof why, "%s", sr_err_detail());
+        rc = sr_err_set(SR_ERR_IO, "the audit log cannot record this %s, so it is not made: %s", ev.event, why);
+    }
+    if (rc == SR_OK) rc = backup ? kms_store_copy(store, o.args[0], 0) : kms_store_copy(o.args[0], store, 1);
+    kms_store_close(s);
+    if (rc != SR_OK && !refused) {
+        snprintf(why, sizeof why, "%s", sr_err_detail());
+        ev.outcome = "failure", ev.detail = why;
+        (void)sr_event_emit(&ev);
+        sr_err_set(rc, "%s", why);
+    }
+    if (rc == SR_OK && backup)
+        printf("kmsctl: %s: a consistent copy of the key store, encrypted under the same root key\n", o.args[0]);
+    if (rc == SR_OK && restore) printf("kmsctl: key store restored from %s; start kmsd\n", o.args[0]);
     return rc == SR_OK ? 0 : fail_with(rc == SR_ERR_STATE || rc == SR_ERR_EXISTS ? SR_EXIT_FAILED : SR_EXIT_CANNOT, "store");
 }
 

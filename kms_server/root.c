@@ -156,13 +156,20 @@ sr_err_t kms_store_open_encrypted(const char *store_path, sr_keyprov_t *root, km
     return rc;
 }
 
-sr_err_t kms_store_copy(const char *from, const char *to, int overwrite)
+sr_err_t kms_store_copy_allowed(const char *from, const char *to, int overwrite)
 {
     if (kms_db_is_postgres(from) || kms_db_is_postgres(to))
         return sr_err_set(SR_ERR_UNSUPPORTED, "the key store is in PostgreSQL: back it up with pg_dump (key material "
                                               "stays wrapped under the root key; names and states are in clear)");
     struct stat st;
     if (!overwrite && stat(to, &st) == 0) return sr_err_set(SR_ERR_EXISTS, "%s exists: refusing to overwrite it", to);
+    return SR_OK;
+}
+
+sr_err_t kms_store_copy(const char *from, const char *to, int overwrite)
+{
+    sr_err_t allowed = kms_store_copy_allowed(from, to, overwrite);
+    if (allowed != SR_OK) return allowed;
     char src_uri[4300], dst_uri[4300];
     snprintf(src_uri, sizeof src_uri, "file:%s?vfs=strongroom", from);
     snprintf(dst_uri, sizeof dst_uri, "file:%s?vfs=strongroom", to);

@@ -136,13 +136,40 @@ static int uri_for(char *out, size_t cap, const char *path, const char *keyfile,
     return 0; /* the caller exits SR_EXIT_CANNOT */
 }
 
-/* One audit event per administrative action (no-op without an audit log). */
-static void audited(const char *event, const char *object, int ok, const char *detail)
+/* Audit events of administrative actions (no-op without an audit log). An
+ * action that changes a tablespace or a key is recorded before it takes
+ * effect, and not taken if the record cannot be made (as a tablespace open
+ * fails closed); if it then fails, a failure record follows. A check (verify)
+ * and its conclusion are recorded after the fact. */
+static sr_err_t emit(const char *event, const char *object, const char *outcome, const char *detail)
 {
     char subject[64];
     snprintf(subject, sizeof subject, "uid=%ld pid=%ld", (long)getuid(), (long)getpid()); /* as the tde events */
-    (void)sr_event_emit(&(sr_event_t){.component = "tdectl", .event = event, .subject = subject, .object = object,
-                                      .outcome = ok ? "success" : "failure", .source = "local", .detail = detail});
+    return sr_event_emit(&(sr_event_t){.component = "tdectl", .event = event, .subject = subject, .object = object,
+                                       .outcome = outcome, .source = "local", .detail = detail});
+}
+
+/* 0, or the exit status of an action refused because the audit log cannot record it. */
+static int recorded_first(const char *event, const char *object, const char *detail)
+{
+    if (emit(event, object, "success", detail) == SR_OK) return 0;
+    fprintf(stderr, "tdectl: %s: not done: the audit log cannot record %s: %s\n", object, event, sr_err_detail());
+    return SR_EXIT_CANNOT;
+}
+
+/* A record after the fact (a check, or an action that failed); a warning if it cannot be made. */
+static void audited(const char *event, const char *object, int ok, const char *detail)
+{
+    if (emit(event, object, ok ? "success" : "failure", detail) != SR_OK)
+        fprintf(stderr, "tdectl: %s: warning: the audit log cannot record %s: %s\n", object, event, sr_err_detail());
+}
+
+/* An action that failed: said, recorded; its exit status. */
+static int action_failed(const char *event, const char *object, sr_err_t rc)
+{
+    int status = fail(object, rc);
+    audited(event, object, 0, sr_err_detail()[0] ? sr_err_detail() : sr_strerror(rc));
+    return status;
 }
 
 static int exec(sqlite3 *db, const char *sql) { return sqlite3_exec(db, sql, NULL, NULL, NULL); }
@@ -742,7 +769,8 @@ static int sync_file_and_dir(const char *path)
  * from the snapshot to the swap so no other process commits in between. A
  * re-run after SIGKILL starts again (the old partial file is removed); the
  * original stays untouched until the rename, which is atomic. */
-static int rebuild_in_place(const options_t *o, const char *db, const char *src_uri, int reserve, const char *what)
+static int rebuild_in_place(const options_t *o, const char *db, const char *src_uri, int reserve, const char *what,
+                            const char *event)
 {
     int status = refuse_if_open(db);
     if (status) return status;
@@ -774,8 +802,10 @@ static int rebuild_in_place(const options_t *o, const char *db, const char *src_
     if (!status) status = validate(o, kp, tmp, &r);
     sr_keyprov_free(kp);
     if (!status) status = refuse_if_open(db); /* someone opened it meanwhile (they could not write) */
-    if (!status && rename(tmp, db) != 0)
-        status = fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
+    if (!status) status = recorded_first(event, db, what);
+    if (!status && rename(tmp, db) != 0) {
+        status = action_failed(event, db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
+    }
     if (!status) status = sync_file_and_dir(db);
     if (in) sqlite3_close(in);
     if (!status && was_wal) { /* as it was: WAL is a property of the file */
@@ -806,7 +836,7 @@ static int cmd_encrypt(options_t *o)
         if (sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK) /* a re-run after the swap: nothing left to do */
             return printf("%s: already encrypted (%s)\n", src, sr_tde_cipher_name(h.cipher)), 0;
         if (access(src, F_OK) != 0) return fail(src, sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", src));
-        status = rebuild_in_place(o, src, suri, SR_TDE_PAGE_TRAILER, "encryption in place");
+        status = rebuild_in_place(o, src, suri, SR_TDE_PAGE_TRAILER, "encryption in place", "tablespace.encrypt");
         dst = src;
     } else {
         sqlite3 *in = NULL;
@@ -818,11 +848,11 @@ static int cmd_encrypt(options_t *o)
         status = vacuum_into(o, in, src, duri, dst, SR_TDE_PAGE_TRAILER);
         if (!status) sqlite3_close(in);
         if (!status) status = integrity_check(dst, o->keyfile, NULL);
+        if (!status && (status = recorded_first("tablespace.encrypt", dst, src)) != 0) remove_database(dst);
     }
     if (status) return status;
     sr_tde_header_t h;
     if (sr_tde_file_header_read(dst, NULL, &h, NULL) != SR_OK) return fail(dst, sr_err_last());
-    audited("tablespace.encrypt", dst, 1, src);
     if (o->in_place)
         printf("%s: encrypted in place (%s, %u-byte pages; verified before the swap). The plaintext blocks the old "
                "file used are freed but not overwritten by the file system\n", src, sr_tde_cipher_name(h.cipher),
@@ -842,22 +872,25 @@ static int cmd_decrypt(options_t *o)
     char uri[16384];
     if (!uri_for(uri, sizeof uri, src, o->keyfile, NULL)) return SR_EXIT_CANNOT;
     sqlite3 *in = NULL, *out = NULL;
-    int rc = sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom");
-    if (rc != SQLITE_OK) return sqlite_fail(in, src);
-    rc = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    int pages = 0;
+    /* one snapshot, and the key proven by reading the schema, before anything is recorded or written */
+    if (sqlite3_open_v2(uri, &in, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, "strongroom") != SQLITE_OK ||
+        exec(in, "BEGIN") != SQLITE_OK || exec(in, "SELECT count(*) FROM sqlite_schema") != SQLITE_OK)
+        return sqlite_fail(in, src);
+    int status = recorded_first("tablespace.decrypt", src, dst); /* before a byte of plaintext is written */
+    if (status) return sqlite3_close(in), status;
     sr_tde_header_t h;
     uint32_t ps = sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK ? h.page_size : 4096;
-    if (rc == SQLITE_OK && (rc = exec(in, "BEGIN")) == SQLITE_OK) /* one snapshot */
-        rc = exec(in, "SELECT count(*) FROM sqlite_schema");
+    int pages = 0, rc = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK && backup_steps(o, in, out, "decrypt", src, ps, &pages) != SQLITE_DONE)
         rc = sqlite3_errcode(out) ? sqlite3_errcode(out) : SQLITE_ERROR;
     (void)exec(in, "COMMIT");
     sqlite3_close(in);
-    if (rc != SQLITE_OK) return unlink(dst), sqlite_fail(out, dst);
+    if (rc != SQLITE_OK) {
+        audited("tablespace.decrypt", src, 0, out ? sqlite3_errmsg(out) : sqlite3_errstr(rc));
+        return unlink(dst), sqlite_fail(out, dst);
+    }
     sqlite3_close(out);
     printf("%s: plaintext copy of %s written\n", dst, src);
-    audited("tablespace.decrypt", src, 1, dst);
     return 0;
 }
 
@@ -940,11 +973,12 @@ static int cmd_backup(options_t *o)
     static verify_result_t r;
     if (!status && !o->no_verify) status = validate(o, kp, partial, &r);
     sr_keyprov_free(kp);
+    int refused = !status && (status = recorded_first("tablespace.backup", src, dst)) != 0;
     if (!status && link(partial, dst) != 0)
         status = fail(dst, sr_err_set_errno(SR_ERR_IO, errno, "cannot name the backup %s", dst));
     if (!status) status = sync_file_and_dir(dst);
     remove_database(partial);
-    audited("tablespace.backup", src, !status, status ? "backup failed" : dst);
+    if (status && !refused) audited("tablespace.backup", src, 0, "backup failed");
     if (status) {
         fprintf(stderr, "tdectl: backup of %s failed; the partial copy %s removed\n", src, partial);
         return status;
@@ -982,13 +1016,15 @@ static int cmd_restore(options_t *o)
     while (rc == SR_OK && (n = read(in, buf, sizeof buf)) > 0) rc = sr_fd_write_all(out, buf, (size_t)n);
     if (rc == SR_OK && n < 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot read %s", backup);
     if (rc == SR_OK && fsync(out) != 0) rc = sr_err_set_errno(sr_err_from_errno(errno), errno, "cannot sync %s", tmp);
-    if (rc == SR_OK && link(tmp, db) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", db);
+    int refused = rc == SR_OK ? recorded_first("tablespace.restore", db, backup) : 0;
+    if (rc == SR_OK && !refused && link(tmp, db) != 0) rc = sr_err_set_errno(SR_ERR_IO, errno, "cannot create %s", db);
     if (in >= 0) close(in);
     if (out >= 0) close(out);
     unlink(tmp);
-    status = rc == SR_OK ? sync_file_and_dir(db) : fail(db, rc); /* the new name durable too */
-    audited("tablespace.restore", db, !status, backup);
-    if (status) return status;
+    if (refused) return refused;
+    if (rc != SR_OK) return action_failed("tablespace.restore", db, rc);
+    if ((status = sync_file_and_dir(db)) != 0) /* the new name durable too */
+        return audited("tablespace.restore", db, 0, sr_err_detail()), status;
     printf("%s: restored from %s (verified first: %llu pages authenticated, integrity_check ok)\n", db, backup,
            (unsigned long long)r.pages);
     return 0;
@@ -1124,15 +1160,14 @@ static int cmd_rekey(options_t *o)
     if (resume && !switching) {
         printf("%s: resuming the rewrite to data key version %u\n", o->argv[0], h.active_version);
     } else {
+        const char *what = switching ? "new data key version under another cipher" : "new data key version";
+        int refused = rc == SR_OK ? recorded_first("key.rekey", o->argv[0], what) : 0;
+        if (refused) return sr_keyprov_free(kp), refused;
         if (rc == SR_OK) rc = sr_tde_file_add_key_cipher(o->argv[0], kp, switching ? o->cipher : 0, &h);
         if (rc == SR_OK && rewrite) rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_REKEYING, &h);
-        if (rc != SR_OK) {
-            sr_keyprov_free(kp);
-            return audited("key.rekey", o->argv[0], 0, sr_err_detail()), fail(o->argv[0], rc);
-        }
+        if (rc != SR_OK) return sr_keyprov_free(kp), action_failed("key.rekey", o->argv[0], rc);
         printf("%s: data key version %u (%s) is active for every page written from now on\n", o->argv[0],
                h.active_version, sr_tde_cipher_name(h.cipher));
-        audited("key.rekey", o->argv[0], 1, switching ? "new data key version under another cipher" : "new data key version");
     }
     int status = rewrite ? rewrite_online(o, &h) : 0;
     if (rewrite && !status && (rc = sr_tde_file_set_state(o->argv[0], kp, SR_TDE_STATE_ENCRYPTED, &h)) != SR_OK)
@@ -1148,19 +1183,25 @@ static int cmd_rotate_master(options_t *o)
     uint32_t version = 0;
     sr_err_t rc = SR_OK;
     if (!strcmp(key_kind, "keyfile")) { /* with a KMS, the new master key is made there (kmsctl key rotate) */
-        if ((rc = sr_keyfile_rotate(o->keyfile, &version)) != SR_OK) return fail(o->keyfile, rc);
+        int refused = recorded_first("key.master_rotated", o->keyfile, "new master key version");
+        if (refused) return refused;
+        if ((rc = sr_keyfile_rotate(o->keyfile, &version)) != SR_OK)
+            return action_failed("key.master_rotated", o->keyfile, rc);
         printf("%s: master key version %u added (older versions kept for databases not yet re-wrapped)\n",
                o->keyfile, version);
-        audited("key.master_rotated", o->keyfile, 1, "new master key version");
     }
     sr_keyprov_t *kp = NULL;
     if (open_provider(o, &kp) != SR_OK) return key_fail(o->keyfile);
     int status = 0;
     for (int i = 0; i < o->argc; i++) {
         sr_tde_header_t h;
-        rc = sr_tde_file_rewrap(o->argv[i], kp, &h);
-        audited("key.rewrap", o->argv[i], rc == SR_OK, rc == SR_OK ? "data keys re-wrapped" : sr_err_detail());
-        if (rc != SR_OK) status = worse(status, fail(o->argv[i], rc));
+        int refused = recorded_first("key.rewrap", o->argv[i], "data keys re-wrapped");
+        if (refused) {
+            status = worse(status, refused);
+            continue;
+        }
+        if ((rc = sr_tde_file_rewrap(o->argv[i], kp, &h)) != SR_OK)
+            status = worse(status, action_failed("key.rewrap", o->argv[i], rc));
         else printf("%s: %u data key(s) re-wrapped under %s\n", o->argv[i], h.n_keys, sr_keyprov_description(kp));
     }
     sr_keyprov_free(kp);

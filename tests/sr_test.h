@@ -52,6 +52,11 @@ pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, 
 /* A real `tde-audit serve` on sock, writing log with the signing key sign;
  * returns once its socket is there (its pid: the caller stops it). */
 pid_t sr_test_start_sealer(const char *sock, const char *log, const char *sign);
+/* A relay on path in front of the sealer on `sealer` that refuses every
+ * event named `refused` (as the sealer refuses one its log cannot take: the
+ * fault a full disk gives, when the test chooses) and passes the rest on;
+ * serves one client at a time. Its pid: the caller kills it. */
+pid_t sr_test_refusing_relay(const char *path, const char *sealer, const char *refused);
 /* 1 if `needle` occurs anywhere in the file. */
 int sr_test_file_contains(const char *path, const void *needle, size_t needle_len);
 

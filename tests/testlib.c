@@ -1,6 +1,9 @@
 /* testlib.c — the harness behind sr_test.h. */
 #include "sr_test.h"
 
+#include "sr_bytes.h"
+#include "sr_file.h"
+
 #include <sys/wait.h>
 
 #include <arpa/inet.h>
@@ -186,6 +189,45 @@ pid_t sr_test_start_sealer(const char *sock, const char *log, const char *sign)
     }
     for (int i = 0; sealer > 0 && i < 200 && access(sock, F_OK) != 0; i++) usleep(20000);
     return sealer;
+}
+
+/* A relay in front of the real sealer that refuses one event by name, as the
+ * sealer refuses an event its log cannot take: the fault a full disk gives,
+ * at the moment the test chooses. Everything else reaches the sealer. */
+pid_t sr_test_refusing_relay(const char *path, const char *sealer, const char *refused)
+{
+    int l = -1;
+    SR_CHECK_OK(sr_unix_listen(path, 4, 0, &l));
+    pid_t pid = fork();
+    if (pid != 0) return close(l), pid;
+    for (int c; (c = accept(l, NULL, NULL)) >= 0; close(c)) { /* one client at a time */
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sealer);
+        int up = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (up < 0 || connect(up, (struct sockaddr *)&sa, sizeof sa) != 0) _exit(2);
+        uint8_t frame[4 + 16384 + 1], answer[5 + 1024];
+        while (sr_fd_read_exact(c, frame, 4) == SR_OK) {
+            uint32_t len = sr_get_be32(frame);
+            if (len > 16384 || sr_fd_read_exact(c, frame + 4, len) != SR_OK) break;
+            frame[4 + len] = '\0';
+            const char *event = (const char *)frame + 4 + strlen((const char *)frame + 4) + 1;
+            size_t n = 1;
+            if (!strcmp(event, refused)) {
+                const char *why = "the log's file system is full (injected by the test)";
+                answer[0] = 'E', sr_put_be32(answer + 1, (uint32_t)strlen(why)), memcpy(answer + 5, why, strlen(why));
+                n = 5 + strlen(why);
+            } else if (sr_fd_send_all(up, frame, 4 + len) != SR_OK || sr_fd_read_exact(up, answer, 1) != SR_OK ||
+                       (answer[0] == 'E' && (sr_fd_read_exact(up, answer + 1, 4) != SR_OK ||
+                                             sr_fd_read_exact(up, answer + 5, sr_get_be32(answer + 1)) != SR_OK))) {
+                break;
+            } else if (answer[0] == 'E') {
+                n = 5 + sr_get_be32(answer + 1);
+            }
+            if (sr_fd_send_all(c, answer, n) != SR_OK) break;
+        }
+        close(up);
+    }
+    _exit(0);
 }
 
 pid_t sr_test_impostor_server(const char *name, const void *answer, size_t len, char *path_out, size_t cap)

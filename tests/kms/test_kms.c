@@ -692,7 +692,8 @@ static void test_every_request_audited(void)
 /* kmsctl's changes to the store are recorded before they are committed: with
  * the host's sealer, a certificate issued and revoked and a grant are in its
  * log; a grant whose record the sealer cannot take (a principal name past
- * the 16 KiB event limit) is not made. */
+ * the 16 KiB event limit) is not made, nor a store backup whose record it
+ * refuses. */
 static void test_kmsctl_records_before_it_commits(void)
 {
     char sock[700], log[700], sign[700], cmd[4096], out[8192], uid[128] = "";
@@ -715,10 +716,25 @@ static void test_kmsctl_records_before_it_commits(void)
     snprintf(cmd, sizeof cmd, "key grants --json %s", uid);
     SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, cmd) == 0 && strstr(out, "[\"recorded1\"]"), "%s", out);
     SR_CHECK_MSG(kmsctl_run(dir, out, sizeof out, "cert revoke recorded1 --yes") == 0, "%s", out);
+    /* a store backup whose record the sealer refuses (a relay refusing it) is not made; then it is */
+    char relay[700], backup[700];
+    snprintf(relay, sizeof relay, "%s/refusing.sock", sr_test_tmpdir());
+    snprintf(backup, sizeof backup, "%s/recorded-backup.db", sr_test_tmpdir());
+    snprintf(cmd, sizeof cmd, "store backup %s", backup);
+    int sqlite_store = !kmsd_postgres(); /* PostgreSQL stores are backed up with pg_dump */
+    pid_t refusing = sqlite_store ? sr_test_refusing_relay(relay, sock, "store.backup") : -1;
+    setenv("STRONGROOM_AUDIT_SOCKET", relay, 1);
+    SR_CHECK(!sqlite_store || kmsctl_run(dir, out, sizeof out, cmd) == 3);
+    SR_CHECK(!sqlite_store || strstr(out, "the audit log cannot record this store.backup, so it is not made"));
+    SR_CHECK_MSG(access(backup, F_OK) != 0, "a backup was made without its record");
+    setenv("STRONGROOM_AUDIT_SOCKET", sock, 1);
+    SR_CHECK_MSG(!sqlite_store || kmsctl_run(dir, out, sizeof out, cmd) == 0, "%s", out);
+    if (refusing > 0) kill(refusing, SIGTERM), waitpid(refusing, NULL, 0);
     unsetenv("STRONGROOM_AUDIT_SOCKET");
     kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
     static const char *const recorded[] = {"\"event\":\"cert.issued\"", "\"event\":\"key.grant\"",
                                            "\"event\":\"cert.revoked\""};
+    SR_CHECK(!sqlite_store || sr_test_file_contains(log, "\"event\":\"store.backup\"", 22));
     for (size_t i = 0; i < sizeof recorded / sizeof recorded[0]; i++) {
         snprintf(cmd, sizeof cmd, "grep -c '%s' %s", recorded[i], log);
         SR_CHECK_EQ_INT(sr_test_command(out, sizeof out, cmd), 0);

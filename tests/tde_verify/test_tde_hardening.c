@@ -17,6 +17,7 @@
  *   11 a flood of warnings from a damaged file
  *   13 tdectl rekey reaching a connection that only writes
  *   14 invalid URI values
+ *   15 tdectl actions taken before (or without) their audit record
  * (12, the nonce budget over 100,000 sessions, is test_tde_budget.)
  */
 #include "tdev.h"
@@ -29,6 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "tablespace.h"
 
 #include <openssl/sha.h>
@@ -897,6 +899,109 @@ static void test_invalid_uri_values(void)
     }
 }
 
+/* ---- 15: an action the audit log cannot record is not taken ------------------------------ */
+
+/* tdectl run through a relay that refuses `event`: its exit status, its output in out. */
+static int tdectl_refused(const char *sealer, const char *event, char *out, size_t cap, const char *args)
+{
+    char relay[700];
+    snprintf(relay, sizeof relay, "%s/relay.sock", sr_test_tmpdir());
+    pid_t pid = sr_test_refusing_relay(relay, sealer, event);
+    setenv("STRONGROOM_AUDIT_SOCKET", relay, 1);
+    int status = tdectl(out, cap, "%s", args);
+    unsetenv("STRONGROOM_AUDIT_SOCKET");
+    kill(pid, SIGTERM), waitpid(pid, NULL, 0);
+    unlink(relay);
+    SR_CHECK_MSG(strstr(out, "not done: the audit log cannot record") && strstr(out, event), "%s: %s", args, out);
+    return status;
+}
+
+static uint32_t active_version(const char *path)
+{
+    sr_tde_header_t h;
+    return sr_tde_file_header_read(path, NULL, &h, NULL) == SR_OK ? h.active_version : 0;
+}
+
+/* Each tdectl action that changes a tablespace or a key, with the sealer
+ * refusing its record (and only that: the opens it makes are recorded):
+ * refused, with nothing changed and nothing left behind — no plaintext copy,
+ * no backup, no restored file, no new key version, no re-wrapped header, the
+ * plaintext file not encrypted. Then, with its record taken, each is done,
+ * and the log has the records, the decryption's before the copy exists. */
+static void test_tdectl_does_not_act_unrecorded(void)
+{
+    char sock[700], log[700], sign[700], out[16384], args[4096];
+    char plain[600], copy[600], backup[600], restored[600];
+    snprintf(sock, sizeof sock, "%s/unrec-sealer.sock", sr_test_tmpdir());
+    snprintf(log, sizeof log, "%s", sr_test_path("unrec-audit.log"));
+    snprintf(sign, sizeof sign, "%s", sr_test_path("unrec-audit"));
+    SR_CHECK_OK(sr_audit_keygen(sign));
+    strcat(sign, ".sign");
+    pid_t sealer = sr_test_start_sealer(sock, log, sign);
+    const char *db = make_db("unrec.db", "wal", 300, MARKER);
+    snprintf(plain, sizeof plain, "%s", sr_test_path("unrec-plain.db"));
+    snprintf(copy, sizeof copy, "%s", sr_test_path("unrec-plain-copy.db"));
+    snprintf(backup, sizeof backup, "%s", sr_test_path("unrec-backup.db"));
+    snprintf(restored, sizeof restored, "%s", sr_test_path("unrec-restored.db"));
+    size_t key_len = 0;
+    uint8_t *key_before = sr_test_read_file(keyfile, &key_len);
+    SR_CHECK(key_before != NULL);
+
+    snprintf(args, sizeof args, "decrypt --keyfile %s %s %s", keyfile, db, copy);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "tablespace.decrypt", out, sizeof out, args), 3);
+    SR_CHECK_MSG(access(copy, F_OK) != 0, "a plaintext copy was written without its record");
+    snprintf(args, sizeof args, "backup --keyfile %s %s %s", keyfile, db, backup);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "tablespace.backup", out, sizeof out, args), 3);
+    char partial[700];
+    snprintf(partial, sizeof partial, "%s.strongroom-partial", backup);
+    SR_CHECK(access(backup, F_OK) != 0 && access(partial, F_OK) != 0);
+    uint32_t version = active_version(db);
+    SR_CHECK(version > 0);
+    snprintf(args, sizeof args, "rekey --keyfile %s %s", keyfile, db);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "key.rekey", out, sizeof out, args), 3);
+    SR_CHECK_EQ_INT((int)active_version(db), (int)version);
+    snprintf(args, sizeof args, "rotate-master --keyfile %s %s", keyfile, db);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "key.master_rotated", out, sizeof out, args), 3);
+    size_t len = 0, db_len = 0;
+    uint8_t *key_after = sr_test_read_file(keyfile, &len);
+    SR_CHECK(key_after && len == key_len && memcmp(key_after, key_before, len) == 0);
+    free(key_after);
+    /* the master key rotated (recorded), the tablespace's re-wrap refused: its file as it was */
+    uint8_t *db_before = sr_test_read_file(db, &db_len), *db_after = NULL;
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "key.rewrap", out, sizeof out, args), 3);
+    SR_CHECK_CONTAINS(out, "master key version");
+    SR_CHECK((db_after = sr_test_read_file(db, &len)) && len == db_len && memcmp(db_before, db_after, len) == 0);
+    free(db_before), free(db_after);
+
+    /* encrypt in place: the plaintext file stays plaintext */
+    sqlite3 *p = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(plain, NULL, NULL, &p), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_workload(p, 1, 50, MARKER), SQLITE_OK);
+    sqlite3_close(p);
+    snprintf(args, sizeof args, "encrypt --in-place --keyfile %s %s", keyfile, plain);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "tablespace.encrypt", out, sizeof out, args), 3);
+    sr_tde_header_t h;
+    SR_CHECK(sr_tde_file_header_read(plain, NULL, &h, NULL) != SR_OK); /* no key header: still plaintext */
+    SR_CHECK_EQ_INT(tdectl(out, sizeof out, "backup --keyfile %s %s %s", keyfile, db, backup), 0);
+    snprintf(args, sizeof args, "restore --keyfile %s %s %s", keyfile, backup, restored);
+    SR_CHECK_EQ_INT(tdectl_refused(sock, "tablespace.restore", out, sizeof out, args), 3);
+    SR_CHECK(access(restored, F_OK) != 0);
+
+    /* recorded: done */
+    setenv("STRONGROOM_AUDIT_SOCKET", sock, 1);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", keyfile, db, copy) == 0, "%s", out);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "rekey --keyfile %s %s", keyfile, db) == 0, "%s", out);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "restore --keyfile %s %s %s", keyfile, backup, restored) == 0, "%s", out);
+    unsetenv("STRONGROOM_AUDIT_SOCKET");
+    SR_CHECK(access(copy, F_OK) == 0 && access(restored, F_OK) == 0 && active_version(db) == version + 1);
+    kill(sealer, SIGTERM), waitpid(sealer, NULL, 0);
+    static const char *const recorded[] = {"\"event\":\"tablespace.decrypt\"", "\"event\":\"key.rekey\"",
+                                           "\"event\":\"tablespace.restore\""};
+    for (size_t i = 0; i < sizeof recorded / sizeof *recorded; i++)
+        SR_CHECK_MSG(sr_test_file_contains(log, recorded[i], strlen(recorded[i])), "%s not in the log", recorded[i]);
+    free(key_before);
+}
+
 int main(void)
 {
     sqlt_init();
@@ -921,5 +1026,6 @@ int main(void)
     SR_RUN(test_warnings_rate_limited);
     SR_RUN(test_rekey_reaches_a_writing_connection);
     SR_RUN(test_invalid_uri_values);
+    SR_RUN(test_tdectl_does_not_act_unrecorded);
     return sr_test_finish();
 }
