@@ -33,6 +33,9 @@ typedef struct agent_state {
     char revoked_why[256];
     int64_t last_heartbeat_ok, lease_s;
     char kms_error[300];         /* why the last heartbeat did not reach the KMS ("": it did) */
+    int64_t access_epoch;        /* the KMS's access epoch at the last heartbeat (-1: none yet) */
+    uint64_t keys_dropped;       /* times the cached keys were dropped (under lock): a key fetched across one is
+                                    served but not cached */
 } agent_state_t;
 extern agent_state_t agent;
 extern volatile sig_atomic_t stop_requested;
@@ -55,8 +58,9 @@ void *heartbeat_main(void *arg);
 int64_t installed_policy_version(char digest[32]);
 
 /* disk_cache.c */
-void disk_cache_add(const sr_uuid_t *ts, uint32_t version, const uint8_t *dek);
+void disk_cache_add(const sr_uuid_t *ts, uint32_t version, const uint8_t *dek, uint64_t generation);
 void disk_cache_purge(const char *why);
+void disk_cache_drop_keys(uint64_t generation); /* the entries, not the node key */
 sr_err_t disk_cache_start(void);
 
 /* key_service.c */

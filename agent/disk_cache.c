@@ -40,6 +40,7 @@ static struct {
     uint8_t *nk; /* SR_KEYMGR_KEY_BYTES, locked; NULL until known */
     disk_entry_t v[DISK_MAX];
     size_t n;
+    uint64_t generation; /* agent.keys_dropped at the last drop: a key fetched before it is not added */
     pthread_mutex_t lock;
 } disk = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -101,11 +102,26 @@ static sr_err_t disk_write(void)
     return rc;
 }
 
-/* A data key just fetched from the KMS, kept for disk_cache_ttl. */
-void disk_cache_add(const sr_uuid_t *ts, uint32_t version, const uint8_t *dek)
+/* The entries dropped (agent.keys_dropped moved to `generation`); the node key stays. */
+void disk_cache_drop_keys(uint64_t generation)
+{
+    pthread_mutex_lock(&disk.lock);
+    disk.generation = generation;
+    int had = disk.n > 0;
+    sr_secure_wipe(disk.v, sizeof disk.v);
+    disk.n = 0;
+    sr_err_t rc = disk.on && had ? disk_write() : SR_OK;
+    pthread_mutex_unlock(&disk.lock);
+    if (rc != SR_OK) sr_log_warn("on-disk key cache: %s", sr_err_detail());
+}
+
+/* A data key just fetched from the KMS (while the cached keys had been dropped `generation` times), kept for
+ * disk_cache_ttl. */
+void disk_cache_add(const sr_uuid_t *ts, uint32_t version, const uint8_t *dek, uint64_t generation)
 {
     if (!disk.on) return;
     pthread_mutex_lock(&disk.lock);
+    if (generation != disk.generation) return (void)pthread_mutex_unlock(&disk.lock);
     size_t i = 0;
     while (i < disk.n && !(sr_uuid_equal(&disk.v[i].ts, ts) && disk.v[i].version == version)) i++;
     sr_uuid_t node;

@@ -205,11 +205,20 @@ static sr_err_t serve_key(char op, const sr_uuid_t *ts, uint32_t version, const 
     *cached = 0;
     if (op == 'U' && sr_keycache_get(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, &len) == SR_OK)
         return *cached = 1, SR_OK;
+    pthread_mutex_lock(&agent.lock);
+    uint64_t dropped = agent.keys_dropped;
+    pthread_mutex_unlock(&agent.lock);
     sr_err_t rc = op == 'C' ? sr_keyprov_dek_create(agent.kms, ts, version, dek, out)
                   : op == 'U' ? sr_keyprov_dek_unwrap(agent.kms, ts, version, in, dek)
                               : sr_keyprov_dek_rewrap(agent.kms, ts, version, in, out);
-    if (rc == SR_OK && op != 'R') rc = sr_keycache_put(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, agent.cache_ttl_ms);
-    if (rc == SR_OK && op != 'R') disk_cache_add(ts, version, dek);
+    if (rc != SR_OK || op == 'R') return rc;
+    /* the KMS answered before a revocation the cache was dropped for meanwhile: this request is served, the key
+     * is not kept (the lock makes the check and the put one step against the drop) */
+    pthread_mutex_lock(&agent.lock);
+    int keep = dropped == agent.keys_dropped;
+    if (keep) rc = sr_keycache_put(agent.cache, ts, version, dek, SR_KEYMGR_KEY_BYTES, agent.cache_ttl_ms);
+    pthread_mutex_unlock(&agent.lock);
+    if (rc == SR_OK && keep) disk_cache_add(ts, version, dek, dropped);
     return rc;
 }
 

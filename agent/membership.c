@@ -488,6 +488,32 @@ static void follow_policy(int64_t newest)
     }
 }
 
+/* ---- keys the KMS takes back ------------------------------------------------------------------------ */
+
+/* A heartbeat's access epoch: if it moved (a key revoked or destroyed, a
+ * grant taken back), the data keys this agent cached are dropped, in memory
+ * and on disk, and the next opens ask the KMS, which refuses what it took
+ * back. Which key it was the KMS does not say, so all go: a revocation is
+ * rare, a fetch cheap. The first heartbeat drops what was fetched before it
+ * (a revocation before it would go unseen otherwise). */
+static void follow_access_epoch(int32_t epoch)
+{
+    pthread_mutex_lock(&agent.lock);
+    int64_t was = agent.access_epoch;
+    int drop = was != epoch && (was >= 0 || sr_keycache_count(agent.cache) > 0);
+    agent.access_epoch = epoch;
+    uint64_t generation = drop ? ++agent.keys_dropped : agent.keys_dropped;
+    if (drop) sr_keycache_purge(agent.cache, NULL);
+    pthread_mutex_unlock(&agent.lock);
+    if (!drop) return;
+    disk_cache_drop_keys(generation);
+    if (was < 0) return;
+    char detail[120];
+    snprintf(detail, sizeof detail, "access epoch %lld -> %d: cached data keys dropped", (long long)was, (int)epoch);
+    sr_log_notice("the KMS revoked a key or took back a grant (%s); the next opens ask it", detail);
+    event("node.keys_dropped", agent.node_uuid, agent.nk, "success", detail);
+}
+
 void *heartbeat_main(void *arg)
 {
     /* just enrolled: the lease is new, so the first heartbeat waits an interval (200 nodes joining at once
@@ -500,9 +526,13 @@ void *heartbeat_main(void *arg)
         sr_kmip_response_t r;
         sr_err_t rc = node_call(SR_KMIP_OP_HEARTBEAT, &r);
         int32_t newest = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_POLICY_VERSION, SR_KMIP_INTEGER) : -1;
+        int32_t epoch = rc == SR_OK ? sr_kmip_child(&r.tree, r.payload, SR_KMIP_TAG_X_ACCESS_EPOCH, SR_KMIP_INTEGER)
+                                    : -1;
         int64_t newest_version = newest >= 0 ? r.tree.items[newest].v.i32 : 0;
+        int32_t epoch_value = epoch >= 0 ? r.tree.items[epoch].v.i32 : -1;
         sr_kmip_response_free(&r);
         if (rc == SR_OK) follow_policy(newest_version);
+        if (epoch_value >= 0) follow_access_epoch(epoch_value);
         int ended = rc == SR_ERR_KMIP_RESULT || (rc == SR_ERR_TLS && strstr(sr_err_detail(), "revoked"));
         pthread_mutex_lock(&agent.lock);
         if (rc == SR_OK) agent.last_heartbeat_ok = sr_time_now_us() / 1000000;

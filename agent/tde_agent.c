@@ -61,7 +61,7 @@ static const sr_config_key_t schema[] = {
     {"kms", "ca", SR_CONFIG_PATH, NULL, 1},
 };
 
-agent_state_t agent = {.lock = PTHREAD_MUTEX_INITIALIZER};
+agent_state_t agent = {.lock = PTHREAD_MUTEX_INITIALIZER, .access_epoch = -1};
 
 volatile sig_atomic_t stop_requested;
 static void on_stop(int sig) { (void)sig, stop_requested = 1; }

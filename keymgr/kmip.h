@@ -139,7 +139,10 @@ enum { SR_KMIP_TAG_X_JOIN_TOKEN = 0x540001, SR_KMIP_TAG_X_CSR = 0x540002, SR_KMI
        SR_KMIP_TAG_X_POLICY_VERSION = 0x540007, SR_KMIP_TAG_X_POLICY_TEXT = 0x540008,
        SR_KMIP_TAG_X_POLICY_DIGEST = 0x540009,
        /* in an Enrol response (Boolean): kmsd binds the connection to the node it enrolled */
-       SR_KMIP_TAG_X_CONNECTION_BOUND = 0x54000A };
+       SR_KMIP_TAG_X_CONNECTION_BOUND = 0x54000A,
+       /* in every Heartbeat response (Integer): moves when a key stops being usable or a grant is taken back; an
+        * agent that sees it move drops the data keys it cached */
+       SR_KMIP_TAG_X_ACCESS_EPOCH = 0x54000B };
 
 /* ---- messages ------------------------------------------------------------------- */
 

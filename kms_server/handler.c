@@ -157,6 +157,9 @@ static int save(req_t *r, kms_object_t *o)
 {
     o->last_change_date = now_s();
     sr_err_t rc = kms_object_update(r->s, o);
+    /* revoked or destroyed: agents drop the data keys they cached under it at their next heartbeat */
+    if (rc == SR_OK && o->state != KMS_STATE_ACTIVE && o->state != KMS_STATE_PRE_ACTIVE)
+        rc = kms_access_epoch_bump(r->s);
     return rc == SR_OK ? 0 : store_failed(r, rc);
 }
 
@@ -1064,6 +1067,8 @@ static int op_heartbeat(req_t *r, int32_t payload)
     if (rc != SR_OK) return store_failed(r, rc);
     sr_kmip_put_int(r->e, KMS_TAG_LEASE_SECONDS, (int32_t)(enrolment.lease_ms / 1000));
     sr_kmip_put_int(r->e, SR_KMIP_TAG_X_POLICY_VERSION, (int32_t)kms_policy_newest(r->s)); /* the agent fetches a newer one */
+    /* agents compare it for a change, so wrapping at 2^31 is harmless */
+    sr_kmip_put_int(r->e, SR_KMIP_TAG_X_ACCESS_EPOCH, (int32_t)(kms_access_epoch(r->s) & INT32_MAX));
     return 0;
 }
 

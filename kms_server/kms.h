@@ -221,6 +221,12 @@ typedef struct kms_policy {
 sr_err_t kms_policy_push(kms_store_t *s, const char *text, const char *digest, const char *by,
                          int64_t *version) SR_MUST_CHECK;
 int64_t kms_policy_newest(kms_store_t *s); /* 0: none */
+/* A counter moved (in the caller's transaction) whenever a key stops being
+ * usable or a grant is taken back; every heartbeat answer carries it, and an
+ * agent that sees it move drops the data keys it cached, so the change
+ * reaches cached keys within a heartbeat instead of their cache_ttl. */
+int64_t kms_access_epoch(kms_store_t *s); /* 0: never moved */
+sr_err_t kms_access_epoch_bump(kms_store_t *s) SR_MUST_CHECK;
 /* The newest; SR_ERR_NOT_FOUND when none was pushed. Free p->text. */
 sr_err_t kms_policy_load(kms_store_t *s, kms_policy_t *p) SR_MUST_CHECK;
 

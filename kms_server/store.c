@@ -3,7 +3,7 @@
  * an acknowledged write survives SIGKILL and power loss; every change is one
  * transaction, so nothing is ever half-made).
  *
- *   meta(k, v)               store id, the wrapped store wrapping key (SWK)
+ *   meta(k, v)               store id, the wrapped store wrapping key (SWK), the access epoch
  *   objects(seq, uid, ...)   one row per managed object; material wrapped by SWK
  *   attrs(uid, name, idx, …) Name, Object Group and custom attributes (multi-valued)
  *   grants(uid, principal)   who else may use a key
@@ -547,7 +547,7 @@ sr_err_t kms_ungrant(kms_store_t *s, const char *uid, const char *principal)
     sr_err_t rc = run_texts(s, "DELETE FROM grants WHERE uid = ?1 AND principal = ?2", uid, principal, "ungrant");
     if (rc == SR_OK && kms_db_changes(s->db) == 0)
         rc = sr_err_set(SR_ERR_NOT_FOUND, "key %s is not granted to %s", uid, principal);
-    return rc;
+    return rc == SR_OK ? kms_access_epoch_bump(s) : rc; /* agents drop what they cached under the grant */
 }
 
 sr_err_t kms_grant_each(kms_store_t *s, const char *uid, void (*fn)(void *, const char *), void *ctx)
@@ -775,6 +775,27 @@ sr_err_t kms_policy_push(kms_store_t *s, const char *text, const char *digest, c
     if (rc == SR_OK && row) *version = kms_column_int(st, 0), rc = kms_step(st, "push policy", &row);
     kms_done(st);
     return rc;
+}
+
+/* ---- the access epoch ---------------------------------------------------------------- */
+
+int64_t kms_access_epoch(kms_store_t *s)
+{
+    uint8_t v[8];
+    size_t len = 0;
+    return meta_get(s, "access_epoch", v, sizeof v, &len) == SR_OK && len == 8 ? (int64_t)sr_get_be64(v) : 0;
+}
+
+sr_err_t kms_access_epoch_bump(kms_store_t *s)
+{
+    uint8_t v[8];
+    sr_put_be64(v, (uint64_t)(kms_access_epoch(s) + 1));
+    kms_stmt_t *st;
+    sr_err_t rc = kms_db_prepare(s->db, "INSERT INTO meta(k, v) VALUES('access_epoch', ?1)"
+                                        " ON CONFLICT(k) DO UPDATE SET v = ?1", &st);
+    if (rc != SR_OK) return rc;
+    kms_bind_blob(st, 1, v, sizeof v);
+    return run(st, "move the access epoch");
 }
 
 int64_t kms_policy_newest(kms_store_t *s)

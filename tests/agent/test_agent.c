@@ -66,16 +66,18 @@ static void give_token(int i, const char *args)
     SR_CHECK(sr_test_write_file(path, token, strlen(token)) == 0);
 }
 
-static void write_agent_config(int i, const char *extra)
+static void write_agent_config_for_key(int i, const char *master_key, const char *extra)
 {
     char path[700], text[2048];
     snprintf(path, sizeof path, "%s/agent.conf", agent_dir(i));
     int n = snprintf(text, sizeof text,
                      "[agent]\nstate_dir = state\nsocket = agent.sock\nname = node-%03d\nheartbeat = 1s\n"
                      "token_file = token\nmaster_key = %s\n%s\n[kms]\nservers = 127.0.0.1:%u\nca = %s/ca.pem\n",
-                     i, mk, extra ? extra : "", port, dir);
+                     i, master_key, extra ? extra : "", port, dir);
     SR_CHECK(sr_test_write_file(path, text, (size_t)n) == 0);
 }
+
+static void write_agent_config(int i, const char *extra) { write_agent_config_for_key(i, mk, extra); }
 
 static pid_t start_agent(int i)
 {
@@ -1219,6 +1221,57 @@ static void test_each_step_audited(void)
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= 2, "%s", out);
 }
 
+/* Milliseconds until node i's tablespace no longer opens (-1: it still did after timeout_ms). */
+static int ms_until_refused(int i, int timeout_ms)
+{
+    uint64_t t0 = sr_time_mono_ms();
+    for (;;) {
+        int elapsed = (int)(sr_time_mono_ms() - t0);
+        if (through_agent(i, "SELECT count(*) FROM t") != SQLITE_OK) return elapsed;
+        if (elapsed > timeout_ms) return -1;
+        usleep(50000);
+    }
+}
+
+/* A key the KMS takes back reaches the agents' caches within a heartbeat,
+ * not their cache_ttl (300 s): a tablespace under a second master key,
+ * granted to the node's group and cached by its agent; the grant taken back
+ * (kmsctl key ungrant): the next opens are refused within a heartbeat (1 s)
+ * and a fetch; granted again, it opens; the key revoked: refused again. */
+static void test_a_key_taken_back_leaves_the_cache(void)
+{
+    int i = n_agents + 23;
+    char cmd[600], key[128];
+    SR_CHECK_MSG(kmsctl("key create taken-back --activate") == 0, "%s", out);
+    kmsctl_answer(out, 36, key, sizeof key);
+    snprintf(cmd, sizeof cmd, "key grant %s @web", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    write_agent_config_for_key(i, key, NULL);
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES (1)"), SQLITE_OK);
+    usleep(2500000); /* past the first heartbeat, which drops what was fetched before it */
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (2)"), SQLITE_OK);
+    snprintf(cmd, sizeof cmd, "key ungrant %s @web", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    int ms = ms_until_refused(i, 5000);
+    printf("  grant taken back: the node's cached key refused %d ms later (heartbeat 1 s, cache_ttl 300 s)\n", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the grant was taken back", ms);
+    snprintf(cmd, sizeof cmd, "key grant %s @web", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (3)"), SQLITE_OK);
+    snprintf(cmd, sizeof cmd, "key revoke %s --yes", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    ms = ms_until_refused(i, 5000);
+    printf("  key revoked: refused %d ms later\n", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the key was revoked", ms);
+    snprintf(cmd, sizeof cmd, "%s/agent.log", agent_dir(i));
+    SR_CHECK(sr_test_file_contains(cmd, "cached data keys dropped", 24));
+    kill(p, SIGTERM), waitpid(p, NULL, 0);
+}
+
 int main(void)
 {
     const char *env = getenv("SR_AGENTS");
@@ -1246,6 +1299,7 @@ int main(void)
     SR_RUN(test_pam_module_asks_the_agent);
     SR_RUN(test_policy_pushed_from_the_kms);
     SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
+    SR_RUN(test_a_key_taken_back_leaves_the_cache);
     SR_RUN(test_agent_is_the_hosts_sealer);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_parked_connections_are_bounded);
