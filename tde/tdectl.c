@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -764,6 +765,38 @@ static int sync_file_and_dir(const char *path)
     return rc == SR_OK ? 0 : fail(path, rc);
 }
 
+/* The rebuilt file takes the original's owner, group and mode, so that what
+ * used the database still can (tdectl's umask would make it 0600, its
+ * owner root's when root runs it). */
+static int keep_owner_and_mode(const char *db, const char *rebuilt)
+{
+    struct stat st;
+    if (stat(db, &st) != 0) return fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot stat %s", db));
+    if ((st.st_uid != geteuid() || st.st_gid != getegid()) && chown(rebuilt, st.st_uid, st.st_gid) != 0)
+        return fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot give the rebuilt file the owner of %s (uid %u, gid "
+                                         "%u): run tdectl as that user or as root", db, (unsigned)st.st_uid,
+                                         (unsigned)st.st_gid));
+    if (chmod(rebuilt, st.st_mode & 07777) != 0)
+        return fail(db, sr_err_set_errno(SR_ERR_IO, errno, "cannot give the rebuilt file the mode of %s", db));
+    return 0;
+}
+
+/* The file a conversion in place must replace: a symbolic link resolved (the
+ * rename would replace the link and leave its target as it was), a file with
+ * other hard links refused (they would keep the old file). 0, or the exit
+ * status; the resolved path in out. */
+static int in_place_target(const char *path, char out[PATH_MAX])
+{
+    struct stat st;
+    if (!realpath(path, out) || stat(out, &st) != 0)
+        return fail(path, sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", path));
+    if (st.st_nlink > 1)
+        return fail(path, sr_err_set(SR_ERR_STATE, "%s has %lu hard links: the others would keep the old file; "
+                                     "remove them first, or make a copy (tdectl encrypt SRC DEST)", path,
+                                     (unsigned long)st.st_nlink));
+    return 0;
+}
+
 /* Rebuilds db through VACUUM INTO from src_uri into db.strongroom-rebuild,
  * verifies the result, and renames it over db, holding the source's lock
  * from the snapshot to the swap so no other process commits in between. A
@@ -802,6 +835,7 @@ static int rebuild_in_place(const options_t *o, const char *db, const char *src_
     if (!status) status = validate(o, kp, tmp, &r);
     sr_keyprov_free(kp);
     if (!status) status = refuse_if_open(db); /* someone opened it meanwhile (they could not write) */
+    if (!status) status = keep_owner_and_mode(db, tmp);
     if (!status) status = recorded_first(event, db, what);
     if (!status && rename(tmp, db) != 0) {
         status = action_failed(event, db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
@@ -828,18 +862,20 @@ static int cmd_encrypt(options_t *o)
     if (o->argc != (o->in_place ? 1 : 2)) return usage();
     const char *src = o->argv[0], *dst = o->in_place ? NULL : o->argv[1];
     if (!o->keyfile) return (void)open_provider(o, NULL), key_fail("encrypt");
-    char suri[16384], duri[16384];
-    plaintext_uri(suri, sizeof suri, src);
+    char suri[16384], duri[16384], real[PATH_MAX];
     int status = 0;
     if (o->in_place) {
         sr_tde_header_t h;
         if (sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK) /* a re-run after the swap: nothing left to do */
             return printf("%s: already encrypted (%s)\n", src, sr_tde_cipher_name(h.cipher)), 0;
-        if (access(src, F_OK) != 0) return fail(src, sr_err_set_errno(SR_ERR_IO, errno, "cannot open %s", src));
+        if ((status = in_place_target(src, real)) != 0) return status;
+        src = real;
+        plaintext_uri(suri, sizeof suri, src);
         status = rebuild_in_place(o, src, suri, SR_TDE_PAGE_TRAILER, "encryption in place", "tablespace.encrypt");
         dst = src;
     } else {
         sqlite3 *in = NULL;
+        plaintext_uri(suri, sizeof suri, src);
         if (refuse_existing(dst)) return SR_EXIT_CANNOT;
         if (!uri_for(duri, sizeof duri, dst, o->keyfile, o)) return SR_EXIT_CANNOT;
         strncat(suri, "&mode=ro", sizeof suri - strlen(suri) - 1);
@@ -1285,6 +1321,7 @@ int main(int argc, char **argv)
     sr_log_set_level(SR_LOG_WARN);
     sr_audit_writer_t *audit = NULL; /* $STRONGROOM_AUDIT_LOG: what tdectl does is audited */
     if (sr_audit_open_from_env(&audit) != SR_OK) return fail("audit log", sr_err_last());
+    umask(077); /* what tdectl makes (a plaintext copy, a backup, a new tablespace) is its user's alone */
     sqlite3_config(SQLITE_CONFIG_URI, 1);
     if (sr_sqlite_register(NULL, 0) != SQLITE_OK) return fail("cannot register the strongroom VFS", sr_err_last());
     return cmd->run(&o);

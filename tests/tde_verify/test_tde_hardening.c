@@ -18,6 +18,9 @@
  *   13 tdectl rekey reaching a connection that only writes
  *   14 invalid URI values
  *   15 tdectl actions taken before (or without) their audit record
+ *   16 tdectl's files: a world-readable plaintext copy; encrypt --in-place
+ *      changing the file's mode and owner, replacing a symbolic link (the
+ *      plaintext target left as it was), or one of several hard links
  * (12, the nonce budget over 100,000 sessions, is test_tde_budget.)
  */
 #include "tdev.h"
@@ -1002,6 +1005,75 @@ static void test_tdectl_does_not_act_unrecorded(void)
     free(key_before);
 }
 
+/* ---- 16: the files tdectl makes and replaces ---------------------------------------------- */
+
+static void plain_db(const char *path, mode_t mode)
+{
+    sqlite3 *db = NULL;
+    SR_CHECK_EQ_INT(sqlt_open(path, NULL, NULL, &db), SQLITE_OK);
+    SR_CHECK_EQ_INT(sqlt_workload(db, 1, 50, MARKER), SQLITE_OK);
+    sqlite3_close(db);
+    SR_CHECK(chmod(path, mode) == 0);
+}
+
+static int is_encrypted(const char *path)
+{
+    sr_tde_header_t h;
+    return sr_tde_file_header_read(path, NULL, &h, NULL) == SR_OK;
+}
+
+/* Copies tdectl makes (a plaintext copy above all) are its user's alone
+ * (0600), whatever the umask; a conversion in place keeps the file's mode
+ * and owner (as root: a file of another user stays that user's), converts
+ * the target of a symbolic link (the link stays a link), and refuses a file
+ * with other hard links (they would keep the plaintext). */
+static void test_tdectl_files_modes_owners_and_links(void)
+{
+    char out[8192], src[600], copy[600], enc[600], backup[600], target[600], link_path[600], other[600];
+    snprintf(src, sizeof src, "%s", sr_test_path("modes-src.db"));
+    snprintf(copy, sizeof copy, "%s", sr_test_path("modes-plain-copy.db"));
+    snprintf(enc, sizeof enc, "%s", sr_test_path("modes-enc.db"));
+    snprintf(backup, sizeof backup, "%s", sr_test_path("modes-backup.db"));
+    plain_db(src, 0640);
+    mode_t old_umask = umask(022); /* tdectl's own umask decides, not the caller's */
+    SR_CHECK_MSG(tdectl(out, sizeof out, "encrypt --keyfile %s %s %s", keyfile, src, enc) == 0, "%s", out);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", keyfile, enc, copy) == 0, "%s", out);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "backup --keyfile %s %s %s", keyfile, enc, backup) == 0, "%s", out);
+    const char *made[] = {enc, copy, backup};
+    for (size_t i = 0; i < 3; i++) {
+        struct stat st;
+        SR_CHECK(stat(made[i], &st) == 0);
+        SR_CHECK_MSG((st.st_mode & 0777) == 0600, "%s: mode %o", made[i], (unsigned)(st.st_mode & 0777));
+    }
+    /* in place: mode and owner kept */
+    SR_CHECK(chmod(src, 0640) == 0);
+    int root = geteuid() == 0;
+    if (root) SR_CHECK(chown(src, 65534, 65534) == 0);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "encrypt --in-place --keyfile %s %s", keyfile, src) == 0, "%s", out);
+    struct stat st;
+    SR_CHECK(stat(src, &st) == 0 && is_encrypted(src));
+    SR_CHECK_MSG((st.st_mode & 0777) == 0640, "mode %o after encrypt --in-place", (unsigned)(st.st_mode & 0777));
+    SR_CHECK_MSG(!root || (st.st_uid == 65534 && st.st_gid == 65534), "owner %u:%u after encrypt --in-place",
+                 (unsigned)st.st_uid, (unsigned)st.st_gid);
+    /* a symbolic link: its target converted, the link kept */
+    snprintf(target, sizeof target, "%s", sr_test_path("modes-target.db"));
+    snprintf(link_path, sizeof link_path, "%s", sr_test_path("modes-link.db"));
+    plain_db(target, 0600);
+    SR_CHECK(symlink(target, link_path) == 0);
+    SR_CHECK_MSG(tdectl(out, sizeof out, "encrypt --in-place --keyfile %s %s", keyfile, link_path) == 0, "%s", out);
+    SR_CHECK(lstat(link_path, &st) == 0 && S_ISLNK(st.st_mode));
+    SR_CHECK_MSG(is_encrypted(target), "the link's target is still plaintext");
+    /* another hard link: refused, nothing changed */
+    snprintf(other, sizeof other, "%s", sr_test_path("modes-other-name.db"));
+    SR_CHECK(unlink(target) == 0);
+    plain_db(target, 0600);
+    SR_CHECK(link(target, other) == 0);
+    SR_CHECK(tdectl(out, sizeof out, "encrypt --in-place --keyfile %s %s", keyfile, target) != 0);
+    SR_CHECK_CONTAINS(out, "hard links");
+    SR_CHECK(!is_encrypted(target) && !is_encrypted(other));
+    umask(old_umask);
+}
+
 int main(void)
 {
     sqlt_init();
@@ -1027,5 +1099,6 @@ int main(void)
     SR_RUN(test_rekey_reaches_a_writing_connection);
     SR_RUN(test_invalid_uri_values);
     SR_RUN(test_tdectl_does_not_act_unrecorded);
+    SR_RUN(test_tdectl_files_modes_owners_and_links);
     return sr_test_finish();
 }
