@@ -629,10 +629,12 @@ static int cmd_verify(options_t *o)
 
 /* ---- encrypt / decrypt ------------------------------------------------------------------ */
 
+/* A destination that exists, or is a symbolic link (dangling too: SQLite would create the file it points to), is
+ * refused. */
 static int refuse_existing(const char *path)
 {
     struct stat st;
-    if (stat(path, &st) == 0) {
+    if (lstat(path, &st) == 0) {
         fprintf(stderr, "tdectl: %s exists; refusing to overwrite it\n", path);
         return 1;
     }
@@ -916,7 +918,8 @@ static int cmd_decrypt(options_t *o)
     if (status) return sqlite3_close(in), status;
     sr_tde_header_t h;
     uint32_t ps = sr_tde_file_header_read(src, NULL, &h, NULL) == SR_OK ? h.page_size : 4096;
-    int pages = 0, rc = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int pages = 0, flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW; /* a link made since */
+    int rc = sqlite3_open_v2(dst, &out, flags, NULL);
     if (rc == SQLITE_OK && backup_steps(o, in, out, "decrypt", src, ps, &pages) != SQLITE_DONE)
         rc = sqlite3_errcode(out) ? sqlite3_errcode(out) : SQLITE_ERROR;
     (void)exec(in, "COMMIT");

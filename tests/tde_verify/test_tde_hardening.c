@@ -20,7 +20,8 @@
  *   15 tdectl actions taken before (or without) their audit record
  *   16 tdectl's files: a world-readable plaintext copy; encrypt --in-place
  *      changing the file's mode and owner, replacing a symbolic link (the
- *      plaintext target left as it was), or one of several hard links
+ *      plaintext target left as it was), or one of several hard links;
+ *      a plaintext copy written through a dangling symbolic link
  * (12, the nonce budget over 100,000 sessions, is test_tde_budget.)
  */
 #include "tdev.h"
@@ -1026,7 +1027,8 @@ static int is_encrypted(const char *path)
  * (0600), whatever the umask; a conversion in place keeps the file's mode
  * and owner (as root: a file of another user stays that user's), converts
  * the target of a symbolic link (the link stays a link), and refuses a file
- * with other hard links (they would keep the plaintext). */
+ * with other hard links (they would keep the plaintext); a destination that
+ * is a dangling symbolic link is refused. */
 static void test_tdectl_files_modes_owners_and_links(void)
 {
     char out[8192], src[600], copy[600], enc[600], backup[600], target[600], link_path[600], other[600];
@@ -1071,6 +1073,15 @@ static void test_tdectl_files_modes_owners_and_links(void)
     SR_CHECK(tdectl(out, sizeof out, "encrypt --in-place --keyfile %s %s", keyfile, target) != 0);
     SR_CHECK_CONTAINS(out, "hard links");
     SR_CHECK(!is_encrypted(target) && !is_encrypted(other));
+    /* a destination that is a dangling symbolic link (in a shared directory, someone else's): refused, and the
+     * file it points to not made */
+    char dangling[600], pointed[600];
+    snprintf(dangling, sizeof dangling, "%s", sr_test_path("modes-dangling.db"));
+    snprintf(pointed, sizeof pointed, "%s", sr_test_path("modes-pointed-to.db"));
+    SR_CHECK(symlink(pointed, dangling) == 0);
+    SR_CHECK(tdectl(out, sizeof out, "decrypt --keyfile %s %s %s", keyfile, enc, dangling) == 3);
+    SR_CHECK(tdectl(out, sizeof out, "backup --keyfile %s %s %s", keyfile, enc, dangling) == 3);
+    SR_CHECK_MSG(access(pointed, F_OK) != 0, "tdectl wrote through a dangling symbolic link");
     umask(old_umask);
 }
 
