@@ -95,11 +95,15 @@ static const sr_event_spec_t vocabulary[] = {
      "agents (detail: its digest, rules, source file)"},
     {"kms", "store.backup", "kmsctl", "the backup file", "kmsctl store backup"},
     {"kms", "store.restore", "kmsctl", "the backup file", "kmsctl store restore"},
+    {"kms", "key.deactivated", "kmsd", "the key UUID", "a key's Deactivation Date passed: saved Deactivated, the "
+     "agents drop their cached data keys"},
     /* agent: tde-agent */
     {"agent", "node.enrol", "the node UUID", "the node key UUID", "the agent enrolled (or failed to)"},
     {"agent", "node.leave", "the node UUID", "the node key UUID", "the agent left (SIGTERM): its key revoked"},
     {"agent", "node.membership_ended", "the node UUID", "the node key UUID", "kmsd says the node is no longer a "
      "member (revoked, expired)"},
+    {"agent", "node.keys_dropped", "the node UUID", "the node key UUID", "the KMS revoked a key or took back a "
+     "grant (its access epoch moved): every cached data key dropped"},
     {"agent", "policy.installed", "the node UUID", "policy vN", "a pushed access policy validated and put in "
      "force (detail: its digest and path)"},
     {"agent", "policy.rejected", "the node UUID", "policy vN", "a pushed access policy that does not compile on this "

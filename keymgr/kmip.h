@@ -233,6 +233,7 @@ typedef struct sr_kmip_key_template {
     uint32_t usage_mask;      /* Cryptographic Usage Mask (SR_KMIP_USAGE_*) */
     const char *custom_name;  /* a custom attribute, "x-..." (e.g. x-strongroom-tablespace) */
     const char *custom_value; /* its text value */
+    int64_t deactivation_date; /* Deactivation Date, Unix seconds: the end of the key's use */
 } sr_kmip_key_template_t;
 
 SR_API sr_err_t sr_kmip_create_aes_key(sr_kmip_client_t *c, const sr_kmip_key_template_t *t,

@@ -204,6 +204,14 @@ static void put_attribute_int(sr_kmip_enc_t *e, const char *name, int32_t v)
     sr_kmip_end(e);
 }
 
+static void put_attribute_datetime(sr_kmip_enc_t *e, const char *name, int64_t unix_seconds)
+{
+    sr_kmip_begin(e, SR_KMIP_TAG_ATTRIBUTE);
+    sr_kmip_put_text(e, SR_KMIP_TAG_ATTRIBUTE_NAME, name);
+    sr_kmip_put_datetime(e, SR_KMIP_TAG_ATTRIBUTE_VALUE, unix_seconds);
+    sr_kmip_end(e);
+}
+
 static void put_attribute_text(sr_kmip_enc_t *e, const char *name, const char *v)
 {
     sr_kmip_begin(e, SR_KMIP_TAG_ATTRIBUTE);
@@ -245,6 +253,7 @@ static void put_key_template(sr_kmip_enc_t *e, const sr_kmip_key_template_t *t)
     if (t->name) put_attribute_name(e, t->name);
     if (t->group) put_attribute_text(e, "Object Group", t->group);
     if (t->custom_name && t->custom_value) put_attribute_text(e, t->custom_name, t->custom_value);
+    if (t->deactivation_date) put_attribute_datetime(e, "Deactivation Date", t->deactivation_date);
     sr_kmip_end(e);
 }
 

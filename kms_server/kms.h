@@ -118,6 +118,10 @@ typedef struct kms_filter {
     int64_t offset, max_items; /* max_items 0: no limit */
 } kms_filter_t;
 sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID_MAX], size_t *n) SR_MUST_CHECK;
+/* Keys the store still holds Active or Pre-Active though their Deactivation Date has passed (a request applies the
+ * date to the key it loads; kmsd's sweeper saves it, so the access epoch moves). The caller frees *uids. */
+sr_err_t kms_objects_past_deactivation(kms_store_t *s, int64_t now, char (**uids)[KMS_UID_MAX],
+                                       size_t *n) SR_MUST_CHECK;
 
 /* Grants: a node or application may use another principal's key. */
 sr_err_t kms_grant(kms_store_t *s, const char *uid, const char *principal) SR_MUST_CHECK;

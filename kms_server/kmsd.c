@@ -484,6 +484,28 @@ static void node_event(const kms_node_t *n, const char *event, const char *detai
 
 static char instance_id[SR_UUID_STR_LEN + 1]; /* this kmsd among those sharing a store */
 
+/* Keys whose Deactivation Date has passed, saved Deactivated (a request
+ * would only apply the date to the key it loads): the access epoch moves, so
+ * the agents drop what they cached under them, as for a revocation. */
+static sr_err_t deactivate_past_dates(int64_t now)
+{
+    char(*uids)[KMS_UID_MAX] = NULL;
+    size_t n = 0, saved = 0;
+    sr_err_t rc = kms_objects_past_deactivation(server.store, now, &uids, &n);
+    for (size_t i = 0; rc == SR_OK && i < n; i++) {
+        kms_object_t o;
+        if (kms_object_load(server.store, uids[i], &o) != SR_OK) continue;
+        o.state = KMS_STATE_DEACTIVATED;
+        if ((rc = kms_object_update(server.store, &o)) != SR_OK) break;
+        saved++;
+        sr_event_t ev = {.component = "kms", .event = "key.deactivated", .subject = "kmsd", .object = o.uid,
+                         .outcome = "success", .detail = "its Deactivation Date passed", .source = "kmsd"};
+        (void)sr_event_emit(&ev);
+    }
+    free(uids);
+    return rc == SR_OK && saved ? kms_access_epoch_bump(server.store) : rc;
+}
+
 /* Revokes the node key of every node whose lease (plus the grace) ran out,
  * and destroys node keys past the retention period. One write transaction:
  * kmsd instances sharing a PostgreSQL store sweep one at a time, each seeing
@@ -499,6 +521,8 @@ static void sweep(int64_t grace_ms)
         rc = kms_instance_seen(server.store, instance_id, now);
         recorded = now;
     }
+    static int64_t deactivations; /* once a second */
+    if (rc == SR_OK && now != deactivations) rc = deactivate_past_dates(now), deactivations = now;
     if (rc == SR_OK) rc = kms_node_each(server.store, "active", now_ms - grace_ms, collect_node, &ex);
     for (size_t i = 0; rc == SR_OK && i < ex.n; i++)
         rc = kms_node_end(server.store, &ex.v[i], "expired", "the lease expired: no heartbeat");

@@ -475,6 +475,28 @@ static void bind_range(kms_stmt_t *st, int i, int64_t from, int64_t to)
     else kms_bind_null(st, i, KMS_INT), kms_bind_null(st, i + 1, KMS_INT);
 }
 
+/* The first column of every row of st: UIDs into *uids (the caller frees them). */
+static sr_err_t collect_uids(kms_stmt_t *st, const char *what, char (**uids)[KMS_UID_MAX], size_t *n)
+{
+    size_t cap = 0;
+    int row = 0;
+    sr_err_t rc;
+    while ((rc = kms_step(st, what, &row)) == SR_OK && row) {
+        if (*n == cap) {
+            char(*grown)[KMS_UID_MAX] = realloc(*uids, (cap = cap ? 2 * cap : 16) * sizeof **uids);
+            if (!grown) {
+                rc = SR_ERR_NOMEM;
+                break;
+            }
+            *uids = grown;
+        }
+        column_text(st, 0, (*uids)[(*n)++], KMS_UID_MAX);
+    }
+    kms_done(st);
+    if (rc != SR_OK) free(*uids), *uids = NULL, *n = 0;
+    return rc;
+}
+
 sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID_MAX], size_t *n)
 {
     kms_stmt_t *st;
@@ -494,22 +516,20 @@ sr_err_t kms_locate(kms_store_t *s, const kms_filter_t *f, char (**uids)[KMS_UID
     kms_bind_text(st, 13, f->visible_to);
     kms_bind_int(st, 14, f->max_items > 0 ? f->max_items : INT64_MAX);
     kms_bind_int(st, 15, f->offset > 0 ? f->offset : 0);
-    size_t cap = 0;
-    int row = 0;
-    while ((rc = kms_step(st, "locate", &row)) == SR_OK && row) {
-        if (*n == cap) {
-            char(*grown)[KMS_UID_MAX] = realloc(*uids, (cap = cap ? 2 * cap : 16) * sizeof **uids);
-            if (!grown) {
-                rc = SR_ERR_NOMEM;
-                break;
-            }
-            *uids = grown;
-        }
-        column_text(st, 0, (*uids)[(*n)++], KMS_UID_MAX);
-    }
-    kms_done(st);
-    if (rc != SR_OK) free(*uids), *uids = NULL, *n = 0;
-    return rc;
+    return collect_uids(st, "locate", uids, n);
+}
+
+sr_err_t kms_objects_past_deactivation(kms_store_t *s, int64_t now, char (**uids)[KMS_UID_MAX], size_t *n)
+{
+    kms_stmt_t *st;
+    *uids = NULL, *n = 0;
+    sr_err_t rc = kms_db_prepare(s->db, "SELECT uid FROM objects WHERE state IN (?1, ?2) AND deactivation_date > 0"
+                                        " AND deactivation_date <= ?3 ORDER BY seq", &st);
+    if (rc != SR_OK) return rc;
+    kms_bind_int(st, 1, KMS_STATE_PRE_ACTIVE);
+    kms_bind_int(st, 2, KMS_STATE_ACTIVE);
+    kms_bind_int(st, 3, now);
+    return collect_uids(st, "find keys past their deactivation date", uids, n);
 }
 
 /* ---- grants, principals, certificates -------------------------------------------------- */

@@ -1233,6 +1233,22 @@ static int ms_until_refused(int i, int timeout_ms)
     }
 }
 
+/* Node i, enrolled in group web, serving a new tablespace under master key `key` (granted to @web here); its
+ * agent's pid. */
+static pid_t serve_under_key(int i, const char *key)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "key grant %s @web", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
+    give_token(i, "token create --group web");
+    write_agent_config_for_key(i, key, NULL);
+    pid_t p = start_agent(i);
+    SR_CHECK(wait_for_socket(i, 30000) == 0);
+    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES (1)"), SQLITE_OK);
+    return p;
+}
+
 /* A key the KMS takes back reaches the agents' caches within a heartbeat,
  * not their cache_ttl (300 s): a tablespace under a second master key,
  * granted to the node's group and cached by its agent; the grant taken back
@@ -1244,14 +1260,7 @@ static void test_a_key_taken_back_leaves_the_cache(void)
     char cmd[600], key[128];
     SR_CHECK_MSG(kmsctl("key create taken-back --activate") == 0, "%s", out);
     kmsctl_answer(out, 36, key, sizeof key);
-    snprintf(cmd, sizeof cmd, "key grant %s @web", key);
-    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
-    SR_CHECK(mkdir(agent_dir(i), 0700) == 0);
-    give_token(i, "token create --group web");
-    write_agent_config_for_key(i, key, NULL);
-    pid_t p = start_agent(i);
-    SR_CHECK(wait_for_socket(i, 30000) == 0);
-    SR_CHECK_EQ_INT(through_agent(i, "CREATE TABLE t(x); INSERT INTO t VALUES (1)"), SQLITE_OK);
+    pid_t p = serve_under_key(i, key);
     usleep(2500000); /* past the first heartbeat, which drops what was fetched before it */
     SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (2)"), SQLITE_OK);
     snprintf(cmd, sizeof cmd, "key ungrant %s @web", key);
@@ -1269,6 +1278,39 @@ static void test_a_key_taken_back_leaves_the_cache(void)
     SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the key was revoked", ms);
     snprintf(cmd, sizeof cmd, "%s/agent.log", agent_dir(i));
     SR_CHECK(sr_test_file_contains(cmd, "cached data keys dropped", 24));
+    SR_CHECK_MSG(sr_test_file_contains(cmd, "event agent.node.keys_dropped", 29), "the drop is not an audit event");
+    kill(p, SIGTERM), waitpid(p, NULL, 0);
+}
+
+/* A key whose Deactivation Date passes leaves the caches as a revoked one
+ * does: kmsd's sweeper saves it Deactivated (a request would only apply the
+ * date to the key it loads) and the access epoch moves. A key made through
+ * KMIP with its Deactivation Date 4 s ahead (kmsctl does not set one),
+ * activated and granted to the node's group, serves a tablespace until then
+ * and is refused from the cache within a heartbeat after. */
+static void test_a_key_past_its_deactivation_date_leaves_the_cache(void)
+{
+    int i = n_agents + 24;
+    char cmd[600], key[SR_KMIP_UID_MAX];
+    int64_t until = sr_time_now_us() / 1000000 + 4;
+    sr_kmip_key_template_t t = {.name = "deactivated-by-date", .usage_mask = SR_KMIP_USAGE_ENCRYPT |
+                                SR_KMIP_USAGE_DECRYPT, .deactivation_date = until};
+    sr_kmip_client_t *admin = kmsd_client(dir, port, "admin", (sr_kmip_version_t){1, 4});
+    SR_CHECK_OK(sr_kmip_create_aes_key(admin, &t, key));
+    sr_kmip_client_free(admin);
+    snprintf(cmd, sizeof cmd, "key activate %s", key);
+    SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
+    pid_t p = serve_under_key(i, key);
+    while (sr_time_now_us() / 1000000 < until - 1) { /* served, from the cache too, until the date */
+        SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (2)"), SQLITE_OK);
+        usleep(200000);
+    }
+    while (sr_time_now_us() / 1000000 < until) usleep(20000);
+    int ms = ms_until_refused(i, 5000);
+    printf("  Deactivation Date passed: the node's cached key refused %d ms later (heartbeat 1 s)\n", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the key's Deactivation Date", ms);
+    snprintf(cmd, sizeof cmd, "grep -c 'kms.key.deactivated' %s/kmsd.stderr", dir);
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "no key.deactivated event: %s", out);
     kill(p, SIGTERM), waitpid(p, NULL, 0);
 }
 
@@ -1300,6 +1342,7 @@ int main(void)
     SR_RUN(test_policy_pushed_from_the_kms);
     SR_RUN(test_disk_cache_serves_a_restart_in_an_outage);
     SR_RUN(test_a_key_taken_back_leaves_the_cache);
+    SR_RUN(test_a_key_past_its_deactivation_date_leaves_the_cache);
     SR_RUN(test_agent_is_the_hosts_sealer);
     SR_RUN(test_silent_local_clients_do_not_block_the_key_service);
     SR_RUN(test_parked_connections_are_bounded);

@@ -103,3 +103,16 @@ int kmsctl_answer(const char *out, size_t len, char *dst, size_t cap)
             return snprintf(dst, cap, "%.*s", (int)len, l), 0;
     return -1;
 }
+
+sr_kmip_client_t *kmsd_client(const char *dir, uint16_t port, const char *name, sr_kmip_version_t v)
+{
+    char ca[600], crt[600], key[600];
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(crt, sizeof crt, "%s/%s.pem", dir, name);
+    snprintf(key, sizeof key, "%s/%s.key", dir, name);
+    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
+                                  .cert_file = crt, .key_file = key, .timeout_ms = 10000, .version = v};
+    sr_kmip_client_t *c = NULL;
+    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
+    return c;
+}

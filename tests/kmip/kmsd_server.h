@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "kmip.h"
+
 /* kmsctl init in dir (which must not hold a store yet), then one certificate
  * per "name:role" in certs (NULL-terminated). 0, or -1 with the reason on stderr.
  * With $STRONGROOM_TEST_PG (postgresql://user@host:port, as tests/kms/with-postgres
@@ -32,5 +34,8 @@ int kmsctl_run(const char *dir, char *out, size_t cap, const char *args);
  * `len` characters of [0-9a-f-] (a UUID: 36, a join token: 64) into dst; 0,
  * or -1 (dst empty) if there is none. */
 int kmsctl_answer(const char *out, size_t len, char *dst, size_t cap);
+/* A KMIP client of the kmsd on port with the certificate dir/NAME.pem (kmsd_init's "name:role"; "admin" and "app"
+ * come with kmsctl init), speaking KMIP version v; the test fails without one. */
+sr_kmip_client_t *kmsd_client(const char *dir, uint16_t port, const char *name, sr_kmip_version_t v);
 
 #endif

@@ -34,18 +34,7 @@
 static char dir[512];
 static uint16_t port;
 
-static sr_kmip_client_t *client_as(const char *name, sr_kmip_version_t v)
-{
-    char ca[600], crt[600], key[600];
-    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
-    snprintf(crt, sizeof crt, "%s/%s.pem", dir, name);
-    snprintf(key, sizeof key, "%s/%s.key", dir, name);
-    sr_kmip_client_options_t o = {.host = "127.0.0.1", .port = port, .verify_name = "localhost", .ca_file = ca,
-                                  .cert_file = crt, .key_file = key, .timeout_ms = 10000, .version = v};
-    sr_kmip_client_t *c = NULL;
-    SR_CHECK_OK(sr_kmip_client_new(&o, &c));
-    return c;
-}
+static sr_kmip_client_t *client_as(const char *name, sr_kmip_version_t v) { return kmsd_client(dir, port, name, v); }
 
 static sr_kmip_client_t *client(const char *name) { return client_as(name, (sr_kmip_version_t){1, 4}); }
 
