@@ -70,7 +70,7 @@ void event(const char *name, const char *subject, const char *object, const char
 {
     sr_event_t ev = {.component = "agent", .event = name, .subject = subject, .object = object, .outcome = outcome,
                      .detail = detail, .source = "local"};
-    (void)sr_event_emit(&ev);
+    if (sr_event_emit(&ev) != SR_OK) sr_log_warn("audit: agent.%s not recorded: %s", name, sr_err_detail());
 }
 
 void state_path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", agent.state, name); }

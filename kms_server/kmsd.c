@@ -132,11 +132,17 @@ static void reload(void)
 
 /* ---- connections --------------------------------------------------------------------------- */
 
+/* An event of kmsd's own (not a request's: those fail closed in the handler); a warning if it is not recorded. */
+static void record(const sr_event_t *ev)
+{
+    if (sr_event_emit(ev) != SR_OK) sr_log_warn("audit: kms.%s not recorded: %s", ev->event, sr_err_detail());
+}
+
 static void audit_connection(const char *who, const char *source, const char *outcome, const char *detail)
 {
     sr_event_t ev = {.component = "kms", .event = "tls.connection", .subject = who, .outcome = outcome,
                      .detail = detail, .source = source};
-    (void)sr_event_emit(&ev);
+    record(&ev);
 }
 
 /* Per request, under one lock: the principal's role now, and whether its
@@ -479,7 +485,7 @@ static void node_event(const kms_node_t *n, const char *event, const char *detai
 {
     sr_event_t ev = {.component = "kms", .event = event, .subject = n->uuid, .object = n->nk, .outcome = "success",
                      .detail = detail, .source = "kmsd"};
-    (void)sr_event_emit(&ev);
+    record(&ev);
 }
 
 static char instance_id[SR_UUID_STR_LEN + 1]; /* this kmsd among those sharing a store */
@@ -500,7 +506,7 @@ static sr_err_t deactivate_past_dates(int64_t now)
         saved++;
         sr_event_t ev = {.component = "kms", .event = "key.deactivated", .subject = "kmsd", .object = o.uid,
                          .outcome = "success", .detail = "its Deactivation Date passed", .source = "kmsd"};
-        (void)sr_event_emit(&ev);
+        record(&ev);
     }
     free(uids);
     return rc == SR_OK && saved ? kms_access_epoch_bump(server.store) : rc;

@@ -1213,6 +1213,9 @@ static void test_each_step_audited(void)
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.enrol outcome=success' %s/kmsd.stderr", dir);
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= n_agents);
+    /* every event kmsd and the agents made was taken (an event outside the vocabulary is refused, and warned of) */
+    snprintf(cmd, sizeof cmd, "grep -h 'not recorded:' %s/kmsd.stderr %s/node*/agent.log", dir, sr_test_tmpdir());
+    SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 1, "%s", out);
     snprintf(cmd, sizeof cmd, "grep -c 'kms.kmip.leave outcome=success' %s/kmsd.stderr", dir);
     SR_CHECK(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= n_agents / 4);
     snprintf(cmd, sizeof cmd, "grep -c 'kms.node.lease_expired' %s/kmsd.stderr", dir);
