@@ -431,8 +431,9 @@ static int key_grants(const char *verb, const opts_t *o)
     snprintf(what, sizeof what, "key %s", verb);
     if (rc != SR_OK) return fail_with(rc == SR_ERR_NOT_FOUND ? SR_EXIT_FAILED : SR_EXIT_CANNOT, what);
     if (listing) return 0;
-    printf(removing ? "kmsctl: %s may no longer use key %s (data keys unwrapped with it before stay where they are "
-                      "cached until they expire)\n" : "kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
+    printf(removing ? "kmsctl: %s may no longer use key %s (agents drop the data keys they cached at their next "
+                      "heartbeat; a tablespace open now keeps its key until it is closed)\n"
+                    : "kmsctl: %s may now use key %s\n", o->args[1], o->args[0]);
     return 0;
 }
 
