@@ -1224,7 +1224,8 @@ static void test_each_step_audited(void)
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0 && atoi(out) >= 2, "%s", out);
 }
 
-/* Milliseconds until node i's tablespace no longer opens (-1: it still did after timeout_ms). */
+/* Milliseconds until node i's tablespace no longer opens (-1: it still did after timeout_ms). The tests below
+ * expect a heartbeat (1 s) and a sweep, and allow 6 s for a loaded machine: cache_ttl is 300 s. */
 static int ms_until_refused(int i, int timeout_ms)
 {
     uint64_t t0 = sr_time_mono_ms();
@@ -1268,17 +1269,17 @@ static void test_a_key_taken_back_leaves_the_cache(void)
     SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (2)"), SQLITE_OK);
     snprintf(cmd, sizeof cmd, "key ungrant %s @web", key);
     SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
-    int ms = ms_until_refused(i, 5000);
+    int ms = ms_until_refused(i, 8000);
     printf("  grant taken back: the node's cached key refused %d ms later (heartbeat 1 s, cache_ttl 300 s)\n", ms);
-    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the grant was taken back", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 6000, "still served from the cache %d ms after the grant was taken back", ms);
     snprintf(cmd, sizeof cmd, "key grant %s @web", key);
     SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
     SR_CHECK_EQ_INT(through_agent(i, "INSERT INTO t VALUES (3)"), SQLITE_OK);
     snprintf(cmd, sizeof cmd, "key revoke %s --yes", key);
     SR_CHECK_MSG(kmsctl(cmd) == 0, "%s", out);
-    ms = ms_until_refused(i, 5000);
+    ms = ms_until_refused(i, 8000);
     printf("  key revoked: refused %d ms later\n", ms);
-    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the key was revoked", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 6000, "still served from the cache %d ms after the key was revoked", ms);
     snprintf(cmd, sizeof cmd, "%s/agent.log", agent_dir(i));
     SR_CHECK(sr_test_file_contains(cmd, "cached data keys dropped", 24));
     SR_CHECK_MSG(sr_test_file_contains(cmd, "event agent.node.keys_dropped", 29), "the drop is not an audit event");
@@ -1309,9 +1310,9 @@ static void test_a_key_past_its_deactivation_date_leaves_the_cache(void)
         usleep(200000);
     }
     while (sr_time_now_us() / 1000000 < until) usleep(20000);
-    int ms = ms_until_refused(i, 5000);
+    int ms = ms_until_refused(i, 8000);
     printf("  Deactivation Date passed: the node's cached key refused %d ms later (heartbeat 1 s)\n", ms);
-    SR_CHECK_MSG(ms >= 0 && ms < 3000, "still served from the cache %d ms after the key's Deactivation Date", ms);
+    SR_CHECK_MSG(ms >= 0 && ms < 6000, "still served from the cache %d ms after the key's Deactivation Date", ms);
     snprintf(cmd, sizeof cmd, "grep -c 'kms.key.deactivated' %s/kmsd.stderr", dir);
     SR_CHECK_MSG(sr_test_command(out, sizeof out, cmd) == 0, "no key.deactivated event: %s", out);
     kill(p, SIGTERM), waitpid(p, NULL, 0);
