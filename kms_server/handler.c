@@ -65,7 +65,7 @@ static int fail(req_t *r, uint32_t reason, const char *fmt, ...)
 static int store_failed(req_t *r, sr_err_t rc)
 {
     sr_log_error("key store: %s (%s)", sr_err_detail(), sr_err_name(rc)); /* the details stay on the server */
-    return fail(r, REASON_GENERAL_FAILURE, "key store: %s", sr_err_name(rc));
+    return fail(r, REASON_GENERAL_FAILURE, "key store: %s (%s)", sr_strerror(rc), sr_err_name(rc));
 }
 
 static int32_t child(const req_t *r, int32_t parent, uint32_t tag, uint8_t type)
@@ -1270,7 +1270,8 @@ static int run_item(req_t *r, int32_t bi)
          * released, so concurrent reads share the log's group commit. */
         if (!ret && o->changes && !o->quiet && audit(r, o->name, "success") != SR_OK)
             ret = fail(r, REASON_GENERAL_FAILURE, "the audit log cannot record this operation");
-        if (!ret && kms_store_commit(r->s) != SR_OK) ret = fail(r, REASON_GENERAL_FAILURE, "key store commit failed");
+        sr_err_t committed = ret ? SR_OK : kms_store_commit(r->s);
+        if (committed != SR_OK) ret = store_failed(r, committed); /* "no space left on device", ... */
         if (ret) kms_store_rollback(r->s);
         else if (r->enrolled.name[0]) bind_to_node(r);
         kms_store_unlock(r->s);

@@ -612,6 +612,78 @@ static void test_store_backup_and_restore(void)
     sr_kmip_client_free(admin);
 }
 
+/* A full disk under kmsd's store (SQLite, WAL, synchronous=FULL): a small
+ * tmpfs the test mounts (root only; skipped where it cannot, and for a
+ * PostgreSQL store), filled to a few hundred KiB, then keys created until one
+ * is refused. The refusal is a KMIP error on a connection that stays up,
+ * kmsd keeps answering, creates work again once there is room, and after a
+ * SIGKILL every acknowledged key is there. */
+static void test_full_disk_under_the_store(void)
+{
+    if (kmsd_postgres()) return (void)printf("  skipped: the store is in PostgreSQL\n");
+    char mnt[700], cmd[4096], conf[800], log[800], store[800], filler[800], out_buf[4096];
+    snprintf(mnt, sizeof mnt, "%s/small-store", sr_test_tmpdir());
+    snprintf(store, sizeof store, "%s/store.db", mnt);
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    snprintf(conf, sizeof conf, "%s/kmsd-full.conf", dir);
+    snprintf(log, sizeof log, "%s/kmsd-full.stderr", dir);
+    SR_CHECK_EQ_INT(kmsd_stop(SIGTERM), 0);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && mount -t tmpfs -o size=%dk tmpfs %s", mnt, 8192, mnt);
+    if (geteuid() != 0 || sr_test_command(out_buf, sizeof out_buf, cmd) != 0) {
+        printf("  skipped: cannot mount a tmpfs here (%s)\n", geteuid() ? "not root" : "mount refused");
+        SR_CHECK(kmsd_start(dir, port) == 0);
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "cp %s/store.db %s && sed 's|^path = .*|path = %s|' %s/kmsd.conf > %s", dir, store,
+             store, dir, conf);
+    SR_CHECK(sr_test_command(out_buf, sizeof out_buf, cmd) == 0);
+    /* all but 256 KiB taken */
+    snprintf(cmd, sizeof cmd, "free=$(df -k --output=avail %s | tail -1) && dd if=/dev/zero of=%s bs=1k "
+             "count=$((free - 256)) status=none", mnt, filler);
+    SR_CHECK(sr_test_command(out_buf, sizeof out_buf, cmd) == 0);
+    pid_t full = kmsd_spawn(conf, log, port);
+    SR_CHECK(full > 0);
+    sr_kmip_client_t *c = client("admin");
+    static char acked[4000][SR_KMIP_UID_MAX];
+    int n = 0, refused = 0;
+    while (n < 4000) {
+        char name[32];
+        snprintf(name, sizeof name, "full-%d", n);
+        sr_kmip_key_template_t t = usage_all;
+        t.name = name;
+        if (sr_kmip_create_aes_key(c, &t, acked[n]) != SR_OK) {
+            refused = 1;
+            break;
+        }
+        n++;
+    }
+    printf("  a store on a tmpfs with 256 KiB left: %d keys created, then refused: %s\n", n, sr_err_detail());
+    SR_CHECK_MSG(refused && n > 0, "never refused (%d keys)", n);
+    SR_CHECK_MSG(strstr(sr_err_detail(), "no space left on device"), "the refusal does not say why: %s",
+                 sr_err_detail());
+    sr_kmip_key_attributes_t a;
+    SR_CHECK_MSG(sr_kmip_get_attributes(c, acked[0], &a) == SR_OK, "after the refusal: %s", sr_err_detail());
+    SR_CHECK(kill(full, 0) == 0);
+    SR_CHECK(unlink(filler) == 0); /* room again */
+    sr_kmip_key_template_t t = usage_all;
+    t.name = "after-the-full-disk";
+    SR_CHECK_MSG(sr_kmip_create_aes_key(c, &t, acked[n]) == SR_OK, "with room again: %s", sr_err_detail());
+    n++;
+    sr_kmip_client_free(c);
+    kill(full, SIGKILL), waitpid(full, NULL, 0);
+    full = kmsd_spawn(conf, log, port);
+    SR_CHECK(full > 0);
+    c = client("admin");
+    for (int i = 0; i < n; i++)
+        SR_CHECK_MSG(sr_kmip_get_attributes(c, acked[i], &a) == SR_OK, "acknowledged key %s lost: %s", acked[i],
+                     sr_err_detail());
+    sr_kmip_client_free(c);
+    kill(full, SIGTERM), waitpid(full, NULL, 0);
+    snprintf(cmd, sizeof cmd, "umount %s", mnt);
+    SR_CHECK(sr_test_command(out_buf, sizeof out_buf, cmd) == 0);
+    SR_CHECK(kmsd_start(dir, port) == 0);
+}
+
 /* ---- root key ------------------------------------------------------------------------------------------ */
 
 static void test_wrong_root_key_refused(void)
@@ -816,6 +888,7 @@ int main(void)
     SR_RUN(test_sigkill_loses_no_acknowledged_key);
     SR_RUN(test_sighup_reload_keeps_a_good_config);
     SR_RUN(test_store_backup_and_restore);
+    SR_RUN(test_full_disk_under_the_store);
     SR_RUN(test_wrong_root_key_refused);
     SR_RUN(test_passphrase_store);
     SR_RUN(test_kmsctl_records_before_it_commits);
