@@ -186,23 +186,34 @@ static sr_err_t write_text(const char *path, const char *text)
     return ok ? SR_OK : sr_err_set_errno(SR_ERR_IO, errno, "cannot write %s", path);
 }
 
+/* The record of a change about to be made (rc: how it went so far; `what` names the change in the refusal):
+ * SR_OK, or why the change is not made. */
+static sr_err_t record_first(sr_err_t rc, const sr_event_t *ev, const char *what)
+{
+    if (rc != SR_OK || sr_event_emit(ev) == SR_OK) return rc;
+    char why[600];
+    snprintf(why, sizeof why, "%s", sr_err_detail());
+    return sr_err_set(SR_ERR_IO, "the audit log cannot record this %s, so it is not made: %s", what, why);
+}
+
+/* A change that failed (after its record, or before it could be made): a record saying so. rc, its detail kept. */
+static sr_err_t record_failure(sr_err_t rc, const sr_event_t *ev)
+{
+    char why[600];
+    snprintf(why, sizeof why, "%s", sr_err_detail());
+    sr_event_t failed = *ev;
+    failed.outcome = "failure", failed.detail = why;
+    (void)sr_event_emit(&failed);
+    return sr_err_set(rc, "%s", why);
+}
+
 /* A change to the store (rc: how it went so far) is recorded, then committed:
  * none is kept unrecorded, as in kmsd. A record whose commit then fails is
  * followed by one saying so. Rolled back unless committed. */
 static sr_err_t commit_recorded(kms_store_t *s, sr_err_t rc, const sr_event_t *ev)
 {
-    char why[600];
-    if (rc == SR_OK && sr_event_emit(ev) != SR_OK) {
-        snprintf(why, sizeof why, "%s", sr_err_detail());
-        rc = sr_err_set(SR_ERR_IO, "the audit log cannot record this change, so it is not made: %s", why);
-    }
-    if (rc == SR_OK && (rc = kms_store_commit(s)) != SR_OK) {
-        snprintf(why, sizeof why, "%s", sr_err_detail());
-        sr_event_t failed = *ev;
-        failed.outcome = "failure", failed.detail = why;
-        (void)sr_event_emit(&failed);
-        sr_err_set(rc, "%s", why);
-    }
+    rc = record_first(rc, ev, "change");
+    if (rc == SR_OK && (rc = kms_store_commit(s)) != SR_OK) rc = record_failure(rc, ev);
     if (rc != SR_OK) kms_store_rollback(s);
     return rc;
 }
@@ -680,20 +691,10 @@ static int cmd_store(int argc, char **argv)
     /* recorded before the copy is made, and not made if it cannot be recorded; a failure after is recorded too */
     sr_event_t ev = {.component = "kms", .event = backup ? "store.backup" : "store.restore", .subject = "kmsctl",
                      .object = o.args[0], .outcome = "success", .source = "local"};
-    int refused = rc == SR_OK && sr_event_emit(&ev) != SR_OK;
-    char why[600];
-    if (refused) {
-        snprintf(why, sizeof why, "%s", sr_err_detail());
-        rc = sr_err_set(SR_ERR_IO, "the audit log cannot record this %s, so it is not made: %s", ev.event, why);
-    }
+    int refused = rc == SR_OK && (rc = record_first(rc, &ev, ev.event)) != SR_OK;
     if (rc == SR_OK) rc = backup ? kms_store_copy(store, o.args[0], 0) : kms_store_copy(o.args[0], store, 1);
     kms_store_close(s);
-    if (rc != SR_OK && !refused) {
-        snprintf(why, sizeof why, "%s", sr_err_detail());
-        ev.outcome = "failure", ev.detail = why;
-        (void)sr_event_emit(&ev);
-        sr_err_set(rc, "%s", why);
-    }
+    if (rc != SR_OK && !refused) rc = record_failure(rc, &ev);
     if (rc == SR_OK && backup)
         printf("kmsctl: %s: a consistent copy of the key store, encrypted under the same root key\n", o.args[0]);
     if (rc == SR_OK && restore) printf("kmsctl: key store restored from %s; start kmsd\n", o.args[0]);

@@ -839,9 +839,8 @@ static int rebuild_in_place(const options_t *o, const char *db, const char *src_
     if (!status) status = refuse_if_open(db); /* someone opened it meanwhile (they could not write) */
     if (!status) status = keep_owner_and_mode(db, tmp);
     if (!status) status = recorded_first(event, db, what);
-    if (!status && rename(tmp, db) != 0) {
+    if (!status && rename(tmp, db) != 0)
         status = action_failed(event, db, sr_err_set_errno(SR_ERR_IO, errno, "cannot put the rebuilt file in place"));
-    }
     if (!status) status = sync_file_and_dir(db);
     if (in) sqlite3_close(in);
     if (!status && was_wal) { /* as it was: WAL is a property of the file */
